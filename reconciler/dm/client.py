@@ -1,0 +1,103 @@
+"""DmClient: device-mapper's operations as typed calls, over `dmsetup` run through a Host.
+
+The argv forms here are exactly those captured in fixtures/dmsetup/, so the fake kernel and the
+parity test speak the same language as production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from reconciler.dm.errors import DmError, classify
+from reconciler.dm.host import Completed, Host
+from reconciler.dm.parse import (
+    parse_info_columns,
+    parse_ls,
+    parse_named_lines,
+    parse_single_lines,
+)
+from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
+
+DMSETUP = "dmsetup"
+INFO_COLUMNS = "name,uuid,major,minor,attr,open,segments,events"
+
+
+class DmClient:
+    """list, status, table, info, create, load, suspend, resume, remove, message."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def _run(self, what: str, argv: Sequence[str]) -> Completed:
+        completed = self.host.run([DMSETUP, *argv])
+        if not completed.ok:
+            raise classify(what, completed)
+        return completed
+
+    def list_devices(self) -> list[DeviceListing]:
+        """Every dm device's name and number."""
+        return parse_ls(self._run("list devices", ["ls"]).stdout)
+
+    def info_all(self) -> list[DeviceInfo]:
+        """Info of every dm device in one call."""
+        out = self._run("info", ["info", "-c", "--noheadings", "--nameprefixes", "-o",
+                                 INFO_COLUMNS]).stdout
+        return parse_info_columns(out)
+
+    def info(self, name: str) -> DeviceInfo | None:
+        """Info of one device, or None if there is no such device."""
+        try:
+            out = self._run(f"info {name}", ["info", "-c", "--noheadings", "--nameprefixes",
+                                             "-o", INFO_COLUMNS, name]).stdout
+        except DmError as exc:
+            if exc.errno_name == "ENXIO":
+                return None
+            raise
+        infos = parse_info_columns(out)
+        return infos[0] if infos else None
+
+    def status_all(self) -> dict[str, list[TargetLine]]:
+        """Status lines of every dm device in one call."""
+        return parse_named_lines(self._run("status", ["status"]).stdout)
+
+    def status(self, name: str) -> list[TargetLine]:
+        """Status lines of one device."""
+        return parse_single_lines(self._run(f"status {name}", ["status", name]).stdout)
+
+    def table_all(self) -> dict[str, list[TargetLine]]:
+        """Live tables of every dm device in one call."""
+        return parse_named_lines(self._run("table", ["table"]).stdout)
+
+    def table(self, name: str) -> list[TargetLine]:
+        """Live table of one device."""
+        return parse_single_lines(self._run(f"table {name}", ["table", name]).stdout)
+
+    def create(self, name: str, table: str, uuid: str, readonly: bool = False) -> None:
+        """Create a device and load and resume its table."""
+        argv = ["create", name, "--uuid", uuid, "--table", table]
+        if readonly:
+            argv.append("--readonly")
+        self._run(f"create {name}", argv)
+
+    def load(self, name: str, table: str, readonly: bool = False) -> None:
+        """Load an inactive table; it takes effect at the next resume."""
+        argv = ["load", name, "--table", table]
+        if readonly:
+            argv.append("--readonly")
+        self._run(f"load {name}", argv)
+
+    def suspend(self, name: str) -> None:
+        """Suspend a device (I/O queues; a filesystem on it is frozen first)."""
+        self._run(f"suspend {name}", ["suspend", name])
+
+    def resume(self, name: str) -> None:
+        """Resume a device, swapping in its inactive table if one was loaded."""
+        self._run(f"resume {name}", ["resume", name])
+
+    def remove(self, name: str) -> None:
+        """Remove a device (never with --force: a busy device stays and says so)."""
+        self._run(f"remove {name}", ["remove", name])
+
+    def message(self, name: str, words: Sequence[str]) -> None:
+        """Send a target message (sector 0), e.g. create_thin to a pool."""
+        self._run(f"message {name} {' '.join(words)}", ["message", name, "0", *words])

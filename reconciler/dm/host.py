@@ -1,0 +1,87 @@
+"""The kernel boundary: the one small interface through which every kernel-facing call goes.
+
+`Host.run` executes an external tool (dmsetup, losetup, mkfs, thin_check, thin_ls) from an argv
+list, never a shell string; `read`/`write` touch block devices directly. `SystemHost` is the real
+machine. `reconciler.dm.fake.FakeKernel` implements the same interface in memory and answers
+with the tools' exact texts and exit codes, so every parser runs in every unit test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Completed:
+    """What an external command did: its argv, exit code and both outputs as text."""
+
+    argv: tuple[str, ...]
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0."""
+        return self.rc == 0
+
+
+class Host(Protocol):
+    """Everything reconciler asks of the machine it manages."""
+
+    def run(self, argv: Sequence[str]) -> Completed:
+        """Run a command and wait for it."""
+        ...
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        """Read bytes from a block device or file."""
+        ...
+
+    def write(self, path: str, offset: int, data: bytes) -> None:
+        """Write bytes to a block device or file and flush them to stable storage."""
+        ...
+
+
+class SystemHost:
+    """The real machine: subprocesses and direct block I/O."""
+
+    def __init__(self, timeout: float = 600.0) -> None:
+        self.timeout = timeout
+
+    def run(self, argv: Sequence[str]) -> Completed:
+        """Run argv with a C locale, so error texts are the ones our parsers know."""
+        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+        try:
+            proc = subprocess.run(
+                list(argv),
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=self.timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError:
+            return Completed(tuple(argv), 127, "", f"{argv[0]}: command not found\n")
+        return Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        """pread from path."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    def write(self, path: str, offset: int, data: bytes) -> None:
+        """pwrite to path and fsync it."""
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)

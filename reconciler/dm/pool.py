@@ -1,0 +1,215 @@
+"""The thin-pool (containerd's PoolDevice): make it or adopt it, and change its metadata.
+
+Every metadata change (create_thin, create_snap, delete) is followed by
+`set_transaction_id old new`, so the pool's transaction id counts our changes and recovery can
+tell which of them the kernel has seen.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from reconciler.dm.client import DmClient
+from reconciler.dm.errors import CommandFailed, DmError, InvalidArgument, classify
+from reconciler.dm.host import Host
+from reconciler.dm.parse import parse_pool_status, parse_pool_table, parse_thin_table
+from reconciler.dm.types import ThinPoolStatus, ThinPoolTable, ThinTable
+from reconciler.units import Sectors
+
+# dm-thin's on-disk superblock: magic (le64) at byte 32 of metadata block 0.
+THIN_SUPERBLOCK_MAGIC = 27022010
+METADATA_BLOCK = 4096
+LOW_WATER_MARK = 32768
+UUID_PREFIX = "RECONCILER-v1"
+
+
+class PoolMismatch(InvalidArgument):
+    """A device of the pool's name is loaded with a different table: refused, never replaced."""
+
+
+def thin_device_name(pool: str, name: str) -> str:
+    """The dm name of a managed device: exactly `<pool>-<name>`."""
+    return f"{pool}-{name}"
+
+
+def thin_uuid(pool: str, device_id: int) -> str:
+    """The dm uuid of a thin device we activate; recovery parses the id back from it."""
+    return f"{UUID_PREFIX}-{pool}-{device_id}"
+
+
+def pool_uuid(pool: str) -> str:
+    """The dm uuid of the pool device."""
+    return f"{UUID_PREFIX}-{pool}-pool"
+
+
+def parse_thin_uuid(pool: str, uuid: str) -> int | None:
+    """The thin id in a uuid made by thin_uuid for this pool, else None."""
+    prefix = f"{UUID_PREFIX}-{pool}-"
+    rest = uuid[len(prefix):] if uuid.startswith(prefix) else ""
+    return int(rest) if rest.isdigit() else None
+
+
+@dataclass(frozen=True)
+class PoolDevices:
+    """The block devices under the pool and the pool's geometry."""
+
+    metadata_device: str
+    data_device: str
+    data_block_sectors: int
+
+
+def device_number(host: Host, path: str) -> str:
+    """`major:minor` of a block device, as dm tables print it."""
+    completed = host.run(["stat", "-L", "-c", "%t:%T", path])
+    if not completed.ok:
+        raise classify(f"stat {path}", completed)
+    text = completed.stdout.strip()
+    major, _sep, minor = text.partition(":")
+    try:
+        return f"{int(major, 16)}:{int(minor, 16)}"
+    except ValueError:
+        raise CommandFailed(
+            f"stat {path}", completed, f"unexpected device number {text!r}"
+        ) from None
+
+
+def device_sectors(host: Host, path: str) -> Sectors:
+    """Size of a block device in 512-byte sectors."""
+    completed = host.run(["blockdev", "--getsz", path])
+    if not completed.ok or not completed.stdout.strip().isdigit():
+        raise classify(f"blockdev --getsz {path}", completed)
+    return Sectors(int(completed.stdout.strip()))
+
+
+def has_thin_superblock(host: Host, metadata_device: str) -> bool:
+    """Whether the metadata device already holds a dm-thin superblock."""
+    block = host.read(metadata_device, 0, METADATA_BLOCK)
+    if len(block) < 40:
+        return False
+    (magic,) = struct.unpack_from("<Q", block, 32)
+    return bool(magic == THIN_SUPERBLOCK_MAGIC)
+
+
+class ThinPool:
+    """One thin-pool device and the metadata operations on it."""
+
+    def __init__(self, host: Host, name: str) -> None:
+        self.host = host
+        self.client = DmClient(host)
+        self.name = name
+
+    @property
+    def path(self) -> str:
+        """The pool's device node."""
+        return f"/dev/mapper/{self.name}"
+
+    def desired_table(self, devices: PoolDevices) -> ThinPoolTable:
+        """The pool table for these devices: all whole data blocks of the data device."""
+        sectors = device_sectors(self.host, devices.data_device)
+        usable = Sectors(sectors - sectors % devices.data_block_sectors)
+        if usable <= 0:
+            raise InvalidArgument(
+                "pool table", detail=f"data device {devices.data_device} holds no whole block"
+            )
+        return ThinPoolTable(
+            length=usable,
+            metadata_device=devices.metadata_device,
+            data_device=devices.data_device,
+            data_block_sectors=devices.data_block_sectors,
+            low_water_mark=LOW_WATER_MARK,
+        )
+
+    def ensure(self, devices: PoolDevices, may_zero_metadata: bool) -> str:
+        """Create the pool, or adopt a loaded one whose table is equivalent: "created"/"adopted".
+
+        The metadata's first block is zeroed only when `may_zero_metadata` (the pool is new to
+        us) and the device holds no thin superblock: existing pool metadata is never wiped.
+        """
+        wanted = self.desired_table(devices)
+        if self.client.info(self.name) is not None:
+            loaded = [parse_pool_table(t) for t in self.client.table(self.name)]
+            resolved = ThinPoolTable(
+                length=wanted.length,
+                metadata_device=device_number(self.host, wanted.metadata_device),
+                data_device=device_number(self.host, wanted.data_device),
+                data_block_sectors=wanted.data_block_sectors,
+                low_water_mark=wanted.low_water_mark,
+            )
+            if len(loaded) != 1 or not _equivalent(loaded[0], resolved):
+                found = "; ".join(t.line() for t in loaded) or "no table"
+                raise PoolMismatch(
+                    f"adopt pool {self.name}",
+                    detail=f"a device named {self.name} is loaded with table {found!r}, "
+                    f"expected {resolved.line()!r}; refusing to touch it",
+                )
+            return "adopted"
+        if may_zero_metadata and not has_thin_superblock(self.host, devices.metadata_device):
+            self.host.write(devices.metadata_device, 0, bytes(METADATA_BLOCK))
+        self.client.create(self.name, wanted.line(), pool_uuid(self.name))
+        return "created"
+
+    def status(self) -> ThinPoolStatus:
+        """The pool's status (transaction id, usage, health)."""
+        lines = self.client.status(self.name)
+        if len(lines) != 1:
+            raise CommandFailed(f"status {self.name}", detail=f"{len(lines)} targets, expected 1")
+        return parse_pool_status(lines[0])
+
+    def thin_table(self, device_id: int, length: Sectors) -> ThinTable:
+        """The table that activates thin id `device_id` with `length` sectors."""
+        return ThinTable(length=length, pool=self.path, device_id=device_id)
+
+    def _metadata_change(self, words: list[str], transaction_id: int) -> int:
+        self.client.message(self.name, words)
+        self.set_transaction_id(transaction_id, transaction_id + 1)
+        return transaction_id + 1
+
+    def set_transaction_id(self, old: int, new: int) -> None:
+        """Move the pool's transaction id; the kernel refuses when `old` is not current."""
+        self.client.message(self.name, ["set_transaction_id", str(old), str(new)])
+
+    def create_thin(self, device_id: int, transaction_id: int) -> int:
+        """Provision an empty thin id; returns the pool's new transaction id."""
+        return self._metadata_change(["create_thin", str(device_id)], transaction_id)
+
+    def create_snap(self, device_id: int, origin_id: int, transaction_id: int) -> int:
+        """Provision `device_id` as a snapshot of `origin_id` (suspend an active origin first)."""
+        return self._metadata_change(
+            ["create_snap", str(device_id), str(origin_id)], transaction_id
+        )
+
+    def delete(self, device_id: int, transaction_id: int) -> int:
+        """Release a thin id and its blocks; returns the pool's new transaction id."""
+        return self._metadata_change(["delete", str(device_id)], transaction_id)
+
+
+def _equivalent(loaded: ThinPoolTable, wanted: ThinPoolTable) -> bool:
+    # The low water mark and features are tunables; the devices and geometry are identity.
+    return (
+        loaded.length == wanted.length
+        and loaded.metadata_device == wanted.metadata_device
+        and loaded.data_device == wanted.data_device
+        and loaded.data_block_sectors == wanted.data_block_sectors
+    )
+
+
+def table_matches(loaded: ThinTable, wanted: ThinTable, pool_number: str) -> bool:
+    """Whether a live thin table is the one we would load (pool given by major:minor)."""
+    return (
+        loaded.device_id == wanted.device_id
+        and loaded.length == wanted.length
+        and loaded.pool in (pool_number, wanted.pool)
+    )
+
+
+__all__ = [
+    "DmError",
+    "PoolDevices",
+    "PoolMismatch",
+    "ThinPool",
+    "parse_thin_table",
+    "table_matches",
+    "thin_device_name",
+    "thin_uuid",
+]

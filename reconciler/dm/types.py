@@ -1,0 +1,128 @@
+"""Typed values of what the kernel reports (*Status, *Info) and what we load (*Table).
+
+Lengths are Sectors, sizes Bytes, pool allocations data blocks: each says its unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from reconciler.units import Bytes, Sectors
+
+
+@dataclass(frozen=True)
+class DeviceListing:
+    """One line of `dmsetup ls`: a dm device's name and device number."""
+
+    name: str
+    major: int
+    minor: int
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """`dmsetup info` of one device: tables present, suspension, mode and open count."""
+
+    name: str
+    uuid: str
+    major: int
+    minor: int
+    live_table: bool
+    inactive_table: bool
+    suspended: bool
+    readonly: bool
+    open_count: int
+    segments: int
+    events: int
+
+
+@dataclass(frozen=True)
+class TargetLine:
+    """One line of a table or status: start, length, target type and its own words."""
+
+    start: Sectors
+    length: Sectors
+    target: str
+    params: str
+
+
+@dataclass(frozen=True)
+class ThinTable:
+    """The table of a thin device: `0 <length> thin <pool> <id>`."""
+
+    length: Sectors
+    pool: str
+    device_id: int
+
+    def line(self) -> str:
+        """The table as dmsetup takes it."""
+        return f"0 {self.length} thin {self.pool} {self.device_id}"
+
+
+@dataclass(frozen=True)
+class ThinPoolTable:
+    """The table of a thin-pool over its metadata and data devices."""
+
+    length: Sectors
+    metadata_device: str
+    data_device: str
+    data_block_sectors: int
+    low_water_mark: int
+    features: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        """The table as dmsetup takes it."""
+        words = [
+            "0", str(self.length), "thin-pool", self.metadata_device, self.data_device,
+            str(self.data_block_sectors), str(self.low_water_mark),
+        ]
+        if self.features:
+            words += [str(len(self.features)), *self.features]
+        return " ".join(words)
+
+
+@dataclass(frozen=True)
+class ThinStatus:
+    """`dmsetup status` of a thin device: how much of it is mapped in the pool."""
+
+    length: Sectors
+    failed: bool
+    mapped_sectors: Sectors
+    highest_mapped_sector: Sectors | None
+
+    @property
+    def used_bytes(self) -> Bytes:
+        """Bytes this device has mapped in the pool (shared blocks included)."""
+        return Bytes(self.mapped_sectors * 512)
+
+
+class PoolMode(StrEnum):
+    """The thin-pool's health as its status reports it."""
+
+    READ_WRITE = "rw"
+    READ_ONLY = "ro"
+    OUT_OF_DATA_SPACE = "out_of_data_space"
+    FAIL = "Fail"
+    ERROR = "Error"
+
+
+@dataclass(frozen=True)
+class ThinPoolStatus:
+    """`dmsetup status` of a thin-pool (see the kernel's thin-provisioning.rst)."""
+
+    length: Sectors
+    mode: PoolMode
+    transaction_id: int
+    used_metadata_blocks: int
+    total_metadata_blocks: int
+    used_data_blocks: int
+    total_data_blocks: int
+    held_metadata_root: int | None
+    discard_passdown: bool
+    error_if_no_space: bool
+    needs_check: bool
+    metadata_low_watermark: int | None
+
+
+METADATA_BLOCK_BYTES = 4096

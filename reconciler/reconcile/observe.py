@@ -1,0 +1,80 @@
+"""What the kernel says, read once per pass with a constant number of calls.
+
+Three dmsetup calls (info, status, table of every device) however many devices there are;
+the pass then keeps this view up to date from what it does itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reconciler.dm.client import DmClient
+from reconciler.dm.errors import DmError
+from reconciler.dm.parse import parse_pool_status, parse_thin_status, parse_thin_table
+from reconciler.dm.types import DeviceInfo, TargetLine, ThinPoolStatus, ThinStatus, ThinTable
+
+
+@dataclass
+class KernelDevice:
+    """One dm device as observed: info, and for thin devices their table and status."""
+
+    info: DeviceInfo
+    table: ThinTable | None = None
+    status: ThinStatus | None = None
+    # A device of our name that is not a single thin target (someone else's).
+    foreign_table: str | None = None
+
+
+@dataclass
+class Observation:
+    """The kernel's view of all dm devices at the start of a pass."""
+
+    devices: dict[str, KernelDevice] = field(default_factory=dict)
+    pool: ThinPoolStatus | None = None
+    pool_number: str = ""
+
+    def device(self, name: str) -> KernelDevice | None:
+        """The observed dm device of that name, if any."""
+        return self.devices.get(name)
+
+
+def _single(lines: list[TargetLine], target: str) -> TargetLine | None:
+    if len(lines) == 1 and lines[0].target == target:
+        return lines[0]
+    return None
+
+
+def observe(client: DmClient, pool_name: str) -> Observation:
+    """Read info, status and table of every dm device."""
+    infos = client.info_all()
+    statuses = client.status_all()
+    tables = client.table_all()
+    observation = Observation()
+    for info in infos:
+        device = KernelDevice(info=info)
+        table_lines = tables.get(info.name, [])
+        thin_table = _single(table_lines, "thin")
+        if thin_table is not None:
+            device.table = parse_thin_table(thin_table)
+            status_line = _single(statuses.get(info.name, []), "thin")
+            if status_line is not None:
+                device.status = parse_thin_status(status_line)
+        elif table_lines:
+            device.foreign_table = "; ".join(
+                f"{t.start} {t.length} {t.target} {t.params}".strip() for t in table_lines
+            )
+        observation.devices[info.name] = device
+        if info.name == pool_name:
+            observation.pool_number = f"{info.major}:{info.minor}"
+            pool_line = _single(statuses.get(info.name, []), "thin-pool")
+            if pool_line is not None:
+                observation.pool = parse_pool_status(pool_line)
+    return observation
+
+
+def observe_safely(client: DmClient, pool_name: str) -> tuple[Observation | None, str | None]:
+    """observe(), or the error text when the kernel cannot be read (for status commands)."""
+    try:
+        return observe(client, pool_name), None
+    except DmError as exc:
+        return None, str(exc)

@@ -1,0 +1,228 @@
+"""Spec files: what the user wants, parsed and validated where it enters.
+
+One TOML file per device, `<spec_dir>/<name>.toml`. A broken spec becomes a RejectedSpec with a
+message that names the file and the problem; it never stops the other specs, and it never asks
+for anything to be removed (a device whose spec is broken is left as it is).
+Parents are resolved here among the specs themselves: sizes and filesystems are inherited and
+cycles are refused. Whether a parent that has no spec still exists is for reconcile to decide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, cast
+
+from reconciler.units import Bytes, SizeError, parse_size
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SPEC_SUFFIX = ".toml"
+Filesystem = Literal["ext4", "xfs", "none"]
+FILESYSTEMS: tuple[Filesystem, ...] = ("ext4", "xfs", "none")
+_KEYS = ("size", "parent", "filesystem", "active", "readonly", "labels")
+
+
+class SpecError(ValueError):
+    """One spec is invalid; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device as its spec file asks for it, with defaults and inheritance applied."""
+
+    name: str
+    size: Bytes
+    filesystem: Filesystem
+    parent: str | None = None
+    active: bool = True
+    readonly: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+    # A snapshot whose parent has no spec cannot inherit from it; reconcile fills these in
+    # from the stored parent, or reports the parent missing.
+    size_given: bool = True
+    filesystem_given: bool = True
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class RejectedSpec:
+    """A spec file that could not be used, and why."""
+
+    name: str
+    path: str
+    error: str
+
+
+@dataclass(frozen=True)
+class SpecSet:
+    """All spec files of a directory: the usable ones by name, and the rejected ones."""
+
+    specs: Mapping[str, DeviceSpec]
+    rejected: tuple[RejectedSpec, ...]
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every name that has a spec file, usable or not: none of these is to be removed."""
+        return frozenset(self.specs) | {r.name for r in self.rejected}
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a spec gets for the keys it leaves out (from the config)."""
+
+    size: Bytes
+    filesystem: Filesystem
+
+
+def is_spec_file(path: Path) -> bool:
+    """Spec files end in .toml; hidden files and editor leftovers are not specs."""
+    return path.suffix == SPEC_SUFFIX and not path.name.startswith((".", "#"))
+
+
+def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
+    """Parse one spec's text; raises SpecError naming the key at fault."""
+    if not NAME_RE.match(name):
+        raise SpecError(f"bad name {name!r}: must match {NAME_RE.pattern}")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - set(_KEYS))
+    if unknown:
+        raise SpecError(f"unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")
+
+    parent = raw.get("parent")
+    if parent is not None:
+        if not isinstance(parent, str) or not NAME_RE.match(parent):
+            raise SpecError(f"key 'parent': {parent!r} is not a device name")
+        if parent == name:
+            raise SpecError("key 'parent': a device cannot be its own parent")
+
+    size = defaults.size
+    if "size" in raw:
+        try:
+            size = parse_size(raw["size"])
+        except SizeError as exc:
+            raise SpecError(f"key 'size': {exc}") from None
+        if size <= 0 or size % 512:
+            raise SpecError(f"key 'size': must be a positive multiple of 512 bytes, got {size}")
+
+    filesystem = raw.get("filesystem", defaults.filesystem)
+    if filesystem not in FILESYSTEMS:
+        raise SpecError(f"key 'filesystem': {filesystem!r} is not one of {', '.join(FILESYSTEMS)}")
+
+    flags = {}
+    for key, default in (("active", True), ("readonly", False)):
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            raise SpecError(f"key {key!r}: expected true or false, got {value!r}")
+        flags[key] = value
+
+    labels = raw.get("labels", {})
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise SpecError("key 'labels': expected a table of string keys to string values")
+
+    return DeviceSpec(
+        name=name,
+        size=size,
+        filesystem=cast(Filesystem, filesystem),
+        parent=parent,
+        active=flags["active"],
+        readonly=flags["readonly"],
+        labels=dict(labels),
+        size_given="size" in raw,
+        filesystem_given="filesystem" in raw,
+        digest=hashlib.sha256(text.encode()).hexdigest(),
+    )
+
+
+def load_spec_dir(directory: Path, defaults: Defaults) -> SpecSet:
+    """Read every spec file of a directory and resolve parents among them."""
+    specs: dict[str, DeviceSpec] = {}
+    rejected: list[RejectedSpec] = []
+    paths = sorted(directory.iterdir()) if directory.is_dir() else []
+    for path in paths:
+        if not is_spec_file(path) or not path.is_file():
+            continue
+        name = path.stem
+        try:
+            text = path.read_text(encoding="utf-8")
+            specs[name] = parse_spec(name, text, defaults)
+        except (OSError, UnicodeDecodeError) as exc:
+            rejected.append(RejectedSpec(name, str(path), f"cannot read: {exc}"))
+        except SpecError as exc:
+            rejected.append(RejectedSpec(name, str(path), str(exc)))
+    return resolve(specs, rejected, directory)
+
+
+def resolve(
+    specs: Mapping[str, DeviceSpec], rejected: Iterable[RejectedSpec], directory: Path
+) -> SpecSet:
+    """Apply inheritance from parents that have specs; reject cycles and bad inheritance.
+
+    A child of a rejected spec is rejected too: what it would inherit is unknown.
+    """
+    bad = {r.name: r for r in rejected}
+    good: dict[str, DeviceSpec] = {}
+
+    def path_of(name: str) -> str:
+        return str(directory / f"{name}{SPEC_SUFFIX}")
+
+    def visit(name: str, trail: tuple[str, ...]) -> DeviceSpec | None:
+        if name in good:
+            return good[name]
+        if name in bad:
+            return None
+        spec = specs[name]
+        if spec.parent is None or (spec.parent not in specs and spec.parent not in bad):
+            good[name] = spec
+            return spec
+        if spec.parent in trail:
+            cycle = " -> ".join((*trail[trail.index(spec.parent):], name, spec.parent))
+            bad[name] = RejectedSpec(name, path_of(name), f"key 'parent': cycle {cycle}")
+            return None
+        parent = visit(spec.parent, (*trail, name))
+        if parent is None:
+            if name not in bad:
+                reason = bad[spec.parent].error if spec.parent in bad else "rejected"
+                bad[name] = RejectedSpec(
+                    name, path_of(name), f"key 'parent': parent {spec.parent!r} is invalid "
+                    f"({reason})"
+                )
+            return None
+        try:
+            child = inherit(spec, parent.size, parent.filesystem)
+        except SpecError as exc:
+            bad[name] = RejectedSpec(name, path_of(name), str(exc))
+            return None
+        good[name] = child
+        return child
+
+    for name in sorted(specs):
+        visit(name, ())
+    ordered = tuple(sorted(bad.values(), key=lambda r: r.name))
+    return SpecSet(specs=good, rejected=ordered)
+
+
+def inherit(spec: DeviceSpec, parent_size: int, parent_filesystem: Filesystem) -> DeviceSpec:
+    """Fill a snapshot's size and filesystem from its parent, refusing what cannot work."""
+    size = spec.size if spec.size_given else Bytes(parent_size)
+    if spec.filesystem_given and spec.filesystem != parent_filesystem:
+        raise SpecError(
+            f"key 'filesystem': a snapshot keeps its parent's filesystem "
+            f"({parent_filesystem!r}), got {spec.filesystem!r}"
+        )
+    if size < parent_size:
+        raise SpecError(
+            f"key 'size': a snapshot cannot be smaller than its parent ({parent_size} bytes), "
+            f"got {size}"
+        )
+    return replace(
+        spec, size=size, filesystem=parent_filesystem, size_given=True, filesystem_given=True
+    )

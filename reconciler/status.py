@@ -1,0 +1,166 @@
+"""`reconciler status`: the store and the kernel side by side, as a table or as JSON.
+
+Reads the store (SQLite in WAL mode, so it never blocks a running daemon) and asks the kernel
+with three calls; works with the daemon stopped. Usage comes from `dmsetup status`: mapped
+sectors x 512 for an active thin device, used blocks x block size for the pool. An inactive
+device has no status in the kernel, so its usage is shown as unknown (null).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler.config import Settings
+from reconciler.dm.client import DmClient
+from reconciler.dm.host import Host
+from reconciler.dm.pool import thin_device_name
+from reconciler.dm.types import METADATA_BLOCK_BYTES
+from reconciler.reconcile.observe import Observation, observe_safely
+from reconciler.store import DeviceRecord, Store
+from reconciler.units import format_size
+
+
+def iso_time(timestamp: float) -> str:
+    """A stored timestamp as ISO 8601 UTC, to the millisecond."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def _pool_report(settings: Settings, store: Store, obs: Observation | None,
+                 kernel_error: str | None) -> dict[str, Any]:
+    record = store.pool(settings.pool_name)
+    report: dict[str, Any] = {
+        "name": settings.pool_name,
+        "path": f"/dev/mapper/{settings.pool_name}",
+        "transaction_id": None,
+        "stored_transaction_id": record.transaction_id if record else None,
+        "data_used_bytes": None,
+        "data_total_bytes": None,
+        "metadata_used_bytes": None,
+        "metadata_total_bytes": None,
+        "mode": None,
+        "needs_check": None,
+        "error": kernel_error,
+    }
+    status = obs.pool if obs else None
+    if status is None:
+        if kernel_error is None:
+            report["error"] = "pool is not loaded in the kernel"
+        return report
+    block_bytes = (record.data_block_sectors if record else 128) * 512
+    report.update(
+        transaction_id=status.transaction_id,
+        data_used_bytes=status.used_data_blocks * block_bytes,
+        data_total_bytes=status.total_data_blocks * block_bytes,
+        metadata_used_bytes=status.used_metadata_blocks * METADATA_BLOCK_BYTES,
+        metadata_total_bytes=status.total_metadata_blocks * METADATA_BLOCK_BYTES,
+        mode=status.mode.value,
+        needs_check=status.needs_check,
+    )
+    return report
+
+
+def _device_report(settings: Settings, record: DeviceRecord,
+                   obs: Observation | None) -> dict[str, Any]:
+    kname = thin_device_name(settings.pool_name, record.name)
+    kernel = obs.device(kname) if obs else None
+    used = kernel.status.used_bytes if kernel and kernel.status else None
+    return {
+        "name": record.name,
+        "state": record.state,
+        "device_id": record.device_id,
+        "size_bytes": record.size_bytes,
+        "used_bytes": used,
+        "parent": record.parent,
+        "filesystem": record.filesystem,
+        "path": f"/dev/mapper/{kname}" if kernel else None,
+        "kernel_name": kname,
+        "active": record.active,
+        "readonly": record.readonly,
+        "error": record.error,
+        "error_step": record.error_step,
+        "attempts": record.attempts,
+        "labels": dict(record.labels),
+        "state_changed_at": iso_time(record.state_changed_at),
+        "kernel": None if kernel is None else {
+            "suspended": kernel.info.suspended,
+            "readonly": kernel.info.readonly,
+            "open_count": kernel.info.open_count,
+            "thin_id": kernel.table.device_id if kernel.table else None,
+        },
+    }
+
+
+def build_report(settings: Settings, store: Store, host: Host,
+                 name: str | None = None, include_removed: bool = False) -> dict[str, Any]:
+    """The whole status document (what `status --json` prints)."""
+    obs, kernel_error = observe_safely(DmClient(host), settings.pool_name)
+    records = store.devices(include_removed=include_removed or name is not None)
+    if name is not None:
+        records = [r for r in records if r.name == name]
+    report: dict[str, Any] = {
+        "pool": _pool_report(settings, store, obs, kernel_error),
+        "devices": [_device_report(settings, r, obs) for r in records],
+        "rejected_specs": [
+            {"name": r.name, "path": r.path, "error": r.error}
+            for r in store.rejected_specs()
+            if name is None or r.name == name
+        ],
+    }
+    if name is not None:
+        report["history"] = [
+            {"from": t.from_state, "to": t.to_state, "trigger": t.trigger, "at": iso_time(t.at),
+             "error": t.error}
+            for t in store.history(name)
+        ]
+    return report
+
+
+def _size(value: int | None) -> str:
+    return "-" if value is None else format_size(value)
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """Aligned columns for people: the pool line, devices, then rejected specs."""
+    pool = report["pool"]
+    lines = []
+    if pool["error"]:
+        lines.append(f"pool {pool['name']}: {pool['error']}")
+    else:
+        lines.append(
+            f"pool {pool['name']}: {pool['mode']}, transaction {pool['transaction_id']}, "
+            f"data {_size(pool['data_used_bytes'])}/{_size(pool['data_total_bytes'])}, "
+            f"metadata {_size(pool['metadata_used_bytes'])}/"
+            f"{_size(pool['metadata_total_bytes'])}"
+        )
+    header = ("NAME", "STATE", "ID", "SIZE", "USED", "PARENT", "ERROR")
+    rows = [header] + [
+        (
+            d["name"], d["state"], "-" if d["device_id"] is None else str(d["device_id"]),
+            _size(d["size_bytes"]), _size(d["used_bytes"]), d["parent"] or "-",
+            d["error"] or "-",
+        )
+        for d in report["devices"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    if report["rejected_specs"]:
+        lines.append("")
+        lines.append("rejected specs:")
+        lines += [f"  {r['name']}: {r['error']} ({r['path']})" for r in report["rejected_specs"]]
+    if "history" in report:
+        lines.append("")
+        lines.append("history:")
+        for item in report["history"]:
+            error = f"  error: {item['error']}" if item["error"] else ""
+            lines.append(f"  {item['at']}  {item['from']} -> {item['to']} "
+                         f"({item['trigger']}){error}")
+    return "\n".join(lines) + "\n"
+
+
+def render_json(report: dict[str, Any]) -> str:
+    """The report as indented JSON."""
+    return json.dumps(report, indent=2, sort_keys=False) + "\n"

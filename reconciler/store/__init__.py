@@ -1,0 +1,19 @@
+"""The store: everything the daemon remembers, in SQLite through peewee.
+
+Only this package imports peewee. Other layers see plain dataclasses (*Record) and call the
+Store's methods, each of which commits before it returns, so a crash between two kernel calls
+leaves the last step on disk.
+"""
+
+from reconciler.store.records import DeviceRecord, PoolRecord, RejectedSpecRecord, TransitionRecord
+from reconciler.store.store import MAX_THIN_ID, Store, StoreError
+
+__all__ = [
+    "MAX_THIN_ID",
+    "DeviceRecord",
+    "PoolRecord",
+    "RejectedSpecRecord",
+    "Store",
+    "StoreError",
+    "TransitionRecord",
+]

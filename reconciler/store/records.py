@@ -1,0 +1,65 @@
+"""Plain persisted values, so layers above the store never touch peewee objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DeviceRecord:
+    """One managed thin device as the store knows it (desired fields copied from its spec)."""
+
+    name: str
+    state: str = "Unknown"
+    device_id: int | None = None
+    size_bytes: int = 0
+    parent: str | None = None
+    # The thin id the snapshot was taken from; kept because the parent may be removed later.
+    origin_id: int | None = None
+    filesystem: str = "none"
+    # The thin id exists in the pool (create_thin/create_snap done, delete not yet).
+    provisioned: bool = False
+    formatted: bool = False
+    active: bool = True
+    readonly: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    error_step: str | None = None
+    attempts: int = 0
+    spec_digest: str = ""
+    created_at: float = 0.0
+    state_changed_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class TransitionRecord:
+    """One state change of one device, kept as its history."""
+
+    device: str
+    from_state: str
+    to_state: str
+    trigger: str
+    at: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RejectedSpecRecord:
+    """A spec file the last pass could not use, kept so `status` can show it."""
+
+    name: str
+    path: str
+    error: str
+    seen_at: float
+
+
+@dataclass
+class PoolRecord:
+    """The thin-pool as we last left it: the transaction id is our write-ahead marker."""
+
+    name: str
+    transaction_id: int = 0
+    metadata_device: str = ""
+    data_device: str = ""
+    data_block_sectors: int = 128
+    created_at: float = 0.0

@@ -1,0 +1,79 @@
+"""Units as types, so sectors, bytes and data blocks are never mixed silently.
+
+Sizes enter the program as human text ("1GiB", "32KB") from config and spec files and leave it
+as 512-byte sectors in device-mapper tables; this module is the one place that converts.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NewType
+
+Bytes = NewType("Bytes", int)
+Sectors = NewType("Sectors", int)
+
+SECTOR_SIZE = 512
+
+# containerd reads sizes with docker's go-units RAMInBytes: every unit is binary, whether it is
+# spelt "KiB", "KB", "kb" or "k". We follow it so a containerd config value means the same here.
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
+_MULTIPLIERS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+class SizeError(ValueError):
+    """A size could not be read; the message says what was wrong with it."""
+
+
+def parse_size(value: object) -> Bytes:
+    """Read a size given as a whole number of bytes or as text like "1GiB", "32KB", "32Tb"."""
+    if isinstance(value, bool):
+        raise SizeError(f"expected a size like \"1GiB\" or a number of bytes, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise SizeError(f"size must not be negative, got {value}")
+        return Bytes(value)
+    if not isinstance(value, str):
+        raise SizeError(f"expected a size like \"1GiB\" or a number of bytes, got {value!r}")
+    match = _SIZE_RE.match(value)
+    if match is None or (match.group(3) and not match.group(2)):
+        raise SizeError(
+            f"cannot read size {value!r}: use a number with an optional unit "
+            "(B, KiB/KB/K, MiB/MB/M, GiB/GB/G, TiB/TB/T, PiB/PB/P; all binary)"
+        )
+    number, unit = match.group(1), match.group(2).lower()
+    multiplier = _MULTIPLIERS[unit]
+    if "." in number:
+        whole, frac = number.split(".")
+        # Exact rational arithmetic: float would turn "1.1GiB" into a value off by a few bytes.
+        numerator = int(whole + frac) * multiplier
+        denominator = 10 ** len(frac)
+        if numerator % denominator:
+            raise SizeError(f"size {value!r} is not a whole number of bytes")
+        return Bytes(numerator // denominator)
+    return Bytes(int(number) * multiplier)
+
+
+_DISPLAY_UNITS = (("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20),
+                  ("KiB", 1 << 10))
+
+
+def format_size(size: int) -> str:
+    """Render bytes with the largest binary unit: exact ("1GiB") or to one decimal ("1.5GiB")."""
+    for unit, multiplier in _DISPLAY_UNITS:
+        if size >= multiplier:
+            if size % multiplier == 0:
+                return f"{size // multiplier}{unit}"
+            return f"{size / multiplier:.1f}{unit}"
+    return f"{size}B"
+
+
+def to_sectors(size: Bytes) -> Sectors:
+    """Bytes to sectors; refuses a size that is not a whole number of sectors."""
+    if size % SECTOR_SIZE:
+        raise SizeError(f"{size} bytes is not a multiple of the {SECTOR_SIZE}-byte sector")
+    return Sectors(size // SECTOR_SIZE)
+
+
+def to_bytes(sectors: Sectors) -> Bytes:
+    """Sectors to bytes."""
+    return Bytes(sectors * SECTOR_SIZE)

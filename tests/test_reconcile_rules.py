@@ -1,0 +1,147 @@
+"""Reconcile rules that only the fake kernel can stage on demand: failures, retries, conflicts."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from structlog.testing import capture_logs
+
+from reconciler.dm.client import DmClient
+from reconciler.dm.fake import FakeKernel
+from reconciler.dm.pool import PoolMismatch, ThinPool
+from reconciler.reconcile.retry import RetryPolicy
+from tests.conftest import World
+
+BUSY = f"device-mapper: remove ioctl on X  failed: {os.strerror(errno.EBUSY)}\nCommand failed.\n"
+
+
+def fake(world: World) -> FakeKernel:
+    assert isinstance(world.host, FakeKernel)
+    return world.host
+
+
+def test_every_state_change_is_one_structured_event(fake_world: World) -> None:
+    """Each transition logs device.state_changed with the name, from and to."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    with capture_logs() as events:
+        assert fake_world.run_pass().ok
+    changes = [(e["name"], e["from"], e["to"]) for e in events
+               if e["event"] == "device.state_changed"]
+    assert changes == [
+        ("a", "Unknown", "Creating"), ("a", "Creating", "Created"),
+        ("a", "Created", "Activating"), ("a", "Activating", "Activated"),
+    ]
+
+
+def test_each_transition_is_in_the_history(fake_world: World) -> None:
+    """The store keeps every transition of a device with its trigger, in order."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    assert fake_world.run_pass().ok
+    assert fake_world.store is not None
+    history = fake_world.store.history("a")
+    assert [(t.from_state, t.to_state, t.trigger) for t in history] == [
+        ("Unknown", "Creating", "create"), ("Creating", "Created", "created"),
+        ("Created", "Activating", "activate"), ("Activating", "Activated", "activated"),
+    ]
+
+
+def test_an_active_origin_is_suspended_while_it_is_snapshotted(fake_world: World) -> None:
+    """create_snap of an active origin happens only while the origin is suspended."""
+    fake_world.spec("base")
+    assert fake_world.run_pass().ok
+    fake_world.spec("snap", 'parent = "base"\n')
+    assert fake_world.run_pass().ok
+    assert fake(fake_world).unsafe_snapshots == []
+    assert fake_world.store is not None
+    base = fake_world.store.device("base")
+    assert base is not None and base.state == "Resumed"
+    info = DmClient(fake_world.host).info(f"{fake_world.pool}-base")
+    assert info is not None and not info.suspended
+
+
+def test_temporary_errors_are_retried_with_backoff(fake_world: World) -> None:
+    """EBUSY on a remove is retried after growing delays and then succeeds."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    assert fake_world.run_pass().ok
+    fake(fake_world).fail_next(("dmsetup", "remove"), 1, BUSY, times=2)
+    fake_world.unspec("a")
+    policy = RetryPolicy(initial=1.0, maximum=10.0, max_attempts=5, jitter=0.0)
+    result = fake_world.run_pass(policy)
+    assert result.ok and result.removed == ["a"]
+    assert fake_world.clock.slept == [1.0, 2.0]
+
+
+def test_exhausted_retries_mark_device_faulty(fake_world: World) -> None:
+    """A temporary error that outlasts max_attempts makes the device Faulty with its error."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    assert fake_world.run_pass().ok
+    fake(fake_world).fail_next(("dmsetup", "remove"), 1, BUSY, times=10)
+    fake_world.unspec("a")
+    result = fake_world.run_pass(RetryPolicy(initial=1.0, max_attempts=3, jitter=0.0))
+    assert not result.ok
+    assert fake_world.store is not None
+    record = fake_world.store.device("a")
+    assert record is not None
+    assert record.state == "Faulty"
+    assert record.error_step == "deactivate"
+    assert record.error is not None and "Device or resource busy" in record.error
+    assert "3 attempts" in record.error
+    assert fake_world.kernel_names() == {f"{fake_world.pool}-a"}  # nothing forced
+
+
+def test_a_faulty_device_waits_for_its_spec_to_change(fake_world: World) -> None:
+    """Faulty devices are not retried on the next pass, but are when their spec changes."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    fake(fake_world).fail_next(("dmsetup", "create", f"{fake_world.pool}-a"), 1,
+                               "device-mapper: reload ioctl on X  failed: Invalid argument\n"
+                               "Command failed.\n")
+    result = fake_world.run_pass()
+    assert "a" in result.faulty
+    assert fake_world.store is not None
+    faulty = fake_world.store.device("a")
+    assert faulty is not None and faulty.state == "Faulty"
+    assert fake_world.store.allocate_id() == 1  # id 0 stays quarantined
+    assert "a" in fake_world.run_pass().faulty  # not retried as is
+    fake_world.spec("a", 'filesystem = "none"\nactive = true\n')
+    assert fake_world.run_pass().ok
+    record = fake_world.store.device("a")
+    assert record is not None and record.state == "Activated" and record.error is None
+    assert record.device_id == 0
+
+
+def test_a_conflicting_device_name_is_not_taken_over(fake_world: World) -> None:
+    """A dm device already using our name with another table is reported, never replaced."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    fake_world.run_pass(RetryPolicy(max_attempts=1))  # pool exists now
+    kname = f"{fake_world.pool}-b"
+    DmClient(fake_world.host).create(kname, "0 8 zero", "someone-else")
+    fake_world.spec("b", 'filesystem = "none"\n')
+    result = fake_world.run_pass(RetryPolicy(initial=1.0, max_attempts=2, jitter=0.0))
+    assert "b" in result.faulty
+    assert "already exists" in result.faulty["b"]
+    (line,) = DmClient(fake_world.host).table(kname)
+    assert line.target == "zero"
+
+
+def test_a_loaded_pool_with_another_table_is_refused(fake_world: World) -> None:
+    """A device with the pool's name but a different table stops the pass with a clear error."""
+    DmClient(fake_world.host).create(fake_world.pool, "0 8 zero", "someone-else")
+    try:
+        fake_world.run_pass()
+    except PoolMismatch as exc:
+        assert "refusing to touch it" in str(exc)
+    else:
+        raise AssertionError("a mismatching pool was adopted")
+
+
+def test_an_existing_pool_is_adopted_and_its_metadata_kept(fake_world: World) -> None:
+    """A second run adopts the loaded pool; after a reboot the pool is re-created from the
+    same metadata, which is not zeroed."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    assert fake_world.run_pass().ok
+    fake(fake_world).reboot()
+    assert fake_world.run_pass().ok
+    pool = ThinPool(fake_world.host, fake_world.pool)
+    assert pool.status().transaction_id == 1
+    assert fake_world.kernel_names() == {f"{fake_world.pool}-a"}

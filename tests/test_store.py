@@ -1,0 +1,62 @@
+"""The store: thin id allocation, history, and records surviving a reopen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.store import MAX_THIN_ID, DeviceRecord, Store, StoreError, TransitionRecord
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "db.sqlite", lambda: 100.0)
+
+
+def test_ids_are_allocated_lowest_free_first(store: Store) -> None:
+    """The first id is 0, and a freed id is handed out again before a new one."""
+    assert store.allocate_id() == 0
+    store.save_device(DeviceRecord(name="a", device_id=0, state="Created"))
+    store.save_device(DeviceRecord(name="b", device_id=1, state="Created"))
+    assert store.allocate_id() == 2
+    store.save_device(DeviceRecord(name="a", device_id=0, state="Removed"))
+    assert store.allocate_id() == 0
+
+
+def test_faulty_devices_keep_their_ids_quarantined(store: Store) -> None:
+    """A Faulty device's id is not reused until the device is cleared."""
+    store.save_device(DeviceRecord(name="a", device_id=0, state="Faulty"))
+    assert store.allocate_id() == 1
+
+
+def test_ids_are_24_bit_and_exhaustion_is_a_clear_error(tmp_path: Path) -> None:
+    """Ids stop at 2**24-1; when every id is taken, allocation fails saying so."""
+    assert MAX_THIN_ID == (1 << 24) - 1
+    small = Store(tmp_path / "small.sqlite", lambda: 1.0, max_id=1)
+    small.save_device(DeviceRecord(name="a", device_id=0, state="Created"))
+    small.save_device(DeviceRecord(name="b", device_id=1, state="Faulty"))
+    with pytest.raises(StoreError, match="24-bit"):
+        small.allocate_id()
+
+
+def test_records_and_history_survive_a_reopen(tmp_path: Path) -> None:
+    """What was saved is there after closing and opening the database again."""
+    first = Store(tmp_path / "db.sqlite", lambda: 1.0)
+    first.save_device(DeviceRecord(name="a", device_id=3, labels={"team": "web"}))
+    first.record_transition(TransitionRecord("a", "Unknown", "Creating", "create", 1.0))
+    first.close()
+    second = Store(tmp_path / "db.sqlite", lambda: 2.0)
+    record = second.device("a")
+    assert record is not None
+    assert (record.device_id, record.labels) == (3, {"team": "web"})
+    assert [t.to_state for t in second.history("a")] == ["Creating"]
+
+
+def test_removed_devices_are_history_not_inventory(store: Store) -> None:
+    """devices() leaves Removed rows out unless asked; device() still finds them."""
+    store.save_device(DeviceRecord(name="gone", state="Removed"))
+    store.save_device(DeviceRecord(name="here", state="Activated"))
+    assert [d.name for d in store.devices()] == ["here"]
+    assert [d.name for d in store.devices(include_removed=True)] == ["gone", "here"]
+    assert store.device("gone") is not None
