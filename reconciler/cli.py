@@ -1,24 +1,30 @@
-"""The `reconciler` command: `run --once` and `status`, on top of every other layer.
+"""The `reconciler` command, on top of every other layer.
 
-Exit codes: 0 everything converged, 1 a device is Faulty or not converged or a spec is invalid
-(or the pool could not be brought up), 2 a config or usage error.
+`run` (the daemon; `--once` for one settled pass), `status`, `plan` and `retry`.
+Exit codes: 0 everything converged (or done), 1 a device is Faulty, waiting or not converged,
+a spec is invalid, or the pool could not be brought up; 2 a config or usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 
 from reconciler import logs
 from reconciler.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, config_path, load_settings
+from reconciler.daemon.lock import AlreadyRunning, RootLock, holder_pid
+from reconciler.daemon.once import run_until_settled
+from reconciler.daemon.service import Daemon
 from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host, SystemHost
-from reconciler.reconcile.engine import PassResult, Reconciler
+from reconciler.reconcile.engine import Reconciler
 from reconciler.status import build_report, render_json, render_table
 from reconciler.store import Store
 
@@ -36,61 +42,123 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="reconcile the kernel with the spec directory")
-    run.add_argument("--once", action="store_true", required=True,
-                     help="one pass, then exit with 0 when everything converged")
+    run = sub.add_parser("run", help="keep the kernel equal to the spec directory")
+    run.add_argument("--once", action="store_true",
+                     help="pass until settled, then exit 0 when everything converged")
     status = sub.add_parser("status", help="show devices, their state, usage and errors")
     status.add_argument("name", nargs="?", help="one device, with its history")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--all", action="store_true", help="include Removed devices")
+    status.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until interrupted")
+    sub.add_parser("plan", help="print what the next pass would do, doing nothing")
+    retry = sub.add_parser("retry", help="try a Faulty device again")
+    retry.add_argument("name")
     return parser
 
 
-def _settings(explicit: Path | None) -> Settings:
+def _settings(explicit: Path | None) -> tuple[Settings, Path | None]:
     path = config_path(explicit)
     if explicit is None and path == DEFAULT_CONFIG_PATH and not path.exists():
         # No config anywhere: the documented defaults (a loopback pool under root_path).
-        return Settings()
-    return load_settings(path)
+        return Settings(), None
+    return load_settings(path), path
 
 
-def _summarise(result: PassResult) -> None:
-    log.info("pass.finished", converged=len(result.converged), removed=len(result.removed),
-             pending=result.pending or None, faulty=result.faulty or None,
-             rejected=[r.name for r in result.rejected] or None, ok=result.ok)
+def _locked(settings: Settings, action: Callable[[], int]) -> int:
+    lock = RootLock(settings.root_path)
+    try:
+        lock.acquire()
+    except AlreadyRunning as exc:
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
+    try:
+        return action()
+    finally:
+        lock.release()
 
 
 def run_once(settings: Settings, host: Host) -> int:
-    """One reconcile pass; the exit code says whether everything converged."""
+    """Passes until settled; the exit code says whether everything converged."""
     store = Store(settings.database_path, time.time)
     try:
-        result = Reconciler(settings, host, store).run_pass()
+        result = run_until_settled(Reconciler(settings, host, store), time.time, time.sleep)
     except DmError as exc:
         log.error("pass.failed", error=str(exc), errno=exc.errno_name,
                   next="fix the cause and run again")
         return EXIT_NOT_CONVERGED
     finally:
         store.close()
-    _summarise(result)
+    log.info("run.finished", converged=len(result.converged), removed=len(result.removed),
+             pending=result.pending or None, faulty=result.faulty or None,
+             rejected=[r.name for r in result.rejected] or None, ok=result.ok)
     return EXIT_OK if result.ok else EXIT_NOT_CONVERGED
 
 
-def show_status(settings: Settings, host: Host, name: str | None, as_json: bool,
-                include_removed: bool) -> int:
-    """Print the status document; exit 1 when the named device is unknown."""
+def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
+    """The long-running daemon."""
+    daemon = Daemon(settings, host, config_path=path)
+    daemon.install_signal_handlers()
+    return daemon.serve()
+
+
+def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int:
+    """Print the status document (again and again with --watch)."""
     if not settings.database_path.exists():
         print(f"no state at {settings.database_path}: the daemon has not run yet",
               file=sys.stderr)
         return EXIT_NOT_CONVERGED
     store = Store(settings.database_path, time.time)
     try:
-        report = build_report(settings, store, host, name, include_removed)
+        while True:
+            report = build_report(settings, store, host, args.name, args.all)
+            if args.name is not None and not report["devices"] and not report["rejected_specs"]:
+                print(f"no device named {args.name!r}", file=sys.stderr)
+                return EXIT_NOT_CONVERGED
+            text = render_json(report) if args.json else render_table(report)
+            if args.watch is None:
+                sys.stdout.write(text)
+                return EXIT_OK
+            sys.stdout.write("\033[H\033[2J" + time.strftime("%H:%M:%S ") + text)
+            sys.stdout.flush()
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return EXIT_OK
     finally:
         store.close()
-    if name is not None and not report["devices"] and not report["rejected_specs"]:
-        print(f"no device named {name!r}", file=sys.stderr)
-        return EXIT_NOT_CONVERGED
-    sys.stdout.write(render_json(report) if as_json else render_table(report))
+
+
+def show_plan(settings: Settings, host: Host) -> int:
+    """Print each device's next step."""
+    store = Store(settings.database_path, time.time)
+    try:
+        actions = Reconciler(settings, host, store).plan()
+    finally:
+        store.close()
+    width = max((len(name) for name, _ in actions), default=4)
+    for name, action in actions:
+        print(f"{name.ljust(width)}  {action}")
+    return EXIT_OK
+
+
+def request_retry(settings: Settings, name: str) -> int:
+    """Queue a retry for the daemon's thread, and wake the daemon (or run it here)."""
+    store = Store(settings.database_path, time.time)
+    try:
+        record = store.device(name)
+        if record is None or record.state != "Faulty":
+            state = record.state if record else "no such device"
+            print(f"reconciler: {name!r} is not Faulty ({state})", file=sys.stderr)
+            return EXIT_NOT_CONVERGED
+        store.add_request("retry", name)
+    finally:
+        store.close()
+    pid = holder_pid(settings.root_path)
+    if pid is not None:
+        os.kill(pid, signal.SIGUSR1)
+        print(f"retry of {name!r} handed to the daemon (pid {pid})")
+    else:
+        print(f"retry of {name!r} queued: it runs at the next `reconciler run`")
     return EXIT_OK
 
 
@@ -103,14 +171,20 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
         return EXIT_USAGE if exc.code else EXIT_OK
     logs.configure(args.log_level)
     try:
-        settings = _settings(args.config)
+        settings, path = _settings(args.config)
     except ConfigError as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_USAGE
     host = host or SystemHost()
     if args.command == "run":
-        return run_once(settings, host)
-    return show_status(settings, host, args.name, args.json, args.all)
+        if args.once:
+            return _locked(settings, lambda: run_once(settings, host))
+        return _locked(settings, lambda: run_daemon(settings, host, path))
+    if args.command == "plan":
+        return show_plan(settings, host)
+    if args.command == "retry":
+        return request_retry(settings, args.name)
+    return show_status(settings, host, args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from reconciler.units import Bytes, SizeError, parse_size
+from reconciler.units import Bytes, SizeError, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
 CONFIG_ENV = "RECONCILER_CONFIG"
@@ -89,6 +89,22 @@ class Settings:
         default=(),
         metadata=_doc("Extra arguments for mkfs, as a string or a list of strings."),
     )
+    resync_interval: float = field(
+        default=30.0,
+        metadata=_doc("Full resync period of `run`: catches what file events missed."),
+    )
+    retry_initial: float = field(
+        default=0.5,
+        metadata=_doc("First wait after a temporary kernel error; doubles each attempt."),
+    )
+    retry_max: float = field(
+        default=30.0,
+        metadata=_doc("Longest wait between attempts (and the retry period of a busy remove)."),
+    )
+    max_attempts: int = field(
+        default=5,
+        metadata=_doc("Attempts of a failing step before the device is marked Faulty."),
+    )
 
     @property
     def specs_path(self) -> Path:
@@ -145,6 +161,15 @@ def settings_from_mapping(raw: dict[str, Any], base: Path | None = None) -> Sett
         elif key in ("base_image_size", "loopback_data_size", "loopback_metadata_size",
                      "data_block_size"):
             values[key] = _size(key, value)
+        elif key in ("resync_interval", "retry_initial", "retry_max"):
+            try:
+                values[key] = parse_duration(value)
+            except SizeError as exc:
+                raise ConfigError(key, str(exc)) from None
+        elif key == "max_attempts":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(key, f"expected a whole number of at least 1, got {value!r}")
+            values[key] = value
         elif key == "fs_options":
             values[key] = _fs_options(key, value)
         elif key == "pool_name":
@@ -176,6 +201,10 @@ def _check_rules(settings: Settings) -> None:
             raise ConfigError(key, f"must be a positive multiple of 512 bytes, got {value}")
     if settings.loopback_data_size < block:
         raise ConfigError("loopback_data_size", "must hold at least one data block")
+    if settings.resync_interval <= 0:
+        raise ConfigError("resync_interval", "must be longer than 0s")
+    if settings.retry_max < settings.retry_initial:
+        raise ConfigError("retry_max", "must not be shorter than retry_initial")
     # dm-thin needs at least 2 MiB of metadata and uses at most 16 GiB of it.
     if not (2 << 20) <= settings.loopback_metadata_size <= (16 << 30):
         raise ConfigError("loopback_metadata_size", "must be between 2MiB and 16GiB")

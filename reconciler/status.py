@@ -81,6 +81,8 @@ def _device_report(settings: Settings, record: DeviceRecord,
         "error": record.error,
         "error_step": record.error_step,
         "attempts": record.attempts,
+        "retry_at": None if record.retry_at is None else iso_time(record.retry_at),
+        "notice": record.notice,
         "labels": dict(record.labels),
         "state_changed_at": iso_time(record.state_changed_at),
         "kernel": None if kernel is None else {
@@ -134,12 +136,13 @@ def render_table(report: dict[str, Any]) -> str:
             f"metadata {_size(pool['metadata_used_bytes'])}/"
             f"{_size(pool['metadata_total_bytes'])}"
         )
-    header = ("NAME", "STATE", "ID", "SIZE", "USED", "PARENT", "ERROR")
+    header = ("NAME", "STATE", "SINCE", "ID", "SIZE", "USED", "PARENT", "ERROR")
     rows = [header] + [
         (
-            d["name"], d["state"], "-" if d["device_id"] is None else str(d["device_id"]),
+            d["name"], d["state"], d["state_changed_at"][:19].replace("T", " "),
+            "-" if d["device_id"] is None else str(d["device_id"]),
             _size(d["size_bytes"]), _size(d["used_bytes"]), d["parent"] or "-",
-            d["error"] or "-",
+            d["error"] or d["notice"] or "-",
         )
         for d in report["devices"]
     ]

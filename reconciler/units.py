@@ -77,3 +77,23 @@ def to_sectors(size: Bytes) -> Sectors:
 def to_bytes(sectors: Sectors) -> Bytes:
     """Sectors to bytes."""
     return Bytes(sectors * SECTOR_SIZE)
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number of seconds or text with a unit: 0.5, "500ms", "30s", "5m", "1h"."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise SizeError(f"expected a duration like \"30s\" or a number of seconds, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(value)
+        if match is None:
+            raise SizeError(f"cannot read duration {value!r}: use a number with ms, s, m or h")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds < 0:
+        raise SizeError(f"duration must not be negative, got {value!r}")
+    return seconds

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.config import Settings, settings_from_mapping
+from reconciler.daemon.once import run_until_settled
 from reconciler.dm.client import DmClient
-from reconciler.dm.fake import FakeKernel
 from reconciler.dm.host import Host, SystemHost
 from reconciler.dm.loopback import LoopbackFiles, attached_loop
 from reconciler.reconcile.engine import PassResult, Reconciler
@@ -50,6 +50,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         print("\nRECONCILER_REQUIRE_KERNEL=1 but this machine has no device-mapper")
     del exitstatus
+
+
+def fake_kernel() -> Host:
+    """A fresh FakeKernel (imported here so that tests without one load without it)."""
+    from reconciler.dm.fake import FakeKernel
+
+    return FakeKernel()
 
 
 class FakeClock:
@@ -97,12 +104,11 @@ class World:
 
     def reconciler(self, policy: RetryPolicy | None = None) -> Reconciler:
         assert self.store is not None
-        return Reconciler(self.settings, self.host, self.store, clock=self.clock,
-                          sleep=self.clock.sleep, policy=policy)
+        return Reconciler(self.settings, self.host, self.store, clock=self.clock, policy=policy)
 
     def run_pass(self, policy: RetryPolicy | None = None) -> PassResult:
-        """One reconcile pass with a fresh Reconciler, as `run --once` does."""
-        return self.reconciler(policy).run_pass()
+        """What `run --once` does: passes until settled, sleeping on the fake clock."""
+        return run_until_settled(self.reconciler(policy), self.clock, self.clock.sleep)
 
     def report(self) -> dict[str, object]:
         """`status --json` as a dict."""
@@ -121,7 +127,7 @@ class World:
         if not self.real:
             return
         client = DmClient(self.host)
-        for name in sorted(self.kernel_names()) + [self.pool]:
+        for name in [*sorted(self.kernel_names()), self.pool]:
             for _ in range(20):
                 if client.info(name) is None:
                     break
@@ -153,7 +159,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     """A world on the fake kernel, and (kernel tier) the same on the real one."""
     real = request.param == "real"
     pool = f"rt{secrets.token_hex(3)}" if real else "rtpool"
-    host: Host = SystemHost() if real else FakeKernel()
+    host: Host = SystemHost() if real else fake_kernel()
     created = World(host=host, settings=make_settings(tmp_path, pool), real=real)
     try:
         yield created
@@ -164,7 +170,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
 @pytest.fixture
 def fake_world(tmp_path: Path) -> Iterator[World]:
     """A world on the fake kernel only, for rules the real kernel cannot be made to show."""
-    created = World(host=FakeKernel(), settings=make_settings(tmp_path, "rtpool"), real=False)
+    created = World(host=fake_kernel(), settings=make_settings(tmp_path, "rtpool"), real=False)
     try:
         yield created
     finally:
@@ -176,8 +182,8 @@ def real_world(tmp_path: Path) -> Iterator[World]:
     """A world on the real kernel only (tests using it carry the `kernel` mark)."""
     if not KERNEL_AVAILABLE:
         pytest.skip("needs /dev/mapper/control and root")
-    created = World(host=SystemHost(), settings=make_settings(tmp_path, f"rt{secrets.token_hex(3)}"),
-                    real=True)
+    settings = make_settings(tmp_path, f"rt{secrets.token_hex(3)}")
+    created = World(host=SystemHost(), settings=settings, real=True)
     try:
         yield created
     finally:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from reconciler.dm.fake import FakeKernel
 
 from reconciler.cli import main
-from reconciler.dm.fake import FakeKernel
 
 
 @pytest.fixture
@@ -35,9 +35,12 @@ def test_run_once_exits_zero_when_converged(config: Path, capsys: pytest.Capture
     assert main(["-c", str(config), "status"], host=host) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("pool clipool: rw, transaction 2")
-    assert out[1].split() == ["NAME", "STATE", "ID", "SIZE", "USED", "PARENT", "ERROR"]
-    assert out[2].split()[:6] == ["web-1", "Activated", "1", "64MiB", out[2].split()[4],
-                                  "web-base"]
+    assert out[1].split() == ["NAME", "STATE", "SINCE", "ID", "SIZE", "USED", "PARENT",
+                              "ERROR"]
+    cells = out[2].split()
+    assert cells[:2] == ["web-1", "Activated"]
+    assert cells[4:6] == ["1", "64MiB"]
+    assert cells[7] == "web-base"
     # Columns line up: every row has STATE where the header has it.
     assert {line.index(line.split()[1]) for line in out[1:4]} == {out[1].index("STATE")}
 

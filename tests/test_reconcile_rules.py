@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import os
 
+import pytest
+from reconciler.dm.fake import FakeKernel
 from structlog.testing import capture_logs
 
 from reconciler.dm.client import DmClient
-from reconciler.dm.fake import FakeKernel
 from reconciler.dm.pool import PoolMismatch, ThinPool
 from reconciler.reconcile.retry import RetryPolicy
 from tests.conftest import World
@@ -127,12 +128,8 @@ def test_a_conflicting_device_name_is_not_taken_over(fake_world: World) -> None:
 def test_a_loaded_pool_with_another_table_is_refused(fake_world: World) -> None:
     """A device with the pool's name but a different table stops the pass with a clear error."""
     DmClient(fake_world.host).create(fake_world.pool, "0 8 zero", "someone-else")
-    try:
+    with pytest.raises(PoolMismatch, match="refusing to touch it"):
         fake_world.run_pass()
-    except PoolMismatch as exc:
-        assert "refusing to touch it" in str(exc)
-    else:
-        raise AssertionError("a mismatching pool was adopted")
 
 
 def test_an_existing_pool_is_adopted_and_its_metadata_kept(fake_world: World) -> None:

@@ -18,3 +18,19 @@ def make_filesystem(host: Host, fs_type: str, device: str, options: Sequence[str
     completed = host.run(argv)
     if not completed.ok:
         raise classify(f"mkfs.{fs_type} {device}", completed)
+
+
+def grow_filesystem(host: Host, fs_type: str, device: str) -> bool:
+    """Grow an unmounted filesystem to fill its device; False when `fs_type` cannot be grown
+    unmounted (xfs grows only while mounted, with xfs_growfs)."""
+    if fs_type != "ext4":
+        return False
+    # resize2fs insists on a freshly checked filesystem when it is not mounted.
+    checked = host.run(["e2fsck", "-f", "-p", device])
+    # e2fsck: 0 clean, 1 errors corrected; anything else needs a person.
+    if checked.rc not in (0, 1):
+        raise classify(f"e2fsck {device}", checked)
+    grown = host.run(["resize2fs", device])
+    if not grown.ok:
+        raise classify(f"resize2fs {device}", grown)
+    return True

@@ -5,24 +5,28 @@ the kernel shows, never from the event that woke us. Every kernel call sits betw
 transitions of the device's machine, each persisted by the store, so a crash leaves the step in
 flight on disk. A state written while a call was in flight (Creating, Activating, ...) is
 resolved on the next pass by doing that call again: each call here is idempotent.
+
+A failed step is never waited for inside a pass: a temporary error stores when to try again
+(`retry_at`, exponential backoff) and the pass moves on; the caller (`run --once` or the daemon)
+decides when to run the next pass.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 import structlog
 
 from reconciler.config import Settings
 from reconciler.dm.errors import DeviceBusy, DeviceExists, DmError, NoData, NoSuchDevice
-from reconciler.dm.filesystem import make_filesystem
+from reconciler.dm.filesystem import grow_filesystem, make_filesystem
 from reconciler.dm.host import Host
+from reconciler.dm.parse import parse_thin_table
 from reconciler.dm.pool import ThinPool, table_matches, thin_device_name, thin_uuid
-from reconciler.dm.types import DeviceInfo
 from reconciler.reconcile.observe import KernelDevice, Observation, observe
 from reconciler.reconcile.pool_setup import prepare_pool
 from reconciler.reconcile.retry import RetryPolicy
@@ -56,6 +60,11 @@ class PassResult:
     faulty: dict[str, str] = field(default_factory=dict)
     rejected: list[RejectedSpec] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    # Earliest time a pending device may be tried again, and the same among devices that
+    # have attempts left (what `run --once` waits for).
+    next_retry_at: float | None = None
+    next_budgeted_retry_at: float | None = None
+    stopped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -64,21 +73,28 @@ class PassResult:
 
 
 class StepFailed(Exception):
-    """A step gave up on a device; the device is Faulty or waits for the next pass."""
+    """A step gave up on a device for now; the device is Faulty or scheduled for a retry."""
 
 
 class Waiting(Exception):
     """A device cannot take its next step yet (its parent is not ready); not an error."""
 
 
+class Stopped(Exception):
+    """A stop was requested; the pass ends between two steps."""
+
+
 @dataclass
 class _Step:
     name: str
     run: Callable[[], None]
+    # Whether a busy device makes this step wait rather than fail (removal, never --force).
+    removal: bool = False
 
 
 class Reconciler:
-    """Drives every device toward its spec, one pass at a time."""
+    """Drives every device toward its spec, one pass at a time. Not thread-safe: one thread
+    owns it, its store and its machines."""
 
     def __init__(
         self,
@@ -86,15 +102,18 @@ class Reconciler:
         host: Host,
         store: Store,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
         policy: RetryPolicy | None = None,
+        stop_requested: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self.host = host
         self.store = store
         self.clock = clock
-        self.sleep = sleep
-        self.policy = policy or RetryPolicy()
+        self.policy = policy or RetryPolicy(
+            initial=settings.retry_initial, maximum=settings.retry_max,
+            max_attempts=settings.max_attempts,
+        )
+        self.stop_requested = stop_requested
         self.pool: ThinPool | None = None
         self.records: dict[str, DeviceRecord] = {}
         self.machines: dict[str, DeviceMachine] = {}
@@ -106,22 +125,31 @@ class Reconciler:
     def load_specs(self) -> SpecSet:
         """The spec directory, parsed with the config's defaults."""
         defaults = Defaults(size=self.settings.base_image_size,
-                            filesystem="ext4" if self.settings.fs_type == "ext4" else "xfs")
+                            filesystem=_fs(self.settings.fs_type))
         return load_spec_dir(self.settings.specs_path, defaults)
 
-    def run_pass(self) -> PassResult:
-        """Read specs, observe the kernel, and drive each device as far as it can go."""
-        if self.pool is None:
-            self.pool = prepare_pool(self.settings, self.host, self.store, self.clock())
+    def _begin(self) -> tuple[dict[str, DeviceSpec], SpecSet, list[RejectedSpec]]:
+        assert self.pool is not None
         spec_set = self.load_specs()
         self.obs = observe(self.pool.client, self.settings.pool_name)
-        self._sync_transaction_id()
         self.records = {r.name: r for r in self.store.devices(include_removed=True)}
         self.machines = {}
-
-        result = PassResult()
         specs, rejected = self._resolve_against_store(spec_set)
-        result.rejected = rejected
+        return specs, spec_set, rejected
+
+    def run_pass(self, only: Iterable[str] | None = None) -> PassResult:
+        """Read specs, observe the kernel, and drive devices as far as they can go now.
+
+        With `only`, drive just those names (and their snapshots), plus any device whose
+        retry is due: what a file event asks for, without touching the rest.
+        """
+        if self.pool is None:
+            self.pool = prepare_pool(self.settings, self.host, self.store, self.clock())
+        specs, spec_set, rejected = self._begin()
+        self._sync_transaction_id()
+        self._take_requests()
+
+        result = PassResult(rejected=rejected)
         self.store.replace_rejected_specs(
             RejectedSpecRecord(r.name, r.path, r.error, self.clock()) for r in rejected
         )
@@ -129,16 +157,50 @@ class Reconciler:
             log.warning("spec.rejected", name=item.name, path=item.path, error=item.error,
                         next="fix the file; the device (if any) is left as it is")
 
-        keep = spec_set.names
-        for name in _parents_first(specs):
-            self._drive(name, specs[name], result)
-        for name, record in sorted(self.records.items()):
-            if name not in keep and record.state != S.REMOVED:
-                self._drive(name, None, result)
+        wanted = None if only is None else self._with_snapshots(set(only), specs)
+        order = [(n, specs[n]) for n in _parents_first(specs)] + [
+            (n, None) for n, r in sorted(self.records.items())
+            if n not in spec_set.names and r.state != S.REMOVED
+        ]
+        try:
+            for name, spec in order:
+                if wanted is not None and name not in wanted and not self._retry_due(name):
+                    continue
+                self._drive(name, spec, result)
+        except Stopped:
+            result.stopped = True
+            log.info("pass.stopped", next="exiting; every finished step is persisted")
+        self._schedule(result)
         return result
 
+    def _with_snapshots(self, names: set[str], specs: dict[str, DeviceSpec]) -> set[str]:
+        """Names plus every spec'd descendant: a parent's change may unblock its snapshots."""
+        grown = set(names)
+        changed = True
+        while changed:
+            changed = False
+            for name, spec in specs.items():
+                if name not in grown and spec.parent in grown:
+                    grown.add(name)
+                    changed = True
+        return grown
+
+    def _retry_due(self, name: str) -> bool:
+        record = self.records.get(name)
+        return record is not None and record.retry_at is not None \
+            and record.retry_at <= self.clock()
+
+    def _schedule(self, result: PassResult) -> None:
+        for name in result.pending:
+            record = self.records.get(name)
+            if record is None or record.retry_at is None:
+                continue
+            at = record.retry_at
+            result.next_retry_at = min(at, result.next_retry_at or at)
+            if record.attempts < self.policy.max_attempts:
+                result.next_budgeted_retry_at = min(at, result.next_budgeted_retry_at or at)
+
     def _sync_transaction_id(self) -> None:
-        assert self.pool is not None
         record = self.store.pool(self.settings.pool_name)
         kernel = self.obs.pool.transaction_id if self.obs.pool else 0
         if record is not None and record.transaction_id != kernel:
@@ -154,6 +216,20 @@ class Reconciler:
         if record is not None:
             record.transaction_id = value
             self.store.save_pool(record)
+
+    def _take_requests(self) -> None:
+        """Run operator requests (queued by `reconciler retry`) in this, the owning thread."""
+        for request in self.store.take_requests():
+            record = self.records.get(request.name)
+            if request.kind != "retry":
+                log.warning("request.unknown", kind=request.kind, name=request.name)
+            elif record is None or record.state != S.FAULTY:
+                state = record.state if record else "no such device"
+                log.warning("request.ignored", kind="retry", name=request.name, state=state,
+                            next="only a Faulty device can be retried")
+            else:
+                log.info("request.retry", name=request.name)
+                self.machine(request.name).fire("retry")
 
     def _resolve_against_store(
         self, spec_set: SpecSet
@@ -191,6 +267,46 @@ class Reconciler:
             specs[name] = spec
         return specs, sorted(rejected, key=lambda r: r.name)
 
+    # -- plan ------------------------------------------------------------------------------
+
+    def plan(self) -> list[tuple[str, str]]:
+        """What the next pass would do to each device, without doing anything.
+
+        Observes the kernel (read-only) and reads the store; nothing is written.
+        """
+        self.pool = self.pool or ThinPool(self.host, self.settings.pool_name)
+        if self.pool.client.info(self.settings.pool_name) is None:
+            return [("(pool)", f"create pool {self.settings.pool_name}")]
+        specs, spec_set, rejected = self._begin()
+        actions = [(r.name, f"nothing: spec rejected ({r.error})") for r in rejected]
+        for name in _parents_first(specs):
+            actions.append((name, self._describe(name, specs[name])))
+        for name, record in sorted(self.records.items()):
+            if name not in spec_set.names and record.state != S.REMOVED:
+                actions.append((name, self._describe(name, None)))
+        return sorted(actions)
+
+    def _describe(self, name: str, spec: DeviceSpec | None) -> str:
+        record = self.records.get(name)
+        if record is None:
+            assert spec is not None
+            record = DeviceRecord(name=name)
+            _copy_spec(record, spec)
+        elif spec is not None:
+            record = replace(record)
+            _apply_spec(record, spec)
+        try:
+            step = self._next_step(record, spec)
+        except Waiting as wait:
+            return f"nothing yet: {wait}"
+        if step is None:
+            if record.state == S.FAULTY:
+                return "nothing: Faulty (change the spec or run `reconciler retry`)"
+            return "nothing"
+        if step.name == "create" and record.parent is not None:
+            return f"snapshot of {record.parent}"
+        return step.name
+
     # -- one device ------------------------------------------------------------------------
 
     def _record(self, name: str, spec: DeviceSpec | None) -> DeviceRecord:
@@ -220,8 +336,9 @@ class Reconciler:
         record.state_changed_at = now
         if change.to_state == S.FAULTY:
             record.error, record.error_step = change.error, change.step
+            record.retry_at = None
         elif change.trigger in ("retry", "recreate"):
-            record.error = record.error_step = None
+            record.error = record.error_step = record.retry_at = None
             record.attempts = 0
         with self.store.transaction():
             self.store.save_device(record)
@@ -236,12 +353,22 @@ class Reconciler:
     def _drive(self, name: str, spec: DeviceSpec | None, result: PassResult) -> None:
         bound = log.bind(name=name)
         record = self._record(name, spec)
+        spec_changed = spec is not None and record.spec_digest != spec.digest
+        if record.retry_at is not None and record.retry_at > self.clock() and not spec_changed:
+            result.pending[name] = record.error or "waiting to retry"
+            return
+        if spec is not None and record.state != S.FAULTY and spec_changed:
+            _apply_spec(record, spec)
+            self.store.save_device(record)
         for _ in range(MAX_STEPS):
+            if self.stop_requested():
+                raise Stopped
             try:
                 step = self._next_step(record, spec)
             except Waiting as wait:
-                record.error = str(wait)
-                self.store.save_device(record)
+                if record.error != str(wait):
+                    record.error = str(wait)
+                    self.store.save_device(record)
                 result.pending[name] = str(wait)
                 bound.info("device.waiting", reason=str(wait), next="next pass")
                 return
@@ -251,9 +378,9 @@ class Reconciler:
                 self._run_step(record, step)
             except StepFailed as failed:
                 if record.state == S.FAULTY:
-                    result.faulty[name] = str(failed)
+                    result.faulty[name] = record.error or str(failed)
                 else:
-                    result.pending[name] = str(failed)
+                    result.pending[name] = record.error or str(failed)
                 return
         else:
             result.pending[name] = "did not converge within one pass"
@@ -264,38 +391,45 @@ class Reconciler:
             if spec is None:
                 result.removed.append(name)
         else:
+            if record.error is not None and record.error.startswith("waiting for parent"):
+                record.error = None
+                self.store.save_device(record)
             result.converged.append(name)
 
     def _run_step(self, record: DeviceRecord, step: _Step) -> None:
         bound = log.bind(name=record.name, step=step.name)
-        while True:
-            try:
-                step.run()
-            except DmError as exc:
-                record.attempts += 1
-                if exc.temporary and not self.policy.exhausted(record.attempts):
-                    delay = self.policy.delay(record.attempts)
-                    record.error = f"{exc} (attempt {record.attempts}/" \
-                                   f"{self.policy.max_attempts})"
-                    self.store.save_device(record)
-                    bound.warning("device.step_failed", error=str(exc), errno=exc.errno_name,
-                                  attempt=record.attempts, decision="temporary",
-                                  next=f"retry in {delay:.2f}s")
-                    self.sleep(delay)
-                    continue
-                reason = "permanent" if not exc.temporary else "attempts exhausted"
-                bound.error("device.step_failed", error=str(exc), errno=exc.errno_name,
-                            attempt=record.attempts, decision=reason, next="marking Faulty")
-                self.machine(record.name).fire(
-                    "fail", error=f"{step.name}: {exc} ({reason} after {record.attempts} "
-                    f"attempt{'s' if record.attempts != 1 else ''})", step=step.name
-                )
-                raise StepFailed(str(exc)) from exc
-            if record.attempts or record.error:
-                record.attempts = 0
-                record.error = None
+        try:
+            step.run()
+        except DmError as exc:
+            record.attempts += 1
+            now = self.clock()
+            busy_removal = step.removal and isinstance(exc, DeviceBusy)
+            if busy_removal or (exc.temporary and not self.policy.exhausted(record.attempts)):
+                delay = self.policy.delay(record.attempts)
+                record.retry_at = now + delay
+                prefix = "busy: held open; " if busy_removal else ""
+                record.error = f"{prefix}{step.name}: {exc} (attempt {record.attempts}" + (
+                    "" if busy_removal else f"/{self.policy.max_attempts}") + ")"
                 self.store.save_device(record)
-            return
+                bound.warning("device.step_failed", error=str(exc), errno=exc.errno_name,
+                              attempt=record.attempts, decision="temporary",
+                              next=f"retry in {delay:.2f}s")
+                raise StepFailed(str(exc)) from exc
+            reason = "permanent" if not exc.temporary else "attempts exhausted"
+            bound.error("device.step_failed", error=str(exc), errno=exc.errno_name,
+                        attempt=record.attempts, decision=reason, next="marking Faulty")
+            self.machine(record.name).fire(
+                "fail", error=f"{step.name}: {exc} ({reason} after {record.attempts} "
+                f"attempt{'s' if record.attempts != 1 else ''})", step=step.name
+            )
+            raise StepFailed(str(exc)) from exc
+        if record.attempts or record.retry_at is not None or (
+            record.error is not None and record.state != S.FAULTY
+        ):
+            record.attempts = 0
+            record.retry_at = None
+            record.error = None
+            self.store.save_device(record)
 
     # -- deciding --------------------------------------------------------------------------
 
@@ -307,19 +441,21 @@ class Reconciler:
         return self.obs.device(self.kernel_name(name))
 
     def _next_step(self, record: DeviceRecord, spec: DeviceSpec | None) -> _Step | None:
+        """The next step for a device; reads only (plan relies on that)."""
         state = DeviceState(record.state)
         name = record.name
         in_flight = {
-            S.CREATING: lambda: _Step("create", lambda: self._create(record)),
-            S.ACTIVATING: lambda: _Step("activate", lambda: self._activate(record)),
-            S.SUSPENDING: lambda: _Step("reload", lambda: self._reload(record)),
-            S.SUSPENDED: lambda: _Step("reload", lambda: self._reload(record)),
-            S.RESUMING: lambda: _Step("reload", lambda: self._reload(record)),
-            S.DEACTIVATING: lambda: _Step("deactivate", lambda: self._deactivate(record)),
-            S.REMOVING: lambda: _Step("remove", lambda: self._remove(record)),
+            S.CREATING: ("create", self._create, False),
+            S.ACTIVATING: ("activate", self._activate, False),
+            S.SUSPENDING: ("reload", self._reload, False),
+            S.SUSPENDED: ("reload", self._reload, False),
+            S.RESUMING: ("reload", self._reload, False),
+            S.DEACTIVATING: ("deactivate", self._deactivate, spec is None),
+            S.REMOVING: ("remove", self._remove, True),
         }
         if state in in_flight:
-            return in_flight[state]()
+            label, action, removal = in_flight[state]
+            return _Step(label, lambda: action(record), removal)
         kernel = self._kernel(name)
         if state in LIVE and kernel is None:
             return _Step("vanished", lambda: self.machine(name).fire("vanished"))
@@ -328,8 +464,8 @@ class Reconciler:
             if state == S.REMOVED:
                 return None
             if state in LIVE:
-                return _Step("deactivate", lambda: self._deactivate(record))
-            return _Step("remove", lambda: self._remove(record))
+                return _Step("deactivate", lambda: self._deactivate(record), removal=True)
+            return _Step("remove", lambda: self._remove(record), removal=True)
 
         if state == S.REMOVED:
             return _Step("recreate", lambda: self._recreate(record, spec))
@@ -337,7 +473,6 @@ class Reconciler:
             if record.spec_digest != spec.digest:
                 return _Step("retry", lambda: self._retry(record, spec))
             return None
-        _update_soft_fields(record, spec, self.store)
         if state == S.UNKNOWN:
             self._check_parent(record)
             return _Step("create", lambda: self._create(record))
@@ -345,12 +480,14 @@ class Reconciler:
             if kernel is not None or spec.active or not record.formatted:
                 return _Step("activate", lambda: self._activate(record))
             return None
-        # Live: format once, then match mode and size, then match `active`.
+        # Live: format once, then match mode and size, grow the filesystem, match `active`.
         assert kernel is not None
         if not record.formatted:
             return _Step("mkfs", lambda: self._format(record))
         if kernel.info.readonly != record.readonly or self._length_differs(record, kernel):
             return _Step("reload", lambda: self._reload(record))
+        if self._fs_needs_growing(record, kernel):
+            return _Step("grow filesystem", lambda: self._grow_fs(record))
         if not spec.active:
             return _Step("deactivate", lambda: self._deactivate(record))
         return None
@@ -358,6 +495,16 @@ class Reconciler:
     def _length_differs(self, record: DeviceRecord, kernel: KernelDevice) -> bool:
         return kernel.table is not None and kernel.table.length != to_sectors(
             Bytes(record.size_bytes)
+        )
+
+    def _fs_needs_growing(self, record: DeviceRecord, kernel: KernelDevice) -> bool:
+        # Only filesystems we made are grown, only unmounted, and only once per size.
+        return (
+            record.filesystem != "none"
+            and 0 < record.fs_size_bytes < record.size_bytes
+            and kernel.info.open_count == 0
+            and not kernel.info.readonly
+            and record.notice is None
         )
 
     def _check_parent(self, record: DeviceRecord) -> None:
@@ -379,7 +526,9 @@ class Reconciler:
         if machine.current == S.UNKNOWN:
             record.device_id = self.store.allocate_id()
             if record.parent is not None:
-                record.origin_id = self.records[record.parent].device_id
+                parent = self.records[record.parent]
+                record.origin_id = parent.device_id
+                record.fs_size_bytes = parent.fs_size_bytes
             machine.fire("create")  # persists the id with state Creating: our intent
         assert record.device_id is not None
         before = self.transaction_id
@@ -407,8 +556,7 @@ class Reconciler:
         """The kernel requires an active origin to be suspended while it is snapshotted."""
         assert self.pool is not None
         parent = self.records[parent_name]
-        kernel = self._kernel(parent_name)
-        if parent.state not in LIVE or kernel is None:
+        if parent.state not in LIVE or self._kernel(parent_name) is None:
             yield
             return
         machine = self.machine(parent_name)
@@ -443,7 +591,6 @@ class Reconciler:
             # dm answers EBUSY when the name is taken. Adopt it if it is exactly our device;
             # otherwise it is a conflict an operator must clear, worth retrying meanwhile.
             lines = self.pool.client.table(kname)
-            from reconciler.dm.parse import parse_thin_table
             loaded = [parse_thin_table(t) for t in lines if t.target == "thin"]
             if not (len(lines) == 1 and loaded
                     and table_matches(loaded[0], wanted, self.obs.pool_number)):
@@ -464,18 +611,30 @@ class Reconciler:
         if info is None:
             self.obs.devices.pop(kname, None)
             return
-        from reconciler.dm.parse import parse_thin_table
         lines = self.pool.client.table(kname)
-        table = parse_thin_table(lines[0]) if len(lines) == 1 and lines[0].target == "thin" \
-            else None
+        single = len(lines) == 1 and lines[0].target == "thin"
+        table = parse_thin_table(lines[0]) if single else None
         self.obs.devices[kname] = KernelDevice(info=info, table=table)
 
     def _format(self, record: DeviceRecord) -> None:
         device = f"/dev/mapper/{self.kernel_name(record.name)}"
         make_filesystem(self.host, record.filesystem, device, self.settings.fs_options)
         record.formatted = True
+        record.fs_size_bytes = record.size_bytes
         self.store.save_device(record)
         log.info("device.formatted", name=record.name, filesystem=record.filesystem)
+
+    def _grow_fs(self, record: DeviceRecord) -> None:
+        device = f"/dev/mapper/{self.kernel_name(record.name)}"
+        if grow_filesystem(self.host, record.filesystem, device):
+            record.fs_size_bytes = record.size_bytes
+            log.info("device.filesystem_grown", name=record.name, size_bytes=record.size_bytes)
+        else:
+            record.notice = (f"the {record.filesystem} filesystem still has "
+                             f"{record.fs_size_bytes} bytes: grow it while mounted "
+                             "(xfs_growfs MOUNTPOINT)")
+            log.warning("device.filesystem_not_grown", name=record.name, notice=record.notice)
+        self.store.save_device(record)
 
     def _reload(self, record: DeviceRecord) -> None:
         """Swap in the table the record wants (read-only flag, length) via suspend/resume."""
@@ -483,6 +642,11 @@ class Reconciler:
         machine = self.machine(record.name)
         kname = self.kernel_name(record.name)
         client = self.pool.client
+        kernel = self._kernel(record.name)
+        if kernel is not None and kernel.table is not None and record.fs_size_bytes and \
+                kernel.info.open_count > 0 and kernel.table.length < _sectors(record.size_bytes):
+            record.notice = ("grown while open: grow its filesystem where it is mounted "
+                             "(resize2fs DEVICE or xfs_growfs MOUNTPOINT)")
         if machine.current in LIVE:
             machine.fire("suspend")
         if machine.current == S.SUSPENDING:
@@ -529,10 +693,14 @@ class Reconciler:
         record.device_id = None
         record.origin_id = None
         record.formatted = False
+        record.fs_size_bytes = 0
+        record.notice = None
         self.machine(record.name).fire("recreate")
 
     def _retry(self, record: DeviceRecord, spec: DeviceSpec) -> None:
-        if not record.provisioned:
+        if record.provisioned:
+            _apply_spec(record, spec)
+        else:
             _copy_spec(record, spec)
         self.machine(record.name).fire("retry")
 
@@ -541,18 +709,26 @@ def _sectors(size: int) -> Sectors:
     return to_sectors(Bytes(size))
 
 
+def _fs(value: str) -> Filesystem:
+    return cast(Filesystem, value)
+
+
 def _copy_spec(record: DeviceRecord, spec: DeviceSpec) -> None:
-    record.size_bytes = spec.size
+    """Everything from the spec, for a device not yet made."""
     record.parent = spec.parent
     record.filesystem = spec.filesystem
+    _apply_spec(record, spec)
+
+
+def _apply_spec(record: DeviceRecord, spec: DeviceSpec) -> None:
+    """The spec's wishes an existing device can follow (size, mode, labels, active)."""
+    if spec.size != record.size_bytes:
+        record.notice = None
+    record.size_bytes = spec.size
     record.active = spec.active
     record.readonly = spec.readonly
     record.labels = dict(spec.labels)
     record.spec_digest = spec.digest
-
-
-def _fs(value: str) -> Filesystem:
-    return cast(Filesystem, value)
 
 
 def _impossible_change(record: DeviceRecord, spec: DeviceSpec) -> str | None:
@@ -567,18 +743,6 @@ def _impossible_change(record: DeviceRecord, spec: DeviceSpec) -> str | None:
         return (f"key 'size': {spec.size} bytes is smaller than the device's "
                 f"{record.size_bytes}; thin devices are never shrunk")
     return None
-
-
-def _update_soft_fields(record: DeviceRecord, spec: DeviceSpec, store: Store) -> None:
-    """Take the spec's wishes that need no new device (mode, size, labels, active)."""
-    if record.spec_digest == spec.digest:
-        return
-    record.size_bytes = spec.size
-    record.active = spec.active
-    record.readonly = spec.readonly
-    record.labels = dict(spec.labels)
-    record.spec_digest = spec.digest
-    store.save_device(record)
 
 
 def _parents_first(specs: dict[str, DeviceSpec]) -> list[str]:
@@ -597,6 +761,3 @@ def _parents_first(specs: dict[str, DeviceSpec]) -> list[str]:
     for name in sorted(specs):
         visit(name)
     return ordered
-
-
-__all__ = ["DeviceInfo", "PassResult", "Reconciler"]

@@ -5,7 +5,13 @@ Store's methods, each of which commits before it returns, so a crash between two
 leaves the last step on disk.
 """
 
-from reconciler.store.records import DeviceRecord, PoolRecord, RejectedSpecRecord, TransitionRecord
+from reconciler.store.records import (
+    DeviceRecord,
+    PoolRecord,
+    RejectedSpecRecord,
+    RequestRecord,
+    TransitionRecord,
+)
 from reconciler.store.store import MAX_THIN_ID, Store, StoreError
 
 __all__ = [
@@ -13,6 +19,7 @@ __all__ = [
     "DeviceRecord",
     "PoolRecord",
     "RejectedSpecRecord",
+    "RequestRecord",
     "Store",
     "StoreError",
     "TransitionRecord",

@@ -1,74 +1,107 @@
-"""peewee table definitions; bound to a database by Store at open time."""
+"""peewee table definitions, made per database so two Stores in one process never share one.
+
+peewee binds a model class to one database; a module-level binding would make the daemon's
+store and a status reader in the same process (or two tests) write into each other's file.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import peewee
 
-DATABASE = peewee.DatabaseProxy()
+
+@dataclass(frozen=True)
+class Models:
+    """The model classes of one database."""
+
+    # Any: peewee's fields are descriptors mypy cannot see through on classes made at run time.
+    Device: Any
+    Transition: Any
+    RejectedSpec: Any
+    Pool: Any
+    Request: Any
+
+    def all(self) -> list[type[peewee.Model]]:
+        """Every table, for create_tables."""
+        return [self.Device, self.Transition, self.RejectedSpec, self.Pool, self.Request]
 
 
-class _Base(peewee.Model):
-    class Meta:
-        database = DATABASE
+def bind_models(database: peewee.Database) -> Models:
+    """Define the tables on `database`."""
 
+    class Base(peewee.Model):
+        class Meta:
+            database = None
 
-class DeviceRow(_Base):
-    name = peewee.CharField(primary_key=True)
-    state = peewee.CharField(index=True)
-    device_id = peewee.IntegerField(null=True, index=True)
-    size_bytes = peewee.BigIntegerField()
-    parent = peewee.CharField(null=True)
-    origin_id = peewee.IntegerField(null=True)
-    filesystem = peewee.CharField()
-    provisioned = peewee.BooleanField(default=False)
-    formatted = peewee.BooleanField(default=False)
-    active = peewee.BooleanField()
-    readonly = peewee.BooleanField()
-    labels = peewee.TextField(default="{}")
-    error = peewee.TextField(null=True)
-    error_step = peewee.CharField(null=True)
-    attempts = peewee.IntegerField(default=0)
-    spec_digest = peewee.CharField(default="")
-    created_at = peewee.FloatField()
-    state_changed_at = peewee.FloatField()
+    Base._meta.database = database
 
-    class Meta:
-        table_name = "devices"
+    class DeviceRow(Base):
+        name = peewee.CharField(primary_key=True)
+        state = peewee.CharField(index=True)
+        device_id = peewee.IntegerField(null=True, index=True)
+        size_bytes = peewee.BigIntegerField()
+        parent = peewee.CharField(null=True)
+        origin_id = peewee.IntegerField(null=True)
+        filesystem = peewee.CharField()
+        provisioned = peewee.BooleanField(default=False)
+        formatted = peewee.BooleanField(default=False)
+        fs_size_bytes = peewee.BigIntegerField(default=0)
+        notice = peewee.TextField(null=True)
+        active = peewee.BooleanField()
+        readonly = peewee.BooleanField()
+        labels = peewee.TextField(default="{}")
+        error = peewee.TextField(null=True)
+        error_step = peewee.CharField(null=True)
+        attempts = peewee.IntegerField(default=0)
+        retry_at = peewee.FloatField(null=True)
+        spec_digest = peewee.CharField(default="")
+        created_at = peewee.FloatField()
+        state_changed_at = peewee.FloatField()
 
+        class Meta:
+            table_name = "devices"
 
-class TransitionRow(_Base):
-    id = peewee.AutoField()
-    device = peewee.CharField(index=True)
-    from_state = peewee.CharField()
-    to_state = peewee.CharField()
-    trigger = peewee.CharField()
-    at = peewee.FloatField()
-    error = peewee.TextField(null=True)
+    class TransitionRow(Base):
+        id = peewee.AutoField()
+        device = peewee.CharField(index=True)
+        from_state = peewee.CharField()
+        to_state = peewee.CharField()
+        trigger = peewee.CharField()
+        at = peewee.FloatField()
+        error = peewee.TextField(null=True)
 
-    class Meta:
-        table_name = "transitions"
+        class Meta:
+            table_name = "transitions"
 
+    class RejectedSpecRow(Base):
+        name = peewee.CharField(primary_key=True)
+        path = peewee.TextField()
+        error = peewee.TextField()
+        seen_at = peewee.FloatField()
 
-class RejectedSpecRow(_Base):
-    name = peewee.CharField(primary_key=True)
-    path = peewee.TextField()
-    error = peewee.TextField()
-    seen_at = peewee.FloatField()
+        class Meta:
+            table_name = "rejected_specs"
 
-    class Meta:
-        table_name = "rejected_specs"
+    class PoolRow(Base):
+        name = peewee.CharField(primary_key=True)
+        transaction_id = peewee.BigIntegerField()
+        metadata_device = peewee.TextField()
+        data_device = peewee.TextField()
+        data_block_sectors = peewee.IntegerField()
+        created_at = peewee.FloatField()
 
+        class Meta:
+            table_name = "pools"
 
-class PoolRow(_Base):
-    name = peewee.CharField(primary_key=True)
-    transaction_id = peewee.BigIntegerField()
-    metadata_device = peewee.TextField()
-    data_device = peewee.TextField()
-    data_block_sectors = peewee.IntegerField()
-    created_at = peewee.FloatField()
+    class RequestRow(Base):
+        id = peewee.AutoField()
+        kind = peewee.CharField()
+        name = peewee.CharField()
+        at = peewee.FloatField()
 
-    class Meta:
-        table_name = "pools"
+        class Meta:
+            table_name = "requests"
 
-
-ALL_MODELS: list[type[peewee.Model]] = [DeviceRow, TransitionRow, RejectedSpecRow, PoolRow]
+    return Models(DeviceRow, TransitionRow, RejectedSpecRow, PoolRow, RequestRow)

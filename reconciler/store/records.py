@@ -20,12 +20,18 @@ class DeviceRecord:
     # The thin id exists in the pool (create_thin/create_snap done, delete not yet).
     provisioned: bool = False
     formatted: bool = False
+    # Size the filesystem was made or last grown to (0: none, or not made by us).
+    fs_size_bytes: int = 0
+    # Something the operator should know that is not an error (e.g. "grow the filesystem").
+    notice: str | None = None
     active: bool = True
     readonly: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     error_step: str | None = None
     attempts: int = 0
+    # When the failed step may be tried again (None: nothing is waiting).
+    retry_at: float | None = None
     spec_digest: str = ""
     created_at: float = 0.0
     state_changed_at: float = 0.0
@@ -63,3 +69,13 @@ class PoolRecord:
     data_device: str = ""
     data_block_sectors: int = 128
     created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """An operator's request (e.g. retry a Faulty device), queued for the daemon's thread."""
+
+    id: int
+    kind: str
+    name: str
+    at: float

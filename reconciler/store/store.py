@@ -16,18 +16,12 @@ from typing import Any
 
 import peewee
 
-from reconciler.store.models import (
-    ALL_MODELS,
-    DATABASE,
-    DeviceRow,
-    PoolRow,
-    RejectedSpecRow,
-    TransitionRow,
-)
+from reconciler.store.models import bind_models
 from reconciler.store.records import (
     DeviceRecord,
     PoolRecord,
     RejectedSpecRecord,
+    RequestRecord,
     TransitionRecord,
 )
 
@@ -40,7 +34,7 @@ class StoreError(RuntimeError):
     """The store cannot do what was asked (no free id, database unreadable)."""
 
 
-def _device_from_row(row: DeviceRow) -> DeviceRecord:
+def _device_from_row(row: Any) -> DeviceRecord:
     values: dict[str, Any] = {f.name: getattr(row, f.name) for f in fields(DeviceRecord)}
     values["labels"] = json.loads(row.labels)
     return DeviceRecord(**values)
@@ -62,9 +56,9 @@ class Store:
                 "busy_timeout": 5000,
             },
         )
-        DATABASE.initialize(self._db)
+        self._m = bind_models(self._db)
         self._db.connect(reuse_if_open=True)
-        self._db.create_tables(ALL_MODELS, safe=True)
+        self._db.create_tables(self._m.all(), safe=True)
 
     def close(self) -> None:
         """Close the database connection."""
@@ -80,26 +74,26 @@ class Store:
 
     def devices(self, include_removed: bool = False) -> list[DeviceRecord]:
         """All device records by name; Removed ones only when asked (they are history)."""
-        query = DeviceRow.select().order_by(DeviceRow.name)
+        query = self._m.Device.select().order_by(self._m.Device.name)
         if not include_removed:
-            query = query.where(DeviceRow.state != REMOVED)
+            query = query.where(self._m.Device.state != REMOVED)
         return [_device_from_row(row) for row in query]
 
     def device(self, name: str) -> DeviceRecord | None:
         """One device record, Removed included, or None."""
-        row = DeviceRow.get_or_none(DeviceRow.name == name)
+        row = self._m.Device.get_or_none(self._m.Device.name == name)
         return None if row is None else _device_from_row(row)
 
     def save_device(self, record: DeviceRecord) -> None:
         """Insert or update a device record."""
         values = asdict(record)
         values["labels"] = json.dumps(record.labels, sort_keys=True)
-        DeviceRow.insert(**values).on_conflict_replace().execute()
+        self._m.Device.insert(**values).on_conflict_replace().execute()
 
     def ids_in_use(self) -> set[int]:
         """Thin ids held by devices that are not Removed (Faulty ones stay quarantined)."""
-        query = DeviceRow.select(DeviceRow.device_id).where(
-            (DeviceRow.state != REMOVED) & DeviceRow.device_id.is_null(False)
+        query = self._m.Device.select(self._m.Device.device_id).where(
+            (self._m.Device.state != REMOVED) & self._m.Device.device_id.is_null(False)
         )
         return {row.device_id for row in query if row.device_id is not None}
 
@@ -118,14 +112,14 @@ class Store:
 
     def record_transition(self, transition: TransitionRecord) -> None:
         """Append one state change to a device's history."""
-        TransitionRow.create(**asdict(transition))
+        self._m.Transition.create(**asdict(transition))
 
     def history(self, name: str) -> list[TransitionRecord]:
         """A device's state changes, oldest first."""
         query = (
-            TransitionRow.select()
-            .where(TransitionRow.device == name)
-            .order_by(TransitionRow.at, TransitionRow.id)
+            self._m.Transition.select()
+            .where(self._m.Transition.device == name)
+            .order_by(self._m.Transition.at, self._m.Transition.id)
         )
         return [
             TransitionRecord(
@@ -144,26 +138,39 @@ class Store:
     def replace_rejected_specs(self, rejected: Iterable[RejectedSpecRecord]) -> None:
         """Make the stored list of rejected specs exactly this one (the last pass's view)."""
         with self._db.atomic():
-            RejectedSpecRow.delete().execute()
+            self._m.RejectedSpec.delete().execute()
             for item in rejected:
-                RejectedSpecRow.create(**asdict(item))
+                self._m.RejectedSpec.create(**asdict(item))
 
     def rejected_specs(self) -> list[RejectedSpecRecord]:
         """Spec files the last pass rejected, by name."""
         return [
             RejectedSpecRecord(name=row.name, path=row.path, error=row.error, seen_at=row.seen_at)
-            for row in RejectedSpecRow.select().order_by(RejectedSpecRow.name)
+            for row in self._m.RejectedSpec.select().order_by(self._m.RejectedSpec.name)
         ]
 
     # -- pool ------------------------------------------------------------------------------
 
     def pool(self, name: str) -> PoolRecord | None:
         """The pool's record, or None before the pool was first made or adopted."""
-        row = PoolRow.get_or_none(PoolRow.name == name)
+        row = self._m.Pool.get_or_none(self._m.Pool.name == name)
         if row is None:
             return None
         return PoolRecord(**{f.name: getattr(row, f.name) for f in fields(PoolRecord)})
 
     def save_pool(self, record: PoolRecord) -> None:
         """Insert or update the pool's record."""
-        PoolRow.insert(**asdict(record)).on_conflict_replace().execute()
+        self._m.Pool.insert(**asdict(record)).on_conflict_replace().execute()
+
+    # -- operator requests -----------------------------------------------------------------
+
+    def add_request(self, kind: str, name: str) -> None:
+        """Queue a request for the daemon (it runs them at the start of its next pass)."""
+        self._m.Request.create(kind=kind, name=name, at=self.clock())
+
+    def take_requests(self) -> list[RequestRecord]:
+        """Remove and return the queued requests, oldest first."""
+        with self._db.atomic():
+            rows = list(self._m.Request.select().order_by(self._m.Request.id))
+            self._m.Request.delete().where(self._m.Request.id.in_([r.id for r in rows])).execute()
+        return [RequestRecord(id=r.id, kind=r.kind, name=r.name, at=r.at) for r in rows]

@@ -1,0 +1,169 @@
+"""`reconciler run`: the long-running daemon.
+
+Level-triggered loop in one thread (the main one), which alone owns the store, the machines
+and every kernel call. It wakes on spec-file events (only those names are reconciled), when a
+device's retry is due, and every `resync_interval` for a full pass that also repairs what was
+changed behind our back in the kernel. Signals: SIGTERM/SIGINT finish the step in flight and
+exit 0; SIGHUP reloads the config; SIGUSR1 asks for a full pass now (`reconciler retry` uses it).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from reconciler.config import ConfigError, Settings, load_settings
+from reconciler.daemon.notify import sd_notify
+from reconciler.daemon.wakeups import Wakeups
+from reconciler.daemon.watch import SpecWatcher
+from reconciler.dm.errors import DmError
+from reconciler.dm.host import Host
+from reconciler.reconcile.engine import PassResult, Reconciler
+from reconciler.store import Store
+
+log = structlog.get_logger(__name__)
+
+# Keys that name the pool and its state: changing them needs a restart, not a reload.
+IDENTITY_KEYS = ("root_path", "pool_name", "data_device", "metadata_device")
+
+
+@dataclass
+class Daemon:
+    """The reconcile loop and what feeds it."""
+
+    settings: Settings
+    host: Host
+    config_path: Path | None = None
+    clock: Callable[[], float] = time.time
+    wakeups: Wakeups = field(default_factory=Wakeups)
+    passes: int = 0
+
+    def __post_init__(self) -> None:
+        self.store = Store(self.settings.database_path, self.clock)
+        self._stopping = False
+        self._next_resync = self.clock()
+        self._next_retry: float | None = None
+        self.reconciler = self._new_reconciler()
+        self.watcher: SpecWatcher | None = None
+
+    def _new_reconciler(self) -> Reconciler:
+        return Reconciler(self.settings, self.host, self.store, clock=self.clock,
+                          stop_requested=lambda: self._stopping)
+
+    def request_stop(self) -> None:
+        """Finish the step in flight, then leave the loop."""
+        self._stopping = True
+        self.wakeups.stop()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 resyncs."""
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            del frame
+            log.info("daemon.signal", signal=signal.Signals(signum).name,
+                     next="finishing the step in flight, then exiting")
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, lambda s, f: self.wakeups.reload())
+        signal.signal(signal.SIGUSR1, lambda s, f: self.wakeups.resync())
+
+    def _pass(self, only: set[str] | None) -> PassResult | None:
+        try:
+            result = self.reconciler.run_pass(only)
+        except DmError as exc:
+            log.error("pass.failed", error=str(exc), errno=exc.errno_name,
+                      next=f"full pass again in {self.settings.retry_max:.1f}s")
+            return None
+        self.passes += 1
+        log.info("pass.finished", scope="full" if only is None else sorted(only),
+                 converged=len(result.converged), pending=result.pending or None,
+                 faulty=result.faulty or None,
+                 rejected=[r.name for r in result.rejected] or None)
+        return result
+
+    def _reload(self) -> None:
+        if self.config_path is None:
+            log.warning("config.reload_skipped", reason="started without a config file")
+            return
+        try:
+            fresh = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("config.reload_failed", error=str(exc), next="keeping the old config")
+            return
+        changed = [k for k in IDENTITY_KEYS if getattr(fresh, k) != getattr(self.settings, k)]
+        if changed:
+            log.error("config.reload_refused", keys=changed,
+                      next="restart the daemon to change these; keeping the old config")
+            return
+        spec_dir_changed = fresh.specs_path != self.settings.specs_path
+        self.settings = fresh
+        pool = self.reconciler.pool
+        self.reconciler = self._new_reconciler()
+        self.reconciler.pool = pool
+        if spec_dir_changed and self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = SpecWatcher(fresh.specs_path, self.wakeups)
+            self.watcher.start()
+        log.info("config.reloaded", path=str(self.config_path))
+
+    def step(self, timeout: float | None = None) -> bool:
+        """Wait for one wake-up (or the next deadline) and act on it; False once stopping."""
+        batch = self.wakeups.take(timeout)
+        if batch.stop or self._stopping:
+            return False
+        if batch.reload:
+            self._reload()
+        now = self.clock()
+        full = batch.resync or batch.reload or now >= self._next_resync
+        if full:
+            self._next_resync = now + self.settings.resync_interval
+        if full or batch.names or (self._next_retry is not None and now >= self._next_retry):
+            result = self._pass(None if full else batch.names)
+            if result is None:
+                self._next_resync = now + self.settings.retry_max
+                self._next_retry = None
+            else:
+                self._next_retry = result.next_retry_at
+        return not self._stopping
+
+    def _timeout(self) -> float:
+        deadline = self._next_resync
+        if self._next_retry is not None:
+            deadline = min(deadline, self._next_retry)
+        return max(0.0, deadline - self.clock())
+
+    def start(self) -> None:
+        """First full pass, then file watching."""
+        self._next_resync = self.clock()
+        self.watcher = SpecWatcher(self.settings.specs_path, self.wakeups)
+        self.watcher.start()
+        self.step(timeout=0)
+
+    def serve(self) -> int:
+        """Run until stopped; exit code 0 after a clean stop."""
+        self.start()
+        sd_notify("READY=1")
+        log.info("daemon.ready", spec_dir=str(self.settings.specs_path),
+                 resync_interval=self.settings.resync_interval)
+        try:
+            while self.step(self._timeout()):
+                pass
+        finally:
+            sd_notify("STOPPING=1")
+            self.close()
+        log.info("daemon.stopped", passes=self.passes)
+        return 0
+
+    def close(self) -> None:
+        """Stop watching and close the store."""
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+        self.store.close()

@@ -1,0 +1,163 @@
+"""The long-running daemon on the fake kernel: events, resync, retries, busy removal, plan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.cli import main
+from reconciler.daemon.service import Daemon
+from reconciler.daemon.wakeups import Wakeups
+from reconciler.dm.client import DmClient
+from reconciler.reconcile.retry import RetryPolicy
+from reconciler.store import Store
+from tests.conftest import World
+
+
+@pytest.fixture
+def daemon(fake_world: World) -> Iterator[Daemon]:
+    """A started daemon (first full pass done) over the fake world, on its fake clock."""
+    assert fake_world.store is not None
+    fake_world.store.close()
+    running = Daemon(fake_world.settings, fake_world.host, clock=fake_world.clock,
+                     wakeups=Wakeups(settle=0.02))
+    running.start()
+    yield running
+    running.close()
+
+
+def state(world: World, name: str) -> str:
+    """A device's state as a separate reader (like `status`) sees it."""
+    store = Store(world.settings.database_path, world.clock)
+    try:
+        found = store.device(name)
+        return "absent" if found is None else found.state
+    finally:
+        store.close()
+
+
+def test_a_dropped_spec_is_made_on_its_file_event(fake_world: World, daemon: Daemon) -> None:
+    """Writing a spec file wakes the daemon, which makes just that device."""
+    fake_world.spec("web", 'filesystem = "none"\n')
+    assert daemon.step(timeout=5)
+    assert state(fake_world, "web") == "Activated"
+    assert fake_world.kernel_names() == {f"{fake_world.pool}-web"}
+
+
+def test_a_burst_of_100_spec_files_is_one_pass(fake_world: World, daemon: Daemon) -> None:
+    """100 files dropped at once are reconciled together, in one pass."""
+    before = daemon.passes
+    for i in range(100):
+        fake_world.spec(f"d{i:03}", 'filesystem = "none"\nactive = false\n')
+    assert daemon.step(timeout=5)
+    while daemon.wakeups.take(timeout=0.2).names:  # stragglers of the same burst
+        pass
+    assert daemon.passes == before + 1
+    assert all(state(fake_world, f"d{i:03}") == "Created" for i in range(100))
+
+
+def test_resync_repairs_a_device_removed_behind_our_back(fake_world: World,
+                                                         daemon: Daemon) -> None:
+    """A device removed by hand is made active again by the next periodic resync."""
+    fake_world.spec("web", 'filesystem = "none"\n')
+    daemon.step(timeout=5)
+    kname = f"{fake_world.pool}-web"
+    DmClient(fake_world.host).remove(kname)
+    fake_world.clock.now += fake_world.settings.resync_interval + 1
+    daemon.step(timeout=0)
+    assert fake_world.kernel_names() == {kname}
+    assert state(fake_world, "web") == "Activated"
+
+
+def test_a_busy_remove_keeps_retrying_and_never_goes_faulty(fake_world: World,
+                                                            daemon: Daemon) -> None:
+    """A held-open device whose spec is gone says "busy: held open" until it is released."""
+    fake_world.spec("web", 'filesystem = "none"\n')
+    daemon.step(timeout=5)
+    kname = f"{fake_world.pool}-web"
+    fake_world.host.hold_open(kname)  # type: ignore[attr-defined]
+    fake_world.unspec("web")
+    daemon.step(timeout=5)
+    for _ in range(3 * fake_world.settings.max_attempts):
+        fake_world.clock.now += fake_world.settings.retry_max + 1
+        daemon.step(timeout=0)
+    report: dict[str, Any] = fake_world.report()
+    (device,) = report["devices"]
+    assert device["state"] == "Deactivating"
+    assert device["error"].startswith("busy: held open")
+    assert kname in fake_world.kernel_names()
+    fake_world.host.release(kname)  # type: ignore[attr-defined]
+    fake_world.clock.now += fake_world.settings.retry_max + 1
+    daemon.step(timeout=0)
+    assert state(fake_world, "web") == "Removed"
+    assert fake_world.kernel_names() == set()
+
+
+def test_retry_brings_a_faulty_device_back(fake_world: World, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A conflict makes a device Faulty; once cleared, `reconciler retry` makes it Activated."""
+    fake_world.spec("web", 'filesystem = "none"\n')
+    fake_world.run_pass(RetryPolicy(max_attempts=1))
+    kname = f"{fake_world.pool}-other"
+    DmClient(fake_world.host).create(kname, "0 8 zero", "someone-else")
+    fake_world.spec("other", 'filesystem = "none"\n')
+    result = fake_world.run_pass(RetryPolicy(initial=1.0, max_attempts=2, jitter=0.0))
+    assert "other" in result.faulty
+    DmClient(fake_world.host).remove(kname)
+    assert fake_world.run_pass().faulty  # Faulty devices wait for the operator
+    config = tmp_path / "config.toml"
+    config.write_text(f'root_path = "{fake_world.settings.root_path}"\n'
+                      f'pool_name = "{fake_world.pool}"\n')
+    assert main(["-c", str(config), "retry", "other"], host=fake_world.host) == 0
+    assert "queued" in capsys.readouterr().out
+    assert fake_world.run_pass().ok
+    assert state(fake_world, "other") == "Activated"
+    assert main(["-c", str(config), "retry", "other"], host=fake_world.host) == 1
+
+
+def test_plan_says_what_the_next_pass_would_do(fake_world: World) -> None:
+    """plan lists create/snapshot/activate/remove per device and changes nothing."""
+    fake_world.spec("keep", 'filesystem = "none"\n')
+    fake_world.spec("cold", 'filesystem = "none"\nactive = false\n')
+    fake_world.spec("gone", 'filesystem = "none"\n')
+    assert fake_world.run_pass().ok
+    fake_world.spec("cold", 'filesystem = "none"\nactive = true\n')
+    fake_world.spec("new", 'filesystem = "none"\n')
+    fake_world.spec("snap", 'parent = "keep"\n')
+    fake_world.spec("grow", 'filesystem = "none"\n')
+    fake_world.unspec("gone")
+    calls_before = len(fake_world.host.calls)  # type: ignore[attr-defined]
+    plan = dict(fake_world.reconciler().plan())
+    assert plan == {
+        "cold": "activate",
+        "gone": "deactivate",
+        "grow": "create",
+        "keep": "nothing",
+        "new": "create",
+        "snap": "snapshot of keep",
+    }
+    mutating = [c for c in fake_world.host.calls[calls_before:]  # type: ignore[attr-defined]
+                if c[:2] not in (("dmsetup", "info"), ("dmsetup", "status"),
+                                 ("dmsetup", "table"))]
+    assert mutating == []
+
+
+def test_stop_ends_a_pass_between_steps(fake_world: World) -> None:
+    """A stop lets the step in flight finish (create_thin and Created), then ends the pass."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    stop = {"now": False}
+    reconciler = fake_world.reconciler()
+    reconciler.stop_requested = lambda: stop["now"]
+    original = reconciler._persist
+
+    def persist_then_stop(change: object) -> None:
+        original(change)  # type: ignore[arg-type]
+        stop["now"] = True
+
+    reconciler._persist = persist_then_stop  # type: ignore[method-assign]
+    result = reconciler.run_pass()
+    assert result.stopped
+    assert state(fake_world, "a") == "Created"
