@@ -15,6 +15,20 @@ import structlog
 LEVELS = ("debug", "info", "warning", "error")
 
 
+class _StderrLogger:
+    """Writes each rendered line to whatever sys.stderr is at that moment (tests swap it)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    debug = info = warning = error = critical = exception = msg
+
+
+def _stderr_logger(*args: Any) -> _StderrLogger:
+    del args
+    return _StderrLogger()
+
+
 def configure(level: str = "info", json: bool | None = None) -> None:
     """Set up structlog for the process; `json` defaults to "stderr is not a TTY"."""
     use_json = not sys.stderr.isatty() if json is None else json
@@ -33,6 +47,6 @@ def configure(level: str = "info", json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

@@ -6,10 +6,10 @@ import errno
 import os
 
 import pytest
-from reconciler.dm.fake import FakeKernel
 from structlog.testing import capture_logs
 
 from reconciler.dm.client import DmClient
+from reconciler.dm.fake import FakeKernel
 from reconciler.dm.pool import PoolMismatch, ThinPool
 from reconciler.reconcile.retry import RetryPolicy
 from tests.conftest import World
@@ -74,21 +74,23 @@ def test_temporary_errors_are_retried_with_backoff(fake_world: World) -> None:
 
 
 def test_exhausted_retries_mark_device_faulty(fake_world: World) -> None:
-    """A temporary error that outlasts max_attempts makes the device Faulty with its error."""
+    """A temporary error that outlasts max_attempts makes the device Faulty with its error,
+    the failed step and the attempt count, and its thin id stays reserved."""
     fake_world.spec("a", 'filesystem = "none"\n')
-    assert fake_world.run_pass().ok
-    fake(fake_world).fail_next(("dmsetup", "remove"), 1, BUSY, times=10)
-    fake_world.unspec("a")
+    busy_pool = ("device-mapper: message ioctl on X  failed: "
+                 f"{os.strerror(errno.EBUSY)}\nCommand failed.\n")
+    fake(fake_world).fail_next(("dmsetup", "message"), 1, busy_pool, times=10)
     result = fake_world.run_pass(RetryPolicy(initial=1.0, max_attempts=3, jitter=0.0))
     assert not result.ok
+    assert fake_world.clock.slept == [1.0, 2.0]
     assert fake_world.store is not None
     record = fake_world.store.device("a")
     assert record is not None
     assert record.state == "Faulty"
-    assert record.error_step == "deactivate"
+    assert record.error_step == "create"
     assert record.error is not None and "Device or resource busy" in record.error
-    assert "3 attempts" in record.error
-    assert fake_world.kernel_names() == {f"{fake_world.pool}-a"}  # nothing forced
+    assert "attempts exhausted after 3 attempts" in record.error
+    assert fake_world.store.allocate_id() == 1
 
 
 def test_a_faulty_device_waits_for_its_spec_to_change(fake_world: World) -> None:

@@ -128,7 +128,8 @@ class ThinPool:
         """
         wanted = self.desired_table(devices)
         if self.client.info(self.name) is not None:
-            loaded = [parse_pool_table(t) for t in self.client.table(self.name)]
+            lines = self.client.table(self.name)
+            loaded = [parse_pool_table(t) for t in lines if t.target == "thin-pool"]
             resolved = ThinPoolTable(
                 length=wanted.length,
                 metadata_device=device_number(self.host, wanted.metadata_device),
@@ -136,8 +137,9 @@ class ThinPool:
                 data_block_sectors=wanted.data_block_sectors,
                 low_water_mark=wanted.low_water_mark,
             )
-            if len(loaded) != 1 or not _equivalent(loaded[0], resolved):
-                found = "; ".join(t.line() for t in loaded) or "no table"
+            if len(lines) != 1 or len(loaded) != 1 or not _equivalent(loaded[0], resolved):
+                found = "; ".join(f"{t.start} {t.length} {t.target} {t.params}".strip()
+                                  for t in lines) or "no table"
                 raise PoolMismatch(
                     f"adopt pool {self.name}",
                     detail=f"a device named {self.name} is loaded with table {found!r}, "

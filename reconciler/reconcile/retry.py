@@ -23,8 +23,9 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1 for the first failure)."""
-        base = min(self.maximum, self.initial * float(1 << max(0, attempt - 1)))
-        return base * (1 + self.jitter * self.rng.random())
+        base = self.initial * float(1 << min(max(0, attempt - 1), 62))
+        # Jitter spreads retries out but never past the cap: retry_max is a promise.
+        return min(self.maximum, base * (1 + self.jitter * self.rng.random()))
 
     def exhausted(self, attempt: int) -> bool:
         """True when `attempt` failures use up the budget."""
