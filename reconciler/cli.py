@@ -1,6 +1,6 @@
 """The `reconciler` command, on top of every other layer.
 
-`run` (the daemon; `--once` for one settled pass), `status`, `plan` and `retry`.
+`run` (the daemon; `--once` for one settled pass), `status`, `plan`, `retry`, `gc`, `adopt`.
 Exit codes: 0 everything converged (or done), 1 a device is Faulty, waiting or not converged,
 a spec is invalid, or the pool could not be brought up; 2 a config or usage error.
 """
@@ -22,6 +22,7 @@ from reconciler.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, config
 from reconciler.daemon.lock import AlreadyRunning, RootLock, holder_pid
 from reconciler.daemon.once import run_until_settled
 from reconciler.daemon.service import Daemon
+from reconciler.dm.crash import from_environment
 from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host, SystemHost
 from reconciler.reconcile.engine import Reconciler
@@ -52,8 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                         help="refresh every SECONDS (default 2) until interrupted")
     sub.add_parser("plan", help="print what the next pass would do, doing nothing")
-    retry = sub.add_parser("retry", help="try a Faulty device again")
+    retry = sub.add_parser("retry", help="try a Faulty device again (releases nothing)")
     retry.add_argument("name")
+    gc = sub.add_parser("gc", help="delete what the operator says may go")
+    gc.add_argument("--orphans", action="store_true",
+                    help="delete thin ids the pool has and the store does not manage")
+    gc.add_argument("--faulty", action="store_true",
+                    help="remove every Faulty device (dm device and thin id)")
+    adopt = sub.add_parser("adopt", help="manage an orphan thin id as device NAME")
+    adopt.add_argument("name")
+    adopt.add_argument("--id", type=int, required=True, dest="thin_id")
     return parser
 
 
@@ -141,25 +150,48 @@ def show_plan(settings: Settings, host: Host) -> int:
     return EXIT_OK
 
 
-def request_retry(settings: Settings, name: str) -> int:
-    """Queue a retry for the daemon's thread, and wake the daemon (or run it here)."""
+def hand_over(settings: Settings, host: Host, kind: str, name: str,
+              arg: int | None = None) -> int:
+    """Queue a request for the thread that owns the pool: the running daemon (woken with
+    SIGUSR1), or, when none runs, this process under the root lock."""
     store = Store(settings.database_path, time.time)
     try:
-        record = store.device(name)
-        if record is None or record.state != "Faulty":
-            state = record.state if record else "no such device"
-            print(f"reconciler: {name!r} is not Faulty ({state})", file=sys.stderr)
-            return EXIT_NOT_CONVERGED
-        store.add_request("retry", name)
+        store.add_request(kind, name, arg)
     finally:
         store.close()
     pid = holder_pid(settings.root_path)
     if pid is not None:
         os.kill(pid, signal.SIGUSR1)
-        print(f"retry of {name!r} handed to the daemon (pid {pid})")
-    else:
-        print(f"retry of {name!r} queued: it runs at the next `reconciler run`")
-    return EXIT_OK
+        print(f"{kind} handed to the running daemon (pid {pid}); see `reconciler status`")
+        return EXIT_OK
+
+    def serve() -> int:
+        store = Store(settings.database_path, time.time)
+        try:
+            Reconciler(settings, host, store).service_requests()
+        except DmError as exc:
+            print(f"reconciler: {exc}", file=sys.stderr)
+            return EXIT_NOT_CONVERGED
+        finally:
+            store.close()
+        print(f"{kind} done; see `reconciler status` (the logs say what was done)")
+        return EXIT_OK
+
+    return _locked(settings, serve)
+
+
+def request_retry(settings: Settings, host: Host, name: str) -> int:
+    """Retry a Faulty device (checked here too, for a clear message)."""
+    store = Store(settings.database_path, time.time)
+    try:
+        record = store.device(name)
+    finally:
+        store.close()
+    if record is None or record.state != "Faulty":
+        state = record.state if record else "no such device"
+        print(f"reconciler: {name!r} is not Faulty ({state})", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
+    return hand_over(settings, host, "retry", name)
 
 
 def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
@@ -175,7 +207,7 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
     except ConfigError as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    host = host or SystemHost()
+    host = host or from_environment(SystemHost())
     if args.command == "run":
         if args.once:
             return _locked(settings, lambda: run_once(settings, host))
@@ -183,7 +215,18 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
     if args.command == "plan":
         return show_plan(settings, host)
     if args.command == "retry":
-        return request_retry(settings, args.name)
+        return request_retry(settings, host, args.name)
+    if args.command == "gc":
+        if not (args.orphans or args.faulty):
+            print("reconciler: gc needs --orphans and/or --faulty", file=sys.stderr)
+            return EXIT_USAGE
+        code = EXIT_OK
+        for flag, kind in ((args.orphans, "gc-orphans"), (args.faulty, "gc-faulty")):
+            if flag:
+                code = max(code, hand_over(settings, host, kind, "*"))
+        return code
+    if args.command == "adopt":
+        return hand_over(settings, host, "adopt", args.name, args.thin_id)
     return show_status(settings, host, args)
 
 

@@ -110,6 +110,12 @@ def build_report(settings: Settings, store: Store, host: Host,
             if name is None or r.name == name
         ],
     }
+    orphans = store.orphans()
+    report["orphans"] = {
+        "thin_ids": [o.thin_id for o in orphans if o.kind == "thin_id"],
+        "devices": [{"name": o.name, "thin_id": o.thin_id} for o in orphans
+                    if o.kind == "device"],
+    }
     if name is not None:
         report["history"] = [
             {"from": t.from_state, "to": t.to_state, "trigger": t.trigger, "at": iso_time(t.at),
@@ -154,6 +160,14 @@ def render_table(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append("rejected specs:")
         lines += [f"  {r['name']}: {r['error']} ({r['path']})" for r in report["rejected_specs"]]
+    orphans = report["orphans"]
+    if orphans["thin_ids"] or orphans["devices"]:
+        lines.append("")
+        lines.append("orphans (not managed; `reconciler gc --orphans` or `reconciler adopt`):")
+        if orphans["thin_ids"]:
+            lines.append("  thin ids: " + ", ".join(map(str, orphans["thin_ids"])))
+        for device in orphans["devices"]:
+            lines.append(f"  device {device['name']} (thin id {device['thin_id']})")
     if "history" in report:
         lines.append("")
         lines.append("history:")

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from reconciler.dm.fake import FakeKernel
 
 from reconciler.cli import main
+from reconciler.dm.fake import FakeKernel
 
 
 @pytest.fixture

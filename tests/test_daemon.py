@@ -112,7 +112,7 @@ def test_retry_brings_a_faulty_device_back(fake_world: World, tmp_path: Path,
     config.write_text(f'root_path = "{fake_world.settings.root_path}"\n'
                       f'pool_name = "{fake_world.pool}"\n')
     assert main(["-c", str(config), "retry", "other"], host=fake_world.host) == 0
-    assert "queued" in capsys.readouterr().out
+    assert "retry done" in capsys.readouterr().out
     assert fake_world.run_pass().ok
     assert state(fake_world, "other") == "Activated"
     assert main(["-c", str(config), "retry", "other"], host=fake_world.host) == 1

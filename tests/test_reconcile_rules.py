@@ -79,7 +79,8 @@ def test_exhausted_retries_mark_device_faulty(fake_world: World) -> None:
     fake_world.spec("a", 'filesystem = "none"\n')
     busy_pool = ("device-mapper: message ioctl on X  failed: "
                  f"{os.strerror(errno.EBUSY)}\nCommand failed.\n")
-    fake(fake_world).fail_next(("dmsetup", "message"), 1, busy_pool, times=10)
+    fake(fake_world).fail_next(("dmsetup", "message", fake_world.pool, "0", "create_thin"), 1,
+                               busy_pool, times=10)
     result = fake_world.run_pass(RetryPolicy(initial=1.0, max_attempts=3, jitter=0.0))
     assert not result.ok
     assert fake_world.clock.slept == [1.0, 2.0]

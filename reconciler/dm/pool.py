@@ -28,6 +28,10 @@ class PoolMismatch(InvalidArgument):
     """A device of the pool's name is loaded with a different table: refused, never replaced."""
 
 
+class MetadataCheckFailed(CommandFailed):
+    """thin_check found the pool's metadata damaged: the pool is not loaded over it."""
+
+
 def thin_device_name(pool: str, name: str) -> str:
     """The dm name of a managed device: exactly `<pool>-<name>`."""
     return f"{pool}-{name}"
@@ -146,10 +150,25 @@ class ThinPool:
                     f"expected {resolved.line()!r}; refusing to touch it",
                 )
             return "adopted"
-        if may_zero_metadata and not has_thin_superblock(self.host, devices.metadata_device):
+        if has_thin_superblock(self.host, devices.metadata_device):
+            # Existing metadata (a restart or a reboot): check it before the kernel trusts it.
+            self.check_metadata(devices.metadata_device)
+        elif may_zero_metadata:
             self.host.write(devices.metadata_device, 0, bytes(METADATA_BLOCK))
         self.client.create(self.name, wanted.line(), pool_uuid(self.name))
         return "created"
+
+    def check_metadata(self, metadata_device: str) -> None:
+        """thin_check the (unloaded) metadata; raises MetadataCheckFailed with a repair hint."""
+        completed = self.host.run(["thin_check", metadata_device])
+        if not completed.ok:
+            raise MetadataCheckFailed(
+                f"thin_check {metadata_device}", completed,
+                f"pool metadata on {metadata_device} failed thin_check: "
+                f"{' '.join(completed.stderr.split())}; refusing to load pool {self.name}. "
+                f"Repair it with `thin_repair -i {metadata_device} -o NEW_DEVICE` (then use "
+                "NEW_DEVICE as metadata_device) or restore a metadata backup",
+            )
 
     def status(self) -> ThinPoolStatus:
         """The pool's status (transaction id, usage, health)."""

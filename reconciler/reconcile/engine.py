@@ -25,6 +25,7 @@ from reconciler.config import Settings
 from reconciler.dm.errors import DeviceBusy, DeviceExists, DmError, NoData, NoSuchDevice
 from reconciler.dm.filesystem import grow_filesystem, make_filesystem
 from reconciler.dm.host import Host
+from reconciler.dm.metadata import list_thin_ids
 from reconciler.dm.parse import parse_thin_table
 from reconciler.dm.pool import ThinPool, table_matches, thin_device_name, thin_uuid
 from reconciler.reconcile.observe import KernelDevice, Observation, observe
@@ -40,7 +41,14 @@ from reconciler.specs import (
     load_spec_dir,
 )
 from reconciler.states import DeviceMachine, DeviceState, StateChange
-from reconciler.store import DeviceRecord, RejectedSpecRecord, Store, TransitionRecord
+from reconciler.store import (
+    DeviceRecord,
+    IntentRecord,
+    OrphanRecord,
+    RejectedSpecRecord,
+    Store,
+    TransitionRecord,
+)
 from reconciler.units import Bytes, Sectors, to_sectors
 
 S = DeviceState
@@ -78,6 +86,10 @@ class StepFailed(Exception):
 
 class Waiting(Exception):
     """A device cannot take its next step yet (its parent is not ready); not an error."""
+
+
+class RequestRefused(Exception):
+    """An operator request that cannot be done as asked; the message says why."""
 
 
 class Stopped(Exception):
@@ -119,6 +131,10 @@ class Reconciler:
         self.machines: dict[str, DeviceMachine] = {}
         self.obs = Observation()
         self.transaction_id = 0
+        # Thin ids the pool holds, read with thin_ls at start-up and on every full pass, and
+        # kept current by our own changes in between. None until first read.
+        self.pool_ids: set[int] | None = None
+        self.recovered = False
 
     # -- pass ------------------------------------------------------------------------------
 
@@ -146,8 +162,15 @@ class Reconciler:
         if self.pool is None:
             self.pool = prepare_pool(self.settings, self.host, self.store, self.clock())
         specs, spec_set, rejected = self._begin()
-        self._sync_transaction_id()
+        if not self.recovered:
+            self._recover()
+        else:
+            self._sync_transaction_id()
+            if only is None:
+                self._read_pool_ids()
         self._take_requests()
+        if only is None:
+            self._find_orphans()
 
         result = PassResult(rejected=rejected)
         self.store.replace_rejected_specs(
@@ -200,6 +223,88 @@ class Reconciler:
             if record.attempts < self.policy.max_attempts:
                 result.next_budgeted_retry_at = min(at, result.next_budgeted_retry_at or at)
 
+    # -- recovery --------------------------------------------------------------------------
+
+    def _read_pool_ids(self) -> set[int]:
+        assert self.pool is not None
+        record = self.store.pool(self.settings.pool_name)
+        assert record is not None
+        self.pool_ids = list_thin_ids(self.host, self.settings.pool_name, record.metadata_device)
+        return self.pool_ids
+
+    def _recover(self) -> None:
+        """Make the store and the pool's metadata agree after whatever stopped us last.
+
+        A write-ahead intent names the change in flight and the transaction id it moves the
+        pool to. The kernel's transaction id and its list of thin ids tell whether the change
+        happened: then it is recorded (and a missing set_transaction_id sent); else it is
+        forgotten, and the device's in-flight state makes the next step do it again.
+        """
+        assert self.pool is not None
+        pool_ids = self._read_pool_ids()
+        kernel_txn = self.obs.pool.transaction_id if self.obs.pool else 0
+        for intent in self.store.intents():
+            record = self.records.get(intent.device)
+            visible = (intent.thin_id in pool_ids) == (intent.op != "delete")
+            if kernel_txn == intent.from_txn and visible:
+                # The message went through, set_transaction_id did not: finish it.
+                self.pool.set_transaction_id(intent.from_txn, intent.to_txn)
+                kernel_txn = intent.to_txn
+            happened = kernel_txn >= intent.to_txn and visible
+            log.warning("recovery.intent", name=intent.device, op=intent.op,
+                        thin_id=intent.thin_id, kernel_transaction_id=kernel_txn,
+                        outcome="rolled forward" if happened else "rolled back",
+                        next="recording what the pool did" if happened
+                        else "the step runs again")
+            with self.store.transaction():
+                self._save_transaction_id(kernel_txn)
+                self.store.drop_intent(intent.device)
+                if happened and record is not None:
+                    self._record_pool_change(record, intent.op)
+        self._sync_transaction_id()
+        self.recovered = True
+
+    def _record_pool_change(self, record: DeviceRecord, op: str) -> None:
+        """What the store learns once a pool change is known to be done."""
+        machine = self.machine(record.name)
+        if op == "delete":
+            record.provisioned = False
+            if machine.current == S.REMOVING:
+                machine.fire("removed")
+            else:
+                self.store.save_device(record)
+            return
+        record.provisioned = True
+        # Snapshots carry their parent's filesystem; devices without one need no mkfs.
+        record.formatted = record.parent is not None or record.filesystem == "none"
+        if machine.current == S.CREATING:
+            machine.fire("created")
+        else:
+            self.store.save_device(record)
+
+    def managed_ids(self) -> set[int]:
+        """Thin ids the store accounts for (provisioned, or being created)."""
+        return {r.device_id for r in self.records.values() if r.device_id is not None
+                and (r.provisioned or r.state == S.CREATING)}
+
+    def _find_orphans(self) -> None:
+        """Record what our pool holds that the store does not manage; never delete it."""
+        now = self.clock()
+        orphans = [OrphanRecord("thin_id", str(i), i, now)
+                   for i in sorted((self.pool_ids or set()) - self.managed_ids())]
+        prefix = f"{self.settings.pool_name}-"
+        managed_names = {self.kernel_name(n) for n, r in self.records.items()
+                         if r.state != S.REMOVED}
+        for kname, device in sorted(self.obs.devices.items()):
+            ours = device.table is not None and device.table.pool == self.obs.pool_number
+            if (kname.startswith(prefix) or ours) and kname not in managed_names:
+                thin_id = device.table.device_id if device.table is not None else None
+                orphans.append(OrphanRecord("device", kname, thin_id, now))
+        if orphans:
+            log.warning("pool.orphans", orphans=[o.name for o in orphans],
+                        next="left alone: `reconciler gc --orphans` or `reconciler adopt`")
+        self.store.replace_orphans(orphans)
+
     def _sync_transaction_id(self) -> None:
         record = self.store.pool(self.settings.pool_name)
         kernel = self.obs.pool.transaction_id if self.obs.pool else 0
@@ -217,19 +322,95 @@ class Reconciler:
             record.transaction_id = value
             self.store.save_pool(record)
 
+    def service_requests(self) -> None:
+        """Bring the pool up, recover, and run queued operator requests; drive no device.
+
+        What `reconciler gc` and `adopt` do when no daemon is running.
+        """
+        if self.pool is None:
+            self.pool = prepare_pool(self.settings, self.host, self.store, self.clock())
+        self._begin()
+        if not self.recovered:
+            self._recover()
+        self._take_requests()
+        self._read_pool_ids()
+        self._find_orphans()
+
     def _take_requests(self) -> None:
-        """Run operator requests (queued by `reconciler retry`) in this, the owning thread."""
+        """Run operator requests (queued by `reconciler retry/gc/adopt`) in the owning thread."""
         for request in self.store.take_requests():
-            record = self.records.get(request.name)
-            if request.kind != "retry":
-                log.warning("request.unknown", kind=request.kind, name=request.name)
-            elif record is None or record.state != S.FAULTY:
-                state = record.state if record else "no such device"
-                log.warning("request.ignored", kind="retry", name=request.name, state=state,
-                            next="only a Faulty device can be retried")
-            else:
-                log.info("request.retry", name=request.name)
-                self.machine(request.name).fire("retry")
+            bound = log.bind(request=request.kind, name=request.name)
+            try:
+                if request.kind == "retry":
+                    self._request_retry(request.name)
+                elif request.kind == "gc-orphans":
+                    self._gc_orphans()
+                elif request.kind == "gc-faulty":
+                    self._gc_faulty()
+                elif request.kind == "adopt" and request.arg is not None:
+                    self._adopt(request.name, request.arg)
+                else:
+                    bound.warning("request.unknown")
+            except (DmError, RequestRefused) as exc:
+                bound.error("request.failed", error=str(exc), next="fix and ask again")
+
+    def _request_retry(self, name: str) -> None:
+        record = self.records.get(name)
+        if record is None or record.state != S.FAULTY:
+            raise RequestRefused(f"{name!r} is not Faulty "
+                                 f"({record.state if record else 'no such device'})")
+        log.info("request.retry", name=name)
+        self.machine(name).fire("retry")
+
+    def _gc_orphans(self) -> None:
+        """Delete thin ids the pool has and the store does not manage, unless one is in use."""
+        assert self.pool is not None
+        in_use = {d.table.device_id for d in self.obs.devices.values()
+                  if d.table is not None and d.table.pool == self.obs.pool_number}
+        for thin_id in sorted(self._read_pool_ids() - self.managed_ids()):
+            if thin_id in in_use:
+                log.warning("gc.orphan_in_use", thin_id=thin_id,
+                            next="remove its dm device first; left alone")
+                continue
+            before = self.transaction_id
+            self._save_transaction_id(self.pool.delete(thin_id, before))
+            assert self.pool_ids is not None
+            self.pool_ids.discard(thin_id)
+            log.info("gc.orphan_deleted", thin_id=thin_id)
+
+    def _gc_faulty(self) -> None:
+        """Release every Faulty device: its dm device, its thin id, its row (Removed)."""
+        for name, record in sorted(self.records.items()):
+            if record.state == S.FAULTY:
+                log.info("gc.faulty", name=name, thin_id=record.device_id)
+                self._remove(record)
+
+    def _adopt(self, name: str, thin_id: int) -> None:
+        """Make orphan thin id `thin_id` the device `name`, as its spec file describes it."""
+        spec_set = self.load_specs()
+        spec = spec_set.specs.get(name)
+        record = self.records.get(name)
+        if spec is None:
+            raise RequestRefused(f"adopt {name}: write a valid {name}.toml in "
+                                 f"{self.settings.specs_path} first")
+        if record is not None and record.state != S.REMOVED:
+            raise RequestRefused(f"adopt {name}: a device of that name exists "
+                                 f"({record.state})")
+        if thin_id not in self._read_pool_ids() or thin_id in self.managed_ids():
+            raise RequestRefused(f"adopt {name}: thin id {thin_id} is not an orphan of the pool")
+        now = self.clock()
+        record = record or DeviceRecord(name=name, created_at=now, state_changed_at=now)
+        _copy_spec(record, spec)
+        record.device_id = thin_id
+        record.origin_id = None
+        record.provisioned = True
+        # Its blocks are someone's data: never mkfs it, never assume its filesystem's size.
+        record.formatted = True
+        record.fs_size_bytes = 0
+        self.records[name] = record
+        self.store.save_device(record)
+        self.machine(name).fire("adopt")
+        log.info("request.adopted", name=name, thin_id=thin_id)
 
     def _resolve_against_store(
         self, spec_set: SpecSet
@@ -523,33 +704,39 @@ class Reconciler:
     def _create(self, record: DeviceRecord) -> None:
         assert self.pool is not None
         machine = self.machine(record.name)
+        before = self.transaction_id
         if machine.current == S.UNKNOWN:
-            record.device_id = self.store.allocate_id()
+            record.device_id = self.store.allocate_id(also_taken=self.pool_ids or ())
             if record.parent is not None:
                 parent = self.records[record.parent]
                 record.origin_id = parent.device_id
                 record.fs_size_bytes = parent.fs_size_bytes
-            machine.fire("create")  # persists the id with state Creating: our intent
+            with self.store.transaction():
+                machine.fire("create")  # the id, with state Creating...
+                self._intend(record, "create_snap" if record.origin_id is not None
+                             else "create_thin", before)  # ...and the change, together
         assert record.device_id is not None
-        before = self.transaction_id
-        try:
-            if record.origin_id is not None and record.parent is not None:
-                with self._origin_suspended(record.parent):
-                    after = self.pool.create_snap(record.device_id, record.origin_id, before)
-            else:
-                after = self.pool.create_thin(record.device_id, before)
-        except DeviceExists:
-            # The id is there already. Ours only if the pool counted our change (a crash
-            # after the message); otherwise it belongs to someone else and is not touched.
-            status = self.pool.status()
-            if status.transaction_id != before + 1:
-                raise
-            after = status.transaction_id
-        self._save_transaction_id(after)
-        record.provisioned = True
-        # Snapshots carry their parent's filesystem; devices without one need no mkfs.
-        record.formatted = record.parent is not None or record.filesystem == "none"
-        machine.fire("created")
+        if not any(i.device == record.name for i in self.store.intents()):
+            self._intend(record, "create_snap" if record.origin_id is not None
+                         else "create_thin", before)
+        if record.origin_id is not None and record.parent is not None:
+            with self._origin_suspended(record.parent):
+                after = self.pool.create_snap(record.device_id, record.origin_id, before)
+        else:
+            after = self.pool.create_thin(record.device_id, before)
+        if self.pool_ids is not None:
+            self.pool_ids.add(record.device_id)
+        with self.store.transaction():
+            self._save_transaction_id(after)
+            self.store.drop_intent(record.name)
+            self._record_pool_change(record, "create")
+
+    def _intend(self, record: DeviceRecord, op: str, before: int) -> None:
+        assert record.device_id is not None
+        self.store.save_intent(IntentRecord(
+            device=record.name, op=op, thin_id=record.device_id, origin_id=record.origin_id,
+            from_txn=before, to_txn=before + 1, at=self.clock(),
+        ))
 
     @contextmanager
     def _origin_suspended(self, parent_name: str) -> Iterator[None]:
@@ -680,13 +867,20 @@ class Reconciler:
             with suppress(NoSuchDevice):
                 self.pool.client.remove(kname)
             self.obs.devices.pop(kname, None)
-        if record.provisioned and record.device_id is not None:
-            with suppress(NoData):  # the pool no longer has the id: what this step wanted
-                self._save_transaction_id(
-                    self.pool.delete(record.device_id, self.transaction_id)
-                )
-            record.provisioned = False
-        machine.fire("removed")
+        if not record.provisioned or record.device_id is None:
+            machine.fire("removed")
+            return
+        before = self.transaction_id
+        self._intend(record, "delete", before)
+        after = before
+        with suppress(NoData):  # the pool no longer has the id: what this step wanted
+            after = self.pool.delete(record.device_id, before)
+        if self.pool_ids is not None:
+            self.pool_ids.discard(record.device_id)
+        with self.store.transaction():
+            self._save_transaction_id(after)
+            self.store.drop_intent(record.name)
+            self._record_pool_change(record, "delete")
 
     def _recreate(self, record: DeviceRecord, spec: DeviceSpec) -> None:
         _copy_spec(record, spec)

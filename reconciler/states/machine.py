@@ -58,6 +58,8 @@ TRANSITIONS: list[dict[str, Any]] = [
         "dest": S.REMOVING,
     },
     {"trigger": "removed", "source": S.REMOVING, "dest": S.REMOVED},
+    # An operator hands us a thin id the pool has and the store did not know (an orphan).
+    {"trigger": "adopt", "source": [S.UNKNOWN, S.REMOVED], "dest": S.CREATED},
     # A removed name whose spec comes back starts a new life under the same name.
     {"trigger": "recreate", "source": S.REMOVED, "dest": S.UNKNOWN},
     # Leaving Faulty: back to where the pool says the device is (provisioned or not).

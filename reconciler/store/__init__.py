@@ -7,6 +7,8 @@ leaves the last step on disk.
 
 from reconciler.store.records import (
     DeviceRecord,
+    IntentRecord,
+    OrphanRecord,
     PoolRecord,
     RejectedSpecRecord,
     RequestRecord,
@@ -17,6 +19,8 @@ from reconciler.store.store import MAX_THIN_ID, Store, StoreError
 __all__ = [
     "MAX_THIN_ID",
     "DeviceRecord",
+    "IntentRecord",
+    "OrphanRecord",
     "PoolRecord",
     "RejectedSpecRecord",
     "RequestRecord",

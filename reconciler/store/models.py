@@ -22,10 +22,13 @@ class Models:
     RejectedSpec: Any
     Pool: Any
     Request: Any
+    Intent: Any
+    Orphan: Any
 
     def all(self) -> list[type[peewee.Model]]:
         """Every table, for create_tables."""
-        return [self.Device, self.Transition, self.RejectedSpec, self.Pool, self.Request]
+        return [self.Device, self.Transition, self.RejectedSpec, self.Pool, self.Request,
+                self.Intent, self.Orphan]
 
 
 def bind_models(database: peewee.Database) -> Models:
@@ -100,8 +103,32 @@ def bind_models(database: peewee.Database) -> Models:
         kind = peewee.CharField()
         name = peewee.CharField()
         at = peewee.FloatField()
+        arg = peewee.IntegerField(null=True)
 
         class Meta:
             table_name = "requests"
 
-    return Models(DeviceRow, TransitionRow, RejectedSpecRow, PoolRow, RequestRow)
+    class IntentRow(Base):
+        device = peewee.CharField(primary_key=True)
+        op = peewee.CharField()
+        thin_id = peewee.IntegerField()
+        origin_id = peewee.IntegerField(null=True)
+        from_txn = peewee.BigIntegerField()
+        to_txn = peewee.BigIntegerField()
+        at = peewee.FloatField()
+
+        class Meta:
+            table_name = "intents"
+
+    class OrphanRow(Base):
+        id = peewee.AutoField()
+        kind = peewee.CharField()
+        name = peewee.CharField()
+        thin_id = peewee.IntegerField(null=True)
+        seen_at = peewee.FloatField()
+
+        class Meta:
+            table_name = "orphans"
+
+    return Models(DeviceRow, TransitionRow, RejectedSpecRow, PoolRow, RequestRow, IntentRow,
+                  OrphanRow)

@@ -79,3 +79,31 @@ class RequestRecord:
     kind: str
     name: str
     at: float
+    arg: int | None = None
+
+
+@dataclass(frozen=True)
+class IntentRecord:
+    """A pool metadata change about to be made (write-ahead): recovery finishes or undoes it.
+
+    `to_txn` is the transaction id the pool moves to with the change: seeing it in the kernel
+    proves the change happened.
+    """
+
+    device: str
+    op: str
+    thin_id: int
+    origin_id: int | None
+    from_txn: int
+    to_txn: int
+    at: float
+
+
+@dataclass(frozen=True)
+class OrphanRecord:
+    """Something of our pool that the store does not manage: a thin id or a dm device."""
+
+    kind: str
+    name: str
+    thin_id: int | None
+    seen_at: float

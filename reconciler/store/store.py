@@ -19,6 +19,8 @@ import peewee
 from reconciler.store.models import bind_models
 from reconciler.store.records import (
     DeviceRecord,
+    IntentRecord,
+    OrphanRecord,
     PoolRecord,
     RejectedSpecRecord,
     RequestRecord,
@@ -97,9 +99,10 @@ class Store:
         )
         return {row.device_id for row in query if row.device_id is not None}
 
-    def allocate_id(self) -> int:
-        """The lowest thin id not held by any live device."""
-        taken = self.ids_in_use()
+    def allocate_id(self, also_taken: Iterable[int] = ()) -> int:
+        """The lowest thin id not held by any live device nor in `also_taken` (ids the pool
+        has that we do not manage: an orphan's id is never handed out)."""
+        taken = self.ids_in_use() | set(also_taken)
         candidate = 0
         while candidate in taken:
             candidate += 1
@@ -164,13 +167,48 @@ class Store:
 
     # -- operator requests -----------------------------------------------------------------
 
-    def add_request(self, kind: str, name: str) -> None:
+    def add_request(self, kind: str, name: str, arg: int | None = None) -> None:
         """Queue a request for the daemon (it runs them at the start of its next pass)."""
-        self._m.Request.create(kind=kind, name=name, at=self.clock())
+        self._m.Request.create(kind=kind, name=name, at=self.clock(), arg=arg)
 
     def take_requests(self) -> list[RequestRecord]:
         """Remove and return the queued requests, oldest first."""
         with self._db.atomic():
             rows = list(self._m.Request.select().order_by(self._m.Request.id))
             self._m.Request.delete().where(self._m.Request.id.in_([r.id for r in rows])).execute()
-        return [RequestRecord(id=r.id, kind=r.kind, name=r.name, at=r.at) for r in rows]
+        return [RequestRecord(id=r.id, kind=r.kind, name=r.name, at=r.at, arg=r.arg)
+                for r in rows]
+
+    # -- write-ahead intents ---------------------------------------------------------------
+
+    def save_intent(self, intent: IntentRecord) -> None:
+        """Record a pool change before it is made (one per device at most)."""
+        self._m.Intent.insert(**asdict(intent)).on_conflict_replace().execute()
+
+    def drop_intent(self, device: str) -> None:
+        """Forget a device's intent once the change is recorded or undone."""
+        self._m.Intent.delete().where(self._m.Intent.device == device).execute()
+
+    def intents(self) -> list[IntentRecord]:
+        """Pool changes that were started and not yet recorded as done."""
+        return [
+            IntentRecord(device=r.device, op=r.op, thin_id=r.thin_id, origin_id=r.origin_id,
+                         from_txn=r.from_txn, to_txn=r.to_txn, at=r.at)
+            for r in self._m.Intent.select().order_by(self._m.Intent.at)
+        ]
+
+    # -- orphans ---------------------------------------------------------------------------
+
+    def replace_orphans(self, orphans: Iterable[OrphanRecord]) -> None:
+        """Make the stored orphan list exactly this one (the last full pass's view)."""
+        with self._db.atomic():
+            self._m.Orphan.delete().execute()
+            for item in orphans:
+                self._m.Orphan.create(**asdict(item))
+
+    def orphans(self) -> list[OrphanRecord]:
+        """Thin ids and dm devices of our pool the store does not manage."""
+        return [
+            OrphanRecord(kind=r.kind, name=r.name, thin_id=r.thin_id, seen_at=r.seen_at)
+            for r in self._m.Orphan.select().order_by(self._m.Orphan.kind, self._m.Orphan.name)
+        ]
