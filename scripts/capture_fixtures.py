@@ -170,6 +170,7 @@ def scenario_lifecycle(rec: Recorder) -> None:
     rec.dm(*INFO, f"{POOL}-base", note="reloaded read-only")
     rec.dm("remove", POOL, note="pool with an active thin")
     rec.dm("message", POOL, "0", "reserve_metadata_snap")
+    rec.dm("message", POOL, "0", "reserve_metadata_snap", note="already held")
     rec.dm("status", POOL, note="metadata snap held")
     rec.cmd(["thin_ls", "--metadata-snap", "--no-headers", "-o", "DEV", meta_dev])
     rec.cmd(["thin_ls", "--no-headers", "-o", "DEV", meta_dev], note="live, no snap")

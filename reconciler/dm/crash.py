@@ -57,18 +57,27 @@ class CrashingHost:
         self.point = point
         self.crash = crash
         self.seen = 0
+        self.dead = False
+
+    def _die(self) -> None:
+        # A crash that returns (a test's simulated one) leaves a dead process: nothing after
+        # it, not even a `finally` block's cleanup, reaches the kernel.
+        self.dead = True
+        self.crash()
 
     def run(self, argv: Sequence[str]) -> Completed:
         """Run argv, dying before or after it when it is the chosen call."""
+        if self.dead:
+            self._die()
         hit = False
         if call_kind(argv) == self.point.kind:
             self.seen += 1
             hit = self.seen == self.point.count
         if hit and self.point.when == "before":
-            self.crash()
+            self._die()
         completed = self.inner.run(argv)
         if hit and self.point.when == "after":
-            self.crash()
+            self._die()
         return completed
 
     def read(self, path: str, offset: int, length: int) -> bytes:
@@ -76,7 +85,9 @@ class CrashingHost:
         return self.inner.read(path, offset, length)
 
     def write(self, path: str, offset: int, data: bytes) -> None:
-        """Writes are not crash points."""
+        """Writes are not crash points, but a dead process writes nothing."""
+        if self.dead:
+            self._die()
         self.inner.write(path, offset, data)
 
 

@@ -6,15 +6,26 @@ list it, release it, whatever happens in between.
 
 from __future__ import annotations
 
+import structlog
+
 from reconciler.dm.client import DmClient
-from reconciler.dm.errors import ParseError, classify
+from reconciler.dm.errors import DeviceBusy, ParseError, classify
 from reconciler.dm.host import Host
+
+log = structlog.get_logger(__name__)
 
 
 def list_thin_ids(host: Host, pool: str, metadata_device: str) -> set[int]:
     """Every thin id the pool's metadata holds."""
     client = DmClient(host)
-    client.message(pool, ["reserve_metadata_snap"])
+    try:
+        client.message(pool, ["reserve_metadata_snap"])
+    except DeviceBusy:
+        # A snapshot is already held: one we reserved before a crash. It is stale, so it is
+        # released and a fresh one taken.
+        log.warning("pool.metadata_snap_held", pool=pool, next="releasing it, reserving anew")
+        client.message(pool, ["release_metadata_snap"])
+        client.message(pool, ["reserve_metadata_snap"])
     try:
         completed = host.run(["thin_ls", "--metadata-snap", "--no-headers", "-o", "DEV",
                               metadata_device])
