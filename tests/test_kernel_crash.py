@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
 from reconciler.daemon.once import run_until_settled
 from reconciler.dm.client import DmClient
-from reconciler.dm.crash import CrashingHost, CrashPoint
+from reconciler.dm.crash import CRASH_ENV, CrashingHost, CrashPoint
 from reconciler.dm.host import Completed, SystemHost
 from reconciler.dm.loopback import LoopbackFiles, attached_loop
 from reconciler.reconcile.engine import Reconciler
@@ -158,4 +161,26 @@ def test_reboot_brings_every_device_back(real_world: World) -> None:
     converge(world)
     assert world.kernel_names() == {f"{world.pool}-{n}" for n in ("data", "base", "snap")}
     assert read_data(world, len(payload)) == payload
+    assert_store_and_pool_agree(world)
+
+
+def test_the_crash_switch_kills_the_real_command(real_world: World, tmp_path: Path) -> None:
+    """RECONCILER_CRASH_AT makes `reconciler run --once` die by SIGKILL at that call; the
+    next run recovers."""
+    world = real_world
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'root_path = "{world.settings.root_path}"\npool_name = "{world.pool}"\n'
+        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
+    )
+    world.spec("a", 'filesystem = "none"\n')
+    assert world.store is not None
+    world.store.close()
+    command = [sys.executable, "-m", "reconciler.cli", "-c", str(config), "run", "--once"]
+    # The third message of a first run is create_thin (after reserve/release of recovery).
+    env = {**os.environ, CRASH_ENV: "after:dmsetup message:3"}
+    killed = subprocess.run(command, env=env, capture_output=True, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    converge(world)
+    assert world.kernel_names() == {f"{world.pool}-a"}
     assert_store_and_pool_agree(world)

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from reconciler.dm.client import DmClient
 from reconciler.dm.fake import FakeKernel
-from reconciler.dm.pool import PoolMismatch, ThinPool
+from reconciler.dm.pool import MetadataCheckFailed, PoolMismatch, ThinPool
 from reconciler.reconcile.retry import RetryPolicy
 from tests.conftest import World
 
@@ -145,3 +145,45 @@ def test_an_existing_pool_is_adopted_and_its_metadata_kept(fake_world: World) ->
     pool = ThinPool(fake_world.host, fake_world.pool)
     assert pool.status().transaction_id == 1
     assert fake_world.kernel_names() == {f"{fake_world.pool}-a"}
+
+
+def test_damaged_metadata_is_never_loaded(fake_world: World) -> None:
+    """After a reboot, metadata that fails thin_check stops start-up with a repair hint."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    assert fake_world.run_pass().ok
+    kernel = fake(fake_world)
+    kernel.reboot()
+    kernel.fail_next(("thin_check",), 1, "examining superblock\n  superblock is corrupt\n")
+    with pytest.raises(MetadataCheckFailed, match="thin_repair"):
+        fake_world.run_pass()
+    assert DmClient(fake_world.host).info(fake_world.pool) is None
+
+
+def test_an_unmounted_ext4_device_is_grown_with_its_filesystem(fake_world: World) -> None:
+    """A larger size reloads the table, then e2fsck and resize2fs grow the filesystem."""
+    fake_world.spec("g", 'size = "64MiB"\n')
+    assert fake_world.run_pass().ok
+    fake_world.spec("g", 'size = "128MiB"\n')
+    assert fake_world.run_pass().ok
+    assert fake_world.store is not None
+    record = fake_world.store.device("g")
+    assert record is not None
+    assert (record.size_bytes, record.fs_size_bytes, record.notice) == (128 << 20, 128 << 20,
+                                                                        None)
+    assert ("resize2fs", f"/dev/mapper/{fake_world.pool}-g") in fake(fake_world).calls
+
+
+def test_a_mounted_device_is_grown_but_its_filesystem_left_to_the_user(
+    fake_world: World
+) -> None:
+    """Open while growing: the table grows, status says the filesystem must be grown."""
+    fake_world.spec("g", 'size = "64MiB"\n')
+    assert fake_world.run_pass().ok
+    fake(fake_world).hold_open(f"{fake_world.pool}-g")
+    fake_world.spec("g", 'size = "128MiB"\n')
+    assert fake_world.run_pass().ok
+    assert fake_world.store is not None
+    record = fake_world.store.device("g")
+    assert record is not None
+    assert record.notice is not None and "grow its filesystem" in record.notice
+    assert not any(c[0] == "resize2fs" for c in fake(fake_world).calls)

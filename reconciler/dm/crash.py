@@ -69,6 +69,7 @@ class CrashingHost:
         """Run argv, dying before or after it when it is the chosen call."""
         if self.dead:
             self._die()
+            raise RuntimeError("a crashed process made a kernel call")
         hit = False
         if call_kind(argv) == self.point.kind:
             self.seen += 1
@@ -88,6 +89,7 @@ class CrashingHost:
         """Writes are not crash points, but a dead process writes nothing."""
         if self.dead:
             self._die()
+            raise RuntimeError("a crashed process wrote to a device")
         self.inner.write(path, offset, data)
 
 

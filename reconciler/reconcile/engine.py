@@ -261,7 +261,7 @@ class Reconciler:
                 self.store.drop_intent(intent.device)
                 if happened and record is not None:
                     self._record_pool_change(record, intent.op)
-        self._sync_transaction_id()
+        self._sync_transaction_id(kernel_txn)
         self.recovered = True
 
     def _record_pool_change(self, record: DeviceRecord, op: str) -> None:
@@ -305,9 +305,11 @@ class Reconciler:
                         next="left alone: `reconciler gc --orphans` or `reconciler adopt`")
         self.store.replace_orphans(orphans)
 
-    def _sync_transaction_id(self) -> None:
+    def _sync_transaction_id(self, kernel: int | None = None) -> None:
+        """Take the kernel's transaction id (as observed, or as recovery left it)."""
         record = self.store.pool(self.settings.pool_name)
-        kernel = self.obs.pool.transaction_id if self.obs.pool else 0
+        if kernel is None:
+            kernel = self.obs.pool.transaction_id if self.obs.pool else 0
         if record is not None and record.transaction_id != kernel:
             log.warning("pool.transaction_id_differs", stored=record.transaction_id,
                         kernel=kernel, next="continuing from the kernel's value")
