@@ -713,25 +713,35 @@ class Reconciler:
                 parent = self.records[record.parent]
                 record.origin_id = parent.device_id
                 record.fs_size_bytes = parent.fs_size_bytes
+        op = "create_snap" if record.origin_id is not None else "create_thin"
+        if machine.current == S.UNKNOWN:
             with self.store.transaction():
                 machine.fire("create")  # the id, with state Creating...
-                self._intend(record, "create_snap" if record.origin_id is not None
-                             else "create_thin", before)  # ...and the change, together
+                self._intend(record, op, before)  # ...and the change, together
+        else:
+            # A retry: the intent is written anew, as the pool may have moved on meanwhile.
+            self._intend(record, op, before)
         assert record.device_id is not None
-        if not any(i.device == record.name for i in self.store.intents()):
-            self._intend(record, "create_snap" if record.origin_id is not None
-                         else "create_thin", before)
         if record.origin_id is not None and record.parent is not None:
             with self._origin_suspended(record.parent):
                 after = self.pool.create_snap(record.device_id, record.origin_id, before)
         else:
             after = self.pool.create_thin(record.device_id, before)
+        self._commit_pool_change(record, "create", after)
+
+    def _commit_pool_change(self, record: DeviceRecord, op: str, transaction_id: int) -> None:
+        """The pool did `op`: its new transaction id, the device's new state and the end of
+        the intent are one store transaction."""
+        assert record.device_id is not None
         if self.pool_ids is not None:
-            self.pool_ids.add(record.device_id)
+            if op == "delete":
+                self.pool_ids.discard(record.device_id)
+            else:
+                self.pool_ids.add(record.device_id)
         with self.store.transaction():
-            self._save_transaction_id(after)
+            self._save_transaction_id(transaction_id)
             self.store.drop_intent(record.name)
-            self._record_pool_change(record, "create")
+            self._record_pool_change(record, op)
 
     def _intend(self, record: DeviceRecord, op: str, before: int) -> None:
         assert record.device_id is not None
@@ -877,12 +887,7 @@ class Reconciler:
         after = before
         with suppress(NoData):  # the pool no longer has the id: what this step wanted
             after = self.pool.delete(record.device_id, before)
-        if self.pool_ids is not None:
-            self.pool_ids.discard(record.device_id)
-        with self.store.transaction():
-            self._save_transaction_id(after)
-            self.store.drop_intent(record.name)
-            self._record_pool_change(record, "delete")
+        self._commit_pool_change(record, "delete", after)
 
     def _recreate(self, record: DeviceRecord, spec: DeviceSpec) -> None:
         _copy_spec(record, spec)

@@ -66,6 +66,13 @@ class Store:
         """Close the database connection."""
         self._db.close()
 
+    def _replace_all(self, model: Any, items: Iterable[Any]) -> None:
+        """Make a table hold exactly `items` (dataclasses), in one transaction."""
+        with self._db.atomic():
+            model.delete().execute()
+            for item in items:
+                model.create(**asdict(item))
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Group writes so they land together or not at all."""
@@ -140,10 +147,7 @@ class Store:
 
     def replace_rejected_specs(self, rejected: Iterable[RejectedSpecRecord]) -> None:
         """Make the stored list of rejected specs exactly this one (the last pass's view)."""
-        with self._db.atomic():
-            self._m.RejectedSpec.delete().execute()
-            for item in rejected:
-                self._m.RejectedSpec.create(**asdict(item))
+        self._replace_all(self._m.RejectedSpec, rejected)
 
     def rejected_specs(self) -> list[RejectedSpecRecord]:
         """Spec files the last pass rejected, by name."""
@@ -201,10 +205,7 @@ class Store:
 
     def replace_orphans(self, orphans: Iterable[OrphanRecord]) -> None:
         """Make the stored orphan list exactly this one (the last full pass's view)."""
-        with self._db.atomic():
-            self._m.Orphan.delete().execute()
-            for item in orphans:
-                self._m.Orphan.create(**asdict(item))
+        self._replace_all(self._m.Orphan, orphans)
 
     def orphans(self) -> list[OrphanRecord]:
         """Thin ids and dm devices of our pool the store does not manage."""
