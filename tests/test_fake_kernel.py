@@ -107,3 +107,16 @@ def test_activating_a_missing_id_fails_and_leaves_no_device(pool: ThinPool) -> N
     with pytest.raises(NoData):
         client.create("fp-ghost", pool.thin_table(77, Sectors(2048)).line(), "u-g")
     assert client.info("fp-ghost") is None
+
+
+def test_pool_features_print_back_with_their_count(tmp_path: Path) -> None:
+    """A pool loaded with `1 error_if_no_space` prints it back as the kernel does."""
+    kernel = FakeKernel()
+    ensure_file(tmp_path / "m", 8 << 20)
+    ensure_file(tmp_path / "d", 2 << 20)
+    meta, _ = attach_loop(kernel, tmp_path / "m")
+    data, _ = attach_loop(kernel, tmp_path / "d")
+    DmClient(kernel).create("fq", f"0 4096 thin-pool {meta} {data} 128 32768 1 error_if_no_space",
+                            "u")
+    assert kernel.run(["dmsetup", "table", "fq"]).stdout == \
+        "0 4096 thin-pool 7:0 7:1 128 32768 1 error_if_no_space \n"

@@ -295,7 +295,7 @@ class FakeKernel:
     def _table_params(self, table: Table) -> str:
         if table.target == "thin-pool":
             meta, data, block, low = table.params[:4]
-            features = table.params[4:]
+            features = table.params[5:]  # params[4] is their count
             numbers = [":".join(map(str, self._number(p))) for p in (meta, data)]
             return f" {numbers[0]} {numbers[1]} {block} {low} {len(features)} " + "".join(
                 f"{f} " for f in features)
