@@ -120,3 +120,13 @@ def test_pool_features_print_back_with_their_count(tmp_path: Path) -> None:
                             "u")
     assert kernel.run(["dmsetup", "table", "fq"]).stdout == \
         "0 4096 thin-pool 7:0 7:1 128 32768 1 error_if_no_space \n"
+
+
+def test_a_pool_cannot_change_its_block_size(pool: ThinPool, tmp_path: Path) -> None:
+    """Metadata made with 64 KiB blocks refuses a table with 128 KiB blocks (EINVAL)."""
+    kernel = kernel_of(pool)
+    DmClient(kernel).remove("fp")
+    meta, data = "/dev/loop0", "/dev/loop1"
+    with pytest.raises(InvalidArgument):
+        DmClient(kernel).create("fp", f"0 8192 thin-pool {meta} {data} 256 32768", "u")
+    assert DmClient(kernel).info("fp") is None

@@ -62,6 +62,8 @@ class PoolMetadata:
     """What a thin-pool's metadata device holds; outlives the pool device (and reboots)."""
 
     total_blocks: int
+    # Fixed when the metadata is formatted; the kernel refuses a table with another one.
+    block_sectors: int = 0
     transaction_id: int = 0
     thins: dict[int, Thin] = field(default_factory=dict)
     refcounts: dict[int, int] = field(default_factory=dict)
@@ -443,8 +445,12 @@ class FakeKernel:
                     total_blocks=meta_path.stat().st_size // METADATA_BLOCK)
         meta = self.metadata.setdefault(
             key, PoolMetadata(total_blocks=meta_path.stat().st_size // METADATA_BLOCK))
-        meta.live = True
         block_sectors = int(table.params[2])
+        if meta.block_sectors and meta.block_sectors != block_sectors:
+            raise _Fail("device-mapper: reload ioctl on {target} failed: "
+                        f"{os.strerror(errno.EINVAL)}\nCommand failed.\n")
+        meta.block_sectors = block_sectors
+        meta.live = True
         features = table.params[5:] if len(table.params) > 4 else []
         self.pools[device.name] = PoolState(
             metadata_key=key,
