@@ -61,6 +61,11 @@ class Wakeups:
         """Ask the daemon to finish the step in flight and exit."""
         self._flag("stop")
 
+    def pending(self) -> int:
+        """How many names wait to be taken."""
+        with self._cond:
+            return len(self._batch.names)
+
     def take(self, timeout: float | None) -> Batch:
         """Wait up to `timeout` seconds for something, let a burst of events settle, take it."""
         with self._cond:

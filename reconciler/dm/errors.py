@@ -28,13 +28,14 @@ class DmError(Exception):
 
 
 class DeviceExists(DmError):
-    """EEXIST: a dm device or thin id with that name/number is already there."""
+    """EEXIST: the pool already has a thin id of that number. (A taken dm *name* is EBUSY.)"""
 
     errno_name = "EEXIST"
 
 
 class DeviceBusy(DmError):
-    """EBUSY: the device is held open (mounted, or udev still probing it)."""
+    """EBUSY: the device is held open (mounted, or udev still probing it), or a dm name is
+    already taken (create), or an active thin's id is deleted."""
 
     errno_name = "EBUSY"
     temporary = True

@@ -752,7 +752,9 @@ class Reconciler:
 
     @contextmanager
     def _origin_suspended(self, parent_name: str) -> Iterator[None]:
-        """The kernel requires an active origin to be suspended while it is snapshotted."""
+        """Suspend an active origin around create_snap, as dm-thin's documentation asks: the
+        kernel does not refuse an unsuspended one (captured), but the snapshot would then miss
+        writes still in flight and a mounted filesystem would not be frozen first."""
         assert self.pool is not None
         parent = self.records[parent_name]
         if parent.state not in LIVE or self._kernel(parent_name) is None:
