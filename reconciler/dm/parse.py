@@ -221,6 +221,13 @@ def parse_thin_table(target: TargetLine) -> ThinTable:
     return ThinTable(target.length, words[0], device_id)
 
 
+def single_thin_table(lines: list[TargetLine]) -> ThinTable | None:
+    """The thin table of a device whose table is one thin target, else None."""
+    if len(lines) == 1 and lines[0].target == "thin":
+        return parse_thin_table(lines[0])
+    return None
+
+
 def parse_pool_table(target: TargetLine) -> ThinPoolTable:
     """thin-pool table: `<meta dev> <data dev> <block sectors> <low water> [<n> <feature>...]`."""
     _expect(target, "thin-pool")

@@ -11,10 +11,10 @@ import struct
 from dataclasses import dataclass
 
 from reconciler.dm.client import DmClient
-from reconciler.dm.errors import CommandFailed, DmError, InvalidArgument, classify
+from reconciler.dm.errors import CommandFailed, InvalidArgument, classify
 from reconciler.dm.host import Host
-from reconciler.dm.parse import parse_pool_status, parse_pool_table, parse_thin_table
-from reconciler.dm.types import ThinPoolStatus, ThinPoolTable, ThinTable
+from reconciler.dm.parse import parse_pool_status, parse_pool_table
+from reconciler.dm.types import ThinPoolStatus, ThinPoolTable, ThinTable, describe_table
 from reconciler.units import Sectors
 
 # dm-thin's on-disk superblock: magic (le64) at byte 32 of metadata block 0.
@@ -142,8 +142,7 @@ class ThinPool:
                 low_water_mark=wanted.low_water_mark,
             )
             if len(lines) != 1 or len(loaded) != 1 or not _equivalent(loaded[0], resolved):
-                found = "; ".join(f"{t.start} {t.length} {t.target} {t.params}".strip()
-                                  for t in lines) or "no table"
+                found = describe_table(lines)
                 raise PoolMismatch(
                     f"adopt pool {self.name}",
                     detail=f"a device named {self.name} is loaded with table {found!r}, "
@@ -225,11 +224,10 @@ def table_matches(loaded: ThinTable, wanted: ThinTable, pool_number: str) -> boo
 
 
 __all__ = [
-    "DmError",
+    "MetadataCheckFailed",
     "PoolDevices",
     "PoolMismatch",
     "ThinPool",
-    "parse_thin_table",
     "table_matches",
     "thin_device_name",
     "thin_uuid",

@@ -46,6 +46,15 @@ class TargetLine:
     target: str
     params: str
 
+    def text(self) -> str:
+        """The line as dmsetup prints it, without a trailing space."""
+        return f"{self.start} {self.length} {self.target} {self.params}".strip()
+
+
+def describe_table(lines: list[TargetLine]) -> str:
+    """A whole table on one line, for error messages ("none" when there is no table)."""
+    return "; ".join(line.text() for line in lines) or "none"
+
 
 @dataclass(frozen=True)
 class ThinTable:

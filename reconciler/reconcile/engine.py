@@ -26,8 +26,9 @@ from reconciler.dm.errors import DeviceBusy, DeviceExists, DmError, NoData, NoSu
 from reconciler.dm.filesystem import grow_filesystem, make_filesystem
 from reconciler.dm.host import Host
 from reconciler.dm.metadata import list_thin_ids
-from reconciler.dm.parse import parse_thin_table
+from reconciler.dm.parse import single_thin_table
 from reconciler.dm.pool import ThinPool, table_matches, thin_device_name, thin_uuid
+from reconciler.dm.types import describe_table
 from reconciler.reconcile.observe import KernelDevice, Observation, observe
 from reconciler.reconcile.pool_setup import prepare_pool
 from reconciler.reconcile.retry import RetryPolicy
@@ -792,14 +793,12 @@ class Reconciler:
             # dm answers EBUSY when the name is taken. Adopt it if it is exactly our device;
             # otherwise it is a conflict an operator must clear, worth retrying meanwhile.
             lines = self.pool.client.table(kname)
-            loaded = [parse_thin_table(t) for t in lines if t.target == "thin"]
-            if not (len(lines) == 1 and loaded
-                    and table_matches(loaded[0], wanted, self.obs.pool_number)):
-                found = "; ".join(f"{t.start} {t.length} {t.target} {t.params}" for t in lines)
+            loaded = single_thin_table(lines)
+            if loaded is None or not table_matches(loaded, wanted, self.obs.pool_number):
                 raise DeviceBusy(
                     f"activate {kname}",
                     detail=f"a dm device named {kname} already exists with table "
-                    f"{found or 'none'!r}, not ours ({wanted.line()!r})",
+                    f"{describe_table(lines)!r}, not ours ({wanted.line()!r})",
                 ) from exc
         self._refresh(record.name)
         machine.fire("activated")
@@ -812,9 +811,7 @@ class Reconciler:
         if info is None:
             self.obs.devices.pop(kname, None)
             return
-        lines = self.pool.client.table(kname)
-        single = len(lines) == 1 and lines[0].target == "thin"
-        table = parse_thin_table(lines[0]) if single else None
+        table = single_thin_table(self.pool.client.table(kname))
         self.obs.devices[kname] = KernelDevice(info=info, table=table)
 
     def _format(self, record: DeviceRecord) -> None:

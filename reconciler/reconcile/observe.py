@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from reconciler.dm.client import DmClient
 from reconciler.dm.errors import DmError
-from reconciler.dm.parse import parse_pool_status, parse_thin_status, parse_thin_table
+from reconciler.dm.parse import parse_pool_status, parse_thin_status, single_thin_table
 from reconciler.dm.types import DeviceInfo, TargetLine, ThinPoolStatus, ThinStatus, ThinTable
 
 
@@ -21,8 +21,6 @@ class KernelDevice:
     info: DeviceInfo
     table: ThinTable | None = None
     status: ThinStatus | None = None
-    # A device of our name that is not a single thin target (someone else's).
-    foreign_table: str | None = None
 
 
 @dataclass
@@ -52,17 +50,11 @@ def observe(client: DmClient, pool_name: str) -> Observation:
     observation = Observation()
     for info in infos:
         device = KernelDevice(info=info)
-        table_lines = tables.get(info.name, [])
-        thin_table = _single(table_lines, "thin")
-        if thin_table is not None:
-            device.table = parse_thin_table(thin_table)
+        device.table = single_thin_table(tables.get(info.name, []))
+        if device.table is not None:
             status_line = _single(statuses.get(info.name, []), "thin")
             if status_line is not None:
                 device.status = parse_thin_status(status_line)
-        elif table_lines:
-            device.foreign_table = "; ".join(
-                f"{t.start} {t.length} {t.target} {t.params}".strip() for t in table_lines
-            )
         observation.devices[info.name] = device
         if info.name == pool_name:
             observation.pool_number = f"{info.major}:{info.minor}"
