@@ -106,6 +106,19 @@ class Settings:
         metadata=_doc("Attempts of a failing step before the device is marked Faulty."),
     )
 
+    grpc_socket: Path | None = field(
+        default=None,
+        metadata=_doc("Unix socket of containerd's snapshots gRPC service (unset: not served)."),
+    )
+    async_remove: bool = field(
+        default=False,
+        metadata=_doc("Snapshotter Remove only marks a snapshot; containerd's Cleanup deletes it."),
+    )
+    discard_blocks: bool = field(
+        default=False,
+        metadata=_doc("Discard an active device's blocks before deleting it (loop files shrink)."),
+    )
+
     @property
     def specs_path(self) -> Path:
         """Where spec files are read from."""
@@ -156,7 +169,7 @@ def settings_from_mapping(raw: dict[str, Any], base: Path | None = None) -> Sett
             raise ConfigError(key, f"unknown key (known keys: {', '.join(sorted(known))})")
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in ("root_path", "spec_dir", "data_device", "metadata_device"):
+        if key in ("root_path", "spec_dir", "data_device", "metadata_device", "grpc_socket"):
             values[key] = _path(key, value, base)
         elif key in ("base_image_size", "loopback_data_size", "loopback_metadata_size",
                      "data_block_size"):
@@ -169,6 +182,10 @@ def settings_from_mapping(raw: dict[str, Any], base: Path | None = None) -> Sett
         elif key == "max_attempts":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(key, f"expected a whole number of at least 1, got {value!r}")
+            values[key] = value
+        elif key in ("async_remove", "discard_blocks"):
+            if not isinstance(value, bool):
+                raise ConfigError(key, f"expected true or false, got {value!r}")
             values[key] = value
         elif key == "fs_options":
             values[key] = _fs_options(key, value)

@@ -23,6 +23,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SPEC_SUFFIX = ".toml"
 Filesystem = Literal["ext4", "xfs", "none"]
 FILESYSTEMS: tuple[Filesystem, ...] = ("ext4", "xfs", "none")
+# Devices of the snapshotter API are named from a sequence number; spec files may not take
+# those names, or a file and a snapshot would drive the same device.
+SNAPSHOT_NAME_RE = re.compile(r"^snap-[0-9]+$")
 _KEYS = ("size", "parent", "filesystem", "active", "readonly", "labels")
 
 
@@ -87,6 +90,8 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
     """Parse one spec's text; raises SpecError naming the key at fault."""
     if not NAME_RE.match(name):
         raise SpecError(f"bad name {name!r}: must match {NAME_RE.pattern}")
+    if SNAPSHOT_NAME_RE.match(name):
+        raise SpecError(f"bad name {name!r}: names snap-<number> belong to the snapshotter API")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -138,6 +143,27 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
         labels=dict(labels),
         size_given="size" in raw,
         filesystem_given="filesystem" in raw,
+        digest=hashlib.sha256(text.encode()).hexdigest(),
+    )
+
+
+def snapshot_name(seq: int) -> str:
+    """The device name of the snapshotter API's snapshot number `seq`."""
+    return f"snap-{seq}"
+
+
+def stored_spec(
+    name: str, size: int, filesystem: str, parent: str | None, active: bool, readonly: bool,
+    labels: Mapping[str, str],
+) -> DeviceSpec:
+    """A spec kept in the store rather than in a file (the snapshotter API's devices)."""
+    if filesystem not in FILESYSTEMS:
+        raise SpecError(f"filesystem {filesystem!r} is not one of {', '.join(FILESYSTEMS)}")
+    fs: Filesystem = filesystem
+    text = repr((size, filesystem, parent, active, readonly, sorted(labels.items())))
+    return DeviceSpec(
+        name=name, size=Bytes(size), filesystem=fs, parent=parent,
+        active=active, readonly=readonly, labels=dict(labels),
         digest=hashlib.sha256(text.encode()).hexdigest(),
     )
 

@@ -18,7 +18,8 @@ from reconciler.dm.host import Host
 from reconciler.dm.pool import thin_device_name
 from reconciler.dm.types import METADATA_BLOCK_BYTES
 from reconciler.reconcile.observe import Observation, observe_safely
-from reconciler.store import DeviceRecord, Store
+from reconciler.specs import SNAPSHOT_NAME_RE
+from reconciler.store import DeviceRecord, SnapshotRecord, Store
 from reconciler.units import format_size
 
 
@@ -61,8 +62,22 @@ def _pool_report(settings: Settings, store: Store, obs: Observation | None,
     return report
 
 
+def _snapshot_report(snap: SnapshotRecord | None) -> dict[str, Any] | None:
+    if snap is None:
+        return None
+    return {
+        "key": snap.key,
+        "kind": snap.kind,
+        "parent": snap.parent_key,
+        "labels": dict(snap.labels),
+        "removal": snap.removal,
+        "created_at": iso_time(snap.created_at),
+        "updated_at": iso_time(snap.updated_at),
+    }
+
+
 def _device_report(settings: Settings, record: DeviceRecord,
-                   obs: Observation | None) -> dict[str, Any]:
+                   obs: Observation | None, snap: SnapshotRecord | None) -> dict[str, Any]:
     kname = thin_device_name(settings.pool_name, record.name)
     kernel = obs.device(kname) if obs else None
     used = kernel.status.used_bytes if kernel and kernel.status else None
@@ -84,6 +99,8 @@ def _device_report(settings: Settings, record: DeviceRecord,
         "retry_at": None if record.retry_at is None else iso_time(record.retry_at),
         "notice": record.notice,
         "labels": dict(record.labels),
+        # Devices of the snapshotter API: their key and kind (None: a spec file's device).
+        "snapshot": _snapshot_report(snap),
         "state_changed_at": iso_time(record.state_changed_at),
         "kernel": None if kernel is None else {
             "suspended": kernel.info.suspended,
@@ -103,7 +120,9 @@ def build_report(settings: Settings, store: Store, host: Host,
         records = [r for r in records if r.name == name]
     report: dict[str, Any] = {
         "pool": _pool_report(settings, store, obs, kernel_error),
-        "devices": [_device_report(settings, r, obs) for r in records],
+        "devices": [_device_report(settings, r, obs, store.snapshot(r.name)
+                                   if SNAPSHOT_NAME_RE.match(r.name) else None)
+                    for r in records],
         "rejected_specs": [
             {"name": r.name, "path": r.path, "error": r.error}
             for r in store.rejected_specs()
@@ -129,6 +148,16 @@ def _size(value: int | None) -> str:
     return "-" if value is None else format_size(value)
 
 
+def _key(snapshot: dict[str, Any] | None) -> str:
+    if snapshot is None:
+        return "-"
+    key: str = snapshot["key"]
+    if snapshot["removal"]:
+        key += " (removed)"
+    # containerd's keys can be long digests: keep the column readable, JSON has them whole.
+    return key if len(key) <= 40 else key[:19] + "…" + key[-20:]
+
+
 def render_table(report: dict[str, Any]) -> str:
     """Aligned columns for people: the pool line, devices, then rejected specs."""
     pool = report["pool"]
@@ -142,13 +171,15 @@ def render_table(report: dict[str, Any]) -> str:
             f"metadata {_size(pool['metadata_used_bytes'])}/"
             f"{_size(pool['metadata_total_bytes'])}"
         )
-    header = ("NAME", "STATE", "SINCE", "ID", "SIZE", "USED", "PARENT", "ERROR")
+    header = ("NAME", "KIND", "STATE", "SINCE", "ID", "SIZE", "USED", "PARENT", "KEY",
+              "ERROR")
     rows = [header] + [
         (
-            d["name"], d["state"], d["state_changed_at"][:19].replace("T", " "),
+            d["name"], d["snapshot"]["kind"] if d["snapshot"] else "spec", d["state"],
+            d["state_changed_at"][:19].replace("T", " "),
             "-" if d["device_id"] is None else str(d["device_id"]),
             _size(d["size_bytes"]), _size(d["used_bytes"]), d["parent"] or "-",
-            d["error"] or d["notice"] or "-",
+            _key(d["snapshot"]), d["error"] or d["notice"] or "-",
         )
         for d in report["devices"]
     ]

@@ -1,10 +1,12 @@
-"""`reconciler run`: the long-running daemon.
+"""`reconciler run`: the long-running daemon, and the snapshots gRPC service when configured.
 
 Level-triggered loop in one thread (the main one), which alone owns the store, the machines
 and every kernel call. It wakes on spec-file events (only those names are reconciled), when a
 device's retry is due, and every `resync_interval` for a full pass that also repairs what was
 changed behind our back in the kernel. Signals: SIGTERM/SIGINT finish the step in flight and
-exit 0; SIGHUP reloads the config; SIGUSR1 asks for a full pass now (`reconciler retry` uses it).
+exit 0; SIGHUP reloads the config; SIGUSR1 asks for a full pass now (`reconciler retry` uses
+it). gRPC requests (on the server's worker threads) are handed to the same thread and
+answered from there.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import structlog
 
+from reconciler.api.server import ApiServer
 from reconciler.config import ConfigError, Settings, load_settings
 from reconciler.daemon.notify import sd_notify
 from reconciler.daemon.wakeups import Wakeups
@@ -25,7 +30,10 @@ from reconciler.daemon.watch import SpecWatcher
 from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host
 from reconciler.reconcile.engine import PassResult, Reconciler
+from reconciler.snapshots import Snapshotter, Unavailable
 from reconciler.store import Store
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
@@ -51,10 +59,39 @@ class Daemon:
         self._next_retry: float | None = None
         self.reconciler = self._new_reconciler()
         self.watcher: SpecWatcher | None = None
+        self.api: ApiServer | None = None
+        self._snapshotter: Snapshotter | None = None
 
     def _new_reconciler(self) -> Reconciler:
         return Reconciler(self.settings, self.host, self.store, clock=self.clock,
                           stop_requested=lambda: self._stopping)
+
+    @property
+    def snapshotter(self) -> Snapshotter:
+        """The snapshotter API over the current reconciler (a reload makes a new one)."""
+        if self._snapshotter is None or self._snapshotter.engine is not self.reconciler:
+            self._snapshotter = Snapshotter(self.reconciler)
+        return self._snapshotter
+
+    def run_on_loop(self, fn: Callable[[Snapshotter], T]) -> T:
+        """Run `fn` on the reconcile thread and wait for its result (for API threads)."""
+        future: Future[T] = Future()
+
+        def work(stopping: bool) -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            if stopping:  # answered, so its caller is not left waiting
+                future.set_exception(Unavailable("the reconciler daemon is stopping"))
+                return
+            try:
+                future.set_result(fn(self.snapshotter))
+            except BaseException as exc:  # handed to the waiting thread, which re-raises
+                future.set_exception(exc)
+
+        if self._stopping:
+            raise Unavailable("the reconciler daemon is stopping")
+        self.wakeups.call(work)
+        return future.result()
 
     def request_stop(self) -> None:
         """Finish the step in flight, then leave the loop."""
@@ -116,6 +153,8 @@ class Daemon:
     def step(self, timeout: float | None = None) -> bool:
         """Wait for one wake-up (or the next deadline) and act on it; False once stopping."""
         batch = self.wakeups.take(timeout)
+        for work in batch.calls:
+            work(self._stopping)
         if batch.stop or self._stopping:
             return False
         if batch.reload:
@@ -133,6 +172,10 @@ class Daemon:
                 self._next_retry = result.next_retry_at
         return not self._stopping
 
+    def _refuse_queued(self) -> None:
+        for work in self.wakeups.take(0).calls:
+            work(True)
+
     def _timeout(self) -> float:
         deadline = self._next_resync
         if self._next_retry is not None:
@@ -145,6 +188,10 @@ class Daemon:
         self.watcher = SpecWatcher(self.settings.specs_path, self.wakeups)
         self.watcher.start()
         self.step(timeout=0)
+        if self.settings.grpc_socket is not None:
+            # After the first pass: the pool exists and recovery is done before any request.
+            self.api = ApiServer(self.settings.grpc_socket, self.run_on_loop)
+            self.api.start()
 
     def serve(self) -> int:
         """Run until stopped; exit code 0 after a clean stop."""
@@ -162,7 +209,13 @@ class Daemon:
         return 0
 
     def close(self) -> None:
-        """Stop watching and close the store."""
+        """Stop serving and watching, answer what is still queued, close the store."""
+        self._stopping = True
+        self._refuse_queued()
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
+        self._refuse_queued()
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None

@@ -1,4 +1,5 @@
-"""What wakes the reconcile thread: device names from file events, and operator signals.
+"""What wakes the reconcile thread: device names from file events, API requests, and
+operator signals.
 
 Events are hints, never payloads: only a name is queued, and a burst of events for the same
 or many names becomes one batch. Thread-safe; the watchdog thread and signal handlers add,
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -17,6 +19,9 @@ class Batch:
     """Everything that arrived since the last take."""
 
     names: set[str] = field(default_factory=set)
+    # Work handed over by other threads (API requests), run in order on the reconcile thread.
+    # Each is told whether the daemon is stopping (then it answers with a refusal).
+    calls: list[Callable[[bool], None]] = field(default_factory=list)
     resync: bool = False
     reload: bool = False
     stop: bool = False
@@ -24,7 +29,7 @@ class Batch:
     @property
     def empty(self) -> bool:
         """Nothing arrived (the wait timed out)."""
-        return not (self.names or self.resync or self.reload or self.stop)
+        return not (self.names or self.calls or self.resync or self.reload or self.stop)
 
 
 class Wakeups:
@@ -42,6 +47,12 @@ class Wakeups:
         with self._cond:
             self._batch.names.add(name)
             self._last_event = time.monotonic()
+            self._cond.notify()
+
+    def call(self, work: Callable[[bool], None]) -> None:
+        """Run `work` on the reconcile thread at its next wake-up."""
+        with self._cond:
+            self._batch.calls.append(work)
             self._cond.notify()
 
     def _flag(self, flag: str) -> None:
@@ -71,7 +82,8 @@ class Wakeups:
         with self._cond:
             if self._batch.empty:
                 self._cond.wait(timeout)
-            if self._batch.names and not (self._batch.stop or self._batch.reload):
+            if self._batch.names and not (self._batch.stop or self._batch.reload
+                                          or self._batch.calls):
                 # Editors and copies write in several steps: wait until they are quiet.
                 started = time.monotonic()
                 while True:

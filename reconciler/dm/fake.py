@@ -406,6 +406,8 @@ class FakeKernel:
             return self._blockdev(args), ""
         if program in ("mkfs.ext4", "mkfs.xfs"):
             return self._mkfs(program.removeprefix("mkfs."), args), ""
+        if program == "blkdiscard":
+            return self._blkdiscard(args), ""
         if program == "thin_check":
             return self._thin_check(args)
         if program == "thin_ls":
@@ -956,6 +958,22 @@ class FakeKernel:
             pool.error_if_no_space = pool.requested_error_if_no_space
             pool_device.events += 1
 
+    def _blkdiscard(self, args: list[str]) -> str:
+        assert len(args) == 1, f"FakeKernel: blkdiscard {args}"
+        path = args[0]
+        name = path.removeprefix("/dev/mapper/")
+        if name == path or name not in self.devices:
+            raise _Fail(f"blkdiscard: cannot open {path}: {os.strerror(errno.ENOENT)}\n")
+        device = self._open_mapper(path)
+        assert device.live is not None
+        if device.live.readonly:
+            raise _Fail(f"blkdiscard: cannot open {path}: {os.strerror(errno.EROFS)}\n")
+        if self._open_count(device):
+            # util-linux opens the device O_EXCL: a mounted one is refused.
+            raise _Fail(f"blkdiscard: cannot open {path}: {os.strerror(errno.EBUSY)}\n")
+        self._discard(device)
+        return ""
+
     def _discard(self, device: DmDevice) -> None:
         """Unmap every block of a thin device (mkfs discards first by default)."""
         pool_device, pool, thin = self._thin_of(device)
@@ -1184,6 +1202,10 @@ def _superblock(fs_type: str, size: int) -> bytes:
         return b"XFSB" + bytes(METADATA_BLOCK - 4)
     block = 1024 if size < 512 << 20 else 4096  # mke2fs.conf's "small" type below 512 MiB
     data = bytearray(METADATA_BLOCK)
+    # mke2fs's default of one inode per 16 KiB; a new filesystem uses its first 11.
+    inodes = size // 16384
+    struct.pack_into("<I", data, EXT4_SUPERBLOCK, inodes)
+    struct.pack_into("<I", data, EXT4_SUPERBLOCK + 16, inodes - 11)
     struct.pack_into("<I", data, EXT4_SUPERBLOCK + 4, size // block)
     struct.pack_into("<I", data, EXT4_SUPERBLOCK + 24, block.bit_length() - 11)
     struct.pack_into("<H", data, EXT4_SUPERBLOCK + 56, EXT4_MAGIC)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
-from reconciler.dm.errors import classify
+from reconciler.dm.errors import DmError, classify
 from reconciler.dm.host import Host
 
 # -F/-f: the device is a fresh thin volume of ours; mkfs would otherwise ask on a terminal
@@ -34,3 +35,37 @@ def grow_filesystem(host: Host, fs_type: str, device: str) -> bool:
     if not grown.ok:
         raise classify(f"resize2fs {device}", grown)
     return True
+
+
+def discard_blocks(host: Host, device: str) -> None:
+    """Discard every block of a device: the thin-pool unmaps them, and passes the discards
+    down so a loopback pool's data file shrinks (containerd's `discard_blocks`)."""
+    completed = host.run(["blkdiscard", device])
+    if not completed.ok:
+        raise classify(f"blkdiscard {device}", completed)
+
+
+_EXT4_SUPERBLOCK = 1024
+_EXT4_MAGIC = 0xEF53
+_XFS_MAGIC = b"XFSB"
+
+
+def inodes_used(host: Host, device: str) -> int | None:
+    """Inodes in use on the ext4 or xfs filesystem of `device`, from its superblock (None when
+    it holds neither). While mounted the on-disk counts lag the filesystem's own."""
+    try:
+        head = host.read(device, 0, 4096)
+    except OSError as exc:
+        raise DmError(f"read superblock of {device}", detail=str(exc)) from exc
+    if len(head) >= 2048 and struct.unpack_from("<H", head, _EXT4_SUPERBLOCK + 56)[0] \
+            == _EXT4_MAGIC:
+        total: int = struct.unpack_from("<I", head, _EXT4_SUPERBLOCK)[0]  # s_inodes_count
+        free: int = struct.unpack_from("<I", head, _EXT4_SUPERBLOCK + 16)[0]  # s_free_inodes_count
+        return max(0, total - free)
+    if head[:4] == _XFS_MAGIC and len(head) >= 144:
+        # sb_icount and sb_ifree, big-endian, after the fixed geometry fields
+        icount: int
+        ifree: int
+        icount, ifree = struct.unpack_from(">QQ", head, 128)
+        return max(0, icount - ifree)
+    return None

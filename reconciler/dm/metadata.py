@@ -15,8 +15,8 @@ from reconciler.dm.host import Host
 log = structlog.get_logger(__name__)
 
 
-def list_thin_ids(host: Host, pool: str, metadata_device: str) -> set[int]:
-    """Every thin id the pool's metadata holds."""
+def _thin_ls(host: Host, pool: str, metadata_device: str, fields: str) -> list[list[str]]:
+    """Rows of thin_ls on a fresh metadata snapshot, one per thin id."""
     client = DmClient(host)
     try:
         client.message(pool, ["reserve_metadata_snap"])
@@ -27,18 +27,32 @@ def list_thin_ids(host: Host, pool: str, metadata_device: str) -> set[int]:
         client.message(pool, ["release_metadata_snap"])
         client.message(pool, ["reserve_metadata_snap"])
     try:
-        completed = host.run(["thin_ls", "--metadata-snap", "--no-headers", "-o", "DEV",
+        completed = host.run(["thin_ls", "--metadata-snap", "--no-headers", "-o", fields,
                               metadata_device])
     finally:
         client.message(pool, ["release_metadata_snap"])
     if not completed.ok:
         raise classify(f"thin_ls {metadata_device}", completed)
-    ids = set()
+    rows = []
+    names = fields.split(",")
     for line in completed.stdout.splitlines():
-        word = line.strip()
-        if not word:
+        words = line.split()
+        if not words:
             continue
-        if not word.isdigit():
-            raise ParseError("thin_ls", detail=f"field 'DEV' (thin id): unexpected {word!r}")
-        ids.add(int(word))
-    return ids
+        if len(words) != len(names) or not all(w.isdigit() for w in words):
+            raise ParseError("thin_ls", detail=f"fields {fields} (numbers): unexpected "
+                             f"{line.strip()!r}")
+        rows.append(words)
+    return rows
+
+
+def list_thin_ids(host: Host, pool: str, metadata_device: str) -> set[int]:
+    """Every thin id the pool's metadata holds."""
+    return {int(row[0]) for row in _thin_ls(host, pool, metadata_device, "DEV")}
+
+
+def exclusive_bytes(host: Host, pool: str, metadata_device: str) -> dict[int, int]:
+    """Bytes each thin id maps that no other thin device shares (what a snapshot wrote
+    beyond its origin), by thin id."""
+    rows = _thin_ls(host, pool, metadata_device, "DEV,EXCLUSIVE_BYTES")
+    return {int(dev): int(size) for dev, size in rows}

@@ -23,9 +23,14 @@ import structlog
 
 from reconciler.config import Settings
 from reconciler.dm.errors import DeviceBusy, DeviceExists, DmError, NoData, NoSuchDevice
-from reconciler.dm.filesystem import grow_filesystem, make_filesystem
+from reconciler.dm.filesystem import (
+    discard_blocks,
+    grow_filesystem,
+    inodes_used,
+    make_filesystem,
+)
 from reconciler.dm.host import Host
-from reconciler.dm.metadata import list_thin_ids
+from reconciler.dm.metadata import exclusive_bytes, list_thin_ids
 from reconciler.dm.parse import single_thin_table
 from reconciler.dm.pool import ThinPool, table_matches, thin_device_name, thin_uuid
 from reconciler.dm.types import describe_table
@@ -40,6 +45,7 @@ from reconciler.specs import (
     SpecSet,
     inherit,
     load_spec_dir,
+    stored_spec,
 )
 from reconciler.states import DeviceMachine, DeviceState, StateChange
 from reconciler.store import (
@@ -140,10 +146,20 @@ class Reconciler:
     # -- pass ------------------------------------------------------------------------------
 
     def load_specs(self) -> SpecSet:
-        """The spec directory, parsed with the config's defaults."""
+        """Every desired device: the spec directory (parsed with the config's defaults) and
+        the specs the snapshotter API keeps in the store."""
         defaults = Defaults(size=self.settings.base_image_size,
                             filesystem=_fs(self.settings.fs_type))
-        return load_spec_dir(self.settings.specs_path, defaults)
+        from_files = load_spec_dir(self.settings.specs_path, defaults)
+        stored = {}
+        for snap in self.store.snapshots():
+            # A committed snapshot rests inactive; one removed until Cleanup rests too.
+            active = snap.removal is None and (snap.kind != "committed" or snap.exposed)
+            stored[snap.name] = stored_spec(
+                snap.name, snap.size_bytes, snap.filesystem, snap.parent, active,
+                readonly=snap.kind != "active", labels=snap.labels,
+            )
+        return SpecSet(specs={**from_files.specs, **stored}, rejected=from_files.rejected)
 
     def _begin(self) -> tuple[dict[str, DeviceSpec], SpecSet, list[RejectedSpec]]:
         assert self.pool is not None
@@ -621,6 +637,23 @@ class Reconciler:
         """The dm name of a managed device."""
         return thin_device_name(self.settings.pool_name, name)
 
+    def measure(self, name: str) -> tuple[int | None, int | None]:
+        """Bytes only this device maps in the pool (thin_ls EXCLUSIVE_BYTES: what a snapshot
+        wrote beyond its origin) and inodes its filesystem uses, read now (None: unknown, e.g.
+        inodes of an inactive device)."""
+        if self.pool is None:
+            self.pool = prepare_pool(self.settings, self.host, self.store, self.clock())
+        record = self.store.device(name)
+        pool = self.store.pool(self.settings.pool_name)
+        if record is None or record.device_id is None or not record.provisioned or pool is None:
+            return None, None
+        used = exclusive_bytes(self.host, self.settings.pool_name, pool.metadata_device)
+        kname = self.kernel_name(name)
+        inodes = None
+        if self.pool.client.info(kname) is not None:
+            inodes = inodes_used(self.host, f"/dev/mapper/{kname}")
+        return used.get(record.device_id), inodes
+
     def _kernel(self, name: str) -> KernelDevice | None:
         return self.obs.device(self.kernel_name(name))
 
@@ -634,7 +667,8 @@ class Reconciler:
             S.SUSPENDING: ("reload", self._reload, False),
             S.SUSPENDED: ("reload", self._reload, False),
             S.RESUMING: ("reload", self._reload, False),
-            S.DEACTIVATING: ("deactivate", self._deactivate, spec is None),
+            S.DEACTIVATING: ("deactivate", (lambda r: self._deactivate(r, discard=True))
+                             if spec is None else self._deactivate, spec is None),
             S.REMOVING: ("remove", self._remove, True),
         }
         if state in in_flight:
@@ -648,7 +682,8 @@ class Reconciler:
             if state == S.REMOVED:
                 return None
             if state in LIVE:
-                return _Step("deactivate", lambda: self._deactivate(record), removal=True)
+                return _Step("deactivate", lambda: self._deactivate(record, discard=True),
+                             removal=True)
             return _Step("remove", lambda: self._remove(record), removal=True)
 
         if state == S.REMOVED:
@@ -668,12 +703,13 @@ class Reconciler:
         assert kernel is not None
         if not record.formatted:
             return _Step("mkfs", lambda: self._format(record))
+        if not spec.active:
+            # Mode and size are loaded with the table at the next activation.
+            return _Step("deactivate", lambda: self._deactivate(record))
         if kernel.info.readonly != record.readonly or self._length_differs(record, kernel):
             return _Step("reload", lambda: self._reload(record))
         if self._fs_needs_growing(record, kernel):
             return _Step("grow filesystem", lambda: self._grow_fs(record))
-        if not spec.active:
-            return _Step("deactivate", lambda: self._deactivate(record))
         return None
 
     def _length_differs(self, record: DeviceRecord, kernel: KernelDevice) -> bool:
@@ -857,12 +893,18 @@ class Reconciler:
         self._refresh(record.name)
         machine.fire("resumed")
 
-    def _deactivate(self, record: DeviceRecord) -> None:
+    def _deactivate(self, record: DeviceRecord, discard: bool = False) -> None:
+        """Remove the dm device; on the way to deletion, first discard its blocks if the
+        config asks (only a writable live device can be discarded)."""
         assert self.pool is not None
         machine = self.machine(record.name)
         if machine.current in LIVE:
             machine.fire("deactivate")
         kname = self.kernel_name(record.name)
+        kernel = self._kernel(record.name)
+        if discard and self.settings.discard_blocks and kernel is not None \
+                and not kernel.info.readonly:
+            discard_blocks(self.host, f"/dev/mapper/{kname}")
         with suppress(NoSuchDevice):  # already gone: the goal of this step
             self.pool.client.remove(kname)
         self.obs.devices.pop(kname, None)

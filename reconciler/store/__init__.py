@@ -12,6 +12,7 @@ from reconciler.store.records import (
     PoolRecord,
     RejectedSpecRecord,
     RequestRecord,
+    SnapshotRecord,
     TransitionRecord,
 )
 from reconciler.store.store import MAX_THIN_ID, Store, StoreError
@@ -24,6 +25,7 @@ __all__ = [
     "PoolRecord",
     "RejectedSpecRecord",
     "RequestRecord",
+    "SnapshotRecord",
     "Store",
     "StoreError",
     "TransitionRecord",

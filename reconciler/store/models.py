@@ -24,11 +24,12 @@ class Models:
     Request: Any
     Intent: Any
     Orphan: Any
+    Snapshot: Any
 
     def all(self) -> list[type[peewee.Model]]:
         """Every table, for create_tables."""
         return [self.Device, self.Transition, self.RejectedSpec, self.Pool, self.Request,
-                self.Intent, self.Orphan]
+                self.Intent, self.Orphan, self.Snapshot]
 
 
 def bind_models(database: peewee.Database) -> Models:
@@ -130,5 +131,27 @@ def bind_models(database: peewee.Database) -> Models:
         class Meta:
             table_name = "orphans"
 
+    class SnapshotRow(Base):
+        name = peewee.CharField(primary_key=True)
+        seq = peewee.IntegerField(unique=True)
+        key = peewee.TextField(index=True)
+        kind = peewee.CharField()
+        parent_key = peewee.TextField(null=True, index=True)
+        parent = peewee.CharField(null=True)
+        labels = peewee.TextField(default="{}")
+        size_bytes = peewee.BigIntegerField()
+        filesystem = peewee.CharField()
+        exposed = peewee.BooleanField(default=False)
+        removal = peewee.CharField(null=True, index=True)
+        base_inodes = peewee.BigIntegerField(default=0)
+        used_bytes = peewee.BigIntegerField(default=0)
+        used_inodes = peewee.BigIntegerField(default=0)
+        created_at = peewee.FloatField()
+        updated_at = peewee.FloatField()
+        removed_at = peewee.FloatField(null=True)
+
+        class Meta:
+            table_name = "snapshots"
+
     return Models(DeviceRow, TransitionRow, RejectedSpecRow, PoolRow, RequestRow, IntentRow,
-                  OrphanRow)
+                  OrphanRow, SnapshotRow)

@@ -107,3 +107,37 @@ class OrphanRecord:
     name: str
     thin_id: int | None
     seen_at: float
+
+
+@dataclass
+class SnapshotRecord:
+    """A containerd-style snapshot: a key, a kind and labels over one managed device.
+
+    The device (`name`, "snap-<seq>") is driven like any other; this record is its stored
+    spec. Kernel names come from `seq`, never from the key, which may hold any text.
+    """
+
+    name: str
+    seq: int
+    key: str
+    kind: str  # "active", "view" or "committed"
+    parent_key: str | None = None
+    # The parent's device name (its "snap-<seq>").
+    parent: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    size_bytes: int = 0
+    filesystem: str = "ext4"
+    # A committed snapshot is kept inactive unless its mounts were asked for (read-only).
+    exposed: bool = False
+    # None: live. "pending": removed by the API, its device kept until Cleanup (async_remove).
+    # "requested": its device is to be removed.
+    removal: str | None = None
+    # Inodes in use on the parent's filesystem when this snapshot was taken: usage excludes
+    # them. (Bytes need no such base: thin_ls counts blocks shared with the parent apart.)
+    base_inodes: int = 0
+    # Measured at commit (a committed snapshot's usage never changes).
+    used_bytes: int = 0
+    used_inodes: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    removed_at: float | None = None

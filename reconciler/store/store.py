@@ -24,6 +24,7 @@ from reconciler.store.records import (
     PoolRecord,
     RejectedSpecRecord,
     RequestRecord,
+    SnapshotRecord,
     TransitionRecord,
 )
 
@@ -34,6 +35,12 @@ REMOVED = "Removed"
 
 class StoreError(RuntimeError):
     """The store cannot do what was asked (no free id, database unreadable)."""
+
+
+def _snapshot_from_row(row: Any) -> SnapshotRecord:
+    values: dict[str, Any] = {f.name: getattr(row, f.name) for f in fields(SnapshotRecord)}
+    values["labels"] = json.loads(row.labels)
+    return SnapshotRecord(**values)
 
 
 def _device_from_row(row: Any) -> DeviceRecord:
@@ -213,3 +220,52 @@ class Store:
             OrphanRecord(kind=r.kind, name=r.name, thin_id=r.thin_id, seen_at=r.seen_at)
             for r in self._m.Orphan.select().order_by(self._m.Orphan.kind, self._m.Orphan.name)
         ]
+
+    # -- snapshots (the snapshotter API's stored specs) ------------------------------------
+
+    def save_snapshot(self, record: SnapshotRecord) -> None:
+        """Insert or update a snapshot."""
+        values = asdict(record)
+        values["labels"] = json.dumps(record.labels, sort_keys=True)
+        self._m.Snapshot.insert(**values).on_conflict_replace().execute()
+
+    def snapshots(self) -> list[SnapshotRecord]:
+        """Every snapshot whose device is wanted (live, or removed but awaiting Cleanup)."""
+        snap = self._m.Snapshot
+        query = snap.select().where(
+            snap.removal.is_null() | (snap.removal == "pending")).order_by(snap.seq)
+        return [_snapshot_from_row(row) for row in query]
+
+    def live_snapshots(self) -> list[SnapshotRecord]:
+        """Snapshots the API can see (not removed), oldest first."""
+        snap = self._m.Snapshot
+        query = snap.select().where(snap.removal.is_null()).order_by(snap.seq)
+        return [_snapshot_from_row(row) for row in query]
+
+    def snapshot_by_key(self, key: str) -> SnapshotRecord | None:
+        """The live snapshot with this key, if any."""
+        snap = self._m.Snapshot
+        row = snap.get_or_none((snap.key == key) & snap.removal.is_null())
+        return None if row is None else _snapshot_from_row(row)
+
+    def snapshot(self, name: str) -> SnapshotRecord | None:
+        """A snapshot by its device name, removed ones included."""
+        row = self._m.Snapshot.get_or_none(self._m.Snapshot.name == name)
+        return None if row is None else _snapshot_from_row(row)
+
+    def snapshot_children(self, key: str) -> list[SnapshotRecord]:
+        """Live snapshots taken from the committed snapshot `key`."""
+        snap = self._m.Snapshot
+        query = snap.select().where((snap.parent_key == key) & snap.removal.is_null())
+        return [_snapshot_from_row(row) for row in query.order_by(snap.seq)]
+
+    def snapshots_with_removal(self, removal: str) -> list[SnapshotRecord]:
+        """Snapshots removed by the API in this way ("pending" or "requested")."""
+        snap = self._m.Snapshot
+        query = snap.select().where(snap.removal == removal).order_by(snap.seq)
+        return [_snapshot_from_row(row) for row in query]
+
+    def next_snapshot_seq(self) -> int:
+        """A sequence number never used before (removed snapshots keep theirs as history)."""
+        value = self._m.Snapshot.select(peewee.fn.MAX(self._m.Snapshot.seq)).scalar()
+        return 1 if value is None else int(value) + 1

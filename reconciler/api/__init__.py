@@ -1,0 +1,1 @@
+"""containerd's snapshots gRPC service, served over the Snapshotter (a proxy snapshotter)."""

@@ -1,0 +1,191 @@
+"""The `containerd.services.snapshots.v1.Snapshots` service on a unix socket.
+
+gRPC runs each request on one of its worker threads; the Snapshotter belongs to the
+reconcile thread, so every request is handed to that thread (`Runner`) and its answer waited
+for. A List is gathered there in one go and streamed from the worker afterwards, so no lock
+or turn of the reconcile thread is held while containerd reads the stream (its garbage
+collector calls Stat while a List is still open).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.protobuf import empty_pb2
+
+from reconciler.snapshots import (
+    AlreadyExists,
+    FailedPrecondition,
+    Info,
+    InvalidArgument,
+    Kind,
+    Mount,
+    NotFound,
+    SnapshotError,
+    Snapshotter,
+    Unavailable,
+)
+
+try:
+    from reconciler.api.proto import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
+except ImportError as exc:  # pragma: no cover - a checkout that was never built
+    raise ImportError(
+        "the gRPC stubs of containerd's snapshots API are generated at build time: run "
+        "`pip install -e .` (or scripts/setup) in this checkout"
+    ) from exc
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+# Runs a function of the Snapshotter on the thread that owns it and returns its result.
+Runner = Callable[[Callable[[Snapshotter], T]], T]
+
+# containerd's own List sends at most this many infos per message.
+LIST_BATCH = 100
+WORKERS = 8
+
+_CODES: dict[type[SnapshotError], grpc.StatusCode] = {
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+_KINDS = {Kind.VIEW: snapshots_pb2.VIEW, Kind.ACTIVE: snapshots_pb2.ACTIVE,
+          Kind.COMMITTED: snapshots_pb2.COMMITTED}
+_KINDS_BACK = {value: kind for kind, value in _KINDS.items()}
+
+
+def _mounts(mounts: list[Mount]) -> list[Any]:
+    return [mount_pb2.Mount(type=m.type, source=m.source, options=list(m.options))
+            for m in mounts]
+
+
+def _info(info: Info) -> Any:
+    message = snapshots_pb2.Info(name=info.name, parent=info.parent, kind=_KINDS[info.kind],
+                                 labels=dict(info.labels))
+    message.created_at.FromNanoseconds(int(info.created_at * 1e9))
+    message.updated_at.FromNanoseconds(int(info.updated_at * 1e9))
+    return message
+
+
+class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
+    """Each method: unpack the request, run the Snapshotter call, pack the answer; errors
+    become containerd's status codes."""
+
+    def __init__(self, run: Runner[Any]) -> None:
+        self._run = run
+
+    def _call(self, context: grpc.ServicerContext, method: str,
+              fn: Callable[[Snapshotter], T]) -> T:
+        try:
+            result: T = self._run(fn)
+            return result
+        except SnapshotError as exc:
+            code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)),
+                        grpc.StatusCode.UNKNOWN)
+            log.info("api.refused", method=method, code=code.name, error=str(exc))
+            context.abort(code, str(exc))
+        except Exception as exc:  # any other failure is the daemon's, not the caller's
+            log.exception("api.failed", method=method, error=str(exc))
+            context.abort(grpc.StatusCode.UNKNOWN, f"{method}: {exc}")
+        raise AssertionError("context.abort raises")  # pragma: no cover
+
+    def Prepare(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """A writable snapshot of a committed parent."""
+        mounts = self._call(context, "Prepare", lambda s: s.prepare(
+            request.key, request.parent, dict(request.labels)))
+        return snapshots_pb2.PrepareSnapshotResponse(mounts=_mounts(mounts))
+
+    def View(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """A read-only snapshot of a committed parent."""
+        mounts = self._call(context, "View", lambda s: s.view(
+            request.key, request.parent, dict(request.labels)))
+        return snapshots_pb2.ViewSnapshotResponse(mounts=_mounts(mounts))
+
+    def Mounts(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """How to mount a snapshot."""
+        mounts = self._call(context, "Mounts", lambda s: s.mounts(request.key))
+        return snapshots_pb2.MountsResponse(mounts=_mounts(mounts))
+
+    def Commit(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Active snapshot `key` becomes committed snapshot `name`."""
+        self._call(context, "Commit", lambda s: s.commit(
+            request.name, request.key, dict(request.labels)))
+        return empty_pb2.Empty()
+
+    def Remove(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Remove a snapshot without children."""
+        self._call(context, "Remove", lambda s: s.remove(request.key))
+        return empty_pb2.Empty()
+
+    def Stat(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """One snapshot's info."""
+        info = self._call(context, "Stat", lambda s: s.stat(request.key))
+        return snapshots_pb2.StatSnapshotResponse(info=_info(info))
+
+    def Update(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Change labels, as the field mask says."""
+        wanted = Info(name=request.info.name, kind=_KINDS_BACK.get(request.info.kind,
+                                                                   Kind.ACTIVE),
+                      parent=request.info.parent, labels=dict(request.info.labels))
+        paths = list(request.update_mask.paths)
+        info = self._call(context, "Update", lambda s: s.update(wanted, paths))
+        return snapshots_pb2.UpdateSnapshotResponse(info=_info(info))
+
+    def List(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:  # noqa: N802
+        """Every snapshot matching any filter, streamed in batches."""
+        filters = list(request.filters)
+        infos = self._call(context, "List", lambda s: s.walk(filters))
+        for start in range(0, len(infos), LIST_BATCH):
+            yield snapshots_pb2.ListSnapshotsResponse(
+                info=[_info(i) for i in infos[start:start + LIST_BATCH]])
+
+    def Usage(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Bytes and inodes a snapshot uses beyond its parent."""
+        usage = self._call(context, "Usage", lambda s: s.usage(request.key))
+        return snapshots_pb2.UsageResponse(size=usage.size, inodes=usage.inodes)
+
+    def Cleanup(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Delete the devices of removed snapshots (async_remove)."""
+        self._call(context, "Cleanup", lambda s: s.cleanup())
+        return empty_pb2.Empty()
+
+
+class ApiServer:
+    """The gRPC server on its unix socket (owner only: mode 0600)."""
+
+    def __init__(self, socket_path: Path, run: Runner[Any], workers: int = WORKERS) -> None:
+        self.socket_path = socket_path
+        self._server = grpc.server(futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="grpc"))
+        snapshots_pb2_grpc.add_SnapshotsServicer_to_server(  # type: ignore[no-untyped-call]
+            SnapshotsService(run), self._server)
+
+    def start(self) -> None:
+        """Bind the socket (replacing a stale one) and start serving."""
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.socket_path.is_socket():
+            self.socket_path.unlink()  # left by a daemon that was killed
+        # The socket is made with the umask's mode: make it private from the start.
+        old = os.umask(0o177)
+        try:
+            self._server.add_insecure_port(f"unix:{self.socket_path}")
+            self._server.start()
+        finally:
+            os.umask(old)
+        os.chmod(self.socket_path, 0o600)
+        log.info("api.serving", socket=str(self.socket_path),
+                 service="containerd.services.snapshots.v1.Snapshots")
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop taking requests; those in flight get `grace` seconds."""
+        self._server.stop(grace).wait()
+        if self.socket_path.is_socket():
+            self.socket_path.unlink()

@@ -1,0 +1,147 @@
+"""containerd's snapshots gRPC service, served by a running daemon over the fake kernel and
+called through the generated client stub, as containerd's proxy plugin calls it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from reconciler.api.proto import snapshots_pb2 as pb
+from reconciler.api.proto import snapshots_pb2_grpc
+from reconciler.daemon.service import Daemon
+from reconciler.daemon.wakeups import Wakeups
+from reconciler.dm.fake import FakeKernel
+from tests.conftest import make_settings
+
+
+@dataclass
+class Served:
+    daemon: Daemon
+    stub: Any
+    socket: Path
+    thread: threading.Thread
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """A daemon serving the API on a unix socket (short path: sun_path holds 108 bytes)."""
+    short = Path(tempfile.mkdtemp(prefix="rg", dir="/tmp"))
+    socket = short / "snap.sock"
+    settings = make_settings(tmp_path, "rtpool", grpc_socket=str(socket))
+    daemon = Daemon(settings, FakeKernel(), wakeups=Wakeups(settle=0.01))
+    thread = threading.Thread(target=daemon.serve, name="reconcile", daemon=True)
+    thread.start()
+    channel = grpc.insecure_channel(f"unix:{socket}")
+    grpc.channel_ready_future(channel).result(timeout=20)
+    try:
+        stub = snapshots_pb2_grpc.SnapshotsStub(channel)  # type: ignore[no-untyped-call]
+        yield Served(daemon, stub, socket, thread)
+    finally:
+        channel.close()
+        daemon.request_stop()
+        thread.join(timeout=20)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def code_of(call: Any) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    code: grpc.StatusCode = caught.value.code()
+    return code
+
+
+def test_socket_is_private(served: Served) -> None:
+    """The socket is a unix socket of mode 0600."""
+    mode = os.stat(served.socket).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+
+
+def test_lifecycle_over_grpc(served: Served) -> None:
+    """Prepare, Mounts, Commit, Stat, List (filtered, streamed), Update, Usage, View, Remove,
+    with containerd's keys (which hold '/') and its error codes."""
+    stub = served.stub
+    key = "default/1/extract-123 sha256:abc"
+    prepared = stub.Prepare(pb.PrepareSnapshotRequest(
+        snapshotter="reconciler", key=key, labels={"containerd.io/snapshot/a": "1"}))
+    (mount,) = prepared.mounts
+    assert (mount.type, mount.source, list(mount.options)) == (
+        "ext4", "/dev/mapper/rtpool-snap-1", [])
+    assert stub.Mounts(pb.MountsRequest(key=key)).mounts == prepared.mounts
+    stub.Commit(pb.CommitSnapshotRequest(name="sha256:layer1", key=key,
+                                         labels={"containerd.io/snapshot/a": "2"}))
+    info = stub.Stat(pb.StatSnapshotRequest(key="sha256:layer1")).info
+    assert info.kind == pb.COMMITTED and info.parent == ""
+    assert dict(info.labels) == {"containerd.io/snapshot/a": "2"}
+    assert info.created_at.seconds > 1_700_000_000
+    assert code_of(lambda: stub.Stat(pb.StatSnapshotRequest(key=key))) == \
+        grpc.StatusCode.NOT_FOUND
+
+    view = stub.View(pb.ViewSnapshotRequest(key="default/2/view", parent="sha256:layer1"))
+    assert list(view.mounts[0].options) == ["ro"]
+    stub.Prepare(pb.PrepareSnapshotRequest(key="default/3/rw", parent="sha256:layer1"))
+    assert code_of(lambda: stub.Prepare(pb.PrepareSnapshotRequest(key="default/3/rw"))) == \
+        grpc.StatusCode.ALREADY_EXISTS
+    assert code_of(lambda: stub.Prepare(pb.PrepareSnapshotRequest(
+        key="x", parent="default/3/rw"))) == grpc.StatusCode.INVALID_ARGUMENT
+
+    everything = [i.name for r in stub.List(pb.ListSnapshotsRequest()) for i in r.info]
+    assert sorted(everything) == ["default/2/view", "default/3/rw", "sha256:layer1"]
+    children = [i.name for r in stub.List(pb.ListSnapshotsRequest(
+        filters=["parent==sha256:layer1,kind==active"])) for i in r.info]
+    assert children == ["default/3/rw"]
+
+    updated = stub.Update(pb.UpdateSnapshotRequest(
+        info=pb.Info(name="sha256:layer1", labels={"containerd.io/snapshot/b": "x"}),
+        update_mask=field_mask_pb2.FieldMask(paths=["labels.containerd.io/snapshot/b"])))
+    assert dict(updated.info.labels) == {"containerd.io/snapshot/a": "2",
+                                         "containerd.io/snapshot/b": "x"}
+    assert code_of(lambda: stub.Update(pb.UpdateSnapshotRequest(
+        info=pb.Info(name="sha256:layer1"),
+        update_mask=field_mask_pb2.FieldMask(paths=["parent"])))) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+
+    usage = stub.Usage(pb.UsageRequest(key="sha256:layer1"))
+    assert usage.size > 0 and usage.inodes == 11
+    assert code_of(lambda: stub.Remove(pb.RemoveSnapshotRequest(key="sha256:layer1"))) == \
+        grpc.StatusCode.FAILED_PRECONDITION
+    for gone in ("default/2/view", "default/3/rw", "sha256:layer1"):
+        stub.Remove(pb.RemoveSnapshotRequest(key=gone))
+    stub.Cleanup(pb.CleanupRequest())
+    assert list(stub.List(pb.ListSnapshotsRequest())) == []
+
+
+def test_stat_while_a_list_stream_is_open(served: Served) -> None:
+    """containerd's garbage collector calls Stat with a List stream still open: both answer."""
+    stub = served.stub
+    for i in range(110):
+        stub.Prepare(pb.PrepareSnapshotRequest(key=f"k{i}"))  # fresh filesystems, no parent
+    stream = stub.List(pb.ListSnapshotsRequest())
+    first = next(stream)
+    assert len(first.info) == 100, "streamed in batches of 100"
+    assert stub.Stat(pb.StatSnapshotRequest(key="k7")).info.name == "k7"
+    rest = [i.name for r in stream for i in r.info]
+    assert len(rest) == 10
+
+
+def test_requests_after_stop_are_refused_not_hung(served: Served) -> None:
+    """Once the daemon stops, a request fails fast instead of waiting forever."""
+    served.daemon.request_stop()
+    served.thread.join(timeout=20)
+    assert not served.thread.is_alive()
+    channel = grpc.insecure_channel(f"unix:{served.socket}")
+    stub = snapshots_pb2_grpc.SnapshotsStub(channel)  # type: ignore[no-untyped-call]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Stat(pb.StatSnapshotRequest(key="x"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    channel.close()
