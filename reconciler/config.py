@@ -23,6 +23,7 @@ CONFIG_ENV = "RECONCILER_CONFIG"
 # dm names may hold almost anything, but ours also become file names and log keys.
 POOL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 FS_TYPES = ("ext4", "xfs")
+DM_DRIVERS = ("libdevmapper", "dmsetup")
 
 _MIN_BLOCK = 64 << 10
 _MAX_BLOCK = 1 << 30
@@ -106,6 +107,10 @@ class Settings:
         metadata=_doc("Attempts of a failing step before the device is marked Faulty."),
     )
 
+    dm_driver: str = field(
+        default="libdevmapper",
+        metadata=_doc("Kernel calls: \"libdevmapper\" in-process (falls back to \"dmsetup\")."),
+    )
     grpc_socket: Path | None = field(
         default=None,
         metadata=_doc("Unix socket of containerd's snapshots gRPC service (unset: not served)."),
@@ -192,6 +197,10 @@ def settings_from_mapping(raw: dict[str, Any], base: Path | None = None) -> Sett
         elif key == "pool_name":
             if not isinstance(value, str) or not POOL_NAME_RE.match(value):
                 raise ConfigError(key, f"{value!r} is not a name matching {POOL_NAME_RE.pattern}")
+            values[key] = value
+        elif key == "dm_driver":
+            if value not in DM_DRIVERS:
+                raise ConfigError(key, f"{value!r} is not one of {', '.join(DM_DRIVERS)}")
             values[key] = value
         elif key == "fs_type":
             if value not in FS_TYPES:

@@ -9,8 +9,11 @@ cycles are refused. Whether a parent that has no spec still exists is for reconc
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import re
+import time
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -67,7 +70,7 @@ class SpecSet:
     specs: Mapping[str, DeviceSpec]
     rejected: tuple[RejectedSpec, ...]
 
-    @property
+    @functools.cached_property
     def names(self) -> frozenset[str]:
         """Every name that has a spec file, usable or not: none of these is to be removed."""
         return frozenset(self.specs) | {r.name for r in self.rejected}
@@ -168,22 +171,86 @@ def stored_spec(
     )
 
 
-def load_spec_dir(directory: Path, defaults: Defaults) -> SpecSet:
+# A file modified this recently is read again even if its size and mtime look unchanged:
+# two writes within the filesystem's timestamp granularity would look the same (git's
+# "racily clean" rule).
+RACY_SECONDS = 2.0
+
+
+class SpecFileCache:
+    """Parsed spec files by path, reused while a file's inode, size and mtime stay the same:
+    a resync over 10,000 unchanged files stats them instead of reading and parsing them."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[int, int, int], DeviceSpec | RejectedSpec]] = {}
+
+    def get(self, path: str, signature: tuple[int, int, int],
+            now_ns: int) -> DeviceSpec | RejectedSpec | None:
+        """The parsed spec of an unchanged file, or None (read it)."""
+        entry = self._entries.get(path)
+        if entry is None or entry[0] != signature:
+            return None
+        if now_ns - signature[2] < RACY_SECONDS * 1e9:
+            return None
+        return entry[1]
+
+    def put(self, path: str, signature: tuple[int, int, int],
+            parsed: DeviceSpec | RejectedSpec) -> None:
+        """Remember a file's parsed spec."""
+        self._entries[path] = (signature, parsed)
+
+    def keep_only(self, paths: set[str]) -> None:
+        """Forget files that are gone."""
+        for path in set(self._entries) - paths:
+            del self._entries[path]
+
+
+def _read_spec(path: Path, defaults: Defaults) -> DeviceSpec | RejectedSpec:
+    name = path.stem
+    try:
+        text = path.read_text(encoding="utf-8")
+        return parse_spec(name, text, defaults)
+    except (OSError, UnicodeDecodeError) as exc:
+        return RejectedSpec(name, str(path), f"cannot read: {exc}")
+    except SpecError as exc:
+        return RejectedSpec(name, str(path), str(exc))
+
+
+def load_spec_dir(directory: Path, defaults: Defaults,
+                  cache: SpecFileCache | None = None) -> SpecSet:
     """Read every spec file of a directory and resolve parents among them."""
     specs: dict[str, DeviceSpec] = {}
     rejected: list[RejectedSpec] = []
-    paths = sorted(directory.iterdir()) if directory.is_dir() else []
-    for path in paths:
-        if not is_spec_file(path) or not path.is_file():
-            continue
-        name = path.stem
-        try:
-            text = path.read_text(encoding="utf-8")
-            specs[name] = parse_spec(name, text, defaults)
-        except (OSError, UnicodeDecodeError) as exc:
-            rejected.append(RejectedSpec(name, str(path), f"cannot read: {exc}"))
-        except SpecError as exc:
-            rejected.append(RejectedSpec(name, str(path), str(exc)))
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        entries = []
+    now_ns = time.time_ns()
+    seen: set[str] = set()
+    for entry in entries:
+        if not entry.name.endswith(SPEC_SUFFIX) or entry.name.startswith((".", "#")) \
+                or not entry.is_file():
+            continue  # as is_spec_file, without a Path per entry
+        parsed: DeviceSpec | RejectedSpec | None = None
+        if cache is not None:
+            try:
+                stat = entry.stat()
+            except OSError:
+                continue  # deleted while we listed
+            signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            seen.add(entry.path)
+            parsed = cache.get(entry.path, signature, now_ns)
+            if parsed is None:
+                parsed = _read_spec(Path(entry.path), defaults)
+                cache.put(entry.path, signature, parsed)
+        else:
+            parsed = _read_spec(Path(entry.path), defaults)
+        if isinstance(parsed, DeviceSpec):
+            specs[parsed.name] = parsed
+        else:
+            rejected.append(parsed)
+    if cache is not None:
+        cache.keep_only(seen)
     return resolve(specs, rejected, directory)
 
 

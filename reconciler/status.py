@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.config import Settings
-from reconciler.dm.client import DmClient
+from reconciler.dm.driver import make_client
 from reconciler.dm.host import Host
 from reconciler.dm.pool import thin_device_name
 from reconciler.dm.types import METADATA_BLOCK_BYTES
@@ -114,7 +114,8 @@ def _device_report(settings: Settings, record: DeviceRecord,
 def build_report(settings: Settings, store: Store, host: Host,
                  name: str | None = None, include_removed: bool = False) -> dict[str, Any]:
     """The whole status document (what `status --json` prints)."""
-    obs, kernel_error = observe_safely(DmClient(host), settings.pool_name)
+    obs, kernel_error = observe_safely(make_client(host, settings.dm_driver),
+                                       settings.pool_name)
     records = store.devices(include_removed=include_removed or name is not None)
     if name is not None:
         records = [r for r in records if r.name == name]

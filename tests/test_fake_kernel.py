@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.dm.client import DmClient
+from reconciler.dm.driver import DmDriver
 from reconciler.dm.errors import (
     CommandFailed,
     DeviceBusy,
@@ -81,7 +82,7 @@ def activate(pool: ThinPool, name: str, thin_id: int, sectors: int = 8192,
     return f"/dev/mapper/fp-{name}"
 
 
-def mapped_sectors(client: DmClient, name: str) -> int:
+def mapped_sectors(client: DmDriver, name: str) -> int:
     (line,) = client.status(name)
     return int(parse_thin_status(line).mapped_sectors)
 

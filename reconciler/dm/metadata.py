@@ -9,15 +9,17 @@ from __future__ import annotations
 import structlog
 
 from reconciler.dm.client import DmClient
+from reconciler.dm.driver import DmDriver
 from reconciler.dm.errors import DeviceBusy, ParseError, classify
 from reconciler.dm.host import Host
 
 log = structlog.get_logger(__name__)
 
 
-def _thin_ls(host: Host, pool: str, metadata_device: str, fields: str) -> list[list[str]]:
+def _thin_ls(host: Host, pool: str, metadata_device: str, fields: str,
+             client: DmDriver | None) -> list[list[str]]:
     """Rows of thin_ls on a fresh metadata snapshot, one per thin id."""
-    client = DmClient(host)
+    client = client if client is not None else DmClient(host)
     try:
         client.message(pool, ["reserve_metadata_snap"])
     except DeviceBusy:
@@ -46,13 +48,15 @@ def _thin_ls(host: Host, pool: str, metadata_device: str, fields: str) -> list[l
     return rows
 
 
-def list_thin_ids(host: Host, pool: str, metadata_device: str) -> set[int]:
+def list_thin_ids(host: Host, pool: str, metadata_device: str,
+                  client: DmDriver | None = None) -> set[int]:
     """Every thin id the pool's metadata holds."""
-    return {int(row[0]) for row in _thin_ls(host, pool, metadata_device, "DEV")}
+    return {int(row[0]) for row in _thin_ls(host, pool, metadata_device, "DEV", client)}
 
 
-def exclusive_bytes(host: Host, pool: str, metadata_device: str) -> dict[int, int]:
+def exclusive_bytes(host: Host, pool: str, metadata_device: str,
+                    client: DmDriver | None = None) -> dict[int, int]:
     """Bytes each thin id maps that no other thin device shares (what a snapshot wrote
     beyond its origin), by thin id."""
-    rows = _thin_ls(host, pool, metadata_device, "DEV,EXCLUSIVE_BYTES")
+    rows = _thin_ls(host, pool, metadata_device, "DEV,EXCLUSIVE_BYTES", client)
     return {int(dev): int(size) for dev, size in rows}

@@ -65,8 +65,11 @@ def parse_ls(text: str) -> list[DeviceListing]:
     return devices
 
 
+_ESCAPED_RE = re.compile(r"\\(.)")
+
+
 def _unescape(value: str) -> str:
-    return re.sub(r"\\(.)", r"\1", value)
+    return _ESCAPED_RE.sub(r"\1", value) if "\\" in value else value
 
 
 def parse_info_columns(text: str) -> list[DeviceInfo]:

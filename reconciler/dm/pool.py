@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass
 
 from reconciler.dm.client import DmClient
+from reconciler.dm.driver import DmDriver
 from reconciler.dm.errors import CommandFailed, InvalidArgument, classify
 from reconciler.dm.host import Host
 from reconciler.dm.parse import parse_pool_status, parse_pool_table
@@ -98,9 +99,9 @@ def has_thin_superblock(host: Host, metadata_device: str) -> bool:
 class ThinPool:
     """One thin-pool device and the metadata operations on it."""
 
-    def __init__(self, host: Host, name: str) -> None:
+    def __init__(self, host: Host, name: str, client: DmDriver | None = None) -> None:
         self.host = host
-        self.client = DmClient(host)
+        self.client: DmDriver = client if client is not None else DmClient(host)
         self.name = name
 
     @property

@@ -22,6 +22,7 @@ from typing import cast
 import structlog
 
 from reconciler.config import Settings
+from reconciler.dm.driver import make_client
 from reconciler.dm.errors import DeviceBusy, DeviceExists, DmError, NoData, NoSuchDevice
 from reconciler.dm.filesystem import (
     discard_blocks,
@@ -34,7 +35,7 @@ from reconciler.dm.metadata import exclusive_bytes, list_thin_ids
 from reconciler.dm.parse import single_thin_table
 from reconciler.dm.pool import ThinPool, table_matches, thin_device_name, thin_uuid
 from reconciler.dm.types import describe_table
-from reconciler.reconcile.observe import KernelDevice, Observation, observe
+from reconciler.reconcile.observe import KernelDevice, Observation, observe, observe_names
 from reconciler.reconcile.pool_setup import prepare_pool
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import (
@@ -42,6 +43,7 @@ from reconciler.specs import (
     DeviceSpec,
     Filesystem,
     RejectedSpec,
+    SpecFileCache,
     SpecSet,
     inherit,
     load_spec_dir,
@@ -55,6 +57,7 @@ from reconciler.store import (
     RejectedSpecRecord,
     Store,
     TransitionRecord,
+    lowest_free_id,
 )
 from reconciler.units import Bytes, Sectors, to_sectors
 
@@ -62,6 +65,10 @@ S = DeviceState
 log = structlog.get_logger(__name__)
 
 LIVE = (S.ACTIVATED, S.RESUMED)
+# Full passes re-read the pool's thin ids (thin_ls) at least this often, changed or not.
+POOL_IDS_EVERY = 10
+# A partial pass over at most this many devices observes just them (three calls each).
+TARGETED_MAX = 16
 # A device takes at most this many steps in one pass (create, activate, mkfs, reload...).
 MAX_STEPS = 16
 
@@ -133,6 +140,8 @@ class Reconciler:
             max_attempts=settings.max_attempts,
         )
         self.stop_requested = stop_requested
+        # The kernel boundary: libdevmapper in-process or dmsetup (dm.driver decides).
+        self.client = make_client(host, settings.dm_driver)
         self.pool: ThinPool | None = None
         self.records: dict[str, DeviceRecord] = {}
         self.machines: dict[str, DeviceMachine] = {}
@@ -142,6 +151,15 @@ class Reconciler:
         # kept current by our own changes in between. None until first read.
         self.pool_ids: set[int] | None = None
         self.recovered = False
+        self._spec_cache = SpecFileCache()
+        # Whether self.records is what the store holds (the last pass ended normally).
+        self._records_current = False
+        # The pool's (transaction id, used metadata blocks) when pool_ids was read.
+        self._pool_ids_seen: tuple[int, int] | None = None
+        self._full_passes = 0
+        # Ids taken in this pass (None: not computed yet) and where the next search starts.
+        self._taken: set[int] | None = None
+        self._id_floor = 0
 
     # -- pass ------------------------------------------------------------------------------
 
@@ -150,7 +168,7 @@ class Reconciler:
         the specs the snapshotter API keeps in the store."""
         defaults = Defaults(size=self.settings.base_image_size,
                             filesystem=_fs(self.settings.fs_type))
-        from_files = load_spec_dir(self.settings.specs_path, defaults)
+        from_files = load_spec_dir(self.settings.specs_path, defaults, self._spec_cache)
         stored = {}
         for snap in self.store.snapshots():
             # A committed snapshot rests inactive; one removed until Cleanup rests too.
@@ -161,14 +179,42 @@ class Reconciler:
             )
         return SpecSet(specs={**from_files.specs, **stored}, rejected=from_files.rejected)
 
-    def _begin(self) -> tuple[dict[str, DeviceSpec], SpecSet, list[RejectedSpec]]:
+    def _begin(self, only: set[str] | None = None
+               ) -> tuple[dict[str, DeviceSpec], SpecSet, list[RejectedSpec]]:
+        """Specs, records and the kernel's view for a pass.
+
+        A partial pass over a few names, once recovered and with no operator request
+        waiting, reuses the records the last pass left (this thread is the only writer of
+        device rows) and observes only those devices, their parents and any device whose
+        retry is due: its cost then does not grow with the number of devices.
+        """
         assert self.pool is not None
         spec_set = self.load_specs()
-        self.obs = observe(self.pool.client, self.settings.pool_name)
-        self.records = {r.name: r for r in self.store.devices(include_removed=True)}
+        targeted = (only is not None and len(only) <= TARGETED_MAX and self.recovered
+                    and self._records_current and not self.store.has_requests())
+        if not targeted:
+            self.records = {r.name: r for r in self.store.devices(include_removed=True)}
+        self._records_current = False
         self.machines = {}
+        self._taken = None
         specs, rejected = self._resolve_against_store(spec_set)
+        if targeted and only is not None:
+            names = self._with_snapshots(set(only), specs)
+            names |= {r.name for r in self.records.values() if self._retry_due(r.name)}
+            names |= {p for n in list(names) if (p := self._parent_of(n, specs)) is not None}
+            if len(names) <= TARGETED_MAX:
+                self.obs = observe_names(self.pool.client, self.settings.pool_name,
+                                         [self.kernel_name(n) for n in sorted(names)])
+                return specs, spec_set, rejected
+        self.obs = observe(self.pool.client, self.settings.pool_name)
         return specs, spec_set, rejected
+
+    def _parent_of(self, name: str, specs: dict[str, DeviceSpec]) -> str | None:
+        spec = specs.get(name)
+        if spec is not None and spec.parent is not None:
+            return spec.parent
+        record = self.records.get(name)
+        return record.parent if record is not None else None
 
     def run_pass(self, only: Iterable[str] | None = None) -> PassResult:
         """Read specs, observe the kernel, and drive devices as far as they can go now.
@@ -177,13 +223,15 @@ class Reconciler:
         retry is due: what a file event asks for, without touching the rest.
         """
         if self.pool is None:
-            self.pool = prepare_pool(self.settings, self.host, self.store, self.clock())
-        specs, spec_set, rejected = self._begin()
+            self.pool = prepare_pool(self.settings, self.host, self.store, self.clock(),
+                                     self.client)
+        only = None if only is None else set(only)
+        specs, spec_set, rejected = self._begin(only)
         if not self.recovered:
             self._recover()
         else:
             self._sync_transaction_id()
-            if only is None:
+            if only is None and self._pool_may_have_changed():
                 self._read_pool_ids()
         self._take_requests()
         if only is None:
@@ -211,6 +259,7 @@ class Reconciler:
             result.stopped = True
             log.info("pass.stopped", next="exiting; every finished step is persisted")
         self._schedule(result)
+        self._records_current = not result.stopped
         return result
 
     def _with_snapshots(self, names: set[str], specs: dict[str, DeviceSpec]) -> set[str]:
@@ -242,11 +291,26 @@ class Reconciler:
 
     # -- recovery --------------------------------------------------------------------------
 
+    def _pool_may_have_changed(self) -> bool:
+        """Whether the pool's list of thin ids must be read again (a metadata snapshot and
+        thin_ls: two pool messages and a process) on this full pass: when its transaction
+        id or metadata usage moved since the last read, and every POOL_IDS_EVERY full passes
+        anyway (an id made by someone who does not move the transaction id)."""
+        self._full_passes += 1
+        pool = self.obs.pool
+        seen = None if pool is None else (pool.transaction_id, pool.used_metadata_blocks)
+        return (self.pool_ids is None or seen != self._pool_ids_seen
+                or self._full_passes % POOL_IDS_EVERY == 0)
+
     def _read_pool_ids(self) -> set[int]:
         assert self.pool is not None
         record = self.store.pool(self.settings.pool_name)
         assert record is not None
-        self.pool_ids = list_thin_ids(self.host, self.settings.pool_name, record.metadata_device)
+        pool = self.obs.pool
+        self._pool_ids_seen = None if pool is None else (pool.transaction_id,
+                                                         pool.used_metadata_blocks)
+        self.pool_ids = list_thin_ids(self.host, self.settings.pool_name, record.metadata_device,
+                                      self.client)
         return self.pool_ids
 
     def _recover(self) -> None:
@@ -347,7 +411,8 @@ class Reconciler:
         What `reconciler gc` and `adopt` do when no daemon is running.
         """
         if self.pool is None:
-            self.pool = prepare_pool(self.settings, self.host, self.store, self.clock())
+            self.pool = prepare_pool(self.settings, self.host, self.store, self.clock(),
+                                     self.client)
         self._begin()
         if not self.recovered:
             self._recover()
@@ -474,7 +539,7 @@ class Reconciler:
 
         Observes the kernel (read-only) and reads the store; nothing is written.
         """
-        self.pool = self.pool or ThinPool(self.host, self.settings.pool_name)
+        self.pool = self.pool or ThinPool(self.host, self.settings.pool_name, self.client)
         if self.pool.client.info(self.settings.pool_name) is None:
             return [("(pool)", f"create pool {self.settings.pool_name}")]
         specs, spec_set, rejected = self._begin()
@@ -551,7 +616,6 @@ class Reconciler:
                  to=change.to_state.value, trigger=change.trigger, error=change.error)
 
     def _drive(self, name: str, spec: DeviceSpec | None, result: PassResult) -> None:
-        bound = log.bind(name=name)
         record = self._record(name, spec)
         spec_changed = spec is not None and record.spec_digest != spec.digest
         if record.retry_at is not None and record.retry_at > self.clock() and not spec_changed:
@@ -570,7 +634,7 @@ class Reconciler:
                     record.error = str(wait)
                     self.store.save_device(record)
                 result.pending[name] = str(wait)
-                bound.info("device.waiting", reason=str(wait), next="next pass")
+                log.info("device.waiting", name=name, reason=str(wait), next="next pass")
                 return
             if step is None:
                 break
@@ -642,12 +706,14 @@ class Reconciler:
         wrote beyond its origin) and inodes its filesystem uses, read now (None: unknown, e.g.
         inodes of an inactive device)."""
         if self.pool is None:
-            self.pool = prepare_pool(self.settings, self.host, self.store, self.clock())
+            self.pool = prepare_pool(self.settings, self.host, self.store, self.clock(),
+                                     self.client)
         record = self.store.device(name)
         pool = self.store.pool(self.settings.pool_name)
         if record is None or record.device_id is None or not record.provisioned or pool is None:
             return None, None
-        used = exclusive_bytes(self.host, self.settings.pool_name, pool.metadata_device)
+        used = exclusive_bytes(self.host, self.settings.pool_name, pool.metadata_device,
+                               self.client)
         kname = self.kernel_name(name)
         inodes = None
         if self.pool.client.info(kname) is not None:
@@ -745,7 +811,7 @@ class Reconciler:
         machine = self.machine(record.name)
         before = self.transaction_id
         if machine.current == S.UNKNOWN:
-            record.device_id = self.store.allocate_id(also_taken=self.pool_ids or ())
+            record.device_id = self._allocate_id()
             if record.parent is not None:
                 parent = self.records[record.parent]
                 record.origin_id = parent.device_id
@@ -765,6 +831,20 @@ class Reconciler:
         else:
             after = self.pool.create_thin(record.device_id, before)
         self._commit_pool_change(record, "create", after)
+
+    def _allocate_id(self) -> int:
+        """The lowest thin id neither a live device of ours nor the pool holds (an orphan's
+        id is never handed out; a Faulty device's stays quarantined). Kept in memory for the
+        pass, so making N devices costs O(N), not a query per device."""
+        if self._taken is None:
+            self._taken = {r.device_id for r in self.records.values()
+                           if r.device_id is not None and r.state != S.REMOVED}
+            self._taken |= self.pool_ids or set()
+            self._id_floor = 0
+        new = lowest_free_id(self._taken, self._id_floor, self.store.max_id)
+        self._taken.add(new)
+        self._id_floor = new + 1
+        return new
 
     def _commit_pool_change(self, record: DeviceRecord, op: str, transaction_id: int) -> None:
         """The pool did `op`: its new transaction id, the device's new state and the end of

@@ -1,15 +1,17 @@
 """What the kernel says, read once per pass with a constant number of calls.
 
-Three dmsetup calls (info, status, table of every device) however many devices there are;
-the pass then keeps this view up to date from what it does itself.
+Three calls (info, status, table of every device) however many devices there are; a partial
+pass over a few named devices reads just those (and the pool) instead. The pass then keeps
+this view up to date from what it does itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from reconciler.dm.client import DmClient
-from reconciler.dm.errors import DmError
+from reconciler.dm.driver import DmDriver
+from reconciler.dm.errors import DmError, NoSuchDevice
 from reconciler.dm.parse import parse_pool_status, parse_thin_status, single_thin_table
 from reconciler.dm.types import DeviceInfo, TargetLine, ThinPoolStatus, ThinStatus, ThinTable
 
@@ -42,11 +44,30 @@ def _single(lines: list[TargetLine], target: str) -> TargetLine | None:
     return None
 
 
-def observe(client: DmClient, pool_name: str) -> Observation:
+def observe(client: DmDriver, pool_name: str) -> Observation:
     """Read info, status and table of every dm device."""
-    infos = client.info_all()
-    statuses = client.status_all()
-    tables = client.table_all()
+    return _assemble(client.info_all(), client.status_all(), client.table_all(), pool_name)
+
+
+def observe_names(client: DmDriver, pool_name: str, names: Iterable[str]) -> Observation:
+    """The same view, limited to the pool and `names` (three calls each): what a partial pass
+    over a few devices needs, at a cost that does not grow with the number of devices."""
+    infos, statuses, tables = [], {}, {}
+    for name in dict.fromkeys([pool_name, *names]):
+        info = client.info(name)
+        if info is None:
+            continue
+        try:
+            tables[name] = client.table(name)
+            statuses[name] = client.status(name)
+        except NoSuchDevice:
+            continue  # removed between the calls
+        infos.append(info)
+    return _assemble(infos, statuses, tables, pool_name)
+
+
+def _assemble(infos: list[DeviceInfo], statuses: dict[str, list[TargetLine]],
+              tables: dict[str, list[TargetLine]], pool_name: str) -> Observation:
     observation = Observation()
     for info in infos:
         device = KernelDevice(info=info)
@@ -64,7 +85,7 @@ def observe(client: DmClient, pool_name: str) -> Observation:
     return observation
 
 
-def observe_safely(client: DmClient, pool_name: str) -> tuple[Observation | None, str | None]:
+def observe_safely(client: DmDriver, pool_name: str) -> tuple[Observation | None, str | None]:
     """observe(), or the error text when the kernel cannot be read (for status commands)."""
     try:
         return observe(client, pool_name), None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import structlog
 
 from reconciler.config import Settings
+from reconciler.dm.driver import DmDriver
 from reconciler.dm.host import Host
 from reconciler.dm.loopback import LoopbackFiles, attach_loop, ensure_file
 from reconciler.dm.pool import PoolDevices, ThinPool
@@ -32,9 +33,10 @@ def pool_devices(settings: Settings, host: Host) -> PoolDevices:
     return PoolDevices(metadata, data, block_sectors)
 
 
-def prepare_pool(settings: Settings, host: Host, store: Store, now: float) -> ThinPool:
+def prepare_pool(settings: Settings, host: Host, store: Store, now: float,
+                 client: DmDriver | None = None) -> ThinPool:
     """Create or adopt the pool and make sure the store has its record."""
-    pool = ThinPool(host, settings.pool_name)
+    pool = ThinPool(host, settings.pool_name, client)
     devices = pool_devices(settings, host)
     record = store.pool(settings.pool_name)
     outcome = pool.ensure(devices, may_zero_metadata=record is None)

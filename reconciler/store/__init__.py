@@ -15,7 +15,7 @@ from reconciler.store.records import (
     SnapshotRecord,
     TransitionRecord,
 )
-from reconciler.store.store import MAX_THIN_ID, Store, StoreError
+from reconciler.store.store import MAX_THIN_ID, Store, StoreError, lowest_free_id
 
 __all__ = [
     "MAX_THIN_ID",
@@ -29,4 +29,5 @@ __all__ = [
     "Store",
     "StoreError",
     "TransitionRecord",
+    "lowest_free_id",
 ]

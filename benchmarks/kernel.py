@@ -1,0 +1,402 @@
+"""Kernel benchmark, on a real kernel (the VM when this host has no device-mapper):
+
+    .venv/bin/python benchmarks/kernel.py [--n 100] [--only a,b,c,d,e] [--json out/kernel.json]
+
+N thin devices are made and activated, snapshotted (and the snapshots activated) and removed by
+  (a) raw libdevmapper calls in a loop (in-process, ctypes): the floor
+  (b) raw `dmsetup` processes in a loop
+  (c) our reconciler, with each driver (spec files, filesystem "none", run until settled)
+  (d) LVM: lvcreate/lvremove on a thin pool over the same kind of loop devices
+and (e) containerd 1.6's own devmapper snapshotter and our gRPC snapshotter, both driven by one
+in-process gRPC client through containerd's snapshots service: Prepare (a child of a committed
+layer), Commit, Remove, with p50 and p99 per call.
+Prints tables with ratios against (a) and (e), and writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import structlog  # noqa: E402
+
+SECTORS_PER_DEVICE = 2048 * 64  # 64 MiB
+POOL_SECTORS = 2 * 1024 * 1024 * 8  # 8 GiB
+
+
+def in_kernel() -> bool:
+    try:
+        return any(line.split()[-1:] == ["device-mapper"]
+                   for line in Path("/proc/misc").read_text().splitlines())
+    except OSError:
+        return False
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+    return done
+
+
+@dataclass
+class Phase:
+    """Seconds per device of create+activate, snapshot (+activate), remove."""
+
+    name: str
+    create: list[float] = field(default_factory=list)
+    snapshot: list[float] = field(default_factory=list)
+    remove: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def per_device_ms(self) -> dict[str, float]:
+        return {k: round(statistics.mean(v) * 1000, 2) if v else float("nan")
+                for k, v in (("create", self.create), ("snapshot", self.snapshot),
+                             ("remove", self.remove))}
+
+
+@contextmanager
+def loop_pool(name: str, work: Path) -> Iterator[tuple[str, str]]:
+    """A thin-pool `name` over two sparse files on loop devices: (metadata loop, data loop)."""
+    meta, data = work / f"{name}.meta", work / f"{name}.data"
+    with meta.open("wb") as f:
+        f.truncate(64 << 20)
+    with data.open("wb") as f:
+        f.truncate(POOL_SECTORS * 512)
+    meta_loop = sh("losetup", "-f", "--show", str(meta)).stdout.strip()
+    data_loop = sh("losetup", "-f", "--show", str(data)).stdout.strip()
+    try:
+        yield meta_loop, data_loop
+    finally:
+        sh("losetup", "-d", meta_loop, check=False)
+        sh("losetup", "-d", data_loop, check=False)
+
+
+def pool_table(meta: str, data: str) -> str:
+    return f"0 {POOL_SECTORS} thin-pool {meta} {data} 128 32768 1 skip_block_zeroing"
+
+
+def raw_loop(n: int, work: Path, client: Any, label: str) -> Phase:
+    """create_thin + create, create_snap (origin suspended) + create, remove + delete."""
+    phase = Phase(label)
+    pool = f"b{secrets.token_hex(3)}"
+    with loop_pool(pool, work) as (meta, data):
+        client.create(pool, pool_table(meta, data), f"BENCH-{pool}")
+        try:
+            for i in range(n):
+                started = time.perf_counter()
+                client.message(pool, ["create_thin", str(i)])
+                client.create(f"{pool}-t{i}", f"0 {SECTORS_PER_DEVICE} thin /dev/mapper/{pool} {i}",
+                              f"BENCH-{pool}-{i}")
+                phase.create.append(time.perf_counter() - started)
+            for i in range(n):
+                started = time.perf_counter()
+                client.suspend(f"{pool}-t{i}")
+                client.message(pool, ["create_snap", str(n + i), str(i)])
+                client.resume(f"{pool}-t{i}")
+                client.create(f"{pool}-s{i}",
+                              f"0 {SECTORS_PER_DEVICE} thin /dev/mapper/{pool} {n + i}",
+                              f"BENCH-{pool}-{n + i}")
+                phase.snapshot.append(time.perf_counter() - started)
+            for i in range(2 * n):
+                name = f"{pool}-t{i}" if i < n else f"{pool}-s{i - n}"
+                started = time.perf_counter()
+                remove_retrying(client, name)
+                client.message(pool, ["delete", str(i)])
+                phase.remove.append(time.perf_counter() - started)
+        finally:
+            remove_retrying(client, pool)
+    return phase
+
+
+def remove_retrying(client: Any, name: str) -> None:
+    """udev may still hold a node just made: EBUSY once, as the guide warns."""
+    from reconciler.dm.errors import DeviceBusy
+
+    for attempt in range(50):
+        try:
+            client.remove(name)
+            return
+        except DeviceBusy:
+            if attempt == 49:
+                raise
+            time.sleep(0.02)
+
+
+def reconciler_loop(n: int, work: Path, driver: str) -> Phase:
+    """Our reconciler in-process: N spec files, then N snapshot specs, then no specs."""
+    from reconciler.config import settings_from_mapping
+    from reconciler.daemon.once import run_until_settled
+    from reconciler.dm.host import SystemHost
+    from reconciler.reconcile.engine import Reconciler
+    from reconciler.store import Store
+
+    phase = Phase(f"(c) reconciler, {driver}")
+    pool = f"r{secrets.token_hex(3)}"
+    root = work / pool
+    settings = settings_from_mapping({
+        "root_path": str(root), "pool_name": pool, "dm_driver": driver,
+        "loopback_data_size": "8GiB", "loopback_metadata_size": "64MiB",
+        "base_image_size": "64MiB", "retry_initial": "50ms", "retry_max": "1s"})
+    settings.specs_path.mkdir(parents=True)
+    store = Store(settings.database_path, time.time)
+    host = SystemHost()
+    engine = Reconciler(settings, host, store)
+    assert run_until_settled(engine, time.time, time.sleep).ok  # the pool itself
+    try:
+        def timed(bucket: list[float], change: Callable[[], None]) -> None:
+            change()
+            started = time.perf_counter()
+            result = run_until_settled(engine, time.time, time.sleep)
+            assert result.ok, result
+            bucket.extend([(time.perf_counter() - started) / n] * n)
+
+        timed(phase.create, lambda: [
+            (settings.specs_path / f"d{i}.toml").write_text('filesystem = "none"\n')
+            for i in range(n)])
+        timed(phase.snapshot, lambda: [
+            (settings.specs_path / f"s{i}.toml").write_text(f'parent = "d{i}"\n')
+            for i in range(n)])
+        timed(phase.remove, lambda: [p.unlink() for p in settings.specs_path.iterdir()])
+        # Removing 2N devices: per device removed, as in the raw loops.
+        phase.remove = [t / 2 for t in phase.remove] * 2
+    finally:
+        store.close()
+        sh("dmsetup", "remove", pool, check=False)
+        for path in sorted((root / "loopback").glob("*")):
+            for loop in sh("losetup", "-j", str(path), check=False).stdout.splitlines():
+                sh("losetup", "-d", loop.split(":")[0], check=False)
+    return phase
+
+
+def lvm_loop(n: int, work: Path) -> Phase:
+    """lvcreate -V (thin LV, activated), lvcreate -s (thin snapshot, activated), lvremove."""
+    phase = Phase("(d) LVM lvcreate/lvremove")
+    if shutil.which("lvcreate") is None:
+        phase.note = "lvm2 not installed"
+        return phase
+    vg = f"bench{secrets.token_hex(2)}"
+    data = work / f"{vg}.pv"
+    with data.open("wb") as f:
+        f.truncate(POOL_SECTORS * 512 + (256 << 20))
+    loop = sh("losetup", "-f", "--show", str(data)).stdout.strip()
+    # Only our loop device, no udev wait (the VM's udev may not tag LVM's nodes).
+    config = ("devices { filter = [ \"a|^" + loop + "$|\", \"r|.*|\" ] } "
+              "activation { udev_sync = 0 udev_rules = 0 }")
+    lvm = ("--config", config)
+    try:
+        sh("pvcreate", *lvm, "-q", loop)
+        sh("vgcreate", *lvm, "-q", vg, loop)
+        sh("lvcreate", *lvm, "-q", "--type", "thin-pool", "-L", "8G", "--poolmetadatasize",
+           "64M", "--zero", "n", "-n", "pool", vg)
+        for i in range(n):
+            started = time.perf_counter()
+            sh("lvcreate", *lvm, "-q", "-V", "64M", "-T", f"{vg}/pool", "-n", f"t{i}")
+            phase.create.append(time.perf_counter() - started)
+        for i in range(n):
+            started = time.perf_counter()
+            sh("lvcreate", *lvm, "-q", "-kn", "-s", f"{vg}/t{i}", "-n", f"s{i}")
+            phase.snapshot.append(time.perf_counter() - started)
+        for name in [f"s{i}" for i in range(n)] + [f"t{i}" for i in range(n)]:
+            started = time.perf_counter()
+            sh("lvremove", *lvm, "-q", "-y", f"{vg}/{name}")
+            phase.remove.append(time.perf_counter() - started)
+    finally:
+        sh("vgremove", *lvm, "-q", "-y", "-f", vg, check=False)
+        sh("losetup", "-d", loop, check=False)
+    return phase
+
+
+@dataclass
+class SnapshotterRun:
+    name: str
+    prepare: list[float] = field(default_factory=list)
+    commit: list[float] = field(default_factory=list)
+    remove: list[float] = field(default_factory=list)
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for op in ("prepare", "commit", "remove"):
+            values = sorted(getattr(self, op))
+            out[op] = {"p50_ms": round(statistics.median(values) * 1000, 1),
+                       "p99_ms": round(values[max(0, int(len(values) * 0.99) - 1)] * 1000, 1)}
+        return out
+
+
+def snapshotters(n: int, work: Path) -> list[SnapshotterRun]:
+    """containerd's devmapper and ours, through containerd's snapshots service."""
+    import grpc
+
+    from reconciler.api.proto import snapshots_pb2 as pb
+    from reconciler.api.proto import snapshots_pb2_grpc
+
+    if shutil.which("containerd") is None:
+        return []
+    base = work / "ctd"
+    base.mkdir()
+    ours_sock = base / "ours.sock"
+    (base / "reconciler.toml").write_text(
+        f'root_path = "{base}/reconciler"\npool_name = "ours"\nbase_image_size = "64MiB"\n'
+        f'loopback_data_size = "8GiB"\nloopback_metadata_size = "64MiB"\n'
+        f'grpc_socket = "{ours_sock}"\ndm_driver = "libdevmapper"\n')
+    with loop_pool("ctdpool", work) as (meta, data):
+        sh("dmsetup", "create", "ctdpool", "--table", pool_table(meta, data))
+        ctd_sock = base / "containerd.sock"
+        (base / "containerd.toml").write_text(
+            f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{ctd_sock}"\n'
+            '[plugins."io.containerd.snapshotter.v1.devmapper"]\n'
+            f'  pool_name = "ctdpool"\n  root_path = "{base}/devmapper"\n'
+            '  base_image_size = "64MB"\n'
+            f'[proxy_plugins]\n  [proxy_plugins.reconciler]\n    type = "snapshot"\n'
+            f'    address = "{ours_sock}"\n')
+        ours = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "-c",
+                                 str(base / "reconciler.toml"), "run"],
+                                stdout=(base / "ours.log").open("w"), stderr=subprocess.STDOUT)
+        ctd = subprocess.Popen(["containerd", "--config", str(base / "containerd.toml")],
+                               stdout=(base / "containerd.log").open("w"),
+                               stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while not (ours_sock.is_socket() and ctd_sock.is_socket()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("containerd or our daemon did not start")
+                time.sleep(0.2)
+            channel = grpc.insecure_channel(f"unix:{ctd_sock}")
+            stub = snapshots_pb2_grpc.SnapshotsStub(channel)
+            meta_ns = (("containerd-namespace", "bench"),)
+            runs = []
+            for name in ("devmapper", "reconciler"):
+                run = SnapshotterRun(name)
+
+                def call(method: Any, request: Any) -> float:
+                    started = time.perf_counter()
+                    method(request, metadata=meta_ns, timeout=600)
+                    return time.perf_counter() - started
+
+                call(stub.Prepare, pb.PrepareSnapshotRequest(snapshotter=name, key="base"))
+                call(stub.Commit, pb.CommitSnapshotRequest(snapshotter=name, name="layer",
+                                                           key="base"))
+                for i in range(n):
+                    run.prepare.append(call(stub.Prepare, pb.PrepareSnapshotRequest(
+                        snapshotter=name, key=f"k{i}", parent="layer")))
+                    run.commit.append(call(stub.Commit, pb.CommitSnapshotRequest(
+                        snapshotter=name, name=f"c{i}", key=f"k{i}")))
+                for i in range(n):
+                    run.remove.append(call(stub.Remove, pb.RemoveSnapshotRequest(
+                        snapshotter=name, key=f"c{i}")))
+                call(stub.Remove, pb.RemoveSnapshotRequest(snapshotter=name, key="layer"))
+                runs.append(run)
+            channel.close()
+            return runs
+        finally:
+            for process in (ctd, ours):
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            for line in sh("dmsetup", "ls", check=False).stdout.splitlines():
+                name = line.split()[0] if line.split() else ""
+                if name.startswith(("ctdpool-", "ours-")):
+                    sh("dmsetup", "remove", name, check=False)
+            sh("dmsetup", "remove", "ctdpool", check=False)
+            sh("dmsetup", "remove", "ours", check=False)
+
+
+def print_phases(phases: list[Phase]) -> list[dict[str, Any]]:
+    floor = phases[0].per_device_ms() if phases else {}
+    rows = []
+    print(f"{'per device, ms':34} {'create+act':>11} {'snapshot':>11} {'remove':>11}   "
+          "ratio to (a)")
+    for phase in phases:
+        ms = phase.per_device_ms()
+        ratio = " ".join(f"{ms[k] / floor[k]:.1f}x" if floor.get(k) else "-"
+                         for k in ("create", "snapshot", "remove"))
+        print(f"{phase.name:34} {ms['create']:>11} {ms['snapshot']:>11} {ms['remove']:>11}   "
+              f"{ratio} {phase.note}")
+        rows.append({"name": phase.name, "per_device_ms": ms, "note": phase.note})
+    return rows
+
+
+def print_snapshotters(runs: list[SnapshotterRun]) -> list[dict[str, Any]]:
+    rows = []
+    if not runs:
+        return rows
+    reference = runs[0].stats()
+    print(f"\n{'through containerd, ms':24} {'Prepare p50/p99':>17} {'Commit p50/p99':>17} "
+          f"{'Remove p50/p99':>17}   p50 ratio to (e) devmapper")
+    for run in runs:
+        stats = run.stats()
+        cells = [f"{stats[op]['p50_ms']}/{stats[op]['p99_ms']}" for op in
+                 ("prepare", "commit", "remove")]
+        ratio = " ".join(f"{stats[op]['p50_ms'] / reference[op]['p50_ms']:.2f}x"
+                         for op in ("prepare", "commit", "remove"))
+        print(f"{run.name:24} {cells[0]:>17} {cells[1]:>17} {cells[2]:>17}   {ratio}")
+        rows.append({"name": run.name, **stats})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--only", default="a,b,c,d,e")
+    parser.add_argument("--json", type=Path, default=ROOT / "out" / "kernel.json")
+    args = parser.parse_args()
+    if not in_kernel() and not os.environ.get("RECONCILER_IN_VM"):
+        # Boot the VM once and run this very command inside it, with out/ writable.
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        return subprocess.call([str(ROOT / "scripts" / "vm"), "--rwdir", str(args.json.parent),
+                                "--", sys.executable, __file__, "--n", str(args.n), "--only",
+                                args.only, "--json", str(args.json)])
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    only = set(args.only.split(","))
+    work = Path(tempfile.mkdtemp(prefix="kbench-", dir="/tmp"))
+    phases: list[Phase] = []
+    if "a" in only:
+        from reconciler.dm.libdm import LibdmClient
+        phases.append(raw_loop(args.n, work, LibdmClient(), "(a) raw libdevmapper (floor)"))
+    if "b" in only:
+        from reconciler.dm.client import DmClient
+        from reconciler.dm.host import SystemHost
+        phases.append(raw_loop(args.n, work, DmClient(SystemHost()), "(b) raw dmsetup"))
+    if "c" in only:
+        phases.append(reconciler_loop(args.n, work, "libdevmapper"))
+        phases.append(reconciler_loop(args.n, work, "dmsetup"))
+    if "d" in only:
+        phases.append(lvm_loop(args.n, work))
+    print(f"N = {args.n} devices; kernel {platform.release()}; {os.cpu_count()} CPUs; "
+          f"{'VM (TCG)' if os.environ.get('RECONCILER_IN_VM') else 'host'}\n")
+    rows = print_phases(phases)
+    runs = snapshotters(args.n, work) if "e" in only else []
+    snap_rows = print_snapshotters(runs)
+    commit = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD", check=False).stdout
+    document = {"n": args.n, "kernel": platform.release(), "commit": commit.strip(),
+                "in_vm": bool(os.environ.get("RECONCILER_IN_VM")), "phases": rows,
+                "snapshotters": snap_rows}
+    args.json.write_text(json.dumps(document, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""Scale on the fake kernel: converged resync, start-up, spec-drop latency and memory at
+1k, 10k and 50k devices. Run on demand, never in the test tiers:
+
+    .venv/bin/python benchmarks/scale.py [--sizes 1000,10000,50000] [--json out/scale.json]
+
+Each size gets a fresh state directory and FakeKernel; the devices are made by the
+reconciler itself from spec files (filesystem "none": the cost measured is ours, not mkfs).
+Prints a table, and whether cost grows linearly (time per device across sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import structlog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from reconciler.config import Settings, settings_from_mapping
+from reconciler.daemon.service import Daemon
+from reconciler.daemon.wakeups import Wakeups
+from reconciler.dm.crash import call_kind
+from reconciler.dm.fake import FakeKernel
+from reconciler.dm.host import Completed
+from reconciler.reconcile.engine import Reconciler
+from reconciler.store import Store
+
+MUTATING = ("dmsetup create", "dmsetup remove", "dmsetup message", "dmsetup load",
+            "dmsetup suspend", "dmsetup resume", "mkfs")
+BURST = 100
+
+
+class TimedKernel(FakeKernel):
+    """The fake kernel, noting when each call arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def run(self, argv: Sequence[str]) -> Completed:
+        self.times.append(time.perf_counter())
+        return super().run(argv)
+
+
+@dataclass
+class Row:
+    devices: int
+    create_s: float
+    resync_ms: float
+    resync_kernel_calls: int
+    resync_mutations: int
+    resync_sql_statements: int
+    startup_s: float
+    drop_p50_ms: float
+    drop_p99_ms: float
+    single_drop_p50_ms: float
+    peak_rss_mb: float
+    our_heap_mb: float
+
+
+def settings_for(root: Path) -> Settings:
+    return settings_from_mapping({
+        "root_path": str(root / "state"), "pool_name": "bench",
+        "loopback_data_size": "4TiB", "loopback_metadata_size": "16GiB",
+        "base_image_size": "64MiB", "resync_interval": "1h",
+    })
+
+
+def count_sql(store: Store) -> list[str]:
+    statements: list[str] = []
+    store.trace(statements.append)
+    return statements
+
+
+def measure(devices: int) -> Row:
+    root = Path(tempfile.mkdtemp(prefix=f"scale{devices}-"))
+    settings = settings_for(root)
+    settings.specs_path.mkdir(parents=True)
+    for i in range(devices):
+        (settings.specs_path / f"d{i:06}.toml").write_text('filesystem = "none"\n')
+    kernel = TimedKernel()
+    store = Store(settings.database_path, time.time)
+    engine = Reconciler(settings, kernel, store)
+    started = time.perf_counter()
+    assert engine.run_pass().ok
+    create_s = time.perf_counter() - started
+
+    timings, calls, mutations, sql = [], 0, 0, 0
+    for _ in range(5):
+        statements = count_sql(store)
+        before = len(kernel.calls)
+        started = time.perf_counter()
+        result = engine.run_pass()
+        timings.append(time.perf_counter() - started)
+        store.trace(None)
+        assert result.ok and len(result.converged) == devices
+        made = kernel.calls[before:]
+        calls = len(made)
+        mutations = sum(1 for c in made if call_kind(c).startswith(MUTATING))
+        sql = len(statements)
+    store.close()
+
+    # Start-up: a new process's store and reconciler over the same kernel (recovery included).
+    started = time.perf_counter()
+    store = Store(settings.database_path, time.time)
+    assert Reconciler(settings, kernel, store).run_pass().ok
+    startup_s = time.perf_counter() - started
+    store.close()
+
+    drop, single = drop_latencies(settings, kernel, devices)
+    return Row(devices, round(create_s, 2), round(statistics.median(timings) * 1000, 1), calls,
+               mutations, sql, round(startup_s, 3),
+               round(statistics.median(drop) * 1000, 1),
+               round(sorted(drop)[int(len(drop) * 0.99) - 1] * 1000, 1),
+               round(statistics.median(single) * 1000, 1),
+               round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               round(our_heap_mb(settings, kernel), 1))
+
+
+def our_heap_mb(settings: Settings, kernel: TimedKernel) -> float:
+    """Python heap held by a started reconciler over all the devices (the fake kernel, which
+    shares this process, excluded): what the daemon itself needs."""
+    tracemalloc.start()
+    store = Store(settings.database_path, time.time)
+    engine = Reconciler(settings, kernel, store)
+    engine.run_pass()
+    snapshot = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    ours = snapshot.filter_traces([tracemalloc.Filter(False, "*/reconciler/dm/fake.py"),
+                                   tracemalloc.Filter(False, __file__)])
+    store.close()
+    return sum(stat.size for stat in ours.statistics("filename")) / (1 << 20)
+
+
+def drop_latencies(settings: Settings, kernel: TimedKernel,
+                   devices: int) -> tuple[list[float], list[float]]:
+    """Spec files dropped while the daemon runs: seconds from a file's write to the kernel
+    call that creates its thin device, for a burst of BURST files and for 20 single drops."""
+    daemon = Daemon(settings, kernel, wakeups=Wakeups())
+    daemon.start()
+    thread = threading.Thread(target=lambda: [None for _ in iter(
+        lambda: daemon.step(daemon._timeout()), False)], daemon=True)
+    thread.start()
+    store = Store(settings.database_path, time.time)
+
+    def drop(names: list[str]) -> list[float]:
+        written: dict[str, float] = {}
+        first_call = len(kernel.calls)
+        for name in names:
+            (settings.specs_path / f"{name}.toml").write_text('filesystem = "none"\n')
+            written[name] = time.perf_counter()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            made = {r.device_id: r.name for r in store.devices()
+                    if r.name in written and r.provisioned}
+            if len(made) == len(names):
+                break
+            time.sleep(0.005)
+        latencies = []
+        for index in range(first_call, len(kernel.calls)):
+            words = kernel.calls[index]
+            if words[:2] == ("dmsetup", "message") and "create_thin" in words:
+                name = made.get(int(words[-1]))
+                if name is not None and name in written:
+                    latencies.append(kernel.times[index] - written.pop(name))
+        assert not written, f"no create_thin seen for {sorted(written)}"
+        return latencies
+
+    burst = drop([f"burst{i:04}" for i in range(BURST)])
+    single = [latency for i in range(20) for latency in drop([f"single{i:02}"])]
+    daemon.request_stop()
+    thread.join(timeout=60)
+    store.close()
+    del devices
+    return burst, single
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,50000")
+    parser.add_argument("--json", type=Path, default=Path("out/scale.json"))
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        # One process per size: peak RSS is per process.
+        if os.environ.get("SCALE_CHILD"):
+            rows.append(measure(size))
+            continue
+        out = subprocess.run([sys.executable, __file__, "--sizes", str(size), "--json",
+                              "/dev/stdout"], env={**os.environ, "SCALE_CHILD": "1"},
+                             capture_output=True, text=True, check=True)
+        rows.append(Row(**json.loads(out.stdout)["rows"][0]))
+        print(f"  measured {size} devices", file=sys.stderr)
+    header = ("devices", "make all s", "resync ms", "calls", "mutations", "SQL", "start-up s",
+              "burst p50 ms", "burst p99 ms", "1 drop p50 ms", "peak RSS MB", "our heap MB")
+    table = [header] + [tuple(str(v) for v in asdict(r).values()) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    if not os.environ.get("SCALE_CHILD"):
+        for line in table:
+            print("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
+        base = rows[0]
+        for row in rows[1:]:
+            factor = row.devices / base.devices
+            print(f"{row.devices} vs {base.devices} devices ({factor:.0f}x): resync "
+                  f"{row.resync_ms / base.resync_ms:.1f}x, start-up "
+                  f"{row.startup_s / base.startup_s:.1f}x, RSS "
+                  f"{row.peak_rss_mb / base.peak_rss_mb:.1f}x")
+    document = {"machine": platform.platform(), "python": platform.python_version(),
+                "cpus": os.cpu_count(), "rows": [asdict(r) for r in rows]}
+    with args.json.open("w") if str(args.json) != "/dev/stdout" else sys.stdout as out_file:
+        json.dump(document, out_file)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

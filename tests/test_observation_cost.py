@@ -1,0 +1,98 @@
+"""A pass over converged devices costs a constant number of kernel calls and SQL statements,
+whatever the number of devices, and changes nothing in the kernel (counted, not timed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reconciler.dm.crash import call_kind
+from reconciler.dm.fake import FakeKernel
+from reconciler.reconcile.engine import Reconciler
+from tests.conftest import World, make_settings
+
+READS = {"dmsetup info", "dmsetup status", "dmsetup table"}
+
+
+def converged_pass_cost(tmp_path: Path, devices: int) -> tuple[list[str], int]:
+    """(kinds of kernel calls, SQL statements) of the second converged full pass."""
+    world = World(host=FakeKernel(), settings=make_settings(tmp_path, "oc"), real=False)
+    try:
+        for i in range(devices):
+            world.spec(f"d{i}", 'filesystem = "none"\nsize = "1MiB"\n')
+        assert world.store is not None
+        engine = Reconciler(world.settings, world.host, world.store, clock=world.clock)
+        assert engine.run_pass().ok
+        assert engine.run_pass().ok  # the pool's ids were read; now nothing has changed
+        kernel = world.host
+        assert isinstance(kernel, FakeKernel)
+        before = len(kernel.calls)
+        statements: list[str] = []
+        world.store.trace(statements.append)
+        result = engine.run_pass()
+        world.store.trace(None)
+        assert result.ok and len(result.converged) == devices
+        return [call_kind(c) for c in kernel.calls[before:]], len(statements)
+    finally:
+        world.teardown()
+
+
+def test_converged_pass_is_three_reads_and_constant_sql(tmp_path: Path) -> None:
+    """10 or 60 devices: the same three kernel reads (info, status, table of every device)
+    and the same number of SQL statements; no kernel mutation."""
+    small_calls, small_sql = converged_pass_cost(tmp_path / "small", 10)
+    large_calls, large_sql = converged_pass_cost(tmp_path / "large", 60)
+    assert sorted(small_calls) == sorted(large_calls) == sorted(READS)
+    assert small_sql == large_sql, "no per-device SQL round trip"
+
+
+def test_pool_ids_are_read_again_when_the_pool_changes(tmp_path: Path) -> None:
+    """thin_ls (a metadata snapshot: two pool messages) runs on a full pass only when the
+    pool's transaction id or metadata usage moved, or every tenth full pass."""
+    world = World(host=FakeKernel(), settings=make_settings(tmp_path, "oc"), real=False)
+    try:
+        world.spec("a", 'filesystem = "none"\nsize = "1MiB"\n')
+        assert world.store is not None
+        engine = Reconciler(world.settings, world.host, world.store, clock=world.clock)
+        kernel = world.host
+        assert isinstance(kernel, FakeKernel)
+
+        def thin_ls_runs(passes: int) -> int:
+            before = len(kernel.calls)
+            for _ in range(passes):
+                assert engine.run_pass().ok
+            return sum(1 for c in kernel.calls[before:] if c[0] == "thin_ls")
+
+        assert thin_ls_runs(2) >= 1
+        assert thin_ls_runs(5) == 0
+        world.spec("b", 'filesystem = "none"\nsize = "1MiB"\n')
+        assert thin_ls_runs(2) == 1, "read once after the pool changed"
+        assert thin_ls_runs(10) == 1, "and every tenth full pass"
+    finally:
+        world.teardown()
+
+
+def partial_pass_calls(tmp_path: Path, devices: int) -> list[str]:
+    """Kernel calls of the partial pass that makes one new device among `devices`."""
+    world = World(host=FakeKernel(), settings=make_settings(tmp_path, "oc"), real=False)
+    try:
+        for i in range(devices):
+            world.spec(f"d{i}", 'filesystem = "none"\nsize = "1MiB"\n')
+        assert world.store is not None
+        engine = Reconciler(world.settings, world.host, world.store, clock=world.clock)
+        assert engine.run_pass().ok
+        kernel = world.host
+        assert isinstance(kernel, FakeKernel)
+        world.spec("new", 'filesystem = "none"\nsize = "1MiB"\n')
+        before = len(kernel.calls)
+        assert engine.run_pass(only={"new"}).ok
+        return [call_kind(c) for c in kernel.calls[before:]]
+    finally:
+        world.teardown()
+
+
+def test_a_partial_pass_costs_the_same_among_10_or_60_devices(tmp_path: Path) -> None:
+    """A spec dropped among many devices: its pass reads the pool and that device only."""
+    small = partial_pass_calls(tmp_path / "small", 10)
+    large = partial_pass_calls(tmp_path / "large", 60)
+    assert small == large
+    assert "dmsetup create" in small and small.count("dmsetup info") <= 4
