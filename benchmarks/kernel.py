@@ -285,6 +285,9 @@ def snapshotters(n: int, work: Path) -> list[SnapshotterRun]:
             channel = grpc.insecure_channel(f"unix:{ctd_sock}")
             stub = snapshots_pb2_grpc.SnapshotsStub(channel)
             meta_ns = (("containerd-namespace", "bench"),)
+            # Without a lease or this label containerd's garbage collector removes a
+            # snapshot nothing references (ctr sets it too).
+            root = {"containerd.io/gc.root": "bench"}
             runs = []
             for name in ("devmapper", "reconciler"):
                 run = SnapshotterRun(name)
@@ -294,14 +297,15 @@ def snapshotters(n: int, work: Path) -> list[SnapshotterRun]:
                     method(request, metadata=meta_ns, timeout=600)
                     return time.perf_counter() - started
 
-                call(stub.Prepare, pb.PrepareSnapshotRequest(snapshotter=name, key="base"))
+                call(stub.Prepare, pb.PrepareSnapshotRequest(snapshotter=name, key="base",
+                                                            labels=root))
                 call(stub.Commit, pb.CommitSnapshotRequest(snapshotter=name, name="layer",
-                                                           key="base"))
+                                                           key="base", labels=root))
                 for i in range(n):
                     run.prepare.append(call(stub.Prepare, pb.PrepareSnapshotRequest(
-                        snapshotter=name, key=f"k{i}", parent="layer")))
+                        snapshotter=name, key=f"k{i}", parent="layer", labels=root)))
                     run.commit.append(call(stub.Commit, pb.CommitSnapshotRequest(
-                        snapshotter=name, name=f"c{i}", key=f"k{i}")))
+                        snapshotter=name, name=f"c{i}", key=f"k{i}", labels=root)))
                 for i in range(n):
                     run.remove.append(call(stub.Remove, pb.RemoveSnapshotRequest(
                         snapshotter=name, key=f"c{i}")))
