@@ -22,6 +22,7 @@ from reconciler.dm.host import SystemHost
 from reconciler.status import build_report
 from reconciler.store import Store
 from tests.conftest import KERNEL_AVAILABLE, World, make_settings
+from tests.conftest import wait_for as shared_wait_for
 from tests.oci_image import build_image
 
 pytestmark = pytest.mark.kernel
@@ -30,12 +31,8 @@ SNAPSHOTTER = "reconciler"
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """conftest's wait_for with this module's patience."""
+    shared_wait_for(what, check, timeout)
 
 
 @dataclass

@@ -19,18 +19,15 @@ from reconciler.dm.host import SystemHost
 from reconciler.status import build_report
 from reconciler.store import Store
 from tests.conftest import World
+from tests.conftest import wait_for as shared_wait_for
 
 pytestmark = pytest.mark.kernel
 TIMEOUT = 120.0
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """conftest's wait_for with this module's patience."""
+    shared_wait_for(what, check, timeout)
 
 
 def device(world: World, name: str) -> dict[str, Any] | None:

@@ -3,6 +3,8 @@ whatever the number of devices, and changes nothing in the kernel (counted, not 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from reconciler.dm.crash import call_kind
@@ -11,20 +13,30 @@ from reconciler.reconcile.engine import Reconciler
 from tests.conftest import World, make_settings
 
 READS = {"dmsetup info", "dmsetup status", "dmsetup table"}
+RAW = 'filesystem = "none"\nsize = "1MiB"\n'
+
+
+@contextmanager
+def converged(tmp_path: Path, devices: int) -> Iterator[tuple[World, Reconciler, FakeKernel]]:
+    """A fake world with `devices` converged devices, its reconciler and its kernel."""
+    kernel = FakeKernel()
+    world = World(host=kernel, settings=make_settings(tmp_path, "oc"), real=False)
+    try:
+        for i in range(devices):
+            world.spec(f"d{i}", RAW)
+        assert world.store is not None
+        engine = Reconciler(world.settings, kernel, world.store, clock=world.clock)
+        assert engine.run_pass().ok
+        yield world, engine, kernel
+    finally:
+        world.teardown()
 
 
 def converged_pass_cost(tmp_path: Path, devices: int) -> tuple[list[str], int]:
     """(kinds of kernel calls, SQL statements) of the second converged full pass."""
-    world = World(host=FakeKernel(), settings=make_settings(tmp_path, "oc"), real=False)
-    try:
-        for i in range(devices):
-            world.spec(f"d{i}", 'filesystem = "none"\nsize = "1MiB"\n')
+    with converged(tmp_path, devices) as (world, engine, kernel):
         assert world.store is not None
-        engine = Reconciler(world.settings, world.host, world.store, clock=world.clock)
-        assert engine.run_pass().ok
         assert engine.run_pass().ok  # the pool's ids were read; now nothing has changed
-        kernel = world.host
-        assert isinstance(kernel, FakeKernel)
         before = len(kernel.calls)
         statements: list[str] = []
         world.store.trace(statements.append)
@@ -32,8 +44,6 @@ def converged_pass_cost(tmp_path: Path, devices: int) -> tuple[list[str], int]:
         world.store.trace(None)
         assert result.ok and len(result.converged) == devices
         return [call_kind(c) for c in kernel.calls[before:]], len(statements)
-    finally:
-        world.teardown()
 
 
 def test_converged_pass_is_three_reads_and_constant_sql(tmp_path: Path) -> None:
@@ -73,21 +83,11 @@ def test_pool_ids_are_read_again_when_the_pool_changes(tmp_path: Path) -> None:
 
 def partial_pass_calls(tmp_path: Path, devices: int) -> list[str]:
     """Kernel calls of the partial pass that makes one new device among `devices`."""
-    world = World(host=FakeKernel(), settings=make_settings(tmp_path, "oc"), real=False)
-    try:
-        for i in range(devices):
-            world.spec(f"d{i}", 'filesystem = "none"\nsize = "1MiB"\n')
-        assert world.store is not None
-        engine = Reconciler(world.settings, world.host, world.store, clock=world.clock)
-        assert engine.run_pass().ok
-        kernel = world.host
-        assert isinstance(kernel, FakeKernel)
-        world.spec("new", 'filesystem = "none"\nsize = "1MiB"\n')
+    with converged(tmp_path, devices) as (world, engine, kernel):
+        world.spec("new", RAW)
         before = len(kernel.calls)
         assert engine.run_pass(only={"new"}).ok
         return [call_kind(c) for c in kernel.calls[before:]]
-    finally:
-        world.teardown()
 
 
 def test_a_partial_pass_costs_the_same_among_10_or_60_devices(tmp_path: Path) -> None:
