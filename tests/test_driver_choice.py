@@ -36,6 +36,11 @@ def test_dmsetup_when_asked_or_under_the_fake() -> None:
     assert type(make_client(SystemHost(), "dmsetup")) is DmClient
     assert type(make_client(FakeKernel(), "libdevmapper")) is DmClient
 
+    class Counting(SystemHost):
+        """A real host that watches its commands (as the kernel crash tests do)."""
+
+    assert type(make_client(Counting())) is DmClient
+
 
 def test_falls_back_to_dmsetup_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     """A library that cannot be loaded: dmsetup, and one warning saying so."""
