@@ -17,8 +17,9 @@ from reconciler.dm.driver import make_client
 from reconciler.dm.host import Host
 from reconciler.dm.pool import thin_device_name
 from reconciler.dm.types import METADATA_BLOCK_BYTES
-from reconciler.reconcile.observe import Observation, observe_safely
+from reconciler.reconcile.observe import KernelDevice, Observation, observe_safely
 from reconciler.specs import SNAPSHOT_NAME_RE
+from reconciler.states import DeviceState as S
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
 from reconciler.units import format_size
 
@@ -76,6 +77,20 @@ def _snapshot_report(snap: SnapshotRecord | None) -> dict[str, Any] | None:
     }
 
 
+def _ready(record: DeviceRecord, kernel: KernelDevice | None) -> bool:
+    """Whether the device can be used now: mapped, running, and its filesystem made.
+
+    Activated comes before mkfs (a pass of its own), so the state alone would let a caller
+    mount while mkfs still holds the device or before there is a filesystem to mount.
+    """
+    return (
+        kernel is not None
+        and record.state in (S.ACTIVATED, S.RESUMED)
+        and not kernel.info.suspended
+        and (record.formatted or record.filesystem == "none")
+    )
+
+
 def _device_report(settings: Settings, record: DeviceRecord,
                    obs: Observation | None, snap: SnapshotRecord | None) -> dict[str, Any]:
     kname = thin_device_name(settings.pool_name, record.name)
@@ -84,11 +99,13 @@ def _device_report(settings: Settings, record: DeviceRecord,
     return {
         "name": record.name,
         "state": record.state,
+        "ready": _ready(record, kernel),
         "device_id": record.device_id,
         "size_bytes": record.size_bytes,
         "used_bytes": used,
         "parent": record.parent,
         "filesystem": record.filesystem,
+        "formatted": record.formatted,
         "path": f"/dev/mapper/{kname}" if kernel else None,
         "kernel_name": kname,
         "active": record.active,
@@ -159,6 +176,12 @@ def _key(snapshot: dict[str, Any] | None) -> str:
     return key if len(key) <= 40 else key[:19] + "…" + key[-20:]
 
 
+def _state(device: dict[str, Any]) -> str:
+    state: str = device["state"]
+    live = state in (S.ACTIVATED, S.RESUMED) and device["kernel"] is not None
+    return state + (" (not ready)" if live and not device["ready"] else "")
+
+
 def render_table(report: dict[str, Any]) -> str:
     """Aligned columns for people: the pool line, devices, then rejected specs."""
     pool = report["pool"]
@@ -176,7 +199,7 @@ def render_table(report: dict[str, Any]) -> str:
               "ERROR")
     rows = [header] + [
         (
-            d["name"], d["snapshot"]["kind"] if d["snapshot"] else "spec", d["state"],
+            d["name"], d["snapshot"]["kind"] if d["snapshot"] else "spec", _state(d),
             d["state_changed_at"][:19].replace("T", " "),
             "-" if d["device_id"] is None else str(d["device_id"]),
             _size(d["size_bytes"]), _size(d["used_bytes"]), d["parent"] or "-",

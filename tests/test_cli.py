@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reconciler.cli import main
 from reconciler.dm.fake import FakeKernel
+from reconciler.status import render_table
+from tests.conftest import World
 
 
 @pytest.fixture
@@ -98,3 +101,33 @@ def test_config_errors_exit_two(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["-c", str(bad), "run", "--once"], host=FakeKernel()) == 2
     assert "config key 'fs_type'" in capsys.readouterr().err
     assert main(["frobnicate"], host=FakeKernel()) == 2
+
+
+
+def only_device(report: dict[str, Any]) -> dict[str, Any]:
+    devices: list[dict[str, Any]] = report["devices"]
+    assert len(devices) == 1
+    return devices[0]
+
+
+def test_an_activated_device_is_ready_only_once_its_filesystem_is_made(
+    fake_world: World
+) -> None:
+    """Activated precedes mkfs: until mkfs succeeds, status says "not ready" (JSON: ready
+    false), so nobody mounts a device mkfs still holds or that has no filesystem yet."""
+    assert isinstance(fake_world.host, FakeKernel)
+    fake_world.spec("a")
+    fake_world.host.fail_next(("mkfs.ext4",), 1, "mkfs.ext4: Device or resource busy while "
+                              "setting up superblock\n")
+    fake_world.reconciler().run_pass()
+    report = fake_world.report()
+    device = only_device(report)
+    assert (device["state"], device["formatted"], device["ready"]) == ("Activated", False, False)
+    assert "Device or resource busy" in device["error"]
+    assert render_table(report).splitlines()[2].split()[2:5] == ["Activated", "(not", "ready)"]
+
+    assert fake_world.run_pass().ok
+    report = fake_world.report()
+    device = only_device(report)
+    assert (device["state"], device["formatted"], device["ready"]) == ("Activated", True, True)
+    assert render_table(report).splitlines()[2].split()[2] == "Activated"

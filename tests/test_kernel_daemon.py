@@ -106,7 +106,8 @@ def test_a_mounted_device_is_removed_once_unmounted_never_forced(
     """Spec deleted while mounted: "busy: held open", still there; unmounted: Removed."""
     world, _ = running
     world.spec("data")
-    wait_for("data Activated", in_state(world, "data", "Activated"))
+    # Activated comes before mkfs: mount only once status says the device is ready.
+    wait_for("data ready", lambda: (device(world, "data") or {}).get("ready") is True)
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     subprocess.run(["mount", f"/dev/mapper/{world.pool}-data", str(mountpoint)], check=True)
