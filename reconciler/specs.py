@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from stat import S_ISREG
 from typing import Literal, cast
 
 from reconciler.units import Bytes, SizeError, parse_size
@@ -183,6 +184,8 @@ class SpecFileCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[tuple[int, int, int], DeviceSpec | RejectedSpec]] = {}
+        # The directory the entries are all of, once a full scan filled them; None before.
+        self.scanned: Path | None = None
 
     def get(self, path: str, signature: tuple[int, int, int],
             now_ns: int) -> DeviceSpec | RejectedSpec | None:
@@ -204,6 +207,14 @@ class SpecFileCache:
         for path in set(self._entries) - paths:
             del self._entries[path]
 
+    def forget(self, path: str) -> None:
+        """A file that is gone."""
+        self._entries.pop(path, None)
+
+    def parsed(self) -> list[DeviceSpec | RejectedSpec]:
+        """Every remembered file's parsed spec."""
+        return [parsed for _, parsed in self._entries.values()]
+
 
 def _read_spec(path: Path, defaults: Defaults) -> DeviceSpec | RejectedSpec:
     name = path.stem
@@ -214,6 +225,46 @@ def _read_spec(path: Path, defaults: Defaults) -> DeviceSpec | RejectedSpec:
         return RejectedSpec(name, str(path), f"cannot read: {exc}")
     except SpecError as exc:
         return RejectedSpec(name, str(path), str(exc))
+
+
+def _stat_signature(path: str) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    if not S_ISREG(stat.st_mode):
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def load_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
+                    cache: SpecFileCache) -> SpecSet:
+    """Like load_spec_dir, reading only the files of `names` (what file events named) and
+    taking every other file from `cache`, which a full scan of `directory` filled: the
+    cost of a change does not grow with the number of files. The next full scan catches
+    anything an event missed."""
+    if cache.scanned != directory:
+        return load_spec_dir(directory, defaults, cache)
+    now_ns = time.time_ns()
+    for name in names:
+        path = directory / f"{name}{SPEC_SUFFIX}"
+        if not is_spec_file(path) or path.parent != directory:
+            continue
+        signature = _stat_signature(str(path))
+        if signature is None:
+            cache.forget(str(path))
+            continue
+        if cache.get(str(path), signature, now_ns) is None:
+            cache.put(str(path), signature, _read_spec(path, defaults))
+    specs: dict[str, DeviceSpec] = {}
+    rejected: list[RejectedSpec] = []
+    for parsed in cache.parsed():
+        if isinstance(parsed, DeviceSpec):
+            specs[parsed.name] = parsed
+        else:
+            rejected.append(parsed)
+    rejected.sort(key=lambda r: r.name)
+    return resolve(specs, rejected, directory)
 
 
 def load_spec_dir(directory: Path, defaults: Defaults,
@@ -251,6 +302,7 @@ def load_spec_dir(directory: Path, defaults: Defaults,
             rejected.append(parsed)
     if cache is not None:
         cache.keep_only(seen)
+        cache.scanned = directory
     return resolve(specs, rejected, directory)
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from reconciler.dm.crash import call_kind
 from reconciler.dm.fake import FakeKernel
-from reconciler.reconcile.engine import Reconciler
+from reconciler.reconcile.engine import RECORDS_REREAD_EVERY, Reconciler
+from reconciler.store import Store
+from reconciler.store.store import _SELECT_DEVICES
 from tests.conftest import World, make_settings
 
 READS = {"dmsetup info", "dmsetup status", "dmsetup table"}
@@ -96,3 +98,34 @@ def test_a_partial_pass_costs_the_same_among_10_or_60_devices(tmp_path: Path) ->
     large = partial_pass_calls(tmp_path / "large", 60)
     assert small == large
     assert "dmsetup create" in small and small.count("dmsetup info") <= 4
+
+
+def test_a_full_pass_reads_device_rows_only_when_someone_else_wrote(tmp_path: Path) -> None:
+    """The daemon is the only writer of device rows: a converged full pass reuses the rows
+    the last pass left. A commit by another connection (another process) makes the next
+    pass read them all again, and so does every RECORDS_REREAD_EVERY-th full pass."""
+    with converged(tmp_path, 5) as (world, engine, _kernel):
+        assert world.store is not None
+        store = world.store
+
+        def reads_rows(passes: int = 1) -> int:
+            statements: list[str] = []
+            store.trace(statements.append)
+            for _ in range(passes):
+                assert engine.run_pass().ok
+            store.trace(None)
+            return sum(1 for s in statements if s.startswith(_SELECT_DEVICES))
+
+        reads_rows()
+        assert reads_rows() == 0
+        other = Store(world.settings.database_path, world.clock)
+        try:
+            record = other.device("d3")
+            assert record is not None
+            record.labels = {"edited": "elsewhere"}
+            other.save_device(record)
+        finally:
+            other.close()
+        assert reads_rows() == 1
+        assert engine.records["d3"].labels == {"edited": "elsewhere"}
+        assert reads_rows(RECORDS_REREAD_EVERY) == 1, "and every so many full passes anyway"

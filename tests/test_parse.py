@@ -18,9 +18,12 @@ from reconciler.dm.errors import (
     classify,
 )
 from reconciler.dm.host import Completed
+from reconciler.dm.memo import LastCall
 from reconciler.dm.parse import (
+    NamedLine,
     parse_info_columns,
     parse_ls,
+    parse_named_line,
     parse_named_lines,
     parse_pool_status,
     parse_pool_table,
@@ -29,7 +32,7 @@ from reconciler.dm.parse import (
     parse_thin_status,
     parse_thin_table,
 )
-from reconciler.dm.types import PoolMode
+from reconciler.dm.types import DeviceInfo, PoolMode
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "dmsetup"
 
@@ -151,3 +154,48 @@ def test_every_captured_error_is_classified_as_its_errno() -> None:
     for step in failures:
         error = classify("x", Completed(tuple(step["argv"]), step["rc"], "", step["stderr"]))
         assert error.errno_name != "EIO", step
+
+
+def test_remembered_lines_parse_as_fresh_ones() -> None:
+    """Every captured all-devices listing parses to the same values through a LastCall as
+    without one, however the calls follow each other."""
+    info_memo: LastCall[str, DeviceInfo] = LastCall()
+    line_memo: LastCall[str, NamedLine] = LastCall()
+    compared = 0
+    for step in steps():
+        words = step["argv"][1:]
+        if step["rc"] != 0 or not step["stdout"]:
+            continue
+        if words[0] == "info" and "-c" in words and len(words) == 6:
+            for _ in range(2):
+                assert parse_info_columns(step["stdout"], info_memo) == \
+                    parse_info_columns(step["stdout"])
+                compared += 1
+        elif words in (["status"], ["table"]):
+            for _ in range(2):
+                assert parse_named_lines(step["stdout"], line_memo) == \
+                    parse_named_lines(step["stdout"])
+                compared += 1
+    assert compared == 12, "two info, two status and two table listings, twice each"
+
+
+def test_last_call_keeps_what_the_last_call_asked_for_and_nothing_older() -> None:
+    """An unchanged line is not parsed again (the same object comes back); a line no longer
+    printed is forgotten after one call, so changing lines do not pile up."""
+    made: list[str] = []
+
+    def parse(line: str) -> NamedLine:
+        made.append(line)
+        return parse_named_line(line)
+
+    memo: LastCall[str, NamedLine] = LastCall()
+    first = [memo.get(line, parse) for line in ("a: 0 8 thin 1", "b: 0 8 thin 5 9")]
+    memo.end_call()
+    second = [memo.get(line, parse) for line in ("a: 0 8 thin 1", "b: 0 8 thin 6 9")]
+    memo.end_call()
+    assert made == ["a: 0 8 thin 1", "b: 0 8 thin 5 9", "b: 0 8 thin 6 9"]
+    assert second[0] is first[0] and second[1] != first[1]
+    assert len(memo) == 2, "b's old line is gone"
+    with pytest.raises(ParseError):
+        memo.get("no separator", parse)
+    assert len(memo) == 2, "a line that does not parse is not kept"

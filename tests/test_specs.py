@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.specs import Defaults, SpecError, load_spec_dir, parse_spec
+from reconciler.specs import (
+    Defaults,
+    SpecError,
+    SpecFileCache,
+    load_spec_dir,
+    load_spec_files,
+    parse_spec,
+)
 from reconciler.units import Bytes
 
 DEFAULTS = Defaults(size=Bytes(1 << 30), filesystem="ext4")
@@ -127,3 +134,35 @@ def test_a_missing_parent_is_left_for_reconcile_to_judge(tmp_path: Path) -> None
     specs = load_spec_dir(tmp_path, DEFAULTS)
     assert specs.specs["snap"].parent == "gone"
     assert not specs.specs["snap"].size_given
+
+
+def test_a_changed_name_rereads_only_its_file(tmp_path: Path) -> None:
+    """After a full scan, load_spec_files reads just the named files: a new one appears, a
+    deleted one goes, a broken one is rejected, and the inheritance is resolved over all of
+    them; a file changed without being named waits for the next full scan."""
+    cache = SpecFileCache()
+    write(tmp_path, "base", 'size = "2GiB"\n')
+    write(tmp_path, "gone", "")
+    write(tmp_path, "quiet", 'size = "1GiB"\n')
+    assert set(load_spec_dir(tmp_path, DEFAULTS, cache).specs) == {"base", "gone", "quiet"}
+
+    write(tmp_path, "child", 'parent = "base"\n')
+    write(tmp_path, "broken", "size = \n")
+    (tmp_path / "gone.toml").unlink()
+    write(tmp_path, "quiet", 'size = "3GiB"\n')
+    partial = load_spec_files(tmp_path, ["child", "broken", "gone", "nosuch", "../x"],
+                              DEFAULTS, cache)
+    assert set(partial.specs) == {"base", "quiet", "child"}
+    assert partial.specs["child"].size == 2 << 30, "inherited from base"
+    assert [r.name for r in partial.rejected] == ["broken"]
+    assert partial.specs["quiet"].size == 1 << 30, "not named: as the last scan saw it"
+    assert load_spec_dir(tmp_path, DEFAULTS, cache).specs["quiet"].size == 3 << 30
+
+
+def test_without_a_full_scan_the_named_files_are_not_enough(tmp_path: Path) -> None:
+    """An empty cache knows nothing of the other files: the first call scans them all."""
+    write(tmp_path, "a", "")
+    write(tmp_path, "b", "")
+    cache = SpecFileCache()
+    assert set(load_spec_files(tmp_path, ["a"], DEFAULTS, cache).specs) == {"a", "b"}
+    assert cache.scanned == tmp_path

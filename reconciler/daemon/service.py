@@ -11,6 +11,7 @@ answered from there.
 
 from __future__ import annotations
 
+import gc
 import signal
 import time
 from collections.abc import Callable
@@ -39,6 +40,20 @@ log = structlog.get_logger(__name__)
 
 # Keys that name the pool and its state: changing them needs a restart, not a reload.
 IDENTITY_KEYS = ("root_path", "pool_name", "data_device", "metadata_device")
+
+
+# Allocations between two young-generation collections (CPython's default: 700).
+YOUNG_COLLECTION_EVERY = 20_000
+
+
+def settle_heap() -> None:
+    """Once the first pass has built what lives as long as the daemon (records, parse
+    caches, the gRPC and logging machinery): move it out of the cyclic collector's reach,
+    and collect young objects less often. A pass over 10,000 devices allocates a few
+    hundred thousand short-lived objects; with the defaults the collector walked the
+    long-lived ones again several times per pass (200-500 ms of a 10,000-device resync)."""
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 20)
 
 
 @dataclass
@@ -119,6 +134,8 @@ class Daemon:
                       next=f"full pass again in {self.settings.retry_max:.1f}s")
             return None
         self.passes += 1
+        if self.passes == 1:
+            settle_heap()
         log.info("pass.finished", scope="full" if only is None else sorted(only),
                  converged=len(result.converged), pending=result.pending or None,
                  faulty=result.faulty or None,

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 
 from reconciler.dm.errors import DmError, classify
 from reconciler.dm.host import Completed, Host
+from reconciler.dm.memo import LastCall
 from reconciler.dm.parse import (
+    NamedLine,
     parse_info_columns,
     parse_ls,
     parse_named_lines,
@@ -27,6 +29,11 @@ class DmClient:
 
     def __init__(self, host: Host) -> None:
         self.host = host
+        # What each line of the last info/status/table of all devices parsed to: a
+        # converged pass parses only the lines that changed.
+        self._info_lines: LastCall[str, DeviceInfo] = LastCall()
+        self._status_lines: LastCall[str, NamedLine] = LastCall()
+        self._table_lines: LastCall[str, NamedLine] = LastCall()
 
     def _run(self, what: str, argv: Sequence[str]) -> Completed:
         completed = self.host.run([DMSETUP, *argv])
@@ -42,7 +49,7 @@ class DmClient:
         """Info of every dm device in one call."""
         out = self._run("info", ["info", "-c", "--noheadings", "--nameprefixes", "-o",
                                  INFO_COLUMNS]).stdout
-        return parse_info_columns(out)
+        return parse_info_columns(out, self._info_lines)
 
     def info(self, name: str) -> DeviceInfo | None:
         """Info of one device, or None if there is no such device."""
@@ -58,7 +65,7 @@ class DmClient:
 
     def status_all(self) -> dict[str, list[TargetLine]]:
         """Status lines of every dm device in one call."""
-        return parse_named_lines(self._run("status", ["status"]).stdout)
+        return parse_named_lines(self._run("status", ["status"]).stdout, self._status_lines)
 
     def status(self, name: str) -> list[TargetLine]:
         """Status lines of one device."""
@@ -66,7 +73,7 @@ class DmClient:
 
     def table_all(self) -> dict[str, list[TargetLine]]:
         """Live tables of every dm device in one call."""
-        return parse_named_lines(self._run("table", ["table"]).stdout)
+        return parse_named_lines(self._run("table", ["table"]).stdout, self._table_lines)
 
     def table(self, name: str) -> list[TargetLine]:
         """Live table of one device."""

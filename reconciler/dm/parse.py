@@ -11,6 +11,7 @@ import re
 from typing import TypeVar
 
 from reconciler.dm.errors import ParseError
+from reconciler.dm.memo import LastCall
 from reconciler.dm.types import (
     DeviceInfo,
     DeviceListing,
@@ -72,17 +73,26 @@ def _unescape(value: str) -> str:
     return _ESCAPED_RE.sub(r"\1", value) if "\\" in value else value
 
 
-def parse_info_columns(text: str) -> list[DeviceInfo]:
-    """`dmsetup info -c --noheadings --nameprefixes -o name,uuid,major,minor,attr,open,...`."""
-    infos = []
-    for line in _lines(text):
-        pairs = _PREFIXED_RE.findall(line)
-        keys = tuple(key for key, _ in pairs)
-        if keys != _INFO_FIELDS:
-            raise _fail("info columns", "DM_NAME..DM_EVENTS in order", line, text)
-        values = {key: _unescape(value) for key, value in pairs}
-        infos.append(_info(values, line))
+def parse_info_columns(text: str,
+                       memo: LastCall[str, DeviceInfo] | None = None) -> list[DeviceInfo]:
+    """`dmsetup info -c --noheadings --nameprefixes -o name,uuid,major,minor,attr,open,...`.
+
+    With `memo`, a line the last call also printed is not parsed again."""
+    if memo is None:
+        return [parse_info_line(line) for line in _lines(text)]
+    infos = [memo.get(line, parse_info_line) for line in _lines(text)]
+    memo.end_call()
     return infos
+
+
+def parse_info_line(line: str) -> DeviceInfo:
+    """One device's line of `dmsetup info -c --nameprefixes` (the columns above)."""
+    pairs = _PREFIXED_RE.findall(line)
+    keys = tuple(key for key, _ in pairs)
+    if keys != _INFO_FIELDS:
+        raise _fail("info columns", "DM_NAME..DM_EVENTS in order", line, line)
+    values = {key: _unescape(value) for key, value in pairs}
+    return _info(values, line)
 
 
 def _info(values: dict[str, str], line: str) -> DeviceInfo:
@@ -117,18 +127,33 @@ def parse_target_line(line: str) -> TargetLine:
     return TargetLine(Sectors(start), Sectors(length), words[2], words[3] if len(words) > 3 else "")
 
 
-def parse_named_lines(text: str) -> dict[str, list[TargetLine]]:
-    """`dmsetup status` or `dmsetup table` of all devices: `name: <target line>` lines."""
+NamedLine = tuple[str, TargetLine | None]
+
+
+def parse_named_lines(text: str, memo: LastCall[str, NamedLine] | None = None,
+                      ) -> dict[str, list[TargetLine]]:
+    """`dmsetup status` or `dmsetup table` of all devices: `name: <target line>` lines.
+
+    With `memo`, a line the last call also printed is not parsed again."""
     result: dict[str, list[TargetLine]] = {}
     for line in _lines(text):
-        name, sep, rest = line.partition(": ")
-        if not sep or not name:
-            raise _fail("device line", "name: target line", line, text)
+        name, target = parse_named_line(line) if memo is None \
+            else memo.get(line, parse_named_line)
         targets = result.setdefault(name, [])
-        # A device with no live table prints "name: " and nothing else.
-        if rest.strip():
-            targets.append(parse_target_line(rest))
+        if target is not None:
+            targets.append(target)
+    if memo is not None:
+        memo.end_call()
     return result
+
+
+def parse_named_line(line: str) -> NamedLine:
+    """`name: <target line>`; the target is None for a device with no live table, which
+    prints `name: ` and nothing else."""
+    name, sep, rest = line.partition(": ")
+    if not sep or not name:
+        raise _fail("device line", "name: target line", line, line)
+    return name, parse_target_line(rest) if rest.strip() else None
 
 
 def parse_single_lines(text: str) -> list[TargetLine]:

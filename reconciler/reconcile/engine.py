@@ -35,7 +35,13 @@ from reconciler.dm.metadata import exclusive_bytes, list_thin_ids
 from reconciler.dm.parse import single_thin_table
 from reconciler.dm.pool import ThinPool, table_matches, thin_device_name, thin_uuid
 from reconciler.dm.types import describe_table
-from reconciler.reconcile.observe import KernelDevice, Observation, observe, observe_names
+from reconciler.reconcile.observe import (
+    KernelDevice,
+    Observation,
+    ParsedTargets,
+    observe,
+    observe_names,
+)
 from reconciler.reconcile.pool_setup import prepare_pool
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import (
@@ -47,6 +53,7 @@ from reconciler.specs import (
     SpecSet,
     inherit,
     load_spec_dir,
+    load_spec_files,
     stored_spec,
 )
 from reconciler.states import DeviceMachine, DeviceState, StateChange
@@ -65,10 +72,17 @@ S = DeviceState
 log = structlog.get_logger(__name__)
 
 LIVE = (S.ACTIVATED, S.RESUMED)
+# States a device is left in between the start and the end of a kernel step.
+IN_FLIGHT = frozenset({S.CREATING, S.ACTIVATING, S.SUSPENDING, S.SUSPENDED, S.RESUMING,
+                       S.DEACTIVATING, S.REMOVING})
 # Full passes re-read the pool's thin ids (thin_ls) at least this often, changed or not.
 POOL_IDS_EVERY = 10
 # A partial pass over at most this many devices observes just them (three calls each).
 TARGETED_MAX = 16
+# A full pass reuses the records the last pass left when no one else wrote the database;
+# every this many full passes it reads them again anyway (belt and braces: a resync is
+# where anything missed gets caught).
+RECORDS_REREAD_EVERY = 10
 # A device takes at most this many steps in one pass (create, activate, mkfs, reload...).
 MAX_STEPS = 16
 
@@ -154,6 +168,8 @@ class Reconciler:
         self._spec_cache = SpecFileCache()
         # Whether self.records is what the store holds (the last pass ended normally).
         self._records_current = False
+        self._full_passes_since_read = 0
+        self._parsed = ParsedTargets()
         # The pool's (transaction id, used metadata blocks) when pool_ids was read.
         self._pool_ids_seen: tuple[int, int] | None = None
         self._full_passes = 0
@@ -163,12 +179,17 @@ class Reconciler:
 
     # -- pass ------------------------------------------------------------------------------
 
-    def load_specs(self) -> SpecSet:
+    def load_specs(self, changed: Iterable[str] | None = None) -> SpecSet:
         """Every desired device: the spec directory (parsed with the config's defaults) and
-        the specs the snapshotter API keeps in the store."""
+        the specs the snapshotter API keeps in the store. With `changed`, only those names'
+        files are read again; the others are as the last scan left them."""
         defaults = Defaults(size=self.settings.base_image_size,
                             filesystem=_fs(self.settings.fs_type))
-        from_files = load_spec_dir(self.settings.specs_path, defaults, self._spec_cache)
+        if changed is None:
+            from_files = load_spec_dir(self.settings.specs_path, defaults, self._spec_cache)
+        else:
+            from_files = load_spec_files(self.settings.specs_path, changed, defaults,
+                                         self._spec_cache)
         stored = {}
         for snap in self.store.snapshots():
             # A committed snapshot rests inactive; one removed until Cleanup rests too.
@@ -189,11 +210,18 @@ class Reconciler:
         retry is due: its cost then does not grow with the number of devices.
         """
         assert self.pool is not None
-        spec_set = self.load_specs()
-        targeted = (only is not None and len(only) <= TARGETED_MAX and self.recovered
-                    and self._records_current and not self.store.has_requests())
-        if not targeted:
+        few = only is not None and len(only) <= TARGETED_MAX
+        spec_set = self.load_specs(only if few else None)
+        # Checked every pass, so that "written by others" covers exactly the last pass.
+        others = self.store.written_by_others()
+        current = (self.recovered and self._records_current and not others
+                   and not self.store.has_requests())
+        targeted = current and few
+        self._full_passes_since_read += only is None
+        reuse = targeted or (current and self._full_passes_since_read < RECORDS_REREAD_EVERY)
+        if not reuse:
             self.records = {r.name: r for r in self.store.devices(include_removed=True)}
+            self._full_passes_since_read = 0
         self._records_current = False
         self.machines = {}
         self._taken = None
@@ -206,7 +234,7 @@ class Reconciler:
                 self.obs = observe_names(self.pool.client, self.settings.pool_name,
                                          [self.kernel_name(n) for n in sorted(names)])
                 return specs, spec_set, rejected
-        self.obs = observe(self.pool.client, self.settings.pool_name)
+        self.obs = observe(self.pool.client, self.settings.pool_name, self._parsed)
         return specs, spec_set, rejected
 
     def _parent_of(self, name: str, specs: dict[str, DeviceSpec]) -> str | None:
@@ -245,15 +273,19 @@ class Reconciler:
             log.warning("spec.rejected", name=item.name, path=item.path, error=item.error,
                         next="fix the file; the device (if any) is left as it is")
 
-        wanted = None if only is None else self._with_snapshots(set(only), specs)
-        order = [(n, specs[n]) for n in _parents_first(specs)] + [
-            (n, None) for n, r in sorted(self.records.items())
-            if n not in spec_set.names and r.state != S.REMOVED
-        ]
+        # Every device, or (a partial pass) the named ones, their snapshots and those whose
+        # retry is due; parents before their snapshots, unwanted devices last.
+        chosen: set[str] | None = None
+        if only is not None:
+            chosen = self._with_snapshots(set(only), specs)
+            chosen |= {n for n in self.records if self._retry_due(n)}
+        order: list[tuple[str, DeviceSpec | None]] = [
+            (n, specs[n]) for n in _parents_first(specs) if chosen is None or n in chosen]
+        unwanted = self.records if chosen is None else chosen
+        order += [(n, None) for n in sorted(unwanted) if n not in spec_set.names
+                  and n in self.records and self.records[n].state != S.REMOVED]
         try:
             for name, spec in order:
-                if wanted is not None and name not in wanted and not self._retry_due(name):
-                    continue
                 self._drive(name, spec, result)
         except Stopped:
             result.stopped = True
@@ -723,10 +755,9 @@ class Reconciler:
     def _kernel(self, name: str) -> KernelDevice | None:
         return self.obs.device(self.kernel_name(name))
 
-    def _next_step(self, record: DeviceRecord, spec: DeviceSpec | None) -> _Step | None:
-        """The next step for a device; reads only (plan relies on that)."""
-        state = DeviceState(record.state)
-        name = record.name
+    def _resume_step(self, state: DeviceState, record: DeviceRecord,
+                     spec: DeviceSpec | None) -> _Step:
+        """The step a device stopped in the middle of (a crash, a failed attempt) runs again."""
         in_flight = {
             S.CREATING: ("create", self._create, False),
             S.ACTIVATING: ("activate", self._activate, False),
@@ -737,9 +768,15 @@ class Reconciler:
                              if spec is None else self._deactivate, spec is None),
             S.REMOVING: ("remove", self._remove, True),
         }
-        if state in in_flight:
-            label, action, removal = in_flight[state]
-            return _Step(label, lambda: action(record), removal)
+        label, action, removal = in_flight[state]
+        return _Step(label, lambda: action(record), removal)
+
+    def _next_step(self, record: DeviceRecord, spec: DeviceSpec | None) -> _Step | None:
+        """The next step for a device; reads only (plan relies on that)."""
+        state = DeviceState(record.state)
+        name = record.name
+        if state in IN_FLIGHT:
+            return self._resume_step(state, record, spec)
         kernel = self._kernel(name)
         if state in LIVE and kernel is None:
             return _Step("vanished", lambda: self.machine(name).fire("vanished"))

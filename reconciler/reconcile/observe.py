@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from reconciler.dm.driver import DmDriver
 from reconciler.dm.errors import DmError, NoSuchDevice
-from reconciler.dm.parse import parse_pool_status, parse_thin_status, single_thin_table
+from reconciler.dm.memo import LastCall
+from reconciler.dm.parse import parse_pool_status, parse_thin_status, parse_thin_table
 from reconciler.dm.types import DeviceInfo, TargetLine, ThinPoolStatus, ThinStatus, ThinTable
 
 
@@ -44,9 +45,20 @@ def _single(lines: list[TargetLine], target: str) -> TargetLine | None:
     return None
 
 
-def observe(client: DmDriver, pool_name: str) -> Observation:
+@dataclass
+class ParsedTargets:
+    """What each thin table and status line parsed to on the last full observation (a
+    converged pass sees the same lines again)."""
+
+    tables: LastCall[TargetLine, ThinTable] = field(default_factory=LastCall)
+    statuses: LastCall[TargetLine, ThinStatus] = field(default_factory=LastCall)
+
+
+def observe(client: DmDriver, pool_name: str, parsed: ParsedTargets | None = None,
+            ) -> Observation:
     """Read info, status and table of every dm device."""
-    return _assemble(client.info_all(), client.status_all(), client.table_all(), pool_name)
+    return _assemble(client.info_all(), client.status_all(), client.table_all(), pool_name,
+                     parsed)
 
 
 def observe_names(client: DmDriver, pool_name: str, names: Iterable[str]) -> Observation:
@@ -67,21 +79,28 @@ def observe_names(client: DmDriver, pool_name: str, names: Iterable[str]) -> Obs
 
 
 def _assemble(infos: list[DeviceInfo], statuses: dict[str, list[TargetLine]],
-              tables: dict[str, list[TargetLine]], pool_name: str) -> Observation:
+              tables: dict[str, list[TargetLine]], pool_name: str,
+              parsed: ParsedTargets | None = None) -> Observation:
     observation = Observation()
     for info in infos:
         device = KernelDevice(info=info)
-        device.table = single_thin_table(tables.get(info.name, []))
-        if device.table is not None:
+        table_line = _single(tables.get(info.name, []), "thin")
+        if table_line is not None:
+            device.table = parse_thin_table(table_line) if parsed is None \
+                else parsed.tables.get(table_line, parse_thin_table)
             status_line = _single(statuses.get(info.name, []), "thin")
             if status_line is not None:
-                device.status = parse_thin_status(status_line)
+                device.status = parse_thin_status(status_line) if parsed is None \
+                    else parsed.statuses.get(status_line, parse_thin_status)
         observation.devices[info.name] = device
         if info.name == pool_name:
             observation.pool_number = f"{info.major}:{info.minor}"
             pool_line = _single(statuses.get(info.name, []), "thin-pool")
             if pool_line is not None:
                 observation.pool = parse_pool_status(pool_line)
+    if parsed is not None:
+        parsed.tables.end_call()
+        parsed.statuses.end_call()
     return observation
 
 

@@ -110,6 +110,7 @@ class Store:
             },
         )
         self._m = bind_models(self._db)
+        self._data_version: int | None = None
         self._db.connect(reuse_if_open=True)
         self._db.create_tables(self._m.all(), safe=True)
 
@@ -229,6 +230,14 @@ class Store:
     def add_request(self, kind: str, name: str, arg: int | None = None) -> None:
         """Queue a request for the daemon (it runs them at the start of its next pass)."""
         self._m.Request.create(kind=kind, name=name, at=self.clock(), arg=arg)
+
+    def written_by_others(self) -> bool:
+        """Whether another connection (another process: the CLI, a second daemon) committed
+        since the last time this was asked; True the first time."""
+        version: int = self._sql("PRAGMA data_version").fetchone()[0]
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
 
     def has_requests(self) -> bool:
         """Whether any request waits (one cheap query)."""

@@ -1,0 +1,46 @@
+"""LastCall: the results of the previous call's inputs, kept for the next call.
+
+A converged system prints the same lines pass after pass: the status of 10,000 idle devices
+is the same 10,000 lines as a minute ago. Remembering what each line parsed to on the last
+call lets a pass parse only the lines that changed. Only one call's worth is kept, so a line
+that keeps changing (a device's mapped-sector count) never piles up old entries.
+
+Results must be immutable (the frozen dataclasses of dm.types): the same object is handed
+to every later call that sees the same input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LastCall(Generic[K, V]):
+    """`get(key, make)` returns the value last call made for `key`, or makes it;
+    `end_call()` forgets every key this call did not ask for."""
+
+    def __init__(self) -> None:
+        self._previous: dict[K, V] = {}
+        self._current: dict[K, V] = {}
+
+    def get(self, key: K, make: Callable[[K], V]) -> V:
+        """The value for `key`: the last call's if it had one, else `make(key)`."""
+        try:
+            value = self._current[key]
+        except KeyError:
+            try:
+                value = self._previous[key]
+            except KeyError:
+                value = make(key)
+            self._current[key] = value
+        return value
+
+    def end_call(self) -> None:
+        """This call is over: what it asked for is what the next call may reuse."""
+        self._previous, self._current = self._current, {}
+
+    def __len__(self) -> int:
+        return len(self._previous)
