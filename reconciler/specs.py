@@ -227,14 +227,21 @@ def _read_spec(path: Path, defaults: Defaults) -> DeviceSpec | RejectedSpec:
         return RejectedSpec(name, str(path), str(exc))
 
 
-def _stat_signature(path: str) -> tuple[int, int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    if not S_ISREG(stat.st_mode):
-        return None
+def _signature(stat: os.stat_result) -> tuple[int, int, int]:
+    """What SpecFileCache compares to tell an unchanged file."""
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _spec_set(parsed: Iterable[DeviceSpec | RejectedSpec], directory: Path) -> SpecSet:
+    specs: dict[str, DeviceSpec] = {}
+    rejected: list[RejectedSpec] = []
+    for item in parsed:
+        if isinstance(item, DeviceSpec):
+            specs[item.name] = item
+        else:
+            rejected.append(item)
+    rejected.sort(key=lambda r: r.name)
+    return resolve(specs, rejected, directory)
 
 
 def load_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
@@ -250,28 +257,22 @@ def load_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
         path = directory / f"{name}{SPEC_SUFFIX}"
         if not is_spec_file(path) or path.parent != directory:
             continue
-        signature = _stat_signature(str(path))
-        if signature is None:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            stat = None
+        if stat is None or not S_ISREG(stat.st_mode):
             cache.forget(str(path))
             continue
-        if cache.get(str(path), signature, now_ns) is None:
-            cache.put(str(path), signature, _read_spec(path, defaults))
-    specs: dict[str, DeviceSpec] = {}
-    rejected: list[RejectedSpec] = []
-    for parsed in cache.parsed():
-        if isinstance(parsed, DeviceSpec):
-            specs[parsed.name] = parsed
-        else:
-            rejected.append(parsed)
-    rejected.sort(key=lambda r: r.name)
-    return resolve(specs, rejected, directory)
+        if cache.get(str(path), _signature(stat), now_ns) is None:
+            cache.put(str(path), _signature(stat), _read_spec(path, defaults))
+    return _spec_set(cache.parsed(), directory)
 
 
 def load_spec_dir(directory: Path, defaults: Defaults,
                   cache: SpecFileCache | None = None) -> SpecSet:
     """Read every spec file of a directory and resolve parents among them."""
-    specs: dict[str, DeviceSpec] = {}
-    rejected: list[RejectedSpec] = []
+    found: list[DeviceSpec | RejectedSpec] = []
     try:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
@@ -288,7 +289,7 @@ def load_spec_dir(directory: Path, defaults: Defaults,
                 stat = entry.stat()
             except OSError:
                 continue  # deleted while we listed
-            signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            signature = _signature(stat)
             seen.add(entry.path)
             parsed = cache.get(entry.path, signature, now_ns)
             if parsed is None:
@@ -296,14 +297,11 @@ def load_spec_dir(directory: Path, defaults: Defaults,
                 cache.put(entry.path, signature, parsed)
         else:
             parsed = _read_spec(Path(entry.path), defaults)
-        if isinstance(parsed, DeviceSpec):
-            specs[parsed.name] = parsed
-        else:
-            rejected.append(parsed)
+        found.append(parsed)
     if cache is not None:
         cache.keep_only(seen)
         cache.scanned = directory
-    return resolve(specs, rejected, directory)
+    return _spec_set(found, directory)
 
 
 def resolve(

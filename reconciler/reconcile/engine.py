@@ -201,8 +201,9 @@ class Reconciler:
         return SpecSet(specs={**from_files.specs, **stored}, rejected=from_files.rejected)
 
     def _begin(self, only: set[str] | None = None
-               ) -> tuple[dict[str, DeviceSpec], SpecSet, list[RejectedSpec]]:
-        """Specs, records and the kernel's view for a pass.
+               ) -> tuple[dict[str, DeviceSpec], SpecSet, list[RejectedSpec], set[str] | None]:
+        """Specs, records and the kernel's view for a pass, and (a partial pass) the names
+        it drives: those asked for, their snapshots and every device whose retry is due.
 
         A partial pass over a few names, once recovered and with no operator request
         waiting, reuses the records the last pass left (this thread is the only writer of
@@ -226,16 +227,18 @@ class Reconciler:
         self.machines = {}
         self._taken = None
         specs, rejected = self._resolve_against_store(spec_set)
-        if targeted and only is not None:
-            names = self._with_snapshots(set(only), specs)
-            names |= {r.name for r in self.records.values() if self._retry_due(r.name)}
-            names |= {p for n in list(names) if (p := self._parent_of(n, specs)) is not None}
+        chosen: set[str] | None = None
+        if only is not None:
+            chosen = self._with_snapshots(only, specs)
+            chosen |= {n for n in self.records if self._retry_due(n)}
+        if targeted and chosen is not None:
+            names = chosen | {p for n in chosen if (p := self._parent_of(n, specs)) is not None}
             if len(names) <= TARGETED_MAX:
                 self.obs = observe_names(self.pool.client, self.settings.pool_name,
                                          [self.kernel_name(n) for n in sorted(names)])
-                return specs, spec_set, rejected
+                return specs, spec_set, rejected, chosen
         self.obs = observe(self.pool.client, self.settings.pool_name, self._parsed)
-        return specs, spec_set, rejected
+        return specs, spec_set, rejected, chosen
 
     def _parent_of(self, name: str, specs: dict[str, DeviceSpec]) -> str | None:
         spec = specs.get(name)
@@ -254,7 +257,7 @@ class Reconciler:
             self.pool = prepare_pool(self.settings, self.host, self.store, self.clock(),
                                      self.client)
         only = None if only is None else set(only)
-        specs, spec_set, rejected = self._begin(only)
+        specs, spec_set, rejected, chosen = self._begin(only)
         if not self.recovered:
             self._recover()
         else:
@@ -273,12 +276,8 @@ class Reconciler:
             log.warning("spec.rejected", name=item.name, path=item.path, error=item.error,
                         next="fix the file; the device (if any) is left as it is")
 
-        # Every device, or (a partial pass) the named ones, their snapshots and those whose
-        # retry is due; parents before their snapshots, unwanted devices last.
-        chosen: set[str] | None = None
-        if only is not None:
-            chosen = self._with_snapshots(set(only), specs)
-            chosen |= {n for n in self.records if self._retry_due(n)}
+        # Every device, or those _begin chose; parents before their snapshots, unwanted
+        # devices last.
         order: list[tuple[str, DeviceSpec | None]] = [
             (n, specs[n]) for n in _parents_first(specs) if chosen is None or n in chosen]
         unwanted = self.records if chosen is None else chosen
@@ -574,7 +573,7 @@ class Reconciler:
         self.pool = self.pool or ThinPool(self.host, self.settings.pool_name, self.client)
         if self.pool.client.info(self.settings.pool_name) is None:
             return [("(pool)", f"create pool {self.settings.pool_name}")]
-        specs, spec_set, rejected = self._begin()
+        specs, spec_set, rejected, _ = self._begin()
         actions = [(r.name, f"nothing: spec rejected ({r.error})") for r in rejected]
         for name in _parents_first(specs):
             actions.append((name, self._describe(name, specs[name])))
