@@ -147,7 +147,7 @@ def reconciler_loop(n: int, work: Path, driver: str) -> Phase:
     from reconciler.config import settings_from_mapping
     from reconciler.daemon.once import run_until_settled
     from reconciler.dm.host import SystemHost
-    from reconciler.reconcile.engine import Reconciler
+    from reconciler.reconcile.reconciler import Reconciler
     from reconciler.store import Store
 
     phase = Phase(f"(c) reconciler, {driver}")

@@ -37,7 +37,7 @@ from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.crash import call_kind
 from reconciler.dm.fake import FakeKernel
 from reconciler.dm.host import Completed
-from reconciler.reconcile.engine import Reconciler
+from reconciler.reconcile.reconciler import Reconciler
 from reconciler.store import Store
 
 MUTATING = ("dmsetup create", "dmsetup remove", "dmsetup message", "dmsetup load",

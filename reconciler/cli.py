@@ -25,9 +25,9 @@ from reconciler.daemon.service import Daemon
 from reconciler.dm.crash import from_environment
 from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host, SystemHost
-from reconciler.reconcile.engine import Reconciler
+from reconciler.reconcile.reconciler import Reconciler
 from reconciler.status import build_report, render_json, render_table
-from reconciler.store import Store
+from reconciler.store import RequestKind, Store
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
 log = structlog.get_logger(__name__)
@@ -150,7 +150,7 @@ def show_plan(settings: Settings, host: Host) -> int:
     return EXIT_OK
 
 
-def hand_over(settings: Settings, host: Host, kind: str, name: str,
+def hand_over(settings: Settings, host: Host, kind: RequestKind, name: str,
               arg: int | None = None) -> int:
     """Queue a request for the thread that owns the pool: the running daemon (woken with
     SIGUSR1), or, when none runs, this process under the root lock."""
@@ -191,7 +191,7 @@ def request_retry(settings: Settings, host: Host, name: str) -> int:
         state = record.state if record else "no such device"
         print(f"reconciler: {name!r} is not Faulty ({state})", file=sys.stderr)
         return EXIT_NOT_CONVERGED
-    return hand_over(settings, host, "retry", name)
+    return hand_over(settings, host, RequestKind.RETRY, name)
 
 
 def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
@@ -221,12 +221,13 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
             print("reconciler: gc needs --orphans and/or --faulty", file=sys.stderr)
             return EXIT_USAGE
         code = EXIT_OK
-        for flag, kind in ((args.orphans, "gc-orphans"), (args.faulty, "gc-faulty")):
+        for flag, kind in ((args.orphans, RequestKind.GC_ORPHANS),
+                           (args.faulty, RequestKind.GC_FAULTY)):
             if flag:
                 code = max(code, hand_over(settings, host, kind, "*"))
         return code
     if args.command == "adopt":
-        return hand_over(settings, host, "adopt", args.name, args.thin_id)
+        return hand_over(settings, host, RequestKind.ADOPT, args.name, args.thin_id)
     return show_status(settings, host, args)
 
 

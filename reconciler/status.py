@@ -19,7 +19,7 @@ from reconciler.dm.pool import thin_device_name
 from reconciler.dm.types import METADATA_BLOCK_BYTES
 from reconciler.reconcile.observe import KernelDevice, Observation, observe_safely
 from reconciler.specs import SNAPSHOT_NAME_RE
-from reconciler.states import DeviceState as S
+from reconciler.states import LIVE, DeviceState, is_ready
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
 from reconciler.units import format_size
 
@@ -78,17 +78,9 @@ def _snapshot_report(snap: SnapshotRecord | None) -> dict[str, Any] | None:
 
 
 def _ready(record: DeviceRecord, kernel: KernelDevice | None) -> bool:
-    """Whether the device can be used now: mapped, running, and its filesystem made.
-
-    Activated comes before mkfs (a pass of its own), so the state alone would let a caller
-    mount while mkfs still holds the device or before there is a filesystem to mount.
-    """
-    return (
-        kernel is not None
-        and record.state in (S.ACTIVATED, S.RESUMED)
-        and not kernel.info.suspended
-        and (record.formatted or record.filesystem == "none")
-    )
+    return is_ready(DeviceState(record.state), record.formatted, record.filesystem,
+                    mapped=kernel is not None,
+                    suspended=kernel is not None and kernel.info.suspended)
 
 
 def _device_report(settings: Settings, record: DeviceRecord,
@@ -178,7 +170,7 @@ def _key(snapshot: dict[str, Any] | None) -> str:
 
 def _state(device: dict[str, Any]) -> str:
     state: str = device["state"]
-    live = state in (S.ACTIVATED, S.RESUMED) and device["kernel"] is not None
+    live = state in LIVE and device["kernel"] is not None
     return state + (" (not ready)" if live and not device["ready"] else "")
 
 

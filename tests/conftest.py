@@ -21,7 +21,8 @@ from reconciler.daemon.once import run_until_settled
 from reconciler.dm.client import DmClient
 from reconciler.dm.host import Host, SystemHost
 from reconciler.dm.loopback import LoopbackFiles, attached_loop
-from reconciler.reconcile.engine import PassResult, Reconciler
+from reconciler.reconcile.pass_context import PassResult
+from reconciler.reconcile.reconciler import Reconciler
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.status import build_report
 from reconciler.store import Store

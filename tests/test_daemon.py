@@ -151,16 +151,11 @@ def test_plan_says_what_the_next_pass_would_do(fake_world: World) -> None:
 def test_stop_ends_a_pass_between_steps(fake_world: World) -> None:
     """A stop lets the step in flight finish (create_thin and Created), then ends the pass."""
     fake_world.spec("a", 'filesystem = "none"\n')
-    stop = {"now": False}
     reconciler = fake_world.reconciler()
-    reconciler.stop_requested = lambda: stop["now"]
-    original = reconciler._persist
-
-    def persist_then_stop(change: object) -> None:
-        original(change)  # type: ignore[arg-type]
-        stop["now"] = True
-
-    reconciler._persist = persist_then_stop  # type: ignore[method-assign]
+    assert fake_world.store is not None
+    store = fake_world.store
+    # Asked to stop as soon as the first transition is persisted.
+    reconciler.stop_requested = lambda: bool(store.history("a"))
     result = reconciler.run_pass()
     assert result.stopped
     assert state(fake_world, "a") == "Created"

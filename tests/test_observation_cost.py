@@ -9,7 +9,7 @@ from pathlib import Path
 
 from reconciler.dm.crash import call_kind
 from reconciler.dm.fake import FakeKernel
-from reconciler.reconcile.engine import RECORDS_REREAD_EVERY, Reconciler
+from reconciler.reconcile.reconciler import RECORDS_REREAD_EVERY, Reconciler
 from reconciler.store import Store
 from reconciler.store.store import _SELECT_DEVICES
 from tests.conftest import World, make_settings

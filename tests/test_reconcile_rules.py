@@ -12,6 +12,7 @@ from reconciler.dm.client import DmClient
 from reconciler.dm.fake import FakeKernel
 from reconciler.dm.pool import MetadataCheckFailed, PoolMismatch, ThinPool
 from reconciler.reconcile.retry import RetryPolicy
+from reconciler.store import IdAllocator
 from tests.conftest import World
 
 BUSY = f"device-mapper: remove ioctl on X  failed: {os.strerror(errno.EBUSY)}\nCommand failed.\n"
@@ -91,7 +92,7 @@ def test_exhausted_retries_mark_device_faulty(fake_world: World) -> None:
     assert record.error_step == "create"
     assert record.error is not None and "Device or resource busy" in record.error
     assert "attempts exhausted after 3 attempts" in record.error
-    assert fake_world.store.allocate_id() == 1
+    assert IdAllocator(fake_world.store.ids_in_use()).take() == 1
 
 
 def test_a_faulty_device_waits_for_its_spec_to_change(fake_world: World) -> None:
@@ -105,7 +106,7 @@ def test_a_faulty_device_waits_for_its_spec_to_change(fake_world: World) -> None
     assert fake_world.store is not None
     faulty = fake_world.store.device("a")
     assert faulty is not None and faulty.state == "Faulty"
-    assert fake_world.store.allocate_id() == 1  # id 0 stays quarantined
+    assert IdAllocator(fake_world.store.ids_in_use()).take() == 1  # id 0 stays quarantined
     assert "a" in fake_world.run_pass().faulty  # not retried as is
     fake_world.spec("a", 'filesystem = "none"\nactive = true\n')
     assert fake_world.run_pass().ok

@@ -12,7 +12,7 @@ import pytest
 from reconciler.daemon.once import run_until_settled
 from reconciler.dm.crash import CrashingHost, CrashPoint
 from reconciler.dm.fake import FakeKernel
-from reconciler.reconcile.engine import Reconciler
+from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import Kind, Snapshotter
 from reconciler.store import Store
 from tests.conftest import FakeClock, World, make_settings

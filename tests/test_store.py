@@ -1,4 +1,4 @@
-"""The store: thin id allocation, history, and records surviving a reopen."""
+"""The store: the thin id allocator over its ids, history, and records surviving a reopen."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.store import MAX_THIN_ID, DeviceRecord, Store, StoreError, TransitionRecord
+from reconciler.store import (
+    MAX_THIN_ID,
+    DeviceRecord,
+    IdAllocator,
+    Store,
+    StoreError,
+    TransitionRecord,
+)
 
 
 @pytest.fixture
@@ -16,18 +23,18 @@ def store(tmp_path: Path) -> Store:
 
 def test_ids_are_allocated_lowest_free_first(store: Store) -> None:
     """The first id is 0, and a freed id is handed out again before a new one."""
-    assert store.allocate_id() == 0
+    assert IdAllocator(store.ids_in_use()).take() == 0
     store.save_device(DeviceRecord(name="a", device_id=0, state="Created"))
     store.save_device(DeviceRecord(name="b", device_id=1, state="Created"))
-    assert store.allocate_id() == 2
+    assert IdAllocator(store.ids_in_use()).take() == 2
     store.save_device(DeviceRecord(name="a", device_id=0, state="Removed"))
-    assert store.allocate_id() == 0
+    assert IdAllocator(store.ids_in_use()).take() == 0
 
 
 def test_faulty_devices_keep_their_ids_quarantined(store: Store) -> None:
     """A Faulty device's id is not reused until the device is cleared."""
     store.save_device(DeviceRecord(name="a", device_id=0, state="Faulty"))
-    assert store.allocate_id() == 1
+    assert IdAllocator(store.ids_in_use()).take() == 1
 
 
 def test_ids_are_24_bit_and_exhaustion_is_a_clear_error(tmp_path: Path) -> None:
@@ -37,7 +44,7 @@ def test_ids_are_24_bit_and_exhaustion_is_a_clear_error(tmp_path: Path) -> None:
     small.save_device(DeviceRecord(name="a", device_id=0, state="Created"))
     small.save_device(DeviceRecord(name="b", device_id=1, state="Faulty"))
     with pytest.raises(StoreError, match="24-bit"):
-        small.allocate_id()
+        IdAllocator(small.ids_in_use(), small.max_id).take()
 
 
 def test_records_and_history_survive_a_reopen(tmp_path: Path) -> None:

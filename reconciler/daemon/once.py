@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import structlog
 
-from reconciler.reconcile.engine import PassResult, Reconciler
+from reconciler.reconcile.pass_context import PassResult
+from reconciler.reconcile.reconciler import Reconciler
 
 log = structlog.get_logger(__name__)
 

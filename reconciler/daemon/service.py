@@ -6,7 +6,8 @@ device's retry is due, and every `resync_interval` for a full pass that also rep
 changed behind our back in the kernel. Signals: SIGTERM/SIGINT finish the step in flight and
 exit 0; SIGHUP reloads the config; SIGUSR1 asks for a full pass now (`reconciler retry` uses
 it). gRPC requests (on the server's worker threads) are handed to the same thread and
-answered from there.
+answered from there; one whose device must wait for a retry is parked (never slept on) and
+answered after a later pass settles it, while the loop goes on serving everything else.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -30,8 +31,9 @@ from reconciler.daemon.wakeups import Wakeups
 from reconciler.daemon.watch import SpecWatcher
 from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host
-from reconciler.reconcile.engine import PassResult, Reconciler
-from reconciler.snapshots import Snapshotter, Unavailable
+from reconciler.reconcile.pass_context import PassResult
+from reconciler.reconcile.reconciler import Reconciler
+from reconciler.snapshots import Call, Parked, Snapshotter, Unavailable
 from reconciler.store import Store
 
 T = TypeVar("T")
@@ -57,6 +59,15 @@ def settle_heap() -> None:
 
 
 @dataclass
+class _ParkedCall:
+    """An API call waiting for its device, and the caller waiting for its answer."""
+
+    call: Call[Any]
+    at: float
+    future: Future[Any]
+
+
+@dataclass
 class Daemon:
     """The reconcile loop and what feeds it."""
 
@@ -75,18 +86,12 @@ class Daemon:
         self.reconciler = self._new_reconciler()
         self.watcher: SpecWatcher | None = None
         self.api: ApiServer | None = None
-        self._snapshotter: Snapshotter | None = None
+        self.snapshotter = Snapshotter(self.reconciler, parking=True)
+        self._parked: list[_ParkedCall] = []
 
     def _new_reconciler(self) -> Reconciler:
         return Reconciler(self.settings, self.host, self.store, clock=self.clock,
                           stop_requested=lambda: self._stopping)
-
-    @property
-    def snapshotter(self) -> Snapshotter:
-        """The snapshotter API over the current reconciler (a reload makes a new one)."""
-        if self._snapshotter is None or self._snapshotter.engine is not self.reconciler:
-            self._snapshotter = Snapshotter(self.reconciler)
-        return self._snapshotter
 
     def run_on_loop(self, fn: Callable[[Snapshotter], T]) -> T:
         """Run `fn` on the reconcile thread and wait for its result (for API threads)."""
@@ -100,6 +105,8 @@ class Daemon:
                 return
             try:
                 future.set_result(fn(self.snapshotter))
+            except Parked as parked:
+                self._parked.append(_ParkedCall(parked.call, parked.at, future))
             except BaseException as exc:  # handed to the waiting thread, which re-raises
                 future.set_exception(exc)
 
@@ -107,6 +114,30 @@ class Daemon:
             raise Unavailable("the reconciler daemon is stopping")
         self.wakeups.call(work)
         return future.result()
+
+    def _resume_parked(self) -> None:
+        """Advance every parked call whose time has come; answer those that finished."""
+        now = self.clock()
+        waiting: list[_ParkedCall] = []
+        for parked in self._parked:
+            if parked.at > now or self._stopping:
+                waiting.append(parked)
+                continue
+            at = parked.call.advance()
+            if at is not None:
+                parked.at = at
+                waiting.append(parked)
+                continue
+            try:
+                parked.future.set_result(parked.call.outcome())
+            except BaseException as exc:  # handed to the waiting thread, which re-raises
+                parked.future.set_exception(exc)
+        self._parked = waiting
+
+    def _refuse_parked(self) -> None:
+        for parked in self._parked:
+            parked.future.set_exception(Unavailable("the reconciler daemon is stopping"))
+        self._parked = []
 
     def request_stop(self) -> None:
         """Finish the step in flight, then leave the loop."""
@@ -161,6 +192,8 @@ class Daemon:
         pool = self.reconciler.pool
         self.reconciler = self._new_reconciler()
         self.reconciler.pool = pool
+        # Calls in progress go on with the new engine (one engine, one cache of records).
+        self.snapshotter.engine = self.reconciler
         if spec_dir_changed and self.watcher is not None:
             self.watcher.stop()
             self.watcher = SpecWatcher(fresh.specs_path, self.wakeups)
@@ -187,6 +220,7 @@ class Daemon:
                 self._next_retry = None
             else:
                 self._next_retry = result.next_retry_at
+        self._resume_parked()
         return not self._stopping
 
     def _refuse_queued(self) -> None:
@@ -194,7 +228,7 @@ class Daemon:
             work(True)
 
     def _timeout(self) -> float:
-        deadline = self._next_resync
+        deadline = min([self._next_resync, *(p.at for p in self._parked)])
         if self._next_retry is not None:
             deadline = min(deadline, self._next_retry)
         return max(0.0, deadline - self.clock())
@@ -229,6 +263,7 @@ class Daemon:
         """Stop serving and watching, answer what is still queued, close the store."""
         self._stopping = True
         self._refuse_queued()
+        self._refuse_parked()
         if self.api is not None:
             self.api.stop()
             self.api = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from enum import StrEnum
 
 from reconciler.dm.client import DmClient
 from reconciler.dm.driver import DmDriver
@@ -23,6 +24,14 @@ THIN_SUPERBLOCK_MAGIC = 27022010
 METADATA_BLOCK = 4096
 LOW_WATER_MARK = 32768
 UUID_PREFIX = "RECONCILER-v1"
+
+
+class PoolOp(StrEnum):
+    """The metadata changes we make to a pool (each moves its transaction id by one)."""
+
+    CREATE_THIN = "create_thin"
+    CREATE_SNAP = "create_snap"
+    DELETE = "delete"
 
 
 class PoolMismatch(InvalidArgument):
@@ -192,17 +201,17 @@ class ThinPool:
 
     def create_thin(self, device_id: int, transaction_id: int) -> int:
         """Provision an empty thin id; returns the pool's new transaction id."""
-        return self._metadata_change(["create_thin", str(device_id)], transaction_id)
+        return self._metadata_change([PoolOp.CREATE_THIN, str(device_id)], transaction_id)
 
     def create_snap(self, device_id: int, origin_id: int, transaction_id: int) -> int:
         """Provision `device_id` as a snapshot of `origin_id` (suspend an active origin first)."""
         return self._metadata_change(
-            ["create_snap", str(device_id), str(origin_id)], transaction_id
+            [PoolOp.CREATE_SNAP, str(device_id), str(origin_id)], transaction_id
         )
 
     def delete(self, device_id: int, transaction_id: int) -> int:
         """Release a thin id and its blocks; returns the pool's new transaction id."""
-        return self._metadata_change(["delete", str(device_id)], transaction_id)
+        return self._metadata_change([PoolOp.DELETE, str(device_id)], transaction_id)
 
 
 def _equivalent(loaded: ThinPoolTable, wanted: ThinPoolTable) -> bool:
@@ -228,6 +237,7 @@ __all__ = [
     "MetadataCheckFailed",
     "PoolDevices",
     "PoolMismatch",
+    "PoolOp",
     "ThinPool",
     "table_matches",
     "thin_device_name",

@@ -16,16 +16,18 @@ from reconciler.snapshots.model import (
     Unavailable,
     Usage,
 )
-from reconciler.snapshots.snapshotter import Snapshotter
+from reconciler.snapshots.snapshotter import Call, Parked, Snapshotter
 
 __all__ = [
     "AlreadyExists",
+    "Call",
     "FailedPrecondition",
     "Info",
     "InvalidArgument",
     "Kind",
     "Mount",
     "NotFound",
+    "Parked",
     "SnapshotError",
     "Snapshotter",
     "Unavailable",

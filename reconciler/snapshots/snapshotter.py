@@ -1,19 +1,28 @@
 """Snapshotter: containerd's Snapshotter methods over the reconciler.
 
 Each call writes the snapshot's stored spec first (so a crash leaves a wish the next pass
-fulfils or undoes, never a device nobody wants), then drives just that device with a partial
-pass. Not thread-safe, like the Reconciler it drives: the daemon runs every call on its one
-reconcile thread.
+fulfils or undoes, never a device nobody wants), then has its device settled by partial
+passes. The stored spec says what the device should be (active, read-only, parent); what a
+containerd kind means for its device is decided here, in `_save`, and nowhere else.
+
+A call that needs a device settled is an *operation*: a generator that yields the device's
+name and is resumed once the device has settled (or its retries fall past the call's settle
+time). `Call` drives one. Used directly, the Snapshotter runs each call to its end, sleeping
+on the caller's thread between retries. The daemon instead gives it `parking=True`: a call
+that must wait raises `Parked`, and the daemon resumes it from its loop after a later pass,
+so the reconcile thread never sleeps and keeps serving other work meanwhile.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 import structlog
 
-from reconciler.reconcile.engine import LIVE, Reconciler
+from reconciler.config import Settings
+from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots.filters import Matcher
 from reconciler.snapshots.model import (
     AlreadyExists,
@@ -27,7 +36,12 @@ from reconciler.snapshots.model import (
     Usage,
 )
 from reconciler.specs import snapshot_name
-from reconciler.store import SnapshotRecord
+from reconciler.states import LIVE
+from reconciler.store import SnapshotRecord, Store
+
+T = TypeVar("T")
+Operation = Generator[str, None, T]
+"""A call in progress: yields the name of each device it needs settled, returns the answer."""
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +50,58 @@ MAX_LABEL_BYTES = 4096
 # How long one call may wait for the device's scheduled retries (e.g. EBUSY while udev
 # probes a new device) before answering with the device's error.
 SETTLE_SECONDS = 10.0
+
+
+class Call(Generic[T]):
+    """One operation, advanced a partial pass at a time until it has its answer."""
+
+    def __init__(self, snapshotter: Snapshotter, operation: Operation[T]) -> None:
+        self._snapshotter = snapshotter
+        self._operation = operation
+        self._waiting_for: str | None = None
+        self._deadline = 0.0
+        self._finished = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def advance(self) -> float | None:
+        """Run until the call must wait: when to advance it again, or None once finished."""
+        while not self._finished:
+            try:
+                if self._waiting_for is None:
+                    self._waiting_for = self._operation.send(None)
+                    self._deadline = self._snapshotter.clock() + self._snapshotter.settle_seconds
+                at = self._snapshotter.settle_once(self._waiting_for, self._deadline)
+            except StopIteration as stop:
+                self._finish(result=stop.value)
+            except Exception as exc:  # the call's answer (NotFound, Unavailable, DmError...)
+                self._operation.close()
+                self._finish(error=exc)
+            else:
+                if at is not None:
+                    return at
+                self._waiting_for = None
+        return None
+
+    def _finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        self._finished, self._result, self._error = True, result, error
+
+    def outcome(self) -> T:
+        """The call's answer, or its error raised; only once `advance` returned None."""
+        assert self._finished, "the call has not finished"
+        if self._error is not None:
+            raise self._error
+        result: T = self._result
+        return result
+
+
+class Parked(Exception):
+    """A call (parking mode) that waits for its device: resume `call` at time `at`."""
+
+    def __init__(self, call: Call[Any], at: float) -> None:
+        super().__init__(f"call parked until {at}")
+        self.call = call
+        self.at = at
 
 
 def _info(record: SnapshotRecord) -> Info:
@@ -61,13 +127,59 @@ class Snapshotter:
         engine: Reconciler,
         sleep: Callable[[float], None] = time.sleep,
         settle_seconds: float = SETTLE_SECONDS,
+        parking: bool = False,
     ) -> None:
+        # The daemon swaps in a new engine on reload; calls in progress follow it.
         self.engine = engine
-        self.store = engine.store
-        self.settings = engine.settings
-        self.clock = engine.clock
         self.sleep = sleep
         self.settle_seconds = settle_seconds
+        self.parking = parking
+
+    @property
+    def store(self) -> Store:
+        """The engine's store."""
+        return self.engine.store
+
+    @property
+    def settings(self) -> Settings:
+        """The engine's settings."""
+        return self.engine.settings
+
+    def clock(self) -> float:
+        """The engine's clock."""
+        return self.engine.clock()
+
+    # -- running operations ------------------------------------------------------------------
+
+    def _run(self, operation: Operation[T]) -> T:
+        call = Call(self, operation)
+        at = call.advance()
+        if at is not None and self.parking:
+            raise Parked(call, at)
+        while at is not None:
+            self.sleep(max(0.0, at - self.clock()))
+            at = call.advance()
+        return call.outcome()
+
+    def settle_once(self, name: str, deadline: float) -> float | None:
+        """One partial pass for a device: when its next retry is due, if that comes before
+        `deadline`, else None (settled, or not worth waiting for)."""
+        result = self.engine.run_pass(only=[name])
+        if name not in result.pending:
+            return None
+        device = self.store.device(name)
+        at = device.retry_at if device is not None else None
+        return at if at is not None and at <= deadline else None
+
+    def _save(self, record: SnapshotRecord) -> None:
+        """Store a snapshot with what its device should be, from its kind: an active
+        snapshot is a writable live device, a view a read-only one, a committed one rests
+        inactive unless its mounts were asked for (then read-only), and a removed one rests
+        until its device is deleted."""
+        record.active = record.removal is None and (
+            record.kind != Kind.COMMITTED or record.exposed)
+        record.readonly = record.kind != Kind.ACTIVE
+        self.store.save_snapshot(record)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -100,12 +212,15 @@ class Snapshotter:
 
     def mounts(self, key: str) -> list[Mount]:
         """How to mount a snapshot. A committed one is activated read-only on demand."""
+        return self._run(self._mounts_op(key))
+
+    def _mounts_op(self, key: str) -> Operation[list[Mount]]:
         record = self._live(key)
         if record.kind == Kind.COMMITTED and not record.exposed:
             record.exposed = True
             record.updated_at = self.clock()
-            self.store.save_snapshot(record)
-            self._ready_or_raise(record, undo=False)
+            self._save(record)
+            yield from self._ready_or_raise(record, undo=False)
         return self._mounts(record)
 
     def _mounts(self, record: SnapshotRecord) -> list[Mount]:
@@ -123,15 +238,15 @@ class Snapshotter:
     def prepare(self, key: str, parent: str = "",
                 labels: Mapping[str, str] | None = None) -> list[Mount]:
         """A writable snapshot of committed `parent` (or an empty filesystem), and its mounts."""
-        return self._create(key, parent, labels or {}, Kind.ACTIVE)
+        return self._run(self._create(key, parent, labels or {}, Kind.ACTIVE))
 
     def view(self, key: str, parent: str = "",
              labels: Mapping[str, str] | None = None) -> list[Mount]:
         """A read-only snapshot of committed `parent`, and its mounts."""
-        return self._create(key, parent, labels or {}, Kind.VIEW)
+        return self._run(self._create(key, parent, labels or {}, Kind.VIEW))
 
     def _create(self, key: str, parent_key: str, labels: Mapping[str, str],
-                kind: Kind) -> list[Mount]:
+                kind: Kind) -> Operation[list[Mount]]:
         if not key:
             raise InvalidArgument("snapshot key must not be empty")
         checked = _check_labels(labels)
@@ -156,27 +271,14 @@ class Snapshotter:
             base_inodes=parent.base_inodes + parent.used_inodes if parent else 0,
             created_at=now, updated_at=now,
         )
-        self.store.save_snapshot(record)
+        self._save(record)
         log.info("snapshot.created", key=key, kind=kind.value, device=record.name,
                  parent=parent_key or None, next="making its device")
-        self._ready_or_raise(record, undo=True)
+        yield from self._ready_or_raise(record, undo=True)
         return self._mounts(record)
 
-    def _drive(self, name: str) -> None:
-        """Partial passes for one device, waiting out its scheduled retries for a while."""
-        deadline = self.clock() + self.settle_seconds
-        while True:
-            result = self.engine.run_pass(only=[name])
-            if name not in result.pending:
-                return
-            device = self.store.device(name)
-            at = device.retry_at if device is not None else None
-            if at is None or at > deadline:
-                return
-            self.sleep(max(0.0, at - self.clock()))
-
-    def _ready_or_raise(self, record: SnapshotRecord, undo: bool) -> None:
-        self._drive(record.name)
+    def _ready_or_raise(self, record: SnapshotRecord, undo: bool) -> Operation[None]:
+        yield record.name
         device = self.store.device(record.name)
         if device is not None and device.state in LIVE and (
             device.formatted or device.filesystem == "none"
@@ -187,14 +289,17 @@ class Snapshotter:
             # The snapshot was never handed out: nothing of anyone's is lost by removing it.
             record.removal = "requested"
             record.removed_at = self.clock()
-            self.store.save_snapshot(record)
-            self._drive(record.name)
+            self._save(record)
+            yield record.name
         log.error("snapshot.failed", key=record.key, device=record.name, error=error,
                   next="removed again" if undo else "see `reconciler status`")
         raise Unavailable(f"snapshot {record.key!r} (device {record.name}): {error}")
 
     def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
         """Turn active snapshot `key` into committed snapshot `name` and deactivate it."""
+        self._run(self._commit(name, key, labels or {}))
+
+    def _commit(self, name: str, key: str, labels: Mapping[str, str]) -> Operation[None]:
         if not name:
             raise InvalidArgument("committed snapshot name must not be empty")
         record = self._live(key)
@@ -202,7 +307,7 @@ class Snapshotter:
             raise FailedPrecondition(f"snapshot {key!r} is not active (it is {record.kind})")
         if self.store.snapshot_by_key(name) is not None:
             raise AlreadyExists(f"snapshot {name!r} already exists")
-        checked = _check_labels(labels or {})
+        checked = _check_labels(labels)
         used_bytes, inodes = self.engine.measure(record.name)
         record.used_bytes = used_bytes or 0
         record.used_inodes = max(0, (inodes or 0) - record.base_inodes)
@@ -210,10 +315,10 @@ class Snapshotter:
         record.kind = Kind.COMMITTED.value
         record.labels = checked
         record.updated_at = self.clock()
-        self.store.save_snapshot(record)
+        self._save(record)
         log.info("snapshot.committed", key=key, name=name, device=record.name,
                  used_bytes=record.used_bytes, next="deactivating its device")
-        self._drive(record.name)
+        yield record.name
 
     def update(self, info: Info, fieldpaths: Iterable[str] = ()) -> Info:
         """Change labels: all of them (no paths, or "labels"), or one per "labels.<key>"."""
@@ -236,11 +341,14 @@ class Snapshotter:
                                       "only labels can change")
         record.labels = _check_labels(labels)
         record.updated_at = self.clock()
-        self.store.save_snapshot(record)
+        self._save(record)
         return _info(record)
 
     def remove(self, key: str) -> None:
         """Forget a snapshot and delete its device (with async_remove: at the next Cleanup)."""
+        self._run(self._remove(key))
+
+    def _remove(self, key: str) -> Operation[None]:
         record = self._live(key)
         children = self.store.snapshot_children(record.key)
         if children:
@@ -249,20 +357,23 @@ class Snapshotter:
                                      f"{len(children)} child snapshot(s) ({names})")
         record.removal = "pending" if self.settings.async_remove else "requested"
         record.removed_at = record.updated_at = self.clock()
-        self.store.save_snapshot(record)
+        self._save(record)
         log.info("snapshot.removed", key=key, device=record.name,
                  next="deactivating its device; deleted at Cleanup"
                  if self.settings.async_remove else "deleting its device")
-        self._drive(record.name)
+        yield record.name
 
     def cleanup(self) -> None:
         """Delete the devices of snapshots removed since the last Cleanup."""
+        self._run(self._cleanup())
+
+    def _cleanup(self) -> Operation[None]:
         pending = self.store.snapshots_with_removal("pending")
         for record in pending:
             record.removal = "requested"
-            self.store.save_snapshot(record)
+            self._save(record)
         for record in pending:
-            self._drive(record.name)
+            yield record.name
         log.info("snapshot.cleanup", devices=[r.name for r in pending])
 
     def close(self) -> None:

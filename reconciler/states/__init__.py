@@ -1,25 +1,42 @@
-"""Device state machines: the one place that imports `transitions`.
+"""Device state machines: the one place that imports `transitions`, and the one vocabulary.
 
 Each managed device has a machine whose state is persisted by the store before and after every
 kernel call: reconcile fires the "begin" trigger (state Creating is written), makes the kernel
 call, then fires the "done" trigger (state Created is written). A crash between the two leaves
 the in-flight state on disk for recovery to resolve by looking at the kernel.
+
+`vocabulary` names the states, triggers and steps and groups them (IN_FLIGHT, LIVE, which
+step resumes which in-flight state, is_ready); `machine` says which trigger moves where.
 """
 
 from reconciler.states.machine import (
-    IN_FLIGHT,
     TRANSITIONS,
     DeviceMachine,
-    DeviceState,
     StateChange,
     build_graph_machine,
+)
+from reconciler.states.vocabulary import (
+    IN_FLIGHT,
+    LIVE,
+    RESTING_PROVISIONED,
+    RESUMES,
+    DeviceState,
+    Step,
+    Trigger,
+    is_ready,
 )
 
 __all__ = [
     "IN_FLIGHT",
+    "LIVE",
+    "RESTING_PROVISIONED",
+    "RESUMES",
     "TRANSITIONS",
     "DeviceMachine",
     "DeviceState",
     "StateChange",
+    "Step",
+    "Trigger",
     "build_graph_machine",
+    "is_ready",
 ]

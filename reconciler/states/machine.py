@@ -1,4 +1,8 @@
-"""The 14-state device machine (containerd devmapper's states) as a `transitions` Machine."""
+"""The 14-state device machine (containerd devmapper's states) as a `transitions` Machine.
+
+The words (states, triggers) and their groups live in `vocabulary`; this module only says
+which trigger moves which state where.
+"""
 
 from __future__ import annotations
 
@@ -10,62 +14,39 @@ from typing import Any
 from transitions import EventData, Machine
 from transitions.extensions import GraphMachine
 
-
-class DeviceState(StrEnum):
-    """Where a device is in its life; the values are what the store and `status` show."""
-
-    UNKNOWN = "Unknown"
-    CREATING = "Creating"
-    CREATED = "Created"
-    ACTIVATING = "Activating"
-    ACTIVATED = "Activated"
-    SUSPENDING = "Suspending"
-    SUSPENDED = "Suspended"
-    RESUMING = "Resuming"
-    RESUMED = "Resumed"
-    DEACTIVATING = "Deactivating"
-    DEACTIVATED = "Deactivated"
-    REMOVING = "Removing"
-    REMOVED = "Removed"
-    FAULTY = "Faulty"
-
+from reconciler.states.vocabulary import DeviceState, Trigger
 
 S = DeviceState
-
-# States in which a kernel call was in flight when they were written.
-IN_FLIGHT = frozenset(
-    {S.CREATING, S.ACTIVATING, S.SUSPENDING, S.RESUMING, S.DEACTIVATING, S.REMOVING}
-)
-# States in which the device is live in the kernel (a dm device with a table).
-LIVE = frozenset({S.ACTIVATED, S.RESUMED, S.SUSPENDED})
+T = Trigger
 
 TRANSITIONS: list[dict[str, Any]] = [
-    {"trigger": "create", "source": S.UNKNOWN, "dest": S.CREATING},
-    {"trigger": "created", "source": S.CREATING, "dest": S.CREATED},
-    {"trigger": "activate", "source": [S.CREATED, S.DEACTIVATED], "dest": S.ACTIVATING},
-    {"trigger": "activated", "source": S.ACTIVATING, "dest": S.ACTIVATED},
-    {"trigger": "suspend", "source": [S.ACTIVATED, S.RESUMED], "dest": S.SUSPENDING},
-    {"trigger": "suspended", "source": S.SUSPENDING, "dest": S.SUSPENDED},
-    {"trigger": "resume", "source": S.SUSPENDED, "dest": S.RESUMING},
-    {"trigger": "resumed", "source": S.RESUMING, "dest": S.RESUMED},
-    {"trigger": "deactivate", "source": [S.ACTIVATED, S.RESUMED], "dest": S.DEACTIVATING},
-    {"trigger": "deactivated", "source": S.DEACTIVATING, "dest": S.DEACTIVATED},
+    {"trigger": T.CREATE, "source": S.UNKNOWN, "dest": S.CREATING},
+    {"trigger": T.CREATED, "source": S.CREATING, "dest": S.CREATED},
+    {"trigger": T.ACTIVATE, "source": [S.CREATED, S.DEACTIVATED], "dest": S.ACTIVATING},
+    {"trigger": T.ACTIVATED, "source": S.ACTIVATING, "dest": S.ACTIVATED},
+    {"trigger": T.SUSPEND, "source": [S.ACTIVATED, S.RESUMED], "dest": S.SUSPENDING},
+    {"trigger": T.SUSPENDED, "source": S.SUSPENDING, "dest": S.SUSPENDED},
+    {"trigger": T.RESUME, "source": S.SUSPENDED, "dest": S.RESUMING},
+    {"trigger": T.RESUMED, "source": S.RESUMING, "dest": S.RESUMED},
+    {"trigger": T.DEACTIVATE, "source": [S.ACTIVATED, S.RESUMED], "dest": S.DEACTIVATING},
+    {"trigger": T.DEACTIVATED, "source": S.DEACTIVATING, "dest": S.DEACTIVATED},
     # The kernel no longer has the device (removed behind our back, or a reboot).
-    {"trigger": "vanished", "source": [S.ACTIVATED, S.RESUMED, S.SUSPENDED], "dest": S.DEACTIVATED},
+    {"trigger": T.VANISHED, "source": [S.ACTIVATED, S.RESUMED, S.SUSPENDED],
+     "dest": S.DEACTIVATED},
     {
-        "trigger": "remove",
+        "trigger": T.REMOVE,
         "source": [S.UNKNOWN, S.CREATED, S.DEACTIVATED, S.FAULTY],
         "dest": S.REMOVING,
     },
-    {"trigger": "removed", "source": S.REMOVING, "dest": S.REMOVED},
+    {"trigger": T.REMOVED, "source": S.REMOVING, "dest": S.REMOVED},
     # An operator hands us a thin id the pool has and the store did not know (an orphan).
-    {"trigger": "adopt", "source": [S.UNKNOWN, S.REMOVED], "dest": S.CREATED},
+    {"trigger": T.ADOPT, "source": [S.UNKNOWN, S.REMOVED], "dest": S.CREATED},
     # A removed name whose spec comes back starts a new life under the same name.
-    {"trigger": "recreate", "source": S.REMOVED, "dest": S.UNKNOWN},
+    {"trigger": T.RECREATE, "source": S.REMOVED, "dest": S.UNKNOWN},
     # Leaving Faulty: back to where the pool says the device is (provisioned or not).
-    {"trigger": "retry", "source": S.FAULTY, "dest": S.CREATED, "conditions": "is_provisioned"},
-    {"trigger": "retry", "source": S.FAULTY, "dest": S.UNKNOWN},
-    {"trigger": "fail", "source": "*", "dest": S.FAULTY},
+    {"trigger": T.RETRY, "source": S.FAULTY, "dest": S.CREATED, "conditions": "is_provisioned"},
+    {"trigger": T.RETRY, "source": S.FAULTY, "dest": S.UNKNOWN},
+    {"trigger": T.FAIL, "source": "*", "dest": S.FAULTY},
 ]
 # transitions names Enum states by their member name; we want the values ("Unknown") on the
 # machine, in the store and in the diagram, so it is given plain strings.
@@ -74,7 +55,7 @@ _TRANSITIONS = [
     {
         key: (
             value.value
-            if isinstance(value, DeviceState)
+            if isinstance(value, StrEnum)
             else [v.value for v in value] if isinstance(value, list) else value
         )
         for key, value in transition.items()
@@ -90,7 +71,7 @@ class StateChange:
     name: str
     from_state: DeviceState
     to_state: DeviceState
-    trigger: str
+    trigger: Trigger
     error: str | None
     step: str | None
 
@@ -99,7 +80,7 @@ class DeviceMachine:
     """One device's machine; `on_change` persists every transition before the trigger returns.
 
     The triggers (create, created, activate, ...) are attached by transitions at run time, so
-    callers use `fire("create")`, which is typed and says which trigger was meant.
+    callers use `fire(Trigger.CREATE)`, which is typed and says which trigger was meant.
     """
 
     state: str
@@ -134,13 +115,10 @@ class DeviceMachine:
         del event
         return self._provisioned()
 
-    def fire(self, trigger: str, *, error: str | None = None, step: str | None = None) -> None:
+    def fire(self, trigger: Trigger, *, error: str | None = None,
+             step: str | None = None) -> None:
         """Fire a trigger; raises transitions.MachineError when not allowed from here."""
-        getattr(self, trigger)(error=error, step=step)
-
-    def may(self, trigger: str) -> bool:
-        """Whether `trigger` is allowed from the current state."""
-        return bool(self._machine.get_triggers(self.state).count(trigger))
+        getattr(self, trigger.value)(error=error, step=step)
 
     def _after_change(self, event: EventData) -> None:
         assert event.transition is not None and event.transition.dest is not None
@@ -149,7 +127,7 @@ class DeviceMachine:
                 name=self.name,
                 from_state=DeviceState(event.transition.source),
                 to_state=DeviceState(event.transition.dest),
-                trigger=event.event.name,
+                trigger=Trigger(event.event.name),
                 error=event.kwargs.get("error"),
                 step=event.kwargs.get("step"),
             )

@@ -11,23 +11,25 @@ from reconciler.store.records import (
     OrphanRecord,
     PoolRecord,
     RejectedSpecRecord,
+    RequestKind,
     RequestRecord,
     SnapshotRecord,
     TransitionRecord,
 )
-from reconciler.store.store import MAX_THIN_ID, Store, StoreError, lowest_free_id
+from reconciler.store.store import MAX_THIN_ID, IdAllocator, Store, StoreError
 
 __all__ = [
     "MAX_THIN_ID",
     "DeviceRecord",
+    "IdAllocator",
     "IntentRecord",
     "OrphanRecord",
     "PoolRecord",
     "RejectedSpecRecord",
+    "RequestKind",
     "RequestRecord",
     "SnapshotRecord",
     "Store",
     "StoreError",
     "TransitionRecord",
-    "lowest_free_id",
 ]

@@ -142,6 +142,8 @@ def bind_models(database: peewee.Database) -> Models:
         size_bytes = peewee.BigIntegerField()
         filesystem = peewee.CharField()
         exposed = peewee.BooleanField(default=False)
+        active = peewee.BooleanField(default=True)
+        readonly = peewee.BooleanField(default=False)
         removal = peewee.CharField(null=True, index=True)
         base_inodes = peewee.BigIntegerField(default=0)
         used_bytes = peewee.BigIntegerField(default=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 
 @dataclass
@@ -71,11 +72,21 @@ class PoolRecord:
     created_at: float = 0.0
 
 
+class RequestKind(StrEnum):
+    """What an operator asks the daemon's thread to do (the values are stored)."""
+
+    RETRY = "retry"
+    GC_ORPHANS = "gc-orphans"
+    GC_FAULTY = "gc-faulty"
+    ADOPT = "adopt"
+
+
 @dataclass(frozen=True)
 class RequestRecord:
     """An operator's request (e.g. retry a Faulty device), queued for the daemon's thread."""
 
     id: int
+    # A RequestKind's value; kept as text so a request from a newer CLI is reported, not fatal.
     kind: str
     name: str
     at: float
@@ -129,6 +140,10 @@ class SnapshotRecord:
     filesystem: str = "ext4"
     # A committed snapshot is kept inactive unless its mounts were asked for (read-only).
     exposed: bool = False
+    # What its device should be, as the snapshotter decided from the kind (reconcile reads
+    # these as the device's spec and knows nothing of kinds).
+    active: bool = True
+    readonly: bool = False
     # None: live. "pending": removed by the API, its device kept until Cleanup (async_remove).
     # "requested": its device is to be removed.
     removal: str | None = None

@@ -23,6 +23,7 @@ from reconciler.store.records import (
     OrphanRecord,
     PoolRecord,
     RejectedSpecRecord,
+    RequestKind,
     RequestRecord,
     SnapshotRecord,
     TransitionRecord,
@@ -37,15 +38,29 @@ class StoreError(RuntimeError):
     """The store cannot do what was asked (no free id, database unreadable)."""
 
 
-def lowest_free_id(taken: set[int], start: int, max_id: int = MAX_THIN_ID) -> int:
-    """The lowest thin id from `start` on that is not in `taken`."""
-    candidate = start
-    while candidate in taken:
-        candidate += 1
-    if candidate > max_id:
-        raise StoreError(f"no free thin id: all {max_id + 1} ids are in use "
-                         f"(dm-thin ids are 24-bit, at most {MAX_THIN_ID})")
-    return candidate
+class IdAllocator:
+    """Hands out the lowest thin id not taken, lowest first; the one allocator there is.
+
+    Built once per pass from the ids taken (live devices' and the pool's), it remembers where
+    its last search ended, so that making N devices costs O(N) rather than O(N^2).
+    """
+
+    def __init__(self, taken: Iterable[int], max_id: int = MAX_THIN_ID) -> None:
+        self._taken = set(taken)
+        self._floor = 0
+        self.max_id = max_id
+
+    def take(self) -> int:
+        """The lowest free id, now taken."""
+        candidate = self._floor
+        while candidate in self._taken:
+            candidate += 1
+        if candidate > self.max_id:
+            raise StoreError(f"no free thin id: all {self.max_id + 1} ids are in use "
+                             f"(dm-thin ids are 24-bit, at most {MAX_THIN_ID})")
+        self._taken.add(candidate)
+        self._floor = candidate + 1
+        return candidate
 
 
 _DEVICE_COLUMNS = tuple(f.name for f in fields(DeviceRecord))
@@ -113,6 +128,20 @@ class Store:
         self._data_version: int | None = None
         self._db.connect(reuse_if_open=True)
         self._db.create_tables(self._m.all(), safe=True)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database written by an older version up to this one's columns."""
+        columns = {column.name for column in self._db.get_columns("snapshots")}
+        if "active" not in columns:
+            # Before 0.2 reconcile derived a snapshot device's wishes from its kind; now the
+            # snapshotter stores them. Written once, with the rule the older version used.
+            with self._db.atomic():
+                self._sql("ALTER TABLE snapshots ADD COLUMN active INTEGER NOT NULL DEFAULT 1")
+                self._sql("ALTER TABLE snapshots ADD COLUMN readonly INTEGER NOT NULL "
+                          "DEFAULT 0")
+                self._sql("UPDATE snapshots SET active = (removal IS NULL AND "
+                          "(kind != 'committed' OR exposed)), readonly = (kind != 'active')")
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one plain statement (autocommitted unless inside `transaction`)."""
@@ -168,11 +197,6 @@ class Store:
         )
         return {row.device_id for row in query if row.device_id is not None}
 
-    def allocate_id(self, also_taken: Iterable[int] = ()) -> int:
-        """The lowest thin id not held by any live device nor in `also_taken` (ids the pool
-        has that we do not manage: an orphan's id is never handed out)."""
-        return lowest_free_id(self.ids_in_use() | set(also_taken), 0, self.max_id)
-
     # -- history ---------------------------------------------------------------------------
 
     def record_transition(self, transition: TransitionRecord) -> None:
@@ -227,9 +251,9 @@ class Store:
 
     # -- operator requests -----------------------------------------------------------------
 
-    def add_request(self, kind: str, name: str, arg: int | None = None) -> None:
+    def add_request(self, kind: RequestKind, name: str, arg: int | None = None) -> None:
         """Queue a request for the daemon (it runs them at the start of its next pass)."""
-        self._m.Request.create(kind=kind, name=name, at=self.clock(), arg=arg)
+        self._m.Request.create(kind=kind.value, name=name, at=self.clock(), arg=arg)
 
     def written_by_others(self) -> bool:
         """Whether another connection (another process: the CLI, a second daemon) committed

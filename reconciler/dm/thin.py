@@ -1,0 +1,98 @@
+"""One thin device of our pool as the kernel sees it: activate, reload, suspend, resume, remove.
+
+The reconcile steps say what they want (a thin id, a length, read-only or not); this module
+turns that into tables and dm calls, so no step reaches through the pool's client. Each
+operation is idempotent and says what it did.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from dataclasses import dataclass
+from enum import StrEnum
+
+from reconciler.dm.errors import DeviceBusy, DeviceExists, NoSuchDevice
+from reconciler.dm.parse import single_thin_table
+from reconciler.dm.pool import ThinPool, table_matches, thin_device_name, thin_uuid
+from reconciler.dm.types import DeviceInfo, ThinTable, describe_table
+from reconciler.units import Sectors
+
+
+class Outcome(StrEnum):
+    """What an idempotent operation found and did."""
+
+    DONE = "done"
+    ALREADY = "already"
+
+
+@dataclass(frozen=True)
+class ThinDevice:
+    """Thin id `thin_id` of `pool`, mapped (when active) as the dm device `<pool>-<name>`."""
+
+    pool: ThinPool
+    name: str
+    thin_id: int
+
+    @property
+    def kernel_name(self) -> str:
+        """The dm device's name."""
+        return thin_device_name(self.pool.name, self.name)
+
+    @property
+    def path(self) -> str:
+        """The device node."""
+        return f"/dev/mapper/{self.kernel_name}"
+
+    def table(self, length: Sectors) -> ThinTable:
+        """The table that maps this thin id with `length` sectors."""
+        return self.pool.thin_table(self.thin_id, length)
+
+    def activate(self, length: Sectors, readonly: bool, pool_number: str) -> Outcome:
+        """Create the dm device with its table. A device of that name that is exactly ours
+        (same thin id and length, on this pool, given by path or by `pool_number`) is
+        adopted; anything else under the name is someone else's and raises DeviceBusy."""
+        wanted = self.table(length)
+        try:
+            self.pool.client.create(self.kernel_name, wanted.line(),
+                                    thin_uuid(self.pool.name, self.thin_id), readonly=readonly)
+        except (DeviceBusy, DeviceExists) as exc:
+            # dm answers EBUSY (or EEXIST) when the name is taken.
+            lines = self.pool.client.table(self.kernel_name)
+            loaded = single_thin_table(lines)
+            if loaded is None or not table_matches(loaded, wanted, pool_number):
+                raise DeviceBusy(
+                    f"activate {self.kernel_name}",
+                    detail=f"a dm device named {self.kernel_name} already exists with table "
+                    f"{describe_table(lines)!r}, not ours ({wanted.line()!r})",
+                ) from exc
+            return Outcome.ALREADY
+        return Outcome.DONE
+
+    def suspend(self) -> None:
+        """Suspend I/O (a suspended device stays suspended: dm accepts it again)."""
+        self.pool.client.suspend(self.kernel_name)
+
+    def load(self, length: Sectors, readonly: bool) -> None:
+        """Load the wanted table as the inactive one; the next resume swaps it in."""
+        self.pool.client.load(self.kernel_name, self.table(length).line(), readonly=readonly)
+
+    def resume(self) -> None:
+        """Resume I/O, swapping in a loaded table if there is one."""
+        self.pool.client.resume(self.kernel_name)
+
+    def remove(self) -> Outcome:
+        """Remove the dm device (never forced: an open device raises DeviceBusy)."""
+        with suppress(NoSuchDevice):
+            self.pool.client.remove(self.kernel_name)
+            return Outcome.DONE
+        return Outcome.ALREADY
+
+    def observe(self) -> tuple[DeviceInfo, ThinTable | None] | None:
+        """The device's info and thin table now (two calls), or None when it is not mapped."""
+        info = self.pool.client.info(self.kernel_name)
+        if info is None:
+            return None
+        try:
+            return info, single_thin_table(self.pool.client.table(self.kernel_name))
+        except NoSuchDevice:  # removed between the two calls
+            return None

@@ -1,0 +1,127 @@
+"""The next step for one device: a pure function of its record, its spec and the kernel.
+
+Level-triggered: the decision looks only at where the device is (its stored state and what
+the kernel shows) and where it should be (its spec), never at what woke us. Nothing here
+reads or writes anything, so every rule is table-tested without a kernel
+(tests/test_decide.py), and `reconciler plan` is this function alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reconciler.reconcile.observe import KernelDevice
+from reconciler.specs import DeviceSpec
+from reconciler.states import IN_FLIGHT, LIVE, RESTING_PROVISIONED, RESUMES, DeviceState, Step
+from reconciler.store import DeviceRecord
+from reconciler.units import Bytes, to_sectors
+
+S = DeviceState
+
+
+@dataclass(frozen=True)
+class Wait:
+    """The device cannot take its next step yet (its parent is not ready); not an error."""
+
+    reason: str
+
+
+Decision = Step | Wait | None
+"""A step to run, a reason to wait, or None: nothing to do."""
+
+
+def next_step(record: DeviceRecord, spec: DeviceSpec | None, kernel: KernelDevice | None,
+              parent: DeviceRecord | None) -> Decision:
+    """What to do next to a device.
+
+    `spec` is None when nobody wants the device any more; `kernel` is its dm device as
+    observed (None: not mapped); `parent` is the record of the device it is a snapshot of.
+    The record's spec wishes (size, mode, active) are already applied to it.
+    """
+    state = DeviceState(record.state)
+    if state in IN_FLIGHT:
+        return RESUMES[state]
+    if state in LIVE and kernel is None:
+        return Step.VANISHED
+    if spec is None:
+        return _unwanted(state)
+    if state == S.REMOVED:
+        return Step.RECREATE
+    if state == S.FAULTY:
+        # Left alone until its spec changes (or an operator asks for a retry).
+        return Step.RETRY if record.spec_digest != spec.digest else None
+    if state == S.UNKNOWN:
+        return _parent_wait(record, parent) or Step.CREATE
+    if state in (S.CREATED, S.DEACTIVATED):
+        # Activated to be used, or (when wanted inactive) once to be formatted; a device the
+        # kernel still maps is taken back under our machine by activating it.
+        if kernel is not None or spec.active or not record.formatted:
+            return Step.ACTIVATE
+        return None
+    # Live: format once, then match mode and size, grow the filesystem, match `active`.
+    assert kernel is not None
+    if not record.formatted:
+        return Step.MKFS
+    if not spec.active:
+        # Mode and size are loaded with the table at the next activation.
+        return Step.DEACTIVATE
+    if kernel.info.readonly != record.readonly or length_differs(record, kernel):
+        return Step.RELOAD
+    if fs_needs_growing(record, kernel):
+        return Step.GROW_FS
+    return None
+
+
+def _unwanted(state: DeviceState) -> Decision:
+    if state == S.REMOVED:
+        return None
+    return Step.DEACTIVATE if state in LIVE else Step.REMOVE
+
+
+def _parent_wait(record: DeviceRecord, parent: DeviceRecord | None) -> Wait | None:
+    """A snapshot is taken only of a provisioned, resting, formatted parent."""
+    if record.parent is None:
+        return None
+    if parent is None or not parent.provisioned or parent.state not in RESTING_PROVISIONED:
+        state = "not created yet" if parent is None else parent.state
+        return Wait(f"waiting for parent {record.parent!r} ({state})")
+    if not parent.formatted:
+        return Wait(f"waiting for parent {record.parent!r} to get its filesystem")
+    return None
+
+
+def length_differs(record: DeviceRecord, kernel: KernelDevice) -> bool:
+    """Whether the mapped table's length is not the record's size."""
+    return kernel.table is not None and kernel.table.length != to_sectors(
+        Bytes(record.size_bytes)
+    )
+
+
+def fs_needs_growing(record: DeviceRecord, kernel: KernelDevice) -> bool:
+    """Only filesystems we made are grown, only unmounted, and only once per size."""
+    return (
+        record.filesystem != "none"
+        and 0 < record.fs_size_bytes < record.size_bytes
+        and kernel.info.open_count == 0
+        and not kernel.info.readonly
+        and record.notice is None
+    )
+
+
+def is_removal(step: Step, spec: DeviceSpec | None) -> bool:
+    """Whether a busy device makes this step wait rather than fail: taking a device away
+    (never with --force) waits for its holder for as long as it takes."""
+    return step == Step.REMOVE or (step == Step.DEACTIVATE and spec is None)
+
+
+def describe(record: DeviceRecord, decision: Decision) -> str:
+    """What `reconciler plan` says a decision will do."""
+    if isinstance(decision, Wait):
+        return f"nothing yet: {decision.reason}"
+    if decision is None:
+        if record.state == S.FAULTY:
+            return "nothing: Faulty (change the spec or run `reconciler retry`)"
+        return "nothing"
+    if decision == Step.CREATE and record.parent is not None:
+        return f"snapshot of {record.parent}"
+    return decision.value

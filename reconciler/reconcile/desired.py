@@ -1,0 +1,160 @@
+"""What should exist: every spec, from files and from the store, checked against the devices.
+
+Two sources of desired devices, one shape: spec files (parsed by `reconciler.specs`) and
+specs kept in the store by the snapshotter API (its rows say size, filesystem, parent, active
+and read-only; what a containerd kind means is the snapshotter's business, not ours). A spec
+that asks an existing device for the impossible is rejected here, and its device is left as
+it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import cast
+
+from reconciler.config import Settings
+from reconciler.specs import (
+    Defaults,
+    DeviceSpec,
+    Filesystem,
+    RejectedSpec,
+    SpecFileCache,
+    SpecSet,
+    inherit,
+    load_spec_dir,
+    load_spec_files,
+    stored_spec,
+)
+from reconciler.store import DeviceRecord, Store
+
+
+def _fs(value: str) -> Filesystem:
+    return cast(Filesystem, value)
+
+
+def load_specs(settings: Settings, store: Store, cache: SpecFileCache,
+               changed: Iterable[str] | None = None) -> SpecSet:
+    """Every desired device: the spec directory (parsed with the config's defaults) and the
+    specs the store keeps. With `changed`, only those names' files are read again; the
+    others are as the last scan left them in `cache`."""
+    defaults = Defaults(size=settings.base_image_size, filesystem=_fs(settings.fs_type))
+    if changed is None:
+        from_files = load_spec_dir(settings.specs_path, defaults, cache)
+    else:
+        from_files = load_spec_files(settings.specs_path, changed, defaults, cache)
+    stored = {
+        row.name: stored_spec(row.name, row.size_bytes, row.filesystem, row.parent,
+                              row.active, readonly=row.readonly, labels=row.labels)
+        for row in store.snapshots()
+    }
+    return SpecSet(specs={**from_files.specs, **stored}, rejected=from_files.rejected)
+
+
+def resolve_against_store(
+    spec_set: SpecSet, records: dict[str, DeviceRecord], settings: Settings
+) -> tuple[dict[str, DeviceSpec], list[RejectedSpec]]:
+    """Inherit from stored parents that have no spec; reject what cannot be done.
+
+    A spec that asks an existing device for the impossible (a new parent or filesystem, a
+    smaller size) is rejected, and the device is left as it is.
+    """
+    specs: dict[str, DeviceSpec] = {}
+    rejected = list(spec_set.rejected)
+
+    def reject(name: str, error: str) -> None:
+        path = str(settings.specs_path / f"{name}.toml")
+        rejected.append(RejectedSpec(name, path, error))
+
+    for name, spec in spec_set.specs.items():
+        own = records.get(name)
+        existing = own if own is not None and own.provisioned else None
+        if spec.parent is not None and spec.parent not in spec_set.specs:
+            parent = records.get(spec.parent)
+            if existing is not None:
+                # Already made: a snapshot no longer needs its parent.
+                spec = inherit(spec, existing.size_bytes, _fs(existing.filesystem))
+            elif parent is not None and parent.provisioned:
+                spec = inherit(spec, parent.size_bytes, _fs(parent.filesystem))
+            else:
+                reject(name, f"key 'parent': parent {spec.parent!r} does not exist "
+                       "(no spec file and no device)")
+                continue
+        problem = impossible_change(existing, spec) if existing is not None else None
+        if problem is not None:
+            reject(name, problem)
+            continue
+        specs[name] = spec
+    return specs, sorted(rejected, key=lambda r: r.name)
+
+
+def impossible_change(record: DeviceRecord, spec: DeviceSpec) -> str | None:
+    """Why an existing device cannot become what its spec now says, if it cannot."""
+    if spec.parent != record.parent:
+        return (f"key 'parent': the device exists with parent {record.parent!r}; "
+                "a device cannot change its parent (remove it and make a new one)")
+    if spec.filesystem != record.filesystem:
+        return (f"key 'filesystem': the device exists with {record.filesystem!r}; "
+                "its filesystem is never remade")
+    if spec.size < record.size_bytes:
+        return (f"key 'size': {spec.size} bytes is smaller than the device's "
+                f"{record.size_bytes}; thin devices are never shrunk")
+    return None
+
+
+def parents_first(specs: dict[str, DeviceSpec]) -> list[str]:
+    """Spec names, each after its parent (when the parent has a spec), else by name.
+
+    Iterative, so a long chain of snapshots does not run into Python's recursion limit.
+    """
+    ordered: list[str] = []
+    seen: set[str] = set()
+    for start in sorted(specs):
+        chain: list[str] = []
+        name: str | None = start
+        while name is not None and name in specs and name not in seen:
+            seen.add(name)
+            chain.append(name)
+            name = specs[name].parent
+        ordered.extend(reversed(chain))
+    return ordered
+
+
+def with_descendants(names: set[str], specs: dict[str, DeviceSpec]) -> set[str]:
+    """Names plus every spec'd descendant: a parent's change may unblock its snapshots."""
+    children: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        if spec.parent is not None:
+            children.setdefault(spec.parent, []).append(name)
+    grown = set(names)
+    todo = list(names)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in grown:
+                grown.add(child)
+                todo.append(child)
+    return grown
+
+
+def new_record(name: str, spec: DeviceSpec, now: float) -> DeviceRecord:
+    """The record of a device a spec asks for and nobody made yet."""
+    record = DeviceRecord(name=name, created_at=now, state_changed_at=now)
+    copy_spec(record, spec)
+    return record
+
+
+def copy_spec(record: DeviceRecord, spec: DeviceSpec) -> None:
+    """Everything from the spec, for a device not yet made."""
+    record.parent = spec.parent
+    record.filesystem = spec.filesystem
+    apply_spec(record, spec)
+
+
+def apply_spec(record: DeviceRecord, spec: DeviceSpec) -> None:
+    """The spec's wishes an existing device can follow (size, mode, labels, active)."""
+    if spec.size != record.size_bytes:
+        record.notice = None
+    record.size_bytes = spec.size
+    record.active = spec.active
+    record.readonly = spec.readonly
+    record.labels = dict(spec.labels)
+    record.spec_digest = spec.digest

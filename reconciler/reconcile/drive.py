@@ -1,0 +1,145 @@
+"""One device's step loop: decide, run the step, and on failure choose retry or Faulty.
+
+A failed step is never waited for inside a pass: a temporary error stores when to try again
+(`retry_at`, exponential backoff) and the pass moves on; a permanent error, or the last of
+`max_attempts` temporary ones, marks the device Faulty with the step and the count. A busy
+removal is the exception: it retries every `retry_max` for as long as it takes and never goes
+Faulty, because only the holder of the device can end it.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from reconciler.dm.errors import DeviceBusy, DmError
+from reconciler.reconcile.decide import Decision, Wait, is_removal, next_step
+from reconciler.reconcile.desired import apply_spec, new_record
+from reconciler.reconcile.pass_context import PassContext, PassResult, StepFailed, Stopped
+from reconciler.reconcile.steps import STEPS
+from reconciler.specs import DeviceSpec
+from reconciler.states import DeviceState, Step, Trigger
+from reconciler.store import DeviceRecord
+
+S = DeviceState
+log = structlog.get_logger(__name__)
+
+# A device takes at most this many steps in one pass (create, activate, mkfs, reload...).
+MAX_STEPS = 16
+WAITING_PREFIX = "waiting for parent"
+
+
+def decide(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> Decision:
+    """next_step with what this pass knows of the kernel and of the device's parent."""
+    parent = ctx.records.get(record.parent) if record.parent is not None else None
+    return next_step(record, spec, ctx.kernel(record.name), parent)
+
+
+def record_for(ctx: PassContext, name: str, spec: DeviceSpec | None) -> DeviceRecord:
+    """The device's record; a new one (saved) for a spec nobody has made yet."""
+    record = ctx.records.get(name)
+    if record is None:
+        assert spec is not None, f"{name}: no record and no spec"
+        record = new_record(name, spec, ctx.clock())
+        ctx.records[name] = record
+        ctx.store.save_device(record)
+    return record
+
+
+def drive(ctx: PassContext, name: str, spec: DeviceSpec | None, result: PassResult) -> None:
+    """Take a device as far toward its spec (None: removal) as it can go in this pass."""
+    record = record_for(ctx, name, spec)
+    spec_changed = spec is not None and record.spec_digest != spec.digest
+    if record.retry_at is not None and record.retry_at > ctx.clock() and not spec_changed:
+        result.pending[name] = record.error or "waiting to retry"
+        return
+    if spec is not None and record.state != S.FAULTY and spec_changed:
+        apply_spec(record, spec)
+        ctx.store.save_device(record)
+    for _ in range(MAX_STEPS):
+        if ctx.stop_requested():
+            raise Stopped
+        decision = decide(ctx, record, spec)
+        if isinstance(decision, Wait):
+            _wait(ctx, record, decision, result)
+            return
+        if decision is None:
+            break
+        try:
+            run_step(ctx, record, spec, decision)
+        except StepFailed as failed:
+            if record.state == S.FAULTY:
+                result.faulty[name] = record.error or str(failed)
+            else:
+                result.pending[name] = record.error or str(failed)
+            return
+    else:
+        result.pending[name] = "did not converge within one pass"
+        return
+    _settled(ctx, record, spec, result)
+
+
+def _wait(ctx: PassContext, record: DeviceRecord, wait: Wait, result: PassResult) -> None:
+    if record.error != wait.reason:
+        record.error = wait.reason
+        ctx.store.save_device(record)
+    result.pending[record.name] = wait.reason
+    log.info("device.waiting", name=record.name, reason=wait.reason, next="next pass")
+
+
+def _settled(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None,
+             result: PassResult) -> None:
+    """Nothing more to do for the device in this pass: say where it ended."""
+    if record.state == S.FAULTY:
+        result.faulty[record.name] = record.error or "Faulty"
+    elif record.state == S.REMOVED:
+        if spec is None:
+            result.removed.append(record.name)
+    else:
+        if record.error is not None and record.error.startswith(WAITING_PREFIX):
+            record.error = None
+            ctx.store.save_device(record)
+        result.converged.append(record.name)
+
+
+def run_step(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None,
+             step: Step) -> None:
+    """Run one step; on a kernel error schedule a retry or mark the device Faulty, then raise
+    StepFailed. A success clears the device's error and attempt count."""
+    try:
+        STEPS[step](ctx, record, spec)
+    except DmError as exc:
+        _failed(ctx, record, step, is_removal(step, spec), exc)
+        raise StepFailed(str(exc)) from exc
+    if record.attempts or record.retry_at is not None or (
+        record.error is not None and record.state != S.FAULTY
+    ):
+        record.attempts = 0
+        record.retry_at = None
+        record.error = None
+        ctx.store.save_device(record)
+
+
+def _failed(ctx: PassContext, record: DeviceRecord, step: Step, removal: bool,
+            exc: DmError) -> None:
+    bound = log.bind(name=record.name, step=step.value)
+    record.attempts += 1
+    busy_removal = removal and isinstance(exc, DeviceBusy)
+    if busy_removal or (exc.temporary and not ctx.policy.exhausted(record.attempts)):
+        delay = ctx.policy.delay(record.attempts)
+        record.retry_at = ctx.clock() + delay
+        prefix = "busy: held open; " if busy_removal else ""
+        budget = "" if busy_removal else f"/{ctx.policy.max_attempts}"
+        record.error = f"{prefix}{step.value}: {exc} (attempt {record.attempts}{budget})"
+        ctx.store.save_device(record)
+        bound.warning("device.step_failed", error=str(exc), errno=exc.errno_name,
+                      attempt=record.attempts, decision="temporary",
+                      next=f"retry in {delay:.2f}s")
+        return
+    reason = "permanent" if not exc.temporary else "attempts exhausted"
+    bound.error("device.step_failed", error=str(exc), errno=exc.errno_name,
+                attempt=record.attempts, decision=reason, next="marking Faulty")
+    plural = "s" if record.attempts != 1 else ""
+    ctx.machine(record.name).fire(
+        Trigger.FAIL, error=f"{step.value}: {exc} ({reason} after {record.attempts} "
+        f"attempt{plural})", step=step.value,
+    )

@@ -1,0 +1,135 @@
+"""What operators ask for (retry, gc, adopt) and what nobody owns (orphans).
+
+Requests are queued in the store by `reconciler retry/gc/adopt` and run here, in the thread
+that owns the pool, at the start of a pass. Orphans are thin ids and dm devices of our pool
+that the store does not manage: recorded for `status`, and never deleted except by an
+explicit `gc --orphans`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from reconciler.dm.errors import DmError
+from reconciler.dm.pool import parse_thin_uuid
+from reconciler.reconcile.desired import copy_spec, new_record
+from reconciler.reconcile.pass_context import PassContext
+from reconciler.reconcile.steps import remove, save_transaction_id
+from reconciler.specs import SpecSet
+from reconciler.states import DeviceState, Trigger
+from reconciler.store import OrphanRecord, RequestKind
+
+S = DeviceState
+log = structlog.get_logger(__name__)
+
+
+class RequestRefused(Exception):
+    """An operator request that cannot be done as asked; the message says why."""
+
+
+def take_requests(ctx: PassContext, load_specs: Callable[[], SpecSet]) -> None:
+    """Run every queued operator request; a refused or failed one is logged and dropped."""
+    for request in ctx.store.take_requests():
+        bound = log.bind(request=request.kind, name=request.name)
+        try:
+            kind = RequestKind(request.kind)
+        except ValueError:
+            bound.warning("request.unknown", next="dropped")
+            continue
+        try:
+            if kind == RequestKind.RETRY:
+                retry(ctx, request.name)
+            elif kind == RequestKind.GC_ORPHANS:
+                gc_orphans(ctx)
+            elif kind == RequestKind.GC_FAULTY:
+                gc_faulty(ctx)
+            elif request.arg is not None:
+                adopt(ctx, request.name, request.arg, load_specs())
+            else:
+                bound.warning("request.unknown", reason="adopt without a thin id",
+                              next="dropped")
+        except (DmError, RequestRefused) as exc:
+            bound.error("request.failed", error=str(exc), next="fix and ask again")
+
+
+def retry(ctx: PassContext, name: str) -> None:
+    """Take a Faulty device out of Faulty, back to where the pool says it is."""
+    record = ctx.records.get(name)
+    if record is None or record.state != S.FAULTY:
+        raise RequestRefused(f"{name!r} is not Faulty "
+                             f"({record.state if record else 'no such device'})")
+    log.info("request.retry", name=name)
+    ctx.machine(name).fire(Trigger.RETRY)
+
+
+def gc_orphans(ctx: PassContext) -> None:
+    """Delete thin ids the pool has and the store does not manage, unless one is in use."""
+    in_use = {d.table.device_id for d in ctx.obs.devices.values()
+              if d.table is not None and d.table.pool == ctx.obs.pool_number}
+    for thin_id in sorted(ctx.read_pool_ids() - ctx.managed_ids()):
+        if thin_id in in_use:
+            log.warning("gc.orphan_in_use", thin_id=thin_id,
+                        next="remove its dm device first; left alone")
+            continue
+        save_transaction_id(ctx, ctx.pool.delete(thin_id, ctx.ledger.transaction_id))
+        assert ctx.ledger.ids is not None
+        ctx.ledger.ids.discard(thin_id)
+        log.info("gc.orphan_deleted", thin_id=thin_id)
+
+
+def gc_faulty(ctx: PassContext) -> None:
+    """Release every Faulty device: its dm device, its thin id, its row (Removed)."""
+    for name, record in sorted(ctx.records.items()):
+        if record.state == S.FAULTY:
+            log.info("gc.faulty", name=name, thin_id=record.device_id)
+            remove(ctx, record, None)
+
+
+def adopt(ctx: PassContext, name: str, thin_id: int, spec_set: SpecSet) -> None:
+    """Make orphan thin id `thin_id` the device `name`, as its spec file describes it."""
+    spec = spec_set.specs.get(name)
+    record = ctx.records.get(name)
+    if spec is None:
+        raise RequestRefused(f"adopt {name}: write a valid {name}.toml in "
+                             f"{ctx.settings.specs_path} first")
+    if record is not None and record.state != S.REMOVED:
+        raise RequestRefused(f"adopt {name}: a device of that name exists ({record.state})")
+    if thin_id not in ctx.read_pool_ids() or thin_id in ctx.managed_ids():
+        raise RequestRefused(f"adopt {name}: thin id {thin_id} is not an orphan of the pool")
+    if record is None:
+        record = new_record(name, spec, ctx.clock())
+    else:
+        copy_spec(record, spec)
+    record.device_id = thin_id
+    record.origin_id = None
+    record.provisioned = True
+    # Its blocks are someone's data: never mkfs it, never assume its filesystem's size.
+    record.formatted = True
+    record.fs_size_bytes = 0
+    ctx.records[name] = record
+    ctx.store.save_device(record)
+    ctx.machine(name).fire(Trigger.ADOPT)
+    log.info("request.adopted", name=name, thin_id=thin_id)
+
+
+def find_orphans(ctx: PassContext) -> None:
+    """Record what our pool holds that the store does not manage; never delete it."""
+    now = ctx.clock()
+    orphans = [OrphanRecord("thin_id", str(i), i, now)
+               for i in sorted((ctx.ledger.ids or set()) - ctx.managed_ids())]
+    prefix = f"{ctx.settings.pool_name}-"
+    managed_names = {ctx.kernel_name(n) for n, r in ctx.records.items()
+                     if r.state != S.REMOVED}
+    for kname, device in sorted(ctx.obs.devices.items()):
+        ours = device.table is not None and device.table.pool == ctx.obs.pool_number
+        if (kname.startswith(prefix) or ours) and kname not in managed_names:
+            # A device we activated names its thin id in its uuid even without a table.
+            thin_id = device.table.device_id if device.table is not None \
+                else parse_thin_uuid(ctx.settings.pool_name, device.info.uuid)
+            orphans.append(OrphanRecord("device", kname, thin_id, now))
+    if orphans:
+        log.warning("pool.orphans", orphans=[o.name for o in orphans],
+                    next="left alone: `reconciler gc --orphans` or `reconciler adopt`")
+    ctx.store.replace_orphans(orphans)

@@ -1,0 +1,184 @@
+"""One pass's world: what it read (specs, records, the kernel) and what it changes.
+
+A `PassContext` lives from the start of a pass to its end. It holds references to what outlives
+the pass (settings, store, pool, the device records the Reconciler caches, the ledger of the
+pool's thin ids and transaction id) beside what is the pass's own (the kernel's view, the
+machines built from the records, the ids taken). Steps, recovery and maintenance all work on
+one; none of them keeps state of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from reconciler.config import Settings
+from reconciler.dm.driver import DmDriver
+from reconciler.dm.host import Host
+from reconciler.dm.metadata import list_thin_ids
+from reconciler.dm.pool import ThinPool, thin_device_name
+from reconciler.dm.thin import ThinDevice
+from reconciler.reconcile.observe import KernelDevice, Observation
+from reconciler.reconcile.retry import RetryPolicy
+from reconciler.specs import RejectedSpec
+from reconciler.states import DeviceMachine, DeviceState, StateChange, Trigger
+from reconciler.store import DeviceRecord, IdAllocator, Store, TransitionRecord
+
+S = DeviceState
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class PassResult:
+    """What one pass achieved."""
+
+    converged: list[str] = field(default_factory=list)
+    pending: dict[str, str] = field(default_factory=dict)
+    faulty: dict[str, str] = field(default_factory=dict)
+    rejected: list[RejectedSpec] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    # Earliest time a pending device may be tried again, and the same among devices that
+    # have attempts left (what `run --once` waits for).
+    next_retry_at: float | None = None
+    next_budgeted_retry_at: float | None = None
+    stopped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Everything converged and every spec was usable."""
+        return not (self.pending or self.faulty or self.rejected)
+
+
+class StepFailed(Exception):
+    """A step gave up on a device for now; the device is Faulty or scheduled for a retry."""
+
+
+class Stopped(Exception):
+    """A stop was requested; the pass ends between two steps."""
+
+
+@dataclass
+class PoolLedger:
+    """What we know of the pool's metadata between passes: its transaction id (which counts
+    our changes) and its thin ids (read with thin_ls, then kept current by our own changes)."""
+
+    transaction_id: int = 0
+    # None until first read.
+    ids: set[int] | None = None
+    # The pool's (transaction id, used metadata blocks) when `ids` was read.
+    seen: tuple[int, int] | None = None
+
+    def read_ids(self, host: Host, pool_name: str, metadata_device: str, client: DmDriver,
+                 obs: Observation) -> set[int]:
+        """Read the pool's thin ids now (a metadata snapshot and thin_ls)."""
+        pool = obs.pool
+        self.seen = None if pool is None else (pool.transaction_id, pool.used_metadata_blocks)
+        self.ids = list_thin_ids(host, pool_name, metadata_device, client)
+        return self.ids
+
+    def changed_since_read(self, obs: Observation) -> bool:
+        """Whether the pool's transaction id or metadata usage moved since `ids` was read."""
+        pool = obs.pool
+        now = None if pool is None else (pool.transaction_id, pool.used_metadata_blocks)
+        return self.ids is None or now != self.seen
+
+
+@dataclass
+class PassContext:
+    """Everything a pass and its steps read and change."""
+
+    settings: Settings
+    host: Host
+    store: Store
+    clock: Callable[[], float]
+    policy: RetryPolicy
+    pool: ThinPool
+    ledger: PoolLedger
+    # The Reconciler's records, by name (Removed ones included): changed in place.
+    records: dict[str, DeviceRecord]
+    obs: Observation = field(default_factory=Observation)
+    stop_requested: Callable[[], bool] = lambda: False
+    machines: dict[str, DeviceMachine] = field(default_factory=dict)
+    # Built at the pass's first allocation.
+    _ids: IdAllocator | None = field(default=None, init=False)
+
+    def kernel_name(self, name: str) -> str:
+        """The dm name of a managed device."""
+        return thin_device_name(self.settings.pool_name, name)
+
+    def kernel(self, name: str) -> KernelDevice | None:
+        """The device as this pass observed it (and kept current since)."""
+        return self.obs.device(self.kernel_name(name))
+
+    def thin(self, record: DeviceRecord) -> ThinDevice:
+        """The kernel side of a device whose thin id is allocated."""
+        assert record.device_id is not None, f"{record.name} has no thin id yet"
+        return ThinDevice(self.pool, record.name, record.device_id)
+
+    def refresh(self, record: DeviceRecord) -> None:
+        """Re-read one device after changing it (info and table; two calls)."""
+        kname = self.kernel_name(record.name)
+        seen = self.thin(record).observe()
+        if seen is None:
+            self.obs.devices.pop(kname, None)
+        else:
+            self.obs.devices[kname] = KernelDevice(info=seen[0], table=seen[1])
+
+    def forget_kernel_device(self, name: str) -> None:
+        """The pass removed this device's dm device."""
+        self.obs.devices.pop(self.kernel_name(name), None)
+
+    def machine(self, name: str) -> DeviceMachine:
+        """The machine of a device, built from its stored state once per pass."""
+        if name not in self.machines:
+            record = self.records[name]
+            self.machines[name] = DeviceMachine(
+                name, DeviceState(record.state), lambda: record.provisioned, self.persist
+            )
+        return self.machines[name]
+
+    def persist(self, change: StateChange) -> None:
+        """Write a transition (the record and its history row) before the trigger returns."""
+        record = self.records[change.name]
+        now = self.clock()
+        record.state = change.to_state.value
+        record.state_changed_at = now
+        if change.to_state == S.FAULTY:
+            record.error, record.error_step = change.error, change.step
+            record.retry_at = None
+        elif change.trigger in (Trigger.RETRY, Trigger.RECREATE):
+            record.error = record.error_step = record.retry_at = None
+            record.attempts = 0
+        with self.store.transaction():
+            self.store.save_device(record)
+            self.store.record_transition(TransitionRecord(
+                device=change.name, from_state=change.from_state.value,
+                to_state=change.to_state.value, trigger=change.trigger.value, at=now,
+                error=change.error,
+            ))
+        log.info("device.state_changed", name=change.name, **{"from": change.from_state.value},
+                 to=change.to_state.value, trigger=change.trigger.value, error=change.error)
+
+    def allocate_id(self) -> int:
+        """The lowest thin id neither a live device of ours nor the pool holds (an orphan's
+        id is never handed out; a Faulty device's stays quarantined). Kept in memory for the
+        pass, so making N devices costs O(N), not a query per device."""
+        if self._ids is None:
+            taken = {r.device_id for r in self.records.values()
+                     if r.device_id is not None and r.state != S.REMOVED}
+            self._ids = IdAllocator(taken | (self.ledger.ids or set()), self.store.max_id)
+        return self._ids.take()
+
+    def managed_ids(self) -> set[int]:
+        """Thin ids the store accounts for (provisioned, or being created)."""
+        return {r.device_id for r in self.records.values() if r.device_id is not None
+                and (r.provisioned or r.state == S.CREATING)}
+
+    def read_pool_ids(self) -> set[int]:
+        """The pool's thin ids, read now."""
+        record = self.store.pool(self.settings.pool_name)
+        assert record is not None, "the pool is brought up before any pass"
+        return self.ledger.read_ids(self.host, self.settings.pool_name,
+                                    record.metadata_device, self.pool.client, self.obs)

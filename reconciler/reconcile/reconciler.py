@@ -1,0 +1,312 @@
+"""The Reconciler: the long-lived object that runs passes, and what it keeps between them.
+
+One pass reads every spec, observes the kernel, and drives every device to its spec (see
+`drive`); the Reconciler keeps what makes the next pass cheap and correct: the pool, the
+device records (the reconcile thread is their only writer), parse caches, and the ledger of
+the pool's thin ids and transaction id. Not thread-safe: one thread owns it, its store and
+its machines.
+
+Where things are: desired state in `desired`, the decision in `decide`, the steps in `steps`,
+one device's loop in `drive`, crash recovery in `recovery`, operator requests and orphans in
+`maintenance`, the pass's world in `pass_context`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+import structlog
+
+from reconciler.config import Settings
+from reconciler.dm.driver import make_client
+from reconciler.dm.filesystem import inodes_used
+from reconciler.dm.host import Host
+from reconciler.dm.metadata import exclusive_bytes
+from reconciler.dm.pool import ThinPool, thin_device_name
+from reconciler.reconcile import maintenance, recovery
+from reconciler.reconcile.decide import describe
+from reconciler.reconcile.desired import (
+    apply_spec,
+    load_specs,
+    new_record,
+    parents_first,
+    resolve_against_store,
+    with_descendants,
+)
+from reconciler.reconcile.drive import decide, drive
+from reconciler.reconcile.observe import ParsedTargets, observe, observe_names
+from reconciler.reconcile.pass_context import PassContext, PassResult, PoolLedger, Stopped
+from reconciler.reconcile.pool_setup import prepare_pool
+from reconciler.reconcile.retry import RetryPolicy
+from reconciler.specs import DeviceSpec, RejectedSpec, SpecFileCache, SpecSet
+from reconciler.states import DeviceState
+from reconciler.store import DeviceRecord, RejectedSpecRecord, Store
+
+S = DeviceState
+log = structlog.get_logger(__name__)
+
+# Full passes re-read the pool's thin ids (thin_ls) at least this often, changed or not.
+POOL_IDS_EVERY = 10
+# A partial pass over at most this many devices observes just them (three calls each).
+TARGETED_MAX = 16
+# A full pass reuses the records the last pass left when no one else wrote the database;
+# every this many full passes it reads them again anyway (belt and braces: a resync is
+# where anything missed gets caught).
+RECORDS_REREAD_EVERY = 10
+
+
+@dataclass
+class _Desired:
+    """A pass's specs: resolved against the store, and the names any source wants."""
+
+    specs: dict[str, DeviceSpec]
+    names: frozenset[str]
+    rejected: list[RejectedSpec]
+
+
+class Reconciler:
+    """Drives every device toward its spec, one pass at a time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        host: Host,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        policy: RetryPolicy | None = None,
+        stop_requested: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.settings = settings
+        self.host = host
+        self.store = store
+        self.clock = clock
+        self.policy = policy or RetryPolicy(
+            initial=settings.retry_initial, maximum=settings.retry_max,
+            max_attempts=settings.max_attempts,
+        )
+        self.stop_requested = stop_requested
+        # The kernel boundary: libdevmapper in-process or dmsetup (dm.driver decides).
+        self.client = make_client(host, settings.dm_driver)
+        self.pool: ThinPool | None = None
+        self.records: dict[str, DeviceRecord] = {}
+        self.ledger = PoolLedger()
+        self.recovered = False
+        self._spec_cache = SpecFileCache()
+        self._parsed = ParsedTargets()
+        # Whether self.records is what the store holds (the last pass ended normally).
+        self._records_current = False
+        self._full_passes_since_read = 0
+        self._full_passes = 0
+
+    # -- what outlives a pass ----------------------------------------------------------------
+
+    def ensure_pool(self) -> ThinPool:
+        """The pool, brought up (created or adopted) on first use."""
+        if self.pool is None:
+            self.pool = prepare_pool(self.settings, self.host, self.store, self.clock(),
+                                     self.client)
+        return self.pool
+
+    def kernel_name(self, name: str) -> str:
+        """The dm name of a managed device."""
+        return thin_device_name(self.settings.pool_name, name)
+
+    def load_specs(self, changed: Iterable[str] | None = None) -> SpecSet:
+        """Every desired device, from spec files and the store (see `desired.load_specs`)."""
+        return load_specs(self.settings, self.store, self._spec_cache, changed)
+
+    def _context(self, pool: ThinPool) -> PassContext:
+        return PassContext(
+            settings=self.settings, host=self.host, store=self.store, clock=self.clock,
+            policy=self.policy, pool=pool, ledger=self.ledger, records=self.records,
+            stop_requested=self.stop_requested,
+        )
+
+    def _desired(self, spec_set: SpecSet) -> _Desired:
+        specs, rejected = resolve_against_store(spec_set, self.records, self.settings)
+        return _Desired(specs, spec_set.names, rejected)
+
+    def _read_records(self) -> None:
+        self.records.clear()
+        self.records.update((r.name, r) for r in self.store.devices(include_removed=True))
+        self._full_passes_since_read = 0
+
+    # -- a pass ------------------------------------------------------------------------------
+
+    def run_pass(self, only: Iterable[str] | None = None) -> PassResult:
+        """Read specs, observe the kernel, and drive devices as far as they can go now.
+
+        With `only`, drive just those names (and their snapshots), plus any device whose
+        retry is due: what a file event asks for, without touching the rest.
+        """
+        ctx = self._context(self.ensure_pool())
+        wanted = None if only is None else set(only)
+        desired, chosen = self._begin(ctx, wanted)
+        if not self.recovered:
+            recovery.recover(ctx)
+            self.recovered = True
+        else:
+            recovery.sync_transaction_id(ctx)
+            if wanted is None and self._pool_may_have_changed(ctx):
+                ctx.read_pool_ids()
+        maintenance.take_requests(ctx, self.load_specs)
+        if wanted is None:
+            maintenance.find_orphans(ctx)
+
+        result = PassResult(rejected=desired.rejected)
+        self.store.replace_rejected_specs(
+            RejectedSpecRecord(r.name, r.path, r.error, self.clock()) for r in desired.rejected
+        )
+        for item in desired.rejected:
+            log.warning("spec.rejected", name=item.name, path=item.path, error=item.error,
+                        next="fix the file; the device (if any) is left as it is")
+
+        # Every device, or those _begin chose; parents before their snapshots, unwanted
+        # devices last.
+        order: list[tuple[str, DeviceSpec | None]] = [
+            (n, desired.specs[n]) for n in parents_first(desired.specs)
+            if chosen is None or n in chosen]
+        unwanted = self.records if chosen is None else chosen
+        order += [(n, None) for n in sorted(unwanted) if n not in desired.names
+                  and n in self.records and self.records[n].state != S.REMOVED]
+        try:
+            for name, spec in order:
+                drive(ctx, name, spec, result)
+        except Stopped:
+            result.stopped = True
+            log.info("pass.stopped", next="exiting; every finished step is persisted")
+        self._schedule(result)
+        self._records_current = not result.stopped
+        return result
+
+    def _begin(self, ctx: PassContext, only: set[str] | None
+               ) -> tuple[_Desired, set[str] | None]:
+        """Specs, records and the kernel's view for a pass, and (a partial pass) the names
+        it drives: those asked for, their snapshots and every device whose retry is due.
+
+        A partial pass over a few names, once recovered and with no operator request
+        waiting, reuses the records the last pass left (this thread is the only writer of
+        device rows) and observes only those devices, their parents and any device whose
+        retry is due: its cost then does not grow with the number of devices.
+        """
+        few = only is not None and len(only) <= TARGETED_MAX
+        spec_set = self.load_specs(only if few else None)
+        # Checked every pass, so that "written by others" covers exactly the last pass.
+        others = self.store.written_by_others()
+        current = (self.recovered and self._records_current and not others
+                   and not self.store.has_requests())
+        targeted = current and few
+        self._full_passes_since_read += only is None
+        if not (targeted or (current and self._full_passes_since_read < RECORDS_REREAD_EVERY)):
+            self._read_records()
+        self._records_current = False
+        desired = self._desired(spec_set)
+        chosen: set[str] | None = None
+        if only is not None:
+            chosen = with_descendants(only, desired.specs)
+            now = self.clock()
+            chosen |= {n for n, r in self.records.items()
+                       if r.retry_at is not None and r.retry_at <= now}
+        if targeted and chosen is not None:
+            names = chosen | {p for n in chosen
+                              if (p := self._parent_of(n, desired.specs)) is not None}
+            if len(names) <= TARGETED_MAX:
+                ctx.obs = observe_names(ctx.pool.client, self.settings.pool_name,
+                                        [self.kernel_name(n) for n in sorted(names)])
+                return desired, chosen
+        ctx.obs = observe(ctx.pool.client, self.settings.pool_name, self._parsed)
+        return desired, chosen
+
+    def _parent_of(self, name: str, specs: dict[str, DeviceSpec]) -> str | None:
+        spec = specs.get(name)
+        if spec is not None and spec.parent is not None:
+            return spec.parent
+        record = self.records.get(name)
+        return record.parent if record is not None else None
+
+    def _pool_may_have_changed(self, ctx: PassContext) -> bool:
+        """Whether the pool's list of thin ids must be read again (a metadata snapshot and
+        thin_ls: two pool messages and a process) on this full pass: when its transaction
+        id or metadata usage moved since the last read, and every POOL_IDS_EVERY full passes
+        anyway (an id made by someone who does not move the transaction id)."""
+        self._full_passes += 1
+        return (self.ledger.changed_since_read(ctx.obs)
+                or self._full_passes % POOL_IDS_EVERY == 0)
+
+    def _schedule(self, result: PassResult) -> None:
+        for name in result.pending:
+            record = self.records.get(name)
+            if record is None or record.retry_at is None:
+                continue
+            at = record.retry_at
+            result.next_retry_at = min(at, result.next_retry_at or at)
+            if record.attempts < self.policy.max_attempts:
+                result.next_budgeted_retry_at = min(at, result.next_budgeted_retry_at or at)
+
+    # -- no devices driven -------------------------------------------------------------------
+
+    def service_requests(self) -> None:
+        """Bring the pool up, recover, and run queued operator requests; drive no device.
+
+        What `reconciler gc` and `adopt` do when no daemon is running.
+        """
+        ctx = self._context(self.ensure_pool())
+        self._begin(ctx, None)
+        if not self.recovered:
+            recovery.recover(ctx)
+            self.recovered = True
+        maintenance.take_requests(ctx, self.load_specs)
+        ctx.read_pool_ids()
+        maintenance.find_orphans(ctx)
+
+    def plan(self) -> list[tuple[str, str]]:
+        """What the next pass would do to each device, without doing anything.
+
+        Observes the kernel (read-only) and reads the store; nothing is written, and no
+        counter of the passes moves.
+        """
+        pool = self.pool or ThinPool(self.host, self.settings.pool_name, self.client)
+        if pool.client.info(self.settings.pool_name) is None:
+            return [("(pool)", f"create pool {self.settings.pool_name}")]
+        ctx = self._context(pool)
+        self._read_records()
+        self._records_current = False
+        desired = self._desired(self.load_specs())
+        ctx.obs = observe(pool.client, self.settings.pool_name, self._parsed)
+        actions = [(r.name, f"nothing: spec rejected ({r.error})") for r in desired.rejected]
+        for name in parents_first(desired.specs):
+            actions.append((name, self._describe(ctx, name, desired.specs[name])))
+        for name, record in sorted(self.records.items()):
+            if name not in desired.names and record.state != S.REMOVED:
+                actions.append((name, self._describe(ctx, name, None)))
+        return sorted(actions)
+
+    def _describe(self, ctx: PassContext, name: str, spec: DeviceSpec | None) -> str:
+        record = self.records.get(name)
+        if record is None:
+            assert spec is not None
+            record = new_record(name, spec, 0.0)
+        elif spec is not None:
+            record = replace(record)
+            apply_spec(record, spec)
+        return describe(record, decide(ctx, record, spec))
+
+    def measure(self, name: str) -> tuple[int | None, int | None]:
+        """Bytes only this device maps in the pool (thin_ls EXCLUSIVE_BYTES: what a snapshot
+        wrote beyond its origin) and inodes its filesystem uses, read now (None: unknown,
+        e.g. inodes of an inactive device)."""
+        pool = self.ensure_pool()
+        record = self.store.device(name)
+        pool_record = self.store.pool(self.settings.pool_name)
+        if record is None or record.device_id is None or not record.provisioned \
+                or pool_record is None:
+            return None, None
+        used = exclusive_bytes(self.host, self.settings.pool_name,
+                               pool_record.metadata_device, self.client)
+        kname = self.kernel_name(name)
+        inodes = None
+        if pool.client.info(kname) is not None:
+            inodes = inodes_used(self.host, f"/dev/mapper/{kname}")
+        return used.get(record.device_id), inodes

@@ -1,0 +1,286 @@
+"""One function per step: the kernel effect, bracketed by the device's persisted transitions.
+
+Each step fires the machine's "begin" trigger (the in-flight state is written), makes its
+kernel call(s), then fires the "done" trigger. Each is idempotent: a device found in an
+in-flight state (a crash, a failed attempt) runs the same step again and gets the same end.
+
+Pool metadata changes (create_thin, create_snap, delete) are the ones a crash could leave
+ambiguous, so each is written first as an intent (with the transaction id it moves the pool
+to) in the same store transaction as the device's in-flight state; `commit_pool_change`
+records the outcome. `reconcile.recovery` settles intents left by a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+
+import structlog
+
+from reconciler.dm.errors import NoData
+from reconciler.dm.filesystem import discard_blocks, grow_filesystem, make_filesystem
+from reconciler.dm.pool import PoolOp
+from reconciler.reconcile.desired import apply_spec, copy_spec
+from reconciler.reconcile.pass_context import PassContext
+from reconciler.specs import DeviceSpec
+from reconciler.states import LIVE, DeviceState, Step, Trigger
+from reconciler.store import DeviceRecord, IntentRecord
+from reconciler.units import Bytes, Sectors, to_sectors
+
+S = DeviceState
+T = Trigger
+log = structlog.get_logger(__name__)
+
+StepFunction = Callable[[PassContext, DeviceRecord, DeviceSpec | None], None]
+
+
+def _sectors(record: DeviceRecord) -> Sectors:
+    return to_sectors(Bytes(record.size_bytes))
+
+
+# -- pool metadata changes -------------------------------------------------------------------
+
+def intend(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> None:
+    """Write the change about to be made, and the transaction id it moves the pool to."""
+    assert record.device_id is not None
+    before = ctx.ledger.transaction_id
+    ctx.store.save_intent(IntentRecord(
+        device=record.name, op=op.value, thin_id=record.device_id, origin_id=record.origin_id,
+        from_txn=before, to_txn=before + 1, at=ctx.clock(),
+    ))
+
+
+def save_transaction_id(ctx: PassContext, value: int) -> None:
+    """The pool's transaction id moved to `value` (in memory and in the store)."""
+    ctx.ledger.transaction_id = value
+    record = ctx.store.pool(ctx.settings.pool_name)
+    if record is not None:
+        record.transaction_id = value
+        ctx.store.save_pool(record)
+
+
+def record_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> None:
+    """What the store learns once a pool change is known to be done."""
+    machine = ctx.machine(record.name)
+    if op == PoolOp.DELETE:
+        record.provisioned = False
+        if machine.current == S.REMOVING:
+            machine.fire(T.REMOVED)
+        else:
+            ctx.store.save_device(record)
+        return
+    record.provisioned = True
+    # Snapshots carry their parent's filesystem; devices without one need no mkfs.
+    record.formatted = record.parent is not None or record.filesystem == "none"
+    if machine.current == S.CREATING:
+        machine.fire(T.CREATED)
+    else:
+        ctx.store.save_device(record)
+
+
+def commit_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp,
+                       transaction_id: int) -> None:
+    """The pool did `op`: its new transaction id, the device's new state and the end of the
+    intent are one store transaction."""
+    assert record.device_id is not None
+    if ctx.ledger.ids is not None:
+        if op == PoolOp.DELETE:
+            ctx.ledger.ids.discard(record.device_id)
+        else:
+            ctx.ledger.ids.add(record.device_id)
+    with ctx.store.transaction():
+        save_transaction_id(ctx, transaction_id)
+        ctx.store.drop_intent(record.name)
+        record_pool_change(ctx, record, op)
+
+
+# -- steps -----------------------------------------------------------------------------------
+
+def create(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """Provision a thin id: empty, or a snapshot of the parent's."""
+    del spec
+    machine = ctx.machine(record.name)
+    first = machine.current == S.UNKNOWN
+    if first:
+        record.device_id = ctx.allocate_id()
+        if record.parent is not None:
+            parent = ctx.records[record.parent]
+            record.origin_id = parent.device_id
+            record.fs_size_bytes = parent.fs_size_bytes
+    op = PoolOp.CREATE_SNAP if record.origin_id is not None else PoolOp.CREATE_THIN
+    if first:
+        with ctx.store.transaction():
+            machine.fire(T.CREATE)  # the id, with state Creating...
+            intend(ctx, record, op)  # ...and the change, together
+    else:
+        # A retry: the intent is written anew, as the pool may have moved on meanwhile.
+        intend(ctx, record, op)
+    assert record.device_id is not None
+    before = ctx.ledger.transaction_id
+    if record.origin_id is not None and record.parent is not None:
+        with _origin_suspended(ctx, record.parent):
+            after = ctx.pool.create_snap(record.device_id, record.origin_id, before)
+    else:
+        after = ctx.pool.create_thin(record.device_id, before)
+    commit_pool_change(ctx, record, op, after)
+
+
+@contextmanager
+def _origin_suspended(ctx: PassContext, parent_name: str) -> Iterator[None]:
+    """Suspend an active origin around create_snap, as dm-thin's documentation asks: the
+    kernel does not refuse an unsuspended one (captured), but the snapshot would then miss
+    writes still in flight and a mounted filesystem would not be frozen first."""
+    parent = ctx.records[parent_name]
+    if parent.state not in LIVE or ctx.kernel(parent_name) is None:
+        yield
+        return
+    machine = ctx.machine(parent_name)
+    thin = ctx.thin(parent)
+    machine.fire(T.SUSPEND)
+    thin.suspend()
+    machine.fire(T.SUSPENDED)
+    try:
+        yield
+    finally:
+        machine.fire(T.RESUME)
+        thin.resume()
+        machine.fire(T.RESUMED)
+
+
+def activate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """Map the thin id as a dm device (adopting it if the kernel already maps it so)."""
+    del spec
+    machine = ctx.machine(record.name)
+    if machine.current in (S.CREATED, S.DEACTIVATED):
+        machine.fire(T.ACTIVATE)
+    # mkfs needs a writable device: a read-only one is made read-only after its mkfs.
+    readonly = record.readonly and record.formatted
+    ctx.thin(record).activate(_sectors(record), readonly, ctx.obs.pool_number)
+    ctx.refresh(record)
+    machine.fire(T.ACTIVATED)
+
+
+def make_fs(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """mkfs, once in a device's life."""
+    del spec
+    make_filesystem(ctx.host, record.filesystem, ctx.thin(record).path, ctx.settings.fs_options)
+    record.formatted = True
+    record.fs_size_bytes = record.size_bytes
+    ctx.store.save_device(record)
+    log.info("device.formatted", name=record.name, filesystem=record.filesystem)
+
+
+def grow_fs(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """Grow an unmounted filesystem to the device; one that cannot be grown offline (xfs)
+    gets a notice saying how."""
+    del spec
+    if grow_filesystem(ctx.host, record.filesystem, ctx.thin(record).path):
+        record.fs_size_bytes = record.size_bytes
+        log.info("device.filesystem_grown", name=record.name, size_bytes=record.size_bytes)
+    else:
+        record.notice = (f"the {record.filesystem} filesystem still has "
+                         f"{record.fs_size_bytes} bytes: grow it while mounted "
+                         "(xfs_growfs MOUNTPOINT)")
+        log.warning("device.filesystem_not_grown", name=record.name, notice=record.notice)
+    ctx.store.save_device(record)
+
+
+def reload(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """Swap in the table the record wants (read-only flag, length) via suspend/resume."""
+    del spec
+    machine = ctx.machine(record.name)
+    thin = ctx.thin(record)
+    kernel = ctx.kernel(record.name)
+    if kernel is not None and kernel.table is not None and record.fs_size_bytes and \
+            kernel.info.open_count > 0 and kernel.table.length < _sectors(record):
+        record.notice = ("grown while open: grow its filesystem where it is mounted "
+                         "(resize2fs DEVICE or xfs_growfs MOUNTPOINT)")
+    if machine.current in LIVE:
+        machine.fire(T.SUSPEND)
+    if machine.current == S.SUSPENDING:
+        thin.suspend()
+        machine.fire(T.SUSPENDED)
+    if machine.current == S.SUSPENDED:
+        thin.load(_sectors(record), record.readonly)
+        machine.fire(T.RESUME)
+    thin.resume()
+    ctx.refresh(record)
+    machine.fire(T.RESUMED)
+
+
+def deactivate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """Remove the dm device; on the way to deletion (no spec), first discard its blocks if
+    the config asks (only a writable live device can be discarded)."""
+    machine = ctx.machine(record.name)
+    if machine.current in LIVE:
+        machine.fire(T.DEACTIVATE)
+    thin = ctx.thin(record)
+    kernel = ctx.kernel(record.name)
+    if spec is None and ctx.settings.discard_blocks and kernel is not None \
+            and not kernel.info.readonly:
+        discard_blocks(ctx.host, thin.path)
+    thin.remove()
+    ctx.forget_kernel_device(record.name)
+    machine.fire(T.DEACTIVATED)
+
+
+def remove(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """Delete the device: its dm device if any, then its thin id and blocks."""
+    del spec
+    machine = ctx.machine(record.name)
+    if machine.current != S.REMOVING:
+        machine.fire(T.REMOVE)
+    if record.device_id is not None and ctx.kernel(record.name) is not None:
+        ctx.thin(record).remove()
+        ctx.forget_kernel_device(record.name)
+    if not record.provisioned or record.device_id is None:
+        machine.fire(T.REMOVED)
+        return
+    intend(ctx, record, PoolOp.DELETE)
+    before = ctx.ledger.transaction_id
+    after = before
+    with suppress(NoData):  # the pool no longer has the id: what this step wanted
+        after = ctx.pool.delete(record.device_id, before)
+    commit_pool_change(ctx, record, PoolOp.DELETE, after)
+
+
+def vanished(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """The kernel lost a live device (removed behind our back, a reboot): note it."""
+    del spec
+    ctx.machine(record.name).fire(T.VANISHED)
+
+
+def recreate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """A removed name whose spec came back: a new life under the same name."""
+    assert spec is not None
+    copy_spec(record, spec)
+    record.device_id = None
+    record.origin_id = None
+    record.formatted = False
+    record.fs_size_bytes = 0
+    record.notice = None
+    ctx.machine(record.name).fire(T.RECREATE)
+
+
+def retry(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """A Faulty device whose spec changed: take the new spec and try again."""
+    assert spec is not None
+    if record.provisioned:
+        apply_spec(record, spec)
+    else:
+        copy_spec(record, spec)
+    ctx.machine(record.name).fire(T.RETRY)
+
+
+STEPS: dict[Step, StepFunction] = {
+    Step.CREATE: create,
+    Step.ACTIVATE: activate,
+    Step.MKFS: make_fs,
+    Step.RELOAD: reload,
+    Step.GROW_FS: grow_fs,
+    Step.DEACTIVATE: deactivate,
+    Step.REMOVE: remove,
+    Step.VANISHED: vanished,
+    Step.RECREATE: recreate,
+    Step.RETRY: retry,
+}
