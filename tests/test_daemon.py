@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +160,55 @@ def test_stop_ends_a_pass_between_steps(fake_world: World) -> None:
     result = reconciler.run_pass()
     assert result.stopped
     assert state(fake_world, "a") == "Created"
+
+
+def test_an_api_call_waiting_for_a_retry_is_parked_while_the_loop_serves_others(
+    fake_world: World, daemon: Daemon
+) -> None:
+    """A Prepare whose create_thin fails once (EBUSY) is answered after the retry's pass; the
+    reconcile thread never sleeps meanwhile and answers a Stat in between."""
+    kname = f"{fake_world.pool}-snap-1"
+    fake_world.host.fail_next(  # type: ignore[attr-defined]
+        ("dmsetup", "message", fake_world.pool, "0", "create_thin"), 1,
+        "device-mapper: message ioctl on X  failed: Device or resource busy\n"
+        "Command failed.\n")
+    answers: dict[str, Any] = {}
+
+    def ask(label: str, call: Any) -> threading.Thread:
+        def run() -> None:
+            try:
+                answers[label] = daemon.run_on_loop(call)
+            except Exception as exc:  # the test reads it
+                answers[label] = exc
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    prepare = ask("prepare", lambda s: s.prepare("default/1/k"))
+    _step_until(daemon, lambda: bool(daemon._parked))
+    assert "prepare" not in answers, "parked until the device settles"
+    assert state(fake_world, "snap-1") == "Creating"
+
+    stat = ask("stat", lambda s: s.stat("default/1/k"))
+    _step_until(daemon, lambda: "stat" in answers)
+    stat.join(timeout=5)
+    assert answers["stat"].name == "default/1/k"
+    assert "prepare" not in answers
+
+    device = daemon.store.device("snap-1")
+    assert device is not None and device.retry_at is not None
+    fake_world.clock.now = device.retry_at
+    daemon.step(timeout=0)
+    prepare.join(timeout=5)
+    (mount,) = answers["prepare"]
+    assert mount.source == f"/dev/mapper/{kname}"
+    assert state(fake_world, "snap-1") == "Activated"
+    assert fake_world.clock.slept == [], "the reconcile thread never slept"
+    assert daemon._parked == []
+
+
+def _step_until(daemon: Daemon, done: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        daemon.step(timeout=0.05)

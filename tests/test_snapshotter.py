@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from reconciler.dm.client import DmClient
 from reconciler.dm.fake import FakeKernel
 from reconciler.snapshots import (
     AlreadyExists,
@@ -19,6 +20,7 @@ from reconciler.snapshots import (
     Unavailable,
 )
 from reconciler.specs import Defaults, SpecError, parse_spec
+from reconciler.store import SnapshotRecord
 from reconciler.units import Bytes
 from tests.conftest import World, make_settings
 
@@ -230,3 +232,24 @@ def test_spec_files_and_snapshots_share_status(fake_world: World) -> None:
     assert devices["snap-1"]["snapshot"]["key"] == "ns/1/key"
     assert devices["snap-1"]["snapshot"]["kind"] == "active"
     assert devices["snap-1"]["state"] == "Activated"
+
+
+def test_the_device_follows_the_stored_wishes_not_the_kind(fake_world: World) -> None:
+    """Reconcile reads a stored snapshot's active and read-only fields as its spec; what a
+    containerd kind means is decided by the snapshotter alone (here a "committed" row asks
+    for a writable live device, and gets one)."""
+    assert fake_world.store is not None
+    fake_world.store.save_snapshot(SnapshotRecord(
+        name="snap-1", seq=1, key="k", kind="committed", size_bytes=64 << 20,
+        filesystem="none", active=True, readonly=False))
+    assert fake_world.run_pass().ok
+    info = DmClient(fake_world.host).info(f"{fake_world.pool}-snap-1")
+    assert info is not None and not info.readonly
+    record = fake_world.store.snapshot("snap-1")
+    assert record is not None
+    record.active = False
+    fake_world.store.save_snapshot(record)
+    assert fake_world.run_pass().ok
+    assert fake_world.kernel_names() == set()
+    device = fake_world.store.device("snap-1")
+    assert device is not None and device.state == "Deactivated"

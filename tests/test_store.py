@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,40 @@ def test_removed_devices_are_history_not_inventory(store: Store) -> None:
     assert [d.name for d in store.devices()] == ["here"]
     assert [d.name for d in store.devices(include_removed=True)] == ["gone", "here"]
     assert store.device("gone") is not None
+
+
+OLD_SNAPSHOTS = """CREATE TABLE snapshots (
+    name VARCHAR(255) NOT NULL PRIMARY KEY, seq INTEGER NOT NULL, key TEXT NOT NULL,
+    kind VARCHAR(255) NOT NULL, parent_key TEXT, parent VARCHAR(255),
+    labels TEXT NOT NULL, size_bytes BIGINT NOT NULL, filesystem VARCHAR(255) NOT NULL,
+    exposed INTEGER NOT NULL, removal VARCHAR(255), base_inodes BIGINT NOT NULL,
+    used_bytes BIGINT NOT NULL, used_inodes BIGINT NOT NULL, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL, removed_at REAL)"""
+
+
+def test_snapshots_of_an_older_database_get_their_device_wishes(tmp_path: Path) -> None:
+    """A database from before the snapshotter stored active/read-only is migrated once,
+    with the rule that version used: nothing it kept active is deactivated, or the reverse."""
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(OLD_SNAPSHOTS)
+        for seq, kind, exposed, removal in [(1, "active", 0, None), (2, "view", 0, None),
+                                            (3, "committed", 0, None),
+                                            (4, "committed", 1, None),
+                                            (5, "active", 0, "pending")]:
+            db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, NULL, NULL, '{}', 1024, "
+                       "'ext4', ?, ?, 0, 0, 0, 1.0, 1.0, NULL)",
+                       (f"snap-{seq}", seq, f"k{seq}", kind, exposed, removal))
+    store = Store(path, lambda: 2.0)
+    wishes = {s.name: (s.active, s.readonly) for s in store.snapshots()}
+    assert wishes == {
+        "snap-1": (True, False),  # active: a writable live device
+        "snap-2": (True, True),  # view: read-only
+        "snap-3": (False, True),  # committed: rests
+        "snap-4": (True, True),  # committed, mounts asked for: read-only
+        "snap-5": (False, False),  # removed, waiting for Cleanup: rests
+    }
+    store.close()
+    reopened = Store(path, lambda: 3.0)  # the migration runs once
+    assert {s.name: (s.active, s.readonly) for s in reopened.snapshots()} == wishes
+    reopened.close()

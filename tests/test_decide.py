@@ -1,0 +1,211 @@
+"""decide.next_step, rule by rule: record + spec + kernel + parent -> step, without a kernel."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from reconciler.dm.types import DeviceInfo, ThinTable
+from reconciler.reconcile.decide import (
+    Decision,
+    Wait,
+    describe,
+    fs_needs_growing,
+    is_removal,
+    next_step,
+)
+from reconciler.reconcile.observe import KernelDevice
+from reconciler.specs import DeviceSpec
+from reconciler.states import IN_FLIGHT, RESUMES, DeviceState, Step
+from reconciler.store import DeviceRecord
+from reconciler.units import Bytes, Sectors
+
+S = DeviceState
+MIB = 1 << 20
+SIZE = 64 * MIB
+SECTORS = Sectors(SIZE // 512)
+
+
+def spec(**changes: object) -> DeviceSpec:
+    """The spec the record below was made from, with `changes`."""
+    base = DeviceSpec(name="d", size=Bytes(SIZE), filesystem="ext4", digest="v1")
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def record(state: DeviceState, **changes: object) -> DeviceRecord:
+    """A provisioned, formatted, active, writable ext4 device of SIZE in `state`."""
+    base = DeviceRecord(name="d", state=state.value, device_id=3, size_bytes=SIZE,
+                        filesystem="ext4", provisioned=True, formatted=True,
+                        fs_size_bytes=SIZE, spec_digest="v1")
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def kernel(readonly: bool = False, length: Sectors = SECTORS, open_count: int = 0,
+           table: bool = True) -> KernelDevice:
+    """The device as the kernel maps it."""
+    info = DeviceInfo(name="pool-d", uuid="RECONCILER-v1-pool-3", major=254, minor=5,
+                      live_table=True, inactive_table=False, suspended=False,
+                      readonly=readonly, open_count=open_count, segments=1, events=0)
+    return KernelDevice(info=info, table=ThinTable(length, "254:0", 3) if table else None)
+
+
+PARENT = DeviceRecord(name="p", state=S.DEACTIVATED.value, device_id=1, size_bytes=SIZE,
+                      filesystem="ext4", provisioned=True, formatted=True)
+
+# (rule, record, spec, kernel, parent, expected decision)
+RULES: list[tuple[str, DeviceRecord, DeviceSpec | None, KernelDevice | None,
+                  DeviceRecord | None, Decision]] = [
+    # Unwanted devices (no spec): taken away, live ones deactivated first.
+    ("unwanted live device is deactivated", record(S.ACTIVATED), None, kernel(), None,
+     Step.DEACTIVATE),
+    ("unwanted resumed device is deactivated", record(S.RESUMED), None, kernel(), None,
+     Step.DEACTIVATE),
+    ("unwanted inactive device is removed", record(S.DEACTIVATED), None, None, None,
+     Step.REMOVE),
+    ("unwanted created device is removed", record(S.CREATED), None, None, None, Step.REMOVE),
+    ("unwanted never-made device is removed", record(S.UNKNOWN, provisioned=False), None,
+     None, None, Step.REMOVE),
+    ("unwanted Faulty device is removed", record(S.FAULTY), None, None, None, Step.REMOVE),
+    ("a removed device stays removed", record(S.REMOVED, provisioned=False), None, None,
+     None, None),
+    # The kernel lost a live device.
+    ("a live device the kernel lost has vanished", record(S.ACTIVATED), spec(), None, None,
+     Step.VANISHED),
+    ("an unwanted live device the kernel lost has vanished", record(S.RESUMED), None, None,
+     None, Step.VANISHED),
+    # Lives begin and end.
+    ("a removed name whose spec came back is recreated", record(S.REMOVED), spec(), None,
+     None, Step.RECREATE),
+    ("a new device is created", record(S.UNKNOWN, provisioned=False, device_id=None), spec(),
+     None, None, Step.CREATE),
+    # Faulty: left alone until the spec changes.
+    ("a Faulty device with the same spec is left alone", record(S.FAULTY), spec(), None, None,
+     None),
+    ("a Faulty device whose spec changed is retried", record(S.FAULTY), spec(digest="v2"),
+     None, None, Step.RETRY),
+    # Snapshots wait for their parent.
+    ("a snapshot waits for a parent with no record",
+     record(S.UNKNOWN, parent="p", provisioned=False), spec(parent="p"), None, None,
+     Wait("waiting for parent 'p' (not created yet)")),
+    ("a snapshot waits for a parent being created",
+     record(S.UNKNOWN, parent="p", provisioned=False), spec(parent="p"), None,
+     replace(PARENT, state=S.CREATING.value, provisioned=False),
+     Wait("waiting for parent 'p' (Creating)")),
+    ("a snapshot waits for a parent in a reload",
+     record(S.UNKNOWN, parent="p", provisioned=False), spec(parent="p"), None,
+     replace(PARENT, state=S.SUSPENDED.value), Wait("waiting for parent 'p' (Suspended)")),
+    ("a snapshot waits for a Faulty parent",
+     record(S.UNKNOWN, parent="p", provisioned=False), spec(parent="p"), None,
+     replace(PARENT, state=S.FAULTY.value), Wait("waiting for parent 'p' (Faulty)")),
+    ("a snapshot waits for its parent's mkfs",
+     record(S.UNKNOWN, parent="p", provisioned=False), spec(parent="p"), None,
+     replace(PARENT, formatted=False),
+     Wait("waiting for parent 'p' to get its filesystem")),
+    ("a snapshot of a resting formatted parent is created",
+     record(S.UNKNOWN, parent="p", provisioned=False), spec(parent="p"), None, PARENT,
+     Step.CREATE),
+    ("a snapshot of a live parent is created",
+     record(S.UNKNOWN, parent="p", provisioned=False), spec(parent="p"), None,
+     replace(PARENT, state=S.RESUMED.value), Step.CREATE),
+    # Created / Deactivated: activate when wanted, or once for mkfs, or to take it back.
+    ("a created device wanted active is activated", record(S.CREATED), spec(), None, None,
+     Step.ACTIVATE),
+    ("a deactivated device wanted active is activated", record(S.DEACTIVATED), spec(), None,
+     None, Step.ACTIVATE),
+    ("an unformatted device wanted inactive is activated for its mkfs",
+     record(S.CREATED, formatted=False), spec(active=False), None, None, Step.ACTIVATE),
+    ("a formatted device wanted inactive rests", record(S.DEACTIVATED),
+     spec(active=False), None, None, None),
+    ("an inactive device the kernel still maps is taken back by activating",
+     record(S.DEACTIVATED), spec(active=False), kernel(), None, Step.ACTIVATE),
+    # Live: mkfs once, deactivate, reload, grow the filesystem.
+    ("a live unformatted device gets its mkfs", record(S.ACTIVATED, formatted=False),
+     spec(), kernel(), None, Step.MKFS),
+    ("mkfs comes before deactivation", record(S.ACTIVATED, formatted=False),
+     spec(active=False), kernel(), None, Step.MKFS),
+    ("a live device wanted inactive is deactivated", record(S.ACTIVATED),
+     spec(active=False), kernel(), None, Step.DEACTIVATE),
+    ("a device wanted read-only but mapped writable is reloaded",
+     record(S.ACTIVATED, readonly=True), spec(readonly=True), kernel(readonly=False), None,
+     Step.RELOAD),
+    ("a device wanted writable but mapped read-only is reloaded", record(S.RESUMED),
+     spec(), kernel(readonly=True), None, Step.RELOAD),
+    ("a grown device whose table is shorter is reloaded",
+     record(S.ACTIVATED, size_bytes=2 * SIZE), spec(size=Bytes(2 * SIZE)), kernel(), None,
+     Step.RELOAD),
+    ("a device whose table is unreadable is not reloaded for its length", record(S.ACTIVATED),
+     spec(), kernel(table=False), None, None),
+    ("a grown unmounted filesystem is grown", record(S.RESUMED, size_bytes=2 * SIZE),
+     spec(size=Bytes(2 * SIZE)), kernel(length=Sectors(2 * SECTORS)), None, Step.GROW_FS),
+    ("a device at its spec needs nothing", record(S.ACTIVATED), spec(), kernel(), None, None),
+    ("a resumed device at its spec needs nothing", record(S.RESUMED), spec(), kernel(), None,
+     None),
+]
+
+
+@pytest.mark.parametrize(("rule", "rec", "wanted", "mapped", "parent", "expected"), RULES,
+                         ids=[r[0] for r in RULES])
+def test_each_rule_names_its_step(rule: str, rec: DeviceRecord, wanted: DeviceSpec | None,
+                                  mapped: KernelDevice | None, parent: DeviceRecord | None,
+                                  expected: Decision) -> None:
+    """Every rule of next_step, one row each: the inputs and the step it names."""
+    del rule
+    assert next_step(rec, wanted, mapped, parent) == expected
+
+
+@pytest.mark.parametrize("state", sorted(IN_FLIGHT))
+@pytest.mark.parametrize("wanted", [spec(), None], ids=["wanted", "unwanted"])
+def test_an_in_flight_state_resumes_its_step_whatever_the_spec_or_kernel(
+    state: DeviceState, wanted: DeviceSpec | None
+) -> None:
+    """A step left in flight (crash, failed attempt) runs again before anything else."""
+    for mapped in (kernel(), None):
+        assert next_step(record(state), wanted, mapped, None) == RESUMES[state]
+
+
+@pytest.mark.parametrize(("changes", "mapped", "grows"), [
+    ({}, kernel(), True),
+    ({"filesystem": "none"}, kernel(), False),  # nothing to grow
+    ({"fs_size_bytes": 0}, kernel(), False),  # not made by us (adopted): size unknown
+    ({"fs_size_bytes": 2 * SIZE}, kernel(), False),  # already grown
+    ({}, kernel(open_count=1), False),  # mounted: the operator grows it where it is
+    ({}, kernel(readonly=True), False),
+    ({"notice": "grow it while mounted"}, kernel(), False),  # tried once, xfs cannot
+])
+def test_a_filesystem_is_grown_only_when_ours_unmounted_and_not_tried(
+    changes: dict[str, object], mapped: KernelDevice, grows: bool
+) -> None:
+    """fs_needs_growing: our filesystem, smaller than the device, unmounted, writable."""
+    rec = record(S.RESUMED, size_bytes=2 * SIZE, fs_size_bytes=SIZE)
+    assert fs_needs_growing(replace(rec, **changes), mapped) is grows  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("step", "wanted", "removal"), [
+    (Step.REMOVE, None, True),
+    (Step.REMOVE, spec(), True),  # gc --faulty removes a device that still has a spec
+    (Step.DEACTIVATE, None, True),
+    (Step.DEACTIVATE, spec(active=False), False),  # deactivation the spec asked for
+    (Step.CREATE, spec(), False),
+    (Step.RELOAD, None, False),
+])
+def test_only_taking_a_device_away_waits_for_a_busy_device(
+    step: Step, wanted: DeviceSpec | None, removal: bool
+) -> None:
+    """is_removal: a busy removal waits for its holder instead of going Faulty."""
+    assert is_removal(step, wanted) is removal
+
+
+@pytest.mark.parametrize(("rec", "decision", "text"), [
+    (record(S.UNKNOWN), Step.CREATE, "create"),
+    (record(S.UNKNOWN, parent="p"), Step.CREATE, "snapshot of p"),
+    (record(S.ACTIVATED), Step.GROW_FS, "grow filesystem"),
+    (record(S.ACTIVATED), None, "nothing"),
+    (record(S.FAULTY), None, "nothing: Faulty (change the spec or run `reconciler retry`)"),
+    (record(S.UNKNOWN), Wait("waiting for parent 'p' (Creating)"),
+     "nothing yet: waiting for parent 'p' (Creating)"),
+])
+def test_plan_describes_each_decision(rec: DeviceRecord, decision: Decision,
+                                      text: str) -> None:
+    """describe: what `reconciler plan` prints for a decision."""
+    assert describe(rec, decision) == text
