@@ -74,11 +74,6 @@ def to_sectors(size: Bytes) -> Sectors:
     return Sectors(size // SECTOR_SIZE)
 
 
-def to_bytes(sectors: Sectors) -> Bytes:
-    """Sectors to bytes."""
-    return Bytes(sectors * SECTOR_SIZE)
-
-
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 

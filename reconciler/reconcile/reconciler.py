@@ -21,9 +21,7 @@ import structlog
 
 from reconciler.config import Settings
 from reconciler.dm.driver import make_client
-from reconciler.dm.filesystem import inodes_used
 from reconciler.dm.host import Host
-from reconciler.dm.metadata import exclusive_bytes
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.reconcile import maintenance, recovery
 from reconciler.reconcile.decide import describe
@@ -292,21 +290,3 @@ class Reconciler:
             record = replace(record)
             apply_spec(record, spec)
         return describe(record, decide(ctx, record, spec))
-
-    def measure(self, name: str) -> tuple[int | None, int | None]:
-        """Bytes only this device maps in the pool (thin_ls EXCLUSIVE_BYTES: what a snapshot
-        wrote beyond its origin) and inodes its filesystem uses, read now (None: unknown,
-        e.g. inodes of an inactive device)."""
-        pool = self.ensure_pool()
-        record = self.store.device(name)
-        pool_record = self.store.pool(self.settings.pool_name)
-        if record is None or record.device_id is None or not record.provisioned \
-                or pool_record is None:
-            return None, None
-        used = exclusive_bytes(self.host, self.settings.pool_name,
-                               pool_record.metadata_device, self.client)
-        kname = self.kernel_name(name)
-        inodes = None
-        if pool.client.info(kname) is not None:
-            inodes = inodes_used(self.host, f"/dev/mapper/{kname}")
-        return used.get(record.device_id), inodes

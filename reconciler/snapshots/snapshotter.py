@@ -22,6 +22,9 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from reconciler.config import Settings
+from reconciler.dm.filesystem import inodes_used
+from reconciler.dm.metadata import exclusive_bytes
+from reconciler.dm.thin import ThinDevice
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots.filters import Matcher
 from reconciler.snapshots.model import (
@@ -207,8 +210,26 @@ class Snapshotter:
         record = self._live(key)
         if record.kind == Kind.COMMITTED:
             return Usage(size=record.used_bytes, inodes=record.used_inodes)
-        used_bytes, inodes = self.engine.measure(record.name)
+        used_bytes, inodes = self._measure(record.name)
         return Usage(size=used_bytes or 0, inodes=max(0, (inodes or 0) - record.base_inodes))
+
+    def _measure(self, name: str) -> tuple[int | None, int | None]:
+        """Bytes only this snapshot's device maps in the pool (thin_ls EXCLUSIVE_BYTES: what
+        it wrote beyond its origin) and inodes its filesystem uses, read now (None: unknown,
+        e.g. inodes of an inactive device)."""
+        pool = self.engine.ensure_pool()
+        device = self.store.device(name)
+        pool_record = self.store.pool(self.settings.pool_name)
+        if device is None or device.device_id is None or not device.provisioned \
+                or pool_record is None:
+            return None, None
+        used = exclusive_bytes(self.engine.host, pool.name, pool_record.metadata_device,
+                               pool.client)
+        thin = ThinDevice(pool, name, device.device_id)
+        inodes = None
+        if pool.client.info(thin.kernel_name) is not None:
+            inodes = inodes_used(self.engine.host, thin.path)
+        return used.get(device.device_id), inodes
 
     def mounts(self, key: str) -> list[Mount]:
         """How to mount a snapshot. A committed one is activated read-only on demand."""
@@ -308,7 +329,7 @@ class Snapshotter:
         if self.store.snapshot_by_key(name) is not None:
             raise AlreadyExists(f"snapshot {name!r} already exists")
         checked = _check_labels(labels)
-        used_bytes, inodes = self.engine.measure(record.name)
+        used_bytes, inodes = self._measure(record.name)
         record.used_bytes = used_bytes or 0
         record.used_inodes = max(0, (inodes or 0) - record.base_inodes)
         record.key = name
