@@ -3,11 +3,11 @@ for the data path, on the real one."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 
-from reconciler.dm.fake import FakeKernel
 from reconciler.snapshots import (
     AlreadyExists,
     FailedPrecondition,
@@ -19,6 +19,7 @@ from reconciler.snapshots import (
     Unavailable,
 )
 from reconciler.specs import Defaults, SpecError, parse_spec
+from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.units import Bytes
 from tests.conftest import World, make_settings
 
@@ -199,9 +200,7 @@ def test_full_pool_is_unavailable_and_leaves_nothing(fake_world: World) -> None:
     kernel = fake_world.host
     assert isinstance(kernel, FakeKernel)
     snaps.prepare("first")
-    kernel.fail_next(("dmsetup", "message"), 1,
-                     "device-mapper: message ioctl on rtpool  failed: "
-                     "No space left on device\nCommand failed.\n")
+    kernel.faults.fail(Op.MESSAGE, fake_world.pool, errno=errno.ENOSPC, verb="create_thin")
     with pytest.raises(Unavailable, match="No space left"):
         snaps.prepare("second")
     with pytest.raises(NotFound):
