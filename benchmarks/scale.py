@@ -35,10 +35,10 @@ from reconciler.config import Settings, settings_from_mapping
 from reconciler.daemon.service import Daemon, settle_heap
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.crash import call_kind
-from reconciler.dm.fake import FakeKernel
 from reconciler.dm.host import Completed
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.store import Store
+from reconciler.testing.fakekernel import FakeKernel
 
 MUTATING = ("dmsetup create", "dmsetup remove", "dmsetup message", "dmsetup load",
             "dmsetup suspend", "dmsetup resume", "mkfs")
@@ -153,7 +153,7 @@ def our_heap_mb(settings: Settings, kernel: TimedKernel) -> float:
     engine.run_pass()
     snapshot = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    ours = snapshot.filter_traces([tracemalloc.Filter(False, "*/reconciler/dm/fake.py"),
+    ours = snapshot.filter_traces([tracemalloc.Filter(False, "*/reconciler/testing/fakekernel/*"),
                                    tracemalloc.Filter(False, __file__)])
     store.close()
     return sum(stat.size for stat in ours.statistics("filename")) / (1 << 20)

@@ -1,7 +1,9 @@
 """Shared fixtures: a World is a config, a spec directory, a store and a kernel (fake or real).
 
 Tests that take `world` run twice: on the in-memory FakeKernel (unit tier) and, marked
-`kernel`, on the real kernel (the VM tier, `scripts/test`). The real world uses its own pool
+`kernel`, on the real kernel (the VM tier, `scripts/test`). Tests that take `fake_world` run on
+the FakeKernel once per driver: dmsetup's argv and libdevmapper (LibdmClient over the fake's
+libdevmapper). The real world uses its own pool
 name and loop files under the test's tmp dir, and tears everything down afterwards.
 """
 
@@ -76,9 +78,13 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> No
 
 def fake_kernel() -> Host:
     """A fresh FakeKernel (imported here so that tests without one load without it)."""
-    from reconciler.dm.fake import FakeKernel
+    from reconciler.testing.fakekernel import FakeKernel
 
     return FakeKernel()
+
+
+# The fake kernel answers both drivers (its dmsetup and its libdevmapper reach one model).
+DRIVERS = ("dmsetup", "libdevmapper")
 
 
 class FakeClock:
@@ -164,13 +170,16 @@ class World:
 
 
 def make_settings(root: Path, pool: str, **extra: object) -> Settings:
-    """Small pools for tests: 256MiB of data, 8MiB of metadata, 64MiB devices."""
+    """Small pools for tests: 256MiB of data, 8MiB of metadata, 64MiB devices; the dmsetup
+    driver unless `dm_driver` says otherwise, because tests that count kernel calls or crash
+    at one count dmsetup's argv (a libdevmapper call is no argv)."""
     raw: dict[str, object] = {
         "root_path": str(root / "state"),
         "pool_name": pool,
         "loopback_data_size": "256MiB",
         "loopback_metadata_size": "8MiB",
         "base_image_size": "64MiB",
+        "dm_driver": "dmsetup",
         **extra,
     }
     return settings_from_mapping(raw)
@@ -189,10 +198,12 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         created.teardown()
 
 
-@pytest.fixture
-def fake_world(tmp_path: Path) -> Iterator[World]:
-    """A world on the fake kernel only, for rules the real kernel cannot be made to show."""
-    created = World(host=fake_kernel(), settings=make_settings(tmp_path, "rtpool"), real=False)
+@pytest.fixture(params=DRIVERS)
+def fake_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    """A world on the fake kernel only, for rules the real kernel cannot be made to show; once
+    driven through dmsetup's argv, once through libdevmapper (LibdmClient)."""
+    settings = make_settings(tmp_path, "rtpool", dm_driver=request.param)
+    created = World(host=fake_kernel(), settings=settings, real=False)
     try:
         yield created
     finally:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from reconciler.cli import main
-from reconciler.dm.fake import FakeKernel
 from reconciler.status import render_table
+from reconciler.testing.fakekernel import FakeKernel
 from tests.conftest import World
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.dm.crash import CRASH_ENV, CrashingHost, CrashPoint, from_environment
-from reconciler.dm.fake import FakeKernel
+from reconciler.testing.fakekernel import FakeKernel
 
 
 def test_crash_points_are_read_strictly() -> None:

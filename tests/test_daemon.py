@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.client import DmClient
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.store import Store
+from reconciler.testing.fakekernel import FakeKernel, Op
 from tests.conftest import World
 
 
@@ -168,10 +170,9 @@ def test_an_api_call_waiting_for_a_retry_is_parked_while_the_loop_serves_others(
     """A Prepare whose create_thin fails once (EBUSY) is answered after the retry's pass; the
     reconcile thread never sleeps meanwhile and answers a Stat in between."""
     kname = f"{fake_world.pool}-snap-1"
-    fake_world.host.fail_next(  # type: ignore[attr-defined]
-        ("dmsetup", "message", fake_world.pool, "0", "create_thin"), 1,
-        "device-mapper: message ioctl on X  failed: Device or resource busy\n"
-        "Command failed.\n")
+    assert isinstance(fake_world.host, FakeKernel)
+    fake_world.host.faults.fail(Op.MESSAGE, fake_world.pool, errno=errno.EBUSY,
+                                verb="create_thin")
     answers: dict[str, Any] = {}
 
     def ask(label: str, call: Any) -> threading.Thread:

@@ -1,9 +1,10 @@
-"""Which kernel driver a Host gets: libdevmapper on the real machine by default, dmsetup when
-asked, under the fake kernel, or (with a warning) when the library cannot be loaded."""
+"""Which kernel driver a Host gets: libdevmapper by default wherever the Host offers one (the real
+machine; the fake kernel its fake), dmsetup when asked, for hosts that watch or wrap run(), or
+(with a warning) when the library cannot be loaded."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from structlog.testing import capture_logs
@@ -12,16 +13,19 @@ from reconciler.config import ConfigError, settings_from_mapping
 from reconciler.dm import driver as driver_module
 from reconciler.dm import libdm
 from reconciler.dm.client import DmClient
+from reconciler.dm.crash import CrashingHost, CrashPoint
 from reconciler.dm.driver import make_client
-from reconciler.dm.fake import FakeKernel
-from reconciler.dm.host import SystemHost
+from reconciler.dm.host import Completed, SystemHost
+from reconciler.testing.fakekernel import FakeKernel
 
 
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
     driver_module._libdm_client.cache_clear()
+    driver_module._warn_fallback.cache_clear()
     yield
     driver_module._libdm_client.cache_clear()
+    driver_module._warn_fallback.cache_clear()
 
 
 def test_default_is_libdevmapper_on_the_real_machine() -> None:
@@ -31,15 +35,28 @@ def test_default_is_libdevmapper_on_the_real_machine() -> None:
     assert make_client(SystemHost()) is make_client(SystemHost()), "one per process"
 
 
-def test_dmsetup_when_asked_or_under_the_fake() -> None:
-    """dm_driver = "dmsetup", and every non-real Host (the fake speaks dmsetup's argv)."""
+def test_dmsetup_when_asked_or_when_run_is_watched() -> None:
+    """dm_driver = "dmsetup", and hosts that watch or wrap run() (they want every argv)."""
     assert type(make_client(SystemHost(), "dmsetup")) is DmClient
-    assert type(make_client(FakeKernel(), "libdevmapper")) is DmClient
+    assert type(make_client(FakeKernel(), "dmsetup")) is DmClient
 
     class Counting(SystemHost):
         """A real host that watches its commands (as the kernel crash tests do)."""
 
+        def run(self, argv: Sequence[str]) -> Completed:
+            return super().run(argv)
+
     assert type(make_client(Counting())) is DmClient
+    crashing = CrashingHost(FakeKernel(), CrashPoint("after", "dmsetup remove", 1))
+    assert type(make_client(crashing)) is DmClient
+
+
+def test_the_fake_kernel_offers_its_own_libdevmapper() -> None:
+    """With libdevmapper the fake kernel is driven by LibdmClient over its fake library."""
+    kernel = FakeKernel()
+    client = make_client(kernel, "libdevmapper")
+    assert isinstance(client, libdm.LibdmClient)
+    assert client.lib is kernel.dm_library()
 
 
 def test_falls_back_to_dmsetup_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:

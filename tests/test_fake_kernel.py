@@ -23,7 +23,6 @@ from reconciler.dm.errors import (
     NoSuchDevice,
     classify,
 )
-from reconciler.dm.fake import FakeKernel
 from reconciler.dm.filesystem import grow_filesystem, make_filesystem
 from reconciler.dm.loopback import attach_loop, attached_loop, ensure_file
 from reconciler.dm.metadata import list_thin_ids
@@ -37,6 +36,7 @@ from reconciler.dm.pool import (
     has_thin_superblock,
 )
 from reconciler.dm.types import PoolMode
+from reconciler.testing.fakekernel import FakeKernel
 from reconciler.units import Sectors
 
 BLOCK = 64 << 10  # the pools' data block: 128 sectors

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.dm.fake import FakeKernel, PoolMetadata
+from reconciler.testing.fakekernel import FakeKernel, PoolMetadata
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "dmsetup"
 SCENARIOS = ("empty", "lifecycle", "full", "reactivate")  # what scripts/capture-fixtures makes

@@ -21,7 +21,7 @@ from reconciler.api.proto import snapshots_pb2 as pb
 from reconciler.api.proto import snapshots_pb2_grpc
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
-from reconciler.dm.fake import FakeKernel
+from reconciler.testing.fakekernel import FakeKernel
 from tests.conftest import make_settings
 
 

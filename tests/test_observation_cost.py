@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from reconciler.dm.crash import call_kind
-from reconciler.dm.fake import FakeKernel
 from reconciler.reconcile.reconciler import RECORDS_REREAD_EVERY, Reconciler
 from reconciler.store import Store
 from reconciler.store.store import _SELECT_DEVICES
+from reconciler.testing.fakekernel import FakeKernel
 from tests.conftest import World, make_settings
 
 READS = {"dmsetup info", "dmsetup status", "dmsetup table"}

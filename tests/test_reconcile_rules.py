@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import errno
-import os
 
 import pytest
 from structlog.testing import capture_logs
 
 from reconciler.dm.client import DmClient
-from reconciler.dm.fake import FakeKernel
 from reconciler.dm.pool import MetadataCheckFailed, PoolMismatch, ThinPool
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.store import IdAllocator
+from reconciler.testing.fakekernel import FakeKernel, Op
 from tests.conftest import World
-
-BUSY = f"device-mapper: remove ioctl on X  failed: {os.strerror(errno.EBUSY)}\nCommand failed.\n"
 
 
 def fake(world: World) -> FakeKernel:
@@ -66,7 +63,7 @@ def test_temporary_errors_are_retried_with_backoff(fake_world: World) -> None:
     """EBUSY on a remove is retried after growing delays and then succeeds."""
     fake_world.spec("a", 'filesystem = "none"\n')
     assert fake_world.run_pass().ok
-    fake(fake_world).fail_next(("dmsetup", "remove"), 1, BUSY, times=2)
+    fake(fake_world).faults.fail(Op.REMOVE, f"{fake_world.pool}-a", errno=errno.EBUSY, times=2)
     fake_world.unspec("a")
     policy = RetryPolicy(initial=1.0, maximum=10.0, max_attempts=5, jitter=0.0)
     result = fake_world.run_pass(policy)
@@ -78,10 +75,8 @@ def test_exhausted_retries_mark_device_faulty(fake_world: World) -> None:
     """A temporary error that outlasts max_attempts makes the device Faulty with its error,
     the failed step and the attempt count, and its thin id stays reserved."""
     fake_world.spec("a", 'filesystem = "none"\n')
-    busy_pool = ("device-mapper: message ioctl on X  failed: "
-                 f"{os.strerror(errno.EBUSY)}\nCommand failed.\n")
-    fake(fake_world).fail_next(("dmsetup", "message", fake_world.pool, "0", "create_thin"), 1,
-                               busy_pool, times=10)
+    fake(fake_world).faults.fail(Op.MESSAGE, fake_world.pool, errno=errno.EBUSY, times=10,
+                                 verb="create_thin")
     result = fake_world.run_pass(RetryPolicy(initial=1.0, max_attempts=3, jitter=0.0))
     assert not result.ok
     assert fake_world.clock.slept == [1.0, 2.0]
@@ -98,9 +93,7 @@ def test_exhausted_retries_mark_device_faulty(fake_world: World) -> None:
 def test_a_faulty_device_waits_for_its_spec_to_change(fake_world: World) -> None:
     """Faulty devices are not retried on the next pass, but are when their spec changes."""
     fake_world.spec("a", 'filesystem = "none"\n')
-    fake(fake_world).fail_next(("dmsetup", "create", f"{fake_world.pool}-a"), 1,
-                               "device-mapper: reload ioctl on X  failed: Invalid argument\n"
-                               "Command failed.\n")
+    fake(fake_world).faults.fail(Op.LOAD, f"{fake_world.pool}-a", errno=errno.EINVAL)
     result = fake_world.run_pass()
     assert "a" in result.faulty
     assert fake_world.store is not None
@@ -113,6 +106,20 @@ def test_a_faulty_device_waits_for_its_spec_to_change(fake_world: World) -> None
     record = fake_world.store.device("a")
     assert record is not None and record.state == "Activated" and record.error is None
     assert record.device_id == 0
+
+
+def test_a_busy_create_is_retried_and_then_made(fake_world: World) -> None:
+    """EBUSY from the create ioctl (udev still holding a name going away) is temporary: the
+    device is created on a later attempt, with its thin id and nothing left behind."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    fake(fake_world).faults.fail(Op.CREATE, f"{fake_world.pool}-a", errno=errno.EBUSY)
+    result = fake_world.run_pass(RetryPolicy(initial=1.0, max_attempts=3, jitter=0.0))
+    assert result.ok
+    assert fake_world.clock.slept == [1.0]
+    assert fake_world.store is not None
+    record = fake_world.store.device("a")
+    assert record is not None and record.state == "Activated" and record.device_id == 0
+    assert fake_world.kernel_names() == {f"{fake_world.pool}-a"}
 
 
 def test_a_conflicting_device_name_is_not_taken_over(fake_world: World) -> None:

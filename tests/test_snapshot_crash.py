@@ -11,10 +11,10 @@ import pytest
 
 from reconciler.daemon.once import run_until_settled
 from reconciler.dm.crash import CrashingHost, CrashPoint
-from reconciler.dm.fake import FakeKernel
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import Kind, Snapshotter
 from reconciler.store import Store
+from reconciler.testing.fakekernel import FakeKernel
 from tests.conftest import FakeClock, World, make_settings
 from tests.crashing import (
     SimulatedCrash,

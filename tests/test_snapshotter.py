@@ -3,12 +3,12 @@ for the data path, on the real one."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 
 from reconciler.dm.client import DmClient
-from reconciler.dm.fake import FakeKernel
 from reconciler.snapshots import (
     AlreadyExists,
     FailedPrecondition,
@@ -21,6 +21,7 @@ from reconciler.snapshots import (
 )
 from reconciler.specs import Defaults, SpecError, parse_spec
 from reconciler.store import SnapshotRecord
+from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.units import Bytes
 from tests.conftest import World, make_settings
 
@@ -201,9 +202,7 @@ def test_full_pool_is_unavailable_and_leaves_nothing(fake_world: World) -> None:
     kernel = fake_world.host
     assert isinstance(kernel, FakeKernel)
     snaps.prepare("first")
-    kernel.fail_next(("dmsetup", "message"), 1,
-                     "device-mapper: message ioctl on rtpool  failed: "
-                     "No space left on device\nCommand failed.\n")
+    kernel.faults.fail(Op.MESSAGE, fake_world.pool, errno=errno.ENOSPC, verb="create_thin")
     with pytest.raises(Unavailable, match="No space left"):
         snaps.prepare("second")
     with pytest.raises(NotFound):

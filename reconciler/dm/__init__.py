@@ -1,6 +1,7 @@
 """dm: the only code that talks to the kernel (device-mapper, loop devices, mkfs).
 
-Everything here goes through `Host` (reconciler.dm.host). Kernel text is parsed strictly in
-`parse`, errors are classified in `errors`, and `FakeKernel` (reconciler.dm.fake) keeps the
-kernel's rules for the unit tests.
+Everything here goes through `Host` (reconciler.dm.host), or the libdevmapper a Host offers
+(`driver`). Kernel text is parsed strictly in `parse` and errors are classified in `errors`.
+The unit tests' stand-in for the machine, which keeps the kernel's rules, is test support
+outside the product: `reconciler.testing.fakekernel.FakeKernel`.
 """

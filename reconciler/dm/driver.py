@@ -1,22 +1,25 @@
 """Which implementation of the kernel boundary a Host gets: libdevmapper in-process, or dmsetup.
 
-Both have DmClient's methods (`DmDriver`). libdevmapper is the default on a real machine: one
-ioctl per call instead of a process (measured in docs/performance.md). dmsetup is used when
-the config asks for it, when the library cannot be loaded (with a warning), and whenever the
-Host is not exactly the real machine: the fake kernel, the crash switch (`RECONCILER_CRASH_AT`)
-and hosts that count commands work at the level of dmsetup's argv.
+Both have DmClient's methods (`DmDriver`). libdevmapper is the default: one ioctl per call
+instead of a process (measured in docs/performance.md). It is used wherever the Host offers
+the libdevmapper its dmsetup stands for (`LibraryHost.dm_library`: the real machine's, or the
+fake kernel's in tests). dmsetup is used when the config asks for it, when the library cannot
+be loaded (with a warning), and for hosts that work at the level of dmsetup's argv: a wrapper
+such as the crash switch (`RECONCILER_CRASH_AT`) offers no library, and a subclass that
+overrides run() (a host counting commands) wants to see every call.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import structlog
 
 from reconciler.dm.client import DmClient
-from reconciler.dm.host import Host, SystemHost
+from reconciler.dm.host import Host, LibraryHost
+from reconciler.dm.libdm import DmLibrary, LibdmClient, LibdmUnavailable
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
 
 log = structlog.get_logger(__name__)
@@ -80,27 +83,41 @@ class DmDriver(Protocol):
         ...
 
 
-@functools.cache
-def _libdm_client() -> DmDriver | None:
-    """The process's one LibdmClient (libdevmapper's state is process-wide), or None when the
-    library cannot be loaded (warned about once)."""
-    # Imported here: loading the library is the point where it can fail.
-    from reconciler.dm.libdm import LibdmClient, LibdmUnavailable
-
-    try:
-        return LibdmClient()
-    except LibdmUnavailable as exc:
-        log.warning("dm.driver_fallback", wanted="libdevmapper", using="dmsetup",
-                    error=str(exc), next="every kernel call runs a dmsetup process")
+def library_host(host: Host) -> LibraryHost | None:
+    """`host`, if it offers a libdevmapper that stands for its run(): the class that offers the
+    library defines the run() in use. A subclass that overrides run() wants every call as an
+    argv, and a wrapper (the crash switch) offers no library."""
+    offering = next((cls for cls in type(host).__mro__ if "dm_library" in vars(cls)), None)
+    if offering is None or type(host).run is not vars(offering).get("run"):
         return None
+    return cast(LibraryHost, host)
+
+
+@functools.lru_cache(maxsize=1)
+def _libdm_client(library: DmLibrary) -> LibdmClient:
+    """The one LibdmClient of a library: libdevmapper's state is process-wide, so the real one
+    gets one client per process. Only the latest library is kept, since a process has one real
+    library and a test's fake one should not outlive its kernel."""
+    return LibdmClient(lib=library)
+
+
+@functools.cache
+def _warn_fallback(error: str) -> None:
+    """Say once per process (and reason) that dmsetup stands in for libdevmapper."""
+    log.warning("dm.driver_fallback", wanted="libdevmapper", using="dmsetup",
+                error=error, next="every kernel call runs a dmsetup process")
 
 
 def make_client(host: Host, driver: str = "libdevmapper") -> DmDriver:
-    """The client for `host`: `driver` on the real machine, dmsetup otherwise."""
+    """The client for `host`: `driver` where the host offers a libdevmapper, dmsetup otherwise."""
     if driver not in DRIVERS:
         raise ValueError(f"unknown dm driver {driver!r} (known: {', '.join(DRIVERS)})")
-    # Exactly the real machine: a subclass that overrides run() (a test counting commands,
-    # the crash switch) wants to see every call as an argv.
-    if driver == "dmsetup" or type(host) is not SystemHost:
+    offering = library_host(host)
+    if driver == "dmsetup" or offering is None:
         return DmClient(host)
-    return _libdm_client() or DmClient(host)
+    try:
+        library = offering.dm_library()
+    except LibdmUnavailable as exc:
+        _warn_fallback(str(exc))
+        return DmClient(host)
+    return _libdm_client(library)

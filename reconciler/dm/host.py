@@ -2,8 +2,13 @@
 
 `Host.run` executes an external tool (dmsetup, losetup, mkfs, thin_check, thin_ls) from an argv
 list, never a shell string; `read`/`write` touch block devices directly. `SystemHost` is the real
-machine. `reconciler.dm.fake.FakeKernel` implements the same interface in memory and answers
-with the tools' exact texts and exit codes, so every parser runs in every unit test.
+machine. The test support's `reconciler.testing.fakekernel.FakeKernel` implements the same
+interface in memory and answers with the tools' exact texts and exit codes, so every parser
+runs in every unit test.
+
+A host may also offer the libdevmapper its dmsetup stands for (`LibraryHost.dm_library`):
+SystemHost the machine's, the fake kernel its own. `reconciler.dm.driver.make_client` uses it
+to drive the kernel in-process instead of through dmsetup's argv.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from reconciler.dm.libdm import DmLibrary
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,14 @@ class Host(Protocol):
 
     def write(self, path: str, offset: int, data: bytes) -> None:
         """Write bytes to a block device or file and flush them to stable storage."""
+        ...
+
+
+class LibraryHost(Host, Protocol):
+    """A Host that also offers the libdevmapper answering for the same kernel as its dmsetup."""
+
+    def dm_library(self) -> DmLibrary:
+        """The library; raises LibdmUnavailable (an OSError) when it cannot be loaded."""
         ...
 
 
@@ -85,3 +101,11 @@ class SystemHost:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def dm_library(self) -> DmLibrary:
+        """The machine's libdevmapper, loaded once per process; raises LibdmUnavailable (an
+        OSError) when it cannot be loaded."""
+        # Imported here: libdm imports the errors, which import this module.
+        from reconciler.dm import libdm
+
+        return libdm.load_libdm()

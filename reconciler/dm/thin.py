@@ -56,8 +56,14 @@ class ThinDevice:
             self.pool.client.create(self.kernel_name, wanted.line(),
                                     thin_uuid(self.pool.name, self.thin_id), readonly=readonly)
         except (DeviceBusy, DeviceExists) as exc:
-            # dm answers EBUSY (or EEXIST) when the name is taken.
-            lines = self.pool.client.table(self.kernel_name)
+            # dm answers EBUSY (or EEXIST) when the name is taken, or (udev still holding a
+            # name on its way out) for a moment: a name gone by the time we look is the latter.
+            try:
+                lines = self.pool.client.table(self.kernel_name)
+            except NoSuchDevice:
+                raise DeviceBusy(f"activate {self.kernel_name}",
+                                 detail=f"{exc}; the name was free again when looked at") \
+                    from exc
             loaded = single_thin_table(lines)
             if loaded is None or not table_matches(loaded, wanted, pool_number):
                 raise DeviceBusy(
