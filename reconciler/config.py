@@ -2,7 +2,13 @@
 
 Every setting has a default and a one-line doc here, mirrored line for line by
 config.example.toml (a test keeps the two in step). Key names follow containerd's devmapper
-snapshotter where it has one, so its users recognise them. Validation names the key.
+snapshotter where it has one, so its users recognise them.
+
+The whole config is checked when it is read, before anything runs: each key's type, range and
+finiteness, the rules between keys, and the paths on the filesystem. A config that fails is
+never half-applied: `run` and every command exit 2, and a SIGHUP reload keeps the old
+config. Every failure, whatever its cause (a file that is not UTF-8, TOML nested too deeply
+for the parser), is one ConfigError whose one-line message names the key.
 """
 
 from __future__ import annotations
@@ -10,29 +16,52 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import stat
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from reconciler.units import Bytes, SizeError, parse_duration, parse_size
+from reconciler.units import Bytes, SizeError, brief_repr, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
 CONFIG_ENV = "RECONCILER_CONFIG"
 
 # dm names may hold almost anything, but ours also become file names and log keys.
-POOL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 FS_TYPES = ("ext4", "xfs")
 DM_DRIVERS = ("libdevmapper", "dmsetup")
 
 _MIN_BLOCK = 64 << 10
 _MAX_BLOCK = 1 << 30
 
+# Durations longer than a day are typos (a unit left out), not intentions; and every deadline
+# computed from one stays a finite float.
+MAX_DURATION = 86400.0
+# No retry budget needs more: 1000 attempts at the default retry_max take over 8 hours.
+MAX_ATTEMPTS = 1000
+# Thin ids are 24-bit: no pool holds more devices than this, so no larger number means more.
+MAX_REMOVALS = 1 << 24
+UNLIMITED = "unlimited"
+# sockaddr_un.sun_path on Linux: 108 bytes, the final NUL included.
+SUN_PATH_MAX = 108
+# A config file is a few hundred bytes; reading one past this is a wrong path (/dev/zero).
+MAX_CONFIG_BYTES = 1 << 20
+# Filesystems the kernel makes up from its own state: nothing written there is kept.
+VIRTUAL_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs",
+    "securityfs", "configfs", "pstore", "bpf", "efivarfs", "fusectl", "binfmt_misc", "mqueue",
+    "hugetlbfs", "nsfs", "rpc_pipefs",
+})
+
 
 class ConfigError(ValueError):
     """The config is unusable; the message names the key and what is wrong."""
 
     def __init__(self, key: str, problem: str) -> None:
+        # One line whatever the problem quotes: it is printed as one line and logged as one.
+        problem = " ".join(problem.splitlines())
         super().__init__(f"config key {key!r}: {problem}")
         self.key = key
         self.problem = problem
@@ -106,6 +135,11 @@ class Settings:
         default=5,
         metadata=_doc("Attempts of a failing step before the device is marked Faulty."),
     )
+    max_removals: int | None = field(
+        default=8,
+        metadata=_doc("A pass removing more devices whose spec files are gone holds them all "
+                      "for an operator (or \"unlimited\")."),
+    )
 
     dm_driver: str = field(
         default="libdevmapper",
@@ -147,9 +181,54 @@ def _size(key: str, value: object) -> Bytes:
         raise ConfigError(key, str(exc)) from None
 
 
+def _duration(key: str, value: object) -> float:
+    try:
+        seconds = parse_duration(value)
+    except SizeError as exc:
+        raise ConfigError(key, str(exc)) from None
+    if not 0 < seconds <= MAX_DURATION:
+        raise ConfigError(key, f"must be longer than 0s and at most a day, got {brief_repr(value)}")
+    return seconds
+
+
+def _count(key: str, value: object, maximum: int, also: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ConfigError(
+            key, f"expected a whole number from 1 to {maximum}{also}, got {brief_repr(value)}")
+    return value
+
+
+def _max_removals(key: str, value: object) -> int | None:
+    if value == UNLIMITED:
+        return None
+    return _count(key, value, MAX_REMOVALS, also=f' or "{UNLIMITED}"')
+
+
+def _flag(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {brief_repr(value)}")
+    return value
+
+
+def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(key, f"{brief_repr(value)} is not one of {', '.join(choices)}")
+    return value
+
+
+def _pool_name(key: str, value: object) -> str:
+    # fullmatch: with match and "$", "x\n" passed ("$" matches before a final newline).
+    if not isinstance(value, str) or not POOL_NAME_RE.fullmatch(value):
+        raise ConfigError(key, f"{brief_repr(value)} is not a name matching {POOL_NAME_RE.pattern}")
+    return value
+
+
 def _path(key: str, value: object, base: Path | None) -> Path:
     if not isinstance(value, str) or not value:
-        raise ConfigError(key, f"expected a path string, got {value!r}")
+        raise ConfigError(key, f"expected a path string, got {brief_repr(value)}")
+    if "\0" in value:
+        # The OS cannot take it: every later open or stat would raise ValueError.
+        raise ConfigError(key, f"{brief_repr(value)} contains a NUL character")
     path = Path(value)
     # A relative path is read relative to the config file, not to wherever we were started.
     return base / path if base is not None and not path.is_absolute() else path
@@ -157,14 +236,41 @@ def _path(key: str, value: object, base: Path | None) -> Path:
 
 def _fs_options(key: str, value: object) -> tuple[str, ...]:
     if isinstance(value, str):
-        return tuple(shlex.split(value))
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return tuple(value)
-    raise ConfigError(key, f"expected a string or a list of strings, got {value!r}")
+        try:
+            options = tuple(shlex.split(value))
+        except ValueError as exc:  # an unclosed quote or a final backslash
+            raise ConfigError(
+                key, f"cannot split {brief_repr(value)} into arguments: {exc}") from None
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        options = tuple(value)
+    else:
+        raise ConfigError(key, f"expected a string or a list of strings, got {brief_repr(value)}")
+    if any("\0" in option for option in options):
+        raise ConfigError(key, "an argument contains a NUL character, which no program can take")
+    return options
+
+
+_PATH_KEYS = ("root_path", "spec_dir", "data_device", "metadata_device", "grpc_socket")
+_SIZE_KEYS = ("base_image_size", "loopback_data_size", "loopback_metadata_size",
+              "data_block_size")
+_DURATION_KEYS = ("resync_interval", "retry_initial", "retry_max")
+_READERS: dict[str, Callable[[str, object], object]] = {
+    **dict.fromkeys(_SIZE_KEYS, _size),
+    **dict.fromkeys(_DURATION_KEYS, _duration),
+    "max_attempts": lambda key, value: _count(key, value, MAX_ATTEMPTS),
+    "max_removals": _max_removals,
+    "async_remove": _flag,
+    "discard_blocks": _flag,
+    "fs_options": _fs_options,
+    "pool_name": _pool_name,
+    "dm_driver": lambda key, value: _choice(key, value, DM_DRIVERS),
+    "fs_type": lambda key, value: _choice(key, value, FS_TYPES),
+}
 
 
 def settings_from_mapping(raw: dict[str, Any], base: Path | None = None) -> Settings:
-    """Build settings from parsed TOML, checking every key and the rules between keys.
+    """Build settings from parsed TOML, checking every key, the rules between keys and the
+    paths on the filesystem: a config that passes can be run.
 
     Relative paths are taken relative to `base` (the config file's directory).
     """
@@ -174,44 +280,19 @@ def settings_from_mapping(raw: dict[str, Any], base: Path | None = None) -> Sett
             raise ConfigError(key, f"unknown key (known keys: {', '.join(sorted(known))})")
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in ("root_path", "spec_dir", "data_device", "metadata_device", "grpc_socket"):
+        if isinstance(value, dict):
+            raise ConfigError(key, "is a table ([section] or {...}); it takes a single value")
+        if key in _PATH_KEYS:
             values[key] = _path(key, value, base)
-        elif key in ("base_image_size", "loopback_data_size", "loopback_metadata_size",
-                     "data_block_size"):
-            values[key] = _size(key, value)
-        elif key in ("resync_interval", "retry_initial", "retry_max"):
-            try:
-                values[key] = parse_duration(value)
-            except SizeError as exc:
-                raise ConfigError(key, str(exc)) from None
-        elif key == "max_attempts":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(key, f"expected a whole number of at least 1, got {value!r}")
-            values[key] = value
-        elif key in ("async_remove", "discard_blocks"):
-            if not isinstance(value, bool):
-                raise ConfigError(key, f"expected true or false, got {value!r}")
-            values[key] = value
-        elif key == "fs_options":
-            values[key] = _fs_options(key, value)
-        elif key == "pool_name":
-            if not isinstance(value, str) or not POOL_NAME_RE.match(value):
-                raise ConfigError(key, f"{value!r} is not a name matching {POOL_NAME_RE.pattern}")
-            values[key] = value
-        elif key == "dm_driver":
-            if value not in DM_DRIVERS:
-                raise ConfigError(key, f"{value!r} is not one of {', '.join(DM_DRIVERS)}")
-            values[key] = value
-        elif key == "fs_type":
-            if value not in FS_TYPES:
-                raise ConfigError(key, f"{value!r} is not one of {', '.join(FS_TYPES)}")
-            values[key] = value
+        else:
+            values[key] = _READERS[key](key, value)
     settings = Settings(**values)
-    _check_rules(settings)
+    _check_rules(settings, raw)
+    _check_paths(settings)
     return settings
 
 
-def _check_rules(settings: Settings) -> None:
+def _check_rules(settings: Settings, raw: dict[str, Any]) -> None:
     if (settings.data_device is None) != (settings.metadata_device is None):
         given = "data_device" if settings.data_device is not None else "metadata_device"
         missing = "metadata_device" if given == "data_device" else "data_device"
@@ -227,25 +308,143 @@ def _check_rules(settings: Settings) -> None:
             raise ConfigError(key, f"must be a positive multiple of 512 bytes, got {value}")
     if settings.loopback_data_size < block:
         raise ConfigError("loopback_data_size", "must hold at least one data block")
-    if settings.resync_interval <= 0:
-        raise ConfigError("resync_interval", "must be longer than 0s")
     if settings.retry_max < settings.retry_initial:
-        raise ConfigError("retry_max", "must not be shorter than retry_initial")
+        # Name the key the operator wrote: the other one is a default they may not know of.
+        if "retry_initial" in raw:
+            raise ConfigError("retry_initial",
+                              f"must not be longer than retry_max ({settings.retry_max:g}s)")
+        raise ConfigError("retry_max",
+                          f"must not be shorter than retry_initial ({settings.retry_initial:g}s)")
     # dm-thin needs at least 2 MiB of metadata and uses at most 16 GiB of it.
     if not (2 << 20) <= settings.loopback_metadata_size <= (16 << 30):
         raise ConfigError("loopback_metadata_size", "must be between 2MiB and 16GiB")
 
 
-def load_settings(path: Path) -> Settings:
-    """Read and validate a config file."""
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "regular file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    return "special file"
+
+
+def _nearest_existing(key: str, path: Path) -> tuple[Path, int] | None:
+    """The path itself or its nearest ancestor that exists, with its mode; None when we may
+    not look (the daemon, usually root, may: opening it then says what is wrong)."""
+    for candidate in (path, *path.parents):
+        try:
+            return candidate, os.stat(candidate).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            if os.path.lexists(candidate):
+                raise ConfigError(key, f"{candidate} is a symbolic link to nothing") from None
+        except PermissionError:
+            return None
+        except OSError as exc:
+            raise ConfigError(key, f"cannot look at {candidate}: {exc.strerror}") from None
+    return None
+
+
+def _mount_types(path: str) -> list[str]:
+    """The filesystem types of the mounts the path lies on: /, and every mount below it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            lines = mounts.read().splitlines()
+    except OSError:
+        return []
+    types = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields_left, fields_right = left.split(), right.split()
+        if len(fields_left) < 5 or not fields_right:
+            continue
+        # Mount points escape space, tab, newline and backslash as octal (\040).
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields_left[4])
+        if path == point or path.startswith(point.rstrip("/") + "/"):
+            types.append(fields_right[0])
+    return types
+
+
+def _virtual_filesystem(path: Path) -> str | None:
+    """The virtual filesystem (proc, sysfs...) an existing path lies on, if it does."""
+    real = os.path.realpath(path)
+    for fstype in _mount_types(real):
+        if fstype in VIRTUAL_FILESYSTEMS:
+            return fstype
+    # Without a mount table to read (or with /proc unmounted), their usual places.
+    for prefix, fstype in (("/proc", "proc"), ("/sys", "sysfs")):
+        if real == prefix or real.startswith(prefix + "/"):
+            return fstype
+    return None
+
+
+def _check_creatable_directory(key: str, path: Path) -> None:
+    """An existing directory, or one that mkdir -p can make, on a real filesystem."""
+    found = _nearest_existing(key, path)
+    if found is None:
+        return
+    existing, mode = found
+    if not stat.S_ISDIR(mode):
+        if existing == path:
+            raise ConfigError(key, f"{path} is a {_kind(mode)}, not a directory")
+        raise ConfigError(key, f"{path} cannot be made: {existing} is a {_kind(mode)}")
+    virtual = _virtual_filesystem(existing)
+    if virtual is not None:
+        raise ConfigError(key, f"{path} is on {virtual}, a virtual filesystem that keeps nothing")
+
+
+def _check_paths(settings: Settings) -> None:
+    _check_creatable_directory("root_path", settings.root_path)
+    if settings.spec_dir is not None:
+        # A missing spec_dir is no config error: the daemon waits for it and removes nothing.
+        try:
+            mode = os.stat(settings.spec_dir).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and not stat.S_ISDIR(mode):
+            raise ConfigError("spec_dir", f"{settings.spec_dir} is a {_kind(mode)}, "
+                              "not a directory")
+    if settings.grpc_socket is not None:
+        socket_path = settings.grpc_socket
+        length = len(os.fsencode(socket_path))
+        if length >= SUN_PATH_MAX:
+            raise ConfigError("grpc_socket", f"is {length} bytes long; a unix socket path "
+                              f"holds at most {SUN_PATH_MAX - 1}")
+        try:
+            mode = os.lstat(socket_path).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and not stat.S_ISSOCK(mode):
+            # The server replaces a stale socket; anything else there is not ours to replace.
+            raise ConfigError("grpc_socket", f"{socket_path} exists and is a {_kind(mode)}, "
+                              "not a socket")
+        _check_creatable_directory("grpc_socket", socket_path.parent)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a config file; every way it can be unusable is a ConfigError."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError("<file>", f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError("<file>", f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("<file>", f"{path} is not UTF-8 text (byte {exc.start})") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("<file>", f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError("<file>", f"{path} nests arrays or tables too deeply") from None
+    except Exception as exc:  # tomllib's other failures, such as int()'s limit on digits
+        raise ConfigError("<file>", f"{path} cannot be read as TOML: {exc}") from exc
     return settings_from_mapping(raw, path.resolve().parent)
 
 

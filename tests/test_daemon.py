@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from reconciler.cli import main
+from reconciler.config import load_settings
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.client import DmClient
@@ -213,3 +215,53 @@ def _step_until(daemon: Daemon, done: Any, timeout: float = 10.0) -> None:
     while not done():
         assert time.monotonic() < deadline, "timed out"
         daemon.step(timeout=0.05)
+
+
+def _write_config(world: World, path: Path, extra: str = "") -> None:
+    """A config file giving exactly the world's settings, plus `extra` lines."""
+    path.write_text(
+        f'root_path = "{world.settings.root_path}"\npool_name = "{world.pool}"\n'
+        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
+        f'base_image_size = "64MiB"\ndm_driver = "{world.settings.dm_driver}"\n{extra}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("resync_interval = nan", "resync_interval"),
+        ("resync_interval = inf", "resync_interval"),
+        ("retry_max = 1e308", "retry_max"),
+        ("fs_options = \"-E 'x\"", "fs_options"),
+        ("max_removals = 0", "max_removals"),
+        ('grpc_socket = "/tmp/' + "s" * 120 + '"', "grpc_socket"),
+        ("[resync_interval]\nx = 1", "resync_interval"),
+    ],
+)
+def test_a_reload_with_a_bad_value_keeps_the_old_settings(
+    fake_world: World, tmp_path: Path, line: str, key: str
+) -> None:
+    """SIGHUP with a broken config logs config.reload_failed naming the key and goes on with
+    the settings it had."""
+    config = tmp_path / "config.toml"
+    _write_config(fake_world, config)
+    assert fake_world.store is not None
+    fake_world.store.close()
+    daemon = Daemon(load_settings(config), fake_world.host, config_path=config,
+                    clock=fake_world.clock, wakeups=Wakeups(settle=0.01))
+    try:
+        daemon.start()
+        before = daemon.settings
+        _write_config(fake_world, config, line + "\n")
+        daemon.wakeups.reload()
+        with capture_logs() as events:
+            assert daemon.step(timeout=0)
+        failed = [e for e in events if e["event"] == "config.reload_failed"]
+        assert [e["key"] for e in failed] == [key]
+        assert daemon.settings is before
+        fake_world.spec("web", 'filesystem = "none"\n')
+        fake_world.clock.now += before.resync_interval + 1
+        assert daemon.step(timeout=0)
+        assert state(fake_world, "web") == "Activated"
+    finally:
+        daemon.close()

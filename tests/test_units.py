@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.units import SizeError, format_size, parse_size, to_sectors
+from reconciler.specs import Defaults, SpecError, parse_spec
+from reconciler.units import (
+    MAX_SIZE,
+    Bytes,
+    SizeError,
+    format_size,
+    parse_duration,
+    parse_size,
+    to_sectors,
+)
 
 
 @pytest.mark.parametrize(
@@ -47,3 +56,29 @@ def test_sizes_render_with_the_largest_exact_unit() -> None:
     assert format_size(1 << 30) == "1GiB"
     assert format_size(3 << 29) == "1.5GiB"
     assert format_size(100) == "100B"
+
+
+@pytest.mark.parametrize("value", [2**63, MAX_SIZE + 1, "1025PiB", "99999999TiB", "9" * 5000])
+def test_sizes_above_one_exbibyte_are_refused(value: object) -> None:
+    """Nothing larger than MAX_SIZE (1EiB) is a size, so none overflows SQLite or the kernel;
+    a string of thousands of digits is refused before int() is asked to read it."""
+    with pytest.raises(SizeError):
+        parse_size(value)
+
+
+def test_the_largest_size_is_one_exbibyte() -> None:
+    """MAX_SIZE itself, however spelt, is accepted."""
+    assert parse_size(MAX_SIZE) == parse_size("1024PiB") == 1 << 60
+
+
+def test_a_spec_size_above_the_maximum_is_a_spec_error() -> None:
+    """Spec files read sizes with parse_size, so a size of 2**63 bytes rejects the spec."""
+    with pytest.raises(SpecError, match="size"):
+        parse_spec("big", f"size = {2**63}\n", Defaults(size=Bytes(1 << 30), filesystem="ext4"))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 10**400, "1" * 400])
+def test_durations_that_are_not_finite_are_refused(value: object) -> None:
+    """nan, infinities and numbers beyond a float are no durations."""
+    with pytest.raises(SizeError):
+        parse_duration(value)

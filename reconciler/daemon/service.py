@@ -180,7 +180,8 @@ class Daemon:
         try:
             fresh = load_settings(self.config_path)
         except ConfigError as exc:
-            log.error("config.reload_failed", error=str(exc), next="keeping the old config")
+            log.error("config.reload_failed", key=exc.key, error=str(exc),
+                      next="keeping the old config")
             return
         changed = [k for k in IDENTITY_KEYS if getattr(fresh, k) != getattr(self.settings, k)]
         if changed:
