@@ -265,3 +265,30 @@ def test_a_reload_with_a_bad_value_keeps_the_old_settings(
         assert state(fake_world, "web") == "Activated"
     finally:
         daemon.close()
+
+
+def test_a_reload_to_a_missing_spec_dir_does_not_make_it(fake_world: World,
+                                                          tmp_path: Path) -> None:
+    """A typo in spec_dir reloaded by SIGHUP is not created by the watcher; once the operator
+    makes the directory, a full pass starts watching it."""
+    config = tmp_path / "config.toml"
+    _write_config(fake_world, config, f'spec_dir = "{fake_world.settings.specs_path}"\n')
+    assert fake_world.store is not None
+    fake_world.store.close()
+    daemon = Daemon(load_settings(config), fake_world.host, config_path=config,
+                    clock=fake_world.clock, wakeups=Wakeups(settle=0.01))
+    typo = tmp_path / "spces"
+    try:
+        daemon.start()
+        _write_config(fake_world, config, f'spec_dir = "{typo}"\n')
+        daemon.wakeups.reload()
+        assert daemon.step(timeout=0)
+        assert daemon.settings.specs_path == typo
+        assert not typo.exists()
+        typo.mkdir()
+        daemon.wakeups.resync()
+        assert daemon.step(timeout=0)
+        (typo / "web.toml").write_text('filesystem = "none"\n')
+        _step_until(daemon, lambda: state(fake_world, "web") == "Activated")
+    finally:
+        daemon.close()

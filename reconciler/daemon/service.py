@@ -196,9 +196,7 @@ class Daemon:
         # Calls in progress go on with the new engine (one engine, one cache of records).
         self.snapshotter.engine = self.reconciler
         if spec_dir_changed and self.watcher is not None:
-            self.watcher.stop()
-            self.watcher = SpecWatcher(fresh.specs_path, self.wakeups)
-            self.watcher.start()
+            self.watcher.watch(fresh.specs_path)
         log.info("config.reloaded", path=str(self.config_path))
 
     def step(self, timeout: float | None = None) -> bool:
@@ -214,6 +212,9 @@ class Daemon:
         full = batch.resync or batch.reload or now >= self._next_resync
         if full:
             self._next_resync = now + self.settings.resync_interval
+            if self.watcher is not None:
+                # Before the pass, so that what changes during it wakes the next one.
+                self.watcher.refresh()
         if full or batch.names or (self._next_retry is not None and now >= self._next_retry):
             result = self._pass(None if full else batch.names)
             if result is None:
