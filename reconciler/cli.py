@@ -8,6 +8,7 @@ a spec is invalid, or the pool could not be brought up; 2 a config or usage erro
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -27,7 +28,7 @@ from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host, SystemHost
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.status import build_report, render_json, render_table
-from reconciler.store import RequestKind, Store
+from reconciler.store import ConditionKind, RequestKind, Store
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
 log = structlog.get_logger(__name__)
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="keep the kernel equal to the spec directory")
     run.add_argument("--once", action="store_true",
                      help="pass until settled, then exit 0 when everything converged")
+    run.add_argument("--allow-removals", action="store_true",
+                     help="with --once: remove every device whose spec file is gone, "
+                     "however many (the removal guard is off)")
     status = sub.add_parser("status", help="show devices, their state, usage and errors")
     status.add_argument("name", nargs="?", help="one device, with its history")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -60,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="delete thin ids the pool has and the store does not manage")
     gc.add_argument("--faulty", action="store_true",
                     help="remove every Faulty device (dm device and thin id)")
+    sub.add_parser("confirm-removals",
+                   help="let the removals the guard holds (deleted spec files) be done")
     adopt = sub.add_parser("adopt", help="manage an orphan thin id as device NAME")
     adopt.add_argument("name")
     adopt.add_argument("--id", type=int, required=True, dest="thin_id")
@@ -87,21 +93,51 @@ def _locked(settings: Settings, action: Callable[[], int]) -> int:
         lock.release()
 
 
-def run_once(settings: Settings, host: Host) -> int:
+def run_once(settings: Settings, host: Host, allow_removals: bool = False) -> int:
     """Passes until settled; the exit code says whether everything converged."""
     store = Store(settings.database_path, time.time)
     try:
-        result = run_until_settled(Reconciler(settings, host, store), time.time, time.sleep)
+        engine = Reconciler(settings, host, store, allow_removals=allow_removals)
+        result = run_until_settled(engine, time.time, time.sleep)
     except DmError as exc:
         log.error("pass.failed", error=str(exc), errno=exc.errno_name,
                   next="fix the cause and run again")
+        return EXIT_NOT_CONVERGED
+    except Exception as exc:  # reported with its traceback: never a crash
+        log.exception("pass.failed", error=f"{type(exc).__name__}: {exc}",
+                      next="a bug: report it with this traceback")
+        print(f"reconciler: the pass failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_NOT_CONVERGED
     finally:
         store.close()
     log.info("run.finished", converged=len(result.converged), removed=len(result.removed),
              pending=result.pending or None, faulty=result.faulty or None,
-             rejected=[r.name for r in result.rejected] or None, ok=result.ok)
+             rejected=[r.name for r in result.rejected] or None,
+             held=result.held or None, source_error=result.source_error, ok=result.ok)
+    if result.source_error is not None:
+        print(f"reconciler: {result.source_error}", file=sys.stderr)
+    if result.held:
+        print(f"reconciler: {len(result.held)} removals held ({', '.join(result.held)}): "
+              "confirm with `reconciler confirm-removals` or `run --once --allow-removals`",
+              file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_NOT_CONVERGED
+
+
+def confirm_removals(settings: Settings, host: Host) -> int:
+    """Let exactly the removals the guard now holds (as `status` shows them) be done."""
+    if not settings.database_path.exists():
+        print("reconciler: nothing held (no state yet)", file=sys.stderr)
+        return EXIT_OK
+    store = Store(settings.database_path, time.time)
+    try:
+        held = store.condition(ConditionKind.REMOVALS_HELD)
+    finally:
+        store.close()
+    if held is None or not held.names:
+        print("nothing held")
+        return EXIT_OK
+    print(f"confirming {len(held.names)} removals: {', '.join(held.names)}")
+    return hand_over(settings, host, RequestKind.CONFIRM_REMOVALS, json.dumps(held.names))
 
 
 def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
@@ -165,6 +201,10 @@ def hand_over(settings: Settings, host: Host, kind: RequestKind, name: str,
         print(f"{kind} handed to the running daemon (pid {pid}); see `reconciler status`")
         return EXIT_OK
 
+    if kind == RequestKind.CONFIRM_REMOVALS:
+        # Without a daemon this process does the removals: a pass takes the request.
+        return _locked(settings, lambda: run_once(settings, host))
+
     def serve() -> int:
         store = Store(settings.database_path, time.time)
         try:
@@ -210,7 +250,7 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
     host = host or from_environment(SystemHost())
     if args.command == "run":
         if args.once:
-            return _locked(settings, lambda: run_once(settings, host))
+            return _locked(settings, lambda: run_once(settings, host, args.allow_removals))
         return _locked(settings, lambda: run_daemon(settings, host, path))
     if args.command == "plan":
         return show_plan(settings, host)
@@ -226,6 +266,8 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
             if flag:
                 code = max(code, hand_over(settings, host, kind, "*"))
         return code
+    if args.command == "confirm-removals":
+        return confirm_removals(settings, host)
     if args.command == "adopt":
         return hand_over(settings, host, RequestKind.ADOPT, args.name, args.thin_id)
     return show_status(settings, host, args)

@@ -9,27 +9,29 @@ cycles are refused. Whether a parent that has no spec still exists is for reconc
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
 import re
+import stat
 import time
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from stat import S_ISREG
 from typing import Literal, cast
 
 from reconciler.units import Bytes, SizeError, parse_size
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Matched whole (fullmatch): "$" alone would let a name end in a newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SPEC_SUFFIX = ".toml"
 Filesystem = Literal["ext4", "xfs", "none"]
 FILESYSTEMS: tuple[Filesystem, ...] = ("ext4", "xfs", "none")
 # Devices of the snapshotter API are named from a sequence number; spec files may not take
 # those names, or a file and a snapshot would drive the same device.
-SNAPSHOT_NAME_RE = re.compile(r"^snap-[0-9]+$")
+SNAPSHOT_NAME_RE = re.compile(r"snap-[0-9]+")
 _KEYS = ("size", "parent", "filesystem", "active", "readonly", "labels")
 
 
@@ -70,6 +72,11 @@ class SpecSet:
 
     specs: Mapping[str, DeviceSpec]
     rejected: tuple[RejectedSpec, ...]
+    # Set when the directory could not be read completely (missing, not a directory,
+    # unreadable): then absent files prove nothing and no device may be removed for them.
+    source_error: str | None = None
+    # The directory's filesystem (st_dev) as read; None when it could not be read.
+    directory_device: int | None = None
 
     @functools.cached_property
     def names(self) -> frozenset[str]:
@@ -85,6 +92,11 @@ class Defaults:
     filesystem: Filesystem
 
 
+def is_snapshot_device(name: str) -> bool:
+    """Whether a device belongs to the snapshotter API (whose removals are explicit calls)."""
+    return SNAPSHOT_NAME_RE.fullmatch(name) is not None
+
+
 def is_spec_file(path: Path) -> bool:
     """Spec files end in .toml; hidden files and editor leftovers are not specs."""
     return path.suffix == SPEC_SUFFIX and not path.name.startswith((".", "#"))
@@ -92,9 +104,9 @@ def is_spec_file(path: Path) -> bool:
 
 def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
     """Parse one spec's text; raises SpecError naming the key at fault."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise SpecError(f"bad name {name!r}: must match {NAME_RE.pattern}")
-    if SNAPSHOT_NAME_RE.match(name):
+    if SNAPSHOT_NAME_RE.fullmatch(name):
         raise SpecError(f"bad name {name!r}: names snap-<number> belong to the snapshotter API")
     try:
         raw = tomllib.loads(text)
@@ -106,7 +118,7 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
 
     parent = raw.get("parent")
     if parent is not None:
-        if not isinstance(parent, str) or not NAME_RE.match(parent):
+        if not isinstance(parent, str) or not NAME_RE.fullmatch(parent):
             raise SpecError(f"key 'parent': {parent!r} is not a device name")
         if parent == name:
             raise SpecError("key 'parent': a device cannot be its own parent")
@@ -176,6 +188,19 @@ def stored_spec(
 # two writes within the filesystem's timestamp granularity would look the same (git's
 # "racily clean" rule).
 RACY_SECONDS = 2.0
+# No spec is anywhere near this long; a larger file (or a link to one) is refused unread.
+MAX_SPEC_BYTES = 1 << 20
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+class SpecSourceError(Exception):
+    """The spec directory could not be read completely: absence proves nothing."""
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 class SpecFileCache:
@@ -186,6 +211,8 @@ class SpecFileCache:
         self._entries: dict[str, tuple[tuple[int, int, int], DeviceSpec | RejectedSpec]] = {}
         # The directory the entries are all of, once a full scan filled them; None before.
         self.scanned: Path | None = None
+        # The spec directory's filesystem (st_dev) when it was last read completely.
+        self.device: int | None = None
 
     def get(self, path: str, signature: tuple[int, int, int],
             now_ns: int) -> DeviceSpec | RejectedSpec | None:
@@ -193,7 +220,7 @@ class SpecFileCache:
         entry = self._entries.get(path)
         if entry is None or entry[0] != signature:
             return None
-        if now_ns - signature[2] < RACY_SECONDS * 1e9:
+        if abs(now_ns - signature[2]) < RACY_SECONDS * 1e9:
             return None
         return entry[1]
 
@@ -216,23 +243,81 @@ class SpecFileCache:
         return [parsed for _, parsed in self._entries.values()]
 
 
-def _read_spec(path: Path, defaults: Defaults) -> DeviceSpec | RejectedSpec:
+def _signature(st: os.stat_result) -> tuple[int, int, int]:
+    """What SpecFileCache compares to tell an unchanged file."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _entry_status(path: Path) -> os.stat_result | RejectedSpec | None:
+    """The stat of what a spec entry points to; a RejectedSpec when the entry is there but
+    cannot be a spec file (dangling or looping symlink, not a regular file, too large,
+    unreadable); None when the entry itself is gone (deleted: that is a removal request)."""
     name = path.stem
     try:
-        text = path.read_text(encoding="utf-8")
-        return parse_spec(name, text, defaults)
-    except (OSError, UnicodeDecodeError) as exc:
-        return RejectedSpec(name, str(path), f"cannot read: {exc}")
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            return RejectedSpec(name, str(path), "a symlink to nothing (dangling): the device "
+                                "is kept as it is")
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return RejectedSpec(name, str(path), "a symlink loop: the device is kept as it is")
+        return RejectedSpec(name, str(path), f"cannot stat: {exc.strerror or exc}")
+    if not stat.S_ISREG(st.st_mode):
+        return RejectedSpec(name, str(path), f"{_kind(st.st_mode)}, not a regular file: the "
+                            "device is kept as it is")
+    if st.st_size > MAX_SPEC_BYTES:
+        return RejectedSpec(name, str(path), f"{st.st_size} bytes: larger than the "
+                            f"{MAX_SPEC_BYTES} a spec may be")
+    return st
+
+
+def _read_bounded(path: Path) -> bytes:
+    """A spec file's bytes, read without blocking (a FIFO renamed over a file between our
+    stat and our open cannot hang us), from a regular file, at most MAX_SPEC_BYTES."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecError(f"{_kind(st.st_mode)}, not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_SPEC_BYTES:
+            chunk = os.read(fd, MAX_SPEC_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"larger than the {MAX_SPEC_BYTES} bytes a spec may be")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_spec(path: Path, defaults: Defaults) -> DeviceSpec | RejectedSpec:
+    """One spec file, read and parsed; whatever is wrong with it (its type, size, bytes,
+    TOML, keys, values, or an error nobody foresaw) makes it a RejectedSpec, never an
+    exception: one bad file is that file's problem."""
+    name = path.stem
+    try:
+        return parse_spec(name, _read_bounded(path).decode("utf-8"), defaults)
     except SpecError as exc:
         return RejectedSpec(name, str(path), str(exc))
+    except UnicodeDecodeError as exc:
+        return RejectedSpec(name, str(path), f"not UTF-8 text: {exc.reason} at byte "
+                            f"{exc.start}")
+    except OSError as exc:
+        return RejectedSpec(name, str(path), f"cannot read: {exc.strerror or exc}")
+    except RecursionError:
+        return RejectedSpec(name, str(path), "nested too deeply to parse")
+    except Exception as exc:  # noqa: BLE001 - contained to this file, named in status
+        return RejectedSpec(name, str(path), f"cannot parse: {type(exc).__name__}: {exc}")
 
 
-def _signature(stat: os.stat_result) -> tuple[int, int, int]:
-    """What SpecFileCache compares to tell an unchanged file."""
-    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-def _spec_set(parsed: Iterable[DeviceSpec | RejectedSpec], directory: Path) -> SpecSet:
+def _spec_set(parsed: Iterable[DeviceSpec | RejectedSpec], directory: Path,
+              device: int | None) -> SpecSet:
     specs: dict[str, DeviceSpec] = {}
     rejected: list[RejectedSpec] = []
     for item in parsed:
@@ -241,7 +326,23 @@ def _spec_set(parsed: Iterable[DeviceSpec | RejectedSpec], directory: Path) -> S
         else:
             rejected.append(item)
     rejected.sort(key=lambda r: r.name)
-    return resolve(specs, rejected, directory)
+    resolved = resolve(specs, rejected, directory)
+    return replace(resolved, directory_device=device)
+
+
+def _directory_device(directory: Path) -> int:
+    """The spec directory's filesystem; SpecSourceError unless it is a readable directory."""
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        if os.path.lexists(directory):
+            raise SpecSourceError(f"spec_dir {directory} is a symlink to nothing") from None
+        raise SpecSourceError(f"spec_dir {directory} does not exist") from None
+    except OSError as exc:
+        raise SpecSourceError(f"spec_dir {directory}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SpecSourceError(f"spec_dir {directory} is {_kind(st.st_mode)}, not a directory")
+    return st.st_dev
 
 
 def load_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
@@ -249,59 +350,75 @@ def load_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
     """Like load_spec_dir, reading only the files of `names` (what file events named) and
     taking every other file from `cache`, which a full scan of `directory` filled: the
     cost of a change does not grow with the number of files. The next full scan catches
-    anything an event missed."""
-    if cache.scanned != directory:
+    anything an event missed. A directory that is no longer the one scanned (gone,
+    replaced, another filesystem mounted or unmounted) makes it a full scan."""
+    try:
+        device = _directory_device(directory)
+    except SpecSourceError as exc:
+        return SpecSet(specs={}, rejected=(), source_error=str(exc))
+    if cache.scanned != directory or cache.device != device:
         return load_spec_dir(directory, defaults, cache)
     now_ns = time.time_ns()
     for name in names:
         path = directory / f"{name}{SPEC_SUFFIX}"
         if not is_spec_file(path) or path.parent != directory:
             continue
-        try:
-            stat = os.stat(path)
-        except OSError:
-            stat = None
-        if stat is None or not S_ISREG(stat.st_mode):
+        status = _entry_status(path)
+        if status is None:
             cache.forget(str(path))
-            continue
-        if cache.get(str(path), _signature(stat), now_ns) is None:
-            cache.put(str(path), _signature(stat), _read_spec(path, defaults))
-    return _spec_set(cache.parsed(), directory)
+        elif isinstance(status, RejectedSpec):
+            # Kept among the parsed: a broken entry's name keeps its device.
+            cache.put(str(path), (0, 0, 0), status)
+        elif cache.get(str(path), _signature(status), now_ns) is None:
+            cache.put(str(path), _signature(status), read_spec(path, defaults))
+    return _spec_set(cache.parsed(), directory, device)
 
 
 def load_spec_dir(directory: Path, defaults: Defaults,
                   cache: SpecFileCache | None = None) -> SpecSet:
-    """Read every spec file of a directory and resolve parents among them."""
-    found: list[DeviceSpec | RejectedSpec] = []
+    """Read every spec file of a directory and resolve parents among them.
+
+    A directory that cannot be read completely gives a SpecSet with `source_error` set and
+    no specs: its absent files prove nothing, so nothing may be removed for them.
+    """
     try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        entries = []
+        device = _directory_device(directory)
+        with os.scandir(directory) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except SpecSourceError as exc:
+        return SpecSet(specs={}, rejected=(), source_error=str(exc))
+    except OSError as exc:
+        return SpecSet(specs={}, rejected=(),
+                       source_error=f"spec_dir {directory}: {exc.strerror or exc}")
     now_ns = time.time_ns()
+    found: list[DeviceSpec | RejectedSpec] = []
     seen: set[str] = set()
     for entry in entries:
-        if not entry.name.endswith(SPEC_SUFFIX) or entry.name.startswith((".", "#")) \
-                or not entry.is_file():
+        if not entry.name.endswith(SPEC_SUFFIX) or entry.name.startswith((".", "#")):
             continue  # as is_spec_file, without a Path per entry
-        parsed: DeviceSpec | RejectedSpec | None = None
-        if cache is not None:
-            try:
-                stat = entry.stat()
-            except OSError:
-                continue  # deleted while we listed
-            signature = _signature(stat)
-            seen.add(entry.path)
-            parsed = cache.get(entry.path, signature, now_ns)
-            if parsed is None:
-                parsed = _read_spec(Path(entry.path), defaults)
+        path = Path(entry.path)
+        status = _entry_status(path)
+        if status is None:
+            continue  # deleted while we listed
+        if isinstance(status, RejectedSpec):
+            found.append(status)
+            continue
+        signature = _signature(status)
+        parsed = cache.get(entry.path, signature, now_ns) if cache is not None else None
+        if parsed is None:
+            parsed = read_spec(path, defaults)
+            if cache is not None:
                 cache.put(entry.path, signature, parsed)
-        else:
-            parsed = _read_spec(Path(entry.path), defaults)
+        seen.add(entry.path)
         found.append(parsed)
     if cache is not None:
         cache.keep_only(seen)
         cache.scanned = directory
-    return _spec_set(found, directory)
+        cache.device = device
+        for item in found:
+            if isinstance(item, RejectedSpec) and item.path not in seen:
+                cache.put(item.path, (0, 0, 0), item)
+    return _spec_set(found, directory, device)
 
 
 def resolve(
@@ -309,7 +426,8 @@ def resolve(
 ) -> SpecSet:
     """Apply inheritance from parents that have specs; reject cycles and bad inheritance.
 
-    A child of a rejected spec is rejected too: what it would inherit is unknown.
+    A child of a rejected spec is rejected too: what it would inherit is unknown. Iterative:
+    a chain of any length is walked without recursion.
     """
     bad = {r.name: r for r in rejected}
     good: dict[str, DeviceSpec] = {}
@@ -317,38 +435,41 @@ def resolve(
     def path_of(name: str) -> str:
         return str(directory / f"{name}{SPEC_SUFFIX}")
 
-    def visit(name: str, trail: tuple[str, ...]) -> DeviceSpec | None:
-        if name in good:
-            return good[name]
-        if name in bad:
-            return None
-        spec = specs[name]
-        if spec.parent is None or (spec.parent not in specs and spec.parent not in bad):
-            good[name] = spec
-            return spec
-        if spec.parent in trail:
-            cycle = " -> ".join((*trail[trail.index(spec.parent):], name, spec.parent))
-            bad[name] = RejectedSpec(name, path_of(name), f"key 'parent': cycle {cycle}")
-            return None
-        parent = visit(spec.parent, (*trail, name))
-        if parent is None:
-            if name not in bad:
-                reason = bad[spec.parent].error if spec.parent in bad else "rejected"
-                bad[name] = RejectedSpec(
-                    name, path_of(name), f"key 'parent': parent {spec.parent!r} is invalid "
-                    f"({reason})"
-                )
-            return None
-        try:
-            child = inherit(spec, parent.size, parent.filesystem)
-        except SpecError as exc:
-            bad[name] = RejectedSpec(name, path_of(name), str(exc))
-            return None
-        good[name] = child
-        return child
-
-    for name in sorted(specs):
-        visit(name, ())
+    for start in sorted(specs):
+        # Walk up to the first name already decided, a spec-less parent, or a cycle.
+        chain: list[str] = []
+        on_chain: set[str] = set()
+        name: str | None = start
+        while name is not None and name in specs and name not in good and name not in bad:
+            if name in on_chain:
+                break
+            chain.append(name)
+            on_chain.add(name)
+            name = specs[name].parent
+        if name is not None and name in on_chain:
+            # A cycle: every name from `name` round to itself, and those hanging below it.
+            loop = chain[chain.index(name):]
+            cycle = " -> ".join((*loop, name))
+            for member in loop:
+                bad[member] = RejectedSpec(member, path_of(member), f"key 'parent': cycle {cycle}")
+            chain = chain[:chain.index(name)]
+        # Settle the chain from the top down: each name's parent is decided before it.
+        for member in reversed(chain):
+            spec = specs[member]
+            parent_name = spec.parent
+            if parent_name is None or (parent_name not in specs and parent_name not in bad):
+                good[member] = spec
+            elif parent_name in bad:
+                reason = bad[parent_name].error
+                bad[member] = RejectedSpec(
+                    member, path_of(member),
+                    f"key 'parent': parent {parent_name!r} is invalid ({reason})")
+            else:
+                parent = good[parent_name]
+                try:
+                    good[member] = inherit(spec, parent.size, parent.filesystem)
+                except SpecError as exc:
+                    bad[member] = RejectedSpec(member, path_of(member), str(exc))
     ordered = tuple(sorted(bad.values(), key=lambda r: r.name))
     return SpecSet(specs=good, rejected=ordered)
 

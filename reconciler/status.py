@@ -18,9 +18,9 @@ from reconciler.dm.host import Host
 from reconciler.dm.pool import thin_device_name
 from reconciler.dm.types import METADATA_BLOCK_BYTES
 from reconciler.reconcile.observe import KernelDevice, Observation, observe_safely
-from reconciler.specs import SNAPSHOT_NAME_RE
+from reconciler.specs import is_snapshot_device
 from reconciler.states import LIVE, DeviceState, is_ready
-from reconciler.store import DeviceRecord, SnapshotRecord, Store
+from reconciler.store import ConditionKind, DeviceRecord, SnapshotRecord, Store
 from reconciler.units import format_size
 
 
@@ -131,7 +131,7 @@ def build_report(settings: Settings, store: Store, host: Host,
     report: dict[str, Any] = {
         "pool": _pool_report(settings, store, obs, kernel_error),
         "devices": [_device_report(settings, r, obs, store.snapshot(r.name)
-                                   if SNAPSHOT_NAME_RE.match(r.name) else None)
+                                   if is_snapshot_device(r.name) else None)
                     for r in records],
         "rejected_specs": [
             {"name": r.name, "path": r.path, "error": r.error}
@@ -139,6 +139,20 @@ def build_report(settings: Settings, store: Store, host: Host,
             if name is None or r.name == name
         ],
     }
+    conditions = {c.kind: c for c in store.conditions()}
+    report["conditions"] = [
+        {"kind": c.kind, "message": c.message, "names": list(c.names), "count": c.count,
+         "since": iso_time(c.since), "at": iso_time(c.at)}
+        for c in conditions.values()
+    ]
+    source = conditions.get(ConditionKind.SPEC_SOURCE.value)
+    failed = conditions.get(ConditionKind.PASS_FAILED.value)
+    held = conditions.get(ConditionKind.REMOVALS_HELD.value)
+    report["pool"].update(
+        spec_source_error=source.message if source else None,
+        last_pass_error=failed.message if failed else None,
+        removals_held=list(held.names) if held else [],
+    )
     orphans = store.orphans()
     report["orphans"] = {
         "thin_ids": [o.thin_id for o in orphans if o.kind == "thin_id"],
@@ -187,6 +201,12 @@ def render_table(report: dict[str, Any]) -> str:
             f"metadata {_size(pool['metadata_used_bytes'])}/"
             f"{_size(pool['metadata_total_bytes'])}"
         )
+    for condition in report["conditions"]:
+        times = f"{condition['count']} times since " if condition["count"] > 1 else "since "
+        lines.append(f"{condition['kind'].replace('_', ' ')}: {condition['message']} "
+                     f"({times}{condition['since'][:19].replace('T', ' ')})")
+        if condition["names"]:
+            lines.append("  " + ", ".join(condition["names"]))
     header = ("NAME", "KIND", "STATE", "SINCE", "ID", "SIZE", "USED", "PARENT", "KEY",
               "ERROR")
     rows = [header] + [

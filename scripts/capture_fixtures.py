@@ -485,7 +485,7 @@ def main() -> int:
         try:
             first = run(name, body)
             second = first if ONCE else run(name, body)
-        except Exception as exc:  # report, clean up, go on with the other scenarios
+        except Exception as exc:  # noqa: BLE001 - report, clean up, go on with the others
             failed = True
             report.append(f"{name}: FAILED: {exc!r}")
             cleanup_anything()

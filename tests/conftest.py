@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,7 +139,7 @@ class World:
         """What `run --once` does: passes until settled, sleeping on the fake clock."""
         return run_until_settled(self.reconciler(policy), self.clock, self.clock.sleep)
 
-    def report(self) -> dict[str, object]:
+    def report(self) -> dict[str, Any]:
         """`status --json` as a dict."""
         assert self.store is not None
         return build_report(self.settings, self.store, self.host)

@@ -181,7 +181,7 @@ def test_an_api_call_waiting_for_a_retry_is_parked_while_the_loop_serves_others(
         def run() -> None:
             try:
                 answers[label] = daemon.run_on_loop(call)
-            except Exception as exc:  # the test reads it
+            except Exception as exc:  # noqa: BLE001 - the test reads it
                 answers[label] = exc
         thread = threading.Thread(target=run)
         thread.start()

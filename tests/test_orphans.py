@@ -87,6 +87,6 @@ def test_unknown_dm_devices_of_our_pool_are_reported(fake_world: World) -> None:
     assert fake_world.run_pass().ok
     DmClient(fake_world.host).create(f"{fake_world.pool}-stray", "0 8 zero", "stray")
     assert fake_world.run_pass().ok
-    assert fake_world.report()["orphans"]["devices"] == [  # type: ignore[index]
+    assert fake_world.report()["orphans"]["devices"] == [
         {"name": f"{fake_world.pool}-stray", "thin_id": None}]
     assert f"{fake_world.pool}-stray" in fake_world.kernel_names()

@@ -15,7 +15,7 @@ from tests.conftest import World
 
 def devices(world: World) -> dict[str, dict[str, Any]]:
     report = world.report()
-    return {d["name"]: d for d in report["devices"]}  # type: ignore[attr-defined]
+    return {d["name"]: d for d in report["devices"]}
 
 
 def pool_ids(world: World) -> set[int]:
@@ -48,7 +48,7 @@ def test_two_specs_become_two_active_thin_devices(world: World) -> None:
         assert device["path"] == f"/dev/mapper/{world.pool}-{name}"
     assert pool_ids(world) == {shown["web-base"]["device_id"], shown["web-1"]["device_id"]}
     report = world.report()
-    assert report["pool"]["transaction_id"] == 2  # type: ignore[index]
+    assert report["pool"]["transaction_id"] == 2
 
 
 def test_a_converged_pass_changes_nothing(world: World) -> None:
@@ -128,8 +128,8 @@ def test_a_broken_spec_never_touches_its_device(world: World) -> None:
     assert [r.name for r in result.rejected] == ["web"]
     assert world.kernel_names() == {f"{world.pool}-web"}
     report = world.report()
-    assert report["rejected_specs"][0]["name"] == "web"  # type: ignore[index]
-    assert "key 'size'" in report["rejected_specs"][0]["error"]  # type: ignore[index]
+    assert report["rejected_specs"][0]["name"] == "web"
+    assert "key 'size'" in report["rejected_specs"][0]["error"]
     assert devices(world)["web"]["state"] == "Activated"
 
 

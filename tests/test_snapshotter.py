@@ -226,7 +226,7 @@ def test_spec_files_and_snapshots_share_status(fake_world: World) -> None:
     snaps.prepare("ns/1/key")
     fake_world.run_pass()
     report = fake_world.report()
-    devices = {d["name"]: d for d in report["devices"]}  # type: ignore[attr-defined]
+    devices = {d["name"]: d for d in report["devices"]}
     assert devices["web"]["snapshot"] is None
     assert devices["snap-1"]["snapshot"]["key"] == "ns/1/key"
     assert devices["snap-1"]["snapshot"]["kind"] == "active"

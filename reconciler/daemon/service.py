@@ -34,7 +34,7 @@ from reconciler.dm.host import Host
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import Call, Parked, Snapshotter, Unavailable
-from reconciler.store import Store
+from reconciler.store import ConditionKind, Store
 
 T = TypeVar("T")
 
@@ -77,6 +77,8 @@ class Daemon:
     clock: Callable[[], float] = time.time
     wakeups: Wakeups = field(default_factory=Wakeups)
     passes: int = 0
+    # Passes failed in a row (reset by one that ends); the next full pass backs off by it.
+    failed_passes: int = 0
 
     def __post_init__(self) -> None:
         self.store = Store(self.settings.database_path, self.clock)
@@ -107,7 +109,7 @@ class Daemon:
                 future.set_result(fn(self.snapshotter))
             except Parked as parked:
                 self._parked.append(_ParkedCall(parked.call, parked.at, future))
-            except BaseException as exc:  # handed to the waiting thread, which re-raises
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which re-raises
                 future.set_exception(exc)
 
         if self._stopping:
@@ -130,7 +132,7 @@ class Daemon:
                 continue
             try:
                 parked.future.set_result(parked.call.outcome())
-            except BaseException as exc:  # handed to the waiting thread, which re-raises
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which re-raises
                 parked.future.set_exception(exc)
         self._parked = waiting
 
@@ -158,12 +160,30 @@ class Daemon:
         signal.signal(signal.SIGUSR1, lambda s, f: self.wakeups.resync())
 
     def _pass(self, only: set[str] | None) -> PassResult | None:
+        """One pass; a pass that fails, for any reason, is logged (with its traceback when
+        nobody foresaw it), counted and shown in `status`, and a full pass is tried again
+        with backoff: the daemon keeps serving `status`, file events and gRPC meanwhile."""
         try:
             result = self.reconciler.run_pass(only)
-        except DmError as exc:
-            log.error("pass.failed", error=str(exc), errno=exc.errno_name,
-                      next=f"full pass again in {self.settings.retry_max:.1f}s")
+        except Exception as exc:  # no pass takes the daemon down
+            self.failed_passes += 1
+            delay = self.reconciler.policy.delay(self.failed_passes)
+            self._next_resync = self.clock() + delay
+            error = str(exc) if isinstance(exc, DmError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, DmError):
+                log.error("pass.failed", error=error, errno=exc.errno_name,
+                          failures=self.failed_passes, next=f"full pass again in {delay:.1f}s")
+            else:
+                log.exception("pass.failed", error=error, failures=self.failed_passes,
+                              next=f"full pass again in {delay:.1f}s")
+            try:
+                self.store.set_condition(ConditionKind.PASS_FAILED, error)
+            except Exception:  # the store itself may be what failed
+                log.exception("condition.not_saved", kind=ConditionKind.PASS_FAILED.value)
             return None
+        if self.failed_passes or self.passes == 0:  # also what an earlier run left
+            self.failed_passes = 0
+            self.store.clear_condition(ConditionKind.PASS_FAILED)
         self.passes += 1
         if self.passes == 1:
             settle_heap()
@@ -218,7 +238,6 @@ class Daemon:
         if full or batch.names or (self._next_retry is not None and now >= self._next_retry):
             result = self._pass(None if full else batch.names)
             if result is None:
-                self._next_resync = now + self.settings.retry_max
                 self._next_retry = None
             else:
                 self._next_retry = result.next_retry_at

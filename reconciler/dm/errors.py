@@ -65,6 +65,14 @@ class InvalidArgument(DmError):
     errno_name = "EINVAL"
 
 
+class TimedOut(DmError):
+    """A program ran past its time limit and was killed (e.g. mkfs on a pool that queues
+    I/O while it has no space): the step's error, worth trying again."""
+
+    errno_name = "ETIMEDOUT"
+    temporary = True
+
+
 class CommandFailed(DmError):
     """Any other failure: the text is kept, and it is not retried."""
 
@@ -87,6 +95,8 @@ _NOT_FOUND_TEXTS = ("Device does not exist", "No such device or address")
 
 def classify(what: str, completed: Completed) -> DmError:
     """The DmError for a failed command, from the strerror text in its stderr."""
+    if completed.timed_out:
+        return TimedOut(what, completed)
     text = completed.stderr
     for number, cls in _BY_ERRNO.items():
         if os.strerror(number) in text:

@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from reconciler.dm.libdm import DmLibrary
 
 
+# What a killed-for-time command exits with, as coreutils' timeout(1) says it.
+TIMED_OUT_RC = 124
+# After the kill, how long to wait for the process to go; a process in uninterruptible
+# sleep (I/O queued on a pool that is out of space) cannot die sooner, and is left behind.
+KILL_WAIT_SECONDS = 5.0
+
+
 @dataclass(frozen=True)
 class Completed:
     """What an external command did: its argv, exit code and both outputs as text."""
@@ -31,6 +38,8 @@ class Completed:
     rc: int
     stdout: str
     stderr: str
+    # Killed for running past the host's time limit (rc is then TIMED_OUT_RC).
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
@@ -72,18 +81,25 @@ class SystemHost:
         """Run argv with a C locale, so error texts are the ones our parsers know."""
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
         try:
-            proc = subprocess.run(
-                list(argv),
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=self.timeout,
-                check=False,
-                stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(
+                list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL, text=True, env=env,
             )
         except FileNotFoundError:
             return Completed(tuple(argv), 127, "", f"{argv[0]}: command not found\n")
-        return Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        try:
+            stdout, stderr = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            # Not subprocess.run: it waits for the killed child without a bound.
+            proc.kill()
+            try:
+                stdout, stderr = proc.communicate(timeout=KILL_WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                stdout, stderr = "", ""
+            message = f"{argv[0]}: timed out after {self.timeout:g}s and was killed\n"
+            return Completed(tuple(argv), TIMED_OUT_RC, stdout, stderr + message,
+                             timed_out=True)
+        return Completed(tuple(argv), proc.returncode, stdout, stderr)
 
     def read(self, path: str, offset: int, length: int) -> bytes:
         """pread from path."""

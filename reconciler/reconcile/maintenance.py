@@ -8,6 +8,7 @@ explicit `gc --orphans`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import structlog
@@ -29,8 +30,12 @@ class RequestRefused(Exception):
     """An operator request that cannot be done as asked; the message says why."""
 
 
-def take_requests(ctx: PassContext, load_specs: Callable[[], SpecSet]) -> None:
-    """Run every queued operator request; a refused or failed one is logged and dropped."""
+def take_requests(ctx: PassContext, load_specs: Callable[[], SpecSet]) -> set[str]:
+    """Run every queued operator request; a refused or failed one is logged and dropped.
+
+    Returns the names whose held removal an operator confirmed (the pass does them).
+    """
+    confirmed: set[str] = set()
     for request in ctx.store.take_requests():
         bound = log.bind(request=request.kind, name=request.name)
         try:
@@ -39,7 +44,10 @@ def take_requests(ctx: PassContext, load_specs: Callable[[], SpecSet]) -> None:
             bound.warning("request.unknown", next="dropped")
             continue
         try:
-            if kind == RequestKind.RETRY:
+            if kind == RequestKind.CONFIRM_REMOVALS:
+                confirmed |= _names(request.name)
+                bound.info("request.removals_confirmed", names=sorted(_names(request.name)))
+            elif kind == RequestKind.RETRY:
                 retry(ctx, request.name)
             elif kind == RequestKind.GC_ORPHANS:
                 gc_orphans(ctx)
@@ -52,6 +60,19 @@ def take_requests(ctx: PassContext, load_specs: Callable[[], SpecSet]) -> None:
                               next="dropped")
         except (DmError, RequestRefused) as exc:
             bound.error("request.failed", error=str(exc), next="fix and ask again")
+        except Exception as exc:  # noqa: BLE001 - one request's bug is not the pass's
+            bound.exception("request.failed", error=f"{type(exc).__name__}: {exc}",
+                            next="reported; the pass goes on")
+    return confirmed
+
+
+def _names(listed: str) -> set[str]:
+    """The names a confirm-removals request carries (a JSON list)."""
+    try:
+        names = json.loads(listed)
+    except ValueError:
+        return set()
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
 
 
 def retry(ctx: PassContext, name: str) -> None:

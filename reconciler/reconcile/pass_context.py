@@ -44,11 +44,16 @@ class PassResult:
     next_retry_at: float | None = None
     next_budgeted_retry_at: float | None = None
     stopped: bool = False
+    # Removals inferred from absent spec files that the guard held (not done).
+    held: list[str] = field(default_factory=list)
+    # The spec directory could not be read completely: no spec-file device was touched.
+    source_error: str | None = None
 
     @property
     def ok(self) -> bool:
-        """Everything converged and every spec was usable."""
-        return not (self.pending or self.faulty or self.rejected)
+        """Everything converged, every spec was usable, nothing was held."""
+        return not (self.pending or self.faulty or self.rejected or self.held
+                    or self.source_error)
 
 
 class StepFailed(Exception):

@@ -13,6 +13,7 @@ one device's loop in `drive`, crash recovery in `recovery`, operator requests an
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -27,10 +28,12 @@ from reconciler.reconcile import maintenance, recovery
 from reconciler.reconcile.decide import describe
 from reconciler.reconcile.desired import (
     apply_spec,
+    held_removals,
     load_specs,
     new_record,
     parents_first,
     resolve_against_store,
+    source_check,
     with_descendants,
 )
 from reconciler.reconcile.drive import decide, drive
@@ -38,9 +41,15 @@ from reconciler.reconcile.observe import ParsedTargets, observe, observe_names
 from reconciler.reconcile.pass_context import PassContext, PassResult, PoolLedger, Stopped
 from reconciler.reconcile.pool_setup import prepare_pool
 from reconciler.reconcile.retry import RetryPolicy
-from reconciler.specs import DeviceSpec, RejectedSpec, SpecFileCache, SpecSet
+from reconciler.specs import (
+    DeviceSpec,
+    RejectedSpec,
+    SpecFileCache,
+    SpecSet,
+    is_snapshot_device,
+)
 from reconciler.states import DeviceState
-from reconciler.store import DeviceRecord, RejectedSpecRecord, Store
+from reconciler.store import ConditionKind, DeviceRecord, RejectedSpecRecord, Store
 
 S = DeviceState
 log = structlog.get_logger(__name__)
@@ -62,6 +71,8 @@ class _Desired:
     specs: dict[str, DeviceSpec]
     names: frozenset[str]
     rejected: list[RejectedSpec]
+    # The spec directory could not be read completely: no spec-file device is touched.
+    source_error: str | None = None
 
 
 class Reconciler:
@@ -75,6 +86,7 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         policy: RetryPolicy | None = None,
         stop_requested: Callable[[], bool] = lambda: False,
+        allow_removals: bool = False,
     ) -> None:
         self.settings = settings
         self.host = host
@@ -97,6 +109,18 @@ class Reconciler:
         self._records_current = False
         self._full_passes_since_read = 0
         self._full_passes = 0
+        # An error nobody foresaw left a device's record unsaved: the next pass reads rows.
+        self._reread_records = False
+        # `run --once --allow-removals`: the removal guard is off for this process.
+        self.allow_removals = allow_removals
+        # Removals an operator confirmed (`reconciler confirm-removals`), until done.
+        self.confirmed_removals: set[str] = set()
+        # The spec directory's filesystem when it last held specs (a fact in the store).
+        self._spec_dir_device: int | None = None
+        self._spec_dir_device_read = False
+        # Conditions that may be set in the store (an earlier run's too, until cleared once):
+        # clearing one that is not costs no write.
+        self._maybe_set: set[ConditionKind] = set(ConditionKind)
 
     # -- what outlives a pass ----------------------------------------------------------------
 
@@ -123,8 +147,34 @@ class Reconciler:
         )
 
     def _desired(self, spec_set: SpecSet) -> _Desired:
+        spec_set = self._checked_source(spec_set)
         specs, rejected = resolve_against_store(spec_set, self.records, self.settings)
-        return _Desired(specs, spec_set.names, rejected)
+        return _Desired(specs, spec_set.names, rejected, spec_set.source_error)
+
+    def _checked_source(self, spec_set: SpecSet) -> SpecSet:
+        key = f"spec_dir_device:{self.settings.specs_path}"
+        if not self._spec_dir_device_read:
+            known = self.store.fact(key)
+            self._spec_dir_device = int(known) if known is not None else None
+            self._spec_dir_device_read = True
+        checked, device = source_check(spec_set, self.settings.specs_path,
+                                       self._spec_dir_device)
+        if device is not None and device != self._spec_dir_device:
+            self.store.set_fact(key, str(device))
+            self._spec_dir_device = device
+        return checked
+
+    def _condition(self, kind: ConditionKind, message: str | None,
+                   names: Iterable[str] = ()) -> None:
+        """Set a condition (message given) or clear it (None), writing only on a change."""
+        if message is not None:
+            record = self.store.set_condition(kind, message, names)
+            self._maybe_set.add(kind)
+            log.error(f"condition.{kind.value}", message=message, count=record.count,
+                      names=list(record.names) or None)
+        elif kind in self._maybe_set:
+            self.store.clear_condition(kind)
+            self._maybe_set.discard(kind)
 
     def _read_records(self) -> None:
         self.records.clear()
@@ -149,35 +199,89 @@ class Reconciler:
             recovery.sync_transaction_id(ctx)
             if wanted is None and self._pool_may_have_changed(ctx):
                 ctx.read_pool_ids()
-        maintenance.take_requests(ctx, self.load_specs)
+        self.confirmed_removals |= maintenance.take_requests(ctx, self.load_specs)
         if wanted is None:
             maintenance.find_orphans(ctx)
 
-        result = PassResult(rejected=desired.rejected)
+        result = PassResult(rejected=desired.rejected, source_error=desired.source_error)
         self.store.replace_rejected_specs(
             RejectedSpecRecord(r.name, r.path, r.error, self.clock()) for r in desired.rejected
         )
         for item in desired.rejected:
             log.warning("spec.rejected", name=item.name, path=item.path, error=item.error,
                         next="fix the file; the device (if any) is left as it is")
+        self._condition(ConditionKind.SPEC_SOURCE, desired.source_error)
 
         # Every device, or those _begin chose; parents before their snapshots, unwanted
-        # devices last.
+        # devices last (less those whose removal is held, or that no source may judge).
         order: list[tuple[str, DeviceSpec | None]] = [
             (n, desired.specs[n]) for n in parents_first(desired.specs)
             if chosen is None or n in chosen]
-        unwanted = self.records if chosen is None else chosen
-        order += [(n, None) for n in sorted(unwanted) if n not in desired.names
-                  and n in self.records and self.records[n].state != S.REMOVED]
+        unwanted = self._unwanted(desired, chosen, result)
+        order += [(n, None) for n in sorted(unwanted)]
         try:
             for name, spec in order:
-                drive(ctx, name, spec, result)
+                self._drive_contained(ctx, name, spec, result)
         except Stopped:
             result.stopped = True
             log.info("pass.stopped", next="exiting; every finished step is persisted")
+        self.confirmed_removals = {n for n in self.confirmed_removals
+                                   if n in self.records and n not in desired.names
+                                   and self.records[n].state != S.REMOVED}
         self._schedule(result)
-        self._records_current = not result.stopped
+        self._records_current = not (result.stopped or self._reread_records)
+        self._reread_records = False
         return result
+
+    def _unwanted(self, desired: _Desired, chosen: set[str] | None,
+                  result: PassResult) -> set[str]:
+        """The devices this pass takes away: those no spec wants, except that a removal
+        inferred from an absent spec file is never made when the spec directory could not
+        be read, and is held when the removal guard says so (see desired.held_removals).
+        The snapshotter's removals are explicit calls and never held."""
+        candidates = self.records if chosen is None else chosen
+        unwanted = {n for n in candidates if n not in desired.names and n in self.records
+                    and self.records[n].state != S.REMOVED}
+        inferred = {n for n in unwanted if not is_snapshot_device(n)}
+        if desired.source_error is not None:
+            return unwanted - inferred
+        held: set[str] = set()
+        if inferred and not self.allow_removals:
+            files = sum(1 for n, r in self.records.items()
+                        if r.state != S.REMOVED and not is_snapshot_device(n))
+            held = held_removals(inferred, files, self.settings.max_removals,
+                                 self.confirmed_removals)
+        if held:
+            result.held = sorted(held)
+            self._condition(
+                ConditionKind.REMOVALS_HELD,
+                f"{len(held)} removals held (their spec files are gone): confirm with "
+                "`reconciler confirm-removals`, or restore the files", held)
+        elif chosen is None:
+            self._condition(ConditionKind.REMOVALS_HELD, None)
+        return unwanted - held
+
+    def _drive_contained(self, ctx: PassContext, name: str, spec: DeviceSpec | None,
+                         result: PassResult) -> None:
+        """drive(), with an error nobody foresaw kept to this device: logged with its
+        traceback, shown as the device's error, and retried by the next pass."""
+        try:
+            drive(ctx, name, spec, result)
+        except Stopped:
+            raise
+        except Exception as exc:
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("device.internal_error", name=name, error=error,
+                          next="left as it is; tried again next pass")
+            result.pending[name] = error
+            # What is in memory may be ahead of what was saved: read the rows again.
+            self._records_current = False
+            self._reread_records = True
+            with contextlib.suppress(Exception):
+                stored = self.store.device(name)
+                if stored is not None:
+                    stored.error = error
+                    self.store.save_device(stored)
 
     def _begin(self, ctx: PassContext, only: set[str] | None
                ) -> tuple[_Desired, set[str] | None]:
@@ -255,7 +359,7 @@ class Reconciler:
         if not self.recovered:
             recovery.recover(ctx)
             self.recovered = True
-        maintenance.take_requests(ctx, self.load_specs)
+        self.confirmed_removals |= maintenance.take_requests(ctx, self.load_specs)
         ctx.read_pool_ids()
         maintenance.find_orphans(ctx)
 

@@ -77,7 +77,7 @@ class Call(Generic[T]):
                 at = self._snapshotter.settle_once(self._waiting_for, self._deadline)
             except StopIteration as stop:
                 self._finish(result=stop.value)
-            except Exception as exc:  # the call's answer (NotFound, Unavailable, DmError...)
+            except Exception as exc:  # noqa: BLE001 - the call's answer (NotFound, DmError...)
                 self._operation.close()
                 self._finish(error=exc)
             else:

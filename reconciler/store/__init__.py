@@ -6,6 +6,8 @@ leaves the last step on disk.
 """
 
 from reconciler.store.records import (
+    ConditionKind,
+    ConditionRecord,
     DeviceRecord,
     IntentRecord,
     OrphanRecord,
@@ -20,6 +22,8 @@ from reconciler.store.store import MAX_THIN_ID, IdAllocator, Store, StoreError
 
 __all__ = [
     "MAX_THIN_ID",
+    "ConditionKind",
+    "ConditionRecord",
     "DeviceRecord",
     "IdAllocator",
     "IntentRecord",

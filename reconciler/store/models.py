@@ -25,11 +25,13 @@ class Models:
     Intent: Any
     Orphan: Any
     Snapshot: Any
+    Condition: Any
+    Fact: Any
 
     def all(self) -> list[type[peewee.Model]]:
         """Every table, for create_tables."""
         return [self.Device, self.Transition, self.RejectedSpec, self.Pool, self.Request,
-                self.Intent, self.Orphan, self.Snapshot]
+                self.Intent, self.Orphan, self.Snapshot, self.Condition, self.Fact]
 
 
 def bind_models(database: peewee.Database) -> Models:
@@ -155,5 +157,23 @@ def bind_models(database: peewee.Database) -> Models:
         class Meta:
             table_name = "snapshots"
 
+    class ConditionRow(Base):
+        kind = peewee.CharField(primary_key=True)
+        message = peewee.TextField()
+        names = peewee.TextField(default="[]")
+        count = peewee.IntegerField(default=1)
+        since = peewee.FloatField()
+        at = peewee.FloatField()
+
+        class Meta:
+            table_name = "conditions"
+
+    class FactRow(Base):
+        key = peewee.CharField(primary_key=True)
+        value = peewee.TextField()
+
+        class Meta:
+            table_name = "facts"
+
     return Models(DeviceRow, TransitionRow, RejectedSpecRow, PoolRow, RequestRow, IntentRow,
-                  OrphanRow, SnapshotRow)
+                  OrphanRow, SnapshotRow, ConditionRow, FactRow)

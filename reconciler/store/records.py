@@ -79,6 +79,8 @@ class RequestKind(StrEnum):
     GC_ORPHANS = "gc-orphans"
     GC_FAULTY = "gc-faulty"
     ADOPT = "adopt"
+    # `name` holds the JSON list of the held removals the operator saw and confirmed.
+    CONFIRM_REMOVALS = "confirm-removals"
 
 
 @dataclass(frozen=True)
@@ -156,3 +158,26 @@ class SnapshotRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     removed_at: float | None = None
+
+
+class ConditionKind(StrEnum):
+    """Something about the whole daemon an operator must see (the values are stored)."""
+
+    # The spec directory could not be read completely: nothing is removed meanwhile.
+    SPEC_SOURCE = "spec_source"
+    # Removals inferred from deleted spec files, held until an operator confirms them.
+    REMOVALS_HELD = "removals_held"
+    # A pass failed with an error nobody foresaw; it is retried with backoff.
+    PASS_FAILED = "pass_failed"
+
+
+@dataclass(frozen=True)
+class ConditionRecord:
+    """A condition in force: what, since when, how often, and the names it concerns."""
+
+    kind: str
+    message: str
+    names: tuple[str, ...] = ()
+    count: int = 1
+    since: float = 0.0
+    at: float = 0.0

@@ -18,6 +18,8 @@ import peewee
 
 from reconciler.store.models import bind_models
 from reconciler.store.records import (
+    ConditionKind,
+    ConditionRecord,
     DeviceRecord,
     IntentRecord,
     OrphanRecord,
@@ -354,3 +356,42 @@ class Store:
         """A sequence number never used before (removed snapshots keep theirs as history)."""
         value = self._m.Snapshot.select(peewee.fn.MAX(self._m.Snapshot.seq)).scalar()
         return 1 if value is None else int(value) + 1
+
+    # -- conditions and facts --------------------------------------------------------------
+
+    def set_condition(self, kind: ConditionKind, message: str,
+                      names: Iterable[str] = ()) -> ConditionRecord:
+        """Say a condition is in force (again): its count grows, its `since` stays."""
+        now = self.clock()
+        row = self._m.Condition
+        listed = json.dumps(sorted(names))
+        with self._db.atomic("IMMEDIATE"):
+            old = row.get_or_none(row.kind == kind.value)
+            count = 1 if old is None else old.count + 1
+            since = now if old is None else old.since
+            row.insert(kind=kind.value, message=message, names=listed, count=count,
+                       since=since, at=now).on_conflict_replace().execute()
+        return ConditionRecord(kind.value, message, tuple(json.loads(listed)), count, since, now)
+
+    def clear_condition(self, kind: ConditionKind) -> None:
+        """The condition no longer holds."""
+        self._m.Condition.delete().where(self._m.Condition.kind == kind.value).execute()
+
+    def conditions(self) -> list[ConditionRecord]:
+        """Every condition in force, by kind."""
+        return [ConditionRecord(r.kind, r.message, tuple(json.loads(r.names)), r.count,
+                                r.since, r.at)
+                for r in self._m.Condition.select().order_by(self._m.Condition.kind)]
+
+    def condition(self, kind: ConditionKind) -> ConditionRecord | None:
+        """One condition, if in force."""
+        return next((c for c in self.conditions() if c.kind == kind.value), None)
+
+    def fact(self, key: str) -> str | None:
+        """A value remembered across restarts (e.g. the spec directory's filesystem)."""
+        row = self._m.Fact.get_or_none(self._m.Fact.key == key)
+        return None if row is None else str(row.value)
+
+    def set_fact(self, key: str, value: str) -> None:
+        """Remember a value across restarts."""
+        self._m.Fact.insert(key=key, value=value).on_conflict_replace().execute()
