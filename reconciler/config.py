@@ -23,7 +23,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from reconciler.units import Bytes, SizeError, brief_repr, parse_duration, parse_size
+from reconciler.units import (
+    Bytes,
+    SizeError,
+    brief_repr,
+    format_size,
+    parse_duration,
+    parse_size,
+)
 
 DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
 CONFIG_ENV = "RECONCILER_CONFIG"
@@ -65,6 +72,21 @@ class ConfigError(ValueError):
         super().__init__(f"config key {key!r}: {problem}")
         self.key = key
         self.problem = problem
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """Free pool space kept back from new devices: a share of the total, or a size."""
+
+    percent: float = 0.0
+    size: int = 0
+
+    def of(self, total: int) -> int:
+        """The bytes (or blocks) kept back out of `total`."""
+        return int(total * self.percent / 100) if self.percent else min(self.size, total)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent else format_size(self.size)
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -141,6 +163,14 @@ class Settings:
                       "for an operator (or \"unlimited\")."),
     )
 
+    pool_reserve: Reserve = field(
+        default=Reserve(percent=10.0),
+        metadata=_doc("Free data space kept back: below it new devices wait (a share or a size)."),
+    )
+    pool_metadata_reserve: Reserve = field(
+        default=Reserve(percent=10.0),
+        metadata=_doc("Free metadata space kept back: below it new devices wait, likewise."),
+    )
     dm_driver: str = field(
         default="libdevmapper",
         metadata=_doc("Kernel calls: \"libdevmapper\" in-process (falls back to \"dmsetup\")."),
@@ -204,6 +234,20 @@ def _max_removals(key: str, value: object) -> int | None:
     return _count(key, value, MAX_REMOVALS, also=f' or "{UNLIMITED}"')
 
 
+def _reserve(key: str, value: object) -> Reserve:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        number = value.strip()[:-1].strip()
+        try:
+            percent = float(number)
+        except ValueError:
+            percent = float("nan")
+        if not 0 <= percent < 100:  # also refuses nan
+            raise ConfigError(
+                key, f"a share must be from 0% to below 100%, got {brief_repr(value)}")
+        return Reserve(percent=percent)
+    return Reserve(size=_size(key, value))
+
+
 def _flag(key: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(key, f"expected true or false, got {brief_repr(value)}")
@@ -259,6 +303,8 @@ _READERS: dict[str, Callable[[str, object], object]] = {
     **dict.fromkeys(_DURATION_KEYS, _duration),
     "max_attempts": lambda key, value: _count(key, value, MAX_ATTEMPTS),
     "max_removals": _max_removals,
+    "pool_reserve": _reserve,
+    "pool_metadata_reserve": _reserve,
     "async_remove": _flag,
     "discard_blocks": _flag,
     "fs_options": _fs_options,

@@ -148,7 +148,9 @@ def build_report(settings: Settings, store: Store, host: Host,
     source = conditions.get(ConditionKind.SPEC_SOURCE.value)
     failed = conditions.get(ConditionKind.PASS_FAILED.value)
     held = conditions.get(ConditionKind.REMOVALS_HELD.value)
+    space = conditions.get(ConditionKind.NEW_DEVICES_HELD.value)
     report["pool"].update(
+        new_devices_held=space.message if space else None,
         spec_source_error=source.message if source else None,
         last_pass_error=failed.message if failed else None,
         removals_held=list(held.names) if held else [],

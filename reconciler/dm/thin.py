@@ -3,6 +3,11 @@
 The reconcile steps say what they want (a thin id, a length, read-only or not); this module
 turns that into tables and dm calls, so no step reaches through the pool's client. Each
 operation is idempotent and says what it did.
+
+Ownership is the dm uuid we set on create (`RECONCILER-v1-<pool>-<thin id>`): a device under
+our name with another uuid is someone else's (another tool, another pool whose names happen
+to look like ours), and no operation here changes it. A device with our uuid is ours whatever
+its state or table, so one left suspended or with an old length is taken back, not refused.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from reconciler.dm.parse import single_thin_table
 from reconciler.dm.pool import ThinPool, table_matches, thin_device_name, thin_uuid
 from reconciler.dm.types import DeviceInfo, ThinTable, describe_table
 from reconciler.units import Sectors
+
+
+class NotOurs(DeviceBusy):
+    """A dm device under our device's name that we did not make (its uuid is not ours)."""
 
 
 class Outcome(StrEnum):
@@ -43,34 +52,59 @@ class ThinDevice:
         """The device node."""
         return f"/dev/mapper/{self.kernel_name}"
 
+    @property
+    def uuid(self) -> str:
+        """The dm uuid that marks the device as ours."""
+        return thin_uuid(self.pool.name, self.thin_id)
+
+    def ours(self, info: DeviceInfo) -> bool:
+        """Whether a dm device (as observed) is this thin device of ours."""
+        return info.uuid == self.uuid
+
+    def check_ours(self, info: DeviceInfo | None, what: str) -> None:
+        """Raise NotOurs when the observed device under our name is someone else's."""
+        if info is not None and not self.ours(info):
+            raise NotOurs(
+                f"{what} {self.kernel_name}",
+                detail=f"a dm device named {self.kernel_name} with uuid {info.uuid!r} is not "
+                f"ours ({self.uuid!r}): left alone; remove or rename it, then retry")
+
     def table(self, length: Sectors) -> ThinTable:
         """The table that maps this thin id with `length` sectors."""
         return self.pool.thin_table(self.thin_id, length)
 
     def activate(self, length: Sectors, readonly: bool, pool_number: str) -> Outcome:
-        """Create the dm device with its table. A device of that name that is exactly ours
-        (same thin id and length, on this pool, given by path or by `pool_number`) is
-        adopted; anything else under the name is someone else's and raises DeviceBusy."""
+        """Create the dm device with its table. A device of that name that is ours (our
+        uuid, or from before uuids: exactly our table) is taken back and resumed if a crash
+        or a failed reload left it suspended (its table is then the reload's business);
+        anything else under the name is someone else's and raises NotOurs."""
         wanted = self.table(length)
         try:
-            self.pool.client.create(self.kernel_name, wanted.line(),
-                                    thin_uuid(self.pool.name, self.thin_id), readonly=readonly)
+            self.pool.client.create(self.kernel_name, wanted.line(), self.uuid,
+                                    readonly=readonly)
         except (DeviceBusy, DeviceExists) as exc:
             # dm answers EBUSY (or EEXIST) when the name is taken, or (udev still holding a
             # name on its way out) for a moment: a name gone by the time we look is the latter.
             try:
-                lines = self.pool.client.table(self.kernel_name)
+                info = self.pool.client.info(self.kernel_name)
+                lines = self.pool.client.table(self.kernel_name) if info is not None else []
             except NoSuchDevice:
+                info = None
+            if info is None:
                 raise DeviceBusy(f"activate {self.kernel_name}",
                                  detail=f"{exc}; the name was free again when looked at") \
                     from exc
             loaded = single_thin_table(lines)
-            if loaded is None or not table_matches(loaded, wanted, pool_number):
-                raise DeviceBusy(
+            if not self.ours(info) and (loaded is None or info.uuid
+                                        or not table_matches(loaded, wanted, pool_number)):
+                raise NotOurs(
                     f"activate {self.kernel_name}",
-                    detail=f"a dm device named {self.kernel_name} already exists with table "
-                    f"{describe_table(lines)!r}, not ours ({wanted.line()!r})",
+                    detail=f"a dm device named {self.kernel_name} already exists (uuid "
+                    f"{info.uuid!r}, table {describe_table(lines)!r}), not ours "
+                    f"({self.uuid!r}, {wanted.line()!r}): left alone",
                 ) from exc
+            if info.suspended:
+                self.resume()
             return Outcome.ALREADY
         return Outcome.DONE
 

@@ -31,7 +31,7 @@ WAITING_PREFIX = "waiting for parent"
 def decide(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> Decision:
     """next_step with what this pass knows of the kernel and of the device's parent."""
     parent = ctx.records.get(record.parent) if record.parent is not None else None
-    return next_step(record, spec, ctx.kernel(record.name), parent)
+    return next_step(record, spec, ctx.kernel(record.name), parent, ctx.hold_new)
 
 
 def record_for(ctx: PassContext, name: str, spec: DeviceSpec | None) -> DeviceRecord:

@@ -15,9 +15,10 @@ import structlog
 
 from reconciler.dm.errors import DmError
 from reconciler.dm.pool import parse_thin_uuid
+from reconciler.dm.thin import ThinDevice
 from reconciler.reconcile.desired import copy_spec, new_record
 from reconciler.reconcile.pass_context import PassContext
-from reconciler.reconcile.steps import remove, save_transaction_id
+from reconciler.reconcile.steps import remove, save_transaction_id, settle_pending
 from reconciler.specs import SpecSet
 from reconciler.states import DeviceState, Trigger
 from reconciler.store import OrphanRecord, RequestKind
@@ -82,6 +83,8 @@ def retry(ctx: PassContext, name: str) -> None:
         raise RequestRefused(f"{name!r} is not Faulty "
                              f"({record.state if record else 'no such device'})")
     log.info("request.retry", name=name)
+    # A change its last attempt started may have happened: the machine must know.
+    settle_pending(ctx, record)
     ctx.machine(name).fire(Trigger.RETRY)
 
 
@@ -133,6 +136,32 @@ def adopt(ctx: PassContext, name: str, thin_id: int, spec_set: SpecSet) -> None:
     ctx.store.save_device(record)
     ctx.machine(name).fire(Trigger.ADOPT)
     log.info("request.adopted", name=name, thin_id=thin_id)
+
+
+def resume_suspended(ctx: PassContext) -> None:
+    """Resume every device of ours the kernel shows suspended. Within a pass no step leaves
+    one so (each suspend is paired with a resume on every path), so one found at the start
+    of a pass was left by a crash or by a resume the kernel refused: its filesystem's
+    readers and writers hang until it runs again. Only devices with our uuid are touched."""
+    prefix = f"{ctx.settings.pool_name}-"
+    for kname, device in sorted(ctx.obs.devices.items()):
+        if not device.info.suspended or not kname.startswith(prefix):
+            continue
+        thin_id = parse_thin_uuid(ctx.settings.pool_name, device.info.uuid)
+        if thin_id is None:
+            continue  # not ours
+        thin = ThinDevice(ctx.pool, kname.removeprefix(prefix), thin_id)
+        try:
+            thin.resume()
+        except DmError as exc:
+            log.error("device.still_suspended", kernel_name=kname, error=str(exc),
+                      next="tried again next pass")
+            continue
+        log.warning("device.resumed", kernel_name=kname, reason="found suspended",
+                    next="its steps go on as their state says")
+        seen = thin.observe()
+        if seen is not None:
+            device.info, device.table = seen
 
 
 def find_orphans(ctx: PassContext) -> None:

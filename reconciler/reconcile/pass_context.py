@@ -106,6 +106,8 @@ class PassContext:
     obs: Observation = field(default_factory=Observation)
     stop_requested: Callable[[], bool] = lambda: False
     machines: dict[str, DeviceMachine] = field(default_factory=dict)
+    # Why new devices wait this pass (the pool's reserve or mode), if they do.
+    hold_new: str | None = None
     # Built at the pass's first allocation.
     _ids: IdAllocator | None = field(default=None, init=False)
 

@@ -25,7 +25,7 @@ from reconciler.dm.driver import make_client
 from reconciler.dm.host import Host
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.reconcile import maintenance, recovery
-from reconciler.reconcile.decide import describe
+from reconciler.reconcile.decide import describe, new_devices_held
 from reconciler.reconcile.desired import (
     apply_spec,
     held_removals,
@@ -62,6 +62,8 @@ TARGETED_MAX = 16
 # every this many full passes it reads them again anyway (belt and braces: a resync is
 # where anything missed gets caught).
 RECORDS_REREAD_EVERY = 10
+# Data usage (percent of the pool) whose crossing on the way up is worth a warning.
+USAGE_THRESHOLDS = (50, 75, 90, 95)
 
 
 @dataclass
@@ -118,9 +120,13 @@ class Reconciler:
         # The spec directory's filesystem when it last held specs (a fact in the store).
         self._spec_dir_device: int | None = None
         self._spec_dir_device_read = False
+        # The highest data usage threshold (percent) the pool is above, for rising warnings.
+        self._usage_level = 0
         # Conditions that may be set in the store (an earlier run's too, until cleared once):
         # clearing one that is not costs no write.
         self._maybe_set: set[ConditionKind] = set(ConditionKind)
+        # What each condition this Reconciler set last said (message, names).
+        self._said: dict[ConditionKind, tuple[str, tuple[str, ...]]] = {}
 
     # -- what outlives a pass ----------------------------------------------------------------
 
@@ -166,15 +172,22 @@ class Reconciler:
 
     def _condition(self, kind: ConditionKind, message: str | None,
                    names: Iterable[str] = ()) -> None:
-        """Set a condition (message given) or clear it (None), writing only on a change."""
+        """Set a condition (message given) or clear it (None), writing and logging only
+        when it changes."""
         if message is not None:
-            record = self.store.set_condition(kind, message, names)
+            said = (message, tuple(sorted(names)))
+            if self._said.get(kind) == said:
+                return
+            record = self.store.set_condition(kind, message, said[1])
+            self._said[kind] = said
             self._maybe_set.add(kind)
             log.error(f"condition.{kind.value}", message=message, count=record.count,
                       names=list(record.names) or None)
         elif kind in self._maybe_set:
             self.store.clear_condition(kind)
             self._maybe_set.discard(kind)
+            self._said.pop(kind, None)
+            log.info(f"condition.{kind.value}_cleared")
 
     def _read_records(self) -> None:
         self.records.clear()
@@ -192,6 +205,7 @@ class Reconciler:
         ctx = self._context(self.ensure_pool())
         wanted = None if only is None else set(only)
         desired, chosen = self._begin(ctx, wanted)
+        self._watch_pool_space(ctx)
         if not self.recovered:
             recovery.recover(ctx)
             self.recovered = True
@@ -199,6 +213,7 @@ class Reconciler:
             recovery.sync_transaction_id(ctx)
             if wanted is None and self._pool_may_have_changed(ctx):
                 ctx.read_pool_ids()
+        maintenance.resume_suspended(ctx)
         self.confirmed_removals |= maintenance.take_requests(ctx, self.load_specs)
         if wanted is None:
             maintenance.find_orphans(ctx)
@@ -232,6 +247,23 @@ class Reconciler:
         self._records_current = not (result.stopped or self._reread_records)
         self._reread_records = False
         return result
+
+    def _watch_pool_space(self, ctx: PassContext) -> None:
+        """Say when data usage climbs past a threshold, and whether new devices must wait."""
+        pool = ctx.obs.pool
+        if pool is not None and pool.total_data_blocks:
+            percent = 100 * pool.used_data_blocks / pool.total_data_blocks
+            level = max((t for t in USAGE_THRESHOLDS if percent >= t), default=0)
+            if level > self._usage_level:
+                log.warning("pool.usage_rising", used_percent=round(percent, 1),
+                            threshold=level, reserve=str(self.settings.pool_reserve),
+                            next="free space or grow the pool; below the reserve new "
+                            "devices wait")
+            self._usage_level = level
+        ctx.hold_new = new_devices_held(pool, self.settings.data_block_size,
+                                        self.settings.pool_reserve,
+                                        self.settings.pool_metadata_reserve)
+        self._condition(ConditionKind.NEW_DEVICES_HELD, ctx.hold_new)
 
     def _unwanted(self, desired: _Desired, chosen: set[str] | None,
                   result: PassResult) -> set[str]:

@@ -12,36 +12,18 @@ from __future__ import annotations
 
 import structlog
 
-from reconciler.dm.pool import PoolOp
 from reconciler.reconcile.pass_context import PassContext
-from reconciler.reconcile.steps import record_pool_change, save_transaction_id
+from reconciler.reconcile.steps import settle_intent
 
 log = structlog.get_logger(__name__)
 
 
 def recover(ctx: PassContext) -> None:
-    """Settle every intent a crash left (see the module docstring)."""
+    """Settle every intent a crash left (see the module docstring and steps.settle_intent)."""
     pool_ids = ctx.read_pool_ids()
     kernel_txn = ctx.obs.pool.transaction_id if ctx.obs.pool else 0
     for intent in ctx.store.intents():
-        op = PoolOp(intent.op)
-        record = ctx.records.get(intent.device)
-        visible = (intent.thin_id in pool_ids) == (op != PoolOp.DELETE)
-        if kernel_txn == intent.from_txn and visible:
-            # The message went through, set_transaction_id did not: finish it.
-            ctx.pool.set_transaction_id(intent.from_txn, intent.to_txn)
-            kernel_txn = intent.to_txn
-        happened = kernel_txn >= intent.to_txn and visible
-        log.warning("recovery.intent", name=intent.device, op=op.value,
-                    thin_id=intent.thin_id, kernel_transaction_id=kernel_txn,
-                    outcome="rolled forward" if happened else "rolled back",
-                    next="recording what the pool did" if happened
-                    else "the step runs again")
-        with ctx.store.transaction():
-            save_transaction_id(ctx, kernel_txn)
-            ctx.store.drop_intent(intent.device)
-            if happened and record is not None:
-                record_pool_change(ctx, record, op)
+        _, kernel_txn = settle_intent(ctx, intent, pool_ids, kernel_txn)
     sync_transaction_id(ctx, kernel_txn)
 
 

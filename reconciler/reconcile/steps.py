@@ -17,13 +17,13 @@ from contextlib import contextmanager, suppress
 
 import structlog
 
-from reconciler.dm.errors import NoData
+from reconciler.dm.errors import DmError, NoData
 from reconciler.dm.filesystem import discard_blocks, grow_filesystem, make_filesystem
 from reconciler.dm.pool import PoolOp
 from reconciler.reconcile.desired import apply_spec, copy_spec
 from reconciler.reconcile.pass_context import PassContext
 from reconciler.specs import DeviceSpec
-from reconciler.states import LIVE, DeviceState, Step, Trigger
+from reconciler.states import LIVE, DeviceMachine, DeviceState, Step, Trigger
 from reconciler.store import DeviceRecord, IntentRecord
 from reconciler.units import Bytes, Sectors, to_sectors
 
@@ -78,6 +78,49 @@ def record_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> No
         ctx.store.save_device(record)
 
 
+def settle_intent(ctx: PassContext, intent: IntentRecord, pool_ids: set[int],
+                  kernel_txn: int) -> tuple[bool, int]:
+    """Decide from the pool whether the change an intent names happened; record it if so
+    (sending the set_transaction_id that may be missing), forget the intent either way.
+    Returns whether it happened and the pool's transaction id after.
+
+    The kernel's transaction id and its list of thin ids tell: the change is visible (the
+    id exists after a create, is gone after a delete) and the transaction id reached the
+    intent's target. Start-up recovery and a step's own retry both settle this way, so a
+    retry never sends a change the pool already took.
+    """
+    op = PoolOp(intent.op)
+    record = ctx.records.get(intent.device)
+    visible = (intent.thin_id in pool_ids) == (op != PoolOp.DELETE)
+    if kernel_txn == intent.from_txn and visible:
+        # The message went through, set_transaction_id did not: finish it.
+        ctx.pool.set_transaction_id(intent.from_txn, intent.to_txn)
+        kernel_txn = intent.to_txn
+    happened = kernel_txn >= intent.to_txn and visible
+    log.warning("pool.intent_settled", name=intent.device, op=op.value, thin_id=intent.thin_id,
+                kernel_transaction_id=kernel_txn,
+                outcome="rolled forward" if happened else "rolled back",
+                next="recording what the pool did" if happened else "the step runs again")
+    with ctx.store.transaction():
+        save_transaction_id(ctx, kernel_txn)
+        ctx.store.drop_intent(intent.device)
+        if happened and record is not None:
+            record_pool_change(ctx, record, op)
+    return happened, kernel_txn
+
+
+def settle_pending(ctx: PassContext, record: DeviceRecord) -> bool:
+    """Before a step runs again (its own retry, or a device leaving Faulty): whether the
+    pool change its failed attempt started did happen (then it is recorded now, and must not
+    be sent again). Costs a status and a thin_ls, and only when an intent is left."""
+    intent = ctx.store.intent(record.name)
+    if intent is None:
+        return False
+    kernel_txn = ctx.pool.status().transaction_id
+    happened, _ = settle_intent(ctx, intent, ctx.read_pool_ids(), kernel_txn)
+    return happened
+
+
 def commit_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp,
                        transaction_id: int) -> None:
     """The pool did `op`: its new transaction id, the device's new state and the end of the
@@ -101,6 +144,8 @@ def create(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> N
     del spec
     machine = ctx.machine(record.name)
     first = machine.current == S.UNKNOWN
+    if not first and settle_pending(ctx, record):
+        return
     if first:
         record.device_id = ctx.allocate_id()
         if record.parent is not None:
@@ -131,20 +176,32 @@ def _origin_suspended(ctx: PassContext, parent_name: str) -> Iterator[None]:
     kernel does not refuse an unsuspended one (captured), but the snapshot would then miss
     writes still in flight and a mounted filesystem would not be frozen first."""
     parent = ctx.records[parent_name]
-    if parent.state not in LIVE or ctx.kernel(parent_name) is None:
+    kernel = ctx.kernel(parent_name)
+    if parent.state not in LIVE or kernel is None:
         yield
         return
     machine = ctx.machine(parent_name)
     thin = ctx.thin(parent)
+    thin.check_ours(kernel.info, "suspend origin")
     machine.fire(T.SUSPEND)
-    thin.suspend()
-    machine.fire(T.SUSPENDED)
     try:
+        thin.suspend()
+        machine.fire(T.SUSPENDED)
         yield
     finally:
+        # Whatever happened in between, the origin runs again: a suspended device hangs
+        # every reader and writer of its filesystem.
+        _resume(ctx, parent, machine)
+
+
+def _resume(ctx: PassContext, record: DeviceRecord, machine: DeviceMachine) -> None:
+    """Resume a device this step suspended (or may have: a suspend that failed leaves it
+    Suspending): fire the resume, resume, fire resumed. dm accepts resuming a running
+    device, so this is right whether or not the kernel had suspended it."""
+    if machine.current in (S.SUSPENDING, S.SUSPENDED):
         machine.fire(T.RESUME)
-        thin.resume()
-        machine.fire(T.RESUMED)
+    ctx.thin(record).resume()
+    machine.fire(T.RESUMED)
 
 
 def activate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
@@ -191,19 +248,29 @@ def reload(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> N
     machine = ctx.machine(record.name)
     thin = ctx.thin(record)
     kernel = ctx.kernel(record.name)
+    thin.check_ours(kernel.info if kernel else None, "reload")
     if kernel is not None and kernel.table is not None and record.fs_size_bytes and \
             kernel.info.open_count > 0 and kernel.table.length < _sectors(record):
         record.notice = ("grown while open: grow its filesystem where it is mounted "
                          "(resize2fs DEVICE or xfs_growfs MOUNTPOINT)")
     if machine.current in LIVE:
         machine.fire(T.SUSPEND)
-    if machine.current == S.SUSPENDING:
-        thin.suspend()
-        machine.fire(T.SUSPENDED)
-    if machine.current == S.SUSPENDED:
-        thin.load(_sectors(record), record.readonly)
-        machine.fire(T.RESUME)
-    thin.resume()
+    try:
+        if machine.current == S.SUSPENDING:
+            thin.suspend()
+            machine.fire(T.SUSPENDED)
+        if machine.current == S.SUSPENDED:
+            thin.load(_sectors(record), record.readonly)
+            machine.fire(T.RESUME)
+        thin.resume()
+    except DmError:
+        # Never leave it suspended: resume with the table it had (a resume after a failed
+        # load swaps nothing in); the reload is tried again with the step's backoff.
+        with suppress(DmError):
+            _resume(ctx, record, machine)
+        with suppress(DmError):
+            ctx.refresh(record)
+        raise
     ctx.refresh(record)
     machine.fire(T.RESUMED)
 
@@ -212,15 +279,20 @@ def deactivate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) 
     """Remove the dm device; on the way to deletion (no spec), first discard its blocks if
     the config asks (only a writable live device can be discarded)."""
     machine = ctx.machine(record.name)
-    if machine.current in LIVE:
-        machine.fire(T.DEACTIVATE)
     thin = ctx.thin(record)
     kernel = ctx.kernel(record.name)
-    if spec is None and ctx.settings.discard_blocks and kernel is not None \
-            and not kernel.info.readonly:
-        discard_blocks(ctx.host, thin.path)
-    thin.remove()
-    ctx.forget_kernel_device(record.name)
+    if kernel is not None and not thin.ours(kernel.info):
+        # Someone else's device under our name: ours is not mapped, theirs is left alone.
+        log.warning("device.not_ours", name=record.name, kernel_name=thin.kernel_name,
+                    uuid=kernel.info.uuid, next="left alone")
+        kernel = None
+    if machine.current in LIVE:
+        machine.fire(T.DEACTIVATE)
+    if kernel is not None:
+        if spec is None and ctx.settings.discard_blocks and not kernel.info.readonly:
+            discard_blocks(ctx.host, thin.path)
+        thin.remove()
+        ctx.forget_kernel_device(record.name)
     machine.fire(T.DEACTIVATED)
 
 
@@ -230,9 +302,17 @@ def remove(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> N
     machine = ctx.machine(record.name)
     if machine.current != S.REMOVING:
         machine.fire(T.REMOVE)
-    if record.device_id is not None and ctx.kernel(record.name) is not None:
-        ctx.thin(record).remove()
-        ctx.forget_kernel_device(record.name)
+    elif settle_pending(ctx, record):
+        return
+    kernel = ctx.kernel(record.name)
+    if record.device_id is not None and kernel is not None:
+        thin = ctx.thin(record)
+        if thin.ours(kernel.info):
+            thin.remove()
+            ctx.forget_kernel_device(record.name)
+        else:
+            log.warning("device.not_ours", name=record.name, kernel_name=thin.kernel_name,
+                        uuid=kernel.info.uuid, next="left alone; only our thin id is deleted")
     if not record.provisioned or record.device_id is None:
         machine.fire(T.REMOVED)
         return
@@ -265,6 +345,7 @@ def recreate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) ->
 def retry(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
     """A Faulty device whose spec changed: take the new spec and try again."""
     assert spec is not None
+    settle_pending(ctx, record)
     if record.provisioned:
         apply_spec(record, spec)
     else:

@@ -26,7 +26,9 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": T.ACTIVATED, "source": S.ACTIVATING, "dest": S.ACTIVATED},
     {"trigger": T.SUSPEND, "source": [S.ACTIVATED, S.RESUMED], "dest": S.SUSPENDING},
     {"trigger": T.SUSPENDED, "source": S.SUSPENDING, "dest": S.SUSPENDED},
-    {"trigger": T.RESUME, "source": S.SUSPENDED, "dest": S.RESUMING},
+    # From Suspending too: a suspend that failed may or may not have suspended the device,
+    # and a device is never left suspended.
+    {"trigger": T.RESUME, "source": [S.SUSPENDING, S.SUSPENDED], "dest": S.RESUMING},
     {"trigger": T.RESUMED, "source": S.RESUMING, "dest": S.RESUMED},
     {"trigger": T.DEACTIVATE, "source": [S.ACTIVATED, S.RESUMED], "dest": S.DEACTIVATING},
     {"trigger": T.DEACTIVATED, "source": S.DEACTIVATING, "dest": S.DEACTIVATED},

@@ -169,6 +169,8 @@ class ConditionKind(StrEnum):
     REMOVALS_HELD = "removals_held"
     # A pass failed with an error nobody foresaw; it is retried with backoff.
     PASS_FAILED = "pass_failed"
+    # New devices wait: the pool is below its reserve, not read-write, or needs a check.
+    NEW_DEVICES_HELD = "new_devices_held"
 
 
 @dataclass(frozen=True)

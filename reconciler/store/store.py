@@ -295,6 +295,10 @@ class Store:
             for r in self._m.Intent.select().order_by(self._m.Intent.at)
         ]
 
+    def intent(self, device: str) -> IntentRecord | None:
+        """The pool change started for one device and not yet recorded as done, if any."""
+        return next((i for i in self.intents() if i.device == device), None)
+
     # -- orphans ---------------------------------------------------------------------------
 
     def replace_orphans(self, orphans: Iterable[OrphanRecord]) -> None:

@@ -77,6 +77,11 @@ class Faults:
         assert verb is None or op is Op.MESSAGE, "only messages have a verb"
         self._faults.append(_Fault(op, name, verb, errno, times))
 
+    def clear(self) -> None:
+        """Forget every fault still waiting: the cause is gone."""
+        self._faults.clear()
+        self._commands.clear()
+
     def fail_command(self, argv_prefix: tuple[str, ...], rc: int, stderr: str,
                      times: int = 1) -> None:
         """Make the next `times` commands starting with `argv_prefix` exit `rc` with `stderr`."""
