@@ -19,8 +19,9 @@ from pathlib import Path
 import structlog
 
 from reconciler import logs
+from reconciler.api.server import SocketUnavailable
 from reconciler.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, config_path, load_settings
-from reconciler.daemon.lock import AlreadyRunning, RootLock, holder_pid
+from reconciler.daemon.lock import LockError, RootLock, holder_pid
 from reconciler.daemon.once import run_until_settled
 from reconciler.daemon.service import Daemon
 from reconciler.dm.crash import from_environment
@@ -84,7 +85,7 @@ def _locked(settings: Settings, action: Callable[[], int]) -> int:
     lock = RootLock(settings.root_path)
     try:
         lock.acquire()
-    except AlreadyRunning as exc:
+    except LockError as exc:  # another daemon holds it, or a link is planted there
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_NOT_CONVERGED
     try:
@@ -144,7 +145,11 @@ def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
     """The long-running daemon."""
     daemon = Daemon(settings, host, config_path=path)
     daemon.install_signal_handlers()
-    return daemon.serve()
+    try:
+        return daemon.serve()
+    except SocketUnavailable as exc:
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
 
 
 def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int:

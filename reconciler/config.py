@@ -187,6 +187,11 @@ class Settings:
         default=False,
         metadata=_doc("Discard an active device's blocks before deleting it (loop files shrink)."),
     )
+    allow_foreign_specs: bool = field(
+        default=False,
+        metadata=_doc("Accept spec files owned by other users and a group- or world-writable "
+                      "spec_dir."),
+    )
 
     @property
     def specs_path(self) -> Path:
@@ -307,6 +312,7 @@ _READERS: dict[str, Callable[[str, object], object]] = {
     "pool_metadata_reserve": _reserve,
     "async_remove": _flag,
     "discard_blocks": _flag,
+    "allow_foreign_specs": _flag,
     "fs_options": _fs_options,
     "pool_name": _pool_name,
     "dm_driver": lambda key, value: _choice(key, value, DM_DRIVERS),

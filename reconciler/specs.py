@@ -5,6 +5,12 @@ message that names the file and the problem; it never stops the other specs, and
 for anything to be removed (a device whose spec is broken is left as it is).
 Parents are resolved here among the specs themselves: sizes and filesystems are inherited and
 cycles are refused. Whether a parent that has no spec still exists is for reconcile to decide.
+
+A spec file is an order given to root: create, grow and, by its absence, remove. So only root
+and the daemon's own user may give it. A spec file owned by another user is a rejected spec
+(its device kept as it is), and a spec_dir that another user owns, or that its group or
+everyone may write to, is a source error (nothing is removed): whoever can write there can
+add specs and delete them. `allow_foreign_specs` accepts both, on purpose.
 """
 
 from __future__ import annotations
@@ -199,6 +205,38 @@ class SpecSourceError(Exception):
     """The spec directory could not be read completely: absence proves nothing."""
 
 
+# Users who may give the daemon orders through spec files: root and the daemon's own user
+# (who could do whatever a spec asks anyway).
+def _trusted(uid: int) -> bool:
+    return uid in (0, os.geteuid())
+
+
+_ALLOW_KEY = "allow_foreign_specs = true"
+
+
+def _foreign_owner(st: os.stat_result) -> str | None:
+    """Why a spec file's owner may not give orders, or None when it may."""
+    if _trusted(st.st_uid):
+        return None
+    return (f"owned by uid {st.st_uid}, neither root nor the daemon's user "
+            f"({os.geteuid()}): refused, the device is kept as it is ({_ALLOW_KEY} accepts it)")
+
+
+def _open_directory(directory: Path, st: os.stat_result) -> str | None:
+    """Why users other than root and ours could change the spec directory, or None."""
+    if not _trusted(st.st_uid):
+        return (f"spec_dir {directory} is owned by uid {st.st_uid}, neither root nor the "
+                f"daemon's user ({os.geteuid()}): its owner could add or delete specs; "
+                f"chown it, or set {_ALLOW_KEY}")
+    writers = [who for bit, who in ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "everyone"))
+               if st.st_mode & bit]
+    if not writers:
+        return None
+    return (f"spec_dir {directory} is writable by {' and '.join(writers)} (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}): they could add or delete specs; chmod go-w "
+            f"it, or set {_ALLOW_KEY}")
+
+
 def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
@@ -248,10 +286,11 @@ def _signature(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _entry_status(path: Path) -> os.stat_result | RejectedSpec | None:
+def _entry_status(path: Path, allow_foreign: bool) -> os.stat_result | RejectedSpec | None:
     """The stat of what a spec entry points to; a RejectedSpec when the entry is there but
     cannot be a spec file (dangling or looping symlink, not a regular file, too large,
-    unreadable); None when the entry itself is gone (deleted: that is a removal request)."""
+    unreadable, owned by another user unless `allow_foreign`); None when the entry itself is
+    gone (deleted: that is a removal request)."""
     name = path.stem
     try:
         st = os.stat(path)
@@ -270,17 +309,24 @@ def _entry_status(path: Path) -> os.stat_result | RejectedSpec | None:
     if st.st_size > MAX_SPEC_BYTES:
         return RejectedSpec(name, str(path), f"{st.st_size} bytes: larger than the "
                             f"{MAX_SPEC_BYTES} a spec may be")
+    foreign = None if allow_foreign else _foreign_owner(st)
+    if foreign is not None:
+        return RejectedSpec(name, str(path), foreign)
     return st
 
 
-def _read_bounded(path: Path) -> bytes:
+def _read_bounded(path: Path, allow_foreign: bool) -> bytes:
     """A spec file's bytes, read without blocking (a FIFO renamed over a file between our
-    stat and our open cannot hang us), from a regular file, at most MAX_SPEC_BYTES."""
+    stat and our open cannot hang us), from a regular file of a trusted owner (checked again
+    on what we opened), at most MAX_SPEC_BYTES."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SpecError(f"{_kind(st.st_mode)}, not a regular file")
+        foreign = None if allow_foreign else _foreign_owner(st)
+        if foreign is not None:
+            raise SpecError(foreign)
         chunks: list[bytes] = []
         size = 0
         while size <= MAX_SPEC_BYTES:
@@ -296,13 +342,14 @@ def _read_bounded(path: Path) -> bytes:
         os.close(fd)
 
 
-def read_spec(path: Path, defaults: Defaults) -> DeviceSpec | RejectedSpec:
-    """One spec file, read and parsed; whatever is wrong with it (its type, size, bytes,
-    TOML, keys, values, or an error nobody foresaw) makes it a RejectedSpec, never an
+def read_spec(path: Path, defaults: Defaults, *,
+              allow_foreign: bool = False) -> DeviceSpec | RejectedSpec:
+    """One spec file, read and parsed; whatever is wrong with it (its type, owner, size,
+    bytes, TOML, keys, values, or an error nobody foresaw) makes it a RejectedSpec, never an
     exception: one bad file is that file's problem."""
     name = path.stem
     try:
-        return parse_spec(name, _read_bounded(path).decode("utf-8"), defaults)
+        return parse_spec(name, _read_bounded(path, allow_foreign).decode("utf-8"), defaults)
     except SpecError as exc:
         return RejectedSpec(name, str(path), str(exc))
     except UnicodeDecodeError as exc:
@@ -330,8 +377,9 @@ def _spec_set(parsed: Iterable[DeviceSpec | RejectedSpec], directory: Path,
     return replace(resolved, directory_device=device)
 
 
-def _directory_device(directory: Path) -> int:
-    """The spec directory's filesystem; SpecSourceError unless it is a readable directory."""
+def _directory_device(directory: Path, allow_foreign: bool) -> int:
+    """The spec directory's filesystem; SpecSourceError unless it is a readable directory
+    that only root and our user can change (or `allow_foreign`)."""
     try:
         st = os.stat(directory)
     except FileNotFoundError:
@@ -342,47 +390,53 @@ def _directory_device(directory: Path) -> int:
         raise SpecSourceError(f"spec_dir {directory}: {exc.strerror or exc}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise SpecSourceError(f"spec_dir {directory} is {_kind(st.st_mode)}, not a directory")
+    problem = None if allow_foreign else _open_directory(directory, st)
+    if problem is not None:
+        raise SpecSourceError(problem)
     return st.st_dev
 
 
 def load_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
-                    cache: SpecFileCache) -> SpecSet:
+                    cache: SpecFileCache, *, allow_foreign: bool = False) -> SpecSet:
     """Like load_spec_dir, reading only the files of `names` (what file events named) and
     taking every other file from `cache`, which a full scan of `directory` filled: the
     cost of a change does not grow with the number of files. The next full scan catches
     anything an event missed. A directory that is no longer the one scanned (gone,
     replaced, another filesystem mounted or unmounted) makes it a full scan."""
     try:
-        device = _directory_device(directory)
+        device = _directory_device(directory, allow_foreign)
     except SpecSourceError as exc:
         return SpecSet(specs={}, rejected=(), source_error=str(exc))
     if cache.scanned != directory or cache.device != device:
-        return load_spec_dir(directory, defaults, cache)
+        return load_spec_dir(directory, defaults, cache, allow_foreign=allow_foreign)
     now_ns = time.time_ns()
     for name in names:
         path = directory / f"{name}{SPEC_SUFFIX}"
         if not is_spec_file(path) or path.parent != directory:
             continue
-        status = _entry_status(path)
+        status = _entry_status(path, allow_foreign)
         if status is None:
             cache.forget(str(path))
         elif isinstance(status, RejectedSpec):
             # Kept among the parsed: a broken entry's name keeps its device.
             cache.put(str(path), (0, 0, 0), status)
         elif cache.get(str(path), _signature(status), now_ns) is None:
-            cache.put(str(path), _signature(status), read_spec(path, defaults))
+            cache.put(str(path), _signature(status),
+                      read_spec(path, defaults, allow_foreign=allow_foreign))
     return _spec_set(cache.parsed(), directory, device)
 
 
-def load_spec_dir(directory: Path, defaults: Defaults,
-                  cache: SpecFileCache | None = None) -> SpecSet:
+def load_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | None = None,
+                  *, allow_foreign: bool = False) -> SpecSet:
     """Read every spec file of a directory and resolve parents among them.
 
-    A directory that cannot be read completely gives a SpecSet with `source_error` set and
-    no specs: its absent files prove nothing, so nothing may be removed for them.
+    A directory that cannot be read completely, or that users other than root and ours
+    could change, gives a SpecSet with `source_error` set and no specs: its absent files
+    prove nothing, so nothing may be removed for them. Spec files of other users are
+    rejected. `allow_foreign` (the config's allow_foreign_specs) accepts both.
     """
     try:
-        device = _directory_device(directory)
+        device = _directory_device(directory, allow_foreign)
         with os.scandir(directory) as listing:
             entries = sorted(listing, key=lambda e: e.name)
     except SpecSourceError as exc:
@@ -397,7 +451,7 @@ def load_spec_dir(directory: Path, defaults: Defaults,
         if not entry.name.endswith(SPEC_SUFFIX) or entry.name.startswith((".", "#")):
             continue  # as is_spec_file, without a Path per entry
         path = Path(entry.path)
-        status = _entry_status(path)
+        status = _entry_status(path, allow_foreign)
         if status is None:
             continue  # deleted while we listed
         if isinstance(status, RejectedSpec):
@@ -406,7 +460,7 @@ def load_spec_dir(directory: Path, defaults: Defaults,
         signature = _signature(status)
         parsed = cache.get(entry.path, signature, now_ns) if cache is not None else None
         if parsed is None:
-            parsed = read_spec(path, defaults)
+            parsed = read_spec(path, defaults, allow_foreign=allow_foreign)
             if cache is not None:
                 cache.put(entry.path, signature, parsed)
         seen.add(entry.path)

@@ -218,6 +218,9 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("discard_blocks", "true"),
     ("discard_blocks", 0),
     ("discard_blocks", {"a": 1}),
+    ("allow_foreign_specs", "false"),
+    ("allow_foreign_specs", 1),
+    ("allow_foreign_specs", {"a": 1}),
     ("pool", {"name": "x"}),
 ]
 

@@ -9,6 +9,7 @@ import shutil
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +345,75 @@ def test_a_reload_to_a_typod_spec_dir_removes_nothing(fake_world: World,
         assert {n: _device(fake_world, n)[1] for n in ids} == ids
     finally:
         daemon.close()
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757, 0o777, 0o1777])
+def test_a_spec_dir_others_may_write_to_is_a_source_error(fake_world: World, mode: int) -> None:
+    """A spec_dir writable by its group or everyone (sticky or not) is a source error: a
+    spec file deleted meanwhile removes nothing, every device stays, status says why."""
+    ids = _two_devices(fake_world)
+    specs = fake_world.settings.specs_path
+    specs.chmod(mode)
+    fake_world.unspec("b")
+    partial = fake_world.reconciler().run_pass(only={"b"})
+    assert partial.source_error is not None and partial.removed == []
+    result = fake_world.run_pass()
+    assert result.source_error is not None and "writable by" in result.source_error
+    assert result.removed == [] and not result.ok
+    _kept(fake_world, "a", ids["a"])
+    _kept(fake_world, "b", ids["b"])
+    pool = fake_world.report()["pool"]
+    assert pool["spec_source_error"] is not None
+    assert f"mode {mode:04o}" in pool["spec_source_error"]
+
+
+def test_a_spec_dir_owned_by_another_user_is_a_source_error(fake_world: World) -> None:
+    """A spec_dir owned by another user (who could delete specs) removes nothing."""
+    ids = _two_devices(fake_world)
+    os.chown(fake_world.settings.specs_path, 12345, 12345)
+    fake_world.unspec("b")
+    result = fake_world.run_pass()
+    assert result.source_error is not None and "owned by uid 12345" in result.source_error
+    assert result.removed == []
+    _kept(fake_world, "b", ids["b"])
+
+
+def test_a_spec_file_of_another_user_is_rejected_and_its_device_kept(fake_world: World) -> None:
+    """A spec file chowned to another user is a rejected spec naming the owner: its device
+    stays as it was (the change it asks for is not made), and a new one is not made."""
+    ids = _two_devices(fake_world)
+    os.chown(fake_world.spec("a", 'filesystem = "none"\nsize = "8MiB"\n'), 12345, 12345)
+    os.chown(fake_world.spec("c", NONE), 12345, 12345)
+    partial = fake_world.reconciler().run_pass(only={"a", "c"})
+    assert sorted(r.name for r in partial.rejected) == ["a", "c"]
+    for result in (fake_world.reconciler().run_pass(), fake_world.run_pass()):
+        errors = {r.name: r.error for r in result.rejected}
+        assert sorted(errors) == ["a", "c"] and "owned by uid 12345" in errors["a"]
+        assert result.removed == [] and not result.ok
+        _kept(fake_world, "a", ids["a"])
+        _kept(fake_world, "b", ids["b"])
+    assert fake_world.store is not None
+    record = fake_world.store.device("a")
+    assert record is not None and record.size_bytes == 4 << 20
+    assert fake_world.store.device("c") is None
+    assert f"{fake_world.pool}-c" not in fake_world.kernel_names()
+    rejected = fake_world.report()["rejected_specs"]
+    assert [r["name"] for r in rejected] == ["a", "c"]
+    assert "allow_foreign_specs" in rejected[0]["error"]
+
+
+def test_allow_foreign_specs_accepts_other_users_files_and_an_open_spec_dir(
+    fake_world: World
+) -> None:
+    """With allow_foreign_specs a world-writable spec_dir and another user's spec file are
+    read like any other: the file's device is made, and a deletion removes its device."""
+    ids = _two_devices(fake_world)
+    fake_world.settings = replace(fake_world.settings, allow_foreign_specs=True)
+    fake_world.settings.specs_path.chmod(0o777)
+    os.chown(fake_world.spec("c", NONE), 12345, 12345)
+    fake_world.unspec("b")
+    result = fake_world.run_pass()
+    assert result.ok and result.source_error is None and result.rejected == []
+    assert result.removed == ["b"]
+    assert _device(fake_world, "c")[0] == "Activated"
+    _kept(fake_world, "a", ids["a"])

@@ -1,28 +1,75 @@
-"""One daemon per root_path: an exclusive flock on <root_path>/reconciler.lock holding our pid."""
+"""One daemon per root_path: an exclusive flock on <root_path>/reconciler.lock holding our pid.
+
+The lock file is opened by root in a directory that may not be root's alone, so it is never
+followed: a symbolic link (or a hard link, or anything but a plain file) planted at its path
+would have had root truncate and write whatever it points to. It is created 0600, and the
+root_path we create, 0700; an operator's existing root_path keeps its mode, with a warning
+when others may write to it.
+"""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
+import structlog
 
-class AlreadyRunning(RuntimeError):
+log = structlog.get_logger(__name__)
+
+LOCK_NAME = "reconciler.lock"
+
+
+class LockError(RuntimeError):
+    """The lock of this root_path cannot be taken; the message says why."""
+
+
+class AlreadyRunning(LockError):
     """Another reconciler holds the lock of this root_path."""
+
+
+class UnsafeLockFile(LockError):
+    """Something other than a plain file of ours is at the lock's path: not followed."""
+
+
+def make_root(root: Path) -> None:
+    """Create root_path 0700 when it is missing; warn when an existing one is writable by
+    its group or everyone (others could replace the database or the lock)."""
+    try:
+        root.mkdir(parents=True, mode=0o700)
+        return
+    except FileExistsError:
+        pass
+    mode = stat.S_IMODE(os.stat(root).st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        log.warning("root_path.writable_by_others", path=str(root), mode=f"{mode:04o}",
+                    next="left as it is: make it writable by its owner only (chmod go-w)")
 
 
 class RootLock:
     """Held for the life of the process; released by the kernel if we die."""
 
     def __init__(self, root: Path) -> None:
-        self.path = root / "reconciler.lock"
+        self.path = root / LOCK_NAME
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise AlreadyRunning naming the holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock or raise AlreadyRunning naming the holder (UnsafeLockFile when the
+        path holds a link or anything but a plain file)."""
+        make_root(self.path.parent)
         try:
+            # O_NONBLOCK: a FIFO or a device at the path cannot hang the open.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK | os.O_NOCTTY, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeLockFile(f"{self.path} is a symbolic link: refusing to follow it "
+                                     "(remove it; reconciler makes its own lock file)") from None
+            raise
+        try:
+            _check_plain(self.path, fd)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
@@ -30,6 +77,9 @@ class RootLock:
             raise AlreadyRunning(
                 f"another reconciler (pid {holder}) is running for {self.path.parent}"
             ) from None
+        except BaseException:
+            os.close(fd)
+            raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -41,13 +91,31 @@ class RootLock:
             self._fd = None
 
 
+def _check_plain(path: Path, fd: int) -> None:
+    """Refuse what is not a plain file with one name, and make a wider one private."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeLockFile(f"{path} is not a regular file: refusing to use it as the lock")
+    if st.st_nlink != 1:
+        # A hard link to another file would have us overwrite that file.
+        raise UnsafeLockFile(f"{path} has {st.st_nlink} names (a hard link): refusing to "
+                             "write to it (remove it; reconciler makes its own lock file)")
+    if stat.S_IMODE(st.st_mode) != 0o600:
+        os.fchmod(fd, 0o600)  # earlier versions made it 0644
+
+
 def holder_pid(root: Path) -> int | None:
     """The pid of the running daemon of root_path, if one holds the lock."""
-    path = root / "reconciler.lock"
+    path = root / LOCK_NAME
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+                     | os.O_NOCTTY)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None  # not our lock: no daemon of ours holds a symbolic link
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -262,16 +262,19 @@ class Daemon:
         self.step(timeout=0)
         if self.settings.grpc_socket is not None:
             # After the first pass: the pool exists and recovery is done before any request.
-            self.api = ApiServer(self.settings.grpc_socket, self.run_on_loop)
-            self.api.start()
+            # Raises SocketUnavailable when another process serves that socket.
+            api = ApiServer(self.settings.grpc_socket, self.run_on_loop)
+            api.start()
+            self.api = api
 
     def serve(self) -> int:
-        """Run until stopped; exit code 0 after a clean stop."""
-        self.start()
-        sd_notify("READY=1")
-        log.info("daemon.ready", spec_dir=str(self.settings.specs_path),
-                 resync_interval=self.settings.resync_interval)
+        """Run until stopped; exit code 0 after a clean stop. A start that fails (the
+        gRPC socket served by another process) raises, after closing what it opened."""
         try:
+            self.start()
+            sd_notify("READY=1")
+            log.info("daemon.ready", spec_dir=str(self.settings.specs_path),
+                     resync_interval=self.settings.resync_interval)
             while self.step(self._timeout()):
                 pass
         finally:

@@ -40,10 +40,12 @@ def load_specs(settings: Settings, store: Store, cache: SpecFileCache,
     specs the store keeps. With `changed`, only those names' files are read again; the
     others are as the last scan left them in `cache`."""
     defaults = Defaults(size=settings.base_image_size, filesystem=_fs(settings.fs_type))
+    allow = settings.allow_foreign_specs
     if changed is None:
-        from_files = load_spec_dir(settings.specs_path, defaults, cache)
+        from_files = load_spec_dir(settings.specs_path, defaults, cache, allow_foreign=allow)
     else:
-        from_files = load_spec_files(settings.specs_path, changed, defaults, cache)
+        from_files = load_spec_files(settings.specs_path, changed, defaults, cache,
+                                     allow_foreign=allow)
     stored = {
         row.name: stored_spec(row.name, row.size_bytes, row.filesystem, row.parent,
                               row.active, readonly=row.readonly, labels=row.labels)

@@ -1,13 +1,17 @@
 """Store: the daemon's memory, one SQLite file in WAL mode.
 
 synchronous=FULL because every row written here is a promise about the kernel that recovery
-will rely on after a power cut. Thin ids are allocated here (lowest free) because the store,
-not the kernel, is where we can see which ids are quarantined (Faulty) or in flight.
+will rely on after a power cut. The file and its -wal and -shm are 0600: they hold labels,
+spec errors and the pool's layout, which are for root (and the daemon's user) only. Thin
+ids are allocated here (lowest free) because the store, not the kernel, is where we can see
+which ids are quarantined (Faulty) or in flight.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields
@@ -110,6 +114,38 @@ def _device_from_row(row: Any) -> DeviceRecord:
     return DeviceRecord(**values)
 
 
+# SQLite's files beside the database; it makes them with the database file's mode.
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _private_files(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it (SQLite then gives its -wal and
+    -shm the same mode), and make an existing one, and its side files, 0600 if an earlier
+    version left them readable by all. A file that is not ours to change is left to its
+    owner (a user running `status` on a database they may read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    try:
+        _tighten(fd)
+    finally:
+        os.close(fd)
+    for suffix in _SIDE_FILES:
+        try:
+            fd = os.open(f"{path}{suffix}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK)
+        except OSError:
+            continue  # absent (or not a file SQLite could use either)
+        try:
+            _tighten(fd)
+        finally:
+            os.close(fd)
+
+
+def _tighten(fd: int) -> None:
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077 and os.geteuid() in (0, st.st_uid):
+        os.fchmod(fd, 0o600)
+
+
 class Store:
     """The daemon's persistent state. One Store per thread: peewee connections are not shared."""
 
@@ -117,7 +153,8 @@ class Store:
         self.path = path
         self.max_id = max_id
         self.clock = clock
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_files(path)
         self._db = peewee.SqliteDatabase(
             str(path),
             pragmas={
