@@ -2,7 +2,8 @@
 
 `run` (the daemon; `--once` for one settled pass), `status`, `plan`, `retry`, `gc`, `adopt`.
 Exit codes: 0 everything converged (or done), 1 a device is Faulty, waiting or not converged,
-a spec is invalid, or the pool could not be brought up; 2 a config or usage error.
+a spec is invalid, the pool could not be brought up, or the database stayed busy (other
+processes: the daemon and any number of CLI calls share it); 2 a config or usage error.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host, SystemHost
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.status import build_report, render_json, render_table
-from reconciler.store import ConditionKind, RequestKind, Store
+from reconciler.store import ConditionKind, RequestKind, Store, StoreError
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
 log = structlog.get_logger(__name__)
@@ -183,6 +184,10 @@ def show_plan(settings: Settings, host: Host) -> int:
     store = Store(settings.database_path, time.time)
     try:
         actions = Reconciler(settings, host, store).plan()
+    except DmError as exc:
+        # A plan compares with the kernel: without it there is nothing to say but why.
+        print(f"reconciler: cannot plan, the kernel cannot be read: {exc}", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
     finally:
         store.close()
     width = max((len(name) for name, _ in actions), default=4)
@@ -253,6 +258,18 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_USAGE
     host = host or from_environment(SystemHost())
+    try:
+        return _command(args, settings, path, host)
+    except StoreError as exc:
+        # The store already waited and tried again (a database that stays busy, no free id):
+        # one line, never a traceback.
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
+
+
+def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
+             host: Host) -> int:
+    """Run the command `args` names."""
     if args.command == "run":
         if args.once:
             return _locked(settings, lambda: run_once(settings, host, args.allow_removals))

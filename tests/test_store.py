@@ -1,4 +1,5 @@
-"""The store: the thin id allocator over its ids, history, and records surviving a reopen."""
+"""The store: the thin id allocator over its ids, history, records surviving a reopen, and
+sharing its file with other processes (waiting, trying again whole, giving up clearly)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from reconciler.store import (
     MAX_THIN_ID,
     DeviceRecord,
     IdAllocator,
+    RequestKind,
     Store,
     StoreError,
     TransitionRecord,
 )
+from reconciler.store.store import BUSY_RETRY_DELAYS
+from tests.conftest import FakeClock
 
 
 @pytest.fixture
@@ -105,3 +109,121 @@ def test_snapshots_of_an_older_database_get_their_device_wishes(tmp_path: Path) 
     reopened = Store(path, lambda: 3.0)  # the migration runs once
     assert {s.name: (s.active, s.readonly) for s in reopened.snapshots()} == wishes
     reopened.close()
+
+
+# -- sharing the file with other processes ---------------------------------------------------
+
+
+def _other_process(path: Path) -> sqlite3.Connection:
+    """Another process's connection: it waits for no lock (so a single-threaded test sees at
+    once what it would have waited for)."""
+    return sqlite3.connect(path, isolation_level=None, timeout=0)
+
+
+def _add_request(db: sqlite3.Connection, name: str) -> None:
+    db.execute("INSERT INTO requests (kind, name, at) VALUES ('retry', ?, 1.0)", (name,))
+
+
+def test_taking_requests_survives_a_commit_between_its_read_and_its_write(
+        tmp_path: Path) -> None:
+    """The daemon's take_requests reads, then deletes; a CLI commit landing in between made
+    the delete fail with `database is locked` (a deferred transaction cannot become a writer
+    after another one committed). Now the other process is the one that waits."""
+    path = tmp_path / "db.sqlite"
+    daemon = Store(path, lambda: 1.0)
+    daemon.add_request(RequestKind.GC_ORPHANS, "*")
+    cli = _other_process(path)
+    outcomes: list[str] = []
+
+    def between(sql: str) -> None:
+        # Called as each statement of the daemon's connection starts: the delete comes after
+        # the read, so a commit here is one between them.
+        if sql.startswith("DELETE") and "requests" in sql and not outcomes:
+            try:
+                _add_request(cli, "between")
+                outcomes.append("committed")
+            except sqlite3.OperationalError as exc:
+                outcomes.append(str(exc))
+
+    daemon.trace(between)
+    taken = daemon.take_requests()
+    daemon.trace(None)
+    assert outcomes == ["database is locked"]  # the daemon held the write lock since BEGIN
+    assert [(r.kind, r.name) for r in taken] == [("gc-orphans", "*")]
+    _add_request(cli, "after")  # what the waiting CLI then does
+    assert [r.name for r in daemon.take_requests()] == ["after"]
+    cli.close()
+    daemon.close()
+
+
+def test_work_refused_as_busy_waits_and_runs_again_whole(tmp_path: Path) -> None:
+    """A read-modify-write met by another writer's lock waits (briefly, on the injected
+    sleep) and then runs from its first statement: it sees what the other one committed."""
+    path = tmp_path / "db.sqlite"
+    clock = FakeClock()
+
+    def sleep_then_commit(seconds: float) -> None:
+        clock.sleep(seconds)
+        if other.in_transaction:
+            other.execute("COMMIT")
+
+    store = Store(path, clock, sleep=sleep_then_commit, busy_timeout=0.01)
+    store.add_request(RequestKind.GC_ORPHANS, "*")
+    other = _other_process(path)
+    other.execute("BEGIN IMMEDIATE")
+    _add_request(other, "x")
+    taken = store.take_requests()
+    assert [r.name for r in taken] == ["*", "x"]
+    assert len(clock.slept) == 1 and 0 < clock.slept[0] <= 1.5 * BUSY_RETRY_DELAYS[0]
+    assert store.take_requests() == []
+    other.close()
+    store.close()
+
+
+def test_a_transaction_refused_as_busy_is_begun_again_and_its_body_runs_once(
+        tmp_path: Path) -> None:
+    """`transaction()` waits for its BEGIN IMMEDIATE before any of its body runs, so the
+    caller's writes run exactly once, all together."""
+    path = tmp_path / "db.sqlite"
+    waits: list[float] = []
+
+    def sleep_then_release(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            other.execute("ROLLBACK")
+
+    store = Store(path, lambda: 1.0, sleep=sleep_then_release, busy_timeout=0.01)
+    other = _other_process(path)
+    other.execute("BEGIN IMMEDIATE")
+    runs = 0
+    with store.transaction():
+        runs += 1
+        store.save_device(DeviceRecord(name="a", device_id=0, state="Creating"))
+        with store.transaction():  # nested: a savepoint of the same transaction
+            store.record_transition(TransitionRecord("a", "Unknown", "Creating", "create", 1.0))
+    assert runs == 1 and len(waits) == 2
+    assert store.device("a") is not None
+    assert [t.to_state for t in store.history("a")] == ["Creating"]
+    other.close()
+    store.close()
+
+
+def test_a_database_busy_past_the_bound_is_a_store_error_saying_so(tmp_path: Path) -> None:
+    """When another process keeps the write lock through every try, the store gives up after
+    a bounded number of short waits with a StoreError that says the database stayed busy,
+    and nothing of the refused work was written."""
+    path = tmp_path / "db.sqlite"
+    clock = FakeClock()
+    store = Store(path, clock, sleep=clock.sleep, busy_timeout=0.01)
+    other = _other_process(path)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreError, match="stayed busy through 7 tries"):
+        store.add_request(RequestKind.RETRY, "a")
+    with pytest.raises(StoreError, match="stayed busy"):
+        store.take_requests()
+    assert len(clock.slept) == 2 * len(BUSY_RETRY_DELAYS)
+    assert sum(clock.slept) <= 2 * 1.5 * sum(BUSY_RETRY_DELAYS) < 10
+    other.execute("ROLLBACK")
+    assert store.take_requests() == []
+    other.close()
+    store.close()

@@ -34,7 +34,7 @@ from reconciler.dm.host import Host
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import Call, Parked, Snapshotter, Unavailable
-from reconciler.store import ConditionKind, Store
+from reconciler.store import ConditionKind, Store, StoreError
 
 T = TypeVar("T")
 
@@ -83,6 +83,8 @@ class Daemon:
     def __post_init__(self) -> None:
         self.store = Store(self.settings.database_path, self.clock)
         self._stopping = False
+        # Whether `status` may show a failed pass (an earlier run may have left one).
+        self._pass_failed_shown = True
         self._next_resync = self.clock()
         self._next_retry: float | None = None
         self.reconciler = self._new_reconciler()
@@ -169,21 +171,31 @@ class Daemon:
             self.failed_passes += 1
             delay = self.reconciler.policy.delay(self.failed_passes)
             self._next_resync = self.clock() + delay
-            error = str(exc) if isinstance(exc, DmError) else f"{type(exc).__name__}: {exc}"
+            foreseen = isinstance(exc, DmError | StoreError)
+            error = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
             if isinstance(exc, DmError):
                 log.error("pass.failed", error=error, errno=exc.errno_name,
                           failures=self.failed_passes, next=f"full pass again in {delay:.1f}s")
+            elif isinstance(exc, StoreError):  # its message says it all (kept busy, no id)
+                log.error("pass.failed", error=error, failures=self.failed_passes,
+                          next=f"full pass again in {delay:.1f}s")
             else:
                 log.exception("pass.failed", error=error, failures=self.failed_passes,
                               next=f"full pass again in {delay:.1f}s")
+            self._pass_failed_shown = True
             try:
                 self.store.set_condition(ConditionKind.PASS_FAILED, error)
             except Exception:  # the store itself may be what failed
                 log.exception("condition.not_saved", kind=ConditionKind.PASS_FAILED.value)
             return None
-        if self.failed_passes or self.passes == 0:  # also what an earlier run left
-            self.failed_passes = 0
-            self.store.clear_condition(ConditionKind.PASS_FAILED)
+        self.failed_passes = 0
+        if self._pass_failed_shown:
+            try:
+                self.store.clear_condition(ConditionKind.PASS_FAILED)
+                self._pass_failed_shown = False
+            except StoreError as exc:  # kept busy by others: the next pass that ends clears it
+                log.warning("condition.not_cleared", kind=ConditionKind.PASS_FAILED.value,
+                            error=str(exc), next="clearing it after the next pass")
         self.passes += 1
         if self.passes == 1:
             settle_heap()

@@ -5,20 +5,32 @@ will rely on after a power cut. The file and its -wal and -shm are 0600: they ho
 spec errors and the pool's layout, which are for root (and the daemon's user) only. Thin
 ids are allocated here (lowest free) because the store, not the kernel, is where we can see
 which ids are quarantined (Faulty) or in flight.
+
+The daemon and any number of CLI processes share the file, so every transaction that reads
+then writes begins IMMEDIATE: in WAL mode a deferred one that read is refused at once when it
+tries to write after another process committed (SQLite cannot wait for that upgrade, so
+`busy_timeout` never applies to it). What SQLite still refuses as busy or locked is tried
+again whole after a short wait, a bounded number of times, then raised as a StoreError that
+says so: a single statement outside a transaction is run again alone, and a transaction is
+begun again before any of it ran, or (the store's own) run again from its first statement.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import sqlite3
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import peewee
+import structlog
 
 from reconciler.store.models import bind_models
 from reconciler.store.records import (
@@ -35,13 +47,59 @@ from reconciler.store.records import (
     TransitionRecord,
 )
 
+T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
+
 # dm-thin device ids are 24 bits wide.
 MAX_THIN_ID = (1 << 24) - 1
 REMOVED = "Removed"
 
+# How long SQLite itself waits for another connection's write lock before saying busy.
+BUSY_TIMEOUT_S = 5.0
+# Waits (seconds, before jitter) between the tries of work SQLite refused as busy: what the
+# busy timeout does not cover (a snapshot that went stale, a lock met while opening) clears in
+# milliseconds, and a lock held for all of these tries is held by something stuck.
+BUSY_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
 
 class StoreError(RuntimeError):
-    """The store cannot do what was asked (no free id, database unreadable)."""
+    """The store cannot do what was asked (no free id, database unreadable or busy)."""
+
+
+def is_busy(exc: peewee.OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds the database (SQLITE_BUSY or
+    SQLITE_LOCKED, extended codes included), which passes, unlike a broken file or query."""
+    cause = exc.args[0] if exc.args else None
+    code = getattr(cause, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    text = str(exc)
+    return "database is locked" in text or "database is busy" in text
+
+
+class _Database(peewee.SqliteDatabase):
+    """peewee's SQLite database whose statements outside a transaction go through `retry`
+    (one statement is whole by itself); inside one, the transaction is what is retried."""
+
+    def __init__(self, path: Path, retry: Callable[[Callable[[], Any]], Any],
+                 busy_timeout: float) -> None:
+        super().__init__(str(path), pragmas={
+            # First, so that the pragmas after it wait for a lock too.
+            "busy_timeout": round(busy_timeout * 1000),
+            "journal_mode": "wal",
+            "synchronous": "full",
+        }, timeout=busy_timeout)
+        self._retry = retry
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        """Run one statement; retried alone when it is not part of a transaction."""
+        if self.in_transaction():
+            return self._execute(sql, params)
+        return self._retry(lambda: self._execute(sql, params))
+
+    def _execute(self, sql: str, params: Any) -> Any:
+        return super().execute_sql(sql, params)  # type: ignore[no-untyped-call]
 
 
 class IdAllocator:
@@ -147,44 +205,83 @@ def _tighten(fd: int) -> None:
 
 
 class Store:
-    """The daemon's persistent state. One Store per thread: peewee connections are not shared."""
+    """The daemon's persistent state. One Store per thread: peewee connections are not shared.
 
-    def __init__(self, path: Path, clock: Callable[[], float], max_id: int = MAX_THIN_ID) -> None:
+    Shared with other processes: `sleep` is how the store waits between the tries of work
+    the database refused as busy (see the module docstring), `busy_timeout` how long SQLite
+    waits for a lock within one try (default BUSY_TIMEOUT_S)."""
+
+    def __init__(self, path: Path, clock: Callable[[], float], max_id: int = MAX_THIN_ID,
+                 sleep: Callable[[float], None] = time.sleep,
+                 busy_timeout: float | None = None) -> None:
         self.path = path
         self.max_id = max_id
         self.clock = clock
+        self._sleep = sleep
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         _private_files(path)
-        self._db = peewee.SqliteDatabase(
-            str(path),
-            pragmas={
-                "journal_mode": "wal",
-                "synchronous": "full",
-                "busy_timeout": 5000,
-            },
-        )
+        self._db = _Database(path, self._retrying,
+                             BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout)
         self._m = bind_models(self._db)
         self._data_version: int | None = None
-        self._db.connect(reuse_if_open=True)
+        self._retrying(lambda: self._db.connect(reuse_if_open=True))
+        # Statement by statement: CREATE ... IF NOT EXISTS is whole by itself, and an open
+        # (every CLI call) takes no write lock unless the file needs to change.
         self._db.create_tables(self._m.all(), safe=True)
-        self._migrate()
+        if self._needs_migration():
+            self._atomically(self._migrate)
+
+    def _retrying(self, work: Callable[[], T]) -> T:
+        """`work`, run again whole (after a short, growing wait) while the database is busy;
+        a StoreError once it stayed busy through every try."""
+        for attempt, delay in enumerate((*BUSY_RETRY_DELAYS, None), start=1):
+            try:
+                return work()
+            except peewee.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+                if delay is None:
+                    raise StoreError(
+                        f"the database {self.path} stayed busy through {attempt} tries "
+                        f"({exc}): another process holds it; try again") from exc
+                wait = delay * random.uniform(0.5, 1.5)  # so that waiting processes part
+                log.debug("store.busy", error=str(exc), attempt=attempt,
+                          next=f"trying again in {wait:.3f}s")
+                self._sleep(wait)
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    def _atomically(self, work: Callable[[], T]) -> T:
+        """`work` (reads, then writes) as one IMMEDIATE transaction, run again whole while
+        the database is busy; inside a caller's transaction, a savepoint of it."""
+        if self._db.in_transaction():
+            with self._db.atomic():
+                return work()
+
+        def once() -> T:
+            with self._db.atomic("IMMEDIATE"):
+                return work()
+
+        return self._retrying(once)
+
+    def _needs_migration(self) -> bool:
+        columns = {column.name for column in self._db.get_columns("snapshots")}
+        return "active" not in columns
 
     def _migrate(self) -> None:
-        """Bring a database written by an older version up to this one's columns."""
-        columns = {column.name for column in self._db.get_columns("snapshots")}
-        if "active" not in columns:
+        """Bring a database written by an older version up to this one's columns (in an
+        IMMEDIATE transaction, asking again inside: two processes opening an old file
+        at once do it once)."""
+        if self._needs_migration():
             # Before 0.2 reconcile derived a snapshot device's wishes from its kind; now the
             # snapshotter stores them. Written once, with the rule the older version used.
-            with self._db.atomic():
-                self._sql("ALTER TABLE snapshots ADD COLUMN active INTEGER NOT NULL DEFAULT 1")
-                self._sql("ALTER TABLE snapshots ADD COLUMN readonly INTEGER NOT NULL "
-                          "DEFAULT 0")
-                self._sql("UPDATE snapshots SET active = (removal IS NULL AND "
-                          "(kind != 'committed' OR exposed)), readonly = (kind != 'active')")
+            self._sql("ALTER TABLE snapshots ADD COLUMN active INTEGER NOT NULL DEFAULT 1")
+            self._sql("ALTER TABLE snapshots ADD COLUMN readonly INTEGER NOT NULL DEFAULT 0")
+            self._sql("UPDATE snapshots SET active = (removal IS NULL AND "
+                      "(kind != 'committed' OR exposed)), readonly = (kind != 'active')")
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one plain statement (autocommitted unless inside `transaction`)."""
-        return self._db.execute_sql(sql, params)  # type: ignore[no-untyped-call]
+        return self._db.execute_sql(sql, params)
 
     def trace(self, callback: Callable[[str], None] | None) -> None:
         """Call `callback` with every SQL statement this store runs (None: stop); for
@@ -197,16 +294,36 @@ class Store:
 
     def _replace_all(self, model: Any, items: Iterable[Any]) -> None:
         """Make a table hold exactly `items` (dataclasses), in one transaction."""
-        with self._db.atomic():
+        rows = [asdict(item) for item in items]  # taken once: the transaction may run again
+
+        def replace() -> None:
             model.delete().execute()
-            for item in items:
-                model.create(**asdict(item))
+            for row in rows:
+                model.create(**row)
+
+        self._atomically(replace)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Group writes so they land together or not at all."""
-        with self._db.atomic():
-            yield
+        """Group writes so they land together or not at all; nested, a savepoint.
+
+        The outermost begins IMMEDIATE, retried while busy before any of its body ran; the
+        body then holds the write lock, so none of it waits on another process. The body is
+        the caller's and runs once: should SQLite refuse it as busy all the same, it is
+        rolled back whole and raised as a StoreError."""
+        if self._db.in_transaction():
+            with self._db.atomic():
+                yield
+            return
+        try:
+            with ExitStack() as stack:
+                self._retrying(lambda: stack.enter_context(self._db.atomic("IMMEDIATE")))
+                yield
+        except peewee.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            raise StoreError(f"the database {self.path} was busy inside a transaction "
+                             f"({exc}); nothing of it was written") from exc
 
     # -- devices ---------------------------------------------------------------------------
 
@@ -307,12 +424,15 @@ class Store:
         return self._sql("SELECT 1 FROM requests LIMIT 1").fetchone() is not None
 
     def take_requests(self) -> list[RequestRecord]:
-        """Remove and return the queued requests, oldest first."""
-        with self._db.atomic():
+        """Remove and return the queued requests, oldest first (CLI processes add them at
+        any moment: the read and the delete are one IMMEDIATE transaction)."""
+        def take() -> list[Any]:
             rows = list(self._m.Request.select().order_by(self._m.Request.id))
             self._m.Request.delete().where(self._m.Request.id.in_([r.id for r in rows])).execute()
+            return rows
+
         return [RequestRecord(id=r.id, kind=r.kind, name=r.name, at=r.at, arg=r.arg)
-                for r in rows]
+                for r in self._atomically(take)]
 
     # -- write-ahead intents ---------------------------------------------------------------
 
@@ -406,12 +526,16 @@ class Store:
         now = self.clock()
         row = self._m.Condition
         listed = json.dumps(sorted(names))
-        with self._db.atomic("IMMEDIATE"):
+
+        def count_in() -> tuple[int, float]:
             old = row.get_or_none(row.kind == kind.value)
             count = 1 if old is None else old.count + 1
             since = now if old is None else old.since
             row.insert(kind=kind.value, message=message, names=listed, count=count,
                        since=since, at=now).on_conflict_replace().execute()
+            return count, since
+
+        count, since = self._atomically(count_in)
         return ConditionRecord(kind.value, message, tuple(json.loads(listed)), count, since, now)
 
     def clear_condition(self, kind: ConditionKind) -> None:
