@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.config import Reserve
-from reconciler.dm.types import METADATA_BLOCK_BYTES, PoolMode, ThinPoolStatus
 from reconciler.reconcile.observe import KernelDevice
 from reconciler.specs import DeviceSpec
 from reconciler.states import IN_FLIGHT, LIVE, RESTING_PROVISIONED, RESUMES, DeviceState, Step
 from reconciler.store import DeviceRecord
-from reconciler.units import Bytes, format_size, to_sectors
+from reconciler.units import Bytes, to_sectors
 
 S = DeviceState
 
@@ -38,7 +36,7 @@ def next_step(record: DeviceRecord, spec: DeviceSpec | None, kernel: KernelDevic
 
     `spec` is None when nobody wants the device any more; `kernel` is its dm device as
     observed (None: not mapped); `parent` is the record of the device it is a snapshot of;
-    `hold_new` is why no new device may be made now (the pool's reserve, its mode), if so.
+    `hold_new` is why no new device may be made now (guards.new_devices_held), if so.
     The record's spec wishes (size, mode, active) are already applied to it.
     """
     state = DeviceState(record.state)
@@ -91,33 +89,6 @@ def _parent_wait(record: DeviceRecord, parent: DeviceRecord | None) -> Wait | No
         return Wait(f"waiting for parent {record.parent!r} ({state})")
     if not parent.formatted:
         return Wait(f"waiting for parent {record.parent!r} to get its filesystem")
-    return None
-
-
-def new_devices_held(pool: ThinPoolStatus | None, block_bytes: int, data: Reserve,
-                     metadata: Reserve) -> str | None:
-    """Why new devices and snapshots must wait (not be made) now, if they must: a pool that
-    is not read-write or needs a check, or free space below its reserve. Devices that exist
-    are never affected; what waits is made once space is freed or the pool grown."""
-    if pool is None:
-        return None
-    if pool.mode != PoolMode.READ_WRITE:
-        return f"pool is {pool.mode.value}: new devices wait until it is read-write again"
-    if pool.needs_check:
-        return "pool needs_check is set: new devices wait until thin_check/thin_repair ran"
-    free_blocks = pool.total_data_blocks - pool.used_data_blocks
-    kept = data.of(pool.total_data_blocks * block_bytes)
-    if free_blocks * block_bytes < kept:
-        return (f"pool data space below its reserve: {format_size(free_blocks * block_bytes)}"
-                f" free of {format_size(pool.total_data_blocks * block_bytes)}, reserve "
-                f"{data} ({format_size(kept)}): new devices wait until space is freed")
-    meta_free = (pool.total_metadata_blocks - pool.used_metadata_blocks) * METADATA_BLOCK_BYTES
-    meta_total = pool.total_metadata_blocks * METADATA_BLOCK_BYTES
-    meta_kept = metadata.of(meta_total)
-    if meta_free < meta_kept:
-        return (f"pool metadata space below its reserve: {format_size(meta_free)} free of "
-                f"{format_size(meta_total)}, reserve {metadata} ({format_size(meta_kept)}): "
-                "new devices wait until space is freed")
     return None
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
-from pathlib import Path
 from typing import cast
 
 from reconciler.config import Settings
@@ -89,43 +88,6 @@ def resolve_against_store(
             continue
         specs[name] = spec
     return specs, sorted(rejected, key=lambda r: r.name)
-
-
-def source_check(spec_set: SpecSet, directory: Path, known_device: int | None
-                 ) -> tuple[SpecSet, int | None]:
-    """Whether a completely read spec directory can be trusted to say what was deleted, and
-    the filesystem to remember for it.
-
-    An empty spec directory on another filesystem than the one it was last read on is most
-    likely a mount point whose mount is missing (not yet mounted at boot, or unmounted): its
-    emptiness is a source error, not a request to remove everything. A directory with files
-    on a new filesystem (moved on purpose) is taken, and its filesystem remembered.
-    """
-    device = spec_set.directory_device
-    if spec_set.source_error is not None or device is None:
-        return spec_set, known_device
-    empty = not spec_set.specs and not spec_set.rejected
-    if known_device is not None and device != known_device and empty:
-        return replace(spec_set, source_error=(
-            f"spec_dir {directory} is empty and on another filesystem (device {device}) "
-            f"than when it last held specs (device {known_device}): is a mount missing? "
-            "Nothing is removed until its files are back")), known_device
-    if known_device is None or not empty:
-        return spec_set, device
-    return spec_set, known_device
-
-
-def held_removals(inferred: set[str], spec_file_devices: int, limit: int | None,
-                  confirmed: set[str]) -> set[str]:
-    """The removals inferred from absent spec files that a pass must hold, not do.
-
-    All of them are held (but those an operator confirmed) when there are more than `limit`
-    (None: no limit), or when they are every spec-file device there is (two or more): a
-    wrong spec_dir, a lost mount or a `rm *` looks like that, and a person should say so.
-    """
-    over_limit = limit is not None and len(inferred) > limit
-    everything = len(inferred) >= 2 and len(inferred) >= spec_file_devices
-    return inferred - confirmed if over_limit or everything else set()
 
 
 def impossible_change(record: DeviceRecord, spec: DeviceSpec) -> str | None:

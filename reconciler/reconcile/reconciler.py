@@ -25,29 +25,28 @@ from reconciler.dm.driver import make_client
 from reconciler.dm.host import Host
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.reconcile import maintenance, recovery
-from reconciler.reconcile.decide import describe, new_devices_held
+from reconciler.reconcile.decide import describe
 from reconciler.reconcile.desired import (
     apply_spec,
-    held_removals,
     load_specs,
     new_record,
     parents_first,
     resolve_against_store,
-    source_check,
     with_descendants,
 )
 from reconciler.reconcile.drive import decide, drive
+from reconciler.reconcile.guards import (
+    Conditions,
+    SourceGuard,
+    UsageWatch,
+    new_devices_held,
+    removals,
+)
 from reconciler.reconcile.observe import ParsedTargets, observe, observe_names
 from reconciler.reconcile.pass_context import PassContext, PassResult, PoolLedger, Stopped
 from reconciler.reconcile.pool_setup import prepare_pool
 from reconciler.reconcile.retry import RetryPolicy
-from reconciler.specs import (
-    DeviceSpec,
-    RejectedSpec,
-    SpecFileCache,
-    SpecSet,
-    is_snapshot_device,
-)
+from reconciler.specs import DeviceSpec, RejectedSpec, SpecFileCache, SpecSet
 from reconciler.states import DeviceState
 from reconciler.store import ConditionKind, DeviceRecord, RejectedSpecRecord, Store
 
@@ -62,8 +61,6 @@ TARGETED_MAX = 16
 # every this many full passes it reads them again anyway (belt and braces: a resync is
 # where anything missed gets caught).
 RECORDS_REREAD_EVERY = 10
-# Data usage (percent of the pool) whose crossing on the way up is worth a warning.
-USAGE_THRESHOLDS = (50, 75, 90, 95)
 
 
 @dataclass
@@ -117,16 +114,9 @@ class Reconciler:
         self.allow_removals = allow_removals
         # Removals an operator confirmed (`reconciler confirm-removals`), until done.
         self.confirmed_removals: set[str] = set()
-        # The spec directory's filesystem when it last held specs (a fact in the store).
-        self._spec_dir_device: int | None = None
-        self._spec_dir_device_read = False
-        # The highest data usage threshold (percent) the pool is above, for rising warnings.
-        self._usage_level = 0
-        # Conditions that may be set in the store (an earlier run's too, until cleared once):
-        # clearing one that is not costs no write.
-        self._maybe_set: set[ConditionKind] = set(ConditionKind)
-        # What each condition this Reconciler set last said (message, names).
-        self._said: dict[ConditionKind, tuple[str, tuple[str, ...]]] = {}
+        self._source = SourceGuard(settings, store)
+        self._conditions = Conditions(store)
+        self._usage = UsageWatch()
 
     # -- what outlives a pass ----------------------------------------------------------------
 
@@ -153,41 +143,9 @@ class Reconciler:
         )
 
     def _desired(self, spec_set: SpecSet) -> _Desired:
-        spec_set = self._checked_source(spec_set)
+        spec_set = self._source.check(spec_set)
         specs, rejected = resolve_against_store(spec_set, self.records, self.settings)
         return _Desired(specs, spec_set.names, rejected, spec_set.source_error)
-
-    def _checked_source(self, spec_set: SpecSet) -> SpecSet:
-        key = f"spec_dir_device:{self.settings.specs_path}"
-        if not self._spec_dir_device_read:
-            known = self.store.fact(key)
-            self._spec_dir_device = int(known) if known is not None else None
-            self._spec_dir_device_read = True
-        checked, device = source_check(spec_set, self.settings.specs_path,
-                                       self._spec_dir_device)
-        if device is not None and device != self._spec_dir_device:
-            self.store.set_fact(key, str(device))
-            self._spec_dir_device = device
-        return checked
-
-    def _condition(self, kind: ConditionKind, message: str | None,
-                   names: Iterable[str] = ()) -> None:
-        """Set a condition (message given) or clear it (None), writing and logging only
-        when it changes."""
-        if message is not None:
-            said = (message, tuple(sorted(names)))
-            if self._said.get(kind) == said:
-                return
-            record = self.store.set_condition(kind, message, said[1])
-            self._said[kind] = said
-            self._maybe_set.add(kind)
-            log.error(f"condition.{kind.value}", message=message, count=record.count,
-                      names=list(record.names) or None)
-        elif kind in self._maybe_set:
-            self.store.clear_condition(kind)
-            self._maybe_set.discard(kind)
-            self._said.pop(kind, None)
-            log.info(f"condition.{kind.value}_cleared")
 
     def _read_records(self) -> None:
         self.records.clear()
@@ -225,7 +183,7 @@ class Reconciler:
         for item in desired.rejected:
             log.warning("spec.rejected", name=item.name, path=item.path, error=item.error,
                         next="fix the file; the device (if any) is left as it is")
-        self._condition(ConditionKind.SPEC_SOURCE, desired.source_error)
+        self._conditions.say(ConditionKind.SPEC_SOURCE, desired.source_error)
 
         # Every device, or those _begin chose; parents before their snapshots, unwanted
         # devices last (less those whose removal is held, or that no source may judge).
@@ -250,48 +208,28 @@ class Reconciler:
 
     def _watch_pool_space(self, ctx: PassContext) -> None:
         """Say when data usage climbs past a threshold, and whether new devices must wait."""
-        pool = ctx.obs.pool
-        if pool is not None and pool.total_data_blocks:
-            percent = 100 * pool.used_data_blocks / pool.total_data_blocks
-            level = max((t for t in USAGE_THRESHOLDS if percent >= t), default=0)
-            if level > self._usage_level:
-                log.warning("pool.usage_rising", used_percent=round(percent, 1),
-                            threshold=level, reserve=str(self.settings.pool_reserve),
-                            next="free space or grow the pool; below the reserve new "
-                            "devices wait")
-            self._usage_level = level
-        ctx.hold_new = new_devices_held(pool, self.settings.data_block_size,
+        self._usage.see(ctx.obs.pool, self.settings.pool_reserve)
+        ctx.hold_new = new_devices_held(ctx.obs.pool, self.settings.data_block_size,
                                         self.settings.pool_reserve,
                                         self.settings.pool_metadata_reserve)
-        self._condition(ConditionKind.NEW_DEVICES_HELD, ctx.hold_new)
+        self._conditions.say(ConditionKind.NEW_DEVICES_HELD, ctx.hold_new)
 
     def _unwanted(self, desired: _Desired, chosen: set[str] | None,
                   result: PassResult) -> set[str]:
-        """The devices this pass takes away: those no spec wants, except that a removal
-        inferred from an absent spec file is never made when the spec directory could not
-        be read, and is held when the removal guard says so (see desired.held_removals).
-        The snapshotter's removals are explicit calls and never held."""
-        candidates = self.records if chosen is None else chosen
-        unwanted = {n for n in candidates if n not in desired.names and n in self.records
-                    and self.records[n].state != S.REMOVED}
-        inferred = {n for n in unwanted if not is_snapshot_device(n)}
-        if desired.source_error is not None:
-            return unwanted - inferred
-        held: set[str] = set()
-        if inferred and not self.allow_removals:
-            files = sum(1 for n, r in self.records.items()
-                        if r.state != S.REMOVED and not is_snapshot_device(n))
-            held = held_removals(inferred, files, self.settings.max_removals,
-                                 self.confirmed_removals)
+        """The devices this pass takes away (guards.removals), holding what the guard holds."""
+        unwanted, held = removals(
+            self.records, desired.names, self.records if chosen is None else chosen,
+            desired.source_error, self.settings.max_removals, self.confirmed_removals,
+            self.allow_removals)
         if held:
             result.held = sorted(held)
-            self._condition(
+            self._conditions.say(
                 ConditionKind.REMOVALS_HELD,
                 f"{len(held)} removals held (their spec files are gone): confirm with "
                 "`reconciler confirm-removals`, or restore the files", held)
         elif chosen is None:
-            self._condition(ConditionKind.REMOVALS_HELD, None)
-        return unwanted - held
+            self._conditions.say(ConditionKind.REMOVALS_HELD, None)
+        return unwanted
 
     def _drive_contained(self, ctx: PassContext, name: str, spec: DeviceSpec | None,
                          result: PassResult) -> None:

@@ -1,0 +1,181 @@
+"""What keeps a pass from doing harm, and what it tells the operator about the whole daemon.
+
+A pass is level-triggered: it would remove whatever no spec names and make whatever one
+does. These guards stand between that and the kernel. The source check: an unreadable spec
+directory, or one that looks like a missing mount, proves nothing about deleted files. The
+removal guard: mass removals inferred from absent files wait for a person. The reserve: new
+devices wait while the pool runs low. What they decide is shown as conditions in `status`.
+Pure functions, but for the two small classes that remember across passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from reconciler.config import Reserve, Settings
+from reconciler.dm.types import METADATA_BLOCK_BYTES, PoolMode, ThinPoolStatus
+from reconciler.specs import SpecSet, is_snapshot_device
+from reconciler.states import DeviceState
+from reconciler.store import ConditionKind, DeviceRecord, Store
+from reconciler.units import format_size
+
+log = structlog.get_logger(__name__)
+# Data usage (percent of the pool) whose crossing on the way up is worth a warning.
+USAGE_THRESHOLDS = (50, 75, 90, 95)
+
+
+def source_check(spec_set: SpecSet, directory: Path, known_device: int | None
+                 ) -> tuple[SpecSet, int | None]:
+    """Whether a completely read spec directory can be trusted to say what was deleted, and
+    the filesystem to remember for it.
+
+    An empty spec directory on another filesystem than the one it was last read on is most
+    likely a mount point whose mount is missing (not yet mounted at boot, or unmounted): its
+    emptiness is a source error, not a request to remove everything. A directory with files
+    on a new filesystem (moved on purpose) is taken, and its filesystem remembered.
+    """
+    device = spec_set.directory_device
+    if spec_set.source_error is not None or device is None:
+        return spec_set, known_device
+    empty = not spec_set.specs and not spec_set.rejected
+    if known_device is not None and device != known_device and empty:
+        return replace(spec_set, source_error=(
+            f"spec_dir {directory} is empty and on another filesystem (device {device}) "
+            f"than when it last held specs (device {known_device}): is a mount missing? "
+            "Nothing is removed until its files are back")), known_device
+    if known_device is None or not empty:
+        return spec_set, device
+    return spec_set, known_device
+
+
+def held_removals(inferred: set[str], spec_file_devices: int, limit: int | None,
+                  confirmed: set[str]) -> set[str]:
+    """The removals inferred from absent spec files that a pass must hold, not do.
+
+    All of them are held (but those an operator confirmed) when there are more than `limit`
+    (None: no limit), or when they are every spec-file device there is (two or more): a
+    wrong spec_dir, a lost mount or a `rm *` looks like that, and a person should say so.
+    """
+    over_limit = limit is not None and len(inferred) > limit
+    everything = len(inferred) >= 2 and len(inferred) >= spec_file_devices
+    return inferred - confirmed if over_limit or everything else set()
+
+
+def removals(records: Mapping[str, DeviceRecord], wanted: frozenset[str],
+             candidates: Iterable[str], source_error: str | None, limit: int | None,
+             confirmed: set[str], allow_all: bool) -> tuple[set[str], set[str]]:
+    """The devices a pass takes away, and the removals it holds.
+
+    Unwanted are the `candidates` no spec names that are not Removed. A removal inferred from
+    an absent spec file is never made when the spec directory could not be read, and is held
+    when the guard says so; the snapshotter's removals are explicit calls, never held.
+    """
+    unwanted = {n for n in candidates if n not in wanted and n in records
+                and records[n].state != DeviceState.REMOVED}
+    inferred = {n for n in unwanted if not is_snapshot_device(n)}
+    if source_error is not None:
+        return unwanted - inferred, set()
+    if not inferred or allow_all:
+        return unwanted, set()
+    files = sum(1 for n, r in records.items()
+                if r.state != DeviceState.REMOVED and not is_snapshot_device(n))
+    held = held_removals(inferred, files, limit, confirmed)
+    return unwanted - held, held
+
+
+def new_devices_held(pool: ThinPoolStatus | None, block_bytes: int, data: Reserve,
+                     metadata: Reserve) -> str | None:
+    """Why new devices and snapshots must wait (not be made) now, if they must: a pool that
+    is not read-write or needs a check, or free space below its reserve. Devices that exist
+    are never affected; what waits is made once space is freed or the pool grown."""
+    if pool is None:
+        return None
+    if pool.mode != PoolMode.READ_WRITE:
+        return f"pool is {pool.mode.value}: new devices wait until it is read-write again"
+    if pool.needs_check:
+        return "pool needs_check is set: new devices wait until thin_check/thin_repair ran"
+    free_blocks = pool.total_data_blocks - pool.used_data_blocks
+    kept = data.of(pool.total_data_blocks * block_bytes)
+    if free_blocks * block_bytes < kept:
+        return (f"pool data space below its reserve: {format_size(free_blocks * block_bytes)}"
+                f" free of {format_size(pool.total_data_blocks * block_bytes)}, reserve "
+                f"{data} ({format_size(kept)}): new devices wait until space is freed")
+    meta_free = (pool.total_metadata_blocks - pool.used_metadata_blocks) * METADATA_BLOCK_BYTES
+    meta_total = pool.total_metadata_blocks * METADATA_BLOCK_BYTES
+    meta_kept = metadata.of(meta_total)
+    if meta_free < meta_kept:
+        return (f"pool metadata space below its reserve: {format_size(meta_free)} free of "
+                f"{format_size(meta_total)}, reserve {metadata} ({format_size(meta_kept)}): "
+                "new devices wait until space is freed")
+    return None
+
+
+class UsageWatch:
+    """Logs when the pool's data usage climbs past a threshold (once per crossing)."""
+
+    def __init__(self) -> None:
+        self.level = 0
+
+    def see(self, pool: ThinPoolStatus | None, reserve: Reserve) -> None:
+        """Take a pool status; warn if usage rose past a threshold since the last one."""
+        if pool is None or not pool.total_data_blocks:
+            return
+        percent = 100 * pool.used_data_blocks / pool.total_data_blocks
+        level = max((t for t in USAGE_THRESHOLDS if percent >= t), default=0)
+        if level > self.level:
+            log.warning("pool.usage_rising", used_percent=round(percent, 1), threshold=level,
+                        reserve=str(reserve), next="free space or grow the pool; below the "
+                        "reserve new devices wait")
+        self.level = level
+
+
+class SourceGuard:
+    """source_check, with the spec directory's filesystem remembered in the store."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self._key = f"spec_dir_device:{settings.specs_path}"
+        self._directory = settings.specs_path
+        self._store = store
+        known = store.fact(self._key)
+        self._device = int(known) if known is not None else None
+
+    def check(self, spec_set: SpecSet) -> SpecSet:
+        """The spec set, with a source error if its directory cannot be trusted."""
+        checked, device = source_check(spec_set, self._directory, self._device)
+        if device is not None and device != self._device:
+            self._store.set_fact(self._key, str(device))
+            self._device = device
+        return checked
+
+
+class Conditions:
+    """The conditions a Reconciler sets in the store, written and logged only on a change."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        # Kinds that may be set in the store (an earlier run's too, until cleared once).
+        self._maybe_set: set[ConditionKind] = set(ConditionKind)
+        # What each condition set here last said (message, names).
+        self._said: dict[ConditionKind, tuple[str, tuple[str, ...]]] = {}
+
+    def say(self, kind: ConditionKind, message: str | None, names: Iterable[str] = ()) -> None:
+        """Set a condition (message given) or clear it (None)."""
+        if message is None:
+            if kind in self._maybe_set:
+                self._store.clear_condition(kind)
+                self._maybe_set.discard(kind)
+                self._said.pop(kind, None)
+                log.info(f"condition.{kind.value}_cleared")
+            return
+        said = (message, tuple(sorted(names)))
+        if self._said.get(kind) == said:
+            return
+        record = self._store.set_condition(kind, message, said[1])
+        self._said[kind] = said
+        self._maybe_set.add(kind)
+        log.error(f"condition.{kind.value}", message=message, count=record.count,
+                  names=list(record.names) or None)
