@@ -21,6 +21,8 @@ import pytest
 
 from reconciler.config import Settings, settings_from_mapping
 from reconciler.daemon.once import run_until_settled
+from reconciler.daemon.service import Daemon
+from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.client import DmClient
 from reconciler.dm.host import Host, SystemHost
 from reconciler.dm.loopback import LoopbackFiles, attached_loop
@@ -222,3 +224,17 @@ def real_world(tmp_path: Path) -> Iterator[World]:
         yield created
     finally:
         created.teardown()
+
+
+@pytest.fixture
+def daemon(fake_world: World) -> Iterator[Daemon]:
+    """A started daemon (first full pass done) over the fake world, on its fake clock; the
+    world's own store is opened again beside it, as `status` would open one."""
+    assert fake_world.store is not None
+    fake_world.store.close()
+    running = Daemon(fake_world.settings, fake_world.host, clock=fake_world.clock,
+                     wakeups=Wakeups(settle=0.02))
+    running.start()
+    fake_world.store = Store(fake_world.settings.database_path, fake_world.clock)
+    yield running
+    running.close()

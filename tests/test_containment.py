@@ -3,35 +3,20 @@ pass, logged with its traceback and shown in `status`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from reconciler.daemon.service import Daemon
-from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.errors import TimedOut, classify
 from reconciler.dm.host import SystemHost
 from reconciler.reconcile import maintenance, steps
 from reconciler.states import Step
-from reconciler.store import RequestKind, Store
+from reconciler.store import RequestKind
 from tests.conftest import World
 
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'
-
-
-@pytest.fixture
-def daemon(fake_world: World) -> Iterator[Daemon]:
-    """A started daemon over the fake world, on its fake clock."""
-    assert fake_world.store is not None
-    fake_world.store.close()
-    running = Daemon(fake_world.settings, fake_world.host, clock=fake_world.clock,
-                     wakeups=Wakeups(settle=0.02))
-    running.start()
-    fake_world.store = Store(fake_world.settings.database_path, fake_world.clock)
-    yield running
-    running.close()
 
 
 def test_a_poisoned_pass_keeps_the_daemon_up_and_is_shown(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,6 @@ from reconciler.reconcile.retry import RetryPolicy
 from reconciler.store import Store
 from reconciler.testing.fakekernel import FakeKernel, Op
 from tests.conftest import World
-
-
-@pytest.fixture
-def daemon(fake_world: World) -> Iterator[Daemon]:
-    """A started daemon (first full pass done) over the fake world, on its fake clock."""
-    assert fake_world.store is not None
-    fake_world.store.close()
-    running = Daemon(fake_world.settings, fake_world.host, clock=fake_world.clock,
-                     wakeups=Wakeups(settle=0.02))
-    running.start()
-    yield running
-    running.close()
 
 
 def state(world: World, name: str) -> str:
