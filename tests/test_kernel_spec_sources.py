@@ -64,10 +64,12 @@ def _read_file(world: World, name: str, mnt: Path) -> str:
 
 @pytest.fixture
 def mounted_specs(real_world: World, tmp_path: Path) -> Iterator[tuple[World, Path]]:
-    """The world's spec_dir is a tmpfs mount (unmounted again at the end if still there)."""
+    """The world's spec_dir is a tmpfs mount (unmounted again at the end if still there),
+    0755 like a directory root writes its orders to (a tmpfs root is 1777 by default, which
+    the daemon rightly refuses as a spec_dir others may write to)."""
     specs = real_world.settings.specs_path
     specs.mkdir(parents=True, exist_ok=True)
-    _mount("tmpfs", specs, "-t", "tmpfs")
+    _mount("tmpfs", specs, "-t", "tmpfs", "-o", "mode=0755")
     try:
         yield real_world, specs
     finally:
@@ -110,7 +112,7 @@ def test_an_unmounted_spec_dir_under_the_daemon_removes_nothing(
         assert _report(world)["pool"]["spec_source_error"] is not None
         assert _read_file(world, "web", mnt) == "written before the unmount\n"
 
-        _mount("tmpfs", specs, "-t", "tmpfs")
+        _mount("tmpfs", specs, "-t", "tmpfs", "-o", "mode=0755")
         for name in ("web", "db"):
             (specs / f"{name}.toml").write_text(EXT4)
         wait_for("the source error cleared",
