@@ -417,3 +417,15 @@ def test_allow_foreign_specs_accepts_other_users_files_and_an_open_spec_dir(
     assert result.removed == ["b"]
     assert _device(fake_world, "c")[0] == "Activated"
     _kept(fake_world, "a", ids["a"])
+
+
+def test_plan_remembers_nothing_about_the_spec_dir(fake_world: World) -> None:
+    """plan writes nothing: not even the spec directory's filesystem (a fact a pass keeps)."""
+    _two_devices(fake_world)
+    assert fake_world.store is not None
+    key = f"spec_dir_device:{fake_world.settings.specs_path}"
+    before = fake_world.store.fact(key)
+    fake_world.store.set_fact(key, "123456")  # as if it had last held specs elsewhere
+    fake_world.reconciler().plan()
+    assert fake_world.store.fact(key) == "123456"
+    assert before is not None

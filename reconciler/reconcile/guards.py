@@ -143,10 +143,12 @@ class SourceGuard:
         known = store.fact(self._key)
         self._device = int(known) if known is not None else None
 
-    def check(self, spec_set: SpecSet) -> SpecSet:
-        """The spec set, with a source error if its directory cannot be trusted."""
+    def check(self, spec_set: SpecSet, remember: bool = True) -> SpecSet:
+        """The spec set, with a source error if its directory cannot be trusted; the
+        directory's filesystem is remembered unless `remember` is false (plan writes
+        nothing)."""
         checked, device = source_check(spec_set, self._directory, self._device)
-        if device is not None and device != self._device:
+        if remember and device is not None and device != self._device:
             self._store.set_fact(self._key, str(device))
             self._device = device
         return checked

@@ -142,8 +142,8 @@ class Reconciler:
             stop_requested=self.stop_requested,
         )
 
-    def _desired(self, spec_set: SpecSet) -> _Desired:
-        spec_set = self._source.check(spec_set)
+    def _desired(self, spec_set: SpecSet, remember: bool = True) -> _Desired:
+        spec_set = self._source.check(spec_set, remember)
         specs, rejected = resolve_against_store(spec_set, self.records, self.settings)
         return _Desired(specs, spec_set.names, rejected, spec_set.source_error)
 
@@ -345,7 +345,7 @@ class Reconciler:
         ctx = self._context(pool)
         self._read_records()
         self._records_current = False
-        desired = self._desired(self.load_specs())
+        desired = self._desired(self.load_specs(), remember=False)
         ctx.obs = observe(pool.client, self.settings.pool_name, self._parsed)
         actions = [(r.name, f"nothing: spec rejected ({r.error})") for r in desired.rejected]
         for name in parents_first(desired.specs):
