@@ -9,8 +9,11 @@ N thin devices are made and activated, snapshotted (and the snapshots activated)
   (d) LVM: lvcreate/lvremove on a thin pool over the same kind of loop devices
 and (e) containerd 1.6's own devmapper snapshotter and our gRPC snapshotter, both driven by one
 in-process gRPC client through containerd's snapshots service: Prepare (a child of a committed
-layer), Commit, Remove, with p50 and p99 per call.
-Prints tables with ratios against (a) and (e), and writes them as JSON.
+layer), Commit, Remove, with p50 and p99 per call;
+and (f) our gRPC snapshotter at depth: a chain of --depth committed layers (Prepare, Commit),
+then Prepare (and Remove) of a child of layer 1 and of the top layer, alternately; the ratio
+of the two p50s says whether a Prepare's cost grows with the chain.
+Prints tables with ratios against (a), (e) and depth 1, and writes them as JSON.
 """
 
 from __future__ import annotations
@@ -328,6 +331,64 @@ def snapshotters(n: int, work: Path) -> list[SnapshotterRun]:
             sh("dmsetup", "remove", "ours", check=False)
 
 
+def depth_run(depth: int, samples: int, work: Path) -> dict[str, Any]:
+    """Prepare of a child of layer 1 and of layer `depth`, straight to our daemon's socket."""
+    import grpc
+
+    from reconciler.api.proto import snapshots_pb2 as pb
+    from reconciler.api.proto import snapshots_pb2_grpc
+
+    base = work / "depth"
+    base.mkdir()
+    sock = base / "ours.sock"
+    (base / "reconciler.toml").write_text(
+        f'root_path = "{base}/reconciler"\npool_name = "deep"\nbase_image_size = "64MiB"\n'
+        f'loopback_data_size = "8GiB"\nloopback_metadata_size = "64MiB"\n'
+        f'grpc_socket = "{sock}"\ndm_driver = "libdevmapper"\n')
+    ours = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "-c",
+                             str(base / "reconciler.toml"), "run"],
+                            stdout=(base / "ours.log").open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not sock.is_socket():
+            if time.monotonic() > deadline:
+                raise RuntimeError("our daemon did not start")
+            time.sleep(0.2)
+        channel = grpc.insecure_channel(f"unix:{sock}")
+        stub = snapshots_pb2_grpc.SnapshotsStub(channel)  # type: ignore[no-untyped-call]
+        parent = ""
+        for level in range(1, depth + 1):
+            stub.Prepare(pb.PrepareSnapshotRequest(key=f"k{level}", parent=parent), timeout=600)
+            stub.Commit(pb.CommitSnapshotRequest(name=f"l{level}", key=f"k{level}"),
+                        timeout=600)
+            parent = f"l{level}"
+        times: dict[int, list[float]] = {1: [], depth: []}
+        for i in range(samples):
+            for level in (1, depth):
+                started = time.perf_counter()
+                stub.Prepare(pb.PrepareSnapshotRequest(key=f"p{level}-{i}", parent=f"l{level}"),
+                             timeout=600)
+                times[level].append(time.perf_counter() - started)
+                stub.Remove(pb.RemoveSnapshotRequest(key=f"p{level}-{i}"), timeout=600)
+        channel.close()
+        p50 = {level: round(statistics.median(values) * 1000, 1)
+               for level, values in times.items()}
+        return {"depth": depth, "samples": samples, "prepare_p50_ms_depth_1": p50[1],
+                f"prepare_p50_ms_depth_{depth}": p50[depth],
+                "ratio": round(p50[depth] / p50[1], 2)}
+    finally:
+        ours.send_signal(signal.SIGTERM)
+        try:
+            ours.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            ours.kill()
+        for line in sh("dmsetup", "ls", check=False).stdout.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name.startswith("deep-"):
+                sh("dmsetup", "remove", name, check=False)
+        sh("dmsetup", "remove", "deep", check=False)
+
+
 def print_phases(phases: list[Phase]) -> list[dict[str, Any]]:
     floor = phases[0].per_device_ms() if phases else {}
     rows = []
@@ -364,7 +425,8 @@ def print_snapshotters(runs: list[SnapshotterRun]) -> list[dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--only", default="a,b,c,d,e")
+    parser.add_argument("--only", default="a,b,c,d,e,f")
+    parser.add_argument("--depth", type=int, default=128)
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "kernel.json")
     args = parser.parse_args()
     if not in_kernel() and not os.environ.get("RECONCILER_IN_VM"):
@@ -372,7 +434,8 @@ def main() -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         return subprocess.call([str(ROOT / "scripts" / "vm"), "--rwdir", str(args.json.parent),
                                 "--", sys.executable, __file__, "--n", str(args.n), "--only",
-                                args.only, "--json", str(args.json)])
+                                args.only, "--depth", str(args.depth), "--json",
+                                str(args.json)])
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="kbench-", dir="/tmp"))
@@ -394,10 +457,15 @@ def main() -> int:
     rows = print_phases(phases)
     runs = snapshotters(args.n, work) if "e" in only else []
     snap_rows = print_snapshotters(runs)
+    deep = depth_run(args.depth, max(5, min(args.n, 20)), work) if "f" in only else None
+    if deep is not None:
+        print(f"\n(f) our Prepare at depth 1 vs {args.depth} (p50 of {deep['samples']}, ms): "
+              f"{deep['prepare_p50_ms_depth_1']} vs {deep[f'prepare_p50_ms_depth_{args.depth}']}"
+              f"  ratio {deep['ratio']}x")
     commit = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD", check=False).stdout
     document = {"n": args.n, "kernel": platform.release(), "commit": commit.strip(),
                 "in_vm": bool(os.environ.get("RECONCILER_IN_VM")), "phases": rows,
-                "snapshotters": snap_rows}
+                "snapshotters": snap_rows, "depth": deep}
     args.json.write_text(json.dumps(document, indent=2))
     return 0
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.units import (
+    XFS_MIN_SIZE,
     Bytes,
     SizeError,
     brief_repr,
@@ -367,6 +368,12 @@ def _check_rules(settings: Settings, raw: dict[str, Any]) -> None:
                               f"must not be longer than retry_max ({settings.retry_max:g}s)")
         raise ConfigError("retry_max",
                           f"must not be shorter than retry_initial ({settings.retry_initial:g}s)")
+    if settings.fs_type == "xfs" and settings.base_image_size < XFS_MIN_SIZE:
+        # Otherwise every root Prepare would fail at mkfs, long after start-up.
+        raise ConfigError("base_image_size", f"{format_size(settings.base_image_size)} is too "
+                          f"small for fs_type = \"xfs\": mkfs.xfs makes no filesystem under "
+                          f"{format_size(XFS_MIN_SIZE)}; raise base_image_size or use "
+                          "fs_type = \"ext4\"")
     # dm-thin needs at least 2 MiB of metadata and uses at most 16 GiB of it.
     if not (2 << 20) <= settings.loopback_metadata_size <= (16 << 30):
         raise ConfigError("loopback_metadata_size", "must be between 2MiB and 16GiB")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, cast
 
-from reconciler.units import Bytes, SizeError, parse_size
+from reconciler.units import XFS_MIN_SIZE, Bytes, SizeError, format_size, parse_size
 
 # Matched whole (fullmatch): "$" alone would let a name end in a newline.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -141,6 +141,9 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
     filesystem = raw.get("filesystem", defaults.filesystem)
     if filesystem not in FILESYSTEMS:
         raise SpecError(f"key 'filesystem': {filesystem!r} is not one of {', '.join(FILESYSTEMS)}")
+    if parent is None and filesystem == "xfs" and size < XFS_MIN_SIZE:
+        raise SpecError(f"key 'size': {format_size(size)} is too small for filesystem "
+                        f"\"xfs\": mkfs.xfs makes no filesystem under {format_size(XFS_MIN_SIZE)}")
 
     flags = {}
     for key, default in (("active", True), ("readonly", False)):

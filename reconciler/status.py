@@ -88,9 +88,13 @@ def _device_report(settings: Settings, record: DeviceRecord,
     kname = thin_device_name(settings.pool_name, record.name)
     kernel = obs.device(kname) if obs else None
     used = kernel.status.used_bytes if kernel and kernel.status else None
+    # Deactivated, yet still mapped and open: the kernel removes it at its holder's last close.
+    deferred = kernel is not None and DeviceState(record.state) not in LIVE \
+        and kernel.deferred_removal
     return {
         "name": record.name,
         "state": record.state,
+        "deferred_removal": deferred,
         "ready": _ready(record, kernel),
         "device_id": record.device_id,
         "size_bytes": record.size_bytes,
@@ -186,6 +190,8 @@ def _key(snapshot: dict[str, Any] | None) -> str:
 
 def _state(device: dict[str, Any]) -> str:
     state: str = device["state"]
+    if device.get("deferred_removal"):
+        return f"{DeviceState.DEACTIVATING.value} (deferred)"
     live = state in LIVE and device["kernel"] is not None
     return state + (" (not ready)" if live and not device["ready"] else "")
 

@@ -20,6 +20,10 @@ SECTOR_SIZE = 512
 # overflow either; and far beyond any pool a machine can hold.
 MAX_SIZE = Bytes(1 << 60)
 
+# The smallest filesystem mkfs.xfs makes (xfsprogs 6.1, Debian 12: "Filesystem must be larger
+# than 300MB"; 300 MiB is made). Config and spec files refuse smaller xfs devices up front.
+XFS_MIN_SIZE = Bytes(300 << 20)
+
 # More digits than any size up to MAX_SIZE needs, however spelt; refusing them early keeps
 # Python's int() limit on digit strings (a ValueError of its own) out of reach.
 _MAX_DIGITS = 40

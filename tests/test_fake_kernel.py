@@ -470,7 +470,7 @@ def test_mkfs_formats_a_device_with_a_few_blocks(pool: ThinPool, kernel: FakeKer
 def test_mkfs_discards_what_the_device_held_before(pool: ThinPool, kernel: FakeKernel) -> None:
     """Like the real tools, mkfs first discards the device: old blocks go back to the pool."""
     pool.create_thin(0, 0)
-    path = activate(pool, "fs", 0, 65536)
+    path = activate(pool, "fs", 0, 614400)  # mkfs.xfs makes nothing under 300 MiB
     kernel.write_blocks("fp-fs", 0, 20 * BLOCK)
     make_filesystem(kernel, "xfs", path)
     assert kernel.filesystem("fp-fs") == "xfs"

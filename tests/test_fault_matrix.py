@@ -135,7 +135,12 @@ def test_a_fault_at_any_step_is_recovered_whole(fake_world: World, step: str, nu
 
     shown = _settle(fake_world, engine)
     cause = os.strerror(number)
-    assert any(cause in text for text in shown), (cause, shown)
+    if (step, number, times) == ("deactivate", errno.EBUSY, 1):
+        # An EBUSY remove is met as containerd meets it: flush, then a deferred remove, which
+        # the kernel takes; nothing to show.
+        assert shown == []
+    else:
+        assert any(cause in text for text in shown), (cause, shown)
     others = [os.strerror(n) for n in ERRNOS if n != number]
     misleading = [text for text in shown if any(other in text for other in others)]
     assert misleading == [], "an error must name the real cause"

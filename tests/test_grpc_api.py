@@ -76,7 +76,7 @@ def test_lifecycle_over_grpc(served: Served) -> None:
         snapshotter="reconciler", key=key, labels={"containerd.io/snapshot/a": "1"}))
     (mount,) = prepared.mounts
     assert (mount.type, mount.source, list(mount.options)) == (
-        "ext4", "/dev/mapper/rtpool-snap-1", [])
+        "ext4", "/dev/mapper/rtpool-snap-1", ["rw"])
     assert stub.Mounts(pb.MountsRequest(key=key)).mounts == prepared.mounts
     stub.Commit(pb.CommitSnapshotRequest(name="sha256:layer1", key=key,
                                          labels={"containerd.io/snapshot/a": "2"}))

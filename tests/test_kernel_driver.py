@@ -271,6 +271,33 @@ def test_remove_of_an_open_device(pool: Pool, client: Client) -> None:
     assert not _node(name).exists()
 
 
+def test_deferred_remove_of_an_open_device(pool: Pool, client: Client) -> None:
+    """A deferred remove of an open device succeeds and leaves it mapped (libdevmapper reports
+    the flag; dmsetup's columns cannot); the cancel message keeps it; a second deferred remove
+    makes the last close take it away, nodes included."""
+    name = pool.make_thin(client, "deferred", 1)
+    fd = os.open(_node(name), os.O_RDONLY)
+    try:
+        client.remove(name, deferred=True)
+        info = client.info(name)
+        assert info is not None and info.open_count == 1
+        assert info.deferred_remove == isinstance(client, LibdmClient)
+        client.message(name, ["@cancel_deferred_remove"])
+        cancelled = client.info(name)
+        assert cancelled is not None and not cancelled.deferred_remove
+        client.remove(name, deferred=True)
+        client.suspend(name)  # a device waiting for its last close still suspends and resumes
+        client.resume(name)
+    finally:
+        os.close(fd)
+    for _ in range(25):  # the kernel removes it from a work queue after the close
+        if client.info(name) is None:
+            break
+        time.sleep(0.2)
+    assert client.info(name) is None
+    assert not _node(name).exists()
+
+
 def test_both_drivers_report_the_same(pool: Pool) -> None:
     """dmsetup and libdevmapper give identical list, info, status and table of every device."""
     dmsetup, libdm = DmClient(SystemHost()), LibdmClient()

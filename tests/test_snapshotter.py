@@ -39,7 +39,7 @@ def test_prepare_commit_child_keeps_data_apart(world: World) -> None:
     the child's writes never reach the parent; kernel devices are named from ids, not keys."""
     snaps = snapshotter(world)
     mounts = snaps.prepare("default/1/base")
-    assert len(mounts) == 1 and mounts[0].type == "ext4" and mounts[0].options == ()
+    assert len(mounts) == 1 and mounts[0].type == "ext4" and mounts[0].options == ("rw",)
     base_dev = mounts[0].source
     assert base_dev == f"/dev/mapper/{world.pool}-snap-1"
     payload = os.urandom(4096)

@@ -101,9 +101,14 @@ class DmClient:
         """Resume a device, swapping in its inactive table if one was loaded."""
         self._run(f"resume {name}", ["resume", name])
 
-    def remove(self, name: str) -> None:
-        """Remove a device (never with --force: a busy device stays and says so)."""
-        self._run(f"remove {name}", ["remove", name])
+    def remove(self, name: str, deferred: bool = False) -> None:
+        """Remove a device (never with --force: a busy device stays and says so). With
+        `deferred`, an open device is marked instead and the kernel removes it when its last
+        opener closes it."""
+        if deferred:
+            self._run(f"remove --deferred {name}", ["remove", "--deferred", name])
+        else:
+            self._run(f"remove {name}", ["remove", name])
 
     def message(self, name: str, words: Sequence[str]) -> None:
         """Send a target message (sector 0), e.g. create_thin to a pool."""

@@ -74,8 +74,8 @@ class DmDriver(Protocol):
         """Resume a device."""
         ...
 
-    def remove(self, name: str) -> None:
-        """Remove a device (never forced)."""
+    def remove(self, name: str, deferred: bool = False) -> None:
+        """Remove a device (never forced); `deferred`: an open one goes at its last close."""
         ...
 
     def message(self, name: str, words: Sequence[str]) -> None:

@@ -2,23 +2,61 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import struct
 from collections.abc import Sequence
 
 from reconciler.dm.errors import DmError, classify
-from reconciler.dm.host import Host
+from reconciler.dm.host import Completed, Host
 
 # -F/-f: the device is a fresh thin volume of ours; mkfs would otherwise ask on a terminal
 # when it finds an old signature in recycled pool blocks.
 _MKFS = {"ext4": ["mkfs.ext4", "-q", "-F"], "xfs": ["mkfs.xfs", "-q", "-f"]}
 
 
+# debugfs prints its banner on stderr even when all went well.
+_DEBUGFS_BANNER = re.compile(r"^debugfs \S+ \(.*\)$")
+
+
 def make_filesystem(host: Host, fs_type: str, device: str, options: Sequence[str] = ()) -> None:
-    """Run mkfs for `fs_type` on `device`; raises a classified DmError on failure."""
+    """Run mkfs for `fs_type` on `device` and leave its root directory empty, as containerd
+    expects of a snapshot without a parent; raises a classified DmError on failure."""
     argv = [*_MKFS[fs_type], *options, device]
     completed = host.run(argv)
     if not completed.ok:
-        raise classify(f"mkfs.{fs_type} {device}", completed)
+        raise classify(f"mkfs.{fs_type} {device}", _first_meaningful_line(completed))
+    if fs_type == "ext4":
+        remove_lost_and_found(host, device)
+
+
+def remove_lost_and_found(host: Host, device: str) -> None:
+    """mkfs.ext4 makes /lost+found; containerd's contract is an empty root (its devmapper
+    removes it too). Done offline with debugfs, so no mount is needed; e2fsck makes the
+    directory again should it ever need one. (mkfs.xfs makes none.)"""
+    completed = host.run(["debugfs", "-w", "-R", "rmdir lost+found", device])
+    # debugfs exits 0 whatever its command did: anything besides its banner is an error.
+    said = [line for line in (completed.stderr + completed.stdout).splitlines()
+            if line.strip() and not _DEBUGFS_BANNER.match(line.strip())]
+    if not completed.ok or said:
+        raise classify(f"debugfs {device} (rmdir lost+found)",
+                       dataclasses.replace(completed, stderr="\n".join(said) or
+                                           completed.stderr))
+
+
+def _first_meaningful_line(completed: Completed) -> Completed:
+    """A failed mkfs's stderr cut to the line that says why: mkfs.xfs follows its reason
+    with its whole usage text, and precedes it with notes ("... ignoring ...")."""
+    lines = []
+    for line in completed.stderr.splitlines():
+        if line.startswith("Usage:"):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    reasons = [line for line in lines if "ignoring" not in line] or lines
+    if not reasons:
+        return completed
+    return dataclasses.replace(completed, stderr=reasons[0])
 
 
 def grow_filesystem(host: Host, fs_type: str, device: str) -> bool:

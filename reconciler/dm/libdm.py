@@ -165,6 +165,7 @@ class DmLibrary(Protocol):
     def dm_task_set_name(self, dmt: int, name: bytes, /) -> int: ...
     def dm_task_set_uuid(self, dmt: int, uuid: bytes, /) -> int: ...
     def dm_task_set_ro(self, dmt: int, /) -> int: ...
+    def dm_task_deferred_remove(self, dmt: int, /) -> int: ...
     def dm_task_add_target(self, dmt: int, start: int, length: int, target: bytes,
                            params: bytes, /) -> int: ...
     def dm_task_set_sector(self, dmt: int, sector: int, /) -> int: ...
@@ -484,6 +485,7 @@ class LibdmClient:
                 open_count=int(info.open_count),
                 segments=int(info.target_count),
                 events=int(info.event_nr),
+                deferred_remove=bool(info.deferred_remove),
             )
 
     # udev.
@@ -658,11 +660,15 @@ class LibdmClient:
             self._named(what, dmt, DM_DEVICE_RESUME, name)
             self._run_with_cookie(what, dmt, DM_DEVICE_RESUME, name)
 
-    def remove(self, name: str) -> None:
-        """Remove a device (never forced, never deferred: a busy device stays and says so)."""
-        what = f"remove {name}"
+    def remove(self, name: str, deferred: bool = False) -> None:
+        """Remove a device (never forced: a busy device stays and says so). With `deferred`,
+        an open device is marked instead and the kernel removes it at its last close."""
+        what = f"remove{' --deferred' if deferred else ''} {name}"
         with self._task(DM_DEVICE_REMOVE) as dmt:
             self._named(what, dmt, DM_DEVICE_REMOVE, name)
+            if deferred:
+                self._check(self.lib.dm_task_deferred_remove(dmt), what, dmt,
+                            DM_DEVICE_REMOVE, name)
             self._run_with_cookie(what, dmt, DM_DEVICE_REMOVE, name)
 
     def message(self, name: str, words: Sequence[str]) -> None:

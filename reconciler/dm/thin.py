@@ -103,6 +103,10 @@ class ThinDevice:
                     f"{info.uuid!r}, table {describe_table(lines)!r}), not ours "
                     f"({self.uuid!r}, {wanted.line()!r}): left alone",
                 ) from exc
+            if info.deferred_remove or info.open_count > 0:
+                # Wanted again while a deferred remove may be pending (dmsetup cannot tell):
+                # without the cancel the kernel would take it away at its holder's last close.
+                self.cancel_deferred_remove()
             if info.suspended:
                 self.resume()
             return Outcome.ALREADY
@@ -120,12 +124,23 @@ class ThinDevice:
         """Resume I/O, swapping in a loaded table if there is one."""
         self.pool.client.resume(self.kernel_name)
 
-    def remove(self) -> Outcome:
-        """Remove the dm device (never forced: an open device raises DeviceBusy)."""
+    def remove(self, deferred: bool = False) -> Outcome:
+        """Remove the dm device (never forced: an open device raises DeviceBusy, or with
+        `deferred` is marked to go at its last close)."""
         with suppress(NoSuchDevice):
-            self.pool.client.remove(self.kernel_name)
+            self.pool.client.remove(self.kernel_name, deferred=deferred)
             return Outcome.DONE
         return Outcome.ALREADY
+
+    def flush(self) -> None:
+        """Suspend and resume: a mounted filesystem is frozen (its dirty data written to the
+        thin device) and thawed, so what is in the pool is what its user wrote."""
+        self.suspend()
+        self.resume()
+
+    def cancel_deferred_remove(self) -> None:
+        """Keep the device: a pending deferred remove is dropped (harmless when none is)."""
+        self.pool.client.message(self.kernel_name, ["@cancel_deferred_remove"])
 
     def observe(self) -> tuple[DeviceInfo, ThinTable | None] | None:
         """The device's info and thin table now (two calls), or None when it is not mapped."""

@@ -35,6 +35,9 @@ class DeviceInfo:
     open_count: int
     segments: int
     events: int
+    # A deferred remove is pending: the kernel removes the device when its last opener
+    # closes it. libdevmapper reports it; dmsetup's columns have no field for it (False).
+    deferred_remove: bool = False
 
 
 @dataclass(frozen=True)

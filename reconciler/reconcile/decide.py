@@ -56,8 +56,11 @@ def next_step(record: DeviceRecord, spec: DeviceSpec | None, kernel: KernelDevic
         return _parent_wait(record, parent) or held or Step.CREATE
     if state in (S.CREATED, S.DEACTIVATED):
         # Activated to be used, or (when wanted inactive) once to be formatted; a device the
-        # kernel still maps is taken back under our machine by activating it.
-        if kernel is not None or spec.active or not record.formatted:
+        # kernel still maps is taken back under our machine by activating it, unless it is
+        # open and unwanted: a deferred remove waiting for its holder's last close.
+        if spec.active or not record.formatted:
+            return Step.ACTIVATE
+        if kernel is not None and not kernel.deferred_removal:
             return Step.ACTIVATE
         return None
     # Live: format once, then match mode and size, grow the filesystem, match `active`.

@@ -26,18 +26,48 @@ from reconciler.specs import (
     load_spec_files,
     stored_spec,
 )
-from reconciler.store import DeviceRecord, Store
+from reconciler.store import DeviceRecord, SnapshotRecord, Store
 
 
 def _fs(value: str) -> Filesystem:
     return cast(Filesystem, value)
 
 
-def load_specs(settings: Settings, store: Store, cache: SpecFileCache,
+class StoredSpecs:
+    """The specs the store keeps (the snapshotter's rows), read whole once, then only the
+    rows this process saved since (`Store.take_saved_snapshots`): a targeted pass (one
+    snapshotter call) then costs the same however many snapshots there are, e.g. at the top
+    of a chain of 128 layers. Read whole again for every full pass and whenever another
+    process wrote the store."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, DeviceSpec] | None = None
+
+    def read(self, store: Store, incremental: bool) -> dict[str, DeviceSpec]:
+        """The stored specs now, by device name."""
+        saved = store.take_saved_snapshots()
+        if not incremental or self._specs is None:
+            self._specs = {row.name: _stored(row) for row in store.snapshots()}
+            return self._specs
+        for name in saved:
+            row = store.snapshot(name)
+            if row is not None and row.wanted:
+                self._specs[name] = _stored(row)
+            else:
+                self._specs.pop(name, None)
+        return self._specs
+
+
+def _stored(row: SnapshotRecord) -> DeviceSpec:
+    return stored_spec(row.name, row.size_bytes, row.filesystem, row.parent, row.active,
+                       readonly=row.readonly, labels=row.labels)
+
+
+def load_specs(settings: Settings, stored: dict[str, DeviceSpec], cache: SpecFileCache,
                changed: Iterable[str] | None = None) -> SpecSet:
     """Every desired device: the spec directory (parsed with the config's defaults) and the
-    specs the store keeps. With `changed`, only those names' files are read again; the
-    others are as the last scan left them in `cache`."""
+    specs the store keeps (`stored`). With `changed`, only those names' files are read
+    again; the others are as the last scan left them in `cache`."""
     defaults = Defaults(size=settings.base_image_size, filesystem=_fs(settings.fs_type))
     allow = settings.allow_foreign_specs
     if changed is None:
@@ -45,11 +75,6 @@ def load_specs(settings: Settings, store: Store, cache: SpecFileCache,
     else:
         from_files = load_spec_files(settings.specs_path, changed, defaults, cache,
                                      allow_foreign=allow)
-    stored = {
-        row.name: stored_spec(row.name, row.size_bytes, row.filesystem, row.parent,
-                              row.active, readonly=row.readonly, labels=row.labels)
-        for row in store.snapshots()
-    }
     return replace(from_files, specs={**from_files.specs, **stored})
 
 

@@ -27,6 +27,7 @@ from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.reconcile import maintenance, recovery
 from reconciler.reconcile.decide import describe
 from reconciler.reconcile.desired import (
+    StoredSpecs,
     apply_spec,
     load_specs,
     new_record,
@@ -103,6 +104,7 @@ class Reconciler:
         self.ledger = PoolLedger()
         self.recovered = False
         self._spec_cache = SpecFileCache()
+        self._stored_specs = StoredSpecs()
         self._parsed = ParsedTargets()
         # Whether self.records is what the store holds (the last pass ended normally).
         self._records_current = False
@@ -131,9 +133,12 @@ class Reconciler:
         """The dm name of a managed device."""
         return thin_device_name(self.settings.pool_name, name)
 
-    def load_specs(self, changed: Iterable[str] | None = None) -> SpecSet:
-        """Every desired device, from spec files and the store (see `desired.load_specs`)."""
-        return load_specs(self.settings, self.store, self._spec_cache, changed)
+    def load_specs(self, changed: Iterable[str] | None = None,
+                   incremental: bool = False) -> SpecSet:
+        """Every desired device, from spec files and the store (see `desired.load_specs`);
+        `incremental`: the store's specs as last read, plus what this process saved since."""
+        stored = self._stored_specs.read(self.store, incremental)
+        return load_specs(self.settings, stored, self._spec_cache, changed)
 
     def _context(self, pool: ThinPool) -> PassContext:
         return PassContext(
@@ -264,12 +269,12 @@ class Reconciler:
         retry is due: its cost then does not grow with the number of devices.
         """
         few = only is not None and len(only) <= TARGETED_MAX
-        spec_set = self.load_specs(only if few else None)
         # Checked every pass, so that "written by others" covers exactly the last pass.
         others = self.store.written_by_others()
         current = (self.recovered and self._records_current and not others
                    and not self.store.has_requests())
         targeted = current and few
+        spec_set = self.load_specs(only if few else None, incremental=targeted)
         self._full_passes_since_read += only is None
         if not (targeted or (current and self._full_passes_since_read < RECORDS_REREAD_EVERY)):
             self._read_records()

@@ -17,9 +17,10 @@ from contextlib import contextmanager, suppress
 
 import structlog
 
-from reconciler.dm.errors import DmError, NoData
+from reconciler.dm.errors import DeviceBusy, DmError, NoData
 from reconciler.dm.filesystem import discard_blocks, grow_filesystem, make_filesystem
 from reconciler.dm.pool import PoolOp
+from reconciler.dm.thin import ThinDevice
 from reconciler.reconcile.desired import apply_spec, copy_spec
 from reconciler.reconcile.pass_context import PassContext
 from reconciler.specs import DeviceSpec
@@ -177,12 +178,21 @@ def _origin_suspended(ctx: PassContext, parent_name: str) -> Iterator[None]:
     writes still in flight and a mounted filesystem would not be frozen first."""
     parent = ctx.records[parent_name]
     kernel = ctx.kernel(parent_name)
-    if parent.state not in LIVE or kernel is None:
+    if kernel is None:
         yield
         return
-    machine = ctx.machine(parent_name)
     thin = ctx.thin(parent)
     thin.check_ours(kernel.info, "suspend origin")
+    if parent.state not in LIVE:
+        # Deactivated but still mapped: a deferred remove waits for its user's mount, which
+        # can still write. Suspended as any origin; the machine has no live state to record.
+        thin.suspend()
+        try:
+            yield
+        finally:
+            thin.resume()
+        return
+    machine = ctx.machine(parent_name)
     machine.fire(T.SUSPEND)
     try:
         thin.suspend()
@@ -277,7 +287,14 @@ def reload(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> N
 
 def deactivate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
     """Remove the dm device; on the way to deletion (no spec), first discard its blocks if
-    the config asks (only a writable live device can be discarded)."""
+    the config asks (only a writable live device can be discarded).
+
+    A device that is still open (a commit while its user's mount is still there, an
+    `active = false` while mounted) is deactivated the way containerd's devmapper does it:
+    flushed (suspend and resume), then removed with the kernel's deferred remove, so it goes
+    when its last opener closes it. A user's open mount is never a fault; until it closes,
+    status shows the device as deactivating (deferred). Deletion does not take this path:
+    a device to be deleted waits for its holder (decide.is_removal)."""
     machine = ctx.machine(record.name)
     thin = ctx.thin(record)
     kernel = ctx.kernel(record.name)
@@ -291,9 +308,29 @@ def deactivate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) 
     if kernel is not None:
         if spec is None and ctx.settings.discard_blocks and not kernel.info.readonly:
             discard_blocks(ctx.host, thin.path)
-        thin.remove()
-        ctx.forget_kernel_device(record.name)
+        if spec is not None and kernel.info.open_count > 0:
+            _deactivate_deferred(ctx, record, thin, kernel.info.open_count)
+        else:
+            try:
+                thin.remove()
+            except DeviceBusy:
+                if spec is None:
+                    raise
+                # Opened since the pass looked (or udev probing it): the same as above.
+                _deactivate_deferred(ctx, record, thin, None)
+            else:
+                ctx.forget_kernel_device(record.name)
     machine.fire(T.DEACTIVATED)
+
+
+def _deactivate_deferred(ctx: PassContext, record: DeviceRecord, thin: ThinDevice,
+                         open_count: int | None) -> None:
+    """Flush an open device and leave its removal to the kernel (at its last close)."""
+    thin.flush()
+    thin.remove(deferred=True)
+    ctx.refresh(record)
+    log.info("device.deactivation_deferred", name=record.name, open_count=open_count,
+             next="the kernel removes it when its last opener closes it")
 
 
 def remove(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:

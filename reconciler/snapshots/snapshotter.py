@@ -244,15 +244,23 @@ class Snapshotter:
             yield from self._ready_or_raise(record, undo=False)
         return self._mounts(record)
 
+    def _path(self, record: SnapshotRecord) -> str:
+        return f"/dev/mapper/{self.engine.kernel_name(record.name)}"
+
+    def _open_count(self, record: SnapshotRecord) -> int:
+        """How many openers the snapshot's dm device has now (0: not mapped)."""
+        info = self.engine.ensure_pool().client.info(self.engine.kernel_name(record.name))
+        return 0 if info is None else info.open_count
+
     def _mounts(self, record: SnapshotRecord) -> list[Mount]:
-        options: list[str] = []
-        if record.kind != Kind.ACTIVE:
-            options.append("ro")
+        # Always a mode, never no options: `ctr snapshots mounts` prints `-o` followed by
+        # the options, and mount(8) refuses a bare `-o`.
+        options = ["rw" if record.kind == Kind.ACTIVE else "ro"]
         if record.filesystem == "xfs":
             # Every snapshot of a parent carries its filesystem UUID; xfs refuses duplicates.
             options.append("nouuid")
-        source = f"/dev/mapper/{self.engine.kernel_name(record.name)}"
-        return [Mount(type=record.filesystem, source=source, options=tuple(options))]
+        return [Mount(type=record.filesystem, source=self._path(record),
+                      options=tuple(options))]
 
     # -- changing --------------------------------------------------------------------------
 
@@ -335,7 +343,9 @@ class Snapshotter:
         record.key = name
         record.kind = Kind.COMMITTED.value
         record.labels = checked
-        record.updated_at = self.clock()
+        # A commit makes a new snapshot (containerd's storage.CommitActive): both times are
+        # the commit's.
+        record.created_at = record.updated_at = self.clock()
         self._save(record)
         log.info("snapshot.committed", key=key, name=name, device=record.name,
                  used_bytes=record.used_bytes, next="deactivating its device")
@@ -376,6 +386,13 @@ class Snapshotter:
             names = ", ".join(repr(c.key) for c in children[:3])
             raise FailedPrecondition(f"cannot remove snapshot {key!r}: it has "
                                      f"{len(children)} child snapshot(s) ({names})")
+        opened = self._open_count(record)
+        if opened:
+            # As containerd's devmapper: its Remove fails (FailedPrecondition) and the snapshot
+            # stays, rather than delete a device someone still has mounted.
+            raise FailedPrecondition(
+                f"cannot remove snapshot {key!r}: its device {self._path(record)} is in use "
+                f"(open count {opened}); unmount it first")
         record.removal = "pending" if self.settings.async_remove else "requested"
         record.removed_at = record.updated_at = self.clock()
         self._save(record)

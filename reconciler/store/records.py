@@ -159,6 +159,12 @@ class SnapshotRecord:
     updated_at: float = 0.0
     removed_at: float | None = None
 
+    @property
+    def wanted(self) -> bool:
+        """Whether its device is wanted (live, or removed but kept until Cleanup): the rows
+        `Store.snapshots` returns."""
+        return self.removal is None or self.removal == "pending"
+
 
 class ConditionKind(StrEnum):
     """Something about the whole daemon an operator must see (the values are stored)."""

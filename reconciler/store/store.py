@@ -224,6 +224,7 @@ class Store:
                              BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout)
         self._m = bind_models(self._db)
         self._data_version: int | None = None
+        self._saved_snapshots: set[str] = set()
         self._retrying(lambda: self._db.connect(reuse_if_open=True))
         # Statement by statement: CREATE ... IF NOT EXISTS is whole by itself, and an open
         # (every CLI call) takes no write lock unless the file needs to change.
@@ -476,6 +477,13 @@ class Store:
         values = asdict(record)
         values["labels"] = json.dumps(record.labels, sort_keys=True)
         self._m.Snapshot.insert(**values).on_conflict_replace().execute()
+        self._saved_snapshots.add(record.name)
+
+    def take_saved_snapshots(self) -> set[str]:
+        """Names of the snapshots this Store saved since the last call (a rolled-back save
+        included: the caller only reads those rows again)."""
+        saved, self._saved_snapshots = self._saved_snapshots, set()
+        return saved
 
     def snapshots(self) -> list[SnapshotRecord]:
         """Every snapshot whose device is wanted (live, or removed but awaiting Cleanup)."""

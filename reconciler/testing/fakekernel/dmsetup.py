@@ -83,6 +83,9 @@ class Dmsetup:
             case ["remove", name]:
                 _ask(Op.REMOVE, f"{name} ", kernel.remove, name)
                 return ""
+            case ["remove", "--deferred", name]:
+                _ask(Op.REMOVE, f"{name} ", kernel.remove, name, deferred=True)
+                return ""
             case ["message", name, "0", *words] if words:
                 _ask(Op.MESSAGE, f"{name} ", kernel.message, name, words)
                 return ""
@@ -133,7 +136,8 @@ class Dmsetup:
                   (False, True): "INACTIVE", (False, False): "None"}
         live = device.live
         state = ("SUSPENDED" if device.suspended else "ACTIVE") + (
-            " (READ-ONLY)" if live and live.readonly else "")
+            " (READ-ONLY)" if live and live.readonly else "") + (
+            " (DEFERRED REMOVE)" if device.deferred_remove else "")
         return (f"Name:              {device.name}\n"
                 f"State:             {state}\n"
                 f"Read Ahead:        256\n"

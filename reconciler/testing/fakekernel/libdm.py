@@ -58,6 +58,7 @@ class _Task:
     targets: list[KernelLine] = field(default_factory=list)
     message: str | None = None
     sector: int | None = None
+    deferred: bool = False  # REMOVE with DM_DEFERRED_REMOVE
     number: int = 0  # the errno of the failed run
     device: DmDevice | None = None  # INFO, STATUS, TABLE: the device found, if any
     lines: list[KernelLine] = field(default_factory=list)
@@ -114,6 +115,11 @@ class FakeLibdm:
         self._task(dmt).targets.append((start, length, _text(target), _text(params)))
         return 1
 
+    def dm_task_deferred_remove(self, dmt: int, /) -> int:
+        """Ask a REMOVE to mark an open device instead of failing."""
+        self._task(dmt).deferred = True
+        return 1
+
     def dm_task_set_sector(self, dmt: int, sector: int, /) -> int:
         """The sector a target message goes to."""
         self._task(dmt).sector = sector
@@ -166,6 +172,7 @@ class FakeLibdm:
         out.major, out.minor = device.number
         out.read_only = int(live is not None and live.readonly)
         out.target_count = 1 if live is not None else 0
+        out.deferred_remove = int(device.deferred_remove)
         return 1
 
     def dm_task_get_name(self, dmt: int, /) -> bytes | None:
@@ -278,7 +285,7 @@ class FakeLibdm:
         elif kind == DM_DEVICE_RESUME:
             kernel.resume(name)
         elif kind == DM_DEVICE_REMOVE:
-            kernel.remove(name)
+            kernel.remove(name, deferred=task.deferred)
         elif kind == DM_DEVICE_TARGET_MSG:
             assert task.sector == 0 and task.message, f"FakeKernel: message {task.message!r}"
             kernel.message(name, task.message.split())

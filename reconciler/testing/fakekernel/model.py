@@ -140,6 +140,7 @@ class DmDevice:
     inactive: Table | None = None
     suspended: bool = False
     holders: int = 0  # opened by hold_open (a mount, a process)
+    deferred_remove: bool = False  # removed while open: goes at its last close
     events: int = 0
     pool: PoolTarget | None = None
 
@@ -182,6 +183,9 @@ class Kernel:
         device = self._existing(name)
         assert device.holders > 0, f"FakeKernel: {name} is not held open"
         device.holders -= 1
+        if device.deferred_remove and self.open_count(device) == 0:
+            # dm_blk_close queues the removal a deferred remove asked for.
+            self.discard_device(device)
 
     def reboot(self) -> None:
         """Power cycle: dm devices and loop attachments are gone; files and metadata stay
@@ -255,10 +259,15 @@ class Kernel:
         device.suspended = False
         self.drop_unused_loops()
 
-    def remove(self, name: str) -> None:
-        """REMOVE (never forced: an open device is EBUSY)."""
+    def remove(self, name: str, deferred: bool = False) -> None:
+        """REMOVE (never forced: an open device is EBUSY). With DM_DEFERRED_REMOVE an open
+        device is marked instead and the ioctl succeeds (dev_remove turns that EBUSY into 0);
+        it goes when its last opener closes it. A closed one goes at once either way."""
         device = self._named(Op.REMOVE, name)
         if self.open_count(device) > 0:
+            if deferred:
+                device.deferred_remove = True
+                return
             raise Refused(errno.EBUSY)
         self.discard_device(device)
 
@@ -271,6 +280,12 @@ class Kernel:
         """TARGET_MSG to sector 0: only a pool takes messages."""
         self._gate(Op.MESSAGE, name, tuple(words))
         device = self._named(None, name)
+        if words and words[0].startswith("@"):
+            # dm-ioctl answers "@" messages itself, for any target (message_for_md).
+            if words != ["@cancel_deferred_remove"]:
+                raise Refused(errno.EINVAL)
+            device.deferred_remove = False
+            return
         if device.pool is None or device.live is None or device.live.target != "thin-pool":
             raise Refused(errno.EINVAL)
         self._apply_message(device, device.pool.metadata, words)

@@ -72,7 +72,10 @@ E2FSCK_NOT_EXT4 = (
 )
 
 PROGRAMS = ("losetup", "stat", "blockdev", "blkdiscard", "mkfs.ext4", "mkfs.xfs", "e2fsck",
-            "resize2fs", "thin_check", "thin_ls")
+            "resize2fs", "thin_check", "thin_ls", "debugfs")
+DEBUGFS_BANNER = "debugfs 1.47.0 (5-Feb-2023)\n"
+# xfsprogs 6.1's smallest data section (captured: 200 MiB refused, 300 MiB made).
+XFS_MIN_BYTES = 300 * 1024 * 1024
 
 
 class Tools:
@@ -99,6 +102,8 @@ class Tools:
             return self._thin_ls(args), ""
         if program == "e2fsck":
             return self._e2fsck(args), ""
+        if program == "debugfs":
+            return self._debugfs(args)
         assert program == "resize2fs", program
         return self._resize2fs(args)
 
@@ -205,6 +210,8 @@ class Tools:
         if "nodiscard" not in " ".join(options) and "-K" not in options:
             self.kernel.discard(device)
         size = device.live.length * SECTOR
+        if fs_type == "xfs" and size < XFS_MIN_BYTES:
+            raise Failed(f"Filesystem must be larger than 300MB.\n{XFS_USAGE}")
         try:
             self.kernel.write(path, 0, _superblock(fs_type, size))
             # A filesystem's metadata is spread over its groups: a few scattered blocks.
@@ -236,6 +243,19 @@ class Tools:
             raise Failed(f"e2fsck: Bad magic number in super-block while trying to open {path}\n",
                          rc=8, stdout=f"{path}: \n{E2FSCK_NOT_EXT4}")
         return ""  # the real one prints inode and block counts the fake does not keep
+
+    def _debugfs(self, args: list[str]) -> tuple[str, str]:
+        """`debugfs -w -R "rmdir lost+found" DEVICE`: what production sends after mkfs.ext4.
+        The fake keeps no directories; it answers as the real one does on a fresh ext4 (only
+        its banner) and on anything else (its error, still with exit code 0)."""
+        assert args[:3] == ["-w", "-R", "rmdir lost+found"] and len(args) == 4, \
+            f"FakeKernel: debugfs {args}"
+        path = args[3]
+        device = self._ext4_device(path)
+        if device is None or _ext4_blocks(self.kernel.thin_read(device, 0, 2048)) is None:
+            return "", (f"{DEBUGFS_BANNER}debugfs: Bad magic number in super-block while "
+                        f"trying to open {path}\n")
+        return "", DEBUGFS_BANNER
 
     def _resize2fs(self, args: list[str]) -> tuple[str, str]:
         assert len(args) == 1, f"FakeKernel: resize2fs {args}"
