@@ -7,6 +7,7 @@ real kernel over gRPC in tests/test_kernel_conformance.py."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,11 @@ from reconciler.dm.filesystem import make_filesystem, remove_lost_and_found
 from reconciler.dm.types import DeviceInfo
 from reconciler.reconcile.decide import next_step
 from reconciler.reconcile.observe import KernelDevice
-from reconciler.snapshots import FailedPrecondition, Kind, Snapshotter
+from reconciler.snapshots import FailedPrecondition, Kind, Snapshotter, Unavailable
 from reconciler.specs import Defaults, SpecError, parse_spec
 from reconciler.states import LIVE, DeviceState, Step
 from reconciler.store import DeviceRecord
-from reconciler.testing.fakekernel import FakeKernel
+from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.units import Bytes
 from tests.conftest import World
 
@@ -276,3 +277,16 @@ def test_the_daemon_refuses_such_a_config_at_start_up(tmp_path: Path,
     err = capsys.readouterr().err
     assert "config key 'base_image_size'" in err and 'fs_type = "xfs"' in err
     assert not (tmp_path / "state").exists()
+
+
+def test_remove_when_the_kernel_cannot_say_whether_it_is_open(fake_world: World) -> None:
+    """An INFO the kernel refuses is Unavailable, and nothing is removed on a guess."""
+    snaps = Snapshotter(fake_world.reconciler(), sleep=fake_world.clock.sleep)
+    name = snaps.prepare("work")[0].source.removeprefix("/dev/mapper/")
+    kernel_of(fake_world).faults.fail(Op.INFO, name, errno=errno.EIO)
+    with pytest.raises(Unavailable, match="cannot tell whether its device is in use"):
+        snaps.remove("work")
+    kernel_of(fake_world).faults.clear()
+    assert snaps.stat("work").kind == Kind.ACTIVE
+    snaps.remove("work")
+    assert snaps.walk() == []

@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from reconciler.config import Settings
+from reconciler.dm.errors import DmError
 from reconciler.dm.filesystem import inodes_used
 from reconciler.dm.metadata import exclusive_bytes
 from reconciler.dm.thin import ThinDevice
@@ -249,7 +250,12 @@ class Snapshotter:
 
     def _open_count(self, record: SnapshotRecord) -> int:
         """How many openers the snapshot's dm device has now (0: not mapped)."""
-        info = self.engine.ensure_pool().client.info(self.engine.kernel_name(record.name))
+        try:
+            info = self.engine.ensure_pool().client.info(self.engine.kernel_name(record.name))
+        except DmError as exc:
+            # Unknown is not zero: nothing is removed on a guess.
+            raise Unavailable(f"snapshot {record.key!r}: cannot tell whether its device is "
+                              f"in use: {exc}") from exc
         return 0 if info is None else info.open_count
 
     def _mounts(self, record: SnapshotRecord) -> list[Mount]:
