@@ -203,3 +203,13 @@ def test_udev_running_when_the_socket_table_is_unreadable(tmp_path: Path) -> Non
     control = tmp_path / "control"
     control.touch()
     assert libdm.udev_running(str(control), str(tmp_path / "missing"))
+
+
+def test_every_library_function_we_call_has_its_c_signature() -> None:
+    """ctypes passes an undeclared pointer argument as a C int: a 64-bit task handle is cut
+    and libdevmapper crashes the process (seen with dm_task_deferred_remove). Every function
+    of the DmLibrary protocol is declared."""
+    from reconciler.dm.libdm import _SIGNATURES, DmLibrary
+
+    called = {name for name in vars(DmLibrary) if name.startswith("dm_")}
+    assert called <= set(_SIGNATURES), called - set(_SIGNATURES)

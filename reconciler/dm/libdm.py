@@ -124,6 +124,7 @@ _SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "dm_task_set_name": (ctypes.c_int, (_P, ctypes.c_char_p)),
     "dm_task_set_uuid": (ctypes.c_int, (_P, ctypes.c_char_p)),
     "dm_task_set_ro": (ctypes.c_int, (_P,)),
+    "dm_task_deferred_remove": (ctypes.c_int, (_P,)),
     "dm_task_add_target": (
         ctypes.c_int, (_P, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_char_p)
     ),
