@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 BUSYBOX_PATHS = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
@@ -31,15 +32,17 @@ def _layer(busybox: Path) -> bytes:
         info = tarfile.TarInfo("bin/busybox")
         info.size, info.mode = len(data), 0o755
         layer.addfile(info, io.BytesIO(data))
-        for applet in ("sh", "echo", "cat", "ls"):
+        for applet in ("sh", "echo", "cat", "ls", "sleep"):
             link = tarfile.TarInfo(f"bin/{applet}")
             link.type, link.linkname = tarfile.SYMTYPE, "busybox"
             layer.addfile(link)
     return buffer.getvalue()
 
 
-def build_image(path: Path) -> str:
-    """Write the archive to `path`; returns the image name it carries."""
+def build_image(path: Path, name: str = IMAGE_NAME,
+                cmd: Sequence[str] = ("/bin/echo", "ok")) -> str:
+    """Write the archive to `path`, an image called `name` whose default command is `cmd`;
+    returns the image name it carries."""
     busybox = next((p for p in BUSYBOX_PATHS if p.exists()), None)
     if busybox is None:
         raise FileNotFoundError("no static busybox: install Debian's busybox-static")
@@ -48,7 +51,7 @@ def build_image(path: Path) -> str:
         layer_digest, layer_size = _blob(archive, layer)
         config = json.dumps({
             "architecture": "amd64", "os": "linux",
-            "config": {"Cmd": ["/bin/echo", "ok"], "Env": ["PATH=/bin"]},
+            "config": {"Cmd": list(cmd), "Env": ["PATH=/bin"]},
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
         }).encode()
         config_digest, config_size = _blob(archive, config)
@@ -65,13 +68,13 @@ def build_image(path: Path) -> str:
             "manifests": [{
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "digest": manifest_digest, "size": manifest_size,
-                "annotations": {"io.containerd.image.name": IMAGE_NAME,
+                "annotations": {"io.containerd.image.name": name,
                                 "org.opencontainers.image.ref.name": "latest"},
             }],
         }).encode()
-        for name, data in (("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'),
-                           ("index.json", index)):
-            info = tarfile.TarInfo(name)
+        for member, data in (("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'),
+                             ("index.json", index)):
+            info = tarfile.TarInfo(member)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
-    return IMAGE_NAME
+    return name
