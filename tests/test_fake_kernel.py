@@ -146,6 +146,36 @@ def test_remove_of_open_device_is_busy(pool: ThinPool, kernel: FakeKernel,
     assert client.info("fp-a") is None
 
 
+def test_deferred_remove_keeps_the_kernels_rules(pool: ThinPool, kernel: FakeKernel,
+                                                client: DmClient) -> None:
+    """As dev_remove with DM_DEFERRED_REMOVE (captured in tests/test_kernel_driver.py): an open
+    device is marked and the ioctl succeeds; it still suspends and resumes; the cancel message
+    (answered by dm-ioctl itself, for any target) unmarks it; the last close removes a marked
+    device; a closed device goes at once; other "@" messages are EINVAL."""
+    pool.create_thin(0, 0)
+    activate(pool, "a", 0)
+    kernel.hold_open("fp-a")
+    client.remove("fp-a", deferred=True)
+    assert kernel.devices["fp-a"].deferred_remove
+    assert "(DEFERRED REMOVE)" in kernel.run(["dmsetup", "info", "fp-a"]).stdout
+    client.suspend("fp-a")
+    client.resume("fp-a")
+    client.message("fp-a", ["@cancel_deferred_remove"])
+    assert not kernel.devices["fp-a"].deferred_remove
+    with pytest.raises(InvalidArgument):
+        client.message("fp-a", ["@frobnicate"])
+    kernel.release("fp-a")
+    assert client.info("fp-a") is not None, "cancelled: the last close keeps it"
+    kernel.hold_open("fp-a")
+    client.remove("fp-a", deferred=True)
+    kernel.release("fp-a")
+    assert client.info("fp-a") is None
+    pool.create_thin(1, 1)
+    activate(pool, "b", 1)
+    client.remove("fp-b", deferred=True)
+    assert client.info("fp-b") is None
+
+
 def test_a_pool_with_an_active_thin_is_busy(pool: ThinPool, client: DmClient) -> None:
     """Each active thin holds its pool open; the pool goes only after them."""
     pool.create_thin(0, 0)
