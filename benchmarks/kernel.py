@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/kernel.py [--n 100] [--only a,b,c,d,e] [--json out/kernel.json]
 
 N thin devices are made and activated, snapshotted (and the snapshots activated) and removed by
-  (a) raw libdevmapper calls in a loop (in-process, ctypes): the floor
+  (a) bare libdevmapper calls in a loop (in-process, ctypes, nothing of ours: only the kernel
+      calls, and with udev running the cookie wait its /dev/mapper nodes need): the floor
+  (a2) the same loop through our LibdmClient (its udev checks, error capture and waits)
   (b) raw `dmsetup` processes in a loop
   (c) our reconciler, with each driver (spec files, filesystem "none", run until settled)
   (d) LVM: lvcreate/lvremove on a thin pool over the same kind of loop devices
@@ -129,6 +131,85 @@ def raw_loop(n: int, work: Path, client: Any, label: str) -> Phase:
         finally:
             remove_retrying(client, pool)
     return phase
+
+
+class BareLibdm:
+    """The floor: exactly the kernel calls, through libdevmapper's C functions and nothing of
+    ours. With udev running, each create, resume and remove carries a cookie and waits on it
+    (dm_udev_wait blocks on the semaphore udev releases: what correctness needs for the
+    /dev/mapper node); without udev, libdevmapper makes the node itself."""
+
+    def __init__(self) -> None:
+        from reconciler.dm.libdm import load_libdm, udev_running
+
+        self.lib: Any = load_libdm()
+        self.udev = udev_running()
+        self.lib.dm_udev_set_sync_support(1 if self.udev else 0)
+
+    def _run(self, kind: int, name: str, *, table: tuple[int, str, str] | None = None,
+             uuid: str | None = None, message: str | None = None,
+             cookie: bool = False) -> None:
+        import ctypes
+
+        lib = self.lib
+        dmt = lib.dm_task_create(kind)
+        try:
+            lib.dm_task_set_name(dmt, name.encode())
+            if uuid is not None:
+                lib.dm_task_set_uuid(dmt, uuid.encode())
+            if table is not None:
+                length, target, params = table
+                lib.dm_task_add_target(dmt, 0, length, target.encode(), params.encode())
+            if message is not None:
+                lib.dm_task_set_sector(dmt, 0)
+                lib.dm_task_set_message(dmt, message.encode())
+            value = ctypes.c_uint32(0)
+            if cookie:
+                lib.dm_task_set_cookie(dmt, ctypes.byref(value), 0)
+            ok = lib.dm_task_run(dmt)
+            errno_value = lib.dm_task_get_errno(dmt)
+        finally:
+            lib.dm_task_destroy(dmt)
+        if cookie:
+            lib.dm_udev_wait(value.value)
+        if not ok:
+            raise OSError(errno_value, os.strerror(errno_value), name)
+
+    def message(self, pool: str, words: list[str]) -> None:
+        from reconciler.dm.libdm import DM_DEVICE_TARGET_MSG
+
+        self._run(DM_DEVICE_TARGET_MSG, pool, message=" ".join(words))
+
+    def create(self, name: str, table: str, uuid: str) -> None:
+        from reconciler.dm.libdm import DM_DEVICE_CREATE
+
+        start, length, target, params = table.split(maxsplit=3)
+        assert start == "0"
+        self._run(DM_DEVICE_CREATE, name, table=(int(length), target, params), uuid=uuid,
+                  cookie=True)
+
+    def suspend(self, name: str) -> None:
+        from reconciler.dm.libdm import DM_DEVICE_SUSPEND
+
+        self._run(DM_DEVICE_SUSPEND, name)
+
+    def resume(self, name: str) -> None:
+        from reconciler.dm.libdm import DM_DEVICE_RESUME
+
+        self._run(DM_DEVICE_RESUME, name, cookie=True)
+
+    def remove(self, name: str) -> None:
+        import errno as errnos
+
+        from reconciler.dm.errors import DeviceBusy
+        from reconciler.dm.libdm import DM_DEVICE_REMOVE
+
+        try:
+            self._run(DM_DEVICE_REMOVE, name, cookie=True)
+        except OSError as exc:
+            if exc.errno == errnos.EBUSY:
+                raise DeviceBusy(f"remove {name}") from exc
+            raise
 
 
 def remove_retrying(client: Any, name: str) -> None:
@@ -442,7 +523,10 @@ def main() -> int:
     phases: list[Phase] = []
     if "a" in only:
         from reconciler.dm.libdm import LibdmClient
-        phases.append(raw_loop(args.n, work, LibdmClient(), "(a) raw libdevmapper (floor)"))
+        bare = BareLibdm()
+        phases.append(raw_loop(args.n, work, bare,
+                               f"(a) bare libdevmapper (floor{', udev' if bare.udev else ''})"))
+        phases.append(raw_loop(args.n, work, LibdmClient(), "(a2) our LibdmClient in a loop"))
     if "b" in only:
         from reconciler.dm.client import DmClient
         from reconciler.dm.host import SystemHost
