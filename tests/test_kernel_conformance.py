@@ -37,6 +37,7 @@ from google.protobuf import field_mask_pb2
 from reconciler.api.proto import snapshots_pb2 as pb
 from reconciler.api.proto import snapshots_pb2_grpc
 from reconciler.dm.host import SystemHost
+from reconciler.dm.loopback import LoopbackFiles
 from reconciler.status import build_report
 from reconciler.store import Store
 from tests.conftest import KERNEL_AVAILABLE, World, make_settings
@@ -48,7 +49,9 @@ FS_TYPES = ("ext4", "xfs")
 # Debian's mkfs.xfs refuses a filesystem smaller than 300MiB. Thin devices are sparse, so a
 # larger base costs only what mkfs writes.
 BASE_IMAGE_SIZE = {"ext4": "64MiB", "xfs": "320MiB"}
-LOOPBACK_DATA_SIZE = {"ext4": "2GiB", "xfs": "4GiB"}
+# The pool's data file lives in the VM's RAM (its /tmp), and a pool allocates fresh blocks
+# until it reaches its end before it reuses freed ones: the file grows to this size at most.
+LOOPBACK_DATA_SIZE = "1GiB"
 MIB = 1024 * 1024
 DEEP_CHAIN = 128
 UNPACKS = 4
@@ -115,7 +118,7 @@ def daemon(request: pytest.FixtureRequest,
     socket = work / "snap.sock"
     settings = make_settings(work, pool, fs_type=fs_type,
                              base_image_size=BASE_IMAGE_SIZE[fs_type],
-                             loopback_data_size=LOOPBACK_DATA_SIZE[fs_type],
+                             loopback_data_size=LOOPBACK_DATA_SIZE,
                              loopback_metadata_size="32MiB", grpc_socket=str(socket))
     world = World(host=SystemHost(), settings=settings, real=True)
     assert world.store is not None
@@ -123,7 +126,7 @@ def daemon(request: pytest.FixtureRequest,
     config = work / "reconciler.toml"
     config.write_text(
         f'root_path = "{settings.root_path}"\npool_name = "{pool}"\nfs_type = "{fs_type}"\n'
-        f'loopback_data_size = "{LOOPBACK_DATA_SIZE[fs_type]}"\n'
+        f'loopback_data_size = "{LOOPBACK_DATA_SIZE}"\n'
         'loopback_metadata_size = "32MiB"\n'
         f'base_image_size = "{BASE_IMAGE_SIZE[fs_type]}"\ngrpc_socket = "{socket}"\n'
         # Calls drive the partial passes they need; a frequent full resync would only compete
@@ -148,6 +151,10 @@ def daemon(request: pytest.FixtureRequest,
             process.kill()
             process.wait()
         world.teardown()
+        # Give the RAM they hold back to the next daemon's pool.
+        files = LoopbackFiles.under(settings.root_path)
+        files.data.unlink(missing_ok=True)
+        files.metadata.unlink(missing_ok=True)
 
 
 @dataclass
