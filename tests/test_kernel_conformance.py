@@ -49,9 +49,10 @@ FS_TYPES = ("ext4", "xfs")
 # Debian's mkfs.xfs refuses a filesystem smaller than 300MiB. Thin devices are sparse, so a
 # larger base costs only what mkfs writes.
 BASE_IMAGE_SIZE = {"ext4": "64MiB", "xfs": "320MiB"}
-# The pool's data file lives in the VM's RAM (its /tmp), and a pool allocates fresh blocks
-# until it reaches its end before it reuses freed ones: the file grows to this size at most.
-LOOPBACK_DATA_SIZE = "1GiB"
+# The pool's data file lives in the VM's RAM (its /tmp, about 1GiB), and a pool allocates
+# fresh blocks until it reaches its end before it reuses freed ones: the file grows to this
+# size at most. Each xfs made writes its 64MiB log; the ext4 deep chain keeps its layers.
+LOOPBACK_DATA_SIZE = {"ext4": "1GiB", "xfs": "512MiB"}
 MIB = 1024 * 1024
 DEEP_CHAIN = 128
 UNPACKS = 4
@@ -118,7 +119,7 @@ def daemon(request: pytest.FixtureRequest,
     socket = work / "snap.sock"
     settings = make_settings(work, pool, fs_type=fs_type,
                              base_image_size=BASE_IMAGE_SIZE[fs_type],
-                             loopback_data_size=LOOPBACK_DATA_SIZE,
+                             loopback_data_size=LOOPBACK_DATA_SIZE[fs_type],
                              loopback_metadata_size="32MiB", grpc_socket=str(socket))
     world = World(host=SystemHost(), settings=settings, real=True)
     assert world.store is not None
@@ -126,7 +127,7 @@ def daemon(request: pytest.FixtureRequest,
     config = work / "reconciler.toml"
     config.write_text(
         f'root_path = "{settings.root_path}"\npool_name = "{pool}"\nfs_type = "{fs_type}"\n'
-        f'loopback_data_size = "{LOOPBACK_DATA_SIZE}"\n'
+        f'loopback_data_size = "{LOOPBACK_DATA_SIZE[fs_type]}"\n'
         'loopback_metadata_size = "32MiB"\n'
         f'base_image_size = "{BASE_IMAGE_SIZE[fs_type]}"\ngrpc_socket = "{socket}"\n'
         # Calls drive the partial passes they need; a frequent full resync would only compete
