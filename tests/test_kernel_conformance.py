@@ -520,6 +520,8 @@ def test_commit_while_mounted(client: Client, daemon: Daemon) -> None:
     name = device.removeprefix(f"{daemon.world.pool}-")
     state = {d["name"]: d for d in daemon.devices()}[name]
     assert state["state"] != "Faulty", f"{state}\n{daemon.logs()}"
+    # Deactivated, its removal left to the kernel until the old mount closes.
+    assert (state["state"], state["deferred_removal"]) == ("Deactivated", True), state
 
     for made in (client.prepare("child", "committed"), client.view("view", "committed")):
         with client.mounted(made) as root:
