@@ -326,6 +326,48 @@ class SnapshotterRun:
         return out
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after a minute."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def remove_devices(pool: str) -> None:
+    """The pool's thin devices, then the pool."""
+    for line in sh("dmsetup", "ls", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(f"{pool}-"):
+            sh("dmsetup", "remove", name, check=False)
+    sh("dmsetup", "remove", pool, check=False)
+
+
+@contextmanager
+def our_daemon(base: Path, pool: str) -> Iterator[Path]:
+    """`reconciler run` (libdevmapper, its own loopback pool `pool`) serving a socket in
+    `base`; stopped and its devices removed on the way out."""
+    sock = base / "ours.sock"
+    (base / "reconciler.toml").write_text(
+        f'root_path = "{base}/reconciler"\npool_name = "{pool}"\nbase_image_size = "64MiB"\n'
+        f'loopback_data_size = "8GiB"\nloopback_metadata_size = "64MiB"\n'
+        f'grpc_socket = "{sock}"\ndm_driver = "libdevmapper"\n')
+    ours = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "-c",
+                             str(base / "reconciler.toml"), "run"],
+                            stdout=(base / "ours.log").open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not sock.is_socket():
+            if time.monotonic() > deadline or ours.poll() is not None:
+                raise RuntimeError(f"our daemon did not start: see {base / 'ours.log'}")
+            time.sleep(0.2)
+        yield sock
+    finally:
+        stop(ours)
+        remove_devices(pool)
+
+
 def snapshotters(n: int, work: Path) -> list[SnapshotterRun]:
     """containerd's devmapper and ours, through containerd's snapshots service."""
     import grpc
@@ -337,12 +379,7 @@ def snapshotters(n: int, work: Path) -> list[SnapshotterRun]:
         return []
     base = work / "ctd"
     base.mkdir()
-    ours_sock = base / "ours.sock"
-    (base / "reconciler.toml").write_text(
-        f'root_path = "{base}/reconciler"\npool_name = "ours"\nbase_image_size = "64MiB"\n'
-        f'loopback_data_size = "8GiB"\nloopback_metadata_size = "64MiB"\n'
-        f'grpc_socket = "{ours_sock}"\ndm_driver = "libdevmapper"\n')
-    with loop_pool("ctdpool", work) as (meta, data):
+    with loop_pool("ctdpool", work) as (meta, data), our_daemon(base, "ours") as ours_sock:
         sh("dmsetup", "create", "ctdpool", "--table", pool_table(meta, data))
         ctd_sock = base / "containerd.sock"
         (base / "containerd.toml").write_text(
@@ -354,20 +391,17 @@ def snapshotters(n: int, work: Path) -> list[SnapshotterRun]:
             '  base_image_size = "64MB"\n'
             f'[proxy_plugins]\n  [proxy_plugins.reconciler]\n    type = "snapshot"\n'
             f'    address = "{ours_sock}"\n')
-        ours = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "-c",
-                                 str(base / "reconciler.toml"), "run"],
-                                stdout=(base / "ours.log").open("w"), stderr=subprocess.STDOUT)
         ctd = subprocess.Popen(["containerd", "--config", str(base / "containerd.toml")],
                                stdout=(base / "containerd.log").open("w"),
                                stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 300
-            while not (ours_sock.is_socket() and ctd_sock.is_socket()):
+            while not ctd_sock.is_socket():
                 if time.monotonic() > deadline:
-                    raise RuntimeError("containerd or our daemon did not start")
+                    raise RuntimeError("containerd did not start")
                 time.sleep(0.2)
             channel = grpc.insecure_channel(f"unix:{ctd_sock}")
-            stub = snapshots_pb2_grpc.SnapshotsStub(channel)
+            stub = snapshots_pb2_grpc.SnapshotsStub(channel)  # type: ignore[no-untyped-call]
             meta_ns = (("containerd-namespace", "bench"),)
             # Without a lease or this label containerd's garbage collector removes a
             # snapshot nothing references (ctr sets it too).
@@ -398,18 +432,8 @@ def snapshotters(n: int, work: Path) -> list[SnapshotterRun]:
             channel.close()
             return runs
         finally:
-            for process in (ctd, ours):
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            for line in sh("dmsetup", "ls", check=False).stdout.splitlines():
-                name = line.split()[0] if line.split() else ""
-                if name.startswith(("ctdpool-", "ours-")):
-                    sh("dmsetup", "remove", name, check=False)
-            sh("dmsetup", "remove", "ctdpool", check=False)
-            sh("dmsetup", "remove", "ours", check=False)
+            stop(ctd)
+            remove_devices("ctdpool")
 
 
 def depth_run(depth: int, samples: int, work: Path) -> dict[str, Any]:
@@ -421,20 +445,7 @@ def depth_run(depth: int, samples: int, work: Path) -> dict[str, Any]:
 
     base = work / "depth"
     base.mkdir()
-    sock = base / "ours.sock"
-    (base / "reconciler.toml").write_text(
-        f'root_path = "{base}/reconciler"\npool_name = "deep"\nbase_image_size = "64MiB"\n'
-        f'loopback_data_size = "8GiB"\nloopback_metadata_size = "64MiB"\n'
-        f'grpc_socket = "{sock}"\ndm_driver = "libdevmapper"\n')
-    ours = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "-c",
-                             str(base / "reconciler.toml"), "run"],
-                            stdout=(base / "ours.log").open("w"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while not sock.is_socket():
-            if time.monotonic() > deadline:
-                raise RuntimeError("our daemon did not start")
-            time.sleep(0.2)
+    with our_daemon(base, "deep") as sock:
         channel = grpc.insecure_channel(f"unix:{sock}")
         stub = snapshots_pb2_grpc.SnapshotsStub(channel)  # type: ignore[no-untyped-call]
         parent = ""
@@ -452,22 +463,9 @@ def depth_run(depth: int, samples: int, work: Path) -> dict[str, Any]:
                 times[level].append(time.perf_counter() - started)
                 stub.Remove(pb.RemoveSnapshotRequest(key=f"p{level}-{i}"), timeout=600)
         channel.close()
-        p50 = {level: round(statistics.median(values) * 1000, 1)
-               for level, values in times.items()}
-        return {"depth": depth, "samples": samples, "prepare_p50_ms_depth_1": p50[1],
-                f"prepare_p50_ms_depth_{depth}": p50[depth],
-                "ratio": round(p50[depth] / p50[1], 2)}
-    finally:
-        ours.send_signal(signal.SIGTERM)
-        try:
-            ours.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            ours.kill()
-        for line in sh("dmsetup", "ls", check=False).stdout.splitlines():
-            name = line.split()[0] if line.split() else ""
-            if name.startswith("deep-"):
-                sh("dmsetup", "remove", name, check=False)
-        sh("dmsetup", "remove", "deep", check=False)
+    p50 = {level: round(statistics.median(values) * 1000, 1) for level, values in times.items()}
+    return {"depth": depth, "samples": samples, "prepare_p50_ms_depth_1": p50[1],
+            f"prepare_p50_ms_depth_{depth}": p50[depth], "ratio": round(p50[depth] / p50[1], 2)}
 
 
 def print_phases(phases: list[Phase]) -> list[dict[str, Any]]:
