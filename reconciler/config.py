@@ -136,7 +136,8 @@ class Settings:
     )
     fs_type: str = field(
         default="ext4",
-        metadata=_doc("Filesystem made on new devices without parent: \"ext4\" or \"xfs\"."),
+        metadata=_doc("Filesystem made, empty, on new devices without parent: \"ext4\" or "
+                     "\"xfs\" (xfs: base_image_size of 300MiB or more)."),
     )
     fs_options: tuple[str, ...] = field(
         default=(),
