@@ -547,3 +547,33 @@ def test_fail_next_fails_matching_commands_the_given_number_of_times(
         assert kernel.run(["dmsetup", "remove", "x"]).stderr == busy
     assert "No such device or address" in kernel.run(["dmsetup", "remove", "x"]).stderr
     assert kernel.calls.count(("dmsetup", "remove", "x")) == 3
+
+
+def test_deferred_udev_shares_one_cookie_and_waits_once(pool: ThinPool,
+                                                       kernel: FakeKernel) -> None:
+    """Inside deferred_udev, creates, resumes and removes share one udev cookie (each counted
+    on it, as libdevmapper counts them) and nothing waits until the batch settles; outside,
+    each call waits for its own."""
+    from reconciler.dm.libdm import LibdmClient
+    from reconciler.testing.fakekernel.libdm import FakeLibdm
+
+    library = kernel.dm_library()
+    assert isinstance(library, FakeLibdm)
+    client = LibdmClient(lib=library, udev_check=lambda: True)
+    for thin_id in (0, 1, 2):
+        pool.create_thin(thin_id, thin_id)
+    table = pool.thin_table
+    with client.deferred_udev():
+        client.create("fp-a", table(0, Sectors(8192)).line(), "u-a")
+        client.create("fp-b", table(1, Sectors(8192)).line(), "u-b")
+        client.suspend("fp-a")
+        client.resume("fp-a")
+        assert library.waited == []
+        client.remove("fp-b")
+        client.settle_udev()  # what a step does before it opens a node
+        ((cookie, events),) = library.waited
+        assert events == 4, "two creates, a resume and a remove; not the suspend"
+        client.create("fp-c", table(2, Sectors(8192)).line(), "u-c")
+    assert len(library.waited) == 2 and library.waited[1][0] != cookie
+    client.remove("fp-c")
+    assert len(library.waited) == 3, "outside a batch each call waits for itself"

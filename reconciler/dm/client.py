@@ -6,7 +6,8 @@ parity test speak the same language as production.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from reconciler.dm.errors import DmError, classify
 from reconciler.dm.host import Completed, Host
@@ -100,6 +101,14 @@ class DmClient:
     def resume(self, name: str) -> None:
         """Resume a device, swapping in its inactive table if one was loaded."""
         self._run(f"resume {name}", ["resume", name])
+
+    @contextmanager
+    def deferred_udev(self) -> Iterator[None]:
+        """Nothing to defer: each dmsetup process waits for udev before it exits."""
+        yield
+
+    def settle_udev(self) -> None:
+        """Nothing pending (see deferred_udev)."""
 
     def remove(self, name: str, deferred: bool = False) -> None:
         """Remove a device (never with --force: a busy device stays and says so). With

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol, cast
 
 import structlog
@@ -80,6 +81,14 @@ class DmDriver(Protocol):
 
     def message(self, name: str, words: Sequence[str]) -> None:
         """Send a target message (sector 0)."""
+        ...
+
+    def deferred_udev(self) -> AbstractContextManager[None]:
+        """Within: create, resume and remove may leave their wait for udev to the end."""
+        ...
+
+    def settle_udev(self) -> None:
+        """Wait for udev to finish what deferred_udev left (before opening a node)."""
         ...
 
 

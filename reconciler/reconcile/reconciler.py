@@ -166,7 +166,12 @@ class Reconciler:
         retry is due: what a file event asks for, without touching the rest.
         """
         ctx = self._context(self.ensure_pool())
-        wanted = None if only is None else set(only)
+        # udev handles the pass's device events together; each node is there by the end of
+        # the pass (a step that opens one settles first).
+        with ctx.pool.client.deferred_udev():
+            return self._run_pass(ctx, None if only is None else set(only))
+
+    def _run_pass(self, ctx: PassContext, wanted: set[str] | None) -> PassResult:
         desired, chosen = self._begin(ctx, wanted)
         self._watch_pool_space(ctx)
         if not self.recovered:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,9 @@ class FakeLibdm:
         self._next_task = 1
         self._udev_sync = False
         self._next_cookie = FIRST_COOKIE
+        # Events counted on each cookie not yet waited for, and each wait: (cookie, events).
+        self.cookie_events: Counter[int] = Counter()
+        self.waited: list[tuple[int, int]] = []
 
     def _task(self, dmt: int) -> _Task:
         assert dmt in self._tasks, f"FakeKernel: libdevmapper task {dmt} is not alive"
@@ -131,12 +135,17 @@ class FakeLibdm:
         return 1
 
     def dm_task_set_cookie(self, dmt: int, cookie: Any, flags: int, /) -> int:
-        """A udev cookie for the task, written to `*cookie` (0 without udev sync)."""
+        """A udev cookie for the task, written to `*cookie` (0 without udev sync); a cookie
+        already in `*cookie` is shared, one more event counted on it, as libdevmapper does."""
         del dmt, flags
+        slot = ctypes.cast(cookie, ctypes.POINTER(ctypes.c_uint32))
         value = 0
         if self._udev_sync:
-            value, self._next_cookie = self._next_cookie, self._next_cookie + 1
-        ctypes.cast(cookie, ctypes.POINTER(ctypes.c_uint32))[0] = value
+            value = slot[0]
+            if value == 0:
+                value, self._next_cookie = self._next_cookie, self._next_cookie + 1
+            self.cookie_events[value] += 1
+        slot[0] = value
         return 1
 
     def dm_task_run(self, dmt: int, /) -> int:
@@ -238,13 +247,13 @@ class FakeLibdm:
         return int(self._udev_sync)
 
     def dm_udev_wait(self, cookie: int, /) -> int:
-        """Wait for udev's confirmation of a cookie: given at once."""
-        del cookie
+        """Wait for udev's confirmation of a cookie: given at once (the cookie is gone)."""
+        self.waited.append((cookie, self.cookie_events.pop(cookie, 0)))
         return 1
 
     def dm_udev_wait_immediate(self, cookie: int, ready: Any, /) -> int:
-        """Whether udev confirmed the cookie, in `*ready`: always yes."""
-        del cookie
+        """Whether udev confirmed the cookie, in `*ready`: always yes (the cookie is gone)."""
+        self.waited.append((cookie, self.cookie_events.pop(cookie, 0)))
         ctypes.cast(ready, ctypes.POINTER(ctypes.c_int))[0] = 1
         return 1
 
