@@ -290,3 +290,21 @@ def test_remove_when_the_kernel_cannot_say_whether_it_is_open(fake_world: World)
     assert snaps.stat("work").kind == Kind.ACTIVE
     snaps.remove("work")
     assert snaps.walk() == []
+
+
+def test_xfs_mount_options(tmp_path: Path) -> None:
+    """xfs: nouuid always (a snapshot shares its parent's filesystem UUID); read-only mounts
+    also norecovery (a log left by a commit while mounted cannot be replayed read-only)."""
+    from reconciler.testing.fakekernel import FakeKernel as Kernel
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, "rtpool", fs_type="xfs", base_image_size="300MiB",
+                             loopback_data_size="1GiB")
+    world = World(host=Kernel(), settings=settings, real=False)
+    snaps = Snapshotter(world.reconciler(), sleep=world.clock.sleep)
+    assert snaps.prepare("base")[0].options == ("rw", "nouuid")
+    snaps.commit("layer", "base")
+    assert snaps.view("look", "layer")[0].options == ("ro", "nouuid", "norecovery")
+    assert snaps.mounts("layer")[0].options == ("ro", "nouuid", "norecovery")
+    assert snaps.prepare("work", "layer")[0].options == ("rw", "nouuid")
+    world.teardown()

@@ -265,6 +265,11 @@ class Snapshotter:
         if record.filesystem == "xfs":
             # Every snapshot of a parent carries its filesystem UUID; xfs refuses duplicates.
             options.append("nouuid")
+            if record.kind != Kind.ACTIVE:
+                # A parent committed while still mounted was frozen, not unmounted: its data
+                # is in place but xfs's log is not clean, and xfs cannot replay a log on a
+                # read-only device ("cannot mount read-only"). A clean log makes this a no-op.
+                options.append("norecovery")
         return [Mount(type=record.filesystem, source=self._path(record),
                       options=tuple(options))]
 
