@@ -548,6 +548,7 @@ def main() -> int:
     document = {"n": args.n, "kernel": platform.release(), "commit": commit.strip(),
                 "in_vm": bool(os.environ.get("RECONCILER_IN_VM")), "phases": rows,
                 "snapshotters": snap_rows, "depth": deep}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2))
     return 0
 

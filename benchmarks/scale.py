@@ -240,8 +240,12 @@ def main() -> int:
                   f"{row.peak_rss_mb / base.peak_rss_mb:.1f}x")
     document = {"machine": platform.platform(), "python": platform.python_version(),
                 "cpus": os.cpu_count(), "rows": [asdict(r) for r in rows]}
-    with args.json.open("w") if str(args.json) != "/dev/stdout" else sys.stdout as out_file:
-        json.dump(document, out_file)
+    if str(args.json) == "/dev/stdout":
+        json.dump(document, sys.stdout)
+    else:
+        # The documented default is out/scale.json: a fresh checkout has no out/ yet.
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(document))
     return 0
 
 
