@@ -244,7 +244,8 @@ def reconciler_loop(n: int, work: Path, driver: str) -> Phase:
     settings.specs_path.mkdir(parents=True)
     store = Store(settings.database_path, time.time)
     host = SystemHost()
-    engine = Reconciler(settings, host, store)
+    # Every spec file goes at once in the remove phase: an operator's confirmed removal.
+    engine = Reconciler(settings, host, store, allow_removals=True)
     assert run_until_settled(engine, time.time, time.sleep).ok  # the pool itself
     try:
         def timed(bucket: list[float], change: Callable[[], None]) -> None:
