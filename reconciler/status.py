@@ -90,7 +90,7 @@ def _device_report(settings: Settings, record: DeviceRecord,
     used = kernel.status.used_bytes if kernel and kernel.status else None
     # Deactivated, yet still mapped and open: the kernel removes it at its holder's last close.
     deferred = kernel is not None and DeviceState(record.state) not in LIVE \
-        and kernel.deferred_removal
+        and kernel.info.removal_deferred
     return {
         "name": record.name,
         "state": record.state,
@@ -190,7 +190,7 @@ def _key(snapshot: dict[str, Any] | None) -> str:
 
 def _state(device: dict[str, Any]) -> str:
     state: str = device["state"]
-    if device.get("deferred_removal"):
+    if device["deferred_removal"]:
         return f"{DeviceState.DEACTIVATING.value} (deferred)"
     live = state in LIVE and device["kernel"] is not None
     return state + (" (not ready)" if live and not device["ready"] else "")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.cli import main
 from reconciler.config import ConfigError, settings_from_mapping
 from reconciler.dm.errors import CommandFailed
 from reconciler.dm.filesystem import make_filesystem, remove_lost_and_found
@@ -24,7 +25,7 @@ from reconciler.states import LIVE, DeviceState, Step
 from reconciler.store import DeviceRecord
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.units import Bytes
-from tests.conftest import World
+from tests.conftest import World, make_settings
 
 
 def kernel_of(world: World) -> FakeKernel:
@@ -268,8 +269,6 @@ def test_xfs_smaller_than_mkfs_makes_is_refused_up_front(tmp_path: Path) -> None
 def test_the_daemon_refuses_such_a_config_at_start_up(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Exit 2 before anything is made, with both keys named."""
-    from reconciler.cli import main
-
     config = tmp_path / "config.toml"
     config.write_text(f'root_path = "{tmp_path / "state"}"\nfs_type = "xfs"\n'
                       'base_image_size = "128MiB"\n')
@@ -295,16 +294,15 @@ def test_remove_when_the_kernel_cannot_say_whether_it_is_open(fake_world: World)
 def test_xfs_mount_options(tmp_path: Path) -> None:
     """xfs: nouuid always (a snapshot shares its parent's filesystem UUID); read-only mounts
     also norecovery (a log left by a commit while mounted cannot be replayed read-only)."""
-    from reconciler.testing.fakekernel import FakeKernel as Kernel
-    from tests.conftest import make_settings
-
     settings = make_settings(tmp_path, "rtpool", fs_type="xfs", base_image_size="300MiB",
                              loopback_data_size="1GiB")
-    world = World(host=Kernel(), settings=settings, real=False)
-    snaps = Snapshotter(world.reconciler(), sleep=world.clock.sleep)
-    assert snaps.prepare("base")[0].options == ("rw", "nouuid")
-    snaps.commit("layer", "base")
-    assert snaps.view("look", "layer")[0].options == ("ro", "nouuid", "norecovery")
-    assert snaps.mounts("layer")[0].options == ("ro", "nouuid", "norecovery")
-    assert snaps.prepare("work", "layer")[0].options == ("rw", "nouuid")
-    world.teardown()
+    world = World(host=FakeKernel(), settings=settings, real=False)
+    try:
+        snaps = Snapshotter(world.reconciler(), sleep=world.clock.sleep)
+        assert snaps.prepare("base")[0].options == ("rw", "nouuid")
+        snaps.commit("layer", "base")
+        assert snaps.view("look", "layer")[0].options == ("ro", "nouuid", "norecovery")
+        assert snaps.mounts("layer")[0].options == ("ro", "nouuid", "norecovery")
+        assert snaps.prepare("work", "layer")[0].options == ("rw", "nouuid")
+    finally:
+        world.teardown()

@@ -366,8 +366,8 @@ class LibdmClient:
         self.udev_timeout = udev_timeout
         self.udev_check = udev_check
         self._warned_udev_cached = False
-        # Inside `deferred_udev`: the cookie the calls share (None: none yet), whether its
-        # calls ran without udev (cookie 0: node operations stacked), and for whom.
+        # How deep inside `deferred_udev` we are; the cookie its calls share (None: no call
+        # yet; 0: they ran without udev, their node operations stacked), and for whom.
         self._batches = 0
         self._pending: int | None = None
         self._pending_names: list[str] = []

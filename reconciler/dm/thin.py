@@ -103,7 +103,7 @@ class ThinDevice:
                     f"{info.uuid!r}, table {describe_table(lines)!r}), not ours "
                     f"({self.uuid!r}, {wanted.line()!r}): left alone",
                 ) from exc
-            if info.deferred_remove or info.open_count > 0:
+            if info.removal_deferred:
                 # Wanted again while a deferred remove may be pending (dmsetup cannot tell):
                 # without the cancel the kernel would take it away at its holder's last close.
                 self.cancel_deferred_remove()

@@ -39,6 +39,13 @@ class DeviceInfo:
     # closes it. libdevmapper reports it; dmsetup's columns have no field for it (False).
     deferred_remove: bool = False
 
+    @property
+    def removal_deferred(self) -> bool:
+        """Whether a deferred remove may be pending: the kernel's flag where the driver reads
+        it (libdevmapper); through dmsetup, which has no column for it, an open device stands
+        for it (we defer every deactivation of an open device)."""
+        return self.deferred_remove or self.open_count > 0
+
 
 @dataclass(frozen=True)
 class TargetLine:

@@ -60,7 +60,7 @@ def next_step(record: DeviceRecord, spec: DeviceSpec | None, kernel: KernelDevic
         # open and unwanted: a deferred remove waiting for its holder's last close.
         if spec.active or not record.formatted:
             return Step.ACTIVATE
-        if kernel is not None and not kernel.deferred_removal:
+        if kernel is not None and not kernel.info.removal_deferred:
             return Step.ACTIVATE
         return None
     # Live: format once, then match mode and size, grow the filesystem, match `active`.

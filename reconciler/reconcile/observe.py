@@ -25,14 +25,6 @@ class KernelDevice:
     table: ThinTable | None = None
     status: ThinStatus | None = None
 
-    @property
-    def deferred_removal(self) -> bool:
-        """For a device we deactivated: whether it only waits for its holder to close it.
-        libdevmapper reports the kernel's deferred-remove flag; through dmsetup, which has no
-        column for it, an open device stands for it (we defer every deactivation of an open
-        device)."""
-        return self.info.deferred_remove or self.info.open_count > 0
-
 
 @dataclass
 class Observation:
