@@ -4,6 +4,7 @@ thin ids (thin_ls) equal the store's."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -52,6 +53,9 @@ class CountingHost(SystemHost):
 
 
 def converge(world: World) -> None:
+    """A restart: a new store and a new reconciler, run until settled."""
+    if world.store is not None:
+        world.store.close()  # not left to the garbage collector: see crash_in_child
     world.store = Store(world.settings.database_path, world.clock)
     world.host = SystemHost()
     result = run_until_settled(world.reconciler(), time.time, time.sleep)
@@ -76,10 +80,30 @@ def read_data(world: World, length: int) -> bytes:
         os.close(fd)
 
 
+def open_database_files(database: Path) -> list[str]:
+    """The files of the SQLite database (and its -wal, -shm) this process has open."""
+    real = os.path.realpath(database)
+    names = {real, *(f"{real}{suffix}" for suffix in ("-wal", "-shm", "-journal"))}
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the listing's own descriptor, closed by now
+        if target in names:
+            found.append(target)
+    return sorted(found)
+
+
 def crash_in_child(world: World, point: CrashPoint) -> None:
     """Run the pass in a forked process that SIGKILLs itself at `point`."""
     assert world.store is not None
-    world.store.close()  # never carry an SQLite connection across fork
+    world.store.close()
+    # SQLite forbids carrying an open connection across fork (its locks are per process, its
+    # in-memory lock bookkeeping is copied): a store left open here once lost the child's
+    # committed rows. Every database file must be closed at this point, not merely unused.
+    gc.collect()
+    assert open_database_files(world.settings.database_path) == [], "an open store at fork"
     pid = os.fork()
     if pid == 0:  # the child: dies by SIGKILL at the crash point
         try:
