@@ -202,9 +202,17 @@ class Reconciler:
             if chosen is None or n in chosen]
         unwanted = self._unwanted(desired, chosen, result)
         order += [(n, None) for n in sorted(unwanted)]
+        # Breadth-first: a first sweep provisions and activates every device, holding back
+        # the steps that open a node; one udev wait; then a second sweep finishes those.
+        held: set[str] = set()
         try:
             for name, spec in order:
-                self._drive_contained(ctx, name, spec, result)
+                self._drive_contained(ctx, name, spec, result, held)
+            if held:
+                ctx.pool.client.settle_udev()
+                for name, spec in order:
+                    if name in held:
+                        self._drive_contained(ctx, name, spec, result)
         except Stopped:
             result.stopped = True
             log.info("pass.stopped", next="exiting; every finished step is persisted")
@@ -242,11 +250,11 @@ class Reconciler:
         return unwanted
 
     def _drive_contained(self, ctx: PassContext, name: str, spec: DeviceSpec | None,
-                         result: PassResult) -> None:
+                         result: PassResult, held: set[str] | None = None) -> None:
         """drive(), with an error nobody foresaw kept to this device: logged with its
         traceback, shown as the device's error, and retried by the next pass."""
         try:
-            drive(ctx, name, spec, result)
+            drive(ctx, name, spec, result, held)
         except Stopped:
             raise
         except Exception as exc:
