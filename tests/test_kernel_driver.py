@@ -414,3 +414,32 @@ def test_nodes_without_udev(pool: Pool) -> None:
         assert _node(name).is_symlink()
         libdm.remove(name)
         assert not _node(name).exists()
+
+
+def test_a_batch_udev_never_confirms_is_released(pool: Pool) -> None:
+    """udevd alive but not answering (stopped with SIGSTOP: its socket still listens, so udev
+    counts as running): a batch of two creates sharing one cookie costs udev_timeout, then
+    every call's share is released and the nodes are made; nothing waits forever."""
+    found = _udevd()
+    if found is None:
+        pytest.skip("no udevd in this machine")
+    libdm = LibdmClient(udev_timeout=3)
+    for device_id in (1, 2):
+        libdm.message(pool.name, ["create_thin", str(device_id)])
+    names = [pool.thin(f"mute{n}") for n in (1, 2)]
+    os.kill(found[0], signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with libdm.deferred_udev():
+            for device_id, name in enumerate(names, start=1):
+                libdm.create(name, pool.thin_table(device_id), uuid=f"{name}-uuid")
+        waited = time.monotonic() - started
+    finally:
+        os.kill(found[0], signal.SIGCONT)
+    assert waited < 60, "a wait for the batch that the timeout did not end"
+    for name in names:
+        assert _node(name).exists()
+    SystemHost().run(["udevadm", "settle", "--timeout=20"])
+    for name in names:
+        libdm.remove(name)
+        assert not _node(name).exists()

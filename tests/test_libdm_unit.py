@@ -7,7 +7,7 @@ import ctypes
 import errno
 import os
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -155,14 +155,60 @@ class _NeverReadyUdev:
         self.calls.append(f"wait {cookie:#x}")
         return 1
 
+    def dm_task_update_nodes(self) -> None:
+        self.calls.append("update_nodes")
+
 
 def test_udev_wait_is_bounded() -> None:
-    """A udev that never confirms costs udev_timeout, then the cookie is released by us."""
+    """A udev that never confirms costs udev_timeout, then the cookie is released by us; one
+    still not ready after that is abandoned (nodes made), never waited for without a bound."""
     fake = _NeverReadyUdev()
     client = LibdmClient(lib=cast(ctypes.CDLL, fake), udev_timeout=0.05)
     client._wait_for_udev(0x0D4D1234, "x")
-    assert fake.calls[-2:] == ["complete", "wait 0xd4d1234"]
-    assert fake.calls.count("wait_immediate") >= 2
+    assert fake.calls[-4:] == ["complete", "wait_immediate", "wait_immediate", "update_nodes"]
+    assert fake.calls.count("wait_immediate") >= 3
+    assert not any(c.startswith("wait 0x") for c in fake.calls)
+
+
+class _SemaphoreUdev:
+    """libdevmapper's cookie semaphore, for a udev that runs but never confirms (no dm rules):
+    created at 1, one more per task on the cookie; dm_udev_complete takes one off without
+    waiting; dm_udev_wait takes the creator's share and then waits for zero, forever here."""
+
+    def __init__(self, events: int) -> None:
+        self.value: int | None = 1 + events
+
+    def dm_udev_wait_immediate(self, cookie: int, ready: object) -> int:
+        assert self.value is not None, "the cookie is gone"
+        ready_now = self.value <= 1
+        if ready_now:
+            self.value = None  # the creator's share taken, the semaphore destroyed
+        ctypes.cast(cast(Any, ready), ctypes.POINTER(ctypes.c_int))[0] = int(ready_now)
+        return 1
+
+    def dm_udev_complete(self, cookie: int) -> int:
+        assert self.value is not None, "the cookie is gone"
+        if self.value == 0:
+            return 0  # IPC_NOWAIT: it never goes below zero
+        self.value -= 1
+        return 1
+
+    def dm_udev_wait(self, cookie: int) -> int:
+        assert self.value is not None, "the cookie is gone"
+        self.value -= 1
+        assert self.value == 0, "dm_udev_wait would block forever"
+        self.value = None
+        return 1
+
+
+@pytest.mark.parametrize("events", [1, 2, 5])
+def test_an_unconfirmed_batch_is_released_whole(events: int) -> None:
+    """A batch's cookie carries one event per call; udev confirming none of them, the timeout
+    releases every one (one release and a blocking wait would hang the daemon for good)."""
+    udev = _SemaphoreUdev(events)
+    client = LibdmClient(lib=cast(ctypes.CDLL, udev), udev_timeout=0.02)
+    client._wait_for_udev(0x0D4D0001, "x", events)
+    assert udev.value is None
 
 
 def test_no_cookie_still_runs_the_node_operations() -> None:

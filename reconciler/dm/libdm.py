@@ -554,33 +554,51 @@ class LibdmClient:
             return
         self._pending, self._pending_names = None, []
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        self._wait_for_udev(cookie, shown)
+        self._wait_for_udev(cookie, shown, len(names))
 
-    def _wait_for_udev(self, cookie: int, name: str) -> None:
+    def _wait_for_udev(self, cookie: int, name: str, events: int = 1) -> None:
+        """Wait until udev confirmed the `events` calls that share `cookie` (bounded by
+        udev_timeout), then let libdevmapper destroy the cookie and make or delete nodes."""
         if cookie == 0:
             # Without udev: this creates or deletes the /dev/mapper node itself.
             self.lib.dm_udev_wait(0)
             return
         deadline = time.monotonic() + self.udev_timeout
         delay = 0.0005
-        ready = ctypes.c_int(0)
         while True:
-            if not self.lib.dm_udev_wait_immediate(cookie, ctypes.byref(ready)):
-                # The semaphore is gone or broken; still do the node operations.
-                self.lib.dm_task_update_nodes()
-                return
-            if ready.value:
+            if self._udev_ready(cookie):
                 return
             if time.monotonic() >= deadline:
                 break
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
         # udev never confirmed (it was stopped, or the dm rules are missing): release the
-        # cookie ourselves rather than hang the daemon; libdevmapper then makes the node.
+        # cookie ourselves rather than hang the daemon, one release per unconfirmed call (a
+        # single release and a blocking wait would wait forever for a batch's others);
+        # libdevmapper then makes the nodes.
         log.warning("libdm.udev_timeout", device=name, cookie=hex(cookie),
-                    seconds=self.udev_timeout)
-        self.lib.dm_udev_complete(cookie)
-        self.lib.dm_udev_wait(cookie)
+                    seconds=self.udev_timeout, events=events)
+        for _ in range(events):
+            if not self.lib.dm_udev_complete(cookie):
+                break  # nothing left to release
+            if self._udev_ready(cookie):
+                return
+        if self._udev_ready(cookie):
+            return
+        # More holds on it than calls made: left to its holder, never waited for here.
+        log.error("libdm.udev_cookie_abandoned", device=name, cookie=hex(cookie),
+                  next="nodes made by libdevmapper; `dmsetup udevcomplete_all` clears it")
+        self.lib.dm_task_update_nodes()
+
+    def _udev_ready(self, cookie: int) -> bool:
+        """Whether udev confirmed every call on `cookie`; if so (or the cookie is broken),
+        libdevmapper has destroyed it and run the stacked node operations."""
+        ready = ctypes.c_int(0)
+        if not self.lib.dm_udev_wait_immediate(cookie, ctypes.byref(ready)):
+            # The semaphore is gone or broken; still do the node operations.
+            self.lib.dm_task_update_nodes()
+            return True
+        return bool(ready.value)
 
     # The public operations, as DmClient's.
 
