@@ -70,6 +70,7 @@ UDEV_CONTROL = "/run/udev/control"
 UNIX_SOCKETS = "/proc/net/unix"
 SO_ACCEPTCON = 0x10000  # a listening socket, in /proc/net/unix's Flags column
 DEFAULT_UDEV_TIMEOUT = 60.0
+UDEV_POLL_MAX = 0.002  # seconds between two looks at a udev cookie, at most
 
 
 class LibdmUnavailable(OSError):
@@ -570,8 +571,12 @@ class LibdmClient:
                 return
             if time.monotonic() >= deadline:
                 break
+            # Polled, not a blocking dm_udev_wait: only udev ends that semop, and a thread
+            # left in it could later run libdevmapper's node operations beside our next call.
+            # A poll is one semctl (0.2 ms under emulation); 2 ms apart, a wait overshoots
+            # udev by 1 ms on average (10 ms apart cost 5-40 ms per call in the VM).
             time.sleep(delay)
-            delay = min(delay * 2, 0.01)
+            delay = min(delay * 2, UDEV_POLL_MAX)
         # udev never confirmed (it was stopped, or the dm rules are missing): release the
         # cookie ourselves rather than hang the daemon, one release per unconfirmed call (a
         # single release and a blocking wait would wait forever for a batch's others);
