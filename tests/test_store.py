@@ -12,6 +12,7 @@ from reconciler.store import (
     MAX_THIN_ID,
     DeviceRecord,
     IdAllocator,
+    PoolRecord,
     RequestKind,
     Store,
     StoreError,
@@ -227,3 +228,15 @@ def test_a_database_busy_past_the_bound_is_a_store_error_saying_so(tmp_path: Pat
     assert store.take_requests() == []
     other.close()
     store.close()
+
+
+def test_the_transaction_id_is_saved_alone(store: Store) -> None:
+    """save_transaction_id changes that column of that pool's row only; before the pool is
+    recorded it writes nothing."""
+    store.save_transaction_id("p", 4)
+    assert store.pool("p") is None
+    store.save_pool(PoolRecord("p", 1, "/dev/loop0", "/dev/loop1", 128, 5.0))
+    store.save_pool(PoolRecord("q", 1, "/dev/loop2", "/dev/loop3", 256, 6.0))
+    store.save_transaction_id("p", 7)
+    assert store.pool("p") == PoolRecord("p", 7, "/dev/loop0", "/dev/loop1", 128, 5.0)
+    assert store.pool("q") == PoolRecord("q", 1, "/dev/loop2", "/dev/loop3", 256, 6.0)

@@ -54,10 +54,7 @@ def intend(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> None:
 def save_transaction_id(ctx: PassContext, value: int) -> None:
     """The pool's transaction id moved to `value` (in memory and in the store)."""
     ctx.ledger.transaction_id = value
-    record = ctx.store.pool(ctx.settings.pool_name)
-    if record is not None:
-        record.transaction_id = value
-        ctx.store.save_pool(record)
+    ctx.store.save_transaction_id(ctx.settings.pool_name, value)
 
 
 def record_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> None:
