@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transitions import MachineError
 
-from reconciler.states import DeviceMachine, DeviceState, StateChange, Trigger
+from reconciler.states import DeviceMachine, DeviceState, SpareMachines, StateChange, Trigger
 
 
 def machine(initial: DeviceState = DeviceState.UNKNOWN, provisioned: bool = False
@@ -61,3 +61,31 @@ def test_retry_returns_to_where_the_pool_says_the_device_is(
     dev.fire(Trigger.RETRY)
     assert dev.current == expected
 
+
+
+def test_a_spare_machine_becomes_another_device() -> None:
+    """Machines outlive their pass as spares (transitions takes long to build one); a spare
+    taken for another device has that device's name, state, condition and callback only."""
+    spares = SpareMachines(keep=1)
+    first: list[StateChange] = []
+    dev = spares.take("a", DeviceState.ACTIVATED, lambda: True, first.append)
+    dev.fire(Trigger.DEACTIVATE)
+    spares.give_back([dev, DeviceMachine("b", DeviceState.UNKNOWN, lambda: False,
+                                         first.append)])
+    assert len(spares) == 1, "at most `keep` are kept"
+    second: list[StateChange] = []
+    reused = spares.take("c", DeviceState.UNKNOWN, lambda: False, second.append)
+    assert reused is dev and len(spares) == 0
+    assert reused.name == "c" and reused.current == DeviceState.UNKNOWN
+    reused.fire(Trigger.CREATE)
+    assert [(c.name, c.from_state, c.to_state) for c in second] == [
+        ("c", DeviceState.UNKNOWN, DeviceState.CREATING)]
+    assert len(first) == 1, "the old callback hears nothing more"
+    with pytest.raises(MachineError):
+        reused.fire(Trigger.ACTIVATE)  # from Creating: the rules are the machine's still
+    spares.give_back([reused])
+    again = spares.take("e", DeviceState.FAULTY, lambda: True, second.append)
+    again.fire(Trigger.RETRY)  # its condition asks the new device's `provisioned`
+    assert again is dev and again.current == DeviceState.CREATED
+    fresh = spares.take("f", DeviceState.REMOVED, lambda: False, second.append)
+    assert fresh is not dev and fresh.current == DeviceState.REMOVED

@@ -23,7 +23,7 @@ from reconciler.dm.thin import ThinDevice
 from reconciler.reconcile.observe import KernelDevice, Observation
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import RejectedSpec
-from reconciler.states import DeviceMachine, DeviceState, StateChange, Trigger
+from reconciler.states import DeviceMachine, DeviceState, SpareMachines, StateChange, Trigger
 from reconciler.store import DeviceRecord, IdAllocator, Store, TransitionRecord
 
 S = DeviceState
@@ -106,6 +106,8 @@ class PassContext:
     obs: Observation = field(default_factory=Observation)
     stop_requested: Callable[[], bool] = lambda: False
     machines: dict[str, DeviceMachine] = field(default_factory=dict)
+    # Where machines come from (and go back to at the end of the pass: see SpareMachines).
+    spares: SpareMachines = field(default_factory=SpareMachines)
     # Why new devices wait this pass (the pool's reserve or mode), if they do.
     hold_new: str | None = None
     # Built at the pass's first allocation.
@@ -141,7 +143,7 @@ class PassContext:
         """The machine of a device, built from its stored state once per pass."""
         if name not in self.machines:
             record = self.records[name]
-            self.machines[name] = DeviceMachine(
+            self.machines[name] = self.spares.take(
                 name, DeviceState(record.state), lambda: record.provisioned, self.persist
             )
         return self.machines[name]

@@ -48,7 +48,7 @@ from reconciler.reconcile.pass_context import PassContext, PassResult, PoolLedge
 from reconciler.reconcile.pool_setup import prepare_pool
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import DeviceSpec, RejectedSpec, SpecFileCache, SpecSet
-from reconciler.states import DeviceState
+from reconciler.states import DeviceState, SpareMachines
 from reconciler.store import ConditionKind, DeviceRecord, RejectedSpecRecord, Store
 
 S = DeviceState
@@ -102,6 +102,7 @@ class Reconciler:
         self.pool: ThinPool | None = None
         self.records: dict[str, DeviceRecord] = {}
         self.ledger = PoolLedger()
+        self._spares = SpareMachines()
         self.recovered = False
         self._spec_cache = SpecFileCache()
         self._stored_specs = StoredSpecs()
@@ -144,7 +145,7 @@ class Reconciler:
         return PassContext(
             settings=self.settings, host=self.host, store=self.store, clock=self.clock,
             policy=self.policy, pool=pool, ledger=self.ledger, records=self.records,
-            stop_requested=self.stop_requested,
+            stop_requested=self.stop_requested, spares=self._spares,
         )
 
     def _desired(self, spec_set: SpecSet, remember: bool = True) -> _Desired:
@@ -168,8 +169,11 @@ class Reconciler:
         ctx = self._context(self.ensure_pool())
         # udev handles the pass's device events together; each node is there by the end of
         # the pass (a step that opens one settles first).
-        with ctx.pool.client.deferred_udev():
-            return self._run_pass(ctx, None if only is None else set(only))
+        try:
+            with ctx.pool.client.deferred_udev():
+                return self._run_pass(ctx, None if only is None else set(only))
+        finally:
+            self._spares.give_back(ctx.machines.values())
 
     def _run_pass(self, ctx: PassContext, wanted: set[str] | None) -> PassResult:
         desired, chosen = self._begin(ctx, wanted)

@@ -12,6 +12,7 @@ step resumes which in-flight state, is_ready); `machine` says which trigger move
 from reconciler.states.machine import (
     TRANSITIONS,
     DeviceMachine,
+    SpareMachines,
     StateChange,
     build_graph_machine,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "TRANSITIONS",
     "DeviceMachine",
     "DeviceState",
+    "SpareMachines",
     "StateChange",
     "Step",
     "Trigger",

@@ -6,7 +6,7 @@ which trigger moves which state where.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -107,6 +107,20 @@ class DeviceMachine:
             after_state_change="_after_change",
         )
 
+    def reuse(self, name: str, initial: DeviceState, provisioned: Callable[[], bool],
+              on_change: Callable[[StateChange], None]) -> None:
+        """Become another device's machine (or the same device's in a later pass): its name,
+        state and callbacks replace these; the rules stay (they are every device's)."""
+        self.name = name
+        self._provisioned = provisioned
+        self._on_change = on_change
+        self._machine.set_state(initial.value, model=self)
+
+    def forget(self) -> None:
+        """Drop the callbacks (and what they hold: a pass's records) while kept as a spare."""
+        self._provisioned = _never
+        self._on_change = _nowhere
+
     @property
     def current(self) -> DeviceState:
         """The current state as a DeviceState."""
@@ -134,6 +148,45 @@ class DeviceMachine:
                 step=event.kwargs.get("step"),
             )
         )
+
+
+def _never() -> bool:
+    return False
+
+
+def _nowhere(change: StateChange) -> None:
+    raise AssertionError(f"a spare machine fired: {change}")
+
+
+class SpareMachines:
+    """Machines kept from one pass for the next. transitions builds a machine's triggers and
+    transitions anew each time (1 ms natively, 58 ms under the VM's emulation: most of a
+    Prepare's own CPU), while the rules are the same for every device; a pass takes a spare
+    and gives every machine back at its end, up to `keep` of them."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._spares: list[DeviceMachine] = []
+
+    def __len__(self) -> int:
+        return len(self._spares)
+
+    def take(self, name: str, initial: DeviceState, provisioned: Callable[[], bool],
+             on_change: Callable[[StateChange], None]) -> DeviceMachine:
+        """A machine for device `name` in state `initial`: a spare if there is one."""
+        if not self._spares:
+            return DeviceMachine(name, initial, provisioned, on_change)
+        machine = self._spares.pop()
+        machine.reuse(name, initial, provisioned, on_change)
+        return machine
+
+    def give_back(self, machines: Iterable[DeviceMachine]) -> None:
+        """Keep these (their pass is over) as spares, up to `keep`."""
+        for machine in machines:
+            if len(self._spares) >= self.keep:
+                return
+            machine.forget()
+            self._spares.append(machine)
 
 
 def build_graph_machine() -> Any:
