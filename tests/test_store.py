@@ -14,6 +14,7 @@ from reconciler.store import (
     IdAllocator,
     PoolRecord,
     RequestKind,
+    SnapshotRecord,
     Store,
     StoreError,
     TransitionRecord,
@@ -240,3 +241,29 @@ def test_the_transaction_id_is_saved_alone(store: Store) -> None:
     store.save_transaction_id("p", 7)
     assert store.pool("p") == PoolRecord("p", 7, "/dev/loop0", "/dev/loop1", 128, 5.0)
     assert store.pool("q") == PoolRecord("q", 1, "/dev/loop2", "/dev/loop3", 256, 6.0)
+
+
+def test_a_snapshot_reads_back_the_same_by_every_path(store: Store) -> None:
+    """The prepared lookups (by key, by name) and peewee's listings give one record back."""
+    record = SnapshotRecord(
+        name="snap-7", seq=7, key="k/é", kind="committed", parent_key="p", parent="snap-3",
+        labels={"b": "2", "a": "1"}, size_bytes=1 << 30, filesystem="xfs", exposed=True,
+        active=False, readonly=True, removal=None, base_inodes=11, used_bytes=4096,
+        used_inodes=12, created_at=1.5, updated_at=2.5, removed_at=None)
+    store.save_snapshot(record)
+    assert store.snapshot_by_key("k/é") == record
+    assert store.snapshot("snap-7") == record
+    assert store.live_snapshots() == [record] == store.snapshots()
+    assert store.next_snapshot_seq() == 8
+    record.removal, record.removed_at = "pending", 3.5
+    store.save_snapshot(record)
+    assert store.snapshot_by_key("k/é") is None
+    assert store.snapshot("snap-7") == record
+
+
+def test_a_device_reads_back_the_same_by_name_and_in_the_listing(store: Store) -> None:
+    record = DeviceRecord(name="d", device_id=3, state="Activated", provisioned=True,
+                          formatted=True, labels={"x": "y"}, readonly=True)
+    store.save_device(record)
+    assert store.device("d") == record == store.devices()[0]
+    assert store.device("e") is None

@@ -145,6 +145,17 @@ _SAVE_TRANSITION = (f"INSERT INTO transitions ({', '.join(_TRANSITION_COLUMNS)})
 _SAVE_INTENT = _upsert("intents", _INTENT_COLUMNS)
 _SAVE_TRANSACTION_ID = "UPDATE pools SET transaction_id = ? WHERE name = ?"
 _SELECT_DEVICES = f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM devices"
+# The lookups every snapshotter call makes, for the same reason (peewee built each in 40 ms
+# under the VM's emulation: most of a Prepare's own time).
+_SNAPSHOT_COLUMNS = tuple(f.name for f in fields(SnapshotRecord))
+_POOL_COLUMNS = tuple(f.name for f in fields(PoolRecord))
+_SELECT_DEVICE = f"{_SELECT_DEVICES} WHERE name = ?"
+_SELECT_SNAPSHOTS = f"SELECT {', '.join(_SNAPSHOT_COLUMNS)} FROM snapshots"
+_SELECT_LIVE_SNAPSHOT_BY_KEY = f"{_SELECT_SNAPSHOTS} WHERE key = ? AND removal IS NULL"
+_SELECT_SNAPSHOT = f"{_SELECT_SNAPSHOTS} WHERE name = ?"
+_SAVE_SNAPSHOT = _upsert("snapshots", _SNAPSHOT_COLUMNS)
+_MAX_SNAPSHOT_SEQ = "SELECT MAX(seq) FROM snapshots"
+_SELECT_POOL = f"SELECT {', '.join(_POOL_COLUMNS)} FROM pools WHERE name = ?"
 
 
 def _device_values(record: DeviceRecord) -> list[Any]:
@@ -161,16 +172,24 @@ def _device_from_tuple(row: tuple[Any, ...]) -> DeviceRecord:
     return DeviceRecord(**values)
 
 
+def _snapshot_from_tuple(row: tuple[Any, ...]) -> SnapshotRecord:
+    values = dict(zip(_SNAPSHOT_COLUMNS, row, strict=True))
+    values["labels"] = json.loads(values["labels"])
+    for flag in ("exposed", "active", "readonly"):
+        values[flag] = bool(values[flag])
+    return SnapshotRecord(**values)
+
+
+def _snapshot_values(record: SnapshotRecord) -> list[Any]:
+    values: list[Any] = [getattr(record, name) for name in _SNAPSHOT_COLUMNS]
+    values[_SNAPSHOT_COLUMNS.index("labels")] = json.dumps(record.labels, sort_keys=True)
+    return values
+
+
 def _snapshot_from_row(row: Any) -> SnapshotRecord:
     values: dict[str, Any] = {f.name: getattr(row, f.name) for f in fields(SnapshotRecord)}
     values["labels"] = json.loads(row.labels)
     return SnapshotRecord(**values)
-
-
-def _device_from_row(row: Any) -> DeviceRecord:
-    values: dict[str, Any] = {f.name: getattr(row, f.name) for f in fields(DeviceRecord)}
-    values["labels"] = json.loads(row.labels)
-    return DeviceRecord(**values)
 
 
 # SQLite's files beside the database; it makes them with the database file's mode.
@@ -341,8 +360,8 @@ class Store:
 
     def device(self, name: str) -> DeviceRecord | None:
         """One device record, Removed included, or None."""
-        row = self._m.Device.get_or_none(self._m.Device.name == name)
-        return None if row is None else _device_from_row(row)
+        row = self._sql(_SELECT_DEVICE, (name,)).fetchone()
+        return None if row is None else _device_from_tuple(row)
 
     def save_device(self, record: DeviceRecord) -> None:
         """Insert or update a device record."""
@@ -398,10 +417,8 @@ class Store:
 
     def pool(self, name: str) -> PoolRecord | None:
         """The pool's record, or None before the pool was first made or adopted."""
-        row = self._m.Pool.get_or_none(self._m.Pool.name == name)
-        if row is None:
-            return None
-        return PoolRecord(**{f.name: getattr(row, f.name) for f in fields(PoolRecord)})
+        row = self._sql(_SELECT_POOL, (name,)).fetchone()
+        return None if row is None else PoolRecord(*row)
 
     def save_pool(self, record: PoolRecord) -> None:
         """Insert or update the pool's record."""
@@ -481,9 +498,7 @@ class Store:
 
     def save_snapshot(self, record: SnapshotRecord) -> None:
         """Insert or update a snapshot."""
-        values = asdict(record)
-        values["labels"] = json.dumps(record.labels, sort_keys=True)
-        self._m.Snapshot.insert(**values).on_conflict_replace().execute()
+        self._sql(_SAVE_SNAPSHOT, _snapshot_values(record))
         self._saved_snapshots.add(record.name)
 
     def take_saved_snapshots(self) -> set[str]:
@@ -507,14 +522,13 @@ class Store:
 
     def snapshot_by_key(self, key: str) -> SnapshotRecord | None:
         """The live snapshot with this key, if any."""
-        snap = self._m.Snapshot
-        row = snap.get_or_none((snap.key == key) & snap.removal.is_null())
-        return None if row is None else _snapshot_from_row(row)
+        row = self._sql(_SELECT_LIVE_SNAPSHOT_BY_KEY, (key,)).fetchone()
+        return None if row is None else _snapshot_from_tuple(row)
 
     def snapshot(self, name: str) -> SnapshotRecord | None:
         """A snapshot by its device name, removed ones included."""
-        row = self._m.Snapshot.get_or_none(self._m.Snapshot.name == name)
-        return None if row is None else _snapshot_from_row(row)
+        row = self._sql(_SELECT_SNAPSHOT, (name,)).fetchone()
+        return None if row is None else _snapshot_from_tuple(row)
 
     def snapshot_children(self, key: str) -> list[SnapshotRecord]:
         """Live snapshots taken from the committed snapshot `key`."""
@@ -530,7 +544,7 @@ class Store:
 
     def next_snapshot_seq(self) -> int:
         """A sequence number never used before (removed snapshots keep theirs as history)."""
-        value = self._m.Snapshot.select(peewee.fn.MAX(self._m.Snapshot.seq)).scalar()
+        value = self._sql(_MAX_SNAPSHOT_SEQ).fetchone()[0]
         return 1 if value is None else int(value) + 1
 
     # -- conditions and facts --------------------------------------------------------------
