@@ -22,6 +22,8 @@ from reconciler.dm.memo import LastCall
 from reconciler.dm.parse import (
     NamedLine,
     parse_info_columns,
+    parse_info_fields,
+    parse_info_line,
     parse_ls,
     parse_named_line,
     parse_named_lines,
@@ -177,6 +179,23 @@ def test_remembered_lines_parse_as_fresh_ones() -> None:
                     parse_named_lines(step["stdout"])
                 compared += 1
     assert compared == 12, "two info, two status and two table listings, twice each"
+
+
+@pytest.mark.parametrize("line", [
+    "DM_NAME='p-a':DM_UUID='RECONCILER-v1-p-1':DM_MAJOR='254':DM_MINOR='3':DM_ATTR='L--w':"
+    "DM_OPEN='0':DM_SEGMENTS='1':DM_EVENTS='0'",
+    "DM_NAME='it\\'s':DM_UUID='':DM_MAJOR='254':DM_MINOR='12':DM_ATTR='LIsrp':"
+    "DM_OPEN='2':DM_SEGMENTS='1':DM_EVENTS='7'",
+])
+def test_the_one_match_info_parse_agrees_with_the_field_by_field_one(line: str) -> None:
+    """parse_info_line (one regex over the whole line) gives what the field-by-field parse
+    gives, for every captured info line and for escaped names and every flag."""
+    captured = [line for step in steps() if step["argv"][1:2] == ["info"]
+                and "-c" in step["argv"] and step["rc"] == 0
+                for line in step["stdout"].splitlines() if line.startswith("DM_NAME=")]
+    assert captured
+    for each in [line, *captured]:
+        assert parse_info_line(each) == parse_info_fields(each)
 
 
 def test_last_call_keeps_what_the_last_call_asked_for_and_nothing_older() -> None:

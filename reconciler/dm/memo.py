@@ -6,13 +6,14 @@ call lets a pass parse only the lines that changed. Only one call's worth is kep
 that keeps changing (a device's mapped-sector count) never piles up old entries.
 
 Results must be immutable (the frozen dataclasses of dm.types): the same object is handed
-to every later call that sees the same input.
+to every later call that sees the same input, so a caller may also tell an unchanged line
+by identity (`is`), which is how the observation reuses what it built from it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable, Sequence
+from typing import Generic, TypeVar, cast
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -37,6 +38,23 @@ class LastCall(Generic[K, V]):
                 value = make(key)
             self._current[key] = value
         return value
+
+    def call(self, keys: Sequence[K], make: Callable[[K], V]) -> list[V]:
+        """One whole call: the value of every key (`get` for each, then `end_call`), with
+        the lookups of unchanged keys done in C: 10,000 listing lines in about a
+        millisecond. Values must not be None."""
+        if self._current:
+            self.end_call()
+        previous = self._previous
+        values: list[V | None] = list(map(previous.get, keys))
+        # A set difference, not `None in values`: that would call each value's __eq__.
+        if not previous.keys() >= set(keys):
+            for index, value in enumerate(values):
+                if value is None:
+                    values[index] = make(keys[index])
+        done = cast(list[V], values)
+        self._previous, self._current = dict(zip(keys, done, strict=True)), {}
+        return done
 
     def end_call(self) -> None:
         """This call is over: what it asked for is what the next call may reuse."""
