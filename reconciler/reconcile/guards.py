@@ -74,8 +74,9 @@ def removals(records: Mapping[str, DeviceRecord], wanted: frozenset[str],
     an absent spec file is never made when the spec directory could not be read, and is held
     when the guard says so; the snapshotter's removals are explicit calls, never held.
     """
-    unwanted = {n for n in candidates if n not in wanted and n in records
-                and records[n].state != DeviceState.REMOVED}
+    # The difference first, in C: a resync's 10,000 wanted names cost no Python loop.
+    unwanted = {n for n in set(candidates) - wanted
+                if n in records and records[n].state != DeviceState.REMOVED}
     inferred = {n for n in unwanted if not is_snapshot_device(n)}
     if source_error is not None:
         return unwanted - inferred, set()

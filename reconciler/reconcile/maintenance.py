@@ -17,6 +17,7 @@ from reconciler.dm.errors import DmError
 from reconciler.dm.pool import parse_thin_uuid
 from reconciler.dm.thin import ThinDevice
 from reconciler.reconcile.desired import copy_spec, new_record
+from reconciler.reconcile.observe import KernelDevice
 from reconciler.reconcile.pass_context import PassContext
 from reconciler.reconcile.steps import remove, save_transaction_id, settle_pending
 from reconciler.specs import SpecSet
@@ -144,8 +145,9 @@ def resume_suspended(ctx: PassContext) -> None:
     of a pass was left by a crash or by a resume the kernel refused: its filesystem's
     readers and writers hang until it runs again. Only devices with our uuid are touched."""
     prefix = f"{ctx.settings.pool_name}-"
-    for kname, device in sorted(ctx.obs.devices.items()):
-        if not device.info.suspended or not kname.startswith(prefix):
+    suspended = [(k, d) for k, d in ctx.obs.devices.items() if d.info.suspended]
+    for kname, device in sorted(suspended):
+        if not kname.startswith(prefix):
             continue
         thin_id = parse_thin_uuid(ctx.settings.pool_name, device.info.uuid)
         if thin_id is None:
@@ -161,7 +163,7 @@ def resume_suspended(ctx: PassContext) -> None:
                     next="its steps go on as their state says")
         seen = thin.observe()
         if seen is not None:
-            device.info, device.table = seen
+            ctx.obs.devices[kname] = KernelDevice(info=seen[0], table=seen[1])
 
 
 def find_orphans(ctx: PassContext) -> None:
@@ -172,9 +174,10 @@ def find_orphans(ctx: PassContext) -> None:
     prefix = f"{ctx.settings.pool_name}-"
     managed_names = {ctx.kernel_name(n) for n, r in ctx.records.items()
                      if r.state != S.REMOVED}
-    for kname, device in sorted(ctx.obs.devices.items()):
+    for kname in sorted(ctx.obs.devices.keys() - managed_names):
+        device = ctx.obs.devices[kname]
         ours = device.table is not None and device.table.pool == ctx.obs.pool_number
-        if (kname.startswith(prefix) or ours) and kname not in managed_names:
+        if kname.startswith(prefix) or ours:
             # A device we activated names its thin id in its uuid even without a table.
             thin_id = device.table.device_id if device.table is not None \
                 else parse_thin_uuid(ctx.settings.pool_name, device.info.uuid)

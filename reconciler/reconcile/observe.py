@@ -1,12 +1,14 @@
 """What the kernel says, read once per pass with a constant number of calls.
 
-Three calls (info, status, table of every device) however many devices there are; a partial
-pass over a few named devices reads just those (and the pool) instead. The pass then keeps
-this view up to date from what it does itself.
+Three calls (info and table of every device, status of the pool) however many devices there
+are; a partial pass over a few named devices reads just those (and the pool) instead. The
+pass then keeps this view up to date from what it does itself. A thin device's status (how
+much it has mapped) decides nothing in a pass, so only `status` reads it for every device.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -17,9 +19,11 @@ from reconciler.dm.parse import parse_pool_status, parse_thin_status, parse_thin
 from reconciler.dm.types import DeviceInfo, TargetLine, ThinPoolStatus, ThinStatus, ThinTable
 
 
-@dataclass
+@dataclass(frozen=True)
 class KernelDevice:
-    """One dm device as observed: info, and for thin devices their table and status."""
+    """One dm device as observed: info, and for thin devices their table and status.
+    Immutable: one observation's object stands for the device until the kernel says
+    otherwise, and a pass that changes the device puts a new one in its place."""
 
     info: DeviceInfo
     table: ThinTable | None = None
@@ -45,20 +49,34 @@ def _single(lines: list[TargetLine], target: str) -> TargetLine | None:
     return None
 
 
+_Seen = tuple[DeviceInfo, TargetLine | None, TargetLine | None, KernelDevice]
+
+
 @dataclass
 class ParsedTargets:
-    """What each thin table and status line parsed to on the last full observation (a
-    converged pass sees the same lines again)."""
+    """What the last full observation made of each device: a converged pass sees the same
+    lines again, which the drivers hand back as the same objects (dm.memo.LastCall)."""
 
     tables: LastCall[TargetLine, ThinTable] = field(default_factory=LastCall)
     statuses: LastCall[TargetLine, ThinStatus] = field(default_factory=LastCall)
+    # By dm name: the info and lines a KernelDevice was built from, and the device.
+    devices: dict[str, _Seen] = field(default_factory=dict)
 
 
 def observe(client: DmDriver, pool_name: str, parsed: ParsedTargets | None = None,
-            ) -> Observation:
-    """Read info, status and table of every dm device."""
-    return _assemble(client.info_all(), client.status_all(), client.table_all(), pool_name,
-                     parsed)
+            thin_statuses: bool = False) -> Observation:
+    """Read info and table of every dm device, and the status of the pool, or of every
+    device with `thin_statuses` (what `status` shows: each device's mapped space)."""
+    infos = client.info_all()
+    if thin_statuses:
+        statuses = client.status_all()
+    else:
+        statuses = {}
+        # A pool removed since the listing has no status: seen as gone by the next pass.
+        with contextlib.suppress(NoSuchDevice):
+            if any(info.name == pool_name for info in infos):
+                statuses[pool_name] = client.status(pool_name)
+    return _assemble(infos, statuses, client.table_all(), pool_name, parsed)
 
 
 def observe_names(client: DmDriver, pool_name: str, names: Iterable[str]) -> Observation:
@@ -82,18 +100,23 @@ def _assemble(infos: list[DeviceInfo], statuses: dict[str, list[TargetLine]],
               tables: dict[str, list[TargetLine]], pool_name: str,
               parsed: ParsedTargets | None = None) -> Observation:
     observation = Observation()
+    devices = observation.devices
+    last = parsed.devices if parsed is not None else {}
+    seen: dict[str, _Seen] = {}
     for info in infos:
-        device = KernelDevice(info=info)
-        table_line = _single(tables.get(info.name, []), "thin")
-        if table_line is not None:
-            device.table = parse_thin_table(table_line) if parsed is None \
-                else parsed.tables.get(table_line, parse_thin_table)
-            status_line = _single(statuses.get(info.name, []), "thin")
-            if status_line is not None:
-                device.status = parse_thin_status(status_line) if parsed is None \
-                    else parsed.statuses.get(status_line, parse_thin_status)
-        observation.devices[info.name] = device
-        if info.name == pool_name:
+        name = info.name
+        table_line = _single(tables.get(name, []), "thin")
+        status_line = _single(statuses.get(name, []), "thin") if table_line else None
+        before = last.get(name)
+        if before is not None and before[0] is info and before[1] is table_line \
+                and before[2] is status_line:
+            device = before[3]
+        else:
+            device = _device(info, table_line, status_line, parsed)
+        devices[name] = device
+        if parsed is not None:
+            seen[name] = (info, table_line, status_line, device)
+        if name == pool_name:
             observation.pool_number = f"{info.major}:{info.minor}"
             pool_line = _single(statuses.get(info.name, []), "thin-pool")
             if pool_line is not None:
@@ -101,12 +124,25 @@ def _assemble(infos: list[DeviceInfo], statuses: dict[str, list[TargetLine]],
     if parsed is not None:
         parsed.tables.end_call()
         parsed.statuses.end_call()
+        parsed.devices = seen
     return observation
+
+
+def _device(info: DeviceInfo, table_line: TargetLine | None, status_line: TargetLine | None,
+            parsed: ParsedTargets | None) -> KernelDevice:
+    if table_line is None:
+        return KernelDevice(info=info)
+    if parsed is None:
+        return KernelDevice(info, parse_thin_table(table_line),
+                            None if status_line is None else parse_thin_status(status_line))
+    return KernelDevice(info, parsed.tables.get(table_line, parse_thin_table),
+                        None if status_line is None
+                        else parsed.statuses.get(status_line, parse_thin_status))
 
 
 def observe_safely(client: DmDriver, pool_name: str) -> tuple[Observation | None, str | None]:
     """observe(), or the error text when the kernel cannot be read (for status commands)."""
     try:
-        return observe(client, pool_name), None
+        return observe(client, pool_name, thin_statuses=True), None
     except DmError as exc:
         return None, str(exc)
