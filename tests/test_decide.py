@@ -9,6 +9,7 @@ import pytest
 from reconciler.dm.types import DeviceInfo, ThinTable
 from reconciler.reconcile.decide import (
     Decision,
+    Settled,
     Wait,
     describe,
     fs_needs_growing,
@@ -209,3 +210,61 @@ def test_plan_describes_each_decision(rec: DeviceRecord, decision: Decision,
                                       text: str) -> None:
     """describe: what `reconciler plan` prints for a decision."""
     assert describe(rec, decision) == text
+
+
+SNAPSHOT = record(S.ACTIVATED, parent="p")
+SEEN = (SNAPSHOT, spec(parent="p"), kernel(), PARENT, None)
+
+
+def _info(**changes: object) -> KernelDevice:
+    mapped = kernel()
+    return replace(mapped, info=replace(mapped.info, **changes))  # type: ignore[arg-type]
+
+
+# (what changed since the device was found with nothing to do, the inputs now)
+CHANGES: list[tuple[str, tuple[DeviceRecord, DeviceSpec, KernelDevice | None,
+                               DeviceRecord | None, str | None]]] = [
+    ("the record's state", (replace(SNAPSHOT, state=S.RESUMED.value), *SEEN[1:])),
+    ("a record field next_step does not read today",
+     (replace(SNAPSHOT, state_changed_at=5.0), *SEEN[1:])),
+    ("the spec", (SNAPSHOT, spec(parent="p", digest="v2"), *SEEN[2:])),
+    ("the dm device is gone", (*SEEN[:2], None, *SEEN[3:])),
+    ("the open count", (*SEEN[:2], _info(open_count=1), *SEEN[3:])),
+    ("the event number", (*SEEN[:2], _info(events=1), *SEEN[3:])),
+    ("suspended", (*SEEN[:2], _info(suspended=True), *SEEN[3:])),
+    ("read-only", (*SEEN[:2], _info(readonly=True), *SEEN[3:])),
+    ("the uuid", (*SEEN[:2], _info(uuid="someone-else"), *SEEN[3:])),
+    ("the table's length", (*SEEN[:2], kernel(length=Sectors(SECTORS * 2)), *SEEN[3:])),
+    ("the table is gone", (*SEEN[:2], kernel(table=False), *SEEN[3:])),
+    ("the parent's record", (*SEEN[:3], replace(PARENT, formatted=False), None)),
+    ("new devices are held", (*SEEN[:4], "pool data space below its reserve")),
+]
+
+
+def test_settled_inputs_equal_to_what_was_decided_are_unchanged() -> None:
+    """Settled: the same inputs, equal though not the same objects, skip the decision."""
+    settled = Settled()
+    settled.remember(*SEEN)
+    assert settled.unchanged(replace(SNAPSHOT), spec(parent="p"), kernel(), replace(PARENT),
+                             None)
+
+
+@pytest.mark.parametrize(("change", "now"), CHANGES, ids=[c[0] for c in CHANGES])
+def test_settled_any_changed_input_is_decided_again(
+    change: str, now: tuple[DeviceRecord, DeviceSpec, KernelDevice | None,
+                            DeviceRecord | None, str | None],
+) -> None:
+    """Settled: any input of next_step that differs from when the device was found with
+    nothing to do (record, spec, dm info or table, parent, hold_new) decides it again."""
+    settled = Settled()
+    settled.remember(*SEEN)
+    assert not settled.unchanged(*now), change
+
+
+def test_settled_forgets_a_device_being_decided_again() -> None:
+    """Settled.forget: a device driven again is not skipped until decided again."""
+    settled = Settled()
+    settled.remember(*SEEN)
+    settled.forget(SNAPSHOT.name)
+    assert not settled.unchanged(*SEEN)
+    assert len(settled) == 0

@@ -49,12 +49,23 @@ def record_for(ctx: PassContext, name: str, spec: DeviceSpec | None) -> DeviceRe
     return record
 
 
+def still_settled(ctx: PassContext, name: str, spec: DeviceSpec | None) -> bool:
+    """Whether the device was left with nothing to do by a decision on exactly what this pass
+    sees of it (decide.Settled): a pass counts it converged without driving it."""
+    record = ctx.records.get(name)
+    if spec is None or record is None:
+        return False
+    parent = ctx.records.get(record.parent) if record.parent is not None else None
+    return ctx.settled.unchanged(record, spec, ctx.kernel(name), parent, ctx.hold_new)
+
+
 def drive(ctx: PassContext, name: str, spec: DeviceSpec | None, result: PassResult,
           held: set[str] | None = None) -> None:
     """Take a device as far toward its spec (None: removal) as it can go in this pass.
 
     With `held` (a pass's first sweep), stop before a step in OPENS_NODE, or a wait for a
     parent that stopped so, and add the name to `held`: the pass drives it again later."""
+    ctx.settled.forget(name)
     record = record_for(ctx, name, spec)
     spec_changed = spec is not None and record.spec_digest != spec.digest
     if record.retry_at is not None and record.retry_at > ctx.clock() and not spec_changed:
@@ -75,6 +86,7 @@ def drive(ctx: PassContext, name: str, spec: DeviceSpec | None, result: PassResu
             _wait(ctx, record, decision, result)
             return
         if decision is None:
+            _note_settled(ctx, record, spec)
             break
         try:
             run_step(ctx, record, spec, decision)
@@ -88,6 +100,16 @@ def drive(ctx: PassContext, name: str, spec: DeviceSpec | None, result: PassResu
         result.pending[name] = "did not converge within one pass"
         return
     _settled(ctx, record, spec, result)
+
+
+def _note_settled(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """Remember what a device with nothing to do was decided on, when it ends converged with
+    nothing for _settled to write: a later pass may then skip it (decide.Settled)."""
+    if spec is None or record.state in (S.FAULTY, S.REMOVED) or record.error is not None \
+            or record.retry_at is not None:
+        return
+    parent = ctx.records.get(record.parent) if record.parent is not None else None
+    ctx.settled.remember(record, spec, ctx.kernel(record.name), parent, ctx.hold_new)
 
 
 def _wait(ctx: PassContext, record: DeviceRecord, wait: Wait, result: PassResult) -> None:

@@ -20,6 +20,7 @@ from reconciler.dm.host import Host
 from reconciler.dm.metadata import list_thin_ids
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.dm.thin import ThinDevice
+from reconciler.reconcile.decide import Settled
 from reconciler.reconcile.observe import KernelDevice, Observation
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import RejectedSpec
@@ -108,6 +109,8 @@ class PassContext:
     machines: dict[str, DeviceMachine] = field(default_factory=dict)
     # Where machines come from (and go back to at the end of the pass: see SpareMachines).
     spares: SpareMachines = field(default_factory=SpareMachines)
+    # Devices found with nothing to do, and what they were decided on (outlives the pass).
+    settled: Settled = field(default_factory=Settled)
     # Why new devices wait this pass (the pool's reserve or mode), if they do.
     hold_new: str | None = None
     # Built at the pass's first allocation.

@@ -25,7 +25,7 @@ from reconciler.dm.driver import make_client
 from reconciler.dm.host import Host
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.reconcile import maintenance, recovery
-from reconciler.reconcile.decide import describe
+from reconciler.reconcile.decide import Settled, describe
 from reconciler.reconcile.desired import (
     StoredSpecs,
     apply_spec,
@@ -35,7 +35,7 @@ from reconciler.reconcile.desired import (
     resolve_against_store,
     with_descendants,
 )
-from reconciler.reconcile.drive import decide, drive
+from reconciler.reconcile.drive import decide, drive, still_settled
 from reconciler.reconcile.guards import (
     Conditions,
     SourceGuard,
@@ -107,6 +107,7 @@ class Reconciler:
         self._spec_cache = SpecFileCache()
         self._stored_specs = StoredSpecs()
         self._parsed = ParsedTargets()
+        self._settled = Settled()
         # Whether self.records is what the store holds (the last pass ended normally).
         self._records_current = False
         self._full_passes_since_read = 0
@@ -146,6 +147,7 @@ class Reconciler:
             settings=self.settings, host=self.host, store=self.store, clock=self.clock,
             policy=self.policy, pool=pool, ledger=self.ledger, records=self.records,
             stop_requested=self.stop_requested, spares=self._spares,
+            settled=self._settled,
         )
 
     def _desired(self, spec_set: SpecSet, remember: bool = True) -> _Desired:
@@ -211,7 +213,11 @@ class Reconciler:
         held: set[str] = set()
         try:
             for name, spec in order:
-                self._drive_contained(ctx, name, spec, result, held)
+                # A device decided on exactly what this pass sees of it is not decided again.
+                if still_settled(ctx, name, spec):
+                    result.converged.append(name)
+                else:
+                    self._drive_contained(ctx, name, spec, result, held)
             if held:
                 ctx.pool.client.settle_udev()
                 for name, spec in order:
