@@ -7,8 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from reconciler.dm.crash import call_kind
+from reconciler.reconcile.pass_context import PassContext
 from reconciler.reconcile.reconciler import RECORDS_REREAD_EVERY, Reconciler
+from reconciler.states import DeviceMachine
 from reconciler.store import Store
 from reconciler.store.store import _SELECT_DEVICES
 from reconciler.testing.fakekernel import FakeKernel
@@ -131,3 +135,24 @@ def test_a_full_pass_reads_device_rows_only_when_someone_else_wrote(tmp_path: Pa
         assert reads_rows() == 1
         assert engine.records["d3"].labels == {"edited": "elsewhere"}
         assert reads_rows(RECORDS_REREAD_EVERY) == 1, "and every so many full passes anyway"
+
+
+def test_a_pass_keeps_no_more_than_one_device_s_machines(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of 12 new devices (one a snapshot): while each is driven, the pass holds its
+    machine (and a parent's), never every machine it built: 10,000 of them held 500 MB."""
+    held: list[int] = []
+    real = PassContext.machine
+
+    def machine(ctx: PassContext, name: str) -> DeviceMachine:
+        built = real(ctx, name)
+        held.append(len(ctx.machines))
+        return built
+
+    monkeypatch.setattr(PassContext, "machine", machine)
+    with converged(tmp_path, 0) as (world, engine, _kernel):
+        for i in range(11):
+            world.spec(f"d{i}", RAW)
+        world.spec("snap", 'parent = "d0"\n')
+        assert engine.run_pass().ok
+    assert held and max(held) <= 2
