@@ -2,15 +2,21 @@
 1k, 10k and 50k devices. Run on demand, never in the test tiers:
 
     .venv/bin/python benchmarks/scale.py [--sizes 1000,10000,50000] [--json out/scale.json]
+                                         [--kernel process|inline]
 
 Each size gets a fresh state directory and FakeKernel; the devices are made by the
 reconciler itself from spec files (filesystem "none": the cost measured is ours, not mkfs).
 Prints a table, and whether cost grows linearly (time per device across sizes).
+
+`--kernel process` (the default) runs the fake kernel in a process of its own
+(fakekernel.remote), as a real kernel is not in the daemon's process: peak RSS is then the
+daemon's alone. `--kernel inline` keeps it in the benchmark's process, as before.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -39,6 +45,7 @@ from reconciler.dm.host import Completed
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.store import Store
 from reconciler.testing.fakekernel import FakeKernel
+from reconciler.testing.fakekernel.remote import RemoteKernel
 
 MUTATING = ("dmsetup create", "dmsetup remove", "dmsetup message", "dmsetup load",
             "dmsetup suspend", "dmsetup resume", "mkfs")
@@ -62,6 +69,54 @@ class TimedKernel(FakeKernel):
             return super().run(argv)
         finally:
             self.busy += time.perf_counter() - started
+
+    # What the benchmark reads of the kernel, the same whether it is here or in a process.
+
+    def calls_since(self, first: int) -> list[tuple[str, ...]]:
+        return self.calls[first:]
+
+    def call_count(self) -> int:
+        return len(self.calls)
+
+    def busy_seconds(self) -> float:
+        return self.busy
+
+    def creations_since(self, first: int) -> int:
+        """create_thin messages sent since call `first`."""
+        return sum(1 for words in self.calls[first:]
+                   if words[:2] == ("dmsetup", "message") and "create_thin" in words)
+
+    def created_since(self, first: int) -> list[tuple[float, int]]:
+        """(time, thin id) of each create_thin since call `first`."""
+        return [(self.times[i], int(self.calls[i][-1])) for i in range(first, len(self.calls))
+                if self.calls[i][:2] == ("dmsetup", "message") and "create_thin" in self.calls[i]]
+
+
+class KernelProcess(RemoteKernel):
+    """A TimedKernel in a process of its own, read through the same methods."""
+
+    def calls_since(self, first: int) -> list[tuple[str, ...]]:
+        calls: list[tuple[str, ...]] = self.call("calls_since", first)
+        return calls
+
+    def call_count(self) -> int:
+        count: int = self.call("call_count")
+        return count
+
+    def busy_seconds(self) -> float:
+        busy: float = self.call("busy_seconds")
+        return busy
+
+    def creations_since(self, first: int) -> int:
+        count: int = self.call("creations_since", first)
+        return count
+
+    def created_since(self, first: int) -> list[tuple[float, int]]:
+        created: list[tuple[float, int]] = self.call("created_since", first)
+        return created
+
+
+Kernel = TimedKernel | KernelProcess
 
 
 @dataclass
@@ -95,13 +150,21 @@ def count_sql(store: Store) -> list[str]:
     return statements
 
 
-def measure(devices: int) -> Row:
+def measure(devices: int, in_process: bool) -> Row:
     root = Path(tempfile.mkdtemp(prefix=f"scale{devices}-"))
     settings = settings_for(root)
     settings.specs_path.mkdir(parents=True)
     for i in range(devices):
         (settings.specs_path / f"d{i:06}.toml").write_text('filesystem = "none"\n')
-    kernel = TimedKernel()
+    kernel: Kernel = TimedKernel() if in_process else KernelProcess.start(TimedKernel)
+    try:
+        return _measure(devices, settings, kernel)
+    finally:
+        if isinstance(kernel, KernelProcess):
+            kernel.stop()
+
+
+def _measure(devices: int, settings: Settings, kernel: Kernel) -> Row:
     store = Store(settings.database_path, time.time)
     engine = Reconciler(settings, kernel, store)
     started = time.perf_counter()
@@ -112,19 +175,22 @@ def measure(devices: int) -> Row:
     timings, ours, calls, mutations, sql = [], [], 0, 0, 0
     for _ in range(5):
         statements = count_sql(store)
-        before = len(kernel.calls)
-        busy = kernel.busy
+        before = kernel.call_count()
+        busy = kernel.busy_seconds()
         started = time.perf_counter()
         result = engine.run_pass()
         timings.append(time.perf_counter() - started)
-        ours.append(timings[-1] - (kernel.busy - busy))
+        ours.append(timings[-1] - (kernel.busy_seconds() - busy))
         store.trace(None)
         assert result.ok and len(result.converged) == devices
-        made = kernel.calls[before:]
+        made = kernel.calls_since(before)
         calls = len(made)
         mutations = sum(1 for c in made if call_kind(c).startswith(MUTATING))
         sql = len(statements)
     store.close()
+    # One reconciler alive at a time, as in a daemon: peak RSS is then one daemon's.
+    del engine, result
+    gc.collect()
 
     # Start-up: a new process's store and reconciler over the same kernel (recovery included).
     started = time.perf_counter()
@@ -144,7 +210,7 @@ def measure(devices: int) -> Row:
                round(our_heap_mb(settings, kernel), 1))
 
 
-def our_heap_mb(settings: Settings, kernel: TimedKernel) -> float:
+def our_heap_mb(settings: Settings, kernel: Kernel) -> float:
     """Python heap held by a started reconciler over all the devices (the fake kernel, which
     shares this process, excluded): what the daemon itself needs."""
     tracemalloc.start()
@@ -159,7 +225,7 @@ def our_heap_mb(settings: Settings, kernel: TimedKernel) -> float:
     return sum(stat.size for stat in ours.statistics("filename")) / (1 << 20)
 
 
-def drop_latencies(settings: Settings, kernel: TimedKernel,
+def drop_latencies(settings: Settings, kernel: Kernel,
                    devices: int) -> tuple[list[float], list[float]]:
     """Spec files dropped while the daemon runs: seconds from a file's write to the kernel
     call that creates its thin device, for a burst of BURST files and for 20 single drops."""
@@ -172,28 +238,23 @@ def drop_latencies(settings: Settings, kernel: TimedKernel,
 
     def drop(names: list[str]) -> list[float]:
         written: dict[str, float] = {}
-        first_call = len(kernel.calls)
+        first_call = kernel.call_count()
         for name in names:
             (settings.specs_path / f"{name}.toml").write_text('filesystem = "none"\n')
             written[name] = time.perf_counter()
         deadline = time.monotonic() + 600
 
-        def creations() -> int:
-            return sum(1 for words in kernel.calls[first_call:]
-                       if words[:2] == ("dmsetup", "message") and "create_thin" in words)
-
         # Watching the kernel's call log, not the database: reading rows every few
         # milliseconds would take the GIL from the daemon thread being measured.
-        while creations() < len(names) and time.monotonic() < deadline:
+        while kernel.creations_since(first_call) < len(names) and time.monotonic() < deadline:
             time.sleep(0.005)
         made = {r.device_id: r.name for r in store.devices() if r.name in written}
         latencies = []
-        for index in range(first_call, len(kernel.calls)):
-            words = kernel.calls[index]
-            if words[:2] == ("dmsetup", "message") and "create_thin" in words:
-                name = made.get(int(words[-1]))
-                if name is not None and name in written:
-                    latencies.append(kernel.times[index] - written.pop(name))
+        # perf_counter is CLOCK_MONOTONIC: the kernel process's times compare with ours.
+        for at, thin_id in kernel.created_since(first_call):
+            name = made.get(thin_id)
+            if name is not None and name in written:
+                latencies.append(at - written.pop(name))
         assert not written, f"no create_thin seen for {sorted(written)}"
         return latencies
 
@@ -210,16 +271,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,50000")
     parser.add_argument("--json", type=Path, default=Path("out/scale.json"))
+    parser.add_argument("--kernel", choices=("process", "inline"), default="process",
+                        help="the fake kernel in a process of its own (peak RSS is then the "
+                             "daemon's alone), or in the benchmark's")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         # One process per size: peak RSS is per process.
         if os.environ.get("SCALE_CHILD"):
-            rows.append(measure(size))
+            rows.append(measure(size, args.kernel == "inline"))
             continue
         out = subprocess.run([sys.executable, __file__, "--sizes", str(size), "--json",
-                              "/dev/stdout"], env={**os.environ, "SCALE_CHILD": "1"},
+                              "/dev/stdout", "--kernel", args.kernel],
+                             env={**os.environ, "SCALE_CHILD": "1"},
                              capture_output=True, text=True, check=True)
         rows.append(Row(**json.loads(out.stdout)["rows"][0]))
         print(f"  measured {size} devices", file=sys.stderr)
@@ -229,6 +294,9 @@ def main() -> int:
     table = [header] + [tuple(str(v) for v in asdict(r).values()) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     if not os.environ.get("SCALE_CHILD"):
+        print(f"fake kernel: {args.kernel}" + (" (peak RSS is the daemon's alone)"
+                                              if args.kernel == "process" else
+                                              " (peak RSS includes the fake kernel)"))
         for line in table:
             print("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
         base = rows[0]
@@ -239,7 +307,7 @@ def main() -> int:
                   f"{row.startup_s / base.startup_s:.1f}x, RSS "
                   f"{row.peak_rss_mb / base.peak_rss_mb:.1f}x")
     document = {"machine": platform.platform(), "python": platform.python_version(),
-                "cpus": os.cpu_count(), "rows": [asdict(r) for r in rows]}
+                "cpus": os.cpu_count(), "kernel": args.kernel, "rows": [asdict(r) for r in rows]}
     if str(args.json) == "/dev/stdout":
         json.dump(document, sys.stdout)
     else:

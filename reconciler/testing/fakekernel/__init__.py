@@ -19,6 +19,8 @@ One concept per module, each with its own notes on what is approximate and why:
 - `libdm`: the libdevmapper functions LibdmClient calls, over the same model.
 - `faults`: failures on demand, by errno at an ioctl (both drivers) or by text for a program.
 - `host`: `FakeKernel`, which ties them together as a Host.
+- `remote`: a FakeKernel in a process of its own and the Host that speaks to it over a pipe
+  (`RemoteKernel`), so a benchmark can measure the daemon's memory without the model's.
 
 Anything it does not know raises AssertionError: a fake that accepted what production should
 never send would hide bugs.
