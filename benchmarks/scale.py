@@ -188,8 +188,10 @@ def _measure(devices: int, settings: Settings, kernel: Kernel) -> Row:
         mutations = sum(1 for c in made if call_kind(c).startswith(MUTATING))
         sql = len(statements)
     store.close()
-    # One reconciler alive at a time, as in a daemon: peak RSS is then one daemon's.
+    # One reconciler alive at a time, as in a daemon: peak RSS is then one daemon's. Its
+    # frozen heap (settle_heap) is thawed first, or its cycles would outlive it.
     del engine, result
+    gc.unfreeze()
     gc.collect()
 
     # Start-up: a new process's store and reconciler over the same kernel (recovery included).

@@ -306,9 +306,6 @@ def _signature(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-_entry_name = operator.attrgetter("name")
-
-
 def _entry_status(path: str, allow_foreign: bool) -> os.stat_result | RejectedSpec | None:
     """The stat of what a spec entry points to; a RejectedSpec when the entry is there but
     cannot be a spec file (dangling or looping symlink, not a regular file, too large,
@@ -467,7 +464,9 @@ def load_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
     try:
         device = _directory_device(directory, allow_foreign)
         with os.scandir(directory) as listing:
-            entries = sorted(listing, key=_entry_name)
+            # In the directory's order: nothing after depends on it (parents are resolved
+            # by name), and sorting 10,000 entries was a fifth of a resync's scan.
+            entries = list(listing)
     except SpecSourceError as exc:
         return SpecSet(specs={}, rejected=(), source_error=str(exc))
     except OSError as exc:

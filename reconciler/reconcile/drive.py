@@ -49,16 +49,6 @@ def record_for(ctx: PassContext, name: str, spec: DeviceSpec | None) -> DeviceRe
     return record
 
 
-def still_settled(ctx: PassContext, name: str, spec: DeviceSpec | None) -> bool:
-    """Whether the device was left with nothing to do by a decision on exactly what this pass
-    sees of it (decide.Settled): a pass counts it converged without driving it."""
-    record = ctx.records.get(name)
-    if spec is None or record is None:
-        return False
-    parent = ctx.records.get(record.parent) if record.parent is not None else None
-    return ctx.settled.unchanged(record, spec, ctx.kernel(name), parent, ctx.hold_new)
-
-
 def drive(ctx: PassContext, name: str, spec: DeviceSpec | None, result: PassResult,
           held: set[str] | None = None) -> None:
     """Take a device as far toward its spec (None: removal) as it can go in this pass.
