@@ -250,7 +250,8 @@ class SpecFileCache:
     a resync over 10,000 unchanged files stats them instead of reading and parsing them."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[tuple[int, int, int], DeviceSpec | RejectedSpec]] = {}
+        # By path: the signature a file had when parsed, and what it parsed to.
+        self.entries: dict[str, tuple[tuple[int, int, int], DeviceSpec | RejectedSpec]] = {}
         # The directory the entries are all of, once a full scan filled them; None before.
         self.scanned: Path | None = None
         # The spec directory's filesystem (st_dev) when it was last read completely.
@@ -261,7 +262,7 @@ class SpecFileCache:
     def get(self, path: str, signature: tuple[int, int, int],
             now_ns: int) -> DeviceSpec | RejectedSpec | None:
         """The parsed spec of an unchanged file, or None (read it)."""
-        entry = self._entries.get(path)
+        entry = self.entries.get(path)
         if entry is None or entry[0] != signature:
             return None
         if abs(now_ns - signature[2]) < RACY_SECONDS * 1e9:
@@ -271,7 +272,7 @@ class SpecFileCache:
     def put(self, path: str, signature: tuple[int, int, int],
             parsed: DeviceSpec | RejectedSpec) -> None:
         """Remember a file's parsed spec."""
-        self._entries[path] = (signature, parsed)
+        self.entries[path] = (signature, parsed)
 
     def spec_set(self, found: list[DeviceSpec | RejectedSpec], directory: Path,
                  device: int | None) -> SpecSet:
@@ -289,16 +290,16 @@ class SpecFileCache:
 
     def keep_only(self, paths: set[str]) -> None:
         """Forget files that are gone."""
-        for path in set(self._entries) - paths:
-            del self._entries[path]
+        for path in set(self.entries) - paths:
+            del self.entries[path]
 
     def forget(self, path: str) -> None:
         """A file that is gone."""
-        self._entries.pop(path, None)
+        self.entries.pop(path, None)
 
     def parsed(self) -> list[DeviceSpec | RejectedSpec]:
         """Every remembered file's parsed spec."""
-        return [parsed for _, parsed in self._entries.values()]
+        return [parsed for _, parsed in self.entries.values()]
 
 
 def _signature(st: os.stat_result) -> tuple[int, int, int]:
@@ -474,11 +475,13 @@ def load_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
                        source_error=f"spec_dir {directory}: {exc.strerror or exc}")
     now_ns = time.time_ns()
     found: list[DeviceSpec | RejectedSpec] = []
-    seen: set[str] = set()
+    paths: list[str] = []
     # The loop a resync runs 10,000 times: an unchanged, plainly good file costs one stat
-    # and one lookup; anything else takes _entry_status's full checks.
+    # and one lookup (SpecFileCache.get, inlined); anything else takes _entry_status's full
+    # checks.
     trusted = None if allow_foreign else (0, os.geteuid())
-    remembered = cache.get if cache is not None else None
+    known = cache.entries if cache is not None else {}
+    racy_ns = RACY_SECONDS * 1e9
     for entry in entries:
         name = entry.name
         if not name.endswith(SPEC_SUFFIX) or name.startswith((".", "#")):
@@ -498,15 +501,19 @@ def load_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
                 continue
             st = status
         signature = (st.st_ino, st.st_size, st.st_mtime_ns)  # _signature
-        parsed = remembered(path, signature, now_ns) if remembered is not None else None
-        if parsed is None:
+        entry_seen = known.get(path)
+        if entry_seen is not None and entry_seen[0] == signature \
+                and abs(now_ns - signature[2]) >= racy_ns:
+            parsed = entry_seen[1]
+        else:
             parsed = read_spec(Path(path), defaults, allow_foreign=allow_foreign)
             if cache is not None:
                 cache.put(path, signature, parsed)
-        seen.add(path)
+        paths.append(path)
         found.append(parsed)
     if cache is None:
         return _spec_set(found, directory, device)
+    seen = set(paths)
     cache.keep_only(seen)
     cache.scanned = directory
     cache.device = device

@@ -9,6 +9,7 @@ it is.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import cast
@@ -145,6 +146,26 @@ def parents_first(specs: dict[str, DeviceSpec]) -> list[str]:
             name = specs[name].parent
         ordered.extend(reversed(chain))
     return ordered
+
+
+class Ordering:
+    """parents_first, again only when a spec changed: the order depends on nothing but each
+    spec's name and parent, so the same spec objects (the spec cache hands back the same
+    object for an unchanged file) in the same order give the last order back."""
+
+    def __init__(self) -> None:
+        self._last: tuple[list[DeviceSpec], tuple[str, ...]] | None = None
+
+    def parents_first(self, specs: dict[str, DeviceSpec]) -> tuple[str, ...]:
+        """parents_first(specs), remembered."""
+        values = list(specs.values())
+        last = self._last
+        if last is not None and len(last[0]) == len(values) \
+                and all(map(operator.is_, last[0], values)):
+            return last[1]
+        order = tuple(parents_first(specs))
+        self._last = (values, order)
+        return order
 
 
 def with_descendants(names: set[str], specs: dict[str, DeviceSpec]) -> set[str]:

@@ -111,11 +111,12 @@ def _assemble(infos: list[DeviceInfo], statuses: dict[str, list[TargetLine]],
         if before is not None and before[0] is info and before[1] is table_line \
                 and before[2] is status_line:
             device = before[3]
+            seen[name] = before
         else:
             device = _device(info, table_line, status_line, parsed)
+            if parsed is not None:
+                seen[name] = (info, table_line, status_line, device)
         devices[name] = device
-        if parsed is not None:
-            seen[name] = (info, table_line, status_line, device)
         if name == pool_name:
             observation.pool_number = f"{info.major}:{info.minor}"
             pool_line = _single(statuses.get(info.name, []), "thin-pool")

@@ -27,6 +27,7 @@ from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.reconcile import maintenance, recovery
 from reconciler.reconcile.decide import Settled, describe
 from reconciler.reconcile.desired import (
+    Ordering,
     StoredSpecs,
     apply_spec,
     load_specs,
@@ -108,6 +109,7 @@ class Reconciler:
         self._stored_specs = StoredSpecs()
         self._parsed = ParsedTargets()
         self._settled = Settled()
+        self._ordering = Ordering()
         # Whether self.records is what the store holds (the last pass ended normally).
         self._records_current = False
         self._full_passes_since_read = 0
@@ -204,7 +206,7 @@ class Reconciler:
         # Every device, or those _begin chose; parents before their snapshots, unwanted
         # devices last (less those whose removal is held, or that no source may judge).
         order: list[tuple[str, DeviceSpec | None]] = [
-            (n, desired.specs[n]) for n in parents_first(desired.specs)
+            (n, desired.specs[n]) for n in self._ordering.parents_first(desired.specs)
             if chosen is None or n in chosen]
         unwanted = self._unwanted(desired, chosen, result)
         order += [(n, None) for n in sorted(unwanted)]
