@@ -221,3 +221,18 @@ def test_a_row_changed_by_another_process_is_read_and_decided(
     result = engine.run_pass()
     assert result.faulty == {"c": "set by another process"}
     assert "c" in decided.take()
+
+
+def test_an_unchanged_listing_is_parsed_once_and_a_changed_one_again(
+        settled: tuple[World, Reconciler, FakeKernel, Decided]) -> None:
+    """DmClient hands back the last parse when the kernel printed the very same text (the
+    observation then reuses every device), and parses again as soon as one line differs."""
+    _world, _engine, kernel, _decided = settled
+    client = DmClient(kernel)
+    infos, tables = client.info_all(), client.table_all()
+    assert client.info_all() is infos and client.table_all() is tables
+    kernel.hold_open("rs-c")
+    again = client.info_all()
+    assert again is not infos
+    assert {i.name: i.open_count for i in again}["rs-c"] == 1
+    assert client.table_all() is tables, "the tables did not change"

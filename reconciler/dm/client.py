@@ -35,6 +35,10 @@ class DmClient:
         self._info_lines: LastCall[str, DeviceInfo] = LastCall()
         self._status_lines: LastCall[str, NamedLine] = LastCall()
         self._table_lines: LastCall[str, NamedLine] = LastCall()
+        # The last listing's whole text and what it parsed to: a converged system prints
+        # the very same text, which then costs one comparison instead of a line each.
+        self._info_all: tuple[str, list[DeviceInfo]] | None = None
+        self._table_all: tuple[str, dict[str, list[TargetLine]]] | None = None
 
     def _run(self, what: str, argv: Sequence[str]) -> Completed:
         completed = self.host.run([DMSETUP, *argv])
@@ -47,10 +51,15 @@ class DmClient:
         return parse_ls(self._run("list devices", ["ls"]).stdout)
 
     def info_all(self) -> list[DeviceInfo]:
-        """Info of every dm device in one call."""
+        """Info of every dm device in one call. The same list as the last call's when the
+        kernel printed the same text: read it, never change it."""
         out = self._run("info", ["info", "-c", "--noheadings", "--nameprefixes", "-o",
                                  INFO_COLUMNS]).stdout
-        return parse_info_columns(out, self._info_lines)
+        if self._info_all is not None and self._info_all[0] == out:
+            return self._info_all[1]
+        infos = parse_info_columns(out, self._info_lines)
+        self._info_all = (out, infos)
+        return infos
 
     def info(self, name: str) -> DeviceInfo | None:
         """Info of one device, or None if there is no such device."""
@@ -73,8 +82,14 @@ class DmClient:
         return parse_single_lines(self._run(f"status {name}", ["status", name]).stdout)
 
     def table_all(self) -> dict[str, list[TargetLine]]:
-        """Live tables of every dm device in one call."""
-        return parse_named_lines(self._run("table", ["table"]).stdout, self._table_lines)
+        """Live tables of every dm device in one call. The same dict as the last call's when
+        the kernel printed the same text: read it, never change it."""
+        out = self._run("table", ["table"]).stdout
+        if self._table_all is not None and self._table_all[0] == out:
+            return self._table_all[1]
+        tables = parse_named_lines(out, self._table_lines)
+        self._table_all = (out, tables)
+        return tables
 
     def table(self, name: str) -> list[TargetLine]:
         """Live table of one device."""

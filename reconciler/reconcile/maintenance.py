@@ -172,8 +172,8 @@ def find_orphans(ctx: PassContext) -> None:
     orphans = [OrphanRecord("thin_id", str(i), i, now)
                for i in sorted((ctx.ledger.ids or set()) - ctx.managed_ids())]
     prefix = f"{ctx.settings.pool_name}-"
-    managed_names = {ctx.kernel_name(n) for n, r in ctx.records.items()
-                     if r.state != S.REMOVED}
+    # prefix + name is ctx.kernel_name(name), without a call per device of a resync.
+    managed_names = {prefix + n for n, r in ctx.records.items() if r.state != S.REMOVED}
     for kname in sorted(ctx.obs.devices.keys() - managed_names):
         device = ctx.obs.devices[kname]
         ours = device.table is not None and device.table.pool == ctx.obs.pool_number

@@ -61,6 +61,10 @@ class ParsedTargets:
     statuses: LastCall[TargetLine, ThinStatus] = field(default_factory=LastCall)
     # By dm name: the info and lines a KernelDevice was built from, and the device.
     devices: dict[str, _Seen] = field(default_factory=dict)
+    # The last listings themselves (a driver hands back the same objects when the kernel
+    # printed the same text) and the devices made of them.
+    listings: tuple[list[DeviceInfo], dict[str, list[TargetLine]]] | None = None
+    made: dict[str, KernelDevice] = field(default_factory=dict)
 
 
 def observe(client: DmDriver, pool_name: str, parsed: ParsedTargets | None = None,
@@ -100,6 +104,12 @@ def _assemble(infos: list[DeviceInfo], statuses: dict[str, list[TargetLine]],
               tables: dict[str, list[TargetLine]], pool_name: str,
               parsed: ParsedTargets | None = None) -> Observation:
     observation = Observation()
+    if parsed is not None and parsed.listings is not None and parsed.listings[0] is infos \
+            and parsed.listings[1] is tables and statuses.keys() <= {pool_name}:
+        # The very same listings, and no thin status asked for: the very same devices.
+        observation.devices = dict(parsed.made)
+        _see_pool(observation, statuses, pool_name)
+        return observation
     devices = observation.devices
     last = parsed.devices if parsed is not None else {}
     seen: dict[str, _Seen] = {}
@@ -117,16 +127,25 @@ def _assemble(infos: list[DeviceInfo], statuses: dict[str, list[TargetLine]],
             if parsed is not None:
                 seen[name] = (info, table_line, status_line, device)
         devices[name] = device
-        if name == pool_name:
-            observation.pool_number = f"{info.major}:{info.minor}"
-            pool_line = _single(statuses.get(info.name, []), "thin-pool")
-            if pool_line is not None:
-                observation.pool = parse_pool_status(pool_line)
+    _see_pool(observation, statuses, pool_name)
     if parsed is not None:
         parsed.tables.end_call()
         parsed.statuses.end_call()
         parsed.devices = seen
+        parsed.listings = (infos, tables)
+        parsed.made = dict(devices)
     return observation
+
+
+def _see_pool(observation: Observation, statuses: dict[str, list[TargetLine]],
+              pool_name: str) -> None:
+    pool = observation.devices.get(pool_name)
+    if pool is None:
+        return
+    observation.pool_number = f"{pool.info.major}:{pool.info.minor}"
+    pool_line = _single(statuses.get(pool_name, []), "thin-pool")
+    if pool_line is not None:
+        observation.pool = parse_pool_status(pool_line)
 
 
 def _device(info: DeviceInfo, table_line: TargetLine | None, status_line: TargetLine | None,
