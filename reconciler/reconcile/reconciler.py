@@ -291,8 +291,10 @@ class Reconciler:
                     stored.error = error
                     self.store.save_device(stored)
         finally:
-            # A machine is rebuilt from its record whenever wanted; kept for the whole pass,
-            # a burst's 10,000 machines held 500 MB.
+            # A machine is taken again (from the spares) whenever wanted: kept for the whole
+            # pass, a burst's 10,000 machines held 460 MB. Given back now, the spares keep
+            # what transitions would otherwise build again for the next device.
+            ctx.spares.give_back(ctx.machines.values())
             ctx.machines.clear()
 
     def _begin(self, ctx: PassContext, only: set[str] | None
