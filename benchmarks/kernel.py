@@ -6,16 +6,18 @@ N thin devices are made and activated, snapshotted (and the snapshots activated)
   (a) bare libdevmapper calls in a loop (in-process, ctypes, nothing of ours: only the kernel
       calls, and with udev running the cookie wait its /dev/mapper nodes need): the floor
   (a2) the same loop through our LibdmClient (its udev checks, error capture and waits)
+  (ab) the bare calls again, each phase's sharing one udev cookie waited for once: the floor
+       for a pass that makes many devices, which shares one wait the same way
   (b) raw `dmsetup` processes in a loop
   (c) our reconciler, with each driver (spec files, filesystem "none", run until settled)
   (d) LVM: lvcreate/lvremove on a thin pool over the same kind of loop devices
 and (e) containerd 1.6's own devmapper snapshotter and our gRPC snapshotter, both driven by one
-in-process gRPC client through containerd's snapshots service: Prepare (a child of a committed
-layer), Commit, Remove, with p50 and p99 per call;
+in-process gRPC client through containerd's snapshots service: root Prepare (no parent),
+Prepare (a child of a committed layer), Commit, Remove, with p50 and p99 per call;
 and (f) our gRPC snapshotter at depth: a chain of --depth committed layers (Prepare, Commit),
 then Prepare (and Remove) of a child of layer 1 and of the top layer, alternately; the ratio
 of the two p50s says whether a Prepare's cost grows with the chain.
-Prints tables with ratios against (a), (e) and depth 1, and writes them as JSON.
+Prints tables with ratios against (a) and (ab), (e) and depth 1, and writes them as JSON.
 """
 
 from __future__ import annotations
@@ -133,6 +135,39 @@ def raw_loop(n: int, work: Path, client: Any, label: str) -> Phase:
     return phase
 
 
+def bare_batched(n: int, work: Path, bare: BareLibdm, label: str) -> Phase:
+    """The bare loop's calls, each phase's sharing one udev cookie waited for at its end."""
+    phase = Phase(label)
+    pool = f"b{secrets.token_hex(3)}"
+    table = lambda i: f"0 {SECTORS_PER_DEVICE} thin /dev/mapper/{pool} {i}"  # noqa: E731
+    with loop_pool(pool, work) as (meta, data):
+        bare.create(pool, pool_table(meta, data), f"BENCH-{pool}")
+        try:
+            started = time.perf_counter()
+            with bare.batch():
+                for i in range(n):
+                    bare.message(pool, ["create_thin", str(i)])
+                    bare.create(f"{pool}-t{i}", table(i), f"BENCH-{pool}-{i}")
+            phase.create = [(time.perf_counter() - started) / n] * n
+            started = time.perf_counter()
+            with bare.batch():
+                for i in range(n):
+                    bare.suspend(f"{pool}-t{i}")
+                    bare.message(pool, ["create_snap", str(n + i), str(i)])
+                    bare.resume(f"{pool}-t{i}")
+                    bare.create(f"{pool}-s{i}", table(n + i), f"BENCH-{pool}-{n + i}")
+            phase.snapshot = [(time.perf_counter() - started) / n] * n
+            started = time.perf_counter()
+            with bare.batch():
+                for i in range(2 * n):
+                    remove_retrying(bare, f"{pool}-t{i}" if i < n else f"{pool}-s{i - n}")
+                    bare.message(pool, ["delete", str(i)])
+            phase.remove = [(time.perf_counter() - started) / (2 * n)] * (2 * n)
+        finally:
+            remove_retrying(bare, pool)
+    return phase
+
+
 class BareLibdm:
     """The floor: exactly the kernel calls, through libdevmapper's C functions and nothing of
     ours. With udev running, each create, resume and remove carries a cookie and waits on it
@@ -145,6 +180,21 @@ class BareLibdm:
         self.lib: Any = load_libdm()
         self.udev = udev_running()
         self.lib.dm_udev_set_sync_support(1 if self.udev else 0)
+        # Inside `batch`: the cookie every create/resume/remove shares, waited for once.
+        self.shared: Any = None
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The calls within share one udev cookie, waited for once at the end: the floor for
+        a pass that makes many devices (what our daemon's one wait per pass is measured by)."""
+        import ctypes
+
+        self.shared = ctypes.c_uint32(0)
+        try:
+            yield
+        finally:
+            cookie, self.shared = self.shared.value, None
+            self.lib.dm_udev_wait(cookie)
 
     def _run(self, kind: int, name: str, *, table: tuple[int, str, str] | None = None,
              uuid: str | None = None, message: str | None = None,
@@ -163,14 +213,15 @@ class BareLibdm:
             if message is not None:
                 lib.dm_task_set_sector(dmt, 0)
                 lib.dm_task_set_message(dmt, message.encode())
-            value = ctypes.c_uint32(0)
+            shared = self.shared is not None
+            value = self.shared if shared else ctypes.c_uint32(0)
             if cookie:
                 lib.dm_task_set_cookie(dmt, ctypes.byref(value), 0)
             ok = lib.dm_task_run(dmt)
             errno_value = lib.dm_task_get_errno(dmt)
         finally:
             lib.dm_task_destroy(dmt)
-        if cookie:
+        if cookie and not shared:
             lib.dm_udev_wait(value.value)
         if not ok:
             raise OSError(errno_value, os.strerror(errno_value), name)
@@ -481,15 +532,20 @@ def depth_run(depth: int, samples: int, work: Path) -> dict[str, Any]:
 
 def print_phases(phases: list[Phase]) -> list[dict[str, Any]]:
     floor = phases[0].per_device_ms() if phases else {}
+    # The floor for a pass of many devices: the bare calls with one udev wait per phase.
+    batched = next((p.per_device_ms() for p in phases if p.name.startswith("(ab)")), {})
     rows = []
     print(f"{'per device, ms':34} {'create+act':>11} {'snapshot':>11} {'remove':>11}   "
-          "ratio to (a)")
+          f"ratio to (a){'   ratio to (ab)' if batched else ''}")
     for phase in phases:
         ms = phase.per_device_ms()
-        ratio = " ".join(f"{ms[k] / floor[k]:.1f}x" if floor.get(k) else "-"
-                         for k in ("create", "snapshot", "remove"))
+        ratios = []
+        for reference in (floor, batched):
+            if reference:
+                ratios.append(" ".join(f"{ms[k] / reference[k]:.1f}x" if reference.get(k)
+                                       else "-" for k in ("create", "snapshot", "remove")))
         print(f"{phase.name:34} {ms['create']:>11} {ms['snapshot']:>11} {ms['remove']:>11}   "
-              f"{ratio} {phase.note}")
+              f"{'   '.join(ratios)} {phase.note}")
         rows.append({"name": phase.name, "per_device_ms": ms, "note": phase.note})
     return rows
 
@@ -537,6 +593,8 @@ def main() -> int:
         phases.append(raw_loop(args.n, work, bare,
                                f"(a) bare libdevmapper (floor{', udev' if bare.udev else ''})"))
         phases.append(raw_loop(args.n, work, LibdmClient(), "(a2) our LibdmClient in a loop"))
+        phases.append(bare_batched(args.n, work, bare,
+                                   "(ab) bare, one udev wait per phase"))
     if "b" in only:
         from reconciler.dm.client import DmClient
         from reconciler.dm.host import SystemHost
