@@ -13,7 +13,14 @@ import pytest
 
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
-from reconciler.snapshots import Kind, NotFound, Snapshotter, Unavailable
+from reconciler.snapshots import (
+    AlreadyExists,
+    Kind,
+    NotFound,
+    Parked,
+    Snapshotter,
+    Unavailable,
+)
 from reconciler.snapshots.snapshotter import base_key, base_ready
 from reconciler.specs import Defaults, SpecError, is_snapshot_device, parse_spec
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
@@ -179,6 +186,26 @@ def test_a_full_pool_answers_unavailable_from_the_base(world: World) -> None:
     with pytest.raises(Unavailable, match="No space left"):
         snapshotter(world).prepare("root")
     assert snapshotter(world).walk() == []
+
+
+def test_a_key_taken_while_waiting_for_the_base_is_already_exists(world: World) -> None:
+    """Two root Prepares of one key both wait for the base (its create_thin busy once): the
+    first gets the snapshot, the second AlreadyExists, never a second row with that key."""
+    fake = world.host
+    assert isinstance(fake, FakeKernel)
+    fake.faults.fail(Op.MESSAGE, world.pool, errno=errno.EBUSY, verb="create_thin")
+    snaps = Snapshotter(world.reconciler(), sleep=world.clock.sleep, parking=True)
+    with pytest.raises(Parked) as first:
+        snaps.prepare("k")
+    with pytest.raises(Parked) as second:
+        snaps.prepare("k")
+    world.clock.now = max(first.value.at, second.value.at)
+    assert first.value.call.advance() is None
+    assert first.value.call.outcome()[0].source == f"/dev/mapper/{world.pool}-snap-1"
+    assert second.value.call.advance() is None
+    with pytest.raises(AlreadyExists):
+        second.value.call.outcome()
+    assert [i.name for i in snaps.walk()] == ["k"]
 
 
 def test_spec_file_devices_still_get_their_own_mkfs(world: World) -> None:

@@ -331,7 +331,13 @@ class Snapshotter:
                 raise InvalidArgument(f"parent {parent_key!r} is not a committed snapshot "
                                       f"(it is {parent.kind})")
         # No parent: a snapshot of the base, made first if need be (no mkfs on this path).
-        origin = parent if parent is not None else (yield from self._base_op(key))
+        if parent is None:
+            origin = yield from self._base_op(key)
+            # The call may have waited for the base while another took the key.
+            if self.store.snapshot_by_key(key) is not None:
+                raise AlreadyExists(f"snapshot {key!r} already exists")
+        else:
+            origin = parent
         now = self.clock()
         seq = self.store.next_snapshot_seq()
         record = SnapshotRecord(
