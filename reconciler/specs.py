@@ -36,9 +36,10 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SPEC_SUFFIX = ".toml"
 Filesystem = Literal["ext4", "xfs", "none"]
 FILESYSTEMS: tuple[Filesystem, ...] = ("ext4", "xfs", "none")
-# Devices of the snapshotter API are named from a sequence number; spec files may not take
-# those names, or a file and a snapshot would drive the same device.
-SNAPSHOT_NAME_RE = re.compile(r"snap-[0-9]+")
+# Devices of the snapshotter API are named from a sequence number (its base devices, the
+# formatted filesystems root snapshots are taken from, from a count of their own); spec files
+# may not take those names, or a file and a snapshot would drive the same device.
+SNAPSHOT_NAME_RE = re.compile(r"snap-(?:base-)?[0-9]+")
 _KEYS = ("size", "parent", "filesystem", "active", "readonly", "labels")
 
 
@@ -114,7 +115,8 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
     if not NAME_RE.fullmatch(name):
         raise SpecError(f"bad name {name!r}: must match {NAME_RE.pattern}")
     if SNAPSHOT_NAME_RE.fullmatch(name):
-        raise SpecError(f"bad name {name!r}: names snap-<number> belong to the snapshotter API")
+        raise SpecError(f"bad name {name!r}: names snap-<number> and snap-base-<number> "
+                        "belong to the snapshotter API")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -174,8 +176,9 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
 
 
 def snapshot_name(seq: int) -> str:
-    """The device name of the snapshotter API's snapshot number `seq`."""
-    return f"snap-{seq}"
+    """The device name of the snapshotter API's snapshot number `seq` (a base's is negative:
+    bases count down, so containerd's snapshots keep their own numbers)."""
+    return f"snap-base-{-seq}" if seq < 0 else f"snap-{seq}"
 
 
 def stored_spec(

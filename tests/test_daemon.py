@@ -156,12 +156,12 @@ def test_stop_ends_a_pass_between_steps(fake_world: World) -> None:
 def test_an_api_call_waiting_for_a_retry_is_parked_while_the_loop_serves_others(
     fake_world: World, daemon: Daemon
 ) -> None:
-    """A Prepare whose create_thin fails once (EBUSY) is answered after the retry's pass; the
-    reconcile thread never sleeps meanwhile and answers a Stat in between."""
+    """A Prepare whose create_snap (of the base) fails once (EBUSY) is answered after the
+    retry's pass; the reconcile thread never sleeps meanwhile and answers a Stat in between."""
     kname = f"{fake_world.pool}-snap-1"
     assert isinstance(fake_world.host, FakeKernel)
     fake_world.host.faults.fail(Op.MESSAGE, fake_world.pool, errno=errno.EBUSY,
-                                verb="create_thin")
+                                verb="create_snap")
     answers: dict[str, Any] = {}
 
     def ask(label: str, call: Any) -> threading.Thread:

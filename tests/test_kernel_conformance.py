@@ -745,11 +745,11 @@ def test_closing_a_client_twice(client: Client, daemon: Daemon) -> None:
 
 
 def test_usage_grows_with_writes(client: Client) -> None:
-    """An empty active snapshot already uses bytes (its filesystem's metadata); 1 MiB of
-    random data written and synced adds at least 1 MiB."""
+    """A fresh root uses no bytes of its own (its filesystem's blocks are the base's, shared);
+    1 MiB of random data written and synced adds at least 1 MiB."""
     mounts = client.prepare("active")
     empty = client.usage("active")
-    assert empty.size > 0
+    assert empty.size == 0
     with client.mounted(mounts) as root:
         with (root / "random").open("wb") as out:
             out.write(os.urandom(MIB))

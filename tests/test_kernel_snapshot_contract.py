@@ -1,7 +1,8 @@
 """The snapshotter's contract on the real kernel, through the Python API with each driver:
-empty new filesystems (ext4 and xfs), Commit while mounted (flush and deferred remove), a
-child of a parent still mounted, Remove refused while open, and a deferred removal in flight
-across a crash. (Over gRPC, as containerd calls it: tests/test_kernel_conformance.py.)"""
+empty new filesystems (ext4 and xfs; roots are snapshots of one base), Commit while mounted
+(flush and deferred remove), a child of a parent still mounted, Remove refused while open, and
+a deferred removal in flight across a crash. (Over gRPC, as containerd calls it:
+tests/test_kernel_conformance.py.)"""
 
 from __future__ import annotations
 
@@ -68,6 +69,35 @@ def test_a_fresh_snapshot_is_empty(kworld: World, tmp_path: Path, fs_type: str) 
         assert (oct(st.st_mode & 0o7777), st.st_uid, st.st_gid) == ("0o755", 0, 0)
     finally:
         umount(target)
+
+
+@pytest.mark.parametrize("fs_type", ["ext4", "xfs"])
+def test_root_snapshots_of_one_base_are_apart(kworld: World, tmp_path: Path,
+                                              fs_type: str) -> None:
+    """Two roots are snapshots of one inactive base: both mount at once (xfs: one UUID, so
+    nouuid), each empty and 0755 root:root, and a file written in one is not in the other."""
+    kworld.settings = dataclasses.replace(kworld.settings, fs_type=fs_type)
+    snaps = snapshotter(kworld)
+    (one,) = snaps.prepare("one")
+    (two,) = snaps.prepare("two")
+    assert kworld.store is not None
+    (base,) = kworld.store.bases()
+    device = kworld.store.device(base.name)
+    assert device is not None and device.state == DeviceState.DEACTIVATED
+    first, second = tmp_path / "one", tmp_path / "two"
+    mount(one, first)
+    try:
+        mount(two, second)
+        try:
+            (first / "file").write_text("one")
+            for target in (first, second):
+                st = os.stat(target)
+                assert (oct(st.st_mode & 0o7777), st.st_uid, st.st_gid) == ("0o755", 0, 0)
+            assert os.listdir(second) == []
+        finally:
+            umount(second)
+    finally:
+        umount(first)
 
 
 def test_commit_while_mounted_then_a_child_then_remove(kworld: World, tmp_path: Path) -> None:

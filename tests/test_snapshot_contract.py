@@ -222,9 +222,10 @@ def test_timestamps_are_containerds(fake_world: World) -> None:
 
 def test_a_new_ext4_filesystem_has_its_lost_and_found_removed(fake_world: World) -> None:
     """mkfs.ext4 is followed by debugfs's rmdir of /lost+found (offline, no mount), on the
-    device just formatted; xfs has none to remove."""
+    device just formatted (the base every root snapshot is taken from); xfs has none."""
     snaps = Snapshotter(fake_world.reconciler(), sleep=fake_world.clock.sleep)
-    source = snaps.prepare("extract-1")[0].source
+    snaps.prepare("extract-1")
+    source = f"/dev/mapper/{fake_world.pool}-snap-base-1"
     calls = kernel_of(fake_world).calls
     made = [i for i, c in enumerate(calls) if c[0] == "mkfs.ext4" and c[-1] == source]
     assert len(made) == 1

@@ -1,5 +1,7 @@
 """Crash safety of the snapshotter API: a crash at any kernel call of Prepare, Commit or
-Remove, then a restart, leaves the pool and the store agreeing and every snapshot usable."""
+Remove, then a restart, leaves the pool and the store agreeing and every snapshot usable; the
+same for the first root Prepare, which makes the base (create_thin, mkfs) before its own
+snapshot of it."""
 
 from __future__ import annotations
 
@@ -40,12 +42,21 @@ def _view(snaps: Snapshotter) -> None:
     snaps.view("look", "layer")
 
 
+def _prepare_root(snaps: Snapshotter) -> None:
+    snaps.prepare("root")
+
+
 BEFORE = {"layer": Kind.COMMITTED, "work": Kind.ACTIVE}
 # What each action may leave: its whole effect, or (if it died before writing its record,
 # e.g. while Commit measured the usage) none of it.
 ACTIONS: dict[str, tuple[Action, list[dict[str, Kind]]]] = {
     "prepare-child": (_prepare_child, [{**BEFORE, "child": Kind.ACTIVE}]),
     "view": (_view, [{**BEFORE, "look": Kind.VIEW}]),
+    # The base is there (made by the setup's first Prepare): a create_snap of it.
+    "prepare-root": (_prepare_root, [{**BEFORE, "root": Kind.ACTIVE}]),
+    # On an empty store (see FRESH): the base is made first, and the snapshot's record is
+    # written only once it is ready, so a crash while making the base leaves no snapshot.
+    "first-root": (_prepare_root, [{}, {"root": Kind.ACTIVE}]),
     "commit": (lambda s: s.commit("layer-2", "work"),
                [{"layer": Kind.COMMITTED, "layer-2": Kind.COMMITTED}, BEFORE]),
     # Remove looks at the device's open count before it writes anything: a crash there
@@ -55,10 +66,15 @@ ACTIONS: dict[str, tuple[Action, list[dict[str, Kind]]]] = {
 }
 
 
-def world_at(tmp_path: Path) -> World:
+# Actions run on an empty store rather than after _setup.
+FRESH = {"first-root"}
+
+
+def world_at(tmp_path: Path, name: str) -> World:
     world = World(host=FakeKernel(), settings=make_settings(tmp_path, "cs"), real=False,
                   clock=FakeClock())
-    _setup(Snapshotter(world.reconciler(), sleep=world.clock.sleep))
+    if name not in FRESH:
+        _setup(Snapshotter(world.reconciler(), sleep=world.clock.sleep))
     return world
 
 
@@ -66,7 +82,7 @@ def crash_points() -> list[tuple[str, CrashPoint]]:
     cases = []
     for name, (action, _) in ACTIONS.items():
         with tempfile.TemporaryDirectory() as tmp:
-            world = world_at(Path(tmp))
+            world = world_at(Path(tmp), name)
             fake = world.host
             assert isinstance(fake, FakeKernel)
             start = len(fake.calls)
@@ -97,7 +113,7 @@ def test_every_action_has_crash_points() -> None:
 def test_a_crash_in_an_api_call_recovers(tmp_path: Path, name: str, point: CrashPoint) -> None:
     """Crash at this call, restart: converged, pool and store agree, each snapshot that the
     call made or kept is there with its kind, and one it removed is gone."""
-    world = world_at(tmp_path)
+    world = world_at(tmp_path, name)
     assert world.store is not None
     world.store.close()
     action, outcomes = ACTIONS[name]
@@ -124,3 +140,12 @@ def test_a_crash_in_an_api_call_recovers(tmp_path: Path, name: str, point: Crash
     live = {f"cs-{snaps.store.snapshot_by_key(k).name}"  # type: ignore[union-attr]
             for k, kind in expected.items() if kind != Kind.COMMITTED}
     assert world.kernel_names() == live
+    if name in ("first-root", "prepare-root"):
+        # The base came through whole: the next root is a snapshot of it, with no mkfs.
+        fake = world.host
+        assert isinstance(fake, FakeKernel)
+        start = len(fake.calls)
+        source = snaps.prepare("next-root")[0].source
+        assert not [c for c in fake.calls[start:] if c[0].startswith("mkfs")]
+        assert fake.filesystem(source.removeprefix("/dev/mapper/")) == "ext4"
+        assert [b.name for b in snaps.store.bases()] == ["snap-base-1"]

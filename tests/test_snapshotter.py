@@ -66,7 +66,10 @@ def test_prepare_commit_child_keeps_data_apart(world: World) -> None:
     assert snaps.walk() == []
     assert world.kernel_names() == set()
     assert world.store is not None
-    assert world.store.ids_in_use() == set()
+    (base,) = world.store.bases()
+    base_device = world.store.device(base.name)
+    assert base_device is not None
+    assert world.store.ids_in_use() == {base_device.device_id}, "only the base's id stays"
 
 
 def test_errors_are_containerd_kinds(fake_world: World) -> None:
@@ -168,10 +171,11 @@ def test_async_remove_waits_for_cleanup(tmp_path: object) -> None:
         with pytest.raises(NotFound):
             snaps.stat("x")
         assert world.store is not None
-        assert world.store.ids_in_use() == {0}, "the device waits for Cleanup"
+        # Id 0 is the base's, 1 the snapshot's.
+        assert world.store.ids_in_use() == {0, 1}, "the device waits for Cleanup"
         assert world.kernel_names() == set(), "deactivated meanwhile"
         snaps.cleanup()
-        assert world.store.ids_in_use() == set()
+        assert world.store.ids_in_use() == {0}
         assert world.store.device("snap-1") is not None
         assert world.store.device("snap-1").state == "Removed"  # type: ignore[union-attr]
     finally:
@@ -202,7 +206,8 @@ def test_full_pool_is_unavailable_and_leaves_nothing(fake_world: World) -> None:
     kernel = fake_world.host
     assert isinstance(kernel, FakeKernel)
     snaps.prepare("first")
-    kernel.faults.fail(Op.MESSAGE, fake_world.pool, errno=errno.ENOSPC, verb="create_thin")
+    # A root is a snapshot of the base (made by the first Prepare).
+    kernel.faults.fail(Op.MESSAGE, fake_world.pool, errno=errno.ENOSPC, verb="create_snap")
     with pytest.raises(Unavailable, match="No space left"):
         snaps.prepare("second")
     with pytest.raises(NotFound):

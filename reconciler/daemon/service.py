@@ -227,6 +227,9 @@ class Daemon:
         self.reconciler.pool = pool
         # Calls in progress go on with the new engine (one engine, one cache of records).
         self.snapshotter.engine = self.reconciler
+        if fresh.grpc_socket is not None:
+            # A new fs_type or base_image_size: its base is made by the pass that follows.
+            self.snapshotter.want_base()
         if spec_dir_changed and self.watcher is not None:
             self.watcher.watch(fresh.specs_path)
         log.info("config.reloaded", path=str(self.config_path))
@@ -271,6 +274,9 @@ class Daemon:
         self._next_resync = self.clock()
         self.watcher = SpecWatcher(self.settings.specs_path, self.wakeups)
         self.watcher.start()
+        if self.settings.grpc_socket is not None:
+            # Made by the first pass, so that containerd's first root Prepare runs no mkfs.
+            self.snapshotter.want_base()
         self.step(timeout=0)
         if self.settings.grpc_socket is not None:
             # After the first pass: the pool exists and recovery is done before any request.

@@ -11,6 +11,18 @@ time). `Call` drives one. Used directly, the Snapshotter runs each call to its e
 on the caller's thread between retries. The daemon instead gives it `parking=True`: a call
 that must wait raises `Parked`, and the daemon resumes it from its loop after a later pass,
 so the reconcile thread never sleeps and keeps serving other work meanwhile.
+
+A snapshot without a parent is not a new filesystem made by mkfs (seconds on a real disk)
+but a snapshot of a **base**: a formatted, empty filesystem of the config's fs_type,
+base_image_size and fs_options, made once (when the daemon starts serving, or by the first
+root Prepare) by the same steps as every device, and then left inactive (an inactive origin
+needs no suspend around create_snap). It is a stored spec of kind BASE: never shown to
+containerd, never removed by spec-file logic, shown by `status` as KIND base. A config that
+asks for another filesystem gets a new base; the old one is retired (deleted by a later pass)
+once no snapshot still waits to be taken from it: dm-thin snapshots do not need their origin.
+A base that could not be made answers the Prepare Unavailable with its error, as the
+device's own mkfs did before; a Faulty base is retired and the next root Prepare makes a
+new one.
 """
 
 from __future__ import annotations
@@ -40,8 +52,9 @@ from reconciler.snapshots.model import (
     Usage,
 )
 from reconciler.specs import snapshot_name
-from reconciler.states import LIVE
-from reconciler.store import SnapshotRecord, Store
+from reconciler.states import LIVE, RESTING_PROVISIONED, DeviceState
+from reconciler.store import DeviceRecord, SnapshotRecord, Store
+from reconciler.units import format_size
 
 T = TypeVar("T")
 Operation = Generator[str, None, T]
@@ -114,6 +127,22 @@ def _info(record: SnapshotRecord) -> Info:
                 updated_at=record.updated_at)
 
 
+def base_key(fs_type: str, size: int, fs_options: Sequence[str]) -> str:
+    """What a base holds, as its key: a base is used only while the config asks for the very
+    filesystem it holds (type, size and mkfs options)."""
+    shown = format_size(size)
+    if "." in shown:  # rounded: two sizes must never share a key
+        shown = f"{size}B"
+    return " ".join([fs_type, shown, *fs_options])
+
+
+def base_ready(device: DeviceRecord | None) -> bool:
+    """Whether a base's device can be snapshotted now: its thin id made and formatted, and no
+    step of its own in flight."""
+    return (device is not None and device.provisioned and device.formatted
+            and DeviceState(device.state) in RESTING_PROVISIONED)
+
+
 def _check_labels(labels: Mapping[str, str]) -> dict[str, str]:
     for key, value in labels.items():
         if not key:
@@ -181,8 +210,9 @@ class Snapshotter:
         inactive unless its mounts were asked for (then read-only), and a removed one rests
         until its device is deleted."""
         record.active = record.removal is None and (
-            record.kind != Kind.COMMITTED or record.exposed)
-        record.readonly = record.kind != Kind.ACTIVE
+            record.kind not in (Kind.COMMITTED, Kind.BASE) or record.exposed)
+        # A base is written only by its own mkfs, which a read-only activation would refuse.
+        record.readonly = record.kind not in (Kind.ACTIVE, Kind.BASE)
         self.store.save_snapshot(record)
 
     # -- reading ---------------------------------------------------------------------------
@@ -300,14 +330,21 @@ class Snapshotter:
             if parent.kind != Kind.COMMITTED:
                 raise InvalidArgument(f"parent {parent_key!r} is not a committed snapshot "
                                       f"(it is {parent.kind})")
+        # No parent: a snapshot of the base, made first if need be (no mkfs on this path).
+        if parent is None:
+            origin = yield from self._base_op(key)
+            # The call may have waited for the base while another took the key.
+            if self.store.snapshot_by_key(key) is not None:
+                raise AlreadyExists(f"snapshot {key!r} already exists")
+        else:
+            origin = parent
         now = self.clock()
         seq = self.store.next_snapshot_seq()
         record = SnapshotRecord(
             name=snapshot_name(seq), seq=seq, key=key, kind=kind.value,
-            parent_key=parent.key if parent else None, parent=parent.name if parent else None,
-            labels=checked,
-            size_bytes=parent.size_bytes if parent else self.settings.base_image_size,
-            filesystem=parent.filesystem if parent else self.settings.fs_type,
+            parent_key=parent.key if parent else None, parent=origin.name,
+            labels=checked, size_bytes=origin.size_bytes, filesystem=origin.filesystem,
+            # A root's inodes count from zero, as when each root had a filesystem of its own.
             base_inodes=parent.base_inodes + parent.used_inodes if parent else 0,
             created_at=now, updated_at=now,
         )
@@ -316,6 +353,67 @@ class Snapshotter:
                  parent=parent_key or None, next="making its device")
         yield from self._ready_or_raise(record, undo=True)
         return self._mounts(record)
+
+    # -- the base of root snapshots -----------------------------------------------------------
+
+    def want_base(self) -> SnapshotRecord:
+        """The base the config asks for, stored now if there is none (the next pass that
+        drives it makes it); bases for another config, and a Faulty one, are retired."""
+        key = base_key(self.settings.fs_type, self.settings.base_image_size,
+                       self.settings.fs_options)
+        wanted: SnapshotRecord | None = None
+        for base in self.store.bases():
+            device = self.store.device(base.name)
+            faulty = device is not None and device.state == DeviceState.FAULTY
+            if base.key == key and not faulty and wanted is None:
+                wanted = base
+            elif not self._awaited(base):
+                self._retire(base, "a Faulty device" if faulty and base.key == key
+                             else "the config asks for another filesystem")
+        if wanted is not None:
+            return wanted
+        now = self.clock()
+        seq = self.store.next_base_seq()
+        wanted = SnapshotRecord(
+            name=snapshot_name(seq), seq=seq, key=key, kind=Kind.BASE.value,
+            size_bytes=self.settings.base_image_size, filesystem=self.settings.fs_type,
+            created_at=now, updated_at=now)
+        self._save(wanted)
+        log.info("snapshot.base_wanted", device=wanted.name, filesystem=key,
+                 next="making it: mkfs once, then snapshots of it for every root")
+        return wanted
+
+    def _awaited(self, base: SnapshotRecord) -> bool:
+        """Whether a snapshot still waits to be taken from this base (its thin id is not made
+        yet): the base must stay until it is."""
+        for child in self.store.snapshots_on(base.name):
+            device = self.store.device(child.name)
+            if device is None or device.device_id is None or not device.provisioned:
+                return True
+        return False
+
+    def _retire(self, base: SnapshotRecord, why: str) -> None:
+        base.removal = "requested"
+        base.removed_at = base.updated_at = self.clock()
+        self._save(base)
+        log.info("snapshot.base_retired", device=base.name, filesystem=base.key, reason=why,
+                 next="deleted by the next full pass; its snapshots do not need it")
+
+    def _base_op(self, key: str) -> Operation[SnapshotRecord]:
+        """The base, ready to be snapshotted: made now if need be (then this call waits for
+        its mkfs once), else Unavailable with what keeps it from being made."""
+        base = self.want_base()
+        if base_ready(self.store.device(base.name)):
+            return base
+        yield base.name
+        device = self.store.device(base.name)
+        if base_ready(device):
+            return base
+        error = (device.error if device else None) or "the device was not made"
+        log.error("snapshot.failed", key=key, device=base.name, error=error,
+                  next="nothing stored; the next root Prepare tries the base again")
+        raise Unavailable(f"snapshot {key!r}: its base filesystem (device {base.name}) "
+                          f"is not ready: {error}")
 
     def _ready_or_raise(self, record: SnapshotRecord, undo: bool) -> Operation[None]:
         yield record.name

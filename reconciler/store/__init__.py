@@ -6,6 +6,7 @@ leaves the last step on disk.
 """
 
 from reconciler.store.records import (
+    BASE_KIND,
     ConditionKind,
     ConditionRecord,
     DeviceRecord,
@@ -21,6 +22,7 @@ from reconciler.store.records import (
 from reconciler.store.store import MAX_THIN_ID, IdAllocator, Store, StoreError
 
 __all__ = [
+    "BASE_KIND",
     "MAX_THIN_ID",
     "ConditionKind",
     "ConditionRecord",

@@ -122,18 +122,26 @@ class OrphanRecord:
     seen_at: float
 
 
+# The stored kind of the snapshotter's base devices (`snapshots.Kind.BASE`): a formatted,
+# empty filesystem each root snapshot is a snapshot of. containerd never sees one, so the
+# queries that answer its calls leave them out.
+BASE_KIND = "base"
+
+
 @dataclass
 class SnapshotRecord:
     """A containerd-style snapshot: a key, a kind and labels over one managed device.
 
     The device (`name`, "snap-<seq>") is driven like any other; this record is its stored
-    spec. Kernel names come from `seq`, never from the key, which may hold any text.
+    spec. Kernel names come from `seq`, never from the key, which may hold any text. A base
+    (kind BASE_KIND) has a negative seq, its device is "snap-base-<n>", and its key names the
+    filesystem it holds.
     """
 
     name: str
     seq: int
     key: str
-    kind: str  # "active", "view" or "committed"
+    kind: str  # "active", "view", "committed", or BASE_KIND
     parent_key: str | None = None
     # The parent's device name (its "snap-<seq>").
     parent: str | None = None
@@ -158,6 +166,11 @@ class SnapshotRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     removed_at: float | None = None
+
+    @property
+    def is_base(self) -> bool:
+        """Whether this is one of the snapshotter's base devices, not a containerd snapshot."""
+        return self.kind == BASE_KIND
 
     @property
     def wanted(self) -> bool:

@@ -34,6 +34,7 @@ import structlog
 
 from reconciler.store.models import bind_models
 from reconciler.store.records import (
+    BASE_KIND,
     ConditionKind,
     ConditionRecord,
     DeviceRecord,
@@ -151,7 +152,8 @@ _SNAPSHOT_COLUMNS = tuple(f.name for f in fields(SnapshotRecord))
 _POOL_COLUMNS = tuple(f.name for f in fields(PoolRecord))
 _SELECT_DEVICE = f"{_SELECT_DEVICES} WHERE name = ?"
 _SELECT_SNAPSHOTS = f"SELECT {', '.join(_SNAPSHOT_COLUMNS)} FROM snapshots"
-_SELECT_LIVE_SNAPSHOT_BY_KEY = f"{_SELECT_SNAPSHOTS} WHERE key = ? AND removal IS NULL"
+_SELECT_LIVE_SNAPSHOT_BY_KEY = (f"{_SELECT_SNAPSHOTS} WHERE key = ? AND removal IS NULL "
+                                "AND kind != ?")
 _SELECT_SNAPSHOT = f"{_SELECT_SNAPSHOTS} WHERE name = ?"
 _SAVE_SNAPSHOT = _upsert("snapshots", _SNAPSHOT_COLUMNS)
 _MAX_SNAPSHOT_SEQ = "SELECT MAX(seq) FROM snapshots"
@@ -515,15 +517,28 @@ class Store:
         return [_snapshot_from_row(row) for row in query]
 
     def live_snapshots(self) -> list[SnapshotRecord]:
-        """Snapshots the API can see (not removed), oldest first."""
+        """Snapshots the API can see (not removed, not a base), oldest first."""
         snap = self._m.Snapshot
-        query = snap.select().where(snap.removal.is_null()).order_by(snap.seq)
-        return [_snapshot_from_row(row) for row in query]
+        query = snap.select().where(snap.removal.is_null() & (snap.kind != BASE_KIND))
+        return [_snapshot_from_row(row) for row in query.order_by(snap.seq)]
 
     def snapshot_by_key(self, key: str) -> SnapshotRecord | None:
-        """The live snapshot with this key, if any."""
-        row = self._sql(_SELECT_LIVE_SNAPSHOT_BY_KEY, (key,)).fetchone()
+        """The live snapshot with this key, if any (never a base, whatever its key)."""
+        row = self._sql(_SELECT_LIVE_SNAPSHOT_BY_KEY, (key, BASE_KIND)).fetchone()
         return None if row is None else _snapshot_from_tuple(row)
+
+    def bases(self) -> list[SnapshotRecord]:
+        """The snapshotter's live base devices, newest first."""
+        snap = self._m.Snapshot
+        query = snap.select().where(snap.removal.is_null() & (snap.kind == BASE_KIND))
+        return [_snapshot_from_row(row) for row in query.order_by(snap.seq)]
+
+    def snapshots_on(self, device: str) -> list[SnapshotRecord]:
+        """Wanted snapshots whose device is taken from `device` (a parent's or a base's)."""
+        snap = self._m.Snapshot
+        query = snap.select().where((snap.parent == device) & (
+            snap.removal.is_null() | (snap.removal == "pending")))
+        return [_snapshot_from_row(row) for row in query.order_by(snap.seq)]
 
     def snapshot(self, name: str) -> SnapshotRecord | None:
         """A snapshot by its device name, removed ones included."""
@@ -545,7 +560,13 @@ class Store:
     def next_snapshot_seq(self) -> int:
         """A sequence number never used before (removed snapshots keep theirs as history)."""
         value = self._sql(_MAX_SNAPSHOT_SEQ).fetchone()[0]
-        return 1 if value is None else int(value) + 1
+        return 1 if value is None or value < 1 else int(value) + 1
+
+    def next_base_seq(self) -> int:
+        """A base's sequence number, never used before: bases count down from -1, apart
+        from containerd's snapshots."""
+        value = self._m.Snapshot.select(peewee.fn.MIN(self._m.Snapshot.seq)).scalar()
+        return -1 if value is None or value > -1 else int(value) - 1
 
     # -- conditions and facts --------------------------------------------------------------
 
