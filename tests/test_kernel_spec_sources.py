@@ -35,7 +35,17 @@ def _ids(world: World) -> dict[str, tuple[str, int | None]]:
 
 
 def _mount(source: str, target: Path, *options: str) -> None:
-    subprocess.run(["mount", *options, source, str(target)], check=True)
+    for _ in range(50):
+        done = subprocess.run(["mount", *options, source, str(target)], check=False,
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        if "busy" not in done.stderr:
+            break
+        # EBUSY: udev's probe of a device just written and closed (mkfs, debugfs) may still
+        # hold it, as for _umount; the daemon itself holds nothing once it says ready.
+        time.sleep(0.2)
+    raise AssertionError(f"could not mount {source} on {target}: {done.stderr}")
 
 
 def _umount(target: Path) -> None:
