@@ -162,7 +162,8 @@ class SpareMachines:
     """Machines kept from one pass for the next. transitions builds a machine's triggers and
     transitions anew each time (1 ms natively, 58 ms under the VM's emulation: most of a
     Prepare's own CPU), while the rules are the same for every device; a pass takes a spare
-    and gives every machine back at its end, up to `keep` of them."""
+    and gives machines back, up to `keep` of them: a device's when its drive ends, and those
+    recovery or maintenance took when the pass ends."""
 
     def __init__(self, keep: int = 64) -> None:
         self.keep = keep
