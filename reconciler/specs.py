@@ -10,7 +10,11 @@ A spec file is an order given to root: create, grow and, by its absence, remove.
 and the daemon's own user may give it. A spec file owned by another user is a rejected spec
 (its device kept as it is), and a spec_dir that another user owns, or that its group or
 everyone may write to, is a source error (nothing is removed): whoever can write there can
-add specs and delete them. `allow_foreign_specs` accepts both, on purpose.
+add specs and delete them. `allow_foreign_specs` accepts both, on purpose. A spec_dir on a
+read-only mount (a Kubernetes ConfigMap volume: kubelet mounts it read-only and its directory
+may be 0777) can be written through it by nobody, whatever its mode bits, so its mode is no
+source error; its owner still is. The `..`-prefixed entries kubelet's AtomicWriter keeps in a
+ConfigMap volume (`..data`, `..data_tmp`, its timestamped directories) are never specs.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ FILESYSTEMS: tuple[Filesystem, ...] = ("ext4", "xfs", "none")
 # may not take those names, or a file and a snapshot would drive the same device.
 SNAPSHOT_NAME_RE = re.compile(r"snap-(?:base-)?[0-9]+")
 _KEYS = ("size", "parent", "filesystem", "active", "readonly", "labels")
+# The symlink kubelet's AtomicWriter swaps to update a ConfigMap volume all at once.
+CONFIGMAP_DATA = "..data"
 
 
 class SpecError(ValueError):
@@ -237,11 +243,23 @@ def _open_directory(directory: Path, st: os.stat_result) -> str | None:
                 f"chown it, or set {_ALLOW_KEY}")
     writers = [who for bit, who in ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "everyone"))
                if st.st_mode & bit]
-    if not writers:
+    if not writers or read_only_mount(directory):
         return None
     return (f"spec_dir {directory} is writable by {' and '.join(writers)} (mode "
             f"{stat.S_IMODE(st.st_mode):04o}): they could add or delete specs; chmod go-w "
             f"it, or set {_ALLOW_KEY}")
+
+
+def read_only_mount(directory: Path) -> bool:
+    """Whether `directory` is on a read-only mount: then nobody can add or delete a spec
+    through it, whatever its mode bits say (kubelet mounts a ConfigMap volume read-only, its
+    directory often 0777). What writes it behind the mount (kubelet, through its own
+    directory, which only root may reach) is root's. A mount whose flags cannot be read is
+    not taken as read-only."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _kind(mode: int) -> str:
