@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from watchdog.events import FileCreatedEvent, FileDeletedEvent, FileMovedEvent
 
 from reconciler.daemon.service import Daemon
+from reconciler.daemon.wakeups import Wakeups
+from reconciler.daemon.watch import _Handler
 from reconciler.specs import Defaults, load_spec_dir, read_only_mount
 from reconciler.store import ConditionKind, Store
 from reconciler.units import Bytes
@@ -189,3 +193,23 @@ def test_the_owner_still_counts_on_a_read_only_mount(
     _statvfs_read_only(monkeypatch, specs)
     result = fake_world.run_pass()
     assert result.source_error is not None and "owned by uid 12345" in result.source_error
+
+
+def test_a_rename_onto_data_asks_for_a_full_read_after_settling(tmp_path: Path) -> None:
+    """The watcher turns kubelet's rename of `..data_tmp` over `..data` into a full read
+    (rescan), and the wake-up waits for the burst to settle like file events do: the key
+    links kubelet adds and removes right after it arrive in the same batch."""
+    wakeups = Wakeups(settle=0.2, max_settle=5.0)
+    handler = _Handler(tmp_path, wakeups)
+    handler.on_any_event(FileCreatedEvent(str(tmp_path / "..data_tmp")))
+    assert wakeups.take(0).empty, "..data_tmp is not a spec"
+    handler.on_any_event(FileMovedEvent(str(tmp_path / "..data_tmp"), str(tmp_path / DATA)))
+    late = threading.Timer(0.05, lambda: handler.on_any_event(
+        FileDeletedEvent(str(tmp_path / "gone.toml"))))
+    late.start()
+    batch = wakeups.take(1)
+    late.join()
+    assert batch.rescan and batch.names == {"gone"}
+    handler.on_any_event(FileMovedEvent(str(tmp_path / "x" / "..data_tmp"),
+                                        str(tmp_path / "x" / DATA)))
+    assert wakeups.take(0).empty, "a ..data elsewhere is not this directory's"
