@@ -21,8 +21,9 @@ from dataclasses import dataclass, replace
 import structlog
 
 from reconciler.config import Settings
-from reconciler.dm.driver import make_client
+from reconciler.dm.driver import DmDriver, make_client
 from reconciler.dm.host import Host
+from reconciler.dm.observed import KernelCallObserver, ObservedDriver
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.reconcile import maintenance, recovery
 from reconciler.reconcile.decide import Settled, describe
@@ -88,6 +89,7 @@ class Reconciler:
         policy: RetryPolicy | None = None,
         stop_requested: Callable[[], bool] = lambda: False,
         allow_removals: bool = False,
+        kernel_observer: KernelCallObserver | None = None,
     ) -> None:
         self.settings = settings
         self.host = host
@@ -99,7 +101,9 @@ class Reconciler:
         )
         self.stop_requested = stop_requested
         # The kernel boundary: libdevmapper in-process or dmsetup (dm.driver decides).
-        self.client = make_client(host, settings.dm_driver)
+        self.client: DmDriver = make_client(host, settings.dm_driver)
+        if kernel_observer is not None:  # the daemon's metrics: every call counted and timed
+            self.client = ObservedDriver(self.client, kernel_observer)
         self.pool: ThinPool | None = None
         self.records: dict[str, DeviceRecord] = {}
         self.ledger = PoolLedger()
@@ -239,6 +243,7 @@ class Reconciler:
         self.confirmed_removals = {n for n in self.confirmed_removals
                                    if n in self.records and n not in desired.names
                                    and self.records[n].state != S.REMOVED}
+        result.retries = dict(ctx.retries)
         self._schedule(result)
         self._records_current = not (result.stopped or self._reread_records)
         self._reread_records = False
