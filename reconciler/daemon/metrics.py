@@ -22,7 +22,14 @@ from socketserver import TCPServer
 from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
@@ -36,6 +43,10 @@ from reconciler.states import DeviceState, Step
 from reconciler.store import ConditionKind
 
 log = structlog.get_logger(__name__)
+
+# No `_created` series beside each counter and histogram: a second series per label set that
+# Prometheus' text format has no use for (the process's start time says as much).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Buckets (seconds). A libdevmapper ioctl takes tens of microseconds, a dmsetup process a few
 # milliseconds, a udev-waiting create or remove up to a second or so.
