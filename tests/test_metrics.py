@@ -228,8 +228,9 @@ def test_observed_driver_reports_each_call_and_changes_nothing() -> None:
 
 
 def test_grpc_calls_are_counted_by_method_and_code(tmp_path: Path) -> None:
-    """A Stat of a missing key and a List through the real server: counted as NOT_FOUND
-    and OK under their methods."""
+    """A Stat of a missing key, a Prepare and a List through the real server: counted as
+    NOT_FOUND and OK under their methods; the Prepare's passes are counted, and the snapshot
+    taken after the call shows its device as `status --json` does, with no resync between."""
     short = Path(tempfile.mkdtemp(prefix="rm", dir="/tmp"))
     sock = short / "snap.sock"
     settings = replace(make_settings(tmp_path, "rtpool", grpc_socket=str(sock)),
@@ -243,8 +244,15 @@ def test_grpc_calls_are_counted_by_method_and_code(tmp_path: Path) -> None:
             stub = snapshots_pb2_grpc.SnapshotsStub(channel)  # type: ignore[no-untyped-call]
             with pytest.raises(grpc.RpcError):
                 stub.Stat(pb.StatSnapshotRequest(snapshotter="x", key="missing"))
+            before = samples(get(port_of(daemon), "/metrics")[1])
+            stub.Prepare(pb.PrepareSnapshotRequest(snapshotter="x", key="default/1/k"))
             list(stub.List(pb.ListSnapshotsRequest(snapshotter="x")))
         parsed = samples(get(port_of(daemon), "/metrics")[1])
+        store = Store(settings.database_path, FakeClock())
+        try:
+            devices = build_report(settings, store, daemon.host)["devices"]
+        finally:
+            store.close()
     finally:
         daemon.request_stop()
         thread.join(timeout=20)
@@ -252,6 +260,16 @@ def test_grpc_calls_are_counted_by_method_and_code(tmp_path: Path) -> None:
     count = "reconciler_grpc_call_duration_seconds_count"
     assert value(parsed, count, method="Stat", code="NOT_FOUND") == 1
     assert value(parsed, count, method="List", code="OK") == 1
+    assert value(parsed, count, method="Prepare", code="OK") == 1
+    def targeted(scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+        return sum(value(scrape, "reconciler_passes_total", kind="targeted",
+                         result=outcome.value) for outcome in PassOutcome)
+
+    assert targeted(parsed) > targeted(before)
+    assert any(d["snapshot"] and d["snapshot"]["key"] == "default/1/k" for d in devices)
+    for state in DeviceState:
+        shown = sum(1 for d in devices if d["state"] == state.value)
+        assert value(parsed, "reconciler_devices", state=state.value) == shown, state
 
 
 def test_healthz_turns_503_when_the_loop_is_stuck_in_a_step(fake_world: World) -> None:

@@ -20,6 +20,7 @@ from reconciler.dm.driver import DmDriver
 from reconciler.dm.errors import DmError, NoSuchDevice, ParseError
 from reconciler.dm.parse import parse_pool_status
 from reconciler.dm.types import METADATA_BLOCK_BYTES, PoolMode, ThinPoolStatus
+from reconciler.reconcile.pass_context import PassResult
 from reconciler.states import DeviceState
 from reconciler.store import ConditionKind, ConditionRecord, DeviceRecord
 
@@ -46,6 +47,15 @@ class PassOutcome(StrEnum):
     NOT_CONVERGED = "not_converged"  # a device pending or Faulty, a spec rejected, a hold...
     STOPPED = "stopped"  # a stop was asked for: it ended between two steps
     FAILED = "failed"  # it raised (logged, shown as pass_failed, tried again with backoff)
+
+    @classmethod
+    def of(cls, result: PassResult | None) -> PassOutcome:
+        """The outcome of a pass's result (None: the pass raised)."""
+        if result is None:
+            return cls.FAILED
+        if result.stopped:
+            return cls.STOPPED
+        return cls.CONVERGED if result.ok else cls.NOT_CONVERGED
 
 
 @dataclass(frozen=True)

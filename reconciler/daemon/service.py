@@ -116,7 +116,9 @@ class Daemon:
 
     def _new_reconciler(self) -> Reconciler:
         return Reconciler(self.settings, self.host, self.store, clock=self.clock,
-                          stop_requested=lambda: self._stopping, kernel_observer=self.metrics)
+                          stop_requested=lambda: self._stopping, kernel_observer=self.metrics,
+                          pass_observer=None if self.metrics is None else self._pass_ended,
+                          timer=self.monotonic)
 
     def run_on_loop(self, fn: Callable[[Snapshotter], T]) -> T:
         """Run `fn` on the reconcile thread and wait for its result (for API threads)."""
@@ -182,43 +184,30 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda s, f: self.wakeups.reload())
         signal.signal(signal.SIGUSR1, lambda s, f: self.wakeups.resync())
 
-    def _pass(self, only: set[str] | None) -> PassResult | None:
-        """One pass, measured and then published to the metrics when they are served."""
-        started = self.monotonic()
-        result = self._run_pass(only)
-        if self.metrics is not None:
-            if result is None:
-                outcome = PassOutcome.FAILED
-            elif result.stopped:
-                outcome = PassOutcome.STOPPED
-            else:
-                outcome = PassOutcome.CONVERGED if result.ok else PassOutcome.NOT_CONVERGED
-            self.metrics.pass_ended(PassKind.FULL if only is None else PassKind.TARGETED,
-                                    outcome, self.monotonic() - started,
-                                    result.retries if result is not None else {})
-            self._publish(result)
-        return result
+    def _pass_ended(self, targeted: bool, result: PassResult | None, seconds: float) -> None:
+        """PassObserver: count a pass (the loop's, or a snapshotter call's)."""
+        assert self.metrics is not None
+        self.metrics.pass_ended(PassKind.TARGETED if targeted else PassKind.FULL,
+                                PassOutcome.of(result), seconds,
+                                result.retries if result is not None else {})
 
-    def _publish(self, result: PassResult | None) -> None:
-        """A snapshot for the metrics thread: the pool read now (the pass's own observation
-        is from its start), the records' states, the conditions in force."""
+    def _publish(self) -> None:
+        """A snapshot for the metrics thread: the pool read now (a pass's own observation
+        is from its start), the records' states, the rejected specs and the conditions."""
         assert self.metrics is not None
         try:
             pool_name = self.settings.pool_name
             status, error = read_pool(self.reconciler.client, pool_name)
             record = self.store.pool(pool_name)
-            last = self.metrics.snapshot
-            rejected = len(result.rejected) if result is not None else \
-                (last.rejected_specs if last is not None else 0)
             self.metrics.publish(take_snapshot(
                 pool_name, status, error,
                 record.data_block_sectors if record is not None else 128,
-                self.reconciler.records.values(), rejected, self.store.conditions(),
-                self.passes))
+                self.reconciler.records.values(), len(self.store.rejected_specs()),
+                self.store.conditions(), self.passes))
         except Exception:  # the metrics then show the last snapshot; the loop goes on
             log.exception("metrics.snapshot_failed", next="trying again after the next pass")
 
-    def _run_pass(self, only: set[str] | None) -> PassResult | None:
+    def _pass(self, only: set[str] | None) -> PassResult | None:
         """One pass; a pass that fails, for any reason, is logged (with its traceback when
         nobody foresaw it), counted and shown in `status`, and a full pass is tried again
         with backoff: the daemon keeps serving `status`, file events and gRPC meanwhile."""
@@ -317,6 +306,9 @@ class Daemon:
         return readiness(self.metrics.snapshot if self.metrics is not None else None)
 
     def _act(self, batch: Batch) -> bool:
+        """The wake-up's API calls, then a pass if one is due, then parked calls whose time
+        came; the metrics' snapshot is taken again after any of them."""
+        acted = bool(batch.calls or self._parked)
         for work in batch.calls:
             work(self._stopping)
         if batch.stop or self._stopping:
@@ -331,12 +323,15 @@ class Daemon:
                 # Before the pass, so that what changes during it wakes the next one.
                 self.watcher.refresh()
         if full or batch.names or (self._next_retry is not None and now >= self._next_retry):
+            acted = True
             result = self._pass(None if full else batch.names)
             if result is None:
                 self._next_retry = None
             else:
                 self._next_retry = result.next_retry_at
         self._resume_parked()
+        if acted and self.metrics is not None:
+            self._publish()
         return not self._stopping
 
     def _refuse_queued(self) -> None:

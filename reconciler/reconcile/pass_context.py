@@ -67,6 +67,12 @@ class PassResult:
                     or self.source_error)
 
 
+# Told of each pass once it ended, whoever ran it (the daemon's loop or a snapshotter call):
+# whether it was given names, its result (None: it raised) and how long it took in seconds.
+# The daemon's metrics count passes with it.
+PassObserver = Callable[[bool, "PassResult | None", float], None]
+
+
 class StepFailed(Exception):
     """A step gave up on a device for now; the device is Faulty or scheduled for a retry."""
 

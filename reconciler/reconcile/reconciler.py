@@ -46,7 +46,13 @@ from reconciler.reconcile.guards import (
     removals,
 )
 from reconciler.reconcile.observe import ParsedTargets, observe, observe_names
-from reconciler.reconcile.pass_context import PassContext, PassResult, PoolLedger, Stopped
+from reconciler.reconcile.pass_context import (
+    PassContext,
+    PassObserver,
+    PassResult,
+    PoolLedger,
+    Stopped,
+)
 from reconciler.reconcile.pool_setup import prepare_pool
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import DeviceSpec, RejectedSpec, SpecFileCache, SpecSet
@@ -90,6 +96,8 @@ class Reconciler:
         stop_requested: Callable[[], bool] = lambda: False,
         allow_removals: bool = False,
         kernel_observer: KernelCallObserver | None = None,
+        pass_observer: PassObserver | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.settings = settings
         self.host = host
@@ -104,6 +112,9 @@ class Reconciler:
         self.client: DmDriver = make_client(host, settings.dm_driver)
         if kernel_observer is not None:  # the daemon's metrics: every call counted and timed
             self.client = ObservedDriver(self.client, kernel_observer)
+        self.pass_observer = pass_observer
+        # Measures passes for pass_observer: a duration, never a time of day.
+        self._timer = timer
         self.pool: ThinPool | None = None
         self.records: dict[str, DeviceRecord] = {}
         self.ledger = PoolLedger()
@@ -172,8 +183,20 @@ class Reconciler:
         """Read specs, observe the kernel, and drive devices as far as they can go now.
 
         With `only`, drive just those names (and their snapshots), plus any device whose
-        retry is due: what a file event asks for, without touching the rest.
+        retry is due: what a file event asks for, without touching the rest. The pass
+        observer, if any, hears of it however it ends.
         """
+        if self.pass_observer is None:
+            return self._pass(only)
+        start = self._timer()
+        result: PassResult | None = None
+        try:
+            result = self._pass(only)
+            return result
+        finally:
+            self.pass_observer(only is not None, result, self._timer() - start)
+
+    def _pass(self, only: Iterable[str] | None) -> PassResult:
         ctx = self._context(self.ensure_pool())
         # udev handles the pass's device events together; each node is there by the end of
         # the pass (a step that opens one settles first).
