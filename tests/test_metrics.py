@@ -33,6 +33,7 @@ from reconciler.daemon.health import (
     Snapshot,
     liveness,
     readiness,
+    take_snapshot,
 )
 from reconciler.daemon.metrics import Metrics, MetricsServer
 from reconciler.daemon.service import Daemon
@@ -42,7 +43,7 @@ from reconciler.dm.observed import KernelOp, ObservedDriver
 from reconciler.dm.types import PoolMode
 from reconciler.states import DeviceState, Step
 from reconciler.status import build_report
-from reconciler.store import ConditionKind, Store
+from reconciler.store import ConditionKind, ConditionRecord, Store
 from reconciler.testing.fakekernel import FakeKernel, Op
 from tests.conftest import FakeClock, World, make_settings
 
@@ -481,3 +482,19 @@ def test_passes_and_series_exist_at_zero_before_anything_happens() -> None:
     for op in KernelOp:
         assert value(parsed, "reconciler_kernel_call_duration_seconds_count", op=op.value) == 0
     assert not any(name == "reconciler_pool_up" for name, _ in parsed)
+
+
+def test_snapshot_keeps_the_conditions_it_knows_and_counts_held_names() -> None:
+    """take_snapshot: held removals are the condition's names, the pass_failed message is the
+    last error, and a kind this version does not know (written by a newer one) is left out."""
+    snap = take_snapshot(
+        "p", None, "pool is not loaded in the kernel", 128, [], 2,
+        [ConditionRecord("removals_held", "2 held", ("a", "b")),
+         ConditionRecord("pass_failed", "EIO: boom"),
+         ConditionRecord("from_the_future", "?")],
+        passes=0)
+    assert snap.removals_held == 2 and snap.rejected_specs == 2
+    assert snap.conditions == {ConditionKind.REMOVALS_HELD, ConditionKind.PASS_FAILED}
+    assert snap.last_error == "EIO: boom"
+    assert snap.devices == dict.fromkeys(DeviceState, 0)
+    assert readiness(snap).reason == "pool p: pool is not loaded in the kernel"

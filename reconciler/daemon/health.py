@@ -140,7 +140,9 @@ def take_snapshot(pool_name: str, pool: ThinPoolStatus | None, pool_error: str |
         devices=count_states(records),
         rejected_specs=rejected_specs,
         removals_held=len(held.names) if held is not None else 0,
-        conditions=frozenset(ConditionKind(kind) for kind in in_force),
+        # A kind this version does not know (a newer one wrote it) is no series of ours.
+        conditions=frozenset(ConditionKind(kind) for kind in in_force
+                             if kind in {known.value for known in ConditionKind}),
         passes=passes,
         last_error=failed.message if failed is not None else None,
     )
