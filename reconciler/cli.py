@@ -23,6 +23,7 @@ from reconciler import logs
 from reconciler.api.server import SocketUnavailable
 from reconciler.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, config_path, load_settings
 from reconciler.daemon.lock import LockError, RootLock, holder_pid
+from reconciler.daemon.metrics import MetricsUnavailable
 from reconciler.daemon.once import run_until_settled
 from reconciler.daemon.service import Daemon
 from reconciler.dm.crash import from_environment
@@ -148,7 +149,7 @@ def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
     daemon.install_signal_handlers()
     try:
         return daemon.serve()
-    except SocketUnavailable as exc:
+    except (SocketUnavailable, MetricsUnavailable) as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_NOT_CONVERGED
 

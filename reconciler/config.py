@@ -13,6 +13,7 @@ for the parser), is one ConfigError whose one-line message names the key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -68,6 +69,11 @@ VIRTUAL_FILESYSTEMS = frozenset({
 })
 
 
+# A host name in a listen address: dot-separated labels of letters, digits and hyphens.
+HOST_NAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
 class ConfigError(ValueError):
     """The config is unusable; the message names the key and what is wrong."""
 
@@ -100,6 +106,18 @@ def default_node_name(environ: Mapping[str, str] | None = None,
     spec.nodeName), else the host name."""
     given = (os.environ if environ is None else environ).get(NODE_NAME_ENV, "")
     return given or (hostname or socket.gethostname)()
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """A TCP address to listen on: an IPv4 address, a bracketed IPv6 one or a host name, and a
+    port. `host` is kept without brackets (what bind() takes)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -210,6 +228,11 @@ class Settings:
         default_factory=default_node_name,
         metadata=_doc("This node's name, which specs' `nodes` globs select by (default: "
                       "$NODE_NAME, else the host name)."),
+    )
+    metrics_address: ListenAddress | None = field(
+        default=None,
+        metadata=_doc("HTTP address of /metrics, /healthz and /readyz, as host:port or "
+                      "[v6]:port (unset: not served)."),
     )
 
     @property
@@ -327,6 +350,33 @@ def _fs_options(key: str, value: object) -> tuple[str, ...]:
     return options
 
 
+def _listen_address(key: str, value: object) -> ListenAddress:
+    """host:port, [v6]:port; the host an IP address or a host name, the port 1-65535."""
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected \"host:port\" as a string, got {brief_repr(value)}")
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(key, f"{brief_repr(value)} is not host:port with a port from 1 to "
+                          "65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ListenAddress(str(ipaddress.IPv6Address(host[1:-1])), int(port))
+        except ValueError:
+            raise ConfigError(key, f"{brief_repr(host)} is not an IPv6 address") from None
+    if ":" in host:
+        raise ConfigError(key, f"{brief_repr(value)}: an IPv6 address is written in brackets, "
+                          "as in [::1]:9560")
+    if not HOST_NAME_RE.fullmatch(host):
+        # An empty host would mean every interface: that must be said, as 0.0.0.0 or [::].
+        raise ConfigError(key, f"{brief_repr(host)} is not an IP address or a host name")
+    if host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(key, f"{brief_repr(host)} is not an IPv4 address") from None
+    return ListenAddress(host, int(port))
+
+
 _PATH_KEYS = ("root_path", "spec_dir", "data_device", "metadata_device", "grpc_socket")
 _SIZE_KEYS = ("base_image_size", "loopback_data_size", "loopback_metadata_size",
               "data_block_size")
@@ -346,6 +396,7 @@ _READERS: dict[str, Callable[[str, object], object]] = {
     "pool_name": _pool_name,
     "dm_driver": lambda key, value: _choice(key, value, DM_DRIVERS),
     "fs_type": lambda key, value: _choice(key, value, FS_TYPES),
+    "metrics_address": _listen_address,
 }
 
 

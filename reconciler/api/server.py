@@ -22,10 +22,11 @@ import itertools
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -70,6 +71,15 @@ SUN_PATH_MAX = 108
 _SERVERS = itertools.count(1)
 
 
+class CallObserver(Protocol):
+    """Told of each call once answered: its method, status code (OK, NOT_FOUND...) and
+    duration (the daemon's metrics; this layer knows nothing of them)."""
+
+    def grpc_call(self, method: str, code: str, seconds: float) -> None:
+        """One call, answered (a List: gathered; its stream is the client's to read)."""
+        ...
+
+
 class SocketUnavailable(RuntimeError):
     """The configured socket path cannot be served by us: another process serves there, or
     something other than a socket is in the way. Nothing at the path was touched."""
@@ -104,23 +114,33 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
     """Each method: unpack the request, run the Snapshotter call, pack the answer; errors
     become containerd's status codes."""
 
-    def __init__(self, run: Runner[Any]) -> None:
+    def __init__(self, run: Runner[Any], observer: CallObserver | None = None) -> None:
         self._run = run
+        self._observer = observer
 
     def _call(self, context: grpc.ServicerContext, method: str,
               fn: Callable[[Snapshotter], T]) -> T:
+        start = time.perf_counter()
         try:
             result: T = self._run(fn)
-            return result
         except SnapshotError as exc:
             code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)),
                         grpc.StatusCode.UNKNOWN)
             log.info("api.refused", method=method, code=code.name, error=str(exc))
+            self._observe(method, code, start)
             context.abort(code, str(exc))
         except Exception as exc:  # any other failure is the daemon's, not the caller's
             log.exception("api.failed", method=method, error=str(exc))
+            self._observe(method, grpc.StatusCode.UNKNOWN, start)
             context.abort(grpc.StatusCode.UNKNOWN, f"{method}: {exc}")
+        else:
+            self._observe(method, grpc.StatusCode.OK, start)
+            return result
         raise AssertionError("context.abort raises")  # pragma: no cover
+
+    def _observe(self, method: str, code: grpc.StatusCode, start: float) -> None:
+        if self._observer is not None:
+            self._observer.grpc_call(method, code.name, time.perf_counter() - start)
 
     def Prepare(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         """A writable snapshot of a committed parent."""
@@ -186,12 +206,13 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
 class ApiServer:
     """The gRPC server on its unix socket (owner only: mode 0600)."""
 
-    def __init__(self, socket_path: Path, run: Runner[Any], workers: int = WORKERS) -> None:
+    def __init__(self, socket_path: Path, run: Runner[Any], workers: int = WORKERS,
+                 observer: CallObserver | None = None) -> None:
         self.socket_path = socket_path
         self._server = grpc.server(futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="grpc"))
         snapshots_pb2_grpc.add_SnapshotsServicer_to_server(  # type: ignore[no-untyped-call]
-            SnapshotsService(run), self._server)
+            SnapshotsService(run, observer), self._server)
         # (st_dev, st_ino) of the socket we bound, while it is ours to unlink.
         self._bound: tuple[int, int] | None = None
 

@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -26,8 +26,18 @@ import structlog
 
 from reconciler.api.server import ApiServer
 from reconciler.config import ConfigError, Settings, load_settings
+from reconciler.daemon.health import (
+    PassKind,
+    PassOutcome,
+    Verdict,
+    liveness,
+    read_pool,
+    readiness,
+    take_snapshot,
+)
+from reconciler.daemon.metrics import Metrics, MetricsServer
 from reconciler.daemon.notify import sd_notify
-from reconciler.daemon.wakeups import Wakeups
+from reconciler.daemon.wakeups import Batch, Wakeups
 from reconciler.daemon.watch import SpecWatcher
 from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host
@@ -79,9 +89,20 @@ class Daemon:
     passes: int = 0
     # Passes failed in a row (reset by one that ends); the next full pass backs off by it.
     failed_passes: int = 0
+    # For durations and /healthz: never the wall clock, which may jump.
+    monotonic: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self.store = Store(self.settings.database_path, self.clock)
+        # When `step` last started or ended (monotonic): /healthz tells from it, with
+        # `_busy_since` (a step past its wait is working) and `_wait_timeout` (how long the
+        # wait it started with may last), whether the loop still turns.
+        self.last_turn = self.monotonic()
+        self._busy_since: float | None = None
+        self._wait_timeout: float | None = None
+        # Served when metrics_address is set (start); counters move from the first pass.
+        self.metrics = Metrics() if self.settings.metrics_address is not None else None
+        self.metrics_server: MetricsServer | None = None
         self._stopping = False
         # Whether `status` may show a failed pass (an earlier run may have left one).
         self._pass_failed_shown = True
@@ -95,7 +116,9 @@ class Daemon:
 
     def _new_reconciler(self) -> Reconciler:
         return Reconciler(self.settings, self.host, self.store, clock=self.clock,
-                          stop_requested=lambda: self._stopping)
+                          stop_requested=lambda: self._stopping, kernel_observer=self.metrics,
+                          pass_observer=None if self.metrics is None else self._pass_ended,
+                          timer=self.monotonic)
 
     def run_on_loop(self, fn: Callable[[Snapshotter], T]) -> T:
         """Run `fn` on the reconcile thread and wait for its result (for API threads)."""
@@ -161,6 +184,29 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda s, f: self.wakeups.reload())
         signal.signal(signal.SIGUSR1, lambda s, f: self.wakeups.resync())
 
+    def _pass_ended(self, targeted: bool, result: PassResult | None, seconds: float) -> None:
+        """PassObserver: count a pass (the loop's, or a snapshotter call's)."""
+        assert self.metrics is not None
+        self.metrics.pass_ended(PassKind.TARGETED if targeted else PassKind.FULL,
+                                PassOutcome.of(result), seconds,
+                                result.retries if result is not None else {})
+
+    def _publish(self) -> None:
+        """A snapshot for the metrics thread: the pool read now (a pass's own observation
+        is from its start), the records' states, the rejected specs and the conditions."""
+        assert self.metrics is not None
+        try:
+            pool_name = self.settings.pool_name
+            status, error = read_pool(self.reconciler.client, pool_name)
+            record = self.store.pool(pool_name)
+            self.metrics.publish(take_snapshot(
+                pool_name, status, error,
+                record.data_block_sectors if record is not None else 128,
+                self.reconciler.records.values(), len(self.store.rejected_specs()),
+                self.store.conditions(), self.passes))
+        except Exception:  # the metrics then show the last snapshot; the loop goes on
+            log.exception("metrics.snapshot_failed", next="trying again after the next pass")
+
     def _pass(self, only: set[str] | None) -> PassResult | None:
         """One pass; a pass that fails, for any reason, is logged (with its traceback when
         nobody foresaw it), counted and shown in `status`, and a full pass is tried again
@@ -220,6 +266,11 @@ class Daemon:
             log.error("config.reload_refused", keys=changed,
                       next="restart the daemon to change these; keeping the old config")
             return
+        if fresh.metrics_address != self.settings.metrics_address:
+            # The listener (and the observers wired into the engine) belong to this process.
+            log.warning("config.reload_partial", keys=["metrics_address"],
+                        next="metrics stay where they are served until a restart")
+            fresh = replace(fresh, metrics_address=self.settings.metrics_address)
         spec_dir_changed = fresh.specs_path != self.settings.specs_path
         self.settings = fresh
         pool = self.reconciler.pool
@@ -236,7 +287,28 @@ class Daemon:
 
     def step(self, timeout: float | None = None) -> bool:
         """Wait for one wake-up (or the next deadline) and act on it; False once stopping."""
-        batch = self.wakeups.take(timeout)
+        self.last_turn = self.monotonic()
+        self._wait_timeout = timeout
+        try:
+            batch = self.wakeups.take(timeout)
+            self._busy_since = self.monotonic()
+            return self._act(batch)
+        finally:
+            self._busy_since = None
+            self.last_turn = self.monotonic()
+
+    def liveness(self) -> Verdict:
+        """/healthz (read from the metrics thread: timestamps only)."""
+        return liveness(self.monotonic(), self.last_turn, self._busy_since, self._wait_timeout)
+
+    def readiness(self) -> Verdict:
+        """/readyz (read from the metrics thread: the last snapshot only)."""
+        return readiness(self.metrics.snapshot if self.metrics is not None else None)
+
+    def _act(self, batch: Batch) -> bool:
+        """The wake-up's API calls, then a pass if one is due, then parked calls whose time
+        came; the metrics' snapshot is taken again after any of them."""
+        acted = bool(batch.calls or self._parked)
         for work in batch.calls:
             work(self._stopping)
         if batch.stop or self._stopping:
@@ -251,12 +323,15 @@ class Daemon:
                 # Before the pass, so that what changes during it wakes the next one.
                 self.watcher.refresh()
         if full or batch.names or (self._next_retry is not None and now >= self._next_retry):
+            acted = True
             result = self._pass(None if full else batch.names)
             if result is None:
                 self._next_retry = None
             else:
                 self._next_retry = result.next_retry_at
         self._resume_parked()
+        if acted and self.metrics is not None:
+            self._publish()
         return not self._stopping
 
     def _refuse_queued(self) -> None:
@@ -272,6 +347,13 @@ class Daemon:
     def start(self) -> None:
         """First full pass, then file watching."""
         self._next_resync = self.clock()
+        if self.metrics is not None and self.settings.metrics_address is not None:
+            # Before the first pass: /healthz answers during it, /readyz says it is not over.
+            # Raises MetricsUnavailable when the address is taken.
+            server = MetricsServer(self.settings.metrics_address, self.metrics,
+                                   self.liveness, self.readiness)
+            server.start()
+            self.metrics_server = server
         self.watcher = SpecWatcher(self.settings.specs_path, self.wakeups)
         self.watcher.start()
         if self.settings.grpc_socket is not None:
@@ -281,7 +363,7 @@ class Daemon:
         if self.settings.grpc_socket is not None:
             # After the first pass: the pool exists and recovery is done before any request.
             # Raises SocketUnavailable when another process serves that socket.
-            api = ApiServer(self.settings.grpc_socket, self.run_on_loop)
+            api = ApiServer(self.settings.grpc_socket, self.run_on_loop, observer=self.metrics)
             api.start()
             self.api = api
 
@@ -313,4 +395,7 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            self.metrics_server = None
         self.store.close()

@@ -151,6 +151,7 @@ def _failed(ctx: PassContext, record: DeviceRecord, step: Step, removal: bool,
     if busy_removal or (exc.temporary and not ctx.policy.exhausted(record.attempts)):
         delay = ctx.policy.delay(record.attempts)
         record.retry_at = ctx.clock() + delay
+        ctx.retries[step] += 1
         prefix = "busy: held open; " if busy_removal else ""
         budget = "" if busy_removal else f"/{ctx.policy.max_attempts}"
         record.error = f"{prefix}{step.value}: {exc} (attempt {record.attempts}{budget})"

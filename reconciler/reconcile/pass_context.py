@@ -9,6 +9,7 @@ one; none of them keeps state of its own.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,7 +25,14 @@ from reconciler.reconcile.decide import Settled
 from reconciler.reconcile.observe import KernelDevice, Observation
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import RejectedSpec
-from reconciler.states import DeviceMachine, DeviceState, SpareMachines, StateChange, Trigger
+from reconciler.states import (
+    DeviceMachine,
+    DeviceState,
+    SpareMachines,
+    StateChange,
+    Step,
+    Trigger,
+)
 from reconciler.store import DeviceRecord, IdAllocator, Store, TransitionRecord
 
 S = DeviceState
@@ -49,12 +57,20 @@ class PassResult:
     held: list[str] = field(default_factory=list)
     # The spec directory could not be read completely: no spec-file device was touched.
     source_error: str | None = None
+    # Retries this pass scheduled (a temporary error's backoff), by step: the daemon's metrics.
+    retries: dict[Step, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         """Everything converged, every spec was usable, nothing was held."""
         return not (self.pending or self.faulty or self.rejected or self.held
                     or self.source_error)
+
+
+# Told of each pass once it ended, whoever ran it (the daemon's loop or a snapshotter call):
+# whether it was given names, its result (None: it raised) and how long it took in seconds.
+# The daemon's metrics count passes with it.
+PassObserver = Callable[[bool, "PassResult | None", float], None]
 
 
 class StepFailed(Exception):
@@ -113,6 +129,8 @@ class PassContext:
     settled: Settled = field(default_factory=Settled)
     # Why new devices wait this pass (the pool's reserve or mode), if they do.
     hold_new: str | None = None
+    # Retries scheduled so far in this pass, by step (drive counts them; PassResult shows them).
+    retries: Counter[Step] = field(default_factory=Counter)
     # Built at the pass's first allocation.
     _ids: IdAllocator | None = field(default=None, init=False)
 

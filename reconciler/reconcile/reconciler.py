@@ -21,8 +21,9 @@ from dataclasses import dataclass, replace
 import structlog
 
 from reconciler.config import Settings
-from reconciler.dm.driver import make_client
+from reconciler.dm.driver import DmDriver, make_client
 from reconciler.dm.host import Host
+from reconciler.dm.observed import KernelCallObserver, ObservedDriver
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.reconcile import maintenance, recovery
 from reconciler.reconcile.decide import Settled, describe
@@ -45,7 +46,13 @@ from reconciler.reconcile.guards import (
     removals,
 )
 from reconciler.reconcile.observe import ParsedTargets, observe, observe_names
-from reconciler.reconcile.pass_context import PassContext, PassResult, PoolLedger, Stopped
+from reconciler.reconcile.pass_context import (
+    PassContext,
+    PassObserver,
+    PassResult,
+    PoolLedger,
+    Stopped,
+)
 from reconciler.reconcile.pool_setup import prepare_pool
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import DeviceSpec, RejectedSpec, SpecFileCache, SpecSet
@@ -90,6 +97,9 @@ class Reconciler:
         policy: RetryPolicy | None = None,
         stop_requested: Callable[[], bool] = lambda: False,
         allow_removals: bool = False,
+        kernel_observer: KernelCallObserver | None = None,
+        pass_observer: PassObserver | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.settings = settings
         self.host = host
@@ -101,7 +111,12 @@ class Reconciler:
         )
         self.stop_requested = stop_requested
         # The kernel boundary: libdevmapper in-process or dmsetup (dm.driver decides).
-        self.client = make_client(host, settings.dm_driver)
+        self.client: DmDriver = make_client(host, settings.dm_driver)
+        if kernel_observer is not None:  # the daemon's metrics: every call counted and timed
+            self.client = ObservedDriver(self.client, kernel_observer)
+        self.pass_observer = pass_observer
+        # Measures passes for pass_observer: a duration, never a time of day.
+        self._timer = timer
         self.pool: ThinPool | None = None
         self.records: dict[str, DeviceRecord] = {}
         self.ledger = PoolLedger()
@@ -171,8 +186,20 @@ class Reconciler:
         """Read specs, observe the kernel, and drive devices as far as they can go now.
 
         With `only`, drive just those names (and their snapshots), plus any device whose
-        retry is due: what a file event asks for, without touching the rest.
+        retry is due: what a file event asks for, without touching the rest. The pass
+        observer, if any, hears of it however it ends.
         """
+        if self.pass_observer is None:
+            return self._pass(only)
+        start = self._timer()
+        result: PassResult | None = None
+        try:
+            result = self._pass(only)
+            return result
+        finally:
+            self.pass_observer(only is not None, result, self._timer() - start)
+
+    def _pass(self, only: Iterable[str] | None) -> PassResult:
         ctx = self._context(self.ensure_pool())
         # udev handles the pass's device events together; each node is there by the end of
         # the pass (a step that opens one settles first).
@@ -242,6 +269,7 @@ class Reconciler:
         self.confirmed_removals = {n for n in self.confirmed_removals
                                    if n in self.records and n not in desired.names
                                    and self.records[n].state != S.REMOVED}
+        result.retries = dict(ctx.retries)
         self._schedule(result)
         self._records_current = not (result.stopped or self._reread_records)
         self._reread_records = False

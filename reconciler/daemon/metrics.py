@@ -1,0 +1,311 @@
+"""Prometheus metrics, /healthz and /readyz over HTTP: prometheus_client's only home.
+
+Served when `metrics_address` is set, on a thread of its own (and one per request). That
+thread never calls the kernel or the store: gauges of the pool, the devices and the
+conditions are read at scrape time from the last `Snapshot` the reconcile loop published
+(reconciler.daemon.health); counters and histograms (passes, kernel calls, retries, gRPC
+calls) are moved by the loop and the gRPC workers as things happen, through the observer
+hooks the dm and api layers offer (`KernelCallObserver`, `CallObserver`), which know
+nothing of Prometheus. Our own `CollectorRegistry`, never the process-global one, so that
+two daemons in one process (tests) never share a series.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import TCPServer
+from typing import Any
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+from reconciler import __version__
+from reconciler.config import ListenAddress
+from reconciler.daemon.health import PassKind, PassOutcome, Snapshot, Verdict
+from reconciler.dm.observed import KernelOp
+from reconciler.dm.types import PoolMode
+from reconciler.states import DeviceState, Step
+from reconciler.store import ConditionKind
+
+log = structlog.get_logger(__name__)
+
+# No `_created` series beside each counter and histogram: a second series per label set that
+# Prometheus' text format has no use for (the process's start time says as much).
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Buckets (seconds). A libdevmapper ioctl takes tens of microseconds, a dmsetup process a few
+# milliseconds, a udev-waiting create or remove up to a second or so.
+KERNEL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                  0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A converged targeted pass takes about a millisecond; a resync of 10,000 devices seconds; a
+# first pass that makes filesystems, minutes.
+PASS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                30.0, 60.0, 300.0)
+# A Stat is a round trip to the reconcile thread; a root Prepare makes a device; a call
+# parked for a retry waits for its device.
+GRPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                5.0, 10.0, 30.0)
+
+# What a GET answers with besides /metrics.
+HEALTHZ, READYZ, METRICS = "/healthz", "/readyz", "/metrics"
+
+
+class MetricsUnavailable(RuntimeError):
+    """The metrics address cannot be listened on (in use, not ours, not resolvable)."""
+
+
+class Metrics:
+    """The daemon's metrics: a registry, the series the loop moves, and the last snapshot."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._snapshot: Snapshot | None = None
+        registry = self.registry
+        self.pass_seconds = Histogram(
+            "reconciler_pass_duration_seconds", "Duration of reconcile passes, by kind.",
+            ["kind"], buckets=PASS_BUCKETS, registry=registry)
+        self.passes = Counter(
+            "reconciler_passes", "Reconcile passes by kind and how they ended.",
+            ["kind", "result"], registry=registry)
+        self.kernel_seconds = Histogram(
+            "reconciler_kernel_call_duration_seconds",
+            "Duration of device-mapper calls by operation (its _count: calls made).",
+            ["op"], buckets=KERNEL_BUCKETS, registry=registry)
+        self.kernel_errors = Counter(
+            "reconciler_kernel_call_errors", "Failed device-mapper calls by operation and errno.",
+            ["op", "errno"], registry=registry)
+        self.retries = Counter(
+            "reconciler_retries", "Retries of device steps scheduled after a temporary error.",
+            ["step"], registry=registry)
+        self.grpc_seconds = Histogram(
+            "reconciler_grpc_call_duration_seconds",
+            "Duration of snapshots gRPC calls by method and status code (_count: calls).",
+            ["method", "code"], buckets=GRPC_BUCKETS, registry=registry)
+        Info("reconciler_build", "The running reconciler's version and Python.",
+             registry=registry).info({"version": __version__,
+                                      "python": ".".join(map(str, sys.version_info[:3]))})
+        ProcessCollector(registry=registry)
+        registry.register(_SnapshotCollector(self))
+        # Every series a dashboard expects is there from the start, at zero.
+        for kind in PassKind:
+            self.pass_seconds.labels(kind.value)
+            for outcome in PassOutcome:
+                self.passes.labels(kind.value, outcome.value)
+        for op in KernelOp:
+            self.kernel_seconds.labels(op.value)
+        for step in Step:
+            self.retries.labels(step.value)
+
+    # -- from the reconcile loop ---------------------------------------------------------------
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Make `snapshot` what scrapes show (one assignment: a scrape sees one whole one)."""
+        self._snapshot = snapshot
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The last snapshot published."""
+        return self._snapshot
+
+    def pass_ended(self, kind: PassKind, outcome: PassOutcome, seconds: float,
+                   retries: dict[Step, int]) -> None:
+        """Count a pass and the retries it scheduled."""
+        self.pass_seconds.labels(kind.value).observe(seconds)
+        self.passes.labels(kind.value, outcome.value).inc()
+        for step, count in retries.items():
+            self.retries.labels(step.value).inc(count)
+
+    def kernel_call(self, op: KernelOp, seconds: float, errno: str | None) -> None:
+        """KernelCallObserver: one device-mapper call."""
+        self.kernel_seconds.labels(op.value).observe(seconds)
+        if errno is not None:
+            self.kernel_errors.labels(op.value, errno).inc()
+
+    # -- from gRPC worker threads --------------------------------------------------------------
+
+    def grpc_call(self, method: str, code: str, seconds: float) -> None:
+        """CallObserver: one snapshots API call and the status code it ended with."""
+        self.grpc_seconds.labels(method, code).observe(seconds)
+
+    # -- from the HTTP thread ------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The text exposition format (0.0.4) of every series."""
+        return generate_latest(self.registry)
+
+
+class _SnapshotCollector:
+    """Gauges read from the last snapshot at scrape time; none before the first one."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._metrics.snapshot
+        if snap is None:
+            return
+        up = GaugeMetricFamily("reconciler_pool_up",
+                               "1 when the pool's status could be read after the last pass.")
+        up.add_metric([], 0 if snap.pool is None else 1)
+        yield up
+        pool = snap.pool
+        if pool is not None:
+            for name, value, text in (
+                ("data_used_bytes", pool.data_used_bytes, "Data space the pool has mapped."),
+                ("data_total_bytes", pool.data_total_bytes, "Data space of the pool."),
+                ("metadata_used_bytes", pool.metadata_used_bytes, "Metadata space in use."),
+                ("metadata_total_bytes", pool.metadata_total_bytes, "Metadata space."),
+                ("transaction_id", pool.transaction_id,
+                 "The pool's transaction id (counts our metadata changes)."),
+                ("needs_check", int(pool.needs_check),
+                 "1 when the pool's metadata needs thin_check."),
+            ):
+                gauge = GaugeMetricFamily(f"reconciler_pool_{name}", text)
+                gauge.add_metric([], value)
+                yield gauge
+            # A state set: one series per mode, 1 for the one the pool is in.
+            mode = GaugeMetricFamily("reconciler_pool_mode",
+                                     "The pool's mode (1 for the one it is in, else 0).",
+                                     labels=["mode"])
+            for each in PoolMode:
+                mode.add_metric([each.value], int(each == pool.mode))
+            yield mode
+        devices = GaugeMetricFamily("reconciler_devices", "Managed devices by state.",
+                                    labels=["state"])
+        for state in DeviceState:
+            devices.add_metric([state.value], snap.devices.get(state, 0))
+        yield devices
+        for name, value, text in (
+            ("rejected_specs", snap.rejected_specs, "Spec files the last pass rejected."),
+            ("removals_held", snap.removals_held,
+             "Removals held by the removal guard for an operator's confirmation."),
+        ):
+            gauge = GaugeMetricFamily(f"reconciler_{name}", text)
+            gauge.add_metric([], value)
+            yield gauge
+        condition = GaugeMetricFamily("reconciler_condition",
+                                      "1 for each condition in force (as `status` shows).",
+                                      labels=["kind"])
+        for kind in ConditionKind:
+            condition.add_metric([kind.value], int(kind in snap.conditions))
+        yield condition
+
+    def describe(self) -> list[Metric]:
+        """Nothing to describe ahead: the names depend on whether the pool was read."""
+        return []
+
+
+class _Server(ThreadingHTTPServer):
+    """An HTTP server bound to one resolved address (v4 or v6), without a reverse lookup."""
+
+    daemon_threads = True
+
+    def __init__(self, family: socket.AddressFamily, sockaddr: Any,
+                 handler: type[BaseHTTPRequestHandler]) -> None:
+        self.address_family = family
+        super().__init__(sockaddr, handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer's own calls getfqdn() (a DNS lookup) only to name itself in CGI variables.
+        TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), \
+            int(self.server_address[1])
+
+
+class MetricsServer:
+    """GET /metrics, /healthz, /readyz on `address`, from a thread of its own."""
+
+    def __init__(self, address: ListenAddress, metrics: Metrics,
+                 liveness: Callable[[], Verdict], readiness: Callable[[], Verdict]) -> None:
+        self.address = address
+        self._metrics = metrics
+        self._liveness = liveness
+        self._readiness = readiness
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the configured one, or the kernel's pick for port 0)."""
+        assert self._server is not None
+        return self._server.server_port
+
+    def start(self) -> None:
+        """Listen and serve; MetricsUnavailable (naming the address) when that cannot be."""
+        where = f"metrics_address {self.address}"
+        try:
+            found = socket.getaddrinfo(self.address.host, self.address.port,
+                                       type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise MetricsUnavailable(f"{where}: cannot resolve {self.address.host}: "
+                                     f"{exc.strerror}") from None
+        family, _, _, _, sockaddr = found[0]
+        try:
+            self._server = _Server(family, sockaddr, self._handler())
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise MetricsUnavailable(f"{where} is in use by another process") from None
+            raise MetricsUnavailable(f"{where} cannot be listened on: "
+                                     f"{exc.strerror or exc}") from None
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
+                                        daemon=True)
+        self._thread.start()
+        log.info("metrics.serving", address=str(self.address),
+                 paths=[METRICS, HEALTHZ, READYZ])
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; requests in flight finish on their threads."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self._server = self._thread = None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        metrics, liveness, readiness = self._metrics, self._liveness, self._readiness
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == METRICS:
+                    self._answer(200, CONTENT_TYPE_LATEST, metrics.render())
+                elif path in (HEALTHZ, READYZ):
+                    verdict = liveness() if path == HEALTHZ else readiness()
+                    self._answer(verdict.code, "text/plain; charset=utf-8",
+                                 (verdict.reason + "\n").encode())
+                else:
+                    self._answer(404, "text/plain; charset=utf-8",
+                                 f"not found: {METRICS}, {HEALTHZ} and {READYZ} are\n".encode())
+
+            def _answer(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                # A line per scrape would drown the journal; errors are logged below.
+                del format, args
+
+            def log_error(self, format: str, *args: Any) -> None:
+                log.warning("metrics.request_failed", error=format % args)
+
+        return Handler
