@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import stat
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ from reconciler.units import (
 
 DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
 CONFIG_ENV = "RECONCILER_CONFIG"
+NODE_NAME_ENV = "NODE_NAME"
+# A Kubernetes node name is a DNS subdomain: at most 253 characters.
+MAX_NODE_NAME = 253
 
 # dm names may hold almost anything, but ours also become file names and log keys.
 POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -88,6 +92,14 @@ class Reserve:
 
     def __str__(self) -> str:
         return f"{self.percent:g}%" if self.percent else format_size(self.size)
+
+
+def default_node_name(environ: Mapping[str, str] | None = None,
+                      hostname: Callable[[], str] | None = None) -> str:
+    """node_name's default: $NODE_NAME (what a Kubernetes DaemonSet sets from
+    spec.nodeName), else the host name."""
+    given = (os.environ if environ is None else environ).get(NODE_NAME_ENV, "")
+    return given or (hostname or socket.gethostname)()
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -194,6 +206,11 @@ class Settings:
         metadata=_doc("Accept spec files owned by other users and a group- or world-writable "
                       "spec_dir."),
     )
+    node_name: str = field(
+        default_factory=default_node_name,
+        metadata=_doc("This node's name, which specs' `nodes` globs select by (default: "
+                      "$NODE_NAME, else the host name)."),
+    )
 
     @property
     def specs_path(self) -> Path:
@@ -261,6 +278,15 @@ def _flag(key: str, value: object) -> bool:
     return value
 
 
+def _node_name(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"expected a non-empty string, got {brief_repr(value)}")
+    if len(value) > MAX_NODE_NAME or not value.isprintable() or value != value.strip():
+        raise ConfigError(key, f"{brief_repr(value)} is not a node name (printable, no "
+                          f"surrounding spaces, at most {MAX_NODE_NAME} characters)")
+    return value
+
+
 def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(key, f"{brief_repr(value)} is not one of {', '.join(choices)}")
@@ -315,6 +341,7 @@ _READERS: dict[str, Callable[[str, object], object]] = {
     "async_remove": _flag,
     "discard_blocks": _flag,
     "allow_foreign_specs": _flag,
+    "node_name": _node_name,
     "fs_options": _fs_options,
     "pool_name": _pool_name,
     "dm_driver": lambda key, value: _choice(key, value, DM_DRIVERS),

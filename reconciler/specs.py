@@ -10,12 +10,22 @@ A spec file is an order given to root: create, grow and, by its absence, remove.
 and the daemon's own user may give it. A spec file owned by another user is a rejected spec
 (its device kept as it is), and a spec_dir that another user owns, or that its group or
 everyone may write to, is a source error (nothing is removed): whoever can write there can
-add specs and delete them. `allow_foreign_specs` accepts both, on purpose.
+add specs and delete them. `allow_foreign_specs` accepts both, on purpose. A spec_dir on a
+read-only mount (a Kubernetes ConfigMap volume: kubelet mounts it read-only and its directory
+may be 0777) can be written through it by nobody, whatever its mode bits, so its mode is no
+source error; its owner still is.
+
+One directory may serve a fleet: a spec's `nodes` (shell globs) says which nodes it is for,
+and on any other node it is as if its file were not there (its device, if any, is removed
+under the same guard as a deleted file's), but for a snapshot on this node of a parent that
+is not: that is a rejected spec. The `..`-prefixed entries kubelet's AtomicWriter keeps in a
+ConfigMap volume (`..data`, `..data_tmp`, its timestamped directories) are never specs.
 """
 
 from __future__ import annotations
 
 import errno
+import fnmatch
 import functools
 import hashlib
 import operator
@@ -40,7 +50,13 @@ FILESYSTEMS: tuple[Filesystem, ...] = ("ext4", "xfs", "none")
 # formatted filesystems root snapshots are taken from, from a count of their own); spec files
 # may not take those names, or a file and a snapshot would drive the same device.
 SNAPSHOT_NAME_RE = re.compile(r"snap-(?:base-)?[0-9]+")
-_KEYS = ("size", "parent", "filesystem", "active", "readonly", "labels")
+_KEYS = ("size", "parent", "filesystem", "active", "readonly", "labels", "nodes")
+# Bounds of a spec's `nodes`: more patterns than any fleet needs, each as long as a Kubernetes
+# node name may be (a DNS subdomain, 253 characters).
+MAX_NODE_PATTERNS = 64
+MAX_NODE_PATTERN_CHARS = 253
+# The symlink kubelet's AtomicWriter swaps to update a ConfigMap volume all at once.
+CONFIGMAP_DATA = "..data"
 
 
 class SpecError(ValueError):
@@ -63,6 +79,8 @@ class DeviceSpec:
     size_given: bool = True
     filesystem_given: bool = True
     digest: str = ""
+    # The node-name globs this spec is for; None (no `nodes` key): every node.
+    nodes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,8 @@ class SpecSet:
     source_error: str | None = None
     # The directory's filesystem (st_dev) as read; None when it could not be read.
     directory_device: int | None = None
+    # Good specs whose `nodes` leave this node out: neither wanted nor rejected here.
+    elsewhere: tuple[str, ...] = ()
 
     @functools.cached_property
     def names(self) -> frozenset[str]:
@@ -108,6 +128,58 @@ def is_snapshot_device(name: str) -> bool:
 def is_spec_file(path: Path) -> bool:
     """Spec files end in .toml; hidden files and editor leftovers are not specs."""
     return path.suffix == SPEC_SUFFIX and not path.name.startswith((".", "#"))
+
+
+def is_for_node(patterns: tuple[str, ...] | None, node: str) -> bool:
+    """Whether a spec with these `nodes` globs is for the node named `node` (no globs: every
+    node). Case-sensitive, as node names are compared everywhere else."""
+    if patterns is None:
+        return True
+    return any(fnmatch.fnmatchcase(node, pattern) for pattern in patterns)
+
+
+def _nodes(value: object) -> tuple[str, ...]:
+    """A spec's `nodes` key, validated."""
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"key 'nodes': expected a non-empty list of node-name globs, "
+                        f"got {value!r}")
+    if len(value) > MAX_NODE_PATTERNS:
+        raise SpecError(f"key 'nodes': {len(value)} patterns, more than the "
+                        f"{MAX_NODE_PATTERNS} a spec may give")
+    for pattern in value:
+        if not isinstance(pattern, str) or not pattern:
+            raise SpecError(f"key 'nodes': {pattern!r} is not a non-empty string")
+        if len(pattern) > MAX_NODE_PATTERN_CHARS:
+            raise SpecError(f"key 'nodes': a pattern of {len(pattern)} characters, longer "
+                            f"than the {MAX_NODE_PATTERN_CHARS} of a node name")
+        if not pattern.isprintable():
+            raise SpecError(f"key 'nodes': {pattern!r} holds a control character")
+    return tuple(value)
+
+
+def select_for_node(specs: Mapping[str, DeviceSpec], node: str | None, directory: Path
+                    ) -> tuple[dict[str, DeviceSpec], list[RejectedSpec], tuple[str, ...]]:
+    """The specs for `node` (None: no selection, every spec), the snapshots for it whose
+    parent's spec is not (rejected: what they would be taken from is not to exist here),
+    and the names of the specs for other nodes, sorted. Pure: table-tested."""
+    if node is None:
+        return dict(specs), [], ()
+    elsewhere = {n for n, spec in specs.items() if not is_for_node(spec.nodes, node)}
+    if not elsewhere:
+        return dict(specs), [], ()
+    here: dict[str, DeviceSpec] = {}
+    rejected: list[RejectedSpec] = []
+    for name, spec in specs.items():
+        if name in elsewhere:
+            continue
+        if spec.parent is not None and spec.parent in elsewhere:
+            parent_nodes = ", ".join(specs[spec.parent].nodes or ())
+            rejected.append(RejectedSpec(name, str(directory / f"{name}{SPEC_SUFFIX}"), (
+                f"key 'parent': parent {spec.parent!r} is not for this node ({node!r}; "
+                f"its nodes: {parent_nodes}): a snapshot needs its parent on its node")))
+            continue
+        here[name] = spec
+    return here, rejected, tuple(sorted(elsewhere))
 
 
 def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
@@ -161,6 +233,8 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
     ):
         raise SpecError("key 'labels': expected a table of string keys to string values")
 
+    nodes = _nodes(raw["nodes"]) if "nodes" in raw else None
+
     return DeviceSpec(
         name=name,
         size=size,
@@ -172,6 +246,7 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
         size_given="size" in raw,
         filesystem_given="filesystem" in raw,
         digest=hashlib.sha256(text.encode()).hexdigest(),
+        nodes=nodes,
     )
 
 
@@ -237,11 +312,23 @@ def _open_directory(directory: Path, st: os.stat_result) -> str | None:
                 f"chown it, or set {_ALLOW_KEY}")
     writers = [who for bit, who in ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "everyone"))
                if st.st_mode & bit]
-    if not writers:
+    if not writers or read_only_mount(directory):
         return None
     return (f"spec_dir {directory} is writable by {' and '.join(writers)} (mode "
             f"{stat.S_IMODE(st.st_mode):04o}): they could add or delete specs; chmod go-w "
             f"it, or set {_ALLOW_KEY}")
+
+
+def read_only_mount(directory: Path) -> bool:
+    """Whether `directory` is on a read-only mount: then nobody can add or delete a spec
+    through it, whatever its mode bits say (kubelet mounts a ConfigMap volume read-only, its
+    directory often 0777). What writes it behind the mount (kubelet, through its own
+    directory, which only root may reach) is root's. A mount whose flags cannot be read is
+    not taken as read-only."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _kind(mode: int) -> str:
@@ -259,8 +346,9 @@ class SpecFileCache:
         self.scanned: Path | None = None
         # The spec directory's filesystem (st_dev) when it was last read completely.
         self.device: int | None = None
-        # The last full scan's parsed files, in order, and the SpecSet made of them.
-        self._last: tuple[list[DeviceSpec | RejectedSpec], SpecSet] | None = None
+        # The last full scan's parsed files, in order, the node they were selected for, and
+        # the SpecSet made of them.
+        self._last: tuple[list[DeviceSpec | RejectedSpec], str | None, SpecSet] | None = None
 
     def get(self, path: str, signature: tuple[int, int, int],
             now_ns: int) -> DeviceSpec | RejectedSpec | None:
@@ -278,17 +366,17 @@ class SpecFileCache:
         self.entries[path] = (signature, parsed)
 
     def spec_set(self, found: list[DeviceSpec | RejectedSpec], directory: Path,
-                 device: int | None) -> SpecSet:
+                 device: int | None, node: str | None = None) -> SpecSet:
         """The SpecSet of a full scan: the last one when the scan found the very same parsed
         files (the same objects, which `get` hands back for unchanged files) in the same
         directory, so a resync over unchanged files resolves no parents again."""
         last = self._last
         if last is not None and len(last[0]) == len(found) \
-                and all(map(operator.is_, last[0], found)) \
-                and last[1].directory_device == device and self.scanned == directory:
-            return last[1]
-        made = _spec_set(found, directory, device)
-        self._last = (found, made)
+                and all(map(operator.is_, last[0], found)) and last[1] == node \
+                and last[2].directory_device == device and self.scanned == directory:
+            return last[2]
+        made = _spec_set(found, directory, device, node)
+        self._last = (found, node, made)
         return made
 
     def keep_only(self, paths: set[str]) -> None:
@@ -394,7 +482,7 @@ def read_spec(path: Path, defaults: Defaults, *,
 
 
 def _spec_set(parsed: Iterable[DeviceSpec | RejectedSpec], directory: Path,
-              device: int | None) -> SpecSet:
+              device: int | None, node: str | None = None) -> SpecSet:
     specs: dict[str, DeviceSpec] = {}
     rejected: list[RejectedSpec] = []
     for item in parsed:
@@ -402,9 +490,12 @@ def _spec_set(parsed: Iterable[DeviceSpec | RejectedSpec], directory: Path,
             specs[item.name] = item
         else:
             rejected.append(item)
+    # Selected before parents are resolved: a spec for other nodes is not there at all.
+    here, not_here, elsewhere = select_for_node(specs, node, directory)
+    rejected.extend(not_here)
     rejected.sort(key=lambda r: r.name)
-    resolved = resolve(specs, rejected, directory)
-    return replace(resolved, directory_device=device)
+    resolved = resolve(here, rejected, directory)
+    return replace(resolved, directory_device=device, elsewhere=elsewhere)
 
 
 def _directory_device(directory: Path, allow_foreign: bool) -> int:
@@ -427,7 +518,8 @@ def _directory_device(directory: Path, allow_foreign: bool) -> int:
 
 
 def load_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
-                    cache: SpecFileCache, *, allow_foreign: bool = False) -> SpecSet:
+                    cache: SpecFileCache, *, allow_foreign: bool = False,
+                    node: str | None = None) -> SpecSet:
     """Like load_spec_dir, reading only the files of `names` (what file events named) and
     taking every other file from `cache`, which a full scan of `directory` filled: the
     cost of a change does not grow with the number of files. The next full scan catches
@@ -438,7 +530,8 @@ def load_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
     except SpecSourceError as exc:
         return SpecSet(specs={}, rejected=(), source_error=str(exc))
     if cache.scanned != directory or cache.device != device:
-        return load_spec_dir(directory, defaults, cache, allow_foreign=allow_foreign)
+        return load_spec_dir(directory, defaults, cache, allow_foreign=allow_foreign,
+                             node=node)
     now_ns = time.time_ns()
     for name in names:
         path = directory / f"{name}{SPEC_SUFFIX}"
@@ -453,17 +546,18 @@ def load_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
         elif cache.get(str(path), _signature(status), now_ns) is None:
             cache.put(str(path), _signature(status),
                       read_spec(path, defaults, allow_foreign=allow_foreign))
-    return _spec_set(cache.parsed(), directory, device)
+    return _spec_set(cache.parsed(), directory, device, node)
 
 
 def load_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | None = None,
-                  *, allow_foreign: bool = False) -> SpecSet:
+                  *, allow_foreign: bool = False, node: str | None = None) -> SpecSet:
     """Read every spec file of a directory and resolve parents among them.
 
     A directory that cannot be read completely, or that users other than root and ours
     could change, gives a SpecSet with `source_error` set and no specs: its absent files
     prove nothing, so nothing may be removed for them. Spec files of other users are
-    rejected. `allow_foreign` (the config's allow_foreign_specs) accepts both.
+    rejected. `allow_foreign` (the config's allow_foreign_specs) accepts both. With `node`,
+    only the specs for that node are wanted (`select_for_node`); None selects every spec.
     """
     try:
         device = _directory_device(directory, allow_foreign)
@@ -515,7 +609,7 @@ def load_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
         paths.append(path)
         found.append(parsed)
     if cache is None:
-        return _spec_set(found, directory, device)
+        return _spec_set(found, directory, device, node)
     seen = set(paths)
     cache.keep_only(seen)
     cache.scanned = directory
@@ -523,7 +617,7 @@ def load_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
     for item in found:
         if isinstance(item, RejectedSpec) and item.path not in seen:
             cache.put(item.path, (0, 0, 0), item)
-    return cache.spec_set(found, directory, device)
+    return cache.spec_set(found, directory, device, node)
 
 
 def resolve(

@@ -221,6 +221,12 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("allow_foreign_specs", "false"),
     ("allow_foreign_specs", 1),
     ("allow_foreign_specs", {"a": 1}),
+    ("node_name", ""),
+    ("node_name", 3),
+    ("node_name", ["worker-1"]),
+    ("node_name", " worker-1"),
+    ("node_name", "worker\n1"),
+    ("node_name", "w" * 254),
     ("pool", {"name": "x"}),
 ]
 

@@ -244,7 +244,7 @@ class Daemon:
         if batch.reload:
             self._reload()
         now = self.clock()
-        full = batch.resync or batch.reload or now >= self._next_resync
+        full = batch.resync or batch.reload or batch.rescan or now >= self._next_resync
         if full:
             self._next_resync = now + self.settings.resync_interval
             if self.watcher is not None:

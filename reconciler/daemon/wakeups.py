@@ -25,11 +25,15 @@ class Batch:
     resync: bool = False
     reload: bool = False
     stop: bool = False
+    # The spec directory changed as a whole (a ConfigMap volume's `..data` swapped): every
+    # file may have new content, so the pass reads them all, once the burst has settled.
+    rescan: bool = False
 
     @property
     def empty(self) -> bool:
         """Nothing arrived (the wait timed out)."""
-        return not (self.names or self.calls or self.resync or self.reload or self.stop)
+        return not (self.names or self.calls or self.resync or self.reload or self.stop
+                    or self.rescan)
 
 
 class Wakeups:
@@ -46,6 +50,15 @@ class Wakeups:
         """A spec file of this name changed."""
         with self._cond:
             self._batch.names.add(name)
+            self._last_event = time.monotonic()
+            self._cond.notify()
+
+    def add_all(self) -> None:
+        """Every spec file may have changed at once (kubelet swapped a ConfigMap's `..data`):
+        a full read, after the same settling as a file event, so the key links kubelet
+        makes and removes right after the swap are seen by the same pass."""
+        with self._cond:
+            self._batch.rescan = True
             self._last_event = time.monotonic()
             self._cond.notify()
 
@@ -82,8 +95,8 @@ class Wakeups:
         with self._cond:
             if self._batch.empty:
                 self._cond.wait(timeout)
-            if self._batch.names and not (self._batch.stop or self._batch.reload
-                                          or self._batch.calls):
+            if (self._batch.names or self._batch.rescan) \
+                    and not (self._batch.stop or self._batch.reload or self._batch.calls):
                 # Editors and copies write in several steps: wait until they are quiet.
                 started = time.monotonic()
                 while True:

@@ -10,6 +10,11 @@ directory that looks like "every spec file is gone". While the directory is miss
 watches nothing; the daemon calls `refresh` on every full pass, which starts watching once the
 directory exists (and again after it was deleted and made anew). Events are only hints: the
 full pass reads the directory whatever the watcher saw.
+
+A Kubernetes ConfigMap volume changes differently: kubelet writes the new payload into a new
+hidden directory and renames a `..data_tmp` symlink over `..data`, through which every key's
+link (`x.toml -> ..data/x.toml`) reads; an edited key's own entry never changes. The rename
+onto `..data` (a symlink, so a file event) asks for a full read of the directory.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
 from reconciler.daemon.wakeups import Wakeups
-from reconciler.specs import is_spec_file
+from reconciler.specs import CONFIGMAP_DATA, is_spec_file
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +92,10 @@ class _Handler(FileSystemEventHandler):
             # Temp files of editors and atomic writers are not specs; their rename is.
             if is_spec_file(path):
                 self.wakeups.add(path.stem)
+            elif path.name == CONFIGMAP_DATA and path.parent == self.directory:
+                # kubelet renamed `..data_tmp` over `..data`: every key's link now leads to
+                # new content, though no key's own entry changed.
+                self.wakeups.add_all()
 
 
 class SpecWatcher:

@@ -68,14 +68,17 @@ def load_specs(settings: Settings, stored: dict[str, DeviceSpec], cache: SpecFil
                changed: Iterable[str] | None = None) -> SpecSet:
     """Every desired device: the spec directory (parsed with the config's defaults) and the
     specs the store keeps (`stored`). With `changed`, only those names' files are read
-    again; the others are as the last scan left them in `cache`."""
+    again; the others are as the last scan left them in `cache`. Only the spec files for
+    the config's `node_name` are wanted; the others are the set's `elsewhere`."""
     defaults = Defaults(size=settings.base_image_size, filesystem=_fs(settings.fs_type))
     allow = settings.allow_foreign_specs
+    node = settings.node_name
     if changed is None:
-        from_files = load_spec_dir(settings.specs_path, defaults, cache, allow_foreign=allow)
+        from_files = load_spec_dir(settings.specs_path, defaults, cache, allow_foreign=allow,
+                                   node=node)
     else:
         from_files = load_spec_files(settings.specs_path, changed, defaults, cache,
-                                     allow_foreign=allow)
+                                     allow_foreign=allow, node=node)
     return replace(from_files, specs={**from_files.specs, **stored})
 
 

@@ -74,6 +74,8 @@ class _Desired:
     rejected: list[RejectedSpec]
     # The spec directory could not be read completely: no spec-file device is touched.
     source_error: str | None = None
+    # Spec files for other nodes than this one (their devices here are unwanted).
+    elsewhere: tuple[str, ...] = ()
 
 
 class Reconciler:
@@ -155,7 +157,8 @@ class Reconciler:
     def _desired(self, spec_set: SpecSet, remember: bool = True) -> _Desired:
         spec_set = self._source.check(spec_set, remember)
         specs, rejected = resolve_against_store(spec_set, self.records, self.settings)
-        return _Desired(specs, spec_set.names, rejected, spec_set.source_error)
+        return _Desired(specs, spec_set.names, rejected, spec_set.source_error,
+                        spec_set.elsewhere)
 
     def _read_records(self) -> None:
         self.records.clear()
@@ -397,6 +400,9 @@ class Reconciler:
         for name, record in sorted(self.records.items()):
             if name not in desired.names and record.state != S.REMOVED:
                 actions.append((name, self._describe(ctx, name, None)))
+        live = {n for n, r in self.records.items() if r.state != S.REMOVED}
+        actions += [(n, f"nothing: its spec is for other nodes than {self.settings.node_name}")
+                    for n in desired.elsewhere if n not in live]
         return sorted(actions)
 
     def _describe(self, ctx: PassContext, name: str, spec: DeviceSpec | None) -> str:
