@@ -1,11 +1,13 @@
 """The Kubernetes manifests and the image file under deploy/: valid against the Kubernetes
 schema of a named version (offline, kubernetes-validate), consistent with each other and with
-the daemon's config and spec parsers, and the image file's commands linted (hadolint, which
-runs shellcheck on every RUN)."""
+the daemon's config and spec parsers, the image file's commands linted (hadolint, which runs
+shellcheck on every RUN), and the alert rules checked and unit-tested by promtool."""
 
 from __future__ import annotations
 
 import copy
+import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -200,3 +202,36 @@ def test_the_image_has_the_programs_the_daemon_runs() -> None:
     for package in ("libdevmapper1.02.1", "dmsetup", "thin-provisioning-tools", "e2fsprogs",
                     "xfsprogs", "util-linux", "mount", "python3"):
         assert f" {package}" in runtime_stage, package
+
+
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool is missing: scripts/setup installs prometheus"
+    return subprocess.run([promtool, *args], capture_output=True, text=True, check=False,
+                          cwd=ALERTS.parent)
+
+
+def test_alert_rules_are_valid_and_fire_when_they_should() -> None:
+    """`promtool check rules`, then its unit tests (alerts_test.yaml): each alert fires on
+    the series meant to fire it, at the time it should, and not before."""
+    checked = _promtool("check", "rules", ALERTS.name)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 9 rules found" in checked.stdout
+    tested = _promtool("test", "rules", "alerts_test.yaml")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_alert_rules_use_only_metrics_the_daemon_exports() -> None:
+    """Every reconciler_* name in an alert's expression is one the README's metric table
+    documents (with its `_total` for a counter), so a renamed metric fails here, not in a
+    silent alert."""
+    rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Metrics and health", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(reconciler_[a-z_]+)`", section))
+    used = {name for rule in rules for name in re.findall(r"reconciler_[a-z_]+", rule["expr"])}
+    assert used
+    assert used <= documented, used - documented
