@@ -355,7 +355,7 @@ def test_retry_over_the_socket_answers_with_the_device_converged(
         capsys.readouterr()
         assert main(["-c", config, "retry", "db"], host=fake_world.host) == 0
         out = capsys.readouterr().out.splitlines()
-        assert out[0].startswith("retry db: db taken out of Faulty")
+        assert out[0] == "retry db: db taken out of Faulty (it had failed at activate)"
         assert out[1].split() == ["db", "Activated"]
         assert daemon.reconciler.records["db"].state == "Activated"
         # Not Faulty any more: the CLI says so before asking.

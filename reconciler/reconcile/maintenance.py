@@ -115,10 +115,12 @@ def retry(ctx: PassContext, name: str) -> str:
         raise RequestRefused(f"{name!r} is not Faulty "
                              f"({record.state if record else 'no such device'})")
     log.info("request.retry", name=name)
+    failed_at = record.error_step  # the transition clears it
     # A change its last attempt started may have happened: the machine must know.
     settle_pending(ctx, record)
     ctx.machine(name).fire(Trigger.RETRY)
-    return f"{name} taken out of Faulty (it had failed at {record.error or 'a step'})"
+    return f"{name} taken out of Faulty" + (f" (it had failed at {failed_at})"
+                                             if failed_at else "")
 
 
 def gc_orphans(ctx: PassContext) -> str:
