@@ -73,7 +73,8 @@ def reachable(path: Path) -> Iterator[str]:
 
 def probe(path: Path, kind: socket.SocketKind = socket.SOCK_STREAM,
           timeout: float = PROBE_TIMEOUT) -> Probe:
-    """Connect to `path` (and close at once) to learn whether a process serves there."""
+    """Connect to `path` (and close at once) to learn whether a process serves there.
+    `timeout` 0 never waits: a listener whose backlog is full is SLOW at once."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -89,7 +90,7 @@ def probe(path: Path, kind: socket.SocketKind = socket.SOCK_STREAM,
         return Probe.STALE
     except FileNotFoundError:
         return Probe.ABSENT  # gone since the lstat
-    except TimeoutError:
+    except (TimeoutError, BlockingIOError):  # BlockingIOError: a full backlog, timeout 0
         return Probe.SLOW
     except OSError as exc:
         return Probe.OTHER_TYPE if exc.errno == errno.EPROTOTYPE else Probe.UNKNOWN

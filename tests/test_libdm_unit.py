@@ -246,6 +246,26 @@ def test_udev_runs_when_its_seqpacket_control_socket_accepts(control: Path) -> N
         assert libdm.udev_running(str(control))
 
 
+def test_udev_runs_when_its_backlog_is_full(control: Path) -> None:
+    """A udevd alive but not accepting (stopped, busy) whose backlog is full still runs:
+    the connect's EAGAIN says so at once (the probe never blocks a kernel call)."""
+    held: list[socket.socket] = []
+    with _bound(control, socket.SOCK_SEQPACKET, listening=True) as listener:
+        listener.listen(0)
+        try:
+            while len(held) < 64:
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                client.setblocking(False)
+                held.append(client)
+                client.connect(str(control))
+        except BlockingIOError:
+            pass
+        assert len(held) < 64, "the backlog filled"
+        assert libdm.udev_running(str(control))
+        for client in held:
+            client.close()
+
+
 def test_udev_does_not_run_behind_a_stale_control_socket(control: Path) -> None:
     """udevd gone: its socket file stays and refuses connections; libudev would wait on it
     until the timeout, we make the nodes ourselves."""

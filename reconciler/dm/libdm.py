@@ -289,12 +289,14 @@ def udev_running(control: str = UDEV_CONTROL) -> bool:
     then last until the timeout. Listing /proc/net/unix instead (what this did before) sees
     only this network namespace's sockets: in a pod without host networking udevd's socket is
     never listed, though /run/udev is the host's. A connect works across namespaces: accepted
-    (or queued behind a full backlog) is a live udevd; refused is a stale file; a plain file,
+    (or EAGAIN: a full backlog) is a live udevd; refused is a stale file; a plain file,
     or a socket of another type, is not udevd. When the connect cannot tell (EACCES: not
     root), the file decides, as it does for libudev. udevd takes the empty connection as a
     client that left (it reads nothing and closes it).
     """
-    found = probe(Path(control), socket.SOCK_SEQPACKET)
+    # Never waits: asked before every create, resume and remove, and a udevd that is alive
+    # but not accepting (stopped, busy) fills its backlog with these connects.
+    found = probe(Path(control), socket.SOCK_SEQPACKET, timeout=0)
     return found in (Probe.LIVE, Probe.SLOW, Probe.UNKNOWN)
 
 
