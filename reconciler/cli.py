@@ -252,8 +252,9 @@ def ask_daemon(settings: Settings, request: ControlRequest) -> int:
         answer = ask(settings.control_socket, request)
     except ControlUnreachable as exc:
         pid = holder_pid(settings.root_path)
-        print(f"reconciler: a daemon holds the lock of {settings.root_path} (pid {pid} in "
-              f"its own PID namespace) but its control socket does not answer: {exc}; "
+        # The pid is as the daemon's own PID namespace numbers it: shown, never signalled.
+        print(f"reconciler: a daemon holds the lock of {settings.root_path} (its lock file "
+              f"says pid {pid}) but its control socket does not answer: {exc}; "
               f"{request.command} not done", file=sys.stderr)
         return EXIT_NOT_CONVERGED
     what = request.command.value + (f" {request.name}" if request.name else "")

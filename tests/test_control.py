@@ -403,6 +403,28 @@ def test_confirm_removals_over_the_socket_removes_what_was_held(
     assert fake_world.kernel_names() == set()
 
 
+def test_a_request_whose_pass_fails_is_answered_and_served_by_the_next(
+        fake_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass that should serve a request fails: the answer says so and that the request
+    stays queued; the next pass serves it, and the daemon is up throughout."""
+    _faulty(fake_world, "db")
+    with running(fake_world) as daemon:
+        real_pass = daemon.reconciler.run_pass
+
+        def broken(only: object = None) -> object:
+            raise RuntimeError("the pool vanished")
+
+        monkeypatch.setattr(daemon.reconciler, "run_pass", broken)
+        reply = daemon.control_request(ControlRequest(Command.RETRY, "db"))
+        assert not reply.ok and reply.error == (
+            "the pass failed: RuntimeError: the pool vanished; the request stays queued for "
+            "the next pass")
+        monkeypatch.setattr(daemon.reconciler, "run_pass", real_pass)
+        reply = daemon.control_request(ControlRequest(Command.RESYNC))
+        assert reply.ok
+        assert daemon.reconciler.records["db"].state == "Activated"
+
+
 def test_a_request_while_the_daemon_stops_is_answered_unavailable(
         fake_world: World) -> None:
     """A request handed over while the daemon stops is answered, never left hanging."""
