@@ -1,6 +1,9 @@
 """The `reconciler` command, on top of every other layer.
 
-`run` (the daemon; `--once` for one settled pass), `status`, `plan`, `retry`, `gc`, `adopt`.
+`run` (the daemon; `--once` for one settled pass), `status`, `plan`, `retry`, `gc`, `adopt`,
+`confirm-removals`, `resync`. The last five are served by the running daemon over its control
+socket (answered with what was done and the devices' states after the pass that did it), or,
+when no daemon holds the root lock, by this process.
 Exit codes: 0 everything converged (or done), 1 a device is Faulty, waiting or not converged,
 a spec is invalid, the pool could not be brought up, or the database stayed busy (other
 processes: the daemon and any number of CLI calls share it); 2 a config or usage error.
@@ -10,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ import structlog
 from reconciler import logs
 from reconciler.api.server import SocketUnavailable
 from reconciler.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, config_path, load_settings
+from reconciler.daemon.control import Command, ControlRequest, ControlUnreachable, ask
 from reconciler.daemon.lock import LockError, RootLock, holder_pid
 from reconciler.daemon.metrics import MetricsUnavailable
 from reconciler.daemon.once import run_until_settled
@@ -72,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     adopt = sub.add_parser("adopt", help="manage an orphan thin id as device NAME")
     adopt.add_argument("name")
     adopt.add_argument("--id", type=int, required=True, dest="thin_id")
+    sub.add_parser("resync", help="a full pass now (by the running daemon, else here)")
     return parser
 
 
@@ -140,7 +143,8 @@ def confirm_removals(settings: Settings, host: Host) -> int:
         print("nothing held")
         return EXIT_OK
     print(f"confirming {len(held.names)} removals: {', '.join(held.names)}")
-    return hand_over(settings, host, RequestKind.CONFIRM_REMOVALS, json.dumps(held.names))
+    return hand_over(settings, host, RequestKind.CONFIRM_REMOVALS, json.dumps(held.names),
+                     names=held.names)
 
 
 def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
@@ -197,20 +201,31 @@ def show_plan(settings: Settings, host: Host) -> int:
     return EXIT_OK
 
 
+# The control command for each request a CLI process may queue itself.
+_COMMANDS = {
+    RequestKind.RETRY: Command.RETRY,
+    RequestKind.GC_ORPHANS: Command.GC_ORPHANS,
+    RequestKind.GC_FAULTY: Command.GC_FAULTY,
+    RequestKind.ADOPT: Command.ADOPT,
+    RequestKind.CONFIRM_REMOVALS: Command.CONFIRM_REMOVALS,
+}
+
+
 def hand_over(settings: Settings, host: Host, kind: RequestKind, name: str,
-              arg: int | None = None) -> int:
-    """Queue a request for the thread that owns the pool: the running daemon (woken with
-    SIGUSR1), or, when none runs, this process under the root lock."""
+              arg: int | None = None, names: Sequence[str] = ()) -> int:
+    """Have the thread that owns the pool run a request: the running daemon's (over its
+    control socket, which answers with the result), or, when none runs, this process's
+    under the root lock (the request queued in the store and taken by it)."""
+    if holder_pid(settings.root_path) is not None:
+        # gc's "*" and confirm-removals' JSON list are the store's row, not a device name.
+        named = kind in (RequestKind.RETRY, RequestKind.ADOPT)
+        request = ControlRequest(_COMMANDS[kind], name if named else "", arg, tuple(names))
+        return ask_daemon(settings, request)
     store = Store(settings.database_path, time.time)
     try:
         store.add_request(kind, name, arg)
     finally:
         store.close()
-    pid = holder_pid(settings.root_path)
-    if pid is not None:
-        os.kill(pid, signal.SIGUSR1)
-        print(f"{kind} handed to the running daemon (pid {pid}); see `reconciler status`")
-        return EXIT_OK
 
     if kind == RequestKind.CONFIRM_REMOVALS:
         # Without a daemon this process does the removals: a pass takes the request.
@@ -229,6 +244,41 @@ def hand_over(settings: Settings, host: Host, kind: RequestKind, name: str,
         return EXIT_OK
 
     return _locked(settings, serve)
+
+
+def ask_daemon(settings: Settings, request: ControlRequest) -> int:
+    """Send a request to the running daemon and print its answer. The daemon is never
+    signalled: its pid in the lock file may be another PID namespace's (a pod's)."""
+    try:
+        answer = ask(settings.control_socket, request)
+    except ControlUnreachable as exc:
+        pid = holder_pid(settings.root_path)
+        # The pid is as the daemon's own PID namespace numbers it: shown, never signalled.
+        print(f"reconciler: a daemon holds the lock of {settings.root_path} (its lock file "
+              f"says pid {pid}) but its control socket does not answer: {exc}; "
+              f"{request.command} not done", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
+    what = request.command.value + (f" {request.name}" if request.name else "")
+    if answer.done:
+        print(f"{what}: {answer.done}")
+    if answer.error is not None:
+        # The daemon's errors name their request ("adopt x: ...", "'db' is not Faulty").
+        print(f"reconciler: {answer.error}", file=sys.stderr)
+    width = max((len(d.name) for d in answer.devices), default=0)
+    for device in answer.devices:
+        line = f"  {device.name.ljust(width)}  {device.state}"
+        if not device.converged:
+            line += "  (not converged" + (f": {device.error})" if device.error else ")")
+        print(line)
+    converged = all(d.converged for d in answer.devices)
+    return EXIT_OK if answer.ok and converged else EXIT_NOT_CONVERGED
+
+
+def resync(settings: Settings, host: Host) -> int:
+    """A full pass now: by the running daemon (answered after it), else by this process."""
+    if holder_pid(settings.root_path) is not None:
+        return ask_daemon(settings, ControlRequest(Command.RESYNC))
+    return _locked(settings, lambda: run_once(settings, host))
 
 
 def request_retry(settings: Settings, host: Host, name: str) -> int:
@@ -293,6 +343,8 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
         return confirm_removals(settings, host)
     if args.command == "adopt":
         return hand_over(settings, host, RequestKind.ADOPT, args.name, args.thin_id)
+    if args.command == "resync":
+        return resync(settings, host)
     return show_status(settings, host, args)
 
 

@@ -246,6 +246,11 @@ class Settings:
         return self.root_path / "reconciler.db"
 
     @property
+    def control_socket(self) -> Path:
+        """The daemon's control socket (operator commands: retry, gc, adopt, resync...)."""
+        return self.root_path / "control.sock"
+
+    @property
     def loopback(self) -> bool:
         """True when the pool is made over sparse files under root_path."""
         return self.data_device is None

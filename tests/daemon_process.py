@@ -3,8 +3,9 @@ processes beside it (`python -m tests.daemon_process CONFIG`).
 
 There is no device-mapper on the unit tier's hosts, so the kernel is a FakeKernel living in
 this process; everything else is what `reconciler run` does: the CLI's own entry point takes
-the root lock (so that `holder_pid` finds this process and CLI calls hand their requests
-here with SIGUSR1), installs the signal handlers and serves until SIGTERM, exiting 0.
+the root lock (so that CLI calls know a daemon runs and send their requests to its control
+socket, `<root_path>/control.sock`, which answers each after the pass that served it),
+installs the signal handlers and serves until SIGTERM, exiting 0 (its socket removed).
 """
 
 from __future__ import annotations

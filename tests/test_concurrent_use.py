@@ -140,14 +140,14 @@ STORM_SECONDS = 25.0
 MAX_CALLS_PER_PROCESS = 150
 CHURN_NAMES = ("c0", "c1", "c2", "c3", "c4")
 # What each command exits with here: CLI processes see no device-mapper, so `plan` cannot
-# compare and says so; `retry` of a device that is not Faulty is refused; gc and adopt (its
-# bad id is the daemon's to refuse) are handed to the daemon.
+# compare and says so; `retry` of a device that is not Faulty is refused; gc and adopt are
+# answered by the daemon over its control socket (adopt's bad id refused by it).
 STORM_COMMANDS: dict[tuple[str, ...], int] = {
     ("gc", "--orphans"): 0,
     ("retry", "c1"): 1,
     ("status", "--json"): 0,
     ("plan",): 1,
-    ("adopt", "x", "--id", "999999"): 0,
+    ("adopt", "x", "--id", "999999"): 1,
 }
 FAILURE_MARKS = ("Traceback", "database is locked", "database is busy", "stayed busy")
 

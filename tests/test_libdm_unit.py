@@ -6,6 +6,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -218,37 +222,73 @@ def test_no_cookie_still_runs_the_node_operations() -> None:
     assert fake.calls == ["wait 0x0"]
 
 
-_UNIX_HEADER = "Num       RefCount Protocol Flags    Type St Inode Path\n"
+@pytest.fixture
+def control() -> Iterator[Path]:
+    """A path for udev's control socket, short enough for sun_path."""
+    short = Path(tempfile.mkdtemp(prefix="ud", dir="/tmp"))
+    try:
+        yield short / "control"
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
 
 
-@pytest.mark.parametrize(("lines", "running"), [
-    (["ffff0001: 00000002 00000000 00010000 0005 01 1234 /run/udev/control\n"], True),
-    # A socket of that path that does not listen (a client's, say) is not udevd.
-    (["ffff0001: 00000002 00000000 00000000 0005 03 1234 /run/udev/control\n"], False),
-    # udevd gone: its file stays, its socket does not.
-    (["ffff0002: 00000002 00000000 00010000 0001 01 99 /run/systemd/notify\n"], False),
-])
-def test_udev_running_needs_a_listener(tmp_path: Path, lines: list[str],
-                                       running: bool) -> None:
-    """udev runs when its control socket file exists and /proc/net/unix has it listening."""
-    control = tmp_path / "control"
+def _bound(path: Path, kind: socket.SocketKind, listening: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, kind)
+    sock.bind(str(path))
+    if listening:
+        sock.listen(1)
+    return sock
+
+
+def test_udev_runs_when_its_seqpacket_control_socket_accepts(control: Path) -> None:
+    """A listening SOCK_SEQPACKET socket at the path (what udevd binds) is a running udev."""
+    with _bound(control, socket.SOCK_SEQPACKET, listening=True):
+        assert libdm.udev_running(str(control))
+
+
+def test_udev_runs_when_its_backlog_is_full(control: Path) -> None:
+    """A udevd alive but not accepting (stopped, busy) whose backlog is full still runs:
+    the connect's EAGAIN says so at once (the probe never blocks a kernel call)."""
+    held: list[socket.socket] = []
+    with _bound(control, socket.SOCK_SEQPACKET, listening=True) as listener:
+        listener.listen(0)
+        try:
+            while len(held) < 64:
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                client.setblocking(False)
+                held.append(client)
+                client.connect(str(control))
+        except BlockingIOError:
+            pass
+        assert len(held) < 64, "the backlog filled"
+        assert libdm.udev_running(str(control))
+        for client in held:
+            client.close()
+
+
+def test_udev_does_not_run_behind_a_stale_control_socket(control: Path) -> None:
+    """udevd gone: its socket file stays and refuses connections; libudev would wait on it
+    until the timeout, we make the nodes ourselves."""
+    _bound(control, socket.SOCK_SEQPACKET, listening=False).close()
+    assert control.is_socket()
+    assert not libdm.udev_running(str(control))
+
+
+def test_udev_does_not_run_behind_a_plain_file(control: Path) -> None:
+    """A plain file at the control socket's path is not udevd."""
     control.touch()
-    table = tmp_path / "unix"
-    text = _UNIX_HEADER + "".join(lines).replace("/run/udev/control", str(control))
-    table.write_text(text)
-    assert libdm.udev_running(str(control), str(table)) is running
+    assert not libdm.udev_running(str(control))
 
 
-def test_udev_not_running_without_its_socket_file(tmp_path: Path) -> None:
-    """No control socket file: udev does not run, whatever the socket table says."""
-    assert not libdm.udev_running(str(tmp_path / "control"), str(tmp_path / "unix"))
+def test_udev_does_not_run_behind_a_stream_socket(control: Path) -> None:
+    """A listener of another socket type (EPROTOTYPE on connect) is not udevd."""
+    with _bound(control, socket.SOCK_STREAM, listening=True):
+        assert not libdm.udev_running(str(control))
 
 
-def test_udev_running_when_the_socket_table_is_unreadable(tmp_path: Path) -> None:
-    """Without /proc/net/unix the file decides, as it does for libudev."""
-    control = tmp_path / "control"
-    control.touch()
-    assert libdm.udev_running(str(control), str(tmp_path / "missing"))
+def test_udev_does_not_run_without_its_control_socket(control: Path) -> None:
+    """Nothing at the path: no udev."""
+    assert not libdm.udev_running(str(control))
 
 
 def test_every_library_function_we_call_has_its_c_signature() -> None:

@@ -10,18 +10,13 @@ The socket path is ours alone. gRPC itself unlinks whatever socket is at the pat
 and unlinks that path again when it stops, whoever's socket is there by then: a second daemon
 configured with the same `grpc_socket` would take over the first one's live socket, and the
 first would delete the second's on its way out. So the server binds gRPC at a private name
-beside the path, then renames its socket into place, only after a connect has shown that
-nothing serves there (a refused connect is a stale socket, which the rename replaces
-atomically); on stop it unlinks the path only while it is still the socket it bound.
+beside the path and takes the path as `reconciler.sockets.OwnedSocket` takes any of ours
+(renamed into place only after a connect has shown that nothing serves there; unlinked on
+stop only while it is still the socket it bound).
 """
 
 from __future__ import annotations
 
-import errno
-import itertools
-import os
-import socket
-import stat
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -44,6 +39,7 @@ from reconciler.snapshots import (
     Snapshotter,
     Unavailable,
 )
+from reconciler.sockets import OwnedSocket, SocketUnavailable
 
 try:
     from reconciler.api.proto import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
@@ -63,12 +59,6 @@ Runner = Callable[[Callable[[Snapshotter], T]], T]
 LIST_BATCH = 100
 WORKERS = 8
 
-# How long the start-up probe waits for a connect to a live socket (a full backlog).
-PROBE_TIMEOUT = 1.0
-# sockaddr_un.sun_path on Linux: 108 bytes, the final NUL included.
-SUN_PATH_MAX = 108
-# Numbers the private names of this process's servers (tests run several at once).
-_SERVERS = itertools.count(1)
 
 
 class CallObserver(Protocol):
@@ -78,11 +68,6 @@ class CallObserver(Protocol):
     def grpc_call(self, method: str, code: str, seconds: float) -> None:
         """One call, answered (a List: gathered; its stream is the client's to read)."""
         ...
-
-
-class SocketUnavailable(RuntimeError):
-    """The configured socket path cannot be served by us: another process serves there, or
-    something other than a socket is in the way. Nothing at the path was touched."""
 
 
 _CODES: dict[type[SnapshotError], grpc.StatusCode] = {
@@ -213,95 +198,30 @@ class ApiServer:
             max_workers=workers, thread_name_prefix="grpc"))
         snapshots_pb2_grpc.add_SnapshotsServicer_to_server(  # type: ignore[no-untyped-call]
             SnapshotsService(run, observer), self._server)
-        # (st_dev, st_ino) of the socket we bound, while it is ours to unlink.
-        self._bound: tuple[int, int] | None = None
+        # gRPC unlinks the name it bound when it stops: through a directory descriptor
+        # closed by then, that name could be another directory's, so the path must fit.
+        self._socket = OwnedSocket(socket_path, f"grpc_socket {socket_path}",
+                                   through_directory=False)
 
     def start(self) -> None:
         """Take the socket path (replacing only a stale socket) and start serving; raises
         SocketUnavailable, touching nothing at the path, when another process serves there."""
-        path = self.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _check_not_served(path)
-        private = _private_name(path)
-        # The socket is made with the umask's mode: make it private from the start.
-        old = os.umask(0o177)
-        try:
-            self._server.add_insecure_port(f"unix:{private}")
+        def bind(address: str) -> None:
+            self._server.add_insecure_port(f"unix:{address}")
             self._server.start()
-        finally:
-            os.umask(old)
-        try:
-            os.chmod(private, 0o600)
-            st = os.lstat(private)
-            _check_not_served(path)  # again: a daemon may have bound it while we did
-            os.rename(private, path)
-        except BaseException:
-            self._server.stop(0).wait()
-            private.unlink(missing_ok=True)
-            raise
-        self._bound = (st.st_dev, st.st_ino)
-        log.info("api.serving", socket=str(path),
+
+        self._socket.claim(bind, lambda: self._server.stop(0).wait())
+        log.info("api.serving", socket=str(self.socket_path),
                  service="containerd.services.snapshots.v1.Snapshots")
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop taking requests; those in flight get `grace` seconds. The socket path is
         unlinked only while it is still the socket this server bound."""
         self._server.stop(grace).wait()
-        if self._bound is None:
-            return
-        bound, self._bound = self._bound, None
-        try:
-            st = os.lstat(self.socket_path)
-        except FileNotFoundError:
-            return
-        if (st.st_dev, st.st_ino) != bound:
+        if not self._socket.release():
             log.warning("api.socket_left", socket=str(self.socket_path),
                         reason="no longer the socket this daemon bound (another process "
                         "replaced it): not ours to remove")
-            return
-        self.socket_path.unlink(missing_ok=True)
 
 
-def _private_name(path: Path) -> Path:
-    """A name of our own in the socket's directory (a rename does not cross filesystems),
-    which gRPC may unlink on bind and on stop without touching anyone else's socket. Short:
-    a unix socket's path holds at most 107 bytes, and the configured one may be near that."""
-    private = path.with_name(f".{os.getpid():x}.{next(_SERVERS)}")
-    if len(os.fsencode(private)) >= SUN_PATH_MAX:
-        raise SocketUnavailable(f"grpc_socket {path}: no room in a unix socket path for the "
-                                f"name {private.name!r} it is bound at before it is moved "
-                                "into place; use a shorter directory")
-    return private
-
-
-def _check_not_served(path: Path) -> None:
-    """Raise SocketUnavailable unless the path is free or holds a stale socket (one that
-    refuses connections: its daemon is gone)."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise SocketUnavailable(f"grpc_socket {path} exists and is not a socket: not ours "
-                                "to replace")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(PROBE_TIMEOUT)
-    try:
-        probe.connect(str(path))
-    except ConnectionRefusedError:
-        return  # stale: nobody listens there any more
-    except FileNotFoundError:
-        return  # gone since the lstat
-    except TimeoutError:
-        raise SocketUnavailable(f"grpc_socket {path} is served by another process (it "
-                                "accepts connections but is slow to): not taking it over") \
-            from None
-    except OSError as exc:
-        # EACCES and the like: we cannot tell whether it is live, so it is not ours to take.
-        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
-        raise SocketUnavailable(f"grpc_socket {path} cannot be probed ({reason}): not "
-                                "taking it over") from None
-    finally:
-        probe.close()
-    raise SocketUnavailable(f"grpc_socket {path} is served by another process (another "
-                            "reconciler or containerd?): not taking it over")
+__all__ = ["ApiServer", "SnapshotsService", "SocketUnavailable"]

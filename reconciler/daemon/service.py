@@ -4,18 +4,21 @@ Level-triggered loop in one thread (the main one), which alone owns the store, t
 and every kernel call. It wakes on spec-file events (only those names are reconciled), when a
 device's retry is due, and every `resync_interval` for a full pass that also repairs what was
 changed behind our back in the kernel. Signals: SIGTERM/SIGINT finish the step in flight and
-exit 0; SIGHUP reloads the config; SIGUSR1 asks for a full pass now (`reconciler retry` uses
-it). gRPC requests (on the server's worker threads) are handed to the same thread and
-answered from there; one whose device must wait for a retry is parked (never slept on) and
-answered after a later pass settles it, while the loop goes on serving everything else.
+exit 0; SIGHUP reloads the config; SIGUSR1 asks for a full pass now (for operators; the CLI
+uses the control socket, `daemon.control`, whose requests are served on this thread by a full
+pass each and answered after it). gRPC requests (on the server's worker threads) are handed
+to the same thread and answered from there; one whose device must wait for a retry is parked
+(never slept on) and answered after a later pass settles it, while the loop goes on serving
+everything else.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +39,13 @@ from reconciler.daemon.health import (
     take_snapshot,
 )
 from reconciler.daemon.metrics import Metrics, MetricsServer
+from reconciler.daemon.control import (
+    Command,
+    ControlAnswer,
+    ControlRequest,
+    ControlServer,
+    DeviceAnswer,
+)
 from reconciler.daemon.notify import sd_notify
 from reconciler.daemon.wakeups import Batch, Wakeups
 from reconciler.daemon.watch import SpecWatcher
@@ -44,11 +54,21 @@ from reconciler.dm.host import Host
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import Call, Parked, Snapshotter, Unavailable
-from reconciler.store import ConditionKind, Store, StoreError
+from reconciler.states import DeviceState
+from reconciler.store import ConditionKind, RequestKind, Store, StoreError
 
 T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
+
+# The store's request for each control command (a resync is a pass, no request).
+REQUEST_KINDS = {
+    Command.RETRY: RequestKind.RETRY,
+    Command.GC_ORPHANS: RequestKind.GC_ORPHANS,
+    Command.GC_FAULTY: RequestKind.GC_FAULTY,
+    Command.ADOPT: RequestKind.ADOPT,
+    Command.CONFIRM_REMOVALS: RequestKind.CONFIRM_REMOVALS,
+}
 
 # Keys that name the pool and its state: changing them needs a restart, not a reload.
 IDENTITY_KEYS = ("root_path", "pool_name", "data_device", "metadata_device")
@@ -111,6 +131,9 @@ class Daemon:
         self.reconciler = self._new_reconciler()
         self.watcher: SpecWatcher | None = None
         self.api: ApiServer | None = None
+        self.control: ControlServer | None = None
+        # Why the last pass failed (None once one ends): a control answer says it.
+        self.last_pass_error: str | None = None
         self.snapshotter = Snapshotter(self.reconciler, parking=True)
         self._parked: list[_ParkedCall] = []
 
@@ -229,12 +252,14 @@ class Daemon:
                 log.exception("pass.failed", error=error, failures=self.failed_passes,
                               next=f"full pass again in {delay:.1f}s")
             self._pass_failed_shown = True
+            self.last_pass_error = error
             try:
                 self.store.set_condition(ConditionKind.PASS_FAILED, error)
             except Exception:  # the store itself may be what failed
                 log.exception("condition.not_saved", kind=ConditionKind.PASS_FAILED.value)
             return None
         self.failed_passes = 0
+        self.last_pass_error = None
         if self._pass_failed_shown:
             try:
                 self.store.clear_condition(ConditionKind.PASS_FAILED)
@@ -249,6 +274,65 @@ class Daemon:
                  converged=len(result.converged), pending=result.pending or None,
                  faulty=result.faulty or None,
                  rejected=[r.name for r in result.rejected] or None)
+        return result
+
+    # -- the control socket ----------------------------------------------------------------
+
+    def control_request(self, request: ControlRequest) -> ControlAnswer:
+        """Serve an operator's request on the reconcile thread (for the control socket's
+        threads): queue it in the store, run a full pass (which takes it), answer."""
+        try:
+            return self.run_on_loop(lambda _: self._serve_control(request))
+        except Unavailable as exc:
+            return ControlAnswer(ok=False, error=str(exc))
+
+    def _serve_control(self, request: ControlRequest) -> ControlAnswer:
+        kind = REQUEST_KINDS.get(request.command)
+        request_id = None
+        if kind is not None:
+            name = request.name or "*"
+            if kind is RequestKind.CONFIRM_REMOVALS:
+                name = json.dumps(list(request.names))
+            request_id = self.store.add_request(kind, name, request.thin_id)
+        log.info("control.request", command=request.command.value, name=request.name or None,
+                 next="a full pass serves it, then it is answered")
+        result = self._full_pass()
+        if result is None:
+            queued = "" if request_id is None else "; the request stays queued for the next pass"
+            return ControlAnswer(ok=False, error=f"the pass failed: {self.last_pass_error}"
+                                 + queued)
+        if request_id is None:
+            names = sorted({*result.pending, *result.faulty})
+            done = (f"full pass: {len(result.converged)} converged, {len(result.pending)} "
+                    f"waiting, {len(result.faulty)} Faulty")
+            return ControlAnswer(ok=result.ok, done=done, devices=self._devices(names, result),
+                                 error=result.source_error)
+        outcome = self.reconciler.request_outcomes.get(request_id)
+        if outcome is None:  # taken by no pass: cannot happen while this thread owns it
+            return ControlAnswer(ok=False, error="the request was not taken by the pass")
+        return ControlAnswer(ok=outcome.error is None, done=outcome.done, error=outcome.error,
+                             devices=self._devices(outcome.names, result))
+
+    def _devices(self, names: Iterable[str], result: PassResult) -> tuple[DeviceAnswer, ...]:
+        answers = []
+        converged = set(result.converged)
+        for name in names:
+            record = self.reconciler.records.get(name)
+            if record is None:
+                answers.append(DeviceAnswer(name, "no such device"))
+                continue
+            answers.append(DeviceAnswer(
+                name, str(record.state), record.error,
+                converged=name in converged or record.state == DeviceState.REMOVED))
+        return tuple(answers)
+
+    def _full_pass(self) -> PassResult | None:
+        """A full pass now, as a resync (the next periodic one counts from here)."""
+        self._next_resync = self.clock() + self.settings.resync_interval
+        if self.watcher is not None:
+            self.watcher.refresh()
+        result = self._pass(None)
+        self._next_retry = None if result is None else result.next_retry_at
         return result
 
     def _reload(self) -> None:
@@ -345,7 +429,8 @@ class Daemon:
         return max(0.0, deadline - self.clock())
 
     def start(self) -> None:
-        """First full pass, then file watching."""
+        """The control socket, then the first full pass, then file watching. Raises
+        SocketUnavailable when the control socket's path is not ours to take."""
         self._next_resync = self.clock()
         if self.metrics is not None and self.settings.metrics_address is not None:
             # Before the first pass: /healthz answers during it, /readyz says it is not over.
@@ -354,6 +439,9 @@ class Daemon:
                                    self.liveness, self.readiness)
             server.start()
             self.metrics_server = server
+        control = ControlServer(self.settings.control_socket, self.control_request)
+        control.start()
+        self.control = control
         self.watcher = SpecWatcher(self.settings.specs_path, self.wakeups)
         self.watcher.start()
         if self.settings.grpc_socket is not None:
@@ -388,6 +476,9 @@ class Daemon:
         self._stopping = True
         self._refuse_queued()
         self._refuse_parked()
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
         if self.api is not None:
             self.api.stop()
             self.api = None

@@ -16,17 +16,20 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
 from reconciler.dm.errors import _BY_ERRNO, CommandFailed, DmError, NoSuchDevice
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
+from reconciler.sockets import Probe, probe
 from reconciler.units import Sectors
 
 log = structlog.get_logger(__name__)
@@ -65,10 +68,9 @@ LOG_LEVEL_MASK = 0x7
 LOG_ERR = 3
 LOG_WARN = 4
 
-# Where libudev (and so libdevmapper and dmsetup) looks to decide whether udev runs.
+# Where libudev (and so libdevmapper and dmsetup) looks to decide whether udev runs: udevd's
+# control socket (SOCK_SEQPACKET), under /run/udev, which a pod mounts from the host.
 UDEV_CONTROL = "/run/udev/control"
-UNIX_SOCKETS = "/proc/net/unix"
-SO_ACCEPTCON = 0x10000  # a listening socket, in /proc/net/unix's Flags column
 DEFAULT_UDEV_TIMEOUT = 60.0
 UDEV_POLL_MAX = 0.002  # seconds between two looks at a udev cookie, at most
 
@@ -279,27 +281,23 @@ def load_libdm(names: Sequence[str] = LIBRARY_NAMES) -> ctypes.CDLL:
         raise LibdmUnavailable(f"libdevmapper is not available: {'; '.join(problems)}")
 
 
-def udev_running(control: str = UDEV_CONTROL, sockets: str = UNIX_SOCKETS) -> bool:
-    """Whether udev runs: its control socket file exists and a process listens on it.
+def udev_running(control: str = UDEV_CONTROL) -> bool:
+    """Whether udev runs: a connect to its control socket is accepted.
 
-    libudev (and so libdevmapper and dmsetup) looks at the file alone, which a stopped udevd
-    leaves behind: every wait for udev would then last until the timeout. /proc/net/unix lists
-    the sockets of this network namespace only; where it cannot be read, the file decides.
+    libudev (and so libdevmapper's own check, `dm_udev_get_sync_support` before we set it)
+    looks at the file alone, which a stopped udevd leaves behind: every wait for udev would
+    then last until the timeout. Listing /proc/net/unix instead (what this did before) sees
+    only this network namespace's sockets: in a pod without host networking udevd's socket is
+    never listed, though /run/udev is the host's. A connect works across namespaces: accepted
+    (or EAGAIN: a full backlog) is a live udevd; refused is a stale file; a plain file,
+    or a socket of another type, is not udevd. When the connect cannot tell (EACCES: not
+    root), the file decides, as it does for libudev. udevd takes the empty connection as a
+    client that left (it reads nothing and closes it).
     """
-    if not os.path.exists(control):
-        return False
-    try:
-        with open(sockets, encoding="utf-8", errors="replace") as table:
-            next(table, None)  # the header line
-            for line in table:
-                # Num RefCount Protocol Flags Type St Inode Path
-                fields = line.split(maxsplit=7)
-                if len(fields) == 8 and fields[7].rstrip("\n") == control \
-                        and int(fields[3], 16) & SO_ACCEPTCON:
-                    return True
-    except (OSError, ValueError):
-        return True
-    return False
+    # Never waits: asked before every create, resume and remove, and a udevd that is alive
+    # but not accepting (stopped, busy) fills its backlog with these connects.
+    found = probe(Path(control), socket.SOCK_SEQPACKET, timeout=0)
+    return found in (Probe.LIVE, Probe.SLOW, Probe.UNKNOWN)
 
 
 _TABLE_LINE_RE = re.compile(

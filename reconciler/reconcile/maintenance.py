@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -32,40 +33,70 @@ class RequestRefused(Exception):
     """An operator request that cannot be done as asked; the message says why."""
 
 
-def take_requests(ctx: PassContext, load_specs: Callable[[], SpecSet]) -> set[str]:
+@dataclass(frozen=True)
+class RequestOutcome:
+    """What one request did (`done`), or why it was not done (`error`); the devices it
+    concerns, whose state after the pass the operator is told."""
+
+    done: str = ""
+    error: str | None = None
+    names: tuple[str, ...] = ()
+
+
+def take_requests(ctx: PassContext, load_specs: Callable[[], SpecSet],
+                  outcomes: dict[int, RequestOutcome] | None = None) -> set[str]:
     """Run every queued operator request; a refused or failed one is logged and dropped.
+    Each one's outcome goes to `outcomes` by request id (the control socket answers with it).
 
     Returns the names whose held removal an operator confirmed (the pass does them).
     """
     confirmed: set[str] = set()
     for request in ctx.store.take_requests():
-        bound = log.bind(request=request.kind, name=request.name)
-        try:
-            kind = RequestKind(request.kind)
-        except ValueError:
-            bound.warning("request.unknown", next="dropped")
-            continue
-        try:
-            if kind == RequestKind.CONFIRM_REMOVALS:
-                confirmed |= _names(request.name)
-                bound.info("request.removals_confirmed", names=sorted(_names(request.name)))
-            elif kind == RequestKind.RETRY:
-                retry(ctx, request.name)
-            elif kind == RequestKind.GC_ORPHANS:
-                gc_orphans(ctx)
-            elif kind == RequestKind.GC_FAULTY:
-                gc_faulty(ctx)
-            elif request.arg is not None:
-                adopt(ctx, request.name, request.arg, load_specs())
-            else:
-                bound.warning("request.unknown", reason="adopt without a thin id",
-                              next="dropped")
-        except (DmError, RequestRefused) as exc:
-            bound.error("request.failed", error=str(exc), next="fix and ask again")
-        except Exception as exc:  # noqa: BLE001 - one request's bug is not the pass's
-            bound.exception("request.failed", error=f"{type(exc).__name__}: {exc}",
-                            next="reported; the pass goes on")
+        outcome = _take(ctx, request.kind, request.name, request.arg, load_specs, confirmed)
+        if outcomes is not None:
+            outcomes[request.id] = outcome
     return confirmed
+
+
+def _take(ctx: PassContext, kind_text: str, name: str, arg: int | None,
+          load_specs: Callable[[], SpecSet], confirmed: set[str]) -> RequestOutcome:
+    """Run one request; never raises."""
+    bound = log.bind(request=kind_text, name=name)
+    try:
+        kind = RequestKind(kind_text)
+    except ValueError:
+        bound.warning("request.unknown", next="dropped")
+        return RequestOutcome(error=f"unknown request {kind_text!r}")
+    try:
+        if kind == RequestKind.CONFIRM_REMOVALS:
+            names = sorted(_names(name))
+            confirmed.update(names)
+            bound.info("request.removals_confirmed", names=names)
+            return RequestOutcome(f"{len(names)} removals confirmed", names=tuple(names))
+        if kind == RequestKind.RETRY:
+            return RequestOutcome(retry(ctx, name), names=(name,))
+        if kind == RequestKind.GC_ORPHANS:
+            return RequestOutcome(gc_orphans(ctx))
+        if kind == RequestKind.GC_FAULTY:
+            released = gc_faulty(ctx)
+            return RequestOutcome(f"{len(released)} Faulty devices released",
+                                  names=tuple(released))
+        if arg is not None:
+            adopt(ctx, name, arg, load_specs())
+            return RequestOutcome(f"thin id {arg} adopted as {name}", names=(name,))
+        bound.warning("request.unknown", reason="adopt without a thin id", next="dropped")
+        return RequestOutcome(error="adopt without a thin id")
+    except (DmError, RequestRefused) as exc:
+        bound.error("request.failed", error=str(exc), next="fix and ask again")
+        return RequestOutcome(error=str(exc), names=(name,) if kind in _NAMED else ())
+    except Exception as exc:  # noqa: BLE001 - one request's bug is not the pass's
+        error = f"{type(exc).__name__}: {exc}"
+        bound.exception("request.failed", error=error, next="reported; the pass goes on")
+        return RequestOutcome(error=error, names=(name,) if kind in _NAMED else ())
+
+
+# Requests about one device, named by the request.
+_NAMED = frozenset({RequestKind.RETRY, RequestKind.ADOPT})
 
 
 def _names(listed: str) -> set[str]:
@@ -77,39 +108,53 @@ def _names(listed: str) -> set[str]:
     return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
 
 
-def retry(ctx: PassContext, name: str) -> None:
+def retry(ctx: PassContext, name: str) -> str:
     """Take a Faulty device out of Faulty, back to where the pool says it is."""
     record = ctx.records.get(name)
     if record is None or record.state != S.FAULTY:
         raise RequestRefused(f"{name!r} is not Faulty "
                              f"({record.state if record else 'no such device'})")
     log.info("request.retry", name=name)
+    failed_at = record.error_step  # the transition clears it
     # A change its last attempt started may have happened: the machine must know.
     settle_pending(ctx, record)
     ctx.machine(name).fire(Trigger.RETRY)
+    return f"{name} taken out of Faulty" + (f" (it had failed at {failed_at})"
+                                             if failed_at else "")
 
 
-def gc_orphans(ctx: PassContext) -> None:
-    """Delete thin ids the pool has and the store does not manage, unless one is in use."""
+def gc_orphans(ctx: PassContext) -> str:
+    """Delete thin ids the pool has and the store does not manage, unless one is in use;
+    says which."""
+    deleted: list[int] = []
+    kept: list[int] = []
     in_use = {d.table.device_id for d in ctx.obs.devices.values()
               if d.table is not None and d.table.pool == ctx.obs.pool_number}
     for thin_id in sorted(ctx.read_pool_ids() - ctx.managed_ids()):
         if thin_id in in_use:
             log.warning("gc.orphan_in_use", thin_id=thin_id,
                         next="remove its dm device first; left alone")
+            kept.append(thin_id)
             continue
         save_transaction_id(ctx, ctx.pool.delete(thin_id, ctx.ledger.transaction_id))
         assert ctx.ledger.ids is not None
         ctx.ledger.ids.discard(thin_id)
         log.info("gc.orphan_deleted", thin_id=thin_id)
+        deleted.append(thin_id)
+    text = f"orphan thin ids deleted: {deleted or 'none'}"
+    return text + (f"; left in use: {kept}" if kept else "")
 
 
-def gc_faulty(ctx: PassContext) -> None:
-    """Release every Faulty device: its dm device, its thin id, its row (Removed)."""
+def gc_faulty(ctx: PassContext) -> list[str]:
+    """Release every Faulty device: its dm device, its thin id, its row (Removed); returns
+    their names."""
+    released = []
     for name, record in sorted(ctx.records.items()):
         if record.state == S.FAULTY:
             log.info("gc.faulty", name=name, thin_id=record.device_id)
+            released.append(name)
             remove(ctx, record, None)
+    return released
 
 
 def adopt(ctx: PassContext, name: str, thin_id: int, spec_set: SpecSet) -> None:

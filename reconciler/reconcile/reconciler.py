@@ -137,6 +137,9 @@ class Reconciler:
         self.allow_removals = allow_removals
         # Removals an operator confirmed (`reconciler confirm-removals`), until done.
         self.confirmed_removals: set[str] = set()
+        # What each operator request the last pass took did, by request id (the daemon
+        # answers its control socket's callers with it); only the last pass's are kept.
+        self.request_outcomes: dict[int, maintenance.RequestOutcome] = {}
         self._source = SourceGuard(settings, store)
         self._conditions = Conditions(store)
         self._usage = UsageWatch()
@@ -220,7 +223,9 @@ class Reconciler:
             if wanted is None and self._pool_may_have_changed(ctx):
                 ctx.read_pool_ids()
         maintenance.resume_suspended(ctx)
-        self.confirmed_removals |= maintenance.take_requests(ctx, self.load_specs)
+        self.request_outcomes = {}
+        self.confirmed_removals |= maintenance.take_requests(
+            ctx, self.load_specs, self.request_outcomes)
         if wanted is None:
             maintenance.find_orphans(ctx)
 
@@ -404,7 +409,9 @@ class Reconciler:
         if not self.recovered:
             recovery.recover(ctx)
             self.recovered = True
-        self.confirmed_removals |= maintenance.take_requests(ctx, self.load_specs)
+        self.request_outcomes = {}
+        self.confirmed_removals |= maintenance.take_requests(
+            ctx, self.load_specs, self.request_outcomes)
         ctx.read_pool_ids()
         maintenance.find_orphans(ctx)
 

@@ -434,9 +434,12 @@ class Store:
 
     # -- operator requests -----------------------------------------------------------------
 
-    def add_request(self, kind: RequestKind, name: str, arg: int | None = None) -> None:
-        """Queue a request for the daemon (it runs them at the start of its next pass)."""
-        self._m.Request.create(kind=kind.value, name=name, at=self.clock(), arg=arg)
+    def add_request(self, kind: RequestKind, name: str, arg: int | None = None) -> int:
+        """Queue a request for the daemon (it runs them at the start of its next pass);
+        returns its id."""
+        row = self._m.Request.create(kind=kind.value, name=name, at=self.clock(), arg=arg)
+        request_id: int = row.id
+        return request_id
 
     def written_by_others(self) -> bool:
         """Whether another connection (another process: the CLI, a second daemon) committed
