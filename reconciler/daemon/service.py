@@ -29,6 +29,13 @@ import structlog
 
 from reconciler.api.server import ApiServer
 from reconciler.config import ConfigError, Settings, load_settings
+from reconciler.daemon.control import (
+    Command,
+    ControlAnswer,
+    ControlRequest,
+    ControlServer,
+    DeviceAnswer,
+)
 from reconciler.daemon.health import (
     PassKind,
     PassOutcome,
@@ -39,13 +46,6 @@ from reconciler.daemon.health import (
     take_snapshot,
 )
 from reconciler.daemon.metrics import Metrics, MetricsServer
-from reconciler.daemon.control import (
-    Command,
-    ControlAnswer,
-    ControlRequest,
-    ControlServer,
-    DeviceAnswer,
-)
 from reconciler.daemon.notify import sd_notify
 from reconciler.daemon.wakeups import Batch, Wakeups
 from reconciler.daemon.watch import SpecWatcher
