@@ -5,7 +5,10 @@ READY around a reload, and a socket that cannot be reached never raising into th
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,8 @@ from reconciler.daemon.wakeups import Wakeups
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.specs import RejectedSpec
 from tests.conftest import World
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class Listener:
@@ -47,6 +52,15 @@ class Listener:
     def next(self) -> str:
         """The next datagram, waiting for it."""
         return self.sock.recv(4096).decode()
+
+    def until(self, last: str) -> list[str]:
+        """Datagrams up to and including `last`, watchdog pings left out."""
+        heard: list[str] = []
+        while not heard or heard[-1] != last:
+            message = self.next()
+            if message != "WATCHDOG=1":
+                heard.append(message)
+        return heard
 
 
 class FakeMonotonic:
@@ -294,3 +308,40 @@ def test_a_manager_that_stops_reading_costs_dropped_messages_not_a_blocked_loop(
     assert [e["event"] for e in events] == ["notify.failed"]
     listener.messages()
     assert notifier.send("READY=1")
+
+
+def test_a_daemon_process_tells_its_manager_and_the_journal(tmp_path: Path,
+                                                            listener: Listener) -> None:
+    """`reconciler run` as systemd starts it (over the fake kernel, tests/daemon_process.py):
+    STATUS then READY after the first pass, WATCHDOG pings while idle, RELOADING/READY on
+    SIGHUP, STOPPING on SIGTERM; its stderr, named by JOURNAL_STREAM, carries priorities."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'root_path = "{tmp_path / "state"}"\nspec_dir = "{tmp_path / "specs"}"\n'
+        'pool_name = "notifypool"\nloopback_data_size = "256MiB"\n'
+        'loopback_metadata_size = "8MiB"\ndm_driver = "dmsetup"\n')
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.toml").write_text('filesystem = "none"\n')
+    log_path = tmp_path / "journal"
+    with log_path.open("wb") as journal:
+        st = os.fstat(journal.fileno())
+        env = {**os.environ, "NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "200000",
+               "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        process = subprocess.Popen([sys.executable, "-m", "tests.daemon_process", str(config)],
+                                   cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=journal)
+        try:
+            assert listener.until("READY=1") == [
+                "STATUS=1 converged, 0 pending, 0 faulty, 0 rejected", "READY=1"]
+            # Idle now (the next resync is 30 s away): pings keep coming all the same.
+            assert [listener.next() for _ in range(3)] == ["WATCHDOG=1"] * 3
+            process.send_signal(signal.SIGHUP)
+            heard = listener.until("READY=1")
+            assert len(heard) == 2 and heard[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+    rest = [m for m in listener.messages() if m != "WATCHDOG=1"]
+    assert rest[-1] == "STOPPING=1"
+    lines = log_path.read_text().splitlines()
+    assert lines and all(line[:3] in ("<6>", "<4>", "<3>") for line in lines)
+    assert any(line.startswith("<6>") and '"event": "daemon.ready"' in line for line in lines)
