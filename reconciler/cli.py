@@ -21,11 +21,9 @@ from pathlib import Path
 import structlog
 
 from reconciler import logs
-from reconciler.api.server import SocketUnavailable
 from reconciler.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, config_path, load_settings
 from reconciler.daemon.lock import LockError, RootLock, holder_pid, lock_held
 from reconciler.daemon.once import run_until_settled
-from reconciler.daemon.service import Daemon
 from reconciler.dm.crash import from_environment
 from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host, SystemHost
@@ -147,6 +145,12 @@ def confirm_removals(settings: Settings, host: Host) -> int:
 
 def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
     """The long-running daemon."""
+    # Imported here: the daemon brings grpc (a third of the CLI's start-up), which the
+    # commands that only read, `status --check` run by probes every few seconds above all,
+    # never use.
+    from reconciler.api.server import SocketUnavailable
+    from reconciler.daemon.service import Daemon
+
     daemon = Daemon(settings, host, config_path=path)
     daemon.install_signal_handlers()
     try:
