@@ -180,6 +180,28 @@ def test_the_watchdog_is_pinged_every_half_interval_even_when_idle(
         daemon.close()
 
 
+def test_last_turn_is_stamped_as_each_step_starts_and_ends(fake_world: World) -> None:
+    """Work run inside a step sees last_turn from the step's start; after the step it is
+    the step's end (monotonic time, for liveness checks in the process)."""
+    clock = FakeMonotonic()
+    daemon = make_daemon(fake_world, Notifier({}), clock)
+    seen: list[float] = []
+
+    def work(stopping: bool) -> None:
+        del stopping
+        seen.append(daemon.last_turn)
+        clock.now += 5.0  # the work takes five seconds
+
+    try:
+        daemon.start()
+        clock.now = 2000.0
+        daemon.wakeups.call(work)
+        assert daemon.step(timeout=0)
+        assert (seen, daemon.last_turn) == ([2000.0], 2005.0)
+    finally:
+        daemon.close()
+
+
 def test_a_long_pass_pings_the_watchdog_between_device_steps(
         fake_world: World, listener: Listener) -> None:
     """Every look at the clock takes a second (a slow pass): the watchdog is pinged between

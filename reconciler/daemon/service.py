@@ -294,6 +294,7 @@ class Daemon:
     def step(self, timeout: float | None = None) -> bool:
         """Wait for one wake-up (or the next deadline) and act on it; False once stopping.
         `last_turn` is stamped as it starts and as it ends, the watchdog pinged if due."""
+        self.last_turn = self.monotonic()
         try:
             return self._step(timeout)
         finally:
@@ -302,7 +303,6 @@ class Daemon:
 
     def _step(self, timeout: float | None) -> bool:
         batch = self.wakeups.take(timeout)
-        self.last_turn = self.monotonic()
         self.notifier.kick()
         for work in batch.calls:
             work(self._stopping)
