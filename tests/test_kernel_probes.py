@@ -76,8 +76,6 @@ def test_the_probe_follows_the_daemon_a_faulty_device_and_the_pool(
     world.spec("web", 'filesystem = "none"\n')
     wait_for("web Activated", lambda: _state(world, "web") == "Activated", TIMEOUT)
     assert probe(config) == (0, "healthy\n")
-    assert json.loads(probe(config, "--json")[1]) == {"health": "healthy", "code": 0,
-                                                      "reasons": []}
 
     kname = f"{world.pool}-clash"
     subprocess.run(["dmsetup", "create", kname, "--table", "0 8 zero"], check=True)
