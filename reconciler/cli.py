@@ -7,6 +7,7 @@ when no daemon holds the root lock, by this process.
 Exit codes: 0 everything converged (or done), 1 a device is Faulty, waiting or not converged,
 a spec is invalid, the pool could not be brought up, or the database stayed busy (other
 processes: the daemon and any number of CLI calls share it); 2 a config or usage error.
+`status --check` is the exception, for probes: 0 healthy, 1 degraded, 2 down.
 """
 
 from __future__ import annotations
@@ -21,18 +22,15 @@ from pathlib import Path
 import structlog
 
 from reconciler import logs
-from reconciler.api.server import SocketUnavailable
 from reconciler.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, config_path, load_settings
 from reconciler.daemon.control import Command, ControlRequest, ControlUnreachable, ask
-from reconciler.daemon.lock import LockError, RootLock, holder_pid
-from reconciler.daemon.metrics import MetricsUnavailable
+from reconciler.daemon.lock import LockError, RootLock, holder_pid, lock_held
 from reconciler.daemon.once import run_until_settled
-from reconciler.daemon.service import Daemon
 from reconciler.dm.crash import from_environment
 from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host, SystemHost
 from reconciler.reconcile.reconciler import Reconciler
-from reconciler.status import build_report, render_json, render_table
+from reconciler.status import build_report, check, render_check, render_json, render_table
 from reconciler.store import ConditionKind, RequestKind, Store, StoreError
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
@@ -61,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--all", action="store_true", help="include Removed devices")
     status.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                         help="refresh every SECONDS (default 2) until interrupted")
+    status.add_argument("--check", action="store_true",
+                        help="one line for probes; exit 0 healthy, 1 degraded, 2 down")
     sub.add_parser("plan", help="print what the next pass would do, doing nothing")
     retry = sub.add_parser("retry", help="try a Faulty device again (releases nothing)")
     retry.add_argument("name")
@@ -149,6 +149,13 @@ def confirm_removals(settings: Settings, host: Host) -> int:
 
 def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
     """The long-running daemon."""
+    # Imported here: the daemon brings grpc (a third of the CLI's start-up), which the
+    # commands that only read, `status --check` run by probes every few seconds above all,
+    # never use.
+    from reconciler.daemon.metrics import MetricsUnavailable
+    from reconciler.daemon.service import Daemon
+    from reconciler.sockets import SocketUnavailable
+
     daemon = Daemon(settings, host, config_path=path)
     daemon.install_signal_handlers()
     try:
@@ -158,8 +165,28 @@ def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
         return EXIT_NOT_CONVERGED
 
 
+def check_status(settings: Settings, host: Host, as_json: bool) -> int:
+    """`status --check`: the verdict in one line (or JSON); its exit code is the health."""
+    running = lock_held(settings.root_path)
+    report = None
+    if settings.database_path.exists():
+        store = Store(settings.database_path, time.time)
+        try:
+            report = build_report(settings, store, host)
+        finally:
+            store.close()
+    verdict = check(report, running)
+    sys.stdout.write(render_check(verdict, as_json))
+    return int(verdict.health)
+
+
 def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int:
     """Print the status document (again and again with --watch)."""
+    if args.check:
+        if args.name is not None or args.watch is not None:
+            print("reconciler: status --check takes no NAME and no --watch", file=sys.stderr)
+            return EXIT_USAGE
+        return check_status(settings, host, args.json)
     if not settings.database_path.exists():
         print(f"no state at {settings.database_path}: the daemon has not run yet",
               file=sys.stderr)

@@ -2,36 +2,80 @@
 
 JSON lines when stderr is not a terminal (journald, files, tests), readable console lines on a
 terminal. Events are named `noun.verb` (device.state_changed) and say what happens next.
+When stderr is the journal (systemd's JOURNAL_STREAM names its device and inode), each line
+starts with sd-daemon's `<N>` priority prefix for its level, so that `journalctl -p warning`
+and the colours of `journalctl` follow the event's level.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 import structlog
 
 LEVELS = ("debug", "info", "warning", "error")
 
 
-class _StderrLogger:
-    """Writes each rendered line to whatever sys.stderr is at that moment (tests swap it)."""
+# sd-daemon.h's priority prefixes: SD_CRIT, SD_ERR, SD_WARNING, SD_INFO, SD_DEBUG.
+SD_CRIT, SD_ERR, SD_WARNING, SD_INFO, SD_DEBUG = 2, 3, 4, 6, 7
 
-    def msg(self, message: str) -> None:
+
+def stderr_is_journal(environ: Mapping[str, str], stream: TextIO) -> bool:
+    """Whether `stream` is the journal's: JOURNAL_STREAM holds `<dev>:<inode>` of the very
+    file it is (systemd sets it for the service's stderr; a child whose stderr was
+    redirected inherits the variable but not the file)."""
+    dev, _, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (dev.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False  # no file behind it (a test's capture)
+    return (st.st_dev, st.st_ino) == (int(dev), int(inode))
+
+
+class _StderrLogger:
+    """Writes each rendered line to whatever sys.stderr is at that moment (tests swap it),
+    with its priority prefix when stderr is the journal."""
+
+    def __init__(self, journal: bool) -> None:
+        self.journal = journal
+
+    def _write(self, priority: int, message: str) -> None:
+        if self.journal:
+            # Every line: the journal reads a multi-line event (a traceback) line by line.
+            message = "\n".join(f"<{priority}>{line}" for line in message.split("\n"))
         print(message, file=sys.stderr, flush=True)
 
-    debug = info = warning = error = critical = exception = msg
+    # The methods structlog calls, by the event's level (`exception` arrives as `error`).
+    def critical(self, message: str) -> None:
+        self._write(SD_CRIT, message)
 
+    def error(self, message: str) -> None:
+        self._write(SD_ERR, message)
 
-def _stderr_logger(*args: Any) -> _StderrLogger:
-    del args
-    return _StderrLogger()
+    def warning(self, message: str) -> None:
+        self._write(SD_WARNING, message)
+
+    def info(self, message: str) -> None:
+        self._write(SD_INFO, message)
+
+    def debug(self, message: str) -> None:
+        self._write(SD_DEBUG, message)
+
+    exception = error
+    msg = info
 
 
 def configure(level: str = "info", json: bool | None = None) -> None:
     """Set up structlog for the process; `json` defaults to "stderr is not a TTY"."""
     use_json = not sys.stderr.isatty() if json is None else json
+    journal = stderr_is_journal(os.environ, sys.stderr)
     renderer: Any = (
         structlog.processors.JSONRenderer(sort_keys=False)
         if use_json
@@ -47,6 +91,6 @@ def configure(level: str = "info", json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=_stderr_logger,
+        logger_factory=lambda *args: _StderrLogger(journal),
         cache_logger_on_first_use=False,
     )

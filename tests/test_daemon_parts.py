@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import threading
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.daemon.lock import AlreadyRunning, RootLock, holder_pid
+from reconciler.daemon import lock as lock_module
+from reconciler.daemon.lock import AlreadyRunning, RootLock, holder_pid, lock_held
 from reconciler.daemon.notify import sd_notify
 from reconciler.daemon.wakeups import Wakeups
 
@@ -54,6 +56,57 @@ def test_a_second_daemon_for_the_same_root_is_refused(tmp_path: Path) -> None:
     finally:
         first.release()
     assert holder_pid(tmp_path) is None
+
+
+def test_the_lock_is_tested_not_the_pid_written_in_it(tmp_path: Path) -> None:
+    """A holder whose pid text means nothing here (another PID namespace, or none written
+    yet) still counts as a running daemon for lock_held; holder_pid has no pid to give."""
+    assert not lock_held(tmp_path)
+    path = tmp_path / lock_module.LOCK_NAME
+    path.write_text("")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert lock_held(tmp_path)
+        assert holder_pid(tmp_path) is None
+    finally:
+        os.close(fd)
+    assert not lock_held(tmp_path)
+
+
+def test_a_daemon_starting_while_a_probe_tests_the_lock_still_takes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe holds the lock shared for a moment: acquire tries again instead of failing
+    (the probe lets go at the first wait); a real holder still refuses after the tries."""
+    path = tmp_path / lock_module.LOCK_NAME
+    path.write_text("")
+    probe = os.open(path, os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH)
+    waits: list[float] = []
+
+    def probe_lets_go(seconds: float) -> None:
+        waits.append(seconds)
+        fcntl.flock(probe, fcntl.LOCK_UN)
+
+    monkeypatch.setattr(lock_module, "sleep", probe_lets_go)
+    lock = RootLock(tmp_path)
+    try:
+        lock.acquire()
+        assert waits == [lock_module.LOCK_RETRY_S]
+        assert holder_pid(tmp_path) == os.getpid()
+    finally:
+        lock.release()
+        os.close(probe)
+    first = RootLock(tmp_path)
+    first.acquire()
+    waits.clear()
+    monkeypatch.setattr(lock_module, "sleep", waits.append)
+    try:
+        with pytest.raises(AlreadyRunning):
+            RootLock(tmp_path).acquire()
+        assert len(waits) == lock_module.LOCK_TRIES - 1
+    finally:
+        first.release()
 
 
 def test_sd_notify_sends_to_the_notify_socket(tmp_path: Path,

@@ -14,6 +14,7 @@ import fcntl
 import os
 import stat
 from pathlib import Path
+from time import sleep
 
 import structlog
 
@@ -70,7 +71,7 @@ class RootLock:
             raise
         try:
             _check_plain(self.path, fd)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusive(fd)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
@@ -91,6 +92,25 @@ class RootLock:
             self._fd = None
 
 
+# `status --check` and the commands that hand requests over test the lock by taking it
+# shared for a moment; a daemon starting in that moment tries again rather than exit.
+LOCK_TRIES = 5
+LOCK_RETRY_S = 0.02
+
+
+def _lock_exclusive(fd: int) -> None:
+    """flock(LOCK_EX) without waiting on a holder, but through a prober's brief shared lock:
+    BlockingIOError when another holds it still after LOCK_TRIES."""
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == LOCK_TRIES - 1:
+                raise
+            sleep(LOCK_RETRY_S)
+
+
 def _check_plain(path: Path, fd: int) -> None:
     """Refuse what is not a plain file with one name, and make a wider one private."""
     st = os.fstat(fd)
@@ -104,25 +124,37 @@ def _check_plain(path: Path, fd: int) -> None:
         os.fchmod(fd, 0o600)  # earlier versions made it 0644
 
 
-def holder_pid(root: Path) -> int | None:
-    """The pid of the running daemon of root_path, if one holds the lock."""
+def _held(root: Path) -> tuple[bool, str]:
+    """Whether a process holds the lock of root_path, and the pid text it wrote."""
     path = root / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
                      | os.O_NOCTTY)
     except FileNotFoundError:
-        return None
+        return False, ""
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return None  # not our lock: no daemon of ours holds a symbolic link
+            return False, ""  # not our lock: no daemon of ours holds a symbolic link
         raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else None
+            return True, os.pread(fd, 32, 0).decode(errors="replace").strip()
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        return False, ""
     finally:
         os.close(fd)
+
+
+def holder_pid(root: Path) -> int | None:
+    """The pid of the running daemon of root_path, if one holds the lock."""
+    held, text = _held(root)
+    return int(text) if held and text.isdigit() else None
+
+
+def lock_held(root: Path) -> bool:
+    """Whether a daemon of root_path runs: its lock is held. Tested on the lock itself, not
+    on the pid written in it, which means nothing from another PID namespace (a daemon in a
+    container, a probe on the host, or the other way round)."""
+    return _held(root)[0]

@@ -18,9 +18,11 @@ import gc
 import json
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -46,7 +48,7 @@ from reconciler.daemon.health import (
     take_snapshot,
 )
 from reconciler.daemon.metrics import Metrics, MetricsServer
-from reconciler.daemon.notify import sd_notify
+from reconciler.daemon.notify import Notifier
 from reconciler.daemon.wakeups import Batch, Wakeups
 from reconciler.daemon.watch import SpecWatcher
 from reconciler.dm.errors import DmError
@@ -88,6 +90,45 @@ def settle_heap() -> None:
     gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 20)
 
 
+class Outcome(StrEnum):
+    """Where a device stood after the last pass that looked at it (for STATUS=)."""
+
+    CONVERGED = "converged"
+    PENDING = "pending"
+    FAULTY = "faulty"
+    REJECTED = "rejected"
+
+
+def tally(outcomes: dict[str, Outcome], result: PassResult, only: set[str] | None) -> None:
+    """Fold a pass into each device's outcome: a full pass replaces them all, a pass over
+    some names only theirs (so a file event's pass does not make the summary forget the
+    rest); removed devices leave."""
+    if only is None:
+        outcomes.clear()
+    else:
+        for name in only:
+            outcomes.pop(name, None)
+    for names, outcome in ((result.converged, Outcome.CONVERGED),
+                           (result.pending, Outcome.PENDING),
+                           (result.faulty, Outcome.FAULTY),
+                           ([r.name for r in result.rejected], Outcome.REJECTED)):
+        for name in names:
+            outcomes[name] = outcome
+    for name in result.removed:
+        outcomes.pop(name, None)
+
+
+def summary(outcomes: dict[str, Outcome], result: PassResult) -> str:
+    """The one-line STATUS= after a pass: counts of each outcome, and what is held."""
+    counts = Counter(outcomes.values())
+    text = ", ".join(f"{counts[o]} {o.value}" for o in Outcome)
+    if result.held:
+        text += f"; {len(result.held)} removals held"
+    if result.source_error is not None:
+        text += "; spec source error"
+    return text
+
+
 @dataclass
 class _ParkedCall:
     """An API call waiting for its device, and the caller waiting for its answer."""
@@ -109,7 +150,9 @@ class Daemon:
     passes: int = 0
     # Passes failed in a row (reset by one that ends); the next full pass backs off by it.
     failed_passes: int = 0
-    # For durations and /healthz: never the wall clock, which may jump.
+    # What the service manager is told (READY, STATUS, WATCHDOG, RELOADING, STOPPING).
+    notifier: Notifier = field(default_factory=Notifier)
+    # For durations, /healthz and `last_turn`: never the wall clock, which may jump.
     monotonic: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
@@ -136,10 +179,18 @@ class Daemon:
         self.last_pass_error: str | None = None
         self.snapshotter = Snapshotter(self.reconciler, parking=True)
         self._parked: list[_ParkedCall] = []
+        self._outcomes: dict[str, Outcome] = {}
+        self.last_turn = self.monotonic()
+
+    def _between_steps(self) -> bool:
+        """Asked by a pass before each device step: ping the watchdog if due (a long pass
+        starves it no longer than one step), and say whether to stop."""
+        self.notifier.kick()
+        return self._stopping
 
     def _new_reconciler(self) -> Reconciler:
         return Reconciler(self.settings, self.host, self.store, clock=self.clock,
-                          stop_requested=lambda: self._stopping, kernel_observer=self.metrics,
+                          stop_requested=self._between_steps, kernel_observer=self.metrics,
                           pass_observer=None if self.metrics is None else self._pass_ended,
                           timer=self.monotonic)
 
@@ -257,6 +308,8 @@ class Daemon:
                 self.store.set_condition(ConditionKind.PASS_FAILED, error)
             except Exception:  # the store itself may be what failed
                 log.exception("condition.not_saved", kind=ConditionKind.PASS_FAILED.value)
+            self.notifier.status(f"pass failed ({self.failed_passes} in a row): {error}; "
+                                 f"full pass again in {delay:.1f}s")
             return None
         self.failed_passes = 0
         self.last_pass_error = None
@@ -274,6 +327,8 @@ class Daemon:
                  converged=len(result.converged), pending=result.pending or None,
                  faulty=result.faulty or None,
                  rejected=[r.name for r in result.rejected] or None)
+        tally(self._outcomes, result, only)
+        self.notifier.status(summary(self._outcomes, result))
         return result
 
     # -- the control socket ----------------------------------------------------------------
@@ -370,16 +425,19 @@ class Daemon:
         log.info("config.reloaded", path=str(self.config_path))
 
     def step(self, timeout: float | None = None) -> bool:
-        """Wait for one wake-up (or the next deadline) and act on it; False once stopping."""
+        """Wait for one wake-up (or the next deadline) and act on it; False once stopping.
+        `last_turn` is stamped as it starts and as it ends, the watchdog pinged if due."""
         self.last_turn = self.monotonic()
         self._wait_timeout = timeout
         try:
             batch = self.wakeups.take(timeout)
+            self.notifier.kick()
             self._busy_since = self.monotonic()
             return self._act(batch)
         finally:
             self._busy_since = None
             self.last_turn = self.monotonic()
+            self.notifier.kick()
 
     def liveness(self) -> Verdict:
         """/healthz (read from the metrics thread: timestamps only)."""
@@ -398,7 +456,12 @@ class Daemon:
         if batch.stop or self._stopping:
             return False
         if batch.reload:
-            self._reload()
+            self.notifier.reloading()
+            try:
+                self._reload()
+            finally:
+                # Also when refused or failed: the daemon goes on with the old config.
+                self.notifier.ready()
         now = self.clock()
         full = batch.resync or batch.reload or batch.rescan or now >= self._next_resync
         if full:
@@ -426,7 +489,10 @@ class Daemon:
         deadline = min([self._next_resync, *(p.at for p in self._parked)])
         if self._next_retry is not None:
             deadline = min(deadline, self._next_retry)
-        return max(0.0, deadline - self.clock())
+        wait = max(0.0, deadline - self.clock())
+        ping = self.notifier.watchdog_due_in()
+        # Idle or not, the loop wakes in time for the watchdog.
+        return wait if ping is None else min(wait, ping)
 
     def start(self) -> None:
         """The control socket, then the first full pass, then file watching. Raises
@@ -460,13 +526,13 @@ class Daemon:
         gRPC socket served by another process) raises, after closing what it opened."""
         try:
             self.start()
-            sd_notify("READY=1")
+            self.notifier.ready()
             log.info("daemon.ready", spec_dir=str(self.settings.specs_path),
                      resync_interval=self.settings.resync_interval)
             while self.step(self._timeout()):
                 pass
         finally:
-            sd_notify("STOPPING=1")
+            self.notifier.stopping()
             self.close()
         log.info("daemon.stopped", passes=self.passes)
         return 0
