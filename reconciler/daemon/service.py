@@ -180,7 +180,6 @@ class Daemon:
         self.snapshotter = Snapshotter(self.reconciler, parking=True)
         self._parked: list[_ParkedCall] = []
         self._outcomes: dict[str, Outcome] = {}
-        self.last_turn = self.monotonic()
 
     def _between_steps(self) -> bool:
         """Asked by a pass before each device step: ping the watchdog if due (a long pass
