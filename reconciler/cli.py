@@ -22,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from reconciler import logs
+from reconciler.arguments import build_parser
 from reconciler.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, config_path, load_settings
 from reconciler.daemon.control import Command, ControlRequest, ControlUnreachable, ask
 from reconciler.daemon.lock import LockError, RootLock, holder_pid, lock_held
@@ -35,47 +36,6 @@ from reconciler.store import ConditionKind, RequestKind, Store, StoreError
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
 log = structlog.get_logger(__name__)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="reconciler", description="Keep device-mapper thin devices equal to spec files."
-    )
-    parser.add_argument(
-        "-c", "--config", type=Path,
-        help=f"config file (default: $RECONCILER_CONFIG, else {DEFAULT_CONFIG_PATH})",
-    )
-    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="keep the kernel equal to the spec directory")
-    run.add_argument("--once", action="store_true",
-                     help="pass until settled, then exit 0 when everything converged")
-    run.add_argument("--allow-removals", action="store_true",
-                     help="with --once: remove every device whose spec file is gone, "
-                     "however many (the removal guard is off)")
-    status = sub.add_parser("status", help="show devices, their state, usage and errors")
-    status.add_argument("name", nargs="?", help="one device, with its history")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--all", action="store_true", help="include Removed devices")
-    status.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
-                        help="refresh every SECONDS (default 2) until interrupted")
-    status.add_argument("--check", action="store_true",
-                        help="one line for probes; exit 0 healthy, 1 degraded, 2 down")
-    sub.add_parser("plan", help="print what the next pass would do, doing nothing")
-    retry = sub.add_parser("retry", help="try a Faulty device again (releases nothing)")
-    retry.add_argument("name")
-    gc = sub.add_parser("gc", help="delete what the operator says may go")
-    gc.add_argument("--orphans", action="store_true",
-                    help="delete thin ids the pool has and the store does not manage")
-    gc.add_argument("--faulty", action="store_true",
-                    help="remove every Faulty device (dm device and thin id)")
-    sub.add_parser("confirm-removals",
-                   help="let the removals the guard holds (deleted spec files) be done")
-    adopt = sub.add_parser("adopt", help="manage an orphan thin id as device NAME")
-    adopt.add_argument("name")
-    adopt.add_argument("--id", type=int, required=True, dest="thin_id")
-    sub.add_parser("resync", help="a full pass now (by the running daemon, else here)")
-    return parser
 
 
 def _settings(explicit: Path | None) -> tuple[Settings, Path | None]:
@@ -324,7 +284,7 @@ def request_retry(settings: Settings, host: Host, name: str) -> int:
 
 def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
     """Entry point of the console script."""
-    parser = _parser()
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

@@ -1,0 +1,59 @@
+"""The `reconciler` command's arguments: its parser and nothing else.
+
+It imports only the standard library (and nothing of ours), so that a build step can load it
+without the runtime dependencies, to generate the shell completions and the man page from the
+same parser the command uses (setup.py). `reconciler.cli` parses with it and does the work.
+The constants it shares with other modules are copies (a module of ours would bring its
+third-party imports); tests/test_arguments.py keeps each equal to its original.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+PROG = "reconciler"
+DESCRIPTION = "Keep device-mapper thin devices equal to spec files."
+# reconciler.config.DEFAULT_CONFIG_PATH and reconciler.logs.LEVELS.
+DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `reconciler` and all its subcommands."""
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    parser.add_argument(
+        "-c", "--config", type=Path,
+        help=f"config file (default: $RECONCILER_CONFIG, else {DEFAULT_CONFIG_PATH})",
+    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="keep the kernel equal to the spec directory")
+    run.add_argument("--once", action="store_true",
+                     help="pass until settled, then exit 0 when everything converged")
+    run.add_argument("--allow-removals", action="store_true",
+                     help="with --once: remove every device whose spec file is gone, "
+                     "however many (the removal guard is off)")
+    status = sub.add_parser("status", help="show devices, their state, usage and errors")
+    status.add_argument("name", nargs="?", help="one device, with its history")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--all", action="store_true", help="include Removed devices")
+    status.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until interrupted")
+    status.add_argument("--check", action="store_true",
+                        help="one line for probes; exit 0 healthy, 1 degraded, 2 down")
+    sub.add_parser("plan", help="print what the next pass would do, doing nothing")
+    retry = sub.add_parser("retry", help="try a Faulty device again (releases nothing)")
+    retry.add_argument("name")
+    gc = sub.add_parser("gc", help="delete what the operator says may go")
+    gc.add_argument("--orphans", action="store_true",
+                    help="delete thin ids the pool has and the store does not manage")
+    gc.add_argument("--faulty", action="store_true",
+                    help="remove every Faulty device (dm device and thin id)")
+    sub.add_parser("confirm-removals",
+                   help="let the removals the guard holds (deleted spec files) be done")
+    adopt = sub.add_parser("adopt", help="manage an orphan thin id as device NAME")
+    adopt.add_argument("name")
+    adopt.add_argument("--id", type=int, required=True, dest="thin_id")
+    sub.add_parser("resync", help="a full pass now (by the running daemon, else here)")
+    return parser
