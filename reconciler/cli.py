@@ -23,7 +23,14 @@ import structlog
 
 from reconciler import logs
 from reconciler.arguments import build_parser
-from reconciler.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, config_path, load_settings
+from reconciler.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    Settings,
+    config_path,
+    load_settings,
+    settings_toml,
+)
 from reconciler.daemon.control import Command, ControlRequest, ControlUnreachable, ask
 from reconciler.daemon.lock import LockError, RootLock, holder_pid, lock_held
 from reconciler.daemon.once import run_until_settled
@@ -188,6 +195,28 @@ def show_plan(settings: Settings, host: Host) -> int:
     return EXIT_OK
 
 
+def check_config(settings: Settings, path: Path | None) -> int:
+    """`config check`: the config read and checked as `run` reads it (an error exits 2 in
+    main, in one line), printed whole: every key, relative paths resolved."""
+    if path is None:
+        sys.stdout.write(f"# No config file ({DEFAULT_CONFIG_PATH} does not exist): the "
+                         "defaults.\n\n")
+    else:
+        sys.stdout.write(f"# The effective config of {path}: every key, relative paths "
+                         "resolved.\n\n")
+    sys.stdout.write(settings_toml(settings))
+    return EXIT_OK
+
+
+def print_completion(shell: str) -> int:
+    """`completion bash|zsh`: the script setup.py installs, made from the same parser."""
+    # Imported here: shtab is needed by this command only.
+    from reconciler.helpfiles import completion
+
+    sys.stdout.write(completion(shell))
+    return EXIT_OK
+
+
 # The control command for each request a CLI process may queue itself.
 _COMMANDS = {
     RequestKind.RETRY: Command.RETRY,
@@ -290,6 +319,12 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     logs.configure(args.log_level)
+    if args.command == "completion":
+        return print_completion(args.shell)
+    if args.command == "config" and args.config_command == "default":
+        # The defaults whatever the config says: a broken file must not hide them.
+        sys.stdout.write(settings_toml(Settings(), computed_as_comments=True))
+        return EXIT_OK
     try:
         settings, path = _settings(args.config)
     except ConfigError as exc:
@@ -332,6 +367,8 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
         return hand_over(settings, host, RequestKind.ADOPT, args.name, args.thin_id)
     if args.command == "resync":
         return resync(settings, host)
+    if args.command == "config":
+        return check_config(settings, path)
     return show_status(settings, host, args)
 
 
