@@ -18,7 +18,9 @@ from reconciler.arguments import DESCRIPTION, build_parser
 
 def completion(shell: str) -> str:
     """The completion script of `reconciler` for `shell` ("bash" or "zsh")."""
-    return str(shtab.complete(build_parser(), shell=shell))
+    script = str(shtab.complete(build_parser(), shell=shell))
+    # shtab ends without a newline: printed, the shell's prompt would follow on its last line.
+    return script if script.endswith("\n") else script + "\n"
 
 
 def manpage() -> str:
