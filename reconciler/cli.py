@@ -4,6 +4,8 @@
 `confirm-removals`, `resync`. The last five are served by the running daemon over its control
 socket (answered with what was done and the devices' states after the pass that did it), or,
 when no daemon holds the root lock, by this process.
+`config check` prints the config as `run` reads it, `config default` the defaults, and
+`completion bash|zsh` the completion script. The arguments are `reconciler.arguments`'.
 Exit codes: 0 everything converged (or done), 1 a device is Faulty, waiting or not converged,
 a spec is invalid, the pool could not be brought up, or the database stayed busy (other
 processes: the daemon and any number of CLI calls share it); 2 a config or usage error.
