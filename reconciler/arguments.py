@@ -10,6 +10,7 @@ third-party imports); tests/test_arguments.py keeps each equal to its original.
 from __future__ import annotations
 
 import argparse
+from enum import StrEnum
 from pathlib import Path
 
 PROG = "reconciler"
@@ -19,7 +20,13 @@ DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-SHELLS = ("bash", "zsh")
+
+
+class Shell(StrEnum):
+    """The shells `reconciler completion` writes a script for."""
+
+    BASH = "bash"
+    ZSH = "zsh"
 
 
 def _global_options(parser: argparse.ArgumentParser, default: bool) -> None:
@@ -84,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub.add_parser("default", parents=[common],
                           help="print the default config as TOML")
     completion = command("completion", "print the shell completion script")
-    completion.add_argument("shell", choices=SHELLS,
+    # Plain values (cli.py makes the Shell): with type=Shell a typo would read "invalid Shell
+    # value" instead of argparse's list of the choices.
+    completion.add_argument("shell", choices=[shell.value for shell in Shell],
                             help="bash (source it, or install it in bash-completion's "
                             "completions directory) or zsh (as _reconciler in $fpath)")
     return parser

@@ -24,7 +24,7 @@ from pathlib import Path
 import structlog
 
 from reconciler import logs
-from reconciler.arguments import build_parser
+from reconciler.arguments import Shell, build_parser
 from reconciler.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
@@ -204,13 +204,15 @@ def check_config(settings: Settings, path: Path | None) -> int:
         sys.stdout.write(f"# No config file ({DEFAULT_CONFIG_PATH} does not exist): the "
                          "defaults.\n\n")
     else:
-        sys.stdout.write(f"# The effective config of {path}: every key, relative paths "
+        # One comment line whatever the path holds.
+        shown = " ".join(str(path).splitlines())
+        sys.stdout.write(f"# The effective config of {shown}: every key, relative paths "
                          "resolved.\n\n")
     sys.stdout.write(settings_toml(settings))
     return EXIT_OK
 
 
-def print_completion(shell: str) -> int:
+def print_completion(shell: Shell) -> int:
     """`completion bash|zsh`: the script setup.py installs, made from the same parser."""
     # Imported here: shtab is needed by this command only.
     from reconciler.helpfiles import completion
@@ -322,7 +324,7 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
         return EXIT_USAGE if exc.code else EXIT_OK
     logs.configure(args.log_level)
     if args.command == "completion":
-        return print_completion(args.shell)
+        return print_completion(Shell(args.shell))
     if args.command == "config" and args.config_command == "default":
         # The defaults whatever the config says: a broken file must not hide them.
         sys.stdout.write(settings_toml(Settings(), computed_as_comments=True))

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import shtab
 
-from reconciler.arguments import DESCRIPTION, build_parser
+from reconciler.arguments import DESCRIPTION, Shell, build_parser
 
 
-def completion(shell: str) -> str:
-    """The completion script of `reconciler` for `shell` ("bash" or "zsh")."""
+def completion(shell: Shell) -> str:
+    """The completion script of `reconciler` for `shell`."""
     script = str(shtab.complete(build_parser(), shell=shell))
     # shtab ends without a newline: printed, the shell's prompt would follow on its last line.
     return script if script.endswith("\n") else script + "\n"
@@ -39,7 +39,7 @@ def manpage() -> str:
 # Each file's path under the installation prefix (the wheel's data), and what it holds. The
 # directories are where bash-completion, zsh and man look under /usr and /usr/local.
 DATA_FILES: dict[str, Callable[[], str]] = {
-    "share/bash-completion/completions/reconciler": lambda: completion("bash"),
-    "share/zsh/site-functions/_reconciler": lambda: completion("zsh"),
+    "share/bash-completion/completions/reconciler": lambda: completion(Shell.BASH),
+    "share/zsh/site-functions/_reconciler": lambda: completion(Shell.ZSH),
     "share/man/man1/reconciler.1": manpage,
 }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.arguments import build_parser
+from reconciler.arguments import Shell, build_parser
 from reconciler.cli import main
 from reconciler.helpfiles import DATA_FILES, completion, manpage
 
@@ -63,9 +63,9 @@ def test_the_man_page_is_roff_for_section_one() -> None:
     assert "\n.SH COMMAND \\fI\\,'reconciler config check'\\/\\fR\n" in page
 
 
-@pytest.mark.parametrize("shell", ["bash", "zsh"])
+@pytest.mark.parametrize("shell", list(Shell))
 def test_completion_command_prints_the_installed_script(
-        shell: str, capsys: pytest.CaptureFixture[str]) -> None:
+        shell: Shell, capsys: pytest.CaptureFixture[str]) -> None:
     """`reconciler completion SHELL` exits 0 and prints what the wheel installs, whole."""
     assert main(["completion", shell]) == 0
     out = capsys.readouterr().out
@@ -85,7 +85,7 @@ def test_bash_completes_commands_options_and_choices(words: list[str], expected:
                                                      tmp_path: Path) -> None:
     """Sourced into bash, the script completes the last word as the parser allows."""
     script = tmp_path / "reconciler.bash"
-    script.write_text(completion("bash"))
+    script.write_text(completion(Shell.BASH))
     line = " ".join(words)
     program = (f'source {script}; COMP_WORDS=({" ".join(repr(w) for w in words)}); '
                f"COMP_CWORD={len(words) - 1}; COMP_LINE={line!r}; COMP_POINT={len(line)}; "
