@@ -20,8 +20,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-
-
 class Shell(StrEnum):
     """The shells `reconciler completion` writes a script for."""
 
