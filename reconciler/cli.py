@@ -4,6 +4,8 @@
 `confirm-removals`, `resync`. The last five are served by the running daemon over its control
 socket (answered with what was done and the devices' states after the pass that did it), or,
 when no daemon holds the root lock, by this process.
+`config check` prints the config as `run` reads it, `config default` the defaults, and
+`completion bash|zsh` the completion script. The arguments are `reconciler.arguments`'.
 Exit codes: 0 everything converged (or done), 1 a device is Faulty, waiting or not converged,
 a spec is invalid, the pool could not be brought up, or the database stayed busy (other
 processes: the daemon and any number of CLI calls share it); 2 a config or usage error.
@@ -22,7 +24,15 @@ from pathlib import Path
 import structlog
 
 from reconciler import logs
-from reconciler.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, config_path, load_settings
+from reconciler.arguments import Shell, build_parser
+from reconciler.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    Settings,
+    config_path,
+    load_settings,
+    settings_toml,
+)
 from reconciler.daemon.control import Command, ControlRequest, ControlUnreachable, ask
 from reconciler.daemon.lock import LockError, RootLock, holder_pid, lock_held
 from reconciler.daemon.once import run_until_settled
@@ -35,47 +45,6 @@ from reconciler.store import ConditionKind, RequestKind, Store, StoreError
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
 log = structlog.get_logger(__name__)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="reconciler", description="Keep device-mapper thin devices equal to spec files."
-    )
-    parser.add_argument(
-        "-c", "--config", type=Path,
-        help=f"config file (default: $RECONCILER_CONFIG, else {DEFAULT_CONFIG_PATH})",
-    )
-    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="keep the kernel equal to the spec directory")
-    run.add_argument("--once", action="store_true",
-                     help="pass until settled, then exit 0 when everything converged")
-    run.add_argument("--allow-removals", action="store_true",
-                     help="with --once: remove every device whose spec file is gone, "
-                     "however many (the removal guard is off)")
-    status = sub.add_parser("status", help="show devices, their state, usage and errors")
-    status.add_argument("name", nargs="?", help="one device, with its history")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--all", action="store_true", help="include Removed devices")
-    status.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
-                        help="refresh every SECONDS (default 2) until interrupted")
-    status.add_argument("--check", action="store_true",
-                        help="one line for probes; exit 0 healthy, 1 degraded, 2 down")
-    sub.add_parser("plan", help="print what the next pass would do, doing nothing")
-    retry = sub.add_parser("retry", help="try a Faulty device again (releases nothing)")
-    retry.add_argument("name")
-    gc = sub.add_parser("gc", help="delete what the operator says may go")
-    gc.add_argument("--orphans", action="store_true",
-                    help="delete thin ids the pool has and the store does not manage")
-    gc.add_argument("--faulty", action="store_true",
-                    help="remove every Faulty device (dm device and thin id)")
-    sub.add_parser("confirm-removals",
-                   help="let the removals the guard holds (deleted spec files) be done")
-    adopt = sub.add_parser("adopt", help="manage an orphan thin id as device NAME")
-    adopt.add_argument("name")
-    adopt.add_argument("--id", type=int, required=True, dest="thin_id")
-    sub.add_parser("resync", help="a full pass now (by the running daemon, else here)")
-    return parser
 
 
 def _settings(explicit: Path | None) -> tuple[Settings, Path | None]:
@@ -228,6 +197,30 @@ def show_plan(settings: Settings, host: Host) -> int:
     return EXIT_OK
 
 
+def check_config(settings: Settings, path: Path | None) -> int:
+    """`config check`: the config read and checked as `run` reads it (an error exits 2 in
+    main, in one line), printed whole: every key, relative paths resolved."""
+    if path is None:
+        sys.stdout.write(f"# No config file ({DEFAULT_CONFIG_PATH} does not exist): the "
+                         "defaults.\n\n")
+    else:
+        # One comment line whatever the path holds.
+        shown = " ".join(str(path).splitlines())
+        sys.stdout.write(f"# The effective config of {shown}: every key, relative paths "
+                         "resolved.\n\n")
+    sys.stdout.write(settings_toml(settings))
+    return EXIT_OK
+
+
+def print_completion(shell: Shell) -> int:
+    """`completion bash|zsh`: the script setup.py installs, made from the same parser."""
+    # Imported here: shtab is needed by this command only.
+    from reconciler.helpfiles import completion
+
+    sys.stdout.write(completion(shell))
+    return EXIT_OK
+
+
 # The control command for each request a CLI process may queue itself.
 _COMMANDS = {
     RequestKind.RETRY: Command.RETRY,
@@ -324,12 +317,18 @@ def request_retry(settings: Settings, host: Host, name: str) -> int:
 
 def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
     """Entry point of the console script."""
-    parser = _parser()
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     logs.configure(args.log_level)
+    if args.command == "completion":
+        return print_completion(Shell(args.shell))
+    if args.command == "config" and args.config_command == "default":
+        # The defaults whatever the config says: a broken file must not hide them.
+        sys.stdout.write(settings_toml(Settings(), computed_as_comments=True))
+        return EXIT_OK
     try:
         settings, path = _settings(args.config)
     except ConfigError as exc:
@@ -372,6 +371,8 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
         return hand_over(settings, host, RequestKind.ADOPT, args.name, args.thin_id)
     if args.command == "resync":
         return resync(settings, host)
+    if args.command == "config":
+        return check_config(settings, path)
     return show_status(settings, host, args)
 
 

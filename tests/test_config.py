@@ -355,7 +355,8 @@ def test_run_once_and_status_exit_two_with_one_line_naming_the_key(
 
 @pytest.mark.parametrize(
     "command",
-    [["plan"], ["retry", "web"], ["gc", "--orphans"], ["adopt", "web", "--id", "1"]],
+    [["plan"], ["retry", "web"], ["gc", "--orphans"], ["adopt", "web", "--id", "1"],
+     ["config", "check"]],
     ids=" ".join,
 )
 @pytest.mark.parametrize(("key", "value"), OTHER_COMMAND_CASES, ids=lambda v: repr(v)[:40])
@@ -363,7 +364,8 @@ def test_every_other_command_exits_two_with_one_line_naming_the_key(
     key: str, value: object, command: list[str], scratch: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """plan, retry, gc and adopt refuse a bad config the same way: exit 2, one line."""
+    """plan, retry, gc, adopt and config check refuse a bad config the same way: exit 2, one
+    line (and config check prints nothing on stdout)."""
     _assert_refused(key, value, command, scratch, capsys)
 
 

@@ -1,0 +1,97 @@
+"""The `reconciler` command's arguments: its parser and nothing else.
+
+It imports only the standard library (and nothing of ours), so that a build step can load it
+without the runtime dependencies, to generate the shell completions and the man page from the
+same parser the command uses (setup.py). `reconciler.cli` parses with it and does the work.
+The constants it shares with other modules are copies (a module of ours would bring its
+third-party imports); tests/test_arguments.py keeps each equal to its original.
+"""
+
+from __future__ import annotations
+
+import argparse
+from enum import StrEnum
+from pathlib import Path
+
+PROG = "reconciler"
+DESCRIPTION = "Keep device-mapper thin devices equal to spec files."
+# reconciler.config.DEFAULT_CONFIG_PATH and reconciler.logs.LEVELS.
+DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class Shell(StrEnum):
+    """The shells `reconciler completion` writes a script for."""
+
+    BASH = "bash"
+    ZSH = "zsh"
+
+
+def _global_options(parser: argparse.ArgumentParser, default: bool) -> None:
+    """-c/--config and --log-level. The top-level parser holds their defaults; each command's
+    copy defaults to SUPPRESS, so that it sets them only when given after the command (and
+    then wins: argparse copies a command's namespace over the top-level one)."""
+    parser.add_argument(
+        "-c", "--config", type=Path, default=None if default else argparse.SUPPRESS,
+        help=f"config file (default: $RECONCILER_CONFIG, else {DEFAULT_CONFIG_PATH})",
+    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS,
+                        default="info" if default else argparse.SUPPRESS,
+                        help="least level of the log lines on stderr (default: info)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `reconciler` and all its subcommands."""
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    _global_options(parser, default=True)
+    # Every command's parser takes the global options too: `reconciler status -c X`.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, default=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, parents=[common],
+                              description=summary[0].upper() + summary[1:] + ".")
+
+    run = command("run", "keep the kernel equal to the spec directory")
+    run.add_argument("--once", action="store_true",
+                     help="pass until settled, then exit 0 when everything converged")
+    run.add_argument("--allow-removals", action="store_true",
+                     help="with --once: remove every device whose spec file is gone, "
+                     "however many (the removal guard is off)")
+    status = command("status", "show devices, their state, usage and errors")
+    status.add_argument("name", nargs="?", help="one device, with its history")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--all", action="store_true", help="include Removed devices")
+    status.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until interrupted")
+    status.add_argument("--check", action="store_true",
+                        help="one line for probes; exit 0 healthy, 1 degraded, 2 down")
+    command("plan", "print what the next pass would do, doing nothing")
+    retry = command("retry", "try a Faulty device again (releases nothing)")
+    retry.add_argument("name")
+    gc = command("gc", "delete what the operator says may go")
+    gc.add_argument("--orphans", action="store_true",
+                    help="delete thin ids the pool has and the store does not manage")
+    gc.add_argument("--faulty", action="store_true",
+                    help="remove every Faulty device (dm device and thin id)")
+    command("confirm-removals", "let the removals the guard holds (deleted spec files) be done")
+    adopt = command("adopt", "manage an orphan thin id as device NAME")
+    adopt.add_argument("name")
+    adopt.add_argument("--id", type=int, required=True, dest="thin_id")
+    command("resync", "a full pass now (by the running daemon, else here)")
+    config = command("config", "check the config file, or print the defaults")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_sub.add_parser(
+        "check", parents=[common],
+        help="validate the config the daemon would read and print it whole as TOML "
+        "(exit 2 on an error)")
+    config_sub.add_parser("default", parents=[common],
+                          help="print the default config as TOML")
+    completion = command("completion", "print the shell completion script")
+    # Plain values (cli.py makes the Shell): with type=Shell a typo would read "invalid Shell
+    # value" instead of argparse's list of the choices.
+    completion.add_argument("shell", choices=[shell.value for shell in Shell],
+                            help="bash (source it, or install it in bash-completion's "
+                            "completions directory) or zsh (as _reconciler in $fpath)")
+    return parser
