@@ -1,2 +1,3 @@
-"""containerd's snapshots API: the .proto files, and Python modules generated from them at
-build time (setup.py runs grpcio-tools; the generated *_pb2*.py files are not committed)."""
+"""containerd's snapshots API: the .proto files, and the Python modules generated from them by
+scripts/gen-stubs with the oldest grpcio-tools we support (committed; see docs/architecture.md,
+"The gRPC stubs")."""
