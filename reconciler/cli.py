@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 
 import structlog
@@ -37,6 +38,14 @@ EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
 log = structlog.get_logger(__name__)
 
 
+def _version() -> str:
+    """The installed package's version (its metadata: one source, pyproject.toml)."""
+    try:
+        return metadata.version("reconciler")
+    except metadata.PackageNotFoundError:  # a checkout run without installing it
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconciler", description="Keep device-mapper thin devices equal to spec files."
@@ -46,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"config file (default: $RECONCILER_CONFIG, else {DEFAULT_CONFIG_PATH})",
     )
     parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="keep the kernel equal to the spec directory")
     run.add_argument("--once", action="store_true",
@@ -149,9 +159,9 @@ def confirm_removals(settings: Settings, host: Host) -> int:
 
 def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
     """The long-running daemon."""
-    # Imported here: the daemon brings grpc (a third of the CLI's start-up), which the
-    # commands that only read, `status --check` run by probes every few seconds above all,
-    # never use.
+    # Imported here: the daemon brings watchdog and prometheus_client, which the commands
+    # that only read, `status --check` run by probes every few seconds above all, never use
+    # (grpc and protobuf it loads only to serve grpc_socket).
     from reconciler.daemon.metrics import MetricsUnavailable
     from reconciler.daemon.service import Daemon
     from reconciler.sockets import SocketUnavailable
