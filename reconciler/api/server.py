@@ -18,7 +18,6 @@ stop only while it is still the socket it bound).
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -28,6 +27,7 @@ import grpc
 import structlog
 from google.protobuf import empty_pb2
 
+from reconciler.api.proto import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
 from reconciler.snapshots import (
     AlreadyExists,
     FailedPrecondition,
@@ -41,14 +41,6 @@ from reconciler.snapshots import (
     Unavailable,
 )
 from reconciler.sockets import OwnedSocket, SocketUnavailable
-
-with warnings.catch_warnings():
-    # protobuf 5.x warns at import when the gencode is older than its runtime ("avoid
-    # checked-in gencode"); ours is the oldest we support on purpose (docs/architecture.md,
-    # "The gRPC stubs and the dependency floors"), and 6.x and 7.x accept it silently.
-    warnings.filterwarnings("ignore", message="Protobuf gencode version .* is older than",
-                            category=UserWarning)
-    from reconciler.api.proto import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
