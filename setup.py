@@ -1,8 +1,8 @@
-"""Build hooks: generate the gRPC stubs of containerd's snapshots API from the .proto files
-kept in reconciler/api/proto, with grpcio-tools, whenever the package is built or installed
-(editable installs included); and the shell completions and the man page from the command's
-parser (reconciler.helpfiles), installed as the wheel's data files. Everything else about the
-package is in pyproject.toml."""
+"""Build hook: the shell completions and the man page, generated from the command's parser
+(reconciler.helpfiles) and installed as the wheel's data files. The gRPC stubs of containerd's
+snapshots API are committed, not generated here (scripts/gen-stubs makes them with the oldest
+grpcio-tools we support; docs/architecture.md says why). Everything else about the package is
+in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -12,33 +12,10 @@ from typing import ClassVar
 
 from setuptools import Command, setup
 from setuptools.command.build import build
-from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 # Where build_helpfiles writes; setuptools leaves build/ out of the sdist.
 HELPFILES = Path("build") / "helpfiles"
-PROTOS = ("reconciler/api/proto/mount.proto", "reconciler/api/proto/snapshots.proto")
-
-
-def generate_stubs() -> None:
-    """Run protoc (from grpcio-tools) on our protos, writing next to them."""
-    import grpc_tools
-    from grpc_tools import protoc
-
-    includes = Path(grpc_tools.__file__).parent / "_proto"
-    args = ["grpc_tools.protoc", f"-I{ROOT}", f"-I{includes}", f"--python_out={ROOT}",
-            f"--pyi_out={ROOT}", f"--grpc_python_out={ROOT}",
-            *(str(ROOT / proto) for proto in PROTOS)]
-    if protoc.main(args) != 0:
-        raise SystemExit(f"protoc failed: {' '.join(args)}")
-
-
-class BuildWithStubs(build_py):
-    """build_py that first generates the stubs (setuptools runs it for editable installs too)."""
-
-    def run(self) -> None:
-        generate_stubs()
-        super().run()
 
 
 def generate_help_files(target: Path) -> list[Path]:
@@ -85,4 +62,4 @@ class BuildHelpFiles(Command):
 # distribution's data files when it runs, after the build).
 build.sub_commands.append(("build_helpfiles", None))
 
-setup(cmdclass={"build_py": BuildWithStubs, "build_helpfiles": BuildHelpFiles})
+setup(cmdclass={"build_helpfiles": BuildHelpFiles})

@@ -10,7 +10,9 @@ third-party imports); tests/test_arguments.py keeps each equal to its original.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from enum import StrEnum
+from importlib import metadata
 from pathlib import Path
 
 PROG = "reconciler"
@@ -40,10 +42,33 @@ def _global_options(parser: argparse.ArgumentParser, default: bool) -> None:
                         help="least level of the log lines on stderr (default: info)")
 
 
+def package_version() -> str:
+    """The installed package's version (its metadata: one source, pyproject.toml)."""
+    try:
+        return metadata.version("reconciler")
+    except metadata.PackageNotFoundError:  # a checkout run without installing it
+        return "unknown (not installed)"
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: the version is looked up when asked for, not when the parser is built
+    (the build makes the man page from the parser before the package is installed)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[object] | None, option_string: str | None = None) -> None:
+        parser.exit(message=f"{parser.prog} {package_version()}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `reconciler` and all its subcommands."""
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     _global_options(parser, default=True)
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the installed version and exit")
     # Every command's parser takes the global options too: `reconciler status -c X`.
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, default=False)

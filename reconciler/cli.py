@@ -118,9 +118,9 @@ def confirm_removals(settings: Settings, host: Host) -> int:
 
 def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
     """The long-running daemon."""
-    # Imported here: the daemon brings grpc (a third of the CLI's start-up), which the
-    # commands that only read, `status --check` run by probes every few seconds above all,
-    # never use.
+    # Imported here: the daemon brings watchdog and prometheus_client, which the commands
+    # that only read, `status --check` run by probes every few seconds above all, never use
+    # (grpc and protobuf it loads only to serve grpc_socket).
     from reconciler.daemon.metrics import MetricsUnavailable
     from reconciler.daemon.service import Daemon
     from reconciler.sockets import SocketUnavailable

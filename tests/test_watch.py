@@ -9,10 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import watchdog.events
 from structlog.testing import capture_logs
 from watchdog.events import (
     FileClosedEvent,
-    FileClosedNoWriteEvent,
     FileCreatedEvent,
     FileDeletedEvent,
     FileModifiedEvent,
@@ -36,7 +36,10 @@ from tests.conftest import World
         (FileMovedEvent("/s/.a.toml.tmp", "/s/a.toml"), True),
         (FileClosedEvent("/s/a.toml"), True),
         (FileOpenedEvent("/s/a.toml"), False),
-        (FileClosedNoWriteEvent("/s/a.toml"), False),
+        # watchdog 4 (our floor) has no read-only close event at all (IN_CLOSE_NOWRITE came
+        # in 5): nothing there to ignore.
+        *([(watchdog.events.FileClosedNoWriteEvent("/s/a.toml"), False)]
+          if hasattr(watchdog.events, "FileClosedNoWriteEvent") else []),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, FileSystemEvent) else str(v),
 )

@@ -27,6 +27,7 @@ import grpc
 import structlog
 from google.protobuf import empty_pb2
 
+from reconciler.api.proto import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
 from reconciler.snapshots import (
     AlreadyExists,
     FailedPrecondition,
@@ -40,14 +41,6 @@ from reconciler.snapshots import (
     Unavailable,
 )
 from reconciler.sockets import OwnedSocket, SocketUnavailable
-
-try:
-    from reconciler.api.proto import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
-except ImportError as exc:  # pragma: no cover - a checkout that was never built
-    raise ImportError(
-        "the gRPC stubs of containerd's snapshots API are generated at build time: run "
-        "`pip install -e .` (or scripts/setup) in this checkout"
-    ) from exc
 
 log = structlog.get_logger(__name__)
 

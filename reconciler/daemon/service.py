@@ -25,11 +25,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from reconciler.api.server import ApiServer
 from reconciler.config import ConfigError, Settings, load_settings
 from reconciler.daemon.control import (
     Command,
@@ -58,6 +57,11 @@ from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import Call, Parked, Snapshotter, Unavailable
 from reconciler.states import DeviceState
 from reconciler.store import ConditionKind, RequestKind, Store, StoreError
+
+if TYPE_CHECKING:
+    # Imported where it is served (start): without grpc_socket the daemon never loads grpc or
+    # protobuf, so a broken gRPC stack stops only the daemons that serve the snapshots API.
+    from reconciler.api.server import ApiServer
 
 T = TypeVar("T")
 
@@ -516,6 +520,8 @@ class Daemon:
         if self.settings.grpc_socket is not None:
             # After the first pass: the pool exists and recovery is done before any request.
             # Raises SocketUnavailable when another process serves that socket.
+            from reconciler.api.server import ApiServer
+
             api = ApiServer(self.settings.grpc_socket, self.run_on_loop, observer=self.metrics)
             api.start()
             self.api = api
