@@ -10,6 +10,7 @@ third-party imports); tests/test_arguments.py keeps each equal to its original.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from enum import StrEnum
 from importlib import metadata
@@ -60,7 +61,9 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: str | Sequence[object] | None, option_string: str | None = None) -> None:
-        parser.exit(message=f"{parser.prog} {package_version()}\n")
+        # On stdout, as argparse's own version action prints.
+        sys.stdout.write(f"{parser.prog} {package_version()}\n")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
