@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="refresh every SECONDS (default 2) until interrupted")
     status.add_argument("--check", action="store_true",
                         help="one line for probes; exit 0 healthy, 1 degraded, 2 down")
-    sub.add_parser("plan", help="print what the next pass would do, doing nothing")
+    plan = sub.add_parser("plan", help="print what the next pass would do, doing nothing")
+    plan.add_argument("--json", action="store_true", help="one JSON document")
     retry = sub.add_parser("retry", help="try a Faulty device again (releases nothing)")
     retry.add_argument("name")
     gc = sub.add_parser("gc", help="delete what the operator says may go")
@@ -211,17 +212,27 @@ def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int
         store.close()
 
 
-def show_plan(settings: Settings, host: Host) -> int:
-    """Print each device's next step."""
-    store = Store(settings.database_path, time.time)
+def show_plan(settings: Settings, host: Host, as_json: bool = False) -> int:
+    """Print each device's next step. Read-only by construction: the store is opened so
+    that SQLite refuses any write and no file is created (none at all when there is no
+    database yet), and the kernel is only asked (info, status, table)."""
+    store = Store(settings.database_path, time.time, readonly=True)
     try:
         actions = Reconciler(settings, host, store).plan()
-    except DmError as exc:
-        # A plan compares with the kernel: without it there is nothing to say but why.
-        print(f"reconciler: cannot plan, the kernel cannot be read: {exc}", file=sys.stderr)
+    except (DmError, OSError) as exc:
+        # A plan compares with the kernel: without it (no device-mapper here, or no right
+        # to it) there is nothing to say but why, in one line.
+        reason = " ".join(str(exc).split())
+        print(f"reconciler: cannot plan: device-mapper cannot be read here ({reason})",
+              file=sys.stderr)
         return EXIT_NOT_CONVERGED
     finally:
         store.close()
+    if as_json:
+        document = {"pool": settings.pool_name,
+                    "actions": [{"name": name, "action": action} for name, action in actions]}
+        sys.stdout.write(json.dumps(document) + "\n")
+        return EXIT_OK
     width = max((len(name) for name, _ in actions), default=4)
     for name, action in actions:
         print(f"{name.ljust(width)}  {action}")
@@ -353,7 +364,7 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
             return _locked(settings, lambda: run_once(settings, host, args.allow_removals))
         return _locked(settings, lambda: run_daemon(settings, host, path))
     if args.command == "plan":
-        return show_plan(settings, host)
+        return show_plan(settings, host, args.json)
     if args.command == "retry":
         return request_retry(settings, host, args.name)
     if args.command == "gc":
