@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -30,7 +31,15 @@ from reconciler.dm.crash import from_environment
 from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host, SystemHost
 from reconciler.reconcile.reconciler import Reconciler
-from reconciler.status import build_report, check, render_check, render_json, render_table
+from reconciler.status import (
+    DEFAULT_COLUMNS,
+    build_report,
+    check,
+    parse_columns,
+    render_check,
+    render_json,
+    render_table,
+)
 from reconciler.store import ConditionKind, RequestKind, Store, StoreError
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
@@ -58,7 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--all", action="store_true", help="include Removed devices")
     status.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
-                        help="refresh every SECONDS (default 2) until interrupted")
+                        help="look every SECONDS (default 2), and at once when the store "
+                        "changes; write the document again when it changed (with --json: "
+                        "one JSON document per line)")
+    status.add_argument("-o", "--output", metavar="COLUMNS",
+                        help="the table's columns, comma-separated (name,kind,state,since,"
+                        "thin_id,size,used,parent,key,error)")
+    status.add_argument("--no-headers", action="store_true",
+                        help="only the device rows: no header, pool line or other sections")
     status.add_argument("--check", action="store_true",
                         help="one line for probes; exit 0 healthy, 1 degraded, 2 down")
     plan = sub.add_parser("plan", help="print what the next pass would do, doing nothing")
@@ -74,7 +90,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="let the removals the guard holds (deleted spec files) be done")
     adopt = sub.add_parser("adopt", help="manage an orphan thin id as device NAME")
     adopt.add_argument("name")
-    adopt.add_argument("--id", type=int, required=True, dest="thin_id")
+    adopt.add_argument("--thin-id", type=int, dest="thin_id", metavar="THIN_ID",
+                       help="the orphan's thin id (required)")
+    # The spelling before the thin id had one name: kept for scripts, hidden, deprecated.
+    adopt.add_argument("--id", type=int, dest="thin_id", help=argparse.SUPPRESS)
     sub.add_parser("resync", help="a full pass now (by the running daemon, else here)")
     return parser
 
@@ -181,35 +200,95 @@ def check_status(settings: Settings, host: Host, as_json: bool) -> int:
     return int(verdict.health)
 
 
+# Clear the screen and go home: only a terminal gets it.
+CLEAR_SCREEN = "\033[H\033[2J"
+# While watching, how often the store is asked whether another process wrote it (one cheap
+# query), so that a change is shown at once rather than at the next look.
+STORE_POLL_SECONDS = 0.2
+
+
+def _usage_error(message: str) -> int:
+    print(f"reconciler: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int:
-    """Print the status document (again and again with --watch)."""
+    """Print the status document (again, whenever it changes, with --watch)."""
     if args.check:
         if args.name is not None or args.watch is not None:
-            print("reconciler: status --check takes no NAME and no --watch", file=sys.stderr)
-            return EXIT_USAGE
+            return _usage_error("status --check takes no NAME and no --watch")
         return check_status(settings, host, args.json)
+    columns = DEFAULT_COLUMNS
+    if args.output is not None or args.no_headers:
+        if args.json:
+            return _usage_error("status -o and --no-headers shape the table, not --json")
+        try:
+            columns = parse_columns(args.output) if args.output is not None else columns
+        except ValueError as exc:
+            return _usage_error(f"status -o: {exc}")
+    if args.watch is not None and args.watch <= 0:
+        return _usage_error("status --watch: SECONDS must be more than 0")
     if not settings.database_path.exists():
         print(f"no state at {settings.database_path}: the daemon has not run yet",
               file=sys.stderr)
         return EXIT_NOT_CONVERGED
     store = Store(settings.database_path, time.time)
+
+    def render() -> str | None:
+        report = build_report(settings, store, host, args.name, args.all)
+        if args.name is not None and not report["devices"] and not report["rejected_specs"]:
+            return None
+        if args.json:
+            return render_json(report, one_line=args.watch is not None)
+        return render_table(report, columns, headers=not args.no_headers)
+
     try:
-        while True:
-            report = build_report(settings, store, host, args.name, args.all)
-            if args.name is not None and not report["devices"] and not report["rejected_specs"]:
-                print(f"no device named {args.name!r}", file=sys.stderr)
-                return EXIT_NOT_CONVERGED
-            text = render_json(report) if args.json else render_table(report)
-            if args.watch is None:
-                sys.stdout.write(text)
-                return EXIT_OK
-            sys.stdout.write("\033[H\033[2J" + time.strftime("%H:%M:%S ") + text)
-            sys.stdout.flush()
-            time.sleep(args.watch)
+        text = render()
+        if text is None:
+            print(f"no device named {args.name!r}", file=sys.stderr)
+            return EXIT_NOT_CONVERGED
+        if args.watch is None:
+            sys.stdout.write(text)
+            return EXIT_OK
+        watch(text, render, store.written_by_others, args.watch,
+              table=not args.json)
+        return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
         store.close()
+
+
+def watch(first: str, render: Callable[[], str | None], store_changed: Callable[[], bool],
+          interval: float, table: bool) -> None:
+    """Write the document, then again each time it changes (never the same one twice in a
+    row): looked at every `interval` seconds, and at once when the store was written.
+    A terminal's table is redrawn in place, under a line that says when it changed (UTC);
+    anything else (a pipe, a file, NDJSON) gets the documents one after another, no escapes,
+    so that a script reads them as they come. `table`: the documents are tables (else
+    NDJSON lines)."""
+    on_tty = table and sys.stdout.isatty()
+    shown = None
+    text: str | None = first
+    store_changed()  # from here on, it says whether anything was written since
+    while True:
+        if text is not None and text != shown:
+            if on_tty:
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                sys.stdout.write(f"{CLEAR_SCREEN}changed at {stamp}, looking every "
+                                 f"{interval:g}s\n\n{text}")
+            else:
+                # A table (not NDJSON) is parted from the one before by an empty line.
+                blank = "\n" if table and shown is not None else ""
+                sys.stdout.write(blank + text)
+            sys.stdout.flush()
+            shown = text
+        deadline = time.monotonic() + interval
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(STORE_POLL_SECONDS, left))
+            if store_changed():
+                break
+        text = render()
 
 
 def show_plan(settings: Settings, host: Host, as_json: bool = False) -> int:
@@ -380,6 +459,9 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
     if args.command == "confirm-removals":
         return confirm_removals(settings, host)
     if args.command == "adopt":
+        if args.thin_id is None:
+            print("reconciler: adopt needs --thin-id", file=sys.stderr)
+            return EXIT_USAGE
         return hand_over(settings, host, RequestKind.ADOPT, args.name, args.thin_id)
     if args.command == "resync":
         return resync(settings, host)
