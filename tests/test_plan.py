@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import peewee
 import pytest
 
 from reconciler.cli import main
 from reconciler.dm.host import Completed, SystemHost
+from reconciler.store import RequestKind, Store
 from reconciler.testing.fakekernel import FakeKernel
 
 
@@ -134,3 +137,28 @@ def test_plan_without_device_mapper_prints_one_line(config: Path, ran_before: bo
         "reconciler: cannot plan: device-mapper cannot be read here "
         "(info planpool: dmsetup: command not found)"]
     assert (config.parent / "state").exists() is ran_before
+
+
+@pytest.mark.parametrize("open_elsewhere", [False, True], ids=["alone", "beside a writer"])
+def test_a_read_only_store_refuses_every_write(config: Path, open_elsewhere: bool) -> None:
+    """The store `plan` opens cannot write, whether it opened the file immutable (nobody
+    else had it open) or read-only beside a writer: SQLite refuses, nothing is queued."""
+    assert main(["-c", str(config), "run", "--once"], host=FakeKernel()) == 0
+    database = config.parent / "state" / "reconciler.db"
+    writer = sqlite3.connect(database) if open_elsewhere else None
+    if writer is not None:
+        writer.execute("SELECT COUNT(*) FROM devices").fetchone()  # opens its -wal
+    try:
+        store = Store(database, time.time, readonly=True)
+        try:
+            with pytest.raises(peewee.OperationalError, match="readonly database"):
+                store.add_request(RequestKind.RETRY, "keep", None)
+            assert store.device("keep") is not None
+        finally:
+            store.close()
+        check = sqlite3.connect(database)
+        assert check.execute("SELECT COUNT(*) FROM requests").fetchone() == (0,)
+        check.close()
+    finally:
+        if writer is not None:
+            writer.close()
