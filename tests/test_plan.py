@@ -162,3 +162,21 @@ def test_a_read_only_store_refuses_every_write(config: Path, open_elsewhere: boo
     finally:
         if writer is not None:
             writer.close()
+
+
+def test_plan_on_an_unreadable_database_prints_one_line(config: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    """A database file plan cannot read (here: not a database at all) is one line, exit 1,
+    and the file is left as it was."""
+    state = config.parent / "state"
+    state.mkdir()
+    (state / "reconciler.db").write_bytes(b"not a database\n" * 100)
+    assert main(["-c", str(config), "plan"], host=FakeKernel()) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"reconciler: cannot read the database {state / 'reconciler.db'}: "
+        "file is not a database"]
+    assert (state / "reconciler.db").read_bytes() == b"not a database\n" * 100
+    assert sorted(p.name for p in state.iterdir()) == ["reconciler.db"]

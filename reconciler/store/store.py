@@ -272,7 +272,16 @@ class Store:
         self._m = bind_models(self._db)
         self._data_version: int | None = None
         self._saved_snapshots: set[str] = set()
-        self._retrying(lambda: self._db.connect(reuse_if_open=True))
+        if readonly:
+            try:
+                self._retrying(lambda: self._db.connect(reuse_if_open=True))
+                self._needs_migration()  # the first read: an unreadable file says so here
+            except peewee.DatabaseError as exc:
+                # Not ours to repair: say why in one line (a user without the right to the
+                # 0600 file, not a database at all).
+                raise StoreError(f"cannot read the database {path}: {exc}") from exc
+        else:
+            self._retrying(lambda: self._db.connect(reuse_if_open=True))
         if readonly and not fresh:
             if self._needs_migration():
                 raise StoreError(f"the database {path} was written by an older version: "
