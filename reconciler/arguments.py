@@ -92,10 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--all", action="store_true", help="include Removed devices")
     status.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
-                        help="refresh every SECONDS (default 2) until interrupted")
+                        help="look every SECONDS (default 2), and at once when the store "
+                        "changes; write the document again when it changed (with --json: "
+                        "one JSON document per line)")
+    status.add_argument("-o", "--output", metavar="COLUMNS",
+                        help="the table's columns, comma-separated (name,kind,state,since,"
+                        "thin_id,size,used,parent,key,error)")
+    status.add_argument("--no-headers", action="store_true",
+                        help="only the device rows: no header, pool line or other sections")
     status.add_argument("--check", action="store_true",
                         help="one line for probes; exit 0 healthy, 1 degraded, 2 down")
-    command("plan", "print what the next pass would do, doing nothing")
+    plan = command("plan", "print what the next pass would do, doing nothing")
+    plan.add_argument("--json", action="store_true", help="one JSON document")
     retry = command("retry", "try a Faulty device again (releases nothing)")
     retry.add_argument("name")
     gc = command("gc", "delete what the operator says may go")
@@ -106,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("confirm-removals", "let the removals the guard holds (deleted spec files) be done")
     adopt = command("adopt", "manage an orphan thin id as device NAME")
     adopt.add_argument("name")
-    adopt.add_argument("--id", type=int, required=True, dest="thin_id")
+    adopt.add_argument("--thin-id", type=int, dest="thin_id", metavar="THIN_ID",
+                       help="the orphan's thin id (required)")
+    # The spelling before the thin id had one name: kept for scripts, hidden, deprecated.
+    adopt.add_argument("--id", type=int, dest="thin_id", help=argparse.SUPPRESS)
     command("resync", "a full pass now (by the running daemon, else here)")
     config = command("config", "check the config file, or print the defaults")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

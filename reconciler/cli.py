@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -40,7 +41,15 @@ from reconciler.dm.crash import from_environment
 from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host, SystemHost
 from reconciler.reconcile.reconciler import Reconciler
-from reconciler.status import build_report, check, render_check, render_json, render_table
+from reconciler.status import (
+    DEFAULT_COLUMNS,
+    build_report,
+    check,
+    parse_columns,
+    render_check,
+    render_json,
+    render_table,
+)
 from reconciler.store import ConditionKind, RequestKind, Store, StoreError
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
@@ -149,48 +158,118 @@ def check_status(settings: Settings, host: Host, as_json: bool) -> int:
     return int(verdict.health)
 
 
+# Clear the screen and go home: only a terminal gets it.
+CLEAR_SCREEN = "\033[H\033[2J"
+# While watching, how often the store is asked whether another process wrote it (one cheap
+# query), so that a change is shown at once rather than at the next look.
+STORE_POLL_SECONDS = 0.2
+
+
+def _usage_error(message: str) -> int:
+    print(f"reconciler: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int:
-    """Print the status document (again and again with --watch)."""
+    """Print the status document (again, whenever it changes, with --watch)."""
     if args.check:
         if args.name is not None or args.watch is not None:
-            print("reconciler: status --check takes no NAME and no --watch", file=sys.stderr)
-            return EXIT_USAGE
+            return _usage_error("status --check takes no NAME and no --watch")
         return check_status(settings, host, args.json)
+    columns = DEFAULT_COLUMNS
+    if args.output is not None or args.no_headers:
+        if args.json:
+            return _usage_error("status -o and --no-headers shape the table, not --json")
+        try:
+            columns = parse_columns(args.output) if args.output is not None else columns
+        except ValueError as exc:
+            return _usage_error(f"status -o: {exc}")
+    if args.watch is not None and args.watch <= 0:
+        return _usage_error("status --watch: SECONDS must be more than 0")
     if not settings.database_path.exists():
         print(f"no state at {settings.database_path}: the daemon has not run yet",
               file=sys.stderr)
         return EXIT_NOT_CONVERGED
     store = Store(settings.database_path, time.time)
+
+    def render() -> str | None:
+        report = build_report(settings, store, host, args.name, args.all)
+        if args.name is not None and not report["devices"] and not report["rejected_specs"]:
+            return None
+        if args.json:
+            return render_json(report, one_line=args.watch is not None)
+        return render_table(report, columns, headers=not args.no_headers)
+
     try:
-        while True:
-            report = build_report(settings, store, host, args.name, args.all)
-            if args.name is not None and not report["devices"] and not report["rejected_specs"]:
-                print(f"no device named {args.name!r}", file=sys.stderr)
-                return EXIT_NOT_CONVERGED
-            text = render_json(report) if args.json else render_table(report)
-            if args.watch is None:
-                sys.stdout.write(text)
-                return EXIT_OK
-            sys.stdout.write("\033[H\033[2J" + time.strftime("%H:%M:%S ") + text)
-            sys.stdout.flush()
-            time.sleep(args.watch)
+        text = render()
+        if text is None:
+            print(f"no device named {args.name!r}", file=sys.stderr)
+            return EXIT_NOT_CONVERGED
+        if args.watch is None:
+            sys.stdout.write(text)
+            return EXIT_OK
+        watch(text, render, store.written_by_others, args.watch,
+              table=not args.json)
+        return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
         store.close()
 
 
-def show_plan(settings: Settings, host: Host) -> int:
-    """Print each device's next step."""
-    store = Store(settings.database_path, time.time)
+def watch(first: str, render: Callable[[], str | None], store_changed: Callable[[], bool],
+          interval: float, table: bool) -> None:
+    """Write the document, then again each time it changes (never the same one twice in a
+    row): looked at every `interval` seconds, and at once when the store was written.
+    A terminal's table is redrawn in place, under a line that says when it changed (UTC);
+    anything else (a pipe, a file, NDJSON) gets the documents one after another, no escapes,
+    so that a script reads them as they come. `table`: the documents are tables (else
+    NDJSON lines)."""
+    on_tty = table and sys.stdout.isatty()
+    shown = None
+    text: str | None = first
+    store_changed()  # from here on, it says whether anything was written since
+    while True:
+        if text is not None and text != shown:
+            if on_tty:
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                sys.stdout.write(f"{CLEAR_SCREEN}changed at {stamp}, looking every "
+                                 f"{interval:g}s\n\n{text}")
+            else:
+                # A table (not NDJSON) is parted from the one before by an empty line.
+                blank = "\n" if table and shown is not None else ""
+                sys.stdout.write(blank + text)
+            sys.stdout.flush()
+            shown = text
+        deadline = time.monotonic() + interval
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(STORE_POLL_SECONDS, left))
+            if store_changed():
+                break
+        text = render()
+
+
+def show_plan(settings: Settings, host: Host, as_json: bool = False) -> int:
+    """Print each device's next step. Read-only by construction: the store is opened so
+    that SQLite refuses any write and no file is created (none at all when there is no
+    database yet), and the kernel is only asked (info, status, table)."""
+    store = Store(settings.database_path, time.time, readonly=True)
     try:
         actions = Reconciler(settings, host, store).plan()
-    except DmError as exc:
-        # A plan compares with the kernel: without it there is nothing to say but why.
-        print(f"reconciler: cannot plan, the kernel cannot be read: {exc}", file=sys.stderr)
+    except (DmError, OSError) as exc:
+        # A plan compares with the kernel: without it (no device-mapper here, or no right
+        # to it) there is nothing to say but why, in one line.
+        reason = " ".join(str(exc).split())
+        print(f"reconciler: cannot plan: device-mapper cannot be read here ({reason})",
+              file=sys.stderr)
         return EXIT_NOT_CONVERGED
     finally:
         store.close()
+    if as_json:
+        document = {"pool": settings.pool_name,
+                    "actions": [{"name": name, "action": action} for name, action in actions]}
+        sys.stdout.write(json.dumps(document) + "\n")
+        return EXIT_OK
     width = max((len(name) for name, _ in actions), default=4)
     for name, action in actions:
         print(f"{name.ljust(width)}  {action}")
@@ -352,7 +431,7 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
             return _locked(settings, lambda: run_once(settings, host, args.allow_removals))
         return _locked(settings, lambda: run_daemon(settings, host, path))
     if args.command == "plan":
-        return show_plan(settings, host)
+        return show_plan(settings, host, args.json)
     if args.command == "retry":
         return request_retry(settings, host, args.name)
     if args.command == "gc":
@@ -368,6 +447,9 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
     if args.command == "confirm-removals":
         return confirm_removals(settings, host)
     if args.command == "adopt":
+        if args.thin_id is None:
+            print("reconciler: adopt needs --thin-id", file=sys.stderr)
+            return EXIT_USAGE
         return hand_over(settings, host, RequestKind.ADOPT, args.name, args.thin_id)
     if args.command == "resync":
         return resync(settings, host)

@@ -6,6 +6,10 @@ Reads the store (SQLite in WAL mode, so it never blocks a running daemon) and as
 with three calls; works with the daemon stopped. Usage comes from `dmsetup status`: mapped
 sectors x 512 for an active thin device, used blocks x block size for the pool. An inactive
 device has no status in the kernel, so its usage is shown as unknown (null).
+
+Every time is UTC and says so: ISO 8601 with `+00:00` in JSON, with `Z` in the table. The
+thin id (dm-thin's 24-bit device id) is `thin_id` in JSON and THIN_ID in the table; JSON's
+older `device_id` key stays beside it, deprecated, for scripts that read it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,23 @@ def iso_time(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
+def table_time(iso: str, millis: bool = False) -> str:
+    """An ISO 8601 UTC time of the document as the table shows it: to the second (or the
+    millisecond: a history's steps are that close), the zone said (`2026-12-01T02:40:13Z`),
+    one word so that the columns split on spaces."""
+    moment = datetime.fromisoformat(iso).astimezone(UTC)
+    if millis:
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def percent(used: int | None, total: int | None) -> float | None:
+    """Used as a percentage of total, to one decimal (None when either is unknown)."""
+    if used is None or not total:
+        return None
+    return round(100 * used / total, 1)
+
+
 def _pool_report(settings: Settings, store: Store, obs: Observation | None,
                  kernel_error: str | None) -> dict[str, Any]:
     record = store.pool(settings.pool_name)
@@ -46,6 +67,8 @@ def _pool_report(settings: Settings, store: Store, obs: Observation | None,
         "data_total_bytes": None,
         "metadata_used_bytes": None,
         "metadata_total_bytes": None,
+        "data_used_percent": None,
+        "metadata_used_percent": None,
         "mode": None,
         "needs_check": None,
         "error": kernel_error,
@@ -73,6 +96,9 @@ def _pool_report(settings: Settings, store: Store, obs: Observation | None,
         data_total_bytes=status.total_data_blocks * block_bytes,
         metadata_used_bytes=status.used_metadata_blocks * METADATA_BLOCK_BYTES,
         metadata_total_bytes=status.total_metadata_blocks * METADATA_BLOCK_BYTES,
+        data_used_percent=percent(status.used_data_blocks, status.total_data_blocks),
+        metadata_used_percent=percent(status.used_metadata_blocks,
+                                      status.total_metadata_blocks),
         mode=status.mode.value,
         needs_check=status.needs_check,
     )
@@ -112,6 +138,8 @@ def _device_report(settings: Settings, record: DeviceRecord,
         "state": record.state,
         "deferred_removal": deferred,
         "ready": _ready(record, kernel),
+        "thin_id": record.device_id,
+        # Deprecated: the same as thin_id, kept for scripts written before it was named.
         "device_id": record.device_id,
         "size_bytes": record.size_bytes,
         "used_bytes": used,
@@ -209,44 +237,109 @@ def _state(device: dict[str, Any]) -> str:
     if device["deferred_removal"]:
         return f"{DeviceState.DEACTIVATING.value} (deferred)"
     live = state in LIVE and device["kernel"] is not None
-    return state + (" (not ready)" if live and not device["ready"] else "")
+    # Resumed is where a snapshot origin rests after its suspend and resume: for whoever
+    # reads the table it is active like any other, so the table says Activated (the JSON
+    # and the history keep the machine's own state).
+    shown = DeviceState.ACTIVATED.value if state == DeviceState.RESUMED else state
+    return shown + (" (not ready)" if live and not device["ready"] else "")
 
 
-def render_table(report: dict[str, Any]) -> str:
-    """Aligned columns for people: the pool line, devices, then rejected specs."""
+class Column(StrEnum):
+    """A column of the device table (`status -o`); the values are the headers."""
+
+    NAME = "NAME"
+    KIND = "KIND"
+    STATE = "STATE"
+    SINCE = "SINCE"
+    THIN_ID = "THIN_ID"
+    SIZE = "SIZE"
+    USED = "USED"
+    PARENT = "PARENT"
+    KEY = "KEY"
+    ERROR = "ERROR"
+
+
+DEFAULT_COLUMNS: tuple[Column, ...] = tuple(Column)
+
+
+def parse_columns(text: str) -> tuple[Column, ...]:
+    """`-o name,state,thin_id`: the columns named, in that order (any case); a ValueError
+    that names the unknown ones and the known ones."""
+    names = [part.strip().upper() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in Column.__members__]
+    known = ",".join(c.value.lower() for c in Column)
+    if unknown:
+        raise ValueError(f"unknown column {', '.join(n.lower() for n in unknown)}; "
+                         f"choose from {known}")
+    if not names:
+        raise ValueError(f"no column named; choose from {known}")
+    return tuple(Column[name] for name in names)
+
+
+def _cell(column: Column, d: dict[str, Any]) -> str:
+    """One device's cell in one column, never empty (a `-` for nothing)."""
+    match column:
+        case Column.NAME:
+            return str(d["name"])
+        case Column.KIND:
+            return str(d["snapshot"]["kind"]) if d["snapshot"] else "spec"
+        case Column.STATE:
+            return _state(d)
+        case Column.SINCE:
+            return table_time(d["state_changed_at"])
+        case Column.THIN_ID:
+            return "-" if d["thin_id"] is None else str(d["thin_id"])
+        case Column.SIZE:
+            return _size(d["size_bytes"])
+        case Column.USED:
+            return _size(d["used_bytes"])
+        case Column.PARENT:
+            return str(d["parent"] or "-")
+        case Column.KEY:
+            return _key(d["snapshot"])
+        case Column.ERROR:
+            return str(d["error"] or d["notice"] or "-")
+
+
+def _usage(used: int | None, total: int | None, share: float | None) -> str:
+    """`12MiB/256MiB (4.7%)` for the pool line."""
+    text = f"{_size(used)}/{_size(total)}"
+    return text if share is None else f"{text} ({share:g}%)"
+
+
+def render_table(report: dict[str, Any], columns: Sequence[Column] = DEFAULT_COLUMNS,
+                 headers: bool = True) -> str:
+    """Aligned columns for people: the pool line, devices, then rejected specs. Without
+    `headers` (for scripts: `--no-headers`) only the device rows, in `columns`."""
+    rows = [[_cell(column, d) for column in columns] for d in report["devices"]]
+    if headers:
+        rows.insert(0, [column.value for column in columns])
+    # The last column is not padded: an error message may be long and has spaces.
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(len(columns) - 1)]
+    table = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        table.append("  ".join([*cells, row[-1]]).rstrip())
+    if not headers:
+        return "".join(line + "\n" for line in table)
     pool = report["pool"]
     lines = []
     if pool["error"]:
         lines.append(f"pool {pool['name']}: {pool['error']}")
     else:
-        lines.append(
-            f"pool {pool['name']}: {pool['mode']}, transaction {pool['transaction_id']}, "
-            f"data {_size(pool['data_used_bytes'])}/{_size(pool['data_total_bytes'])}, "
-            f"metadata {_size(pool['metadata_used_bytes'])}/"
-            f"{_size(pool['metadata_total_bytes'])}"
-        )
+        data = _usage(pool["data_used_bytes"], pool["data_total_bytes"],
+                      pool["data_used_percent"])
+        metadata = _usage(pool["metadata_used_bytes"], pool["metadata_total_bytes"],
+                          pool["metadata_used_percent"])
+        lines.append(f"pool {pool['name']}: {pool['mode']}, transaction "
+                     f"{pool['transaction_id']}, data {data}, metadata {metadata}")
     for condition in report["conditions"]:
         times = f"{condition['count']} times since " if condition["count"] > 1 else "since "
         lines.append(f"{condition['kind'].replace('_', ' ')}: {condition['message']} "
-                     f"({times}{condition['since'][:19].replace('T', ' ')})")
+                     f"({times}{table_time(condition['since'])})")
         if condition["names"]:
             lines.append("  " + ", ".join(condition["names"]))
-    header = ("NAME", "KIND", "STATE", "SINCE", "ID", "SIZE", "USED", "PARENT", "KEY",
-              "ERROR")
-    rows = [header] + [
-        (
-            d["name"], d["snapshot"]["kind"] if d["snapshot"] else "spec", _state(d),
-            d["state_changed_at"][:19].replace("T", " "),
-            "-" if d["device_id"] is None else str(d["device_id"]),
-            _size(d["size_bytes"]), _size(d["used_bytes"]), d["parent"] or "-",
-            _key(d["snapshot"]), d["error"] or d["notice"] or "-",
-        )
-        for d in report["devices"]
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    lines += table
     if report["rejected_specs"]:
         lines.append("")
         lines.append("rejected specs:")
@@ -264,13 +357,16 @@ def render_table(report: dict[str, Any]) -> str:
         lines.append("history:")
         for item in report["history"]:
             error = f"  error: {item['error']}" if item["error"] else ""
-            lines.append(f"  {item['at']}  {item['from']} -> {item['to']} "
+            lines.append(f"  {table_time(item['at'], millis=True)}  {item['from']} -> {item['to']} "
                          f"({item['trigger']}){error}")
     return "\n".join(lines) + "\n"
 
 
-def render_json(report: dict[str, Any]) -> str:
-    """The report as indented JSON."""
+def render_json(report: dict[str, Any], one_line: bool = False) -> str:
+    """The report as indented JSON, or (`one_line`, for NDJSON) as one line: JSON escapes
+    every newline inside a string, so the document's only newline is its last."""
+    if one_line:
+        return json.dumps(report, separators=(",", ":")) + "\n"
     return json.dumps(report, indent=2, sort_keys=False) + "\n"
 
 

@@ -38,12 +38,12 @@ def test_run_once_exits_zero_when_converged(config: Path, capsys: pytest.Capture
     assert main(["-c", str(config), "status"], host=host) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("pool clipool: rw, transaction 2")
-    assert out[1].split() == ["NAME", "KIND", "STATE", "SINCE", "ID", "SIZE", "USED",
+    assert out[1].split() == ["NAME", "KIND", "STATE", "SINCE", "THIN_ID", "SIZE", "USED",
                               "PARENT", "KEY", "ERROR"]
     cells = out[2].split()
     assert cells[:3] == ["web-1", "spec", "Activated"]
-    assert cells[5:7] == ["1", "64MiB"]
-    assert cells[8:10] == ["web-base", "-"]
+    assert cells[4:6] == ["1", "64MiB"]
+    assert cells[7:9] == ["web-base", "-"]
     # Columns line up: every row has STATE where the header has it.
     assert {line.index(line.split()[2]) for line in out[1:4]} == {out[1].index("STATE")}
 

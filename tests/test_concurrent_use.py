@@ -129,8 +129,8 @@ def test_plan_without_a_readable_kernel_exits_one_with_one_line(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.splitlines() == [
-        "reconciler: cannot plan, the kernel cannot be read: "
-        "info stormpool: dmsetup: command not found"]
+        "reconciler: cannot plan: device-mapper cannot be read here "
+        "(info stormpool: dmsetup: command not found)"]
 
 
 # -- the storm ---------------------------------------------------------------------------------

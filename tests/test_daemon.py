@@ -128,7 +128,7 @@ def test_plan_says_what_the_next_pass_would_do(fake_world: World) -> None:
     plan = dict(fake_world.reconciler().plan())
     assert plan == {
         "cold": "activate",
-        "gone": "deactivate",
+        "gone": "remove: deactivate, then delete its thin id",
         "grow": "create",
         "keep": "nothing",
         "new": "create",

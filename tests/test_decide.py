@@ -212,6 +212,20 @@ def test_plan_describes_each_decision(rec: DeviceRecord, decision: Decision,
     assert describe(rec, decision) == text
 
 
+@pytest.mark.parametrize(("decision", "wanted", "text"), [
+    (Step.DEACTIVATE, False, "remove: deactivate, then delete its thin id"),
+    (Step.REMOVE, False, "remove: delete its thin id"),
+    (Step.DEACTIVATE, True, "deactivate"),  # the spec says active = false: it stays
+    (Step.REMOVE, True, "remove"),  # gc --faulty: a removal the operator asked for
+    (Wait("removals held"), False, "nothing yet: removals held"),
+])
+def test_plan_names_a_removal_as_a_removal(decision: Decision, wanted: bool,
+                                           text: str) -> None:
+    """describe: a device whose spec is gone is planned as a removal, never as a bare
+    `deactivate` that reads like the device stays."""
+    assert describe(record(S.ACTIVATED), decision, wanted=wanted) == text
+
+
 SNAPSHOT = record(S.ACTIVATED, parent="p")
 SEEN = (SNAPSHOT, spec(parent="p"), kernel(), PARENT, None)
 

@@ -223,4 +223,5 @@ def test_plan_names_the_specs_for_other_nodes(on_worker: World) -> None:
     on_worker.spec("mine", NONE)
     assert on_worker.run_pass().ok
     on_worker.spec("mine", NONE + 'nodes = ["gpu-*"]\n')
-    assert dict(on_worker.reconciler().plan())["mine"] == "deactivate"
+    assert dict(on_worker.reconciler().plan())["mine"] == \
+        "remove: deactivate, then delete its thin id"

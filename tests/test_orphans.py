@@ -63,14 +63,14 @@ def test_gc_orphans_deletes_only_orphans(fake_world: World, config: Path) -> Non
 
 
 def test_adopt_makes_an_orphan_a_managed_device(fake_world: World, config: Path) -> None:
-    """adopt NAME --id N with a spec for NAME: the id becomes NAME, activated, never mkfs'd."""
+    """adopt NAME --thin-id N with a spec for NAME: the id becomes NAME, activated, never mkfs'd."""
     fake_world.spec("a", 'filesystem = "none"\n')
     assert fake_world.run_pass().ok
     make_orphan(fake_world, 5)
     fake_world.spec("found", 'size = "64MiB"\nfilesystem = "ext4"\n')
     assert fake_world.store is not None
     fake_world.store.close()
-    assert main(["-c", str(config), "adopt", "found", "--id", "5"], host=fake_world.host) == 0
+    assert main(["-c", str(config), "adopt", "found", "--thin-id", "5"], host=fake_world.host) == 0
     fake_world.store = Store(fake_world.settings.database_path, fake_world.clock)
     assert fake_world.run_pass().ok
     record = fake_world.store.device("found")

@@ -126,8 +126,13 @@ def is_removal(step: Step, spec: DeviceSpec | None) -> bool:
     return step == Step.REMOVE or (step == Step.DEACTIVATE and spec is None)
 
 
-def describe(record: DeviceRecord, decision: Decision) -> str:
-    """What `reconciler plan` says a decision will do."""
+def describe(record: DeviceRecord, decision: Decision, wanted: bool = True) -> str:
+    """What `reconciler plan` says a decision will do. A device no spec wants any more
+    (`wanted` false) is on its way out: its first step (deactivate) is named as what it
+    starts, a removal, so that nobody reads it as a mere deactivation."""
+    if not wanted and decision in (Step.DEACTIVATE, Step.REMOVE):
+        return ("remove: deactivate, then delete its thin id"
+                if decision == Step.DEACTIVATE else "remove: delete its thin id")
     if isinstance(decision, Wait):
         return f"nothing yet: {decision.reason}"
     if decision is None:

@@ -448,4 +448,4 @@ class Reconciler:
         elif spec is not None:
             record = replace(record)
             apply_spec(record, spec)
-        return describe(record, decide(ctx, record, spec))
+        return describe(record, decide(ctx, record, spec), wanted=spec is not None)

@@ -23,6 +23,7 @@ import random
 import sqlite3
 import stat
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, fields
@@ -83,14 +84,15 @@ class _Database(peewee.SqliteDatabase):
     """peewee's SQLite database whose statements outside a transaction go through `retry`
     (one statement is whole by itself); inside one, the transaction is what is retried."""
 
-    def __init__(self, path: Path, retry: Callable[[Callable[[], Any]], Any],
-                 busy_timeout: float) -> None:
-        super().__init__(str(path), pragmas={
+    def __init__(self, path: Path | str, retry: Callable[[Callable[[], Any]], Any],
+                 busy_timeout: float, readonly: bool = False) -> None:
+        pragmas: dict[str, Any] = {
             # First, so that the pragmas after it wait for a lock too.
             "busy_timeout": round(busy_timeout * 1000),
-            "journal_mode": "wal",
-            "synchronous": "full",
-        }, timeout=busy_timeout)
+        }
+        if not readonly:  # a reader changes nothing, not even the journal mode
+            pragmas.update(journal_mode="wal", synchronous="full")
+        super().__init__(str(path), pragmas=pragmas, timeout=busy_timeout, uri=readonly)
         self._retry = retry
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
@@ -220,6 +222,20 @@ def _private_files(path: Path) -> None:
             os.close(fd)
 
 
+def _readonly_uri(path: Path) -> str:
+    """How a reader opens the database file without creating or changing any file.
+
+    SQLite's `mode=ro` still creates the -wal and -shm files of a WAL database when they are
+    missing (and leaves them behind): so when there is no -wal, which means no connection
+    has the database open (every writer's connection keeps one while open), the file is
+    opened `immutable` (no locks, no side files); when there is one, a writer may be at work,
+    and `mode=ro` reads its -wal and -shm, which exist already."""
+    quoted = urllib.parse.quote(str(path.absolute()))
+    if Path(f"{path}-wal").exists():
+        return f"file:{quoted}?mode=ro"
+    return f"file:{quoted}?mode=ro&immutable=1"
+
+
 def _tighten(fd: int) -> None:
     st = os.fstat(fd)
     if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077 and os.geteuid() in (0, st.st_uid):
@@ -231,23 +247,46 @@ class Store:
 
     Shared with other processes: `sleep` is how the store waits between the tries of work
     the database refused as busy (see the module docstring), `busy_timeout` how long SQLite
-    waits for a lock within one try (default BUSY_TIMEOUT_S)."""
+    waits for a lock within one try (default BUSY_TIMEOUT_S).
+
+    `readonly` (what `reconciler plan` uses): no directory or file is created and none is
+    changed, by construction: SQLite refuses any write. Without a database file the store
+    is an empty one in memory (what a first pass would start from)."""
 
     def __init__(self, path: Path, clock: Callable[[], float], max_id: int = MAX_THIN_ID,
                  sleep: Callable[[float], None] = time.sleep,
-                 busy_timeout: float | None = None) -> None:
+                 busy_timeout: float | None = None, readonly: bool = False) -> None:
         self.path = path
         self.max_id = max_id
         self.clock = clock
         self._sleep = sleep
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _private_files(path)
-        self._db = _Database(path, self._retrying,
-                             BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout)
+        timeout = BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout
+        fresh = not path.exists()
+        if readonly:
+            where = "file::memory:" if fresh else _readonly_uri(path)
+            self._db = _Database(where, self._retrying, timeout, readonly=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _private_files(path)
+            self._db = _Database(path, self._retrying, timeout)
         self._m = bind_models(self._db)
         self._data_version: int | None = None
         self._saved_snapshots: set[str] = set()
-        self._retrying(lambda: self._db.connect(reuse_if_open=True))
+        if readonly:
+            try:
+                self._retrying(lambda: self._db.connect(reuse_if_open=True))
+                self._needs_migration()  # the first read: an unreadable file says so here
+            except peewee.DatabaseError as exc:
+                # Not ours to repair: say why in one line (a user without the right to the
+                # 0600 file, not a database at all).
+                raise StoreError(f"cannot read the database {path}: {exc}") from exc
+        else:
+            self._retrying(lambda: self._db.connect(reuse_if_open=True))
+        if readonly and not fresh:
+            if self._needs_migration():
+                raise StoreError(f"the database {path} was written by an older version: "
+                                 "run the daemon (or `reconciler run --once`) to update it")
+            return
         # Statement by statement: CREATE ... IF NOT EXISTS is whole by itself, and an open
         # (every CLI call) takes no write lock unless the file needs to change.
         self._db.create_tables(self._m.all(), safe=True)
