@@ -4,6 +4,7 @@ global options taken before or after the subcommand."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -27,7 +28,11 @@ def test_the_copied_constants_equal_their_originals() -> None:
 
 def test_the_parser_loads_by_file_path_with_only_the_standard_library() -> None:
     """Loaded from its file (as setup.py does) with site-packages off (-S, -I), it builds."""
-    path = str(ROOT / "reconciler" / "arguments.py")
+    # The module Python would import: the source tree's, or an installed wheel's (the
+    # floors run tests one from a tree without reconciler/).
+    spec = importlib.util.find_spec("reconciler.arguments")
+    assert spec is not None and spec.origin is not None
+    path = spec.origin
     code = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('arguments', {path!r})\n"
