@@ -388,8 +388,13 @@ class Daemon:
         """A full pass now, as a resync (the next periodic one counts from here)."""
         self._next_resync = self.clock() + self.settings.resync_interval
         if self.watcher is not None:
+            # Before the pass, so that what changes during it wakes the next one.
             self.watcher.refresh()
-        result = self._pass(None)
+        return self._scheduled_pass(None)
+
+    def _scheduled_pass(self, only: set[str] | None) -> PassResult | None:
+        """A pass, then the next retry it asks for (none after a pass that failed)."""
+        result = self._pass(only)
         self._next_retry = None if result is None else result.next_retry_at
         return result
 
@@ -466,19 +471,12 @@ class Daemon:
                 # Also when refused or failed: the daemon goes on with the old config.
                 self.notifier.ready()
         now = self.clock()
-        full = batch.resync or batch.reload or batch.rescan or now >= self._next_resync
-        if full:
-            self._next_resync = now + self.settings.resync_interval
-            if self.watcher is not None:
-                # Before the pass, so that what changes during it wakes the next one.
-                self.watcher.refresh()
-        if full or batch.names or (self._next_retry is not None and now >= self._next_retry):
+        if batch.resync or batch.reload or batch.rescan or now >= self._next_resync:
             acted = True
-            result = self._pass(None if full else batch.names)
-            if result is None:
-                self._next_retry = None
-            else:
-                self._next_retry = result.next_retry_at
+            self._full_pass()
+        elif batch.names or (self._next_retry is not None and now >= self._next_retry):
+            acted = True
+            self._scheduled_pass(batch.names)
         self._resume_parked()
         if acted and self.metrics is not None:
             self._publish()
