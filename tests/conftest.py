@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.cli import main
 from reconciler.config import Settings, settings_from_mapping
 from reconciler.daemon.once import run_until_settled
 from reconciler.daemon.service import Daemon
@@ -170,6 +172,18 @@ class World:
             loop = attached_loop(self.host, path) if path.exists() else None
             if loop is not None:
                 self.host.run(["losetup", "--detach", loop])
+
+
+def run_in_process(argv: list[str], host: Host) -> int:
+    """`reconciler ARGV` in this process (`main`), giving back afterwards the signal handlers
+    `run` installs (SIGTERM, SIGINT, SIGHUP, SIGUSR1), so later tests keep pytest's."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT,
+                                                  signal.SIGHUP, signal.SIGUSR1)}
+    try:
+        return main(argv, host=host)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def make_settings(root: Path, pool: str, **extra: object) -> Settings:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import stat
 import tempfile
@@ -20,12 +19,11 @@ import pytest
 from reconciler.api.proto import snapshots_pb2 as pb
 from reconciler.api.proto import snapshots_pb2_grpc
 from reconciler.api.server import ApiServer, SocketUnavailable
-from reconciler.cli import main
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.snapshots import NotFound, Snapshotter
 from reconciler.testing.fakekernel import FakeKernel
-from tests.conftest import make_settings
+from tests.conftest import make_settings, run_in_process
 
 
 @pytest.fixture
@@ -157,13 +155,7 @@ def test_run_refuses_a_socket_another_daemon_serves(
                           f'dm_driver = "dmsetup"\ngrpc_socket = "{socket_path}"\n'
                           'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n')
         capsys.readouterr()
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT,
-                                                      signal.SIGHUP, signal.SIGUSR1)}
-        try:
-            assert main(["-c", str(config), "run"], host=FakeKernel()) == 1
-        finally:
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
+        assert run_in_process(["-c", str(config), "run"], FakeKernel()) == 1
         # The log is JSON lines on stderr; what is said to the operator is the rest.
         said = [line for line in capsys.readouterr().err.splitlines()
                 if not line.startswith("{")]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -23,7 +22,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.api.proto import snapshots_pb2 as pb
 from reconciler.api.proto import snapshots_pb2_grpc
-from reconciler.cli import main
 from reconciler.config import ConfigError, ListenAddress, settings_from_mapping
 from reconciler.daemon.health import (
     STALL_AFTER,
@@ -45,7 +43,7 @@ from reconciler.states import DeviceState, Step
 from reconciler.status import build_report
 from reconciler.store import ConditionKind, ConditionRecord, Store
 from reconciler.testing.fakekernel import FakeKernel, Op
-from tests.conftest import FakeClock, World, make_settings
+from tests.conftest import FakeClock, World, make_settings, run_in_process
 
 LOOPBACK = ListenAddress("127.0.0.1", 0)  # port 0: the kernel picks a free one
 
@@ -359,13 +357,7 @@ def test_run_exits_1_naming_an_address_in_use(tmp_path: Path,
                           f'dm_driver = "dmsetup"\nmetrics_address = "127.0.0.1:{port}"\n'
                           'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n')
         capsys.readouterr()
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT,
-                                                      signal.SIGHUP, signal.SIGUSR1)}
-        try:
-            assert main(["-c", str(config), "run"], host=FakeKernel()) == 1
-        finally:
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
+        assert run_in_process(["-c", str(config), "run"], FakeKernel()) == 1
     err = capsys.readouterr().err
     said = [line for line in err.splitlines() if not line.startswith("{")]
     assert said == [f"reconciler: metrics_address 127.0.0.1:{port} is in use by another "
