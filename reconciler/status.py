@@ -120,7 +120,7 @@ def _snapshot_report(snap: SnapshotRecord | None) -> dict[str, Any] | None:
 
 
 def _ready(record: DeviceRecord, kernel: KernelDevice | None) -> bool:
-    return is_ready(DeviceState(record.state), record.formatted, record.filesystem,
+    return is_ready(record.state, record.formatted, record.filesystem,
                     mapped=kernel is not None,
                     suspended=kernel is not None and kernel.info.suspended)
 
@@ -131,11 +131,11 @@ def _device_report(settings: Settings, record: DeviceRecord,
     kernel = obs.device(kname) if obs else None
     used = kernel.status.used_bytes if kernel and kernel.status else None
     # Deactivated, yet still mapped and open: the kernel removes it at its holder's last close.
-    deferred = kernel is not None and DeviceState(record.state) not in LIVE \
+    deferred = kernel is not None and record.state not in LIVE \
         and kernel.info.removal_deferred
     return {
         "name": record.name,
-        "state": record.state,
+        "state": record.state.value,
         "deferred_removal": deferred,
         "ready": _ready(record, kernel),
         "thin_id": record.device_id,
@@ -144,7 +144,7 @@ def _device_report(settings: Settings, record: DeviceRecord,
         "size_bytes": record.size_bytes,
         "used_bytes": used,
         "parent": record.parent,
-        "filesystem": record.filesystem,
+        "filesystem": record.filesystem.value,
         "formatted": record.formatted,
         "path": f"/dev/mapper/{kname}" if kernel else None,
         "kernel_name": kname,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import StrEnum
 
 from reconciler.dm.client import DmClient
 from reconciler.dm.driver import DmDriver
@@ -18,20 +17,13 @@ from reconciler.dm.host import Host
 from reconciler.dm.parse import parse_pool_status, parse_pool_table
 from reconciler.dm.types import ThinPoolStatus, ThinPoolTable, ThinTable, describe_table
 from reconciler.units import Sectors
+from reconciler.vocabulary import PoolOp
 
 # dm-thin's on-disk superblock: magic (le64) at byte 32 of metadata block 0.
 THIN_SUPERBLOCK_MAGIC = 27022010
 METADATA_BLOCK = 4096
 LOW_WATER_MARK = 32768
 UUID_PREFIX = "RECONCILER-v1"
-
-
-class PoolOp(StrEnum):
-    """The metadata changes we make to a pool (each moves its transaction id by one)."""
-
-    CREATE_THIN = "create_thin"
-    CREATE_SNAP = "create_snap"
-    DELETE = "delete"
 
 
 class PoolMismatch(InvalidArgument):

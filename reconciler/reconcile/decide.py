@@ -46,7 +46,7 @@ def next_step(record: DeviceRecord, spec: DeviceSpec | None, kernel: KernelDevic
     `hold_new` is why no new device may be made now (guards.new_devices_held), if so.
     The record's spec wishes (size, mode, active) are already applied to it.
     """
-    state = DeviceState(record.state)
+    state = record.state
     if state in IN_FLIGHT:
         return RESUMES[state]
     if state in LIVE and kernel is None:

@@ -24,6 +24,7 @@ from reconciler.reconcile.steps import remove, save_transaction_id, settle_pendi
 from reconciler.specs import SpecSet
 from reconciler.states import DeviceState, Trigger
 from reconciler.store import OrphanRecord, RequestKind
+from reconciler.vocabulary import ThinId
 
 S = DeviceState
 log = structlog.get_logger(__name__)
@@ -172,7 +173,7 @@ def adopt(ctx: PassContext, name: str, thin_id: int, spec_set: SpecSet) -> None:
         record = new_record(name, spec, ctx.clock())
     else:
         copy_spec(record, spec)
-    record.device_id = thin_id
+    record.device_id = ThinId(thin_id)
     record.origin_id = None
     record.provisioned = True
     # Its blocks are someone's data: never mkfs it, never assume its filesystem's size.
@@ -214,7 +215,7 @@ def resume_suspended(ctx: PassContext) -> None:
 def find_orphans(ctx: PassContext) -> None:
     """Record what our pool holds that the store does not manage; never delete it."""
     now = ctx.clock()
-    orphans = [OrphanRecord("thin_id", str(i), i, now)
+    orphans = [OrphanRecord("thin_id", str(i), ThinId(i), now)
                for i in sorted((ctx.ledger.ids or set()) - ctx.managed_ids())]
     prefix = f"{ctx.settings.pool_name}-"
     # prefix + name is ctx.kernel_name(name), without a call per device of a resync.
@@ -226,7 +227,8 @@ def find_orphans(ctx: PassContext) -> None:
             # A device we activated names its thin id in its uuid even without a table.
             thin_id = device.table.device_id if device.table is not None \
                 else parse_thin_uuid(ctx.settings.pool_name, device.info.uuid)
-            orphans.append(OrphanRecord("device", kname, thin_id, now))
+            orphans.append(OrphanRecord(
+                "device", kname, None if thin_id is None else ThinId(thin_id), now))
     if orphans:
         log.warning("pool.orphans", orphans=[o.name for o in orphans],
                     next="left alone: `reconciler gc --orphans` or `reconciler adopt`")
