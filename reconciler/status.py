@@ -29,7 +29,7 @@ from reconciler.dm.types import METADATA_BLOCK_BYTES, PoolMode
 from reconciler.reconcile.observe import KernelDevice, Observation, observe_safely
 from reconciler.specs import is_snapshot_device
 from reconciler.states import LIVE, DeviceState, is_ready
-from reconciler.store import ConditionKind, DeviceRecord, SnapshotRecord, Store
+from reconciler.store import ConditionKind, DeviceRecord, OrphanKind, SnapshotRecord, Store
 from reconciler.units import format_size
 
 
@@ -205,9 +205,9 @@ def build_report(settings: Settings, store: Store, host: Host,
     )
     orphans = store.orphans()
     report["orphans"] = {
-        "thin_ids": [o.thin_id for o in orphans if o.kind == "thin_id"],
+        "thin_ids": [o.thin_id for o in orphans if o.kind is OrphanKind.THIN_ID],
         "devices": [{"name": o.name, "thin_id": o.thin_id} for o in orphans
-                    if o.kind == "device"],
+                    if o.kind is OrphanKind.DEVICE],
     }
     if name is not None:
         report["history"] = [

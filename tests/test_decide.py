@@ -49,7 +49,7 @@ def kernel(readonly: bool = False, length: Sectors = SECTORS, open_count: int = 
     info = DeviceInfo(name="pool-d", uuid="RECONCILER-v1-pool-3", major=254, minor=5,
                       live_table=True, inactive_table=False, suspended=False,
                       readonly=readonly, open_count=open_count, segments=1, events=0)
-    return KernelDevice(info=info, table=ThinTable(length, "254:0", 3) if table else None)
+    return KernelDevice(info=info, table=ThinTable(length, "254:0", ThinId(3)) if table else None)
 
 
 PARENT = DeviceRecord(name="p", state=S.DEACTIVATED, device_id=ThinId(1), size_bytes=SIZE,
@@ -168,7 +168,7 @@ def test_an_in_flight_state_resumes_its_step_whatever_the_spec_or_kernel(
 
 @pytest.mark.parametrize(("changes", "mapped", "grows"), [
     ({}, kernel(), True),
-    ({"filesystem": "none"}, kernel(), False),  # nothing to grow
+    ({"filesystem": Filesystem.NONE}, kernel(), False),  # nothing to grow
     ({"fs_size_bytes": 0}, kernel(), False),  # not made by us (adopted): size unknown
     ({"fs_size_bytes": 2 * SIZE}, kernel(), False),  # already grown
     ({}, kernel(open_count=1), False),  # mounted: the operator grows it where it is

@@ -23,7 +23,7 @@ from reconciler.reconcile.pass_context import PassContext
 from reconciler.reconcile.steps import remove, save_transaction_id, settle_pending
 from reconciler.specs import SpecSet
 from reconciler.states import DeviceState, Trigger
-from reconciler.store import OrphanRecord, RequestKind
+from reconciler.store import OrphanKind, OrphanRecord, RequestKind
 from reconciler.vocabulary import ThinId
 
 S = DeviceState
@@ -137,7 +137,7 @@ def gc_orphans(ctx: PassContext) -> str:
                         next="remove its dm device first; left alone")
             kept.append(thin_id)
             continue
-        save_transaction_id(ctx, ctx.pool.delete(thin_id, ctx.ledger.transaction_id))
+        save_transaction_id(ctx, ctx.pool.delete(ThinId(thin_id), ctx.ledger.transaction_id))
         assert ctx.ledger.ids is not None
         ctx.ledger.ids.discard(thin_id)
         log.info("gc.orphan_deleted", thin_id=thin_id)
@@ -215,7 +215,7 @@ def resume_suspended(ctx: PassContext) -> None:
 def find_orphans(ctx: PassContext) -> None:
     """Record what our pool holds that the store does not manage; never delete it."""
     now = ctx.clock()
-    orphans = [OrphanRecord("thin_id", str(i), ThinId(i), now)
+    orphans = [OrphanRecord(OrphanKind.THIN_ID, str(i), ThinId(i), now)
                for i in sorted((ctx.ledger.ids or set()) - ctx.managed_ids())]
     prefix = f"{ctx.settings.pool_name}-"
     # prefix + name is ctx.kernel_name(name), without a call per device of a resync.
@@ -228,7 +228,7 @@ def find_orphans(ctx: PassContext) -> None:
             thin_id = device.table.device_id if device.table is not None \
                 else parse_thin_uuid(ctx.settings.pool_name, device.info.uuid)
             orphans.append(OrphanRecord(
-                "device", kname, None if thin_id is None else ThinId(thin_id), now))
+                OrphanKind.DEVICE, kname, None if thin_id is None else ThinId(thin_id), now))
     if orphans:
         log.warning("pool.orphans", orphans=[o.name for o in orphans],
                     next="left alone: `reconciler gc --orphans` or `reconciler adopt`")

@@ -26,7 +26,7 @@ from reconciler.specs import DeviceSpec
 from reconciler.states import LIVE, DeviceMachine, DeviceState, Step, Trigger
 from reconciler.store import DeviceRecord, IntentRecord
 from reconciler.units import Bytes, Sectors, to_sectors
-from reconciler.vocabulary import PoolOp
+from reconciler.vocabulary import Filesystem, PoolOp
 
 S = DeviceState
 T = Trigger
@@ -69,7 +69,7 @@ def record_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> No
         return
     record.provisioned = True
     # Snapshots carry their parent's filesystem; devices without one need no mkfs.
-    record.formatted = record.parent is not None or record.filesystem == "none"
+    record.formatted = record.parent is not None or record.filesystem == Filesystem.NONE
     if machine.current == S.CREATING:
         machine.fire(T.CREATED)
     else:

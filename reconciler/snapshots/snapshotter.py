@@ -293,7 +293,7 @@ class Snapshotter:
         # Always a mode, never no options: `ctr snapshots mounts` prints `-o` followed by
         # the options, and mount(8) refuses a bare `-o`.
         options = ["rw" if record.kind == Kind.ACTIVE else "ro"]
-        if record.filesystem is Filesystem.XFS:
+        if record.filesystem == Filesystem.XFS:
             # Every snapshot of a parent carries its filesystem UUID; xfs refuses duplicates.
             options.append("nouuid")
             if record.kind != Kind.ACTIVE:
@@ -420,7 +420,7 @@ class Snapshotter:
         yield record.name
         device = self.store.device(record.name)
         if device is not None and device.state in LIVE and (
-            device.formatted or device.filesystem is Filesystem.NONE
+            device.formatted or device.filesystem == Filesystem.NONE
         ):
             return
         error = (device.error if device else None) or "the device did not become active"

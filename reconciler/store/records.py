@@ -126,11 +126,20 @@ class IntentRecord:
     at: float
 
 
+class OrphanKind(StrEnum):
+    """What an orphan is (the values are stored)."""
+
+    # A thin id in the pool's metadata that no record accounts for.
+    THIN_ID = "thin_id"
+    # A dm device of our pool (by name or by table) that no record accounts for.
+    DEVICE = "device"
+
+
 @dataclass(frozen=True)
 class OrphanRecord:
     """Something of our pool that the store does not manage: a thin id or a dm device."""
 
-    kind: str
+    kind: OrphanKind
     name: str
     thin_id: ThinId | None
     seen_at: float

@@ -19,6 +19,7 @@ from reconciler.store.database import StoreError
 from reconciler.store.records import (
     DeviceRecord,
     IntentRecord,
+    OrphanKind,
     OrphanRecord,
     PoolRecord,
     SnapshotRecord,
@@ -151,6 +152,7 @@ def orphan_values(record: OrphanRecord) -> dict[str, Any]:
 def orphan_record(row: Sequence[Any] | Any) -> OrphanRecord:
     """The record of an orphans row."""
     values = _named(row, ORPHAN_COLUMNS)
+    values["kind"] = enum_cell(OrphanKind, values["kind"], "orphans", "kind")
     values["thin_id"] = thin_id_cell(values["thin_id"], "orphans", "thin_id")
     return OrphanRecord(**values)
 

@@ -10,6 +10,7 @@ import pytest
 from reconciler.store import (
     DeviceRecord,
     IntentRecord,
+    OrphanKind,
     OrphanRecord,
     RowError,
     SnapshotRecord,
@@ -71,13 +72,14 @@ def test_intents_transitions_and_orphans_read_back_typed(store: Store) -> None:
                                    origin_id=ThinId(2), from_txn=1, to_txn=2, at=1.0))
     store.record_transition(TransitionRecord("d", DeviceState.UNKNOWN, DeviceState.CREATING,
                                              Trigger.CREATE, 1.0))
-    store.replace_orphans([OrphanRecord("thin_id", "9", ThinId(9), 2.0)])
+    store.replace_orphans([OrphanRecord(OrphanKind.THIN_ID, "9", ThinId(9), 2.0)])
     intent = store.intent("d")
     assert intent is not None and intent.op is PoolOp.CREATE_SNAP
     assert type(intent.thin_id) is ThinId and intent.thin_id == 5 and intent.origin_id == 2
     [transition] = store.history("d")
     assert transition.to_state is DeviceState.CREATING and transition.trigger is Trigger.CREATE
     [orphan] = store.orphans()
+    assert orphan.kind is OrphanKind.THIN_ID
     assert type(orphan.thin_id) is ThinId and orphan.thin_id == 9
 
 
