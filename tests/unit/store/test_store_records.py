@@ -9,12 +9,14 @@ import pytest
 
 from reconciler.store import (
     DeviceRecord,
+    IdAllocator,
     IntentRecord,
     OrphanKind,
     OrphanRecord,
     RowError,
     SnapshotRecord,
     Store,
+    StoreError,
     TransitionRecord,
 )
 from reconciler.vocabulary import (
@@ -126,3 +128,13 @@ def test_an_unknown_op_in_an_intent_row_is_a_clear_error(store: Store) -> None:
     _write(store, "UPDATE intents SET op = 'defragment'")
     with pytest.raises(RowError, match=r"intents\.op holds 'defragment', not a PoolOp"):
         store.intents()
+
+
+def test_the_allocator_hands_out_checked_thin_ids_and_stops_at_24_bits() -> None:
+    """Ids come out as ThinId, lowest free first; the last is 2**24-1, then a clear error."""
+    allocator = IdAllocator({0, 2}, max_id=3)
+    assert [allocator.take(), allocator.take()] == [1, 3]
+    assert type(IdAllocator(()).take()) is ThinId
+    with pytest.raises(StoreError, match="no free thin id"):
+        allocator.take()
+    assert IdAllocator(set(), max_id=MAX_THIN_ID + 5).max_id == MAX_THIN_ID
