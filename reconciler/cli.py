@@ -51,6 +51,7 @@ from reconciler.status import (
     render_table,
 )
 from reconciler.store import ConditionKind, RequestKind, Store, StoreError
+from reconciler.vocabulary import DeviceState
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
 log = structlog.get_logger(__name__)
@@ -387,7 +388,7 @@ def request_retry(settings: Settings, host: Host, name: str) -> int:
         record = store.device(name)
     finally:
         store.close()
-    if record is None or record.state != "Faulty":
+    if record is None or record.state is not DeviceState.FAULTY:
         state = record.state if record else "no such device"
         print(f"reconciler: {name!r} is not Faulty ({state})", file=sys.stderr)
         return EXIT_NOT_CONVERGED

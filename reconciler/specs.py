@@ -37,15 +37,14 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, cast
 
 from reconciler.units import XFS_MIN_SIZE, Bytes, SizeError, format_size, parse_size
+from reconciler.vocabulary import Filesystem
 
 # Matched whole (fullmatch): "$" alone would let a name end in a newline.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SPEC_SUFFIX = ".toml"
-Filesystem = Literal["ext4", "xfs", "none"]
-FILESYSTEMS: tuple[Filesystem, ...] = ("ext4", "xfs", "none")
+FILESYSTEMS: tuple[str, ...] = tuple(member.value for member in Filesystem)
 # Devices of the snapshotter API are named from a sequence number (its base devices, the
 # formatted filesystems root snapshots are taken from, from a count of their own); spec files
 # may not take those names, or a file and a snapshot would drive the same device.
@@ -238,7 +237,7 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
     return DeviceSpec(
         name=name,
         size=size,
-        filesystem=cast(Filesystem, filesystem),
+        filesystem=Filesystem(filesystem),
         parent=parent,
         active=flags["active"],
         readonly=flags["readonly"],
@@ -263,8 +262,9 @@ def stored_spec(
     """A spec kept in the store rather than in a file (the snapshotter API's devices)."""
     if filesystem not in FILESYSTEMS:
         raise SpecError(f"filesystem {filesystem!r} is not one of {', '.join(FILESYSTEMS)}")
-    fs: Filesystem = filesystem
-    text = repr((size, filesystem, parent, active, readonly, sorted(labels.items())))
+    fs = Filesystem(filesystem)
+    # The value, not the member: the digest stays what earlier versions stored.
+    text = repr((size, fs.value, parent, active, readonly, sorted(labels.items())))
     return DeviceSpec(
         name=name, size=Bytes(size), filesystem=fs, parent=parent,
         active=active, readonly=readonly, labels=dict(labels),

@@ -29,7 +29,7 @@ from reconciler.dm.types import METADATA_BLOCK_BYTES, PoolMode
 from reconciler.reconcile.observe import KernelDevice, Observation, observe_safely
 from reconciler.specs import is_snapshot_device
 from reconciler.states import LIVE, DeviceState, is_ready
-from reconciler.store import ConditionKind, DeviceRecord, SnapshotRecord, Store
+from reconciler.store import ConditionKind, DeviceRecord, OrphanKind, SnapshotRecord, Store
 from reconciler.units import format_size
 
 
@@ -110,17 +110,17 @@ def _snapshot_report(snap: SnapshotRecord | None) -> dict[str, Any] | None:
         return None
     return {
         "key": snap.key,
-        "kind": snap.kind,
+        "kind": snap.kind.value,
         "parent": snap.parent_key,
         "labels": dict(snap.labels),
-        "removal": snap.removal,
+        "removal": None if snap.removal is None else snap.removal.value,
         "created_at": iso_time(snap.created_at),
         "updated_at": iso_time(snap.updated_at),
     }
 
 
 def _ready(record: DeviceRecord, kernel: KernelDevice | None) -> bool:
-    return is_ready(DeviceState(record.state), record.formatted, record.filesystem,
+    return is_ready(record.state, record.formatted, record.filesystem,
                     mapped=kernel is not None,
                     suspended=kernel is not None and kernel.info.suspended)
 
@@ -131,20 +131,21 @@ def _device_report(settings: Settings, record: DeviceRecord,
     kernel = obs.device(kname) if obs else None
     used = kernel.status.used_bytes if kernel and kernel.status else None
     # Deactivated, yet still mapped and open: the kernel removes it at its holder's last close.
-    deferred = kernel is not None and DeviceState(record.state) not in LIVE \
+    thin_id = None if record.device_id is None else int(record.device_id)
+    deferred = kernel is not None and record.state not in LIVE \
         and kernel.info.removal_deferred
     return {
         "name": record.name,
-        "state": record.state,
+        "state": record.state.value,
         "deferred_removal": deferred,
         "ready": _ready(record, kernel),
-        "thin_id": record.device_id,
+        "thin_id": thin_id,
         # Deprecated: the same as thin_id, kept for scripts written before it was named.
-        "device_id": record.device_id,
+        "device_id": thin_id,
         "size_bytes": record.size_bytes,
         "used_bytes": used,
         "parent": record.parent,
-        "filesystem": record.filesystem,
+        "filesystem": record.filesystem.value,
         "formatted": record.formatted,
         "path": f"/dev/mapper/{kname}" if kernel else None,
         "kernel_name": kname,
@@ -205,14 +206,15 @@ def build_report(settings: Settings, store: Store, host: Host,
     )
     orphans = store.orphans()
     report["orphans"] = {
-        "thin_ids": [o.thin_id for o in orphans if o.kind == "thin_id"],
-        "devices": [{"name": o.name, "thin_id": o.thin_id} for o in orphans
-                    if o.kind == "device"],
+        "thin_ids": [int(o.thin_id) for o in orphans
+                     if o.kind is OrphanKind.THIN_ID and o.thin_id is not None],
+        "devices": [{"name": o.name, "thin_id": None if o.thin_id is None else int(o.thin_id)}
+                    for o in orphans if o.kind is OrphanKind.DEVICE],
     }
     if name is not None:
         report["history"] = [
-            {"from": t.from_state, "to": t.to_state, "trigger": t.trigger, "at": iso_time(t.at),
-             "error": t.error}
+            {"from": t.from_state.value, "to": t.to_state.value, "trigger": t.trigger.value,
+             "at": iso_time(t.at), "error": t.error}
             for t in store.history(name)
         ]
     return report

@@ -30,7 +30,7 @@ from reconciler.daemon.lock import holder_pid
 from reconciler.dm.host import Completed, SystemHost
 from reconciler.states import LIVE, RESTING_PROVISIONED
 from reconciler.store import Store
-from reconciler.store import store as store_module
+from reconciler.store import database as store_module
 from reconciler.testing.fakekernel import FakeKernel
 from tests.conftest import wait_for
 

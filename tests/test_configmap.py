@@ -20,6 +20,7 @@ from reconciler.daemon.watch import _Handler
 from reconciler.specs import Defaults, load_spec_dir, read_only_mount
 from reconciler.store import ConditionKind, Store
 from reconciler.units import Bytes
+from reconciler.vocabulary import Filesystem
 from tests.configmap import DATA, atomic_write
 from tests.conftest import World
 
@@ -146,7 +147,7 @@ def test_the_dot_dot_entries_are_not_specs(tmp_path: Path) -> None:
     atomic_write(specs, {"a.toml": _spec(4)})
     os.symlink("..data", specs / "..data_tmp")
     (specs / "..2026_12_01_02_03_04.1.toml").mkdir()
-    found = load_spec_dir(specs, Defaults(size=Bytes(4 * MIB), filesystem="none"))
+    found = load_spec_dir(specs, Defaults(size=Bytes(4 * MIB), filesystem=Filesystem.NONE))
     assert set(found.specs) == {"a"} and found.rejected == () and found.source_error is None
 
 

@@ -21,6 +21,7 @@ from reconciler.specs import DeviceSpec
 from reconciler.states import IN_FLIGHT, RESUMES, DeviceState, Step
 from reconciler.store import DeviceRecord
 from reconciler.units import Bytes, Sectors
+from reconciler.vocabulary import Filesystem, ThinId
 
 S = DeviceState
 MIB = 1 << 20
@@ -30,14 +31,14 @@ SECTORS = Sectors(SIZE // 512)
 
 def spec(**changes: object) -> DeviceSpec:
     """The spec the record below was made from, with `changes`."""
-    base = DeviceSpec(name="d", size=Bytes(SIZE), filesystem="ext4", digest="v1")
+    base = DeviceSpec(name="d", size=Bytes(SIZE), filesystem=Filesystem.EXT4, digest="v1")
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
 def record(state: DeviceState, **changes: object) -> DeviceRecord:
     """A provisioned, formatted, active, writable ext4 device of SIZE in `state`."""
-    base = DeviceRecord(name="d", state=state.value, device_id=3, size_bytes=SIZE,
-                        filesystem="ext4", provisioned=True, formatted=True,
+    base = DeviceRecord(name="d", state=state, device_id=ThinId(3), size_bytes=SIZE,
+                        filesystem=Filesystem.EXT4, provisioned=True, formatted=True,
                         fs_size_bytes=SIZE, spec_digest="v1")
     return replace(base, **changes)  # type: ignore[arg-type]
 
@@ -48,11 +49,11 @@ def kernel(readonly: bool = False, length: Sectors = SECTORS, open_count: int = 
     info = DeviceInfo(name="pool-d", uuid="RECONCILER-v1-pool-3", major=254, minor=5,
                       live_table=True, inactive_table=False, suspended=False,
                       readonly=readonly, open_count=open_count, segments=1, events=0)
-    return KernelDevice(info=info, table=ThinTable(length, "254:0", 3) if table else None)
+    return KernelDevice(info=info, table=ThinTable(length, "254:0", ThinId(3)) if table else None)
 
 
-PARENT = DeviceRecord(name="p", state=S.DEACTIVATED.value, device_id=1, size_bytes=SIZE,
-                      filesystem="ext4", provisioned=True, formatted=True)
+PARENT = DeviceRecord(name="p", state=S.DEACTIVATED, device_id=ThinId(1), size_bytes=SIZE,
+                      filesystem=Filesystem.EXT4, provisioned=True, formatted=True)
 
 # (rule, record, spec, kernel, parent, expected decision)
 RULES: list[tuple[str, DeviceRecord, DeviceSpec | None, KernelDevice | None,
@@ -91,14 +92,14 @@ RULES: list[tuple[str, DeviceRecord, DeviceSpec | None, KernelDevice | None,
      Wait("waiting for parent 'p' (not created yet)")),
     ("a snapshot waits for a parent being created",
      record(S.UNKNOWN, parent="p", provisioned=False), spec(parent="p"), None,
-     replace(PARENT, state=S.CREATING.value, provisioned=False),
+     replace(PARENT, state=S.CREATING, provisioned=False),
      Wait("waiting for parent 'p' (Creating)")),
     ("a snapshot waits for a parent in a reload",
      record(S.UNKNOWN, parent="p", provisioned=False), spec(parent="p"), None,
-     replace(PARENT, state=S.SUSPENDED.value), Wait("waiting for parent 'p' (Suspended)")),
+     replace(PARENT, state=S.SUSPENDED), Wait("waiting for parent 'p' (Suspended)")),
     ("a snapshot waits for a Faulty parent",
      record(S.UNKNOWN, parent="p", provisioned=False), spec(parent="p"), None,
-     replace(PARENT, state=S.FAULTY.value), Wait("waiting for parent 'p' (Faulty)")),
+     replace(PARENT, state=S.FAULTY), Wait("waiting for parent 'p' (Faulty)")),
     ("a snapshot waits for its parent's mkfs",
      record(S.UNKNOWN, parent="p", provisioned=False), spec(parent="p"), None,
      replace(PARENT, formatted=False),
@@ -108,7 +109,7 @@ RULES: list[tuple[str, DeviceRecord, DeviceSpec | None, KernelDevice | None,
      Step.CREATE),
     ("a snapshot of a live parent is created",
      record(S.UNKNOWN, parent="p", provisioned=False), spec(parent="p"), None,
-     replace(PARENT, state=S.RESUMED.value), Step.CREATE),
+     replace(PARENT, state=S.RESUMED), Step.CREATE),
     # Created / Deactivated: activate when wanted, or once for mkfs, or to take it back.
     ("a created device wanted active is activated", record(S.CREATED), spec(), None, None,
      Step.ACTIVATE),
@@ -167,7 +168,7 @@ def test_an_in_flight_state_resumes_its_step_whatever_the_spec_or_kernel(
 
 @pytest.mark.parametrize(("changes", "mapped", "grows"), [
     ({}, kernel(), True),
-    ({"filesystem": "none"}, kernel(), False),  # nothing to grow
+    ({"filesystem": Filesystem.NONE}, kernel(), False),  # nothing to grow
     ({"fs_size_bytes": 0}, kernel(), False),  # not made by us (adopted): size unknown
     ({"fs_size_bytes": 2 * SIZE}, kernel(), False),  # already grown
     ({}, kernel(open_count=1), False),  # mounted: the operator grows it where it is
@@ -238,7 +239,7 @@ def _info(**changes: object) -> KernelDevice:
 # (what changed since the device was found with nothing to do, the inputs now)
 CHANGES: list[tuple[str, tuple[DeviceRecord, DeviceSpec, KernelDevice | None,
                                DeviceRecord | None, str | None]]] = [
-    ("the record's state", (replace(SNAPSHOT, state=S.RESUMED.value), *SEEN[1:])),
+    ("the record's state", (replace(SNAPSHOT, state=S.RESUMED), *SEEN[1:])),
     ("a record field next_step does not read today",
      (replace(SNAPSHOT, state_changed_at=5.0), *SEEN[1:])),
     ("the spec", (SNAPSHOT, spec(parent="p", digest="v2"), *SEEN[2:])),

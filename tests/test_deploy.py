@@ -21,6 +21,7 @@ import yaml
 from reconciler.config import settings_from_mapping
 from reconciler.specs import Defaults, parse_spec
 from reconciler.units import Bytes
+from reconciler.vocabulary import Filesystem
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -153,7 +154,7 @@ def test_probes_and_scrape_annotations_use_the_metrics_listener() -> None:
 def test_example_specs_parse_and_their_parents_are_there() -> None:
     """Each key of the specs ConfigMap is a spec the daemon accepts, named as its file."""
     data = _one("ConfigMap", "reconciler-specs")["data"]
-    defaults = Defaults(size=Bytes(1 << 30), filesystem="ext4")
+    defaults = Defaults(size=Bytes(1 << 30), filesystem=Filesystem.EXT4)
     specs = {key.removesuffix(".toml"): parse_spec(key.removesuffix(".toml"), text, defaults)
              for key, text in data.items()}
     assert all(key.endswith(".toml") for key in data)

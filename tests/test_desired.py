@@ -7,11 +7,12 @@ from dataclasses import replace
 from reconciler.reconcile.desired import Ordering, parents_first
 from reconciler.specs import DeviceSpec
 from reconciler.units import Bytes
+from reconciler.vocabulary import Filesystem
 
 
 def spec(name: str, parent: str | None = None) -> DeviceSpec:
     """A 64 MiB spec, a snapshot of `parent` if given."""
-    return DeviceSpec(name=name, size=Bytes(64 << 20), filesystem="none", parent=parent)
+    return DeviceSpec(name=name, size=Bytes(64 << 20), filesystem=Filesystem.NONE, parent=parent)
 
 
 def test_ordering_reuses_the_order_only_for_the_same_specs() -> None:

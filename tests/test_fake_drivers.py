@@ -32,6 +32,7 @@ from reconciler.dm.loopback import attach_loop, ensure_file
 from reconciler.dm.pool import PoolDevices, ThinPool
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.units import Sectors
+from reconciler.vocabulary import ThinId
 
 DRIVERS = ("dmsetup", "libdevmapper")
 ERRNOS = {
@@ -58,8 +59,8 @@ def make_pool(kernel: FakeKernel, root: Path) -> ThinPool:
     data, _ = attach_loop(kernel, root / "data")
     pool = ThinPool(kernel, "fp")
     pool.ensure(PoolDevices(meta, data, 128), may_zero_metadata=True)
-    pool.create_thin(0, 0)
-    pool.client.create(THIN, pool.thin_table(0, Sectors(8192)).line(), "u-a")
+    pool.create_thin(ThinId(0), 0)
+    pool.client.create(THIN, pool.thin_table(ThinId(0), Sectors(8192)).line(), "u-a")
     return pool
 
 
@@ -164,7 +165,7 @@ def test_both_drivers_observe_the_same_kernel(kernel: FakeKernel) -> None:
     dmsetup = DmClient(kernel)
     pool = ThinPool(kernel, "fp")
     for thin_id in (1, 2):
-        pool.create_thin(thin_id, thin_id)
+        pool.create_thin(ThinId(thin_id), thin_id)
     dmsetup.create("fp-s", "0 8192 thin /dev/mapper/fp 1", "u-s")
     dmsetup.suspend("fp-s")
     dmsetup.create("fp-r", "0 4096 thin /dev/mapper/fp 2", "u-r", readonly=True)

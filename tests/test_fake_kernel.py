@@ -38,6 +38,7 @@ from reconciler.dm.pool import (
 from reconciler.dm.types import PoolMode
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.units import Sectors
+from reconciler.vocabulary import ThinId
 
 BLOCK = 64 << 10  # the pools' data block: 128 sectors
 
@@ -77,7 +78,7 @@ def client(kernel: FakeKernel) -> DmClient:
 def activate(pool: ThinPool, name: str, thin_id: int, sectors: int = 8192,
              readonly: bool = False) -> str:
     """Activate a thin id as fp-NAME; its device path."""
-    pool.client.create(f"fp-{name}", pool.thin_table(thin_id, Sectors(sectors)).line(),
+    pool.client.create(f"fp-{name}", pool.thin_table(ThinId(thin_id), Sectors(sectors)).line(),
                        f"u-{name}", readonly=readonly)
     return f"/dev/mapper/fp-{name}"
 
@@ -92,7 +93,7 @@ def mapped_sectors(client: DmDriver, name: str) -> int:
 
 def test_create_thin_on_existing_id_is_device_exists(pool: ThinPool) -> None:
     """An id can be created once; the second create changes nothing."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     with pytest.raises(DeviceExists):
         pool.client.message("fp", ["create_thin", "0"])
     assert pool.status().transaction_id == 1
@@ -109,7 +110,7 @@ def test_thin_ids_beyond_24_bits_are_invalid(pool: ThinPool, kernel: FakeKernel,
 
 def test_transaction_id_moves_only_from_current(pool: ThinPool) -> None:
     """set_transaction_id with a stale old value is EINVAL and changes nothing."""
-    assert pool.create_thin(0, 0) == 1
+    assert pool.create_thin(ThinId(0), 0) == 1
     with pytest.raises(InvalidArgument):
         pool.set_transaction_id(0, 5)
     assert pool.status().transaction_id == 1
@@ -117,14 +118,14 @@ def test_transaction_id_moves_only_from_current(pool: ThinPool) -> None:
 
 def test_delete_refuses_an_active_thin_and_a_missing_one(pool: ThinPool) -> None:
     """delete of an active id is EBUSY, of a gone one ENODATA; deactivated it goes."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     activate(pool, "a", 0)
     with pytest.raises(DeviceBusy):
-        pool.delete(0, 1)
+        pool.delete(ThinId(0), 1)
     pool.client.remove("fp-a")
-    assert pool.delete(0, 1) == 2
+    assert pool.delete(ThinId(0), 1) == 2
     with pytest.raises(NoData):
-        pool.delete(0, 2)
+        pool.delete(ThinId(0), 2)
     assert pool.status().transaction_id == 2
 
 
@@ -134,7 +135,7 @@ def test_delete_refuses_an_active_thin_and_a_missing_one(pool: ThinPool) -> None
 def test_remove_of_open_device_is_busy(pool: ThinPool, kernel: FakeKernel,
                                        client: DmClient) -> None:
     """A held device stays (EBUSY) until it is released."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     activate(pool, "a", 0)
     kernel.hold_open("fp-a")
     with pytest.raises(DeviceBusy):
@@ -152,7 +153,7 @@ def test_deferred_remove_keeps_the_kernels_rules(pool: ThinPool, kernel: FakeKer
     device is marked and the ioctl succeeds; it still suspends and resumes; the cancel message
     (answered by dm-ioctl itself, for any target) unmarks it; the last close removes a marked
     device; a closed device goes at once; other "@" messages are EINVAL."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     activate(pool, "a", 0)
     kernel.hold_open("fp-a")
     client.remove("fp-a", deferred=True)
@@ -178,7 +179,7 @@ def test_deferred_remove_keeps_the_kernels_rules(pool: ThinPool, kernel: FakeKer
 
 def test_a_pool_with_an_active_thin_is_busy(pool: ThinPool, client: DmClient) -> None:
     """Each active thin holds its pool open; the pool goes only after them."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     activate(pool, "a", 0)
     pool_info = client.info("fp")
     assert pool_info is not None and pool_info.open_count == 1
@@ -191,7 +192,7 @@ def test_a_pool_with_an_active_thin_is_busy(pool: ThinPool, client: DmClient) ->
 
 def test_create_on_a_taken_name_is_busy_not_exists(pool: ThinPool, client: DmClient) -> None:
     """The kernel answers EBUSY for a taken name (captured), and the device is untouched."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     activate(pool, "a", 0)
     with pytest.raises(DeviceBusy):
         client.create("fp-a", "0 8 zero", "another-uuid")
@@ -223,10 +224,10 @@ def test_activating_a_missing_id_fails_and_leaves_no_device(pool: ThinPool,
 def test_info_shows_suspended_read_only_and_inactive_tables(pool: ThinPool,
                                                             client: DmClient) -> None:
     """The attr flags follow suspend, load and resume; a resume swaps the table in."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     activate(pool, "a", 0)
     client.suspend("fp-a")
-    client.load("fp-a", pool.thin_table(0, Sectors(16384)).line(), readonly=True)
+    client.load("fp-a", pool.thin_table(ThinId(0), Sectors(16384)).line(), readonly=True)
     info = client.info("fp-a")
     assert info is not None
     assert (info.live_table, info.inactive_table, info.suspended, info.readonly) == (
@@ -242,11 +243,11 @@ def test_info_shows_suspended_read_only_and_inactive_tables(pool: ThinPool,
 def test_growing_a_thin_keeps_its_blocks(pool: ThinPool, kernel: FakeKernel,
                                          client: DmClient) -> None:
     """A longer table on the same id sees the same mappings and data."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     path = activate(pool, "a", 0)
     kernel.write(path, BLOCK, b"kept")
     client.suspend("fp-a")
-    client.load("fp-a", pool.thin_table(0, Sectors(32768)).line())
+    client.load("fp-a", pool.thin_table(ThinId(0), Sectors(32768)).line())
     client.resume("fp-a")
     assert mapped_sectors(client, "fp-a") == 128
     assert kernel.read(path, BLOCK, 4) == b"kept"
@@ -256,7 +257,7 @@ def test_growing_a_thin_keeps_its_blocks(pool: ThinPool, kernel: FakeKernel,
 def test_tables_name_devices_by_major_and_minor(pool: ThinPool, kernel: FakeKernel,
                                                 client: DmClient) -> None:
     """Loop devices are 7:N and dm devices 254:N, in tables and for stat."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     activate(pool, "a", 0)
     (pool_line,) = client.table("fp")
     loaded = parse_pool_table(pool_line)
@@ -285,8 +286,8 @@ def test_zeroed_metadata_is_formatted_with_the_thin_magic(kernel: FakeKernel,
 def test_pool_metadata_survives_reboot(pool: ThinPool, kernel: FakeKernel,
                                        tmp_path: Path) -> None:
     """After a reboot the same metadata file brings back ids, transaction id and data."""
-    pool.create_thin(0, 0)
-    pool.create_thin(5, 1)
+    pool.create_thin(ThinId(0), 0)
+    pool.create_thin(ThinId(5), 1)
     kernel.write(activate(pool, "a", 5), 0, b"survives")
     kernel.reboot()
     assert DmClient(kernel).list_devices() == [] and attached_loop(kernel, tmp_path / "meta") \
@@ -318,7 +319,7 @@ def test_pool_features_print_back_with_their_count(kernel: FakeKernel,
 def test_thin_ls_needs_a_metadata_snapshot_on_a_live_pool(pool: ThinPool,
                                                           kernel: FakeKernel) -> None:
     """list_thin_ids reads through a held snapshot and releases it; without one it is busy."""
-    pool.create_thin(3, 0)
+    pool.create_thin(ThinId(3), 0)
     assert list_thin_ids(kernel, "fp", "/dev/loop0") == {3}
     assert pool.status().held_metadata_root is None
     bare = kernel.run(["thin_ls", "--no-headers", "-o", "DEV", "/dev/loop0"])
@@ -328,9 +329,9 @@ def test_thin_ls_needs_a_metadata_snapshot_on_a_live_pool(pool: ThinPool,
 def test_a_held_metadata_snapshot_survives_reboot(pool: ThinPool, kernel: FakeKernel,
                                                   tmp_path: Path) -> None:
     """A snapshot a crash left held is still held after reboot; list_thin_ids replaces it."""
-    pool.create_thin(1, 0)
+    pool.create_thin(ThinId(1), 0)
     pool.client.message("fp", ["reserve_metadata_snap"])
-    pool.create_thin(2, 1)
+    pool.create_thin(ThinId(2), 1)
     kernel.reboot()
     meta, _ = attach_loop(kernel, tmp_path / "meta")
     data, _ = attach_loop(kernel, tmp_path / "data")
@@ -360,7 +361,7 @@ def test_thin_check_refuses_live_and_zeroed_metadata(pool: ThinPool, kernel: Fak
 def test_reads_return_written_bytes_and_zeros_elsewhere(pool: ThinPool,
                                                         kernel: FakeKernel) -> None:
     """Written bytes come back; the rest of a new block and unmapped blocks read as zeros."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     path = activate(pool, "a", 0)
     kernel.write(path, 100, b"hello")
     assert kernel.read(path, 98, 9) == b"\0\0hello\0\0"
@@ -371,11 +372,11 @@ def test_reads_return_written_bytes_and_zeros_elsewhere(pool: ThinPool,
 def test_snapshot_shares_blocks_then_copies_on_write(pool: ThinPool, kernel: FakeKernel,
                                                      client: DmClient) -> None:
     """A snapshot maps its origin's blocks without new ones; a write to it takes one."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     origin = activate(pool, "o", 0)
     kernel.write(origin, 0, b"A" * (2 * BLOCK))
     client.suspend("fp-o")
-    pool.create_snap(1, 0, 1)
+    pool.create_snap(ThinId(1), ThinId(0), 1)
     client.resume("fp-o")
     snap = activate(pool, "s", 1)
     assert pool.status().used_data_blocks == 2
@@ -390,18 +391,18 @@ def test_snapshot_shares_blocks_then_copies_on_write(pool: ThinPool, kernel: Fak
 def test_an_unsuspended_active_origin_is_snapshotted_but_recorded(pool: ThinPool,
                                                                   kernel: FakeKernel) -> None:
     """The kernel does not refuse it (captured); the fake records it as unsafe."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     activate(pool, "o", 0)
-    pool.create_snap(1, 0, 1)
+    pool.create_snap(ThinId(1), ThinId(0), 1)
     assert kernel.unsafe_snapshots == [(1, 0)]
     with pytest.raises(NoData):
-        pool.create_snap(2, 99, 2)
+        pool.create_snap(ThinId(2), ThinId(99), 2)
 
 
 def test_full_pool_refuses_writes(kernel: FakeKernel, tmp_path: Path) -> None:
     """error_if_no_space: the write past the last block is ENOSPC and the pool says so."""
     pool = make_pool(kernel, tmp_path, 2 << 20, features="1 error_if_no_space")
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     path = activate(pool, "big", 0, 131072)
     with pytest.raises(OSError, match="No space left") as raised:
         kernel.write(path, 0, bytes(4 << 20))
@@ -418,7 +419,7 @@ def test_a_full_queueing_pool_fails_writes_once_its_timeout_is_over(
         kernel: FakeKernel, tmp_path: Path) -> None:
     """queue_if_no_space: exactly full is still rw; the next write fails and the policy flips."""
     pool = make_pool(kernel, tmp_path, 2 << 20)
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     path = activate(pool, "big", 0, 131072)
     kernel.write(path, 0, bytes(2 << 20))
     assert pool.status().mode == PoolMode.READ_WRITE
@@ -432,12 +433,12 @@ def test_freeing_blocks_returns_a_full_pool_to_read_write(kernel: FakeKernel,
                                                           tmp_path: Path) -> None:
     """Deleting the thin that filled the pool frees its blocks and restores the policy."""
     pool = make_pool(kernel, tmp_path, 2 << 20)
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     activate(pool, "big", 0, 131072)
     with pytest.raises(OSError, match="No space left"):
         kernel.write_blocks("fp-big", 0, 3 << 20)
     pool.client.remove("fp-big")
-    pool.delete(0, 1)
+    pool.delete(ThinId(0), 1)
     status = pool.status()
     assert (status.mode, status.used_data_blocks, status.error_if_no_space) == (
         PoolMode.READ_WRITE, 0, False)
@@ -445,7 +446,7 @@ def test_freeing_blocks_returns_a_full_pool_to_read_write(kernel: FakeKernel,
 
 def test_a_read_only_device_refuses_writes(pool: ThinPool, kernel: FakeKernel) -> None:
     """Writes to a device activated --readonly are EROFS and map nothing."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     path = activate(pool, "ro", 0, readonly=True)
     with pytest.raises(OSError, match="Read-only file system") as raised:
         kernel.write(path, 0, b"x")
@@ -484,13 +485,13 @@ def test_a_loop_detached_while_in_use_goes_with_its_last_user(pool: ThinPool,
 
 def test_mkfs_formats_a_device_with_a_few_blocks(pool: ThinPool, kernel: FakeKernel) -> None:
     """mkfs maps a handful of blocks, and e2fsck and resize2fs find the filesystem."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     path = activate(pool, "fs", 0, 65536)
     make_filesystem(kernel, "ext4", path)
     assert kernel.filesystem("fp-fs") == "ext4"
     assert 0 < pool.status().used_data_blocks <= 8
     pool.client.suspend("fp-fs")
-    pool.client.load("fp-fs", pool.thin_table(0, Sectors(131072)).line())
+    pool.client.load("fp-fs", pool.thin_table(ThinId(0), Sectors(131072)).line())
     pool.client.resume("fp-fs")
     assert grow_filesystem(kernel, "ext4", path)
     resized = kernel.run(["resize2fs", path])
@@ -499,7 +500,7 @@ def test_mkfs_formats_a_device_with_a_few_blocks(pool: ThinPool, kernel: FakeKer
 
 def test_mkfs_discards_what_the_device_held_before(pool: ThinPool, kernel: FakeKernel) -> None:
     """Like the real tools, mkfs first discards the device: old blocks go back to the pool."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     path = activate(pool, "fs", 0, 614400)  # mkfs.xfs makes nothing under 300 MiB
     kernel.write_blocks("fp-fs", 0, 20 * BLOCK)
     make_filesystem(kernel, "xfs", path)
@@ -520,7 +521,7 @@ def test_mkfs_of_a_missing_device_fails_as_the_tool_does(kernel: FakeKernel) -> 
 def test_fsck_of_an_unformatted_device_finds_no_filesystem(pool: ThinPool,
                                                            kernel: FakeKernel) -> None:
     """e2fsck says bad magic (exit 8) where nothing was formatted."""
-    pool.create_thin(0, 0)
+    pool.create_thin(ThinId(0), 0)
     path = activate(pool, "raw", 0)
     checked = kernel.run(["e2fsck", "-f", "-p", path])
     assert checked.rc == 8 and "Bad magic number" in checked.stderr
@@ -561,11 +562,11 @@ def test_deferred_udev_shares_one_cookie_and_waits_once(pool: ThinPool,
     assert isinstance(library, FakeLibdm)
     client = LibdmClient(lib=library, udev_check=lambda: True)
     for thin_id in (0, 1, 2):
-        pool.create_thin(thin_id, thin_id)
+        pool.create_thin(ThinId(thin_id), thin_id)
     table = pool.thin_table
     with client.deferred_udev():
-        client.create("fp-a", table(0, Sectors(8192)).line(), "u-a")
-        client.create("fp-b", table(1, Sectors(8192)).line(), "u-b")
+        client.create("fp-a", table(ThinId(0), Sectors(8192)).line(), "u-a")
+        client.create("fp-b", table(ThinId(1), Sectors(8192)).line(), "u-b")
         client.suspend("fp-a")
         client.resume("fp-a")
         assert library.waited == []
@@ -573,7 +574,7 @@ def test_deferred_udev_shares_one_cookie_and_waits_once(pool: ThinPool,
         client.settle_udev()  # what a step does before it opens a node
         ((cookie, events),) = library.waited
         assert events == 4, "two creates, a resume and a remove; not the suspend"
-        client.create("fp-c", table(2, Sectors(8192)).line(), "u-c")
+        client.create("fp-c", table(ThinId(2), Sectors(8192)).line(), "u-c")
     assert len(library.waited) == 2 and library.waited[1][0] != cookie
     client.remove("fp-c")
     assert len(library.waited) == 3, "outside a batch each call waits for itself"

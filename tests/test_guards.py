@@ -14,6 +14,7 @@ from reconciler.reconcile.guards import held_removals, new_devices_held, removal
 from reconciler.specs import DeviceSpec, SpecSet
 from reconciler.store import DeviceRecord
 from reconciler.units import Bytes, Sectors
+from reconciler.vocabulary import DeviceState, Filesystem
 
 BLOCK = 64 << 10
 POOL = ThinPoolStatus(length=Sectors(1 << 20), mode=PoolMode.READ_WRITE, transaction_id=1,
@@ -66,7 +67,7 @@ def test_the_removal_guard(inferred: set[str], files: int, limit: int | None,
 
 
 def _records(*names: str) -> dict[str, DeviceRecord]:
-    return {n: DeviceRecord(name=n, state="Activated") for n in names}
+    return {n: DeviceRecord(name=n, state=DeviceState.ACTIVATED) for n in names}
 
 
 def test_removals_never_come_from_an_unreadable_source() -> None:
@@ -91,7 +92,7 @@ def test_allow_removals_lifts_the_guard() -> None:
 
 
 def _spec_set(device: int | None, names: tuple[str, ...] = ()) -> SpecSet:
-    specs = {n: DeviceSpec(name=n, size=Bytes(1 << 20), filesystem="none") for n in names}
+    specs = {n: DeviceSpec(name=n, size=Bytes(1 << 20), filesystem=Filesystem.NONE) for n in names}
     return SpecSet(specs=specs, rejected=(), directory_device=device)
 
 

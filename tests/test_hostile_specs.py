@@ -32,9 +32,10 @@ from reconciler.specs import (
     resolve,
 )
 from reconciler.units import Bytes
+from reconciler.vocabulary import Filesystem
 from tests.conftest import World
 
-DEFAULTS = Defaults(size=Bytes(64 << 20), filesystem="ext4")
+DEFAULTS = Defaults(size=Bytes(64 << 20), filesystem=Filesystem.EXT4)
 KEEP = ("keep-1", "keep-2", "keep-3")
 PAYLOAD = b"untouched\n" * 400
 VALID = 'size = "8MiB"\nfilesystem = "none"\n'
@@ -270,7 +271,7 @@ _NAMES = st.sampled_from([f"n{i}" for i in range(12)])
 def test_any_parent_graph_resolves_every_name_once(parents: dict[str, str | None]) -> None:
     """resolve puts every name in exactly one of specs and rejected, and what it accepts has
     no cycle."""
-    specs = {name: DeviceSpec(name=name, size=Bytes(1 << 20), filesystem="none",
+    specs = {name: DeviceSpec(name=name, size=Bytes(1 << 20), filesystem=Filesystem.NONE,
                               parent=parent if parent != name else None)
              for name, parent in parents.items()}
     result = resolve(specs, [], Path("/specs"))

@@ -139,7 +139,7 @@ def test_commit_while_mounted_then_a_child_then_remove(kworld: World, tmp_path: 
 
         # A crash after the deferred remove, before Deactivated was written: the step runs
         # again and ends the same, still waiting for the mount.
-        device.state = DeviceState.DEACTIVATING.value
+        device.state = DeviceState.DEACTIVATING
         kworld.store.save_device(device)
         kworld.store.close()
         kworld.store = Store(kworld.settings.database_path, kworld.clock)

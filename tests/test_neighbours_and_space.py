@@ -55,7 +55,7 @@ def test_a_neighbours_device_survives_our_spec_removal_gc_and_retry(fake_world: 
     fake_world.store.add_request(RequestKind.GC_FAULTY, "*")
     fake_world.run_pass(POLICY)  # released, then made afresh (its spec is still there)
     _still_there(fake_world, neighbour)
-    history = [t.trigger for t in fake_world.store.history("a-b")]
+    history = [t.trigger.value for t in fake_world.store.history("a-b")]
     assert "removed" in history and history.count("create") == 2
 
     fake_world.unspec("a-b")

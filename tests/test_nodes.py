@@ -20,9 +20,10 @@ from reconciler.specs import (
 )
 from reconciler.store import ConditionKind, RequestKind
 from reconciler.units import Bytes
+from reconciler.vocabulary import Filesystem
 from tests.conftest import World
 
-DEFAULTS = Defaults(size=Bytes(4 << 20), filesystem="none")
+DEFAULTS = Defaults(size=Bytes(4 << 20), filesystem=Filesystem.NONE)
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'
 
 
@@ -52,7 +53,7 @@ def test_node_selection(patterns: tuple[str, ...] | None, node: str, expected: b
 
 def _spec(name: str, parent: str | None = None, nodes: tuple[str, ...] | None = None
           ) -> DeviceSpec:
-    return DeviceSpec(name=name, size=Bytes(4 << 20), filesystem="none", parent=parent,
+    return DeviceSpec(name=name, size=Bytes(4 << 20), filesystem=Filesystem.NONE, parent=parent,
                       nodes=nodes)
 
 

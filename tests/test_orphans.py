@@ -12,6 +12,7 @@ from reconciler.dm.client import DmClient
 from reconciler.dm.metadata import list_thin_ids
 from reconciler.dm.pool import ThinPool
 from reconciler.store import Store
+from reconciler.vocabulary import ThinId
 from tests.conftest import World
 
 
@@ -27,7 +28,7 @@ def config(fake_world: World, tmp_path: Path) -> Path:
 def make_orphan(world: World, thin_id: int) -> None:
     """Someone (or a crash of another tool) creates a thin id behind our back."""
     pool = ThinPool(world.host, world.pool)
-    pool.create_thin(thin_id, pool.status().transaction_id)
+    pool.create_thin(ThinId(thin_id), pool.status().transaction_id)
 
 
 def test_orphan_ids_are_reported_and_never_reused(fake_world: World,

@@ -213,7 +213,7 @@ def test_a_row_changed_by_another_process_is_read_and_decided(
     try:
         row = other.device("c")
         assert row is not None
-        row.state = S.FAULTY.value
+        row.state = S.FAULTY
         row.error = "set by another process"
         other.save_device(row)
     finally:

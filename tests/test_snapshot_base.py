@@ -26,6 +26,7 @@ from reconciler.specs import Defaults, SpecError, is_snapshot_device, parse_spec
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.units import Bytes
+from reconciler.vocabulary import DeviceState, Filesystem, ThinId
 from tests.conftest import World, make_settings
 
 
@@ -252,15 +253,16 @@ def test_base_key_names_exactly_the_filesystem(fs_type: str, size: int,
 
 @pytest.mark.parametrize(("device", "ready"), [
     (None, False),
-    (DeviceRecord("b", state="Creating", device_id=1), False),
-    (DeviceRecord("b", state="Activated", device_id=1, provisioned=True), False),
-    (DeviceRecord("b", state="Activated", device_id=1, provisioned=True, formatted=True),
-     True),
-    (DeviceRecord("b", state="Deactivated", device_id=1, provisioned=True, formatted=True),
-     True),
-    (DeviceRecord("b", state="Deactivating", device_id=1, provisioned=True, formatted=True),
-     False),
-    (DeviceRecord("b", state="Faulty", device_id=1, provisioned=True, formatted=True), False),
+    (DeviceRecord("b", state=DeviceState.CREATING, device_id=ThinId(1)), False),
+    (DeviceRecord("b", state=DeviceState.ACTIVATED, device_id=ThinId(1), provisioned=True), False),
+    (DeviceRecord("b", state=DeviceState.ACTIVATED, device_id=ThinId(1), provisioned=True,
+                  formatted=True), True),
+    (DeviceRecord("b", state=DeviceState.DEACTIVATED, device_id=ThinId(1), provisioned=True,
+                  formatted=True), True),
+    (DeviceRecord("b", state=DeviceState.DEACTIVATING, device_id=ThinId(1), provisioned=True,
+                  formatted=True), False),
+    (DeviceRecord("b", state=DeviceState.FAULTY, device_id=ThinId(1), provisioned=True,
+                  formatted=True), False),
 ])
 def test_base_ready_only_when_formatted_and_resting(device: DeviceRecord | None,
                                                     ready: bool) -> None:
@@ -273,12 +275,12 @@ def test_base_names_are_reserved_and_never_containerds(tmp_path: Path) -> None:
     answers a containerd key with a base, nor hands containerd's sequence a base's number."""
     assert is_snapshot_device("snap-base-3")
     with pytest.raises(SpecError, match="snapshotter"):
-        parse_spec("snap-base-3", "", Defaults(size=Bytes(1 << 20), filesystem="ext4"))
+        parse_spec("snap-base-3", "", Defaults(size=Bytes(1 << 20), filesystem=Filesystem.EXT4))
     store = Store(tmp_path / "db", lambda: 0.0)
     try:
         seq = store.next_base_seq()
         store.save_snapshot(SnapshotRecord(name=f"snap-base-{-seq}", seq=seq, key="k",
-                                           kind=Kind.BASE.value))
+                                           kind=Kind.BASE))
         assert seq == -1 and store.next_base_seq() == -2
         assert store.next_snapshot_seq() == 1
         assert store.snapshot_by_key("k") is None

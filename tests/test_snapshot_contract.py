@@ -25,6 +25,7 @@ from reconciler.states import LIVE, DeviceState, Step
 from reconciler.store import DeviceRecord
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.units import Bytes
+from reconciler.vocabulary import Filesystem, ThinId
 from tests.conftest import World, make_settings
 
 
@@ -148,7 +149,7 @@ def test_a_deferred_removal_in_flight_is_recovered(fake_world: World) -> None:
     _, name = committed_while_mounted(fake_world)
     assert fake_world.store is not None
     device = device_of(fake_world, "layer-1")
-    device.state = DeviceState.DEACTIVATING.value
+    device.state = DeviceState.DEACTIVATING
     fake_world.store.save_device(device)
 
     result = fake_world.run_pass()
@@ -157,7 +158,7 @@ def test_a_deferred_removal_in_flight_is_recovered(fake_world: World) -> None:
     assert kernel_of(fake_world).devices[name].deferred_remove
 
     device = device_of(fake_world, "layer-1")
-    device.state = DeviceState.DEACTIVATING.value
+    device.state = DeviceState.DEACTIVATING
     fake_world.store.save_device(device)
     kernel_of(fake_world).reboot()
     assert fake_world.run_pass().ok
@@ -194,11 +195,11 @@ def info(open_count: int, deferred: bool = False) -> KernelDevice:
 ])
 def test_decide_leaves_a_deferred_removal_to_the_kernel(
         kernel: KernelDevice | None, active: bool, expected: Step | None) -> None:
-    record = DeviceRecord(name="a", state=DeviceState.DEACTIVATED.value, device_id=1,
-                          provisioned=True, formatted=True, filesystem="ext4",
+    record = DeviceRecord(name="a", state=DeviceState.DEACTIVATED, device_id=ThinId(1),
+                          provisioned=True, formatted=True, filesystem=Filesystem.EXT4,
                           size_bytes=64 << 20, active=active)
     spec = parse_spec("a", f"active = {str(active).lower()}\n",
-                      Defaults(size=Bytes(64 << 20), filesystem="ext4"))
+                      Defaults(size=Bytes(64 << 20), filesystem=Filesystem.EXT4))
     assert next_step(record, spec, kernel, None) == expected
 
 
@@ -261,7 +262,7 @@ def test_xfs_smaller_than_mkfs_makes_is_refused_up_front(tmp_path: Path) -> None
         settings_from_mapping(raw)
     assert caught.value.key == "base_image_size"
     assert settings_from_mapping({**raw, "base_image_size": "300MiB"}).fs_type == "xfs"
-    defaults = Defaults(size=Bytes(64 << 20), filesystem="ext4")
+    defaults = Defaults(size=Bytes(64 << 20), filesystem=Filesystem.EXT4)
     with pytest.raises(SpecError, match="too small for filesystem \"xfs\""):
         parse_spec("v", 'filesystem = "xfs"\n', defaults)
     assert parse_spec("v", 'filesystem = "xfs"\nsize = "300MiB"\n', defaults).size == 300 << 20

@@ -15,8 +15,9 @@ from reconciler.specs import (
     parse_spec,
 )
 from reconciler.units import Bytes
+from reconciler.vocabulary import Filesystem
 
-DEFAULTS = Defaults(size=Bytes(1 << 30), filesystem="ext4")
+DEFAULTS = Defaults(size=Bytes(1 << 30), filesystem=Filesystem.EXT4)
 
 
 def write(directory: Path, name: str, text: str) -> None:

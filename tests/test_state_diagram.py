@@ -16,6 +16,7 @@ from reconciler.states import (
     is_ready,
 )
 from reconciler.states.diagram import render
+from reconciler.vocabulary import Filesystem
 
 ROOT = Path(__file__).resolve().parent.parent
 S = DeviceState
@@ -61,4 +62,4 @@ def test_ready_means_mapped_running_and_formatted(
     ready: bool,
 ) -> None:
     """is_ready: a live state, mapped and not suspended, with its filesystem made."""
-    assert is_ready(state, formatted, filesystem, mapped, suspended) is ready
+    assert is_ready(state, formatted, Filesystem(filesystem), mapped, suspended) is ready

@@ -19,8 +19,14 @@ from reconciler.store import (
     StoreError,
     TransitionRecord,
 )
-from reconciler.store.store import BUSY_RETRY_DELAYS
+from reconciler.store.database import BUSY_RETRY_DELAYS
+from reconciler.vocabulary import DeviceState, Filesystem, Kind, Removal, ThinId, Trigger
 from tests.conftest import FakeClock
+
+
+def held_ids(store: Store) -> set[int]:
+    """Thin ids held by devices that are not Removed (a Faulty one's stays quarantined)."""
+    return {r.device_id for r in store.devices() if r.device_id is not None}
 
 
 @pytest.fixture
@@ -30,35 +36,36 @@ def store(tmp_path: Path) -> Store:
 
 def test_ids_are_allocated_lowest_free_first(store: Store) -> None:
     """The first id is 0, and a freed id is handed out again before a new one."""
-    assert IdAllocator(store.ids_in_use()).take() == 0
-    store.save_device(DeviceRecord(name="a", device_id=0, state="Created"))
-    store.save_device(DeviceRecord(name="b", device_id=1, state="Created"))
-    assert IdAllocator(store.ids_in_use()).take() == 2
-    store.save_device(DeviceRecord(name="a", device_id=0, state="Removed"))
-    assert IdAllocator(store.ids_in_use()).take() == 0
+    assert IdAllocator(held_ids(store)).take() == 0
+    store.save_device(DeviceRecord(name="a", device_id=ThinId(0), state=DeviceState.CREATED))
+    store.save_device(DeviceRecord(name="b", device_id=ThinId(1), state=DeviceState.CREATED))
+    assert IdAllocator(held_ids(store)).take() == 2
+    store.save_device(DeviceRecord(name="a", device_id=ThinId(0), state=DeviceState.REMOVED))
+    assert IdAllocator(held_ids(store)).take() == 0
 
 
 def test_faulty_devices_keep_their_ids_quarantined(store: Store) -> None:
     """A Faulty device's id is not reused until the device is cleared."""
-    store.save_device(DeviceRecord(name="a", device_id=0, state="Faulty"))
-    assert IdAllocator(store.ids_in_use()).take() == 1
+    store.save_device(DeviceRecord(name="a", device_id=ThinId(0), state=DeviceState.FAULTY))
+    assert IdAllocator(held_ids(store)).take() == 1
 
 
 def test_ids_are_24_bit_and_exhaustion_is_a_clear_error(tmp_path: Path) -> None:
     """Ids stop at 2**24-1; when every id is taken, allocation fails saying so."""
     assert MAX_THIN_ID == (1 << 24) - 1
     small = Store(tmp_path / "small.sqlite", lambda: 1.0, max_id=1)
-    small.save_device(DeviceRecord(name="a", device_id=0, state="Created"))
-    small.save_device(DeviceRecord(name="b", device_id=1, state="Faulty"))
+    small.save_device(DeviceRecord(name="a", device_id=ThinId(0), state=DeviceState.CREATED))
+    small.save_device(DeviceRecord(name="b", device_id=ThinId(1), state=DeviceState.FAULTY))
     with pytest.raises(StoreError, match="24-bit"):
-        IdAllocator(small.ids_in_use(), small.max_id).take()
+        IdAllocator(held_ids(small), small.max_id).take()
 
 
 def test_records_and_history_survive_a_reopen(tmp_path: Path) -> None:
     """What was saved is there after closing and opening the database again."""
     first = Store(tmp_path / "db.sqlite", lambda: 1.0)
-    first.save_device(DeviceRecord(name="a", device_id=3, labels={"team": "web"}))
-    first.record_transition(TransitionRecord("a", "Unknown", "Creating", "create", 1.0))
+    first.save_device(DeviceRecord(name="a", device_id=ThinId(3), labels={"team": "web"}))
+    first.record_transition(TransitionRecord(
+        "a", DeviceState.UNKNOWN, DeviceState.CREATING, Trigger.CREATE, 1.0))
     first.close()
     second = Store(tmp_path / "db.sqlite", lambda: 2.0)
     record = second.device("a")
@@ -69,8 +76,8 @@ def test_records_and_history_survive_a_reopen(tmp_path: Path) -> None:
 
 def test_removed_devices_are_history_not_inventory(store: Store) -> None:
     """devices() leaves Removed rows out unless asked; device() still finds them."""
-    store.save_device(DeviceRecord(name="gone", state="Removed"))
-    store.save_device(DeviceRecord(name="here", state="Activated"))
+    store.save_device(DeviceRecord(name="gone", state=DeviceState.REMOVED))
+    store.save_device(DeviceRecord(name="here", state=DeviceState.ACTIVATED))
     assert [d.name for d in store.devices()] == ["here"]
     assert [d.name for d in store.devices(include_removed=True)] == ["gone", "here"]
     assert store.device("gone") is not None
@@ -200,9 +207,10 @@ def test_a_transaction_refused_as_busy_is_begun_again_and_its_body_runs_once(
     runs = 0
     with store.transaction():
         runs += 1
-        store.save_device(DeviceRecord(name="a", device_id=0, state="Creating"))
+        store.save_device(DeviceRecord(name="a", device_id=ThinId(0), state=DeviceState.CREATING))
         with store.transaction():  # nested: a savepoint of the same transaction
-            store.record_transition(TransitionRecord("a", "Unknown", "Creating", "create", 1.0))
+            store.record_transition(TransitionRecord(
+                "a", DeviceState.UNKNOWN, DeviceState.CREATING, Trigger.CREATE, 1.0))
     assert runs == 1 and len(waits) == 2
     assert store.device("a") is not None
     assert [t.to_state for t in store.history("a")] == ["Creating"]
@@ -246,8 +254,8 @@ def test_the_transaction_id_is_saved_alone(store: Store) -> None:
 def test_a_snapshot_reads_back_the_same_by_every_path(store: Store) -> None:
     """The prepared lookups (by key, by name) and peewee's listings give one record back."""
     record = SnapshotRecord(
-        name="snap-7", seq=7, key="k/é", kind="committed", parent_key="p", parent="snap-3",
-        labels={"b": "2", "a": "1"}, size_bytes=1 << 30, filesystem="xfs", exposed=True,
+        name="snap-7", seq=7, key="k/é", kind=Kind.COMMITTED, parent_key="p", parent="snap-3",
+        labels={"b": "2", "a": "1"}, size_bytes=1 << 30, filesystem=Filesystem.XFS, exposed=True,
         active=False, readonly=True, removal=None, base_inodes=11, used_bytes=4096,
         used_inodes=12, created_at=1.5, updated_at=2.5, removed_at=None)
     store.save_snapshot(record)
@@ -255,15 +263,15 @@ def test_a_snapshot_reads_back_the_same_by_every_path(store: Store) -> None:
     assert store.snapshot("snap-7") == record
     assert store.live_snapshots() == [record] == store.snapshots()
     assert store.next_snapshot_seq() == 8
-    record.removal, record.removed_at = "pending", 3.5
+    record.removal, record.removed_at = Removal.PENDING, 3.5
     store.save_snapshot(record)
     assert store.snapshot_by_key("k/é") is None
     assert store.snapshot("snap-7") == record
 
 
 def test_a_device_reads_back_the_same_by_name_and_in_the_listing(store: Store) -> None:
-    record = DeviceRecord(name="d", device_id=3, state="Activated", provisioned=True,
-                          formatted=True, labels={"x": "y"}, readonly=True)
+    record = DeviceRecord(name="d", device_id=ThinId(3), state=DeviceState.ACTIVATED,
+                          provisioned=True, formatted=True, labels={"x": "y"}, readonly=True)
     store.save_device(record)
     assert store.device("d") == record == store.devices()[0]
     assert store.device("e") is None

@@ -14,6 +14,7 @@ from reconciler.units import (
     parse_size,
     to_sectors,
 )
+from reconciler.vocabulary import Filesystem
 
 
 @pytest.mark.parametrize(
@@ -74,7 +75,8 @@ def test_the_largest_size_is_one_exbibyte() -> None:
 def test_a_spec_size_above_the_maximum_is_a_spec_error() -> None:
     """Spec files read sizes with parse_size, so a size of 2**63 bytes rejects the spec."""
     with pytest.raises(SpecError, match="size"):
-        parse_spec("big", f"size = {2**63}\n", Defaults(size=Bytes(1 << 30), filesystem="ext4"))
+        parse_spec("big", f"size = {2**63}\n",
+                   Defaults(size=Bytes(1 << 30), filesystem=Filesystem.EXT4))
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 10**400, "1" * 400])

@@ -39,6 +39,7 @@ from typing import Any
 import structlog
 
 from reconciler.sockets import OwnedSocket, reachable
+from reconciler.vocabulary import ThinId, ThinIdError
 
 log = structlog.get_logger(__name__)
 
@@ -168,9 +169,11 @@ def parse_request(line: bytes) -> ControlRequest:
         name = _name(body, "name")
         thin_id = None
         if command is Command.ADOPT:
-            thin_id = body.get("thin_id")
-            if type(thin_id) is not int or not 0 <= thin_id < 1 << 24:
-                raise BadRequest("'thin_id' must be a thin id (0 to 2^24-1)")
+            raw: Any = body.get("thin_id")  # JSON: checked by ThinId (no bool, text or float)
+            try:
+                thin_id = ThinId(raw)
+            except ThinIdError:
+                raise BadRequest("'thin_id' must be a thin id (0 to 2^24-1)") from None
         return ControlRequest(command, name, thin_id)
     if command is Command.CONFIRM_REMOVALS:
         names = body.get("names")

@@ -380,7 +380,7 @@ class Daemon:
                 answers.append(DeviceAnswer(name, "no such device"))
                 continue
             answers.append(DeviceAnswer(
-                name, str(record.state), record.error,
+                name, record.state.value, record.error,
                 converged=name in converged or record.state == DeviceState.REMOVED))
         return tuple(answers)
 

@@ -23,6 +23,7 @@ from reconciler.dm.types import (
     ThinTable,
 )
 from reconciler.units import Sectors
+from reconciler.vocabulary import MAX_THIN_ID, ThinId
 
 NO_DEVICES = "No devices found"
 _LS_RE = re.compile(r"^(?P<name>\S.*?)\t+\((?P<major>\d+)(?::|, )(?P<minor>\d+)\)$")
@@ -265,7 +266,9 @@ def parse_thin_table(target: TargetLine) -> ThinTable:
     if len(words) != 2:
         raise _fail("thin table", "pool device and thin id", target.params, target.params)
     device_id = _int("dev_id", "thin id in the pool", words[1], target.params)
-    return ThinTable(target.length, words[0], device_id)
+    if device_id > MAX_THIN_ID:
+        raise _fail("dev_id", "thin id in the pool (24 bits)", words[1], target.params)
+    return ThinTable(target.length, words[0], ThinId(device_id))
 
 
 def single_thin_table(lines: list[TargetLine]) -> ThinTable | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import StrEnum
 
 from reconciler.dm.client import DmClient
 from reconciler.dm.driver import DmDriver
@@ -18,20 +17,13 @@ from reconciler.dm.host import Host
 from reconciler.dm.parse import parse_pool_status, parse_pool_table
 from reconciler.dm.types import ThinPoolStatus, ThinPoolTable, ThinTable, describe_table
 from reconciler.units import Sectors
+from reconciler.vocabulary import MAX_THIN_ID, PoolOp, ThinId
 
 # dm-thin's on-disk superblock: magic (le64) at byte 32 of metadata block 0.
 THIN_SUPERBLOCK_MAGIC = 27022010
 METADATA_BLOCK = 4096
 LOW_WATER_MARK = 32768
 UUID_PREFIX = "RECONCILER-v1"
-
-
-class PoolOp(StrEnum):
-    """The metadata changes we make to a pool (each moves its transaction id by one)."""
-
-    CREATE_THIN = "create_thin"
-    CREATE_SNAP = "create_snap"
-    DELETE = "delete"
 
 
 class PoolMismatch(InvalidArgument):
@@ -47,7 +39,7 @@ def thin_device_name(pool: str, name: str) -> str:
     return f"{pool}-{name}"
 
 
-def thin_uuid(pool: str, device_id: int) -> str:
+def thin_uuid(pool: str, device_id: ThinId) -> str:
     """The dm uuid of a thin device we activate; recovery parses the id back from it."""
     return f"{UUID_PREFIX}-{pool}-{device_id}"
 
@@ -57,11 +49,14 @@ def pool_uuid(pool: str) -> str:
     return f"{UUID_PREFIX}-{pool}-pool"
 
 
-def parse_thin_uuid(pool: str, uuid: str) -> int | None:
-    """The thin id in a uuid made by thin_uuid for this pool, else None."""
+def parse_thin_uuid(pool: str, uuid: str) -> ThinId | None:
+    """The thin id in a uuid made by thin_uuid for this pool, else None (a number no pool
+    can hold as a thin id was not written by thin_uuid either)."""
     prefix = f"{UUID_PREFIX}-{pool}-"
     rest = uuid[len(prefix):] if uuid.startswith(prefix) else ""
-    return int(rest) if rest.isdigit() else None
+    if not rest.isdigit() or int(rest) > MAX_THIN_ID:
+        return None
+    return ThinId(int(rest))
 
 
 @dataclass(frozen=True)
@@ -186,7 +181,7 @@ class ThinPool:
             raise CommandFailed(f"status {self.name}", detail=f"{len(lines)} targets, expected 1")
         return parse_pool_status(lines[0])
 
-    def thin_table(self, device_id: int, length: Sectors) -> ThinTable:
+    def thin_table(self, device_id: ThinId, length: Sectors) -> ThinTable:
         """The table that activates thin id `device_id` with `length` sectors."""
         return ThinTable(length=length, pool=self.path, device_id=device_id)
 
@@ -199,17 +194,17 @@ class ThinPool:
         """Move the pool's transaction id; the kernel refuses when `old` is not current."""
         self.client.message(self.name, ["set_transaction_id", str(old), str(new)])
 
-    def create_thin(self, device_id: int, transaction_id: int) -> int:
+    def create_thin(self, device_id: ThinId, transaction_id: int) -> int:
         """Provision an empty thin id; returns the pool's new transaction id."""
         return self._metadata_change([PoolOp.CREATE_THIN, str(device_id)], transaction_id)
 
-    def create_snap(self, device_id: int, origin_id: int, transaction_id: int) -> int:
+    def create_snap(self, device_id: ThinId, origin_id: ThinId, transaction_id: int) -> int:
         """Provision `device_id` as a snapshot of `origin_id` (suspend an active origin first)."""
         return self._metadata_change(
             [PoolOp.CREATE_SNAP, str(device_id), str(origin_id)], transaction_id
         )
 
-    def delete(self, device_id: int, transaction_id: int) -> int:
+    def delete(self, device_id: ThinId, transaction_id: int) -> int:
         """Release a thin id and its blocks; returns the pool's new transaction id."""
         return self._metadata_change([PoolOp.DELETE, str(device_id)], transaction_id)
 

@@ -21,6 +21,7 @@ from reconciler.dm.parse import single_thin_table
 from reconciler.dm.pool import ThinPool, table_matches, thin_device_name, thin_uuid
 from reconciler.dm.types import DeviceInfo, ThinTable, describe_table
 from reconciler.units import Sectors
+from reconciler.vocabulary import ThinId
 
 
 class NotOurs(DeviceBusy):
@@ -40,7 +41,7 @@ class ThinDevice:
 
     pool: ThinPool
     name: str
-    thin_id: int
+    thin_id: ThinId
 
     @property
     def kernel_name(self) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from reconciler.units import Bytes, Sectors
+from reconciler.vocabulary import ThinId
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class ThinTable:
 
     length: Sectors
     pool: str
-    device_id: int
+    device_id: ThinId
 
     def line(self) -> str:
         """The table as dmsetup takes it."""

@@ -22,6 +22,7 @@ from reconciler.specs import DeviceSpec
 from reconciler.states import IN_FLIGHT, LIVE, RESTING_PROVISIONED, RESUMES, DeviceState, Step
 from reconciler.store import DeviceRecord
 from reconciler.units import Bytes, to_sectors
+from reconciler.vocabulary import Filesystem
 
 S = DeviceState
 
@@ -46,7 +47,7 @@ def next_step(record: DeviceRecord, spec: DeviceSpec | None, kernel: KernelDevic
     `hold_new` is why no new device may be made now (guards.new_devices_held), if so.
     The record's spec wishes (size, mode, active) are already applied to it.
     """
-    state = DeviceState(record.state)
+    state = record.state
     if state in IN_FLIGHT:
         return RESUMES[state]
     if state in LIVE and kernel is None:
@@ -112,7 +113,7 @@ def length_differs(record: DeviceRecord, kernel: KernelDevice) -> bool:
 def fs_needs_growing(record: DeviceRecord, kernel: KernelDevice) -> bool:
     """Only filesystems we made are grown, only unmounted, and only once per size."""
     return (
-        record.filesystem != "none"
+        record.filesystem != Filesystem.NONE
         and 0 < record.fs_size_bytes < record.size_bytes
         and kernel.info.open_count == 0
         and not kernel.info.readonly

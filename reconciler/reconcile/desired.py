@@ -12,13 +12,11 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import cast
 
 from reconciler.config import Settings
 from reconciler.specs import (
     Defaults,
     DeviceSpec,
-    Filesystem,
     RejectedSpec,
     SpecFileCache,
     SpecSet,
@@ -28,10 +26,7 @@ from reconciler.specs import (
     stored_spec,
 )
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
-
-
-def _fs(value: str) -> Filesystem:
-    return cast(Filesystem, value)
+from reconciler.vocabulary import Filesystem
 
 
 class StoredSpecs:
@@ -70,7 +65,7 @@ def load_specs(settings: Settings, stored: dict[str, DeviceSpec], cache: SpecFil
     specs the store keeps (`stored`). With `changed`, only those names' files are read
     again; the others are as the last scan left them in `cache`. Only the spec files for
     the config's `node_name` are wanted; the others are the set's `elsewhere`."""
-    defaults = Defaults(size=settings.base_image_size, filesystem=_fs(settings.fs_type))
+    defaults = Defaults(size=settings.base_image_size, filesystem=Filesystem(settings.fs_type))
     allow = settings.allow_foreign_specs
     node = settings.node_name
     if changed is None:
@@ -104,9 +99,9 @@ def resolve_against_store(
             parent = records.get(spec.parent)
             if existing is not None:
                 # Already made: a snapshot no longer needs its parent.
-                spec = inherit(spec, existing.size_bytes, _fs(existing.filesystem))
+                spec = inherit(spec, existing.size_bytes, existing.filesystem)
             elif parent is not None and parent.provisioned:
-                spec = inherit(spec, parent.size_bytes, _fs(parent.filesystem))
+                spec = inherit(spec, parent.size_bytes, parent.filesystem)
             else:
                 reject(name, f"key 'parent': parent {spec.parent!r} does not exist "
                        "(no spec file and no device)")

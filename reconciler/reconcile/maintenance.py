@@ -23,7 +23,8 @@ from reconciler.reconcile.pass_context import PassContext
 from reconciler.reconcile.steps import remove, save_transaction_id, settle_pending
 from reconciler.specs import SpecSet
 from reconciler.states import DeviceState, Trigger
-from reconciler.store import OrphanRecord, RequestKind
+from reconciler.store import OrphanKind, OrphanRecord, RequestKind
+from reconciler.vocabulary import ThinId
 
 S = DeviceState
 log = structlog.get_logger(__name__)
@@ -136,7 +137,7 @@ def gc_orphans(ctx: PassContext) -> str:
                         next="remove its dm device first; left alone")
             kept.append(thin_id)
             continue
-        save_transaction_id(ctx, ctx.pool.delete(thin_id, ctx.ledger.transaction_id))
+        save_transaction_id(ctx, ctx.pool.delete(ThinId(thin_id), ctx.ledger.transaction_id))
         assert ctx.ledger.ids is not None
         ctx.ledger.ids.discard(thin_id)
         log.info("gc.orphan_deleted", thin_id=thin_id)
@@ -172,7 +173,7 @@ def adopt(ctx: PassContext, name: str, thin_id: int, spec_set: SpecSet) -> None:
         record = new_record(name, spec, ctx.clock())
     else:
         copy_spec(record, spec)
-    record.device_id = thin_id
+    record.device_id = ThinId(thin_id)
     record.origin_id = None
     record.provisioned = True
     # Its blocks are someone's data: never mkfs it, never assume its filesystem's size.
@@ -214,7 +215,7 @@ def resume_suspended(ctx: PassContext) -> None:
 def find_orphans(ctx: PassContext) -> None:
     """Record what our pool holds that the store does not manage; never delete it."""
     now = ctx.clock()
-    orphans = [OrphanRecord("thin_id", str(i), i, now)
+    orphans = [OrphanRecord(OrphanKind.THIN_ID, str(i), ThinId(i), now)
                for i in sorted((ctx.ledger.ids or set()) - ctx.managed_ids())]
     prefix = f"{ctx.settings.pool_name}-"
     # prefix + name is ctx.kernel_name(name), without a call per device of a resync.
@@ -226,7 +227,8 @@ def find_orphans(ctx: PassContext) -> None:
             # A device we activated names its thin id in its uuid even without a table.
             thin_id = device.table.device_id if device.table is not None \
                 else parse_thin_uuid(ctx.settings.pool_name, device.info.uuid)
-            orphans.append(OrphanRecord("device", kname, thin_id, now))
+            orphans.append(OrphanRecord(
+                OrphanKind.DEVICE, kname, None if thin_id is None else ThinId(thin_id), now))
     if orphans:
         log.warning("pool.orphans", orphans=[o.name for o in orphans],
                     next="left alone: `reconciler gc --orphans` or `reconciler adopt`")

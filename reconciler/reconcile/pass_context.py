@@ -34,6 +34,7 @@ from reconciler.states import (
     Trigger,
 )
 from reconciler.store import DeviceRecord, IdAllocator, Store, TransitionRecord
+from reconciler.vocabulary import ThinId
 
 S = DeviceState
 log = structlog.get_logger(__name__)
@@ -165,7 +166,7 @@ class PassContext:
         if name not in self.machines:
             record = self.records[name]
             self.machines[name] = self.spares.take(
-                name, DeviceState(record.state), lambda: record.provisioned, self.persist
+                name, record.state, lambda: record.provisioned, self.persist
             )
         return self.machines[name]
 
@@ -173,7 +174,7 @@ class PassContext:
         """Write a transition (the record and its history row) before the trigger returns."""
         record = self.records[change.name]
         now = self.clock()
-        record.state = change.to_state.value
+        record.state = change.to_state
         record.state_changed_at = now
         if change.to_state == S.FAULTY:
             record.error, record.error_step = change.error, change.step
@@ -184,14 +185,14 @@ class PassContext:
         with self.store.transaction():
             self.store.save_device(record)
             self.store.record_transition(TransitionRecord(
-                device=change.name, from_state=change.from_state.value,
-                to_state=change.to_state.value, trigger=change.trigger.value, at=now,
+                device=change.name, from_state=change.from_state,
+                to_state=change.to_state, trigger=change.trigger, at=now,
                 error=change.error,
             ))
         log.info("device.state_changed", name=change.name, **{"from": change.from_state.value},
                  to=change.to_state.value, trigger=change.trigger.value, error=change.error)
 
-    def allocate_id(self) -> int:
+    def allocate_id(self) -> ThinId:
         """The lowest thin id neither a live device of ours nor the pool holds (an orphan's
         id is never handed out; a Faulty device's stays quarantined). Kept in memory for the
         pass, so making N devices costs O(N), not a query per device."""

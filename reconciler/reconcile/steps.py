@@ -19,7 +19,6 @@ import structlog
 
 from reconciler.dm.errors import DeviceBusy, DmError, NoData
 from reconciler.dm.filesystem import discard_blocks, grow_filesystem, make_filesystem
-from reconciler.dm.pool import PoolOp
 from reconciler.dm.thin import ThinDevice
 from reconciler.reconcile.desired import apply_spec, copy_spec
 from reconciler.reconcile.pass_context import PassContext
@@ -27,6 +26,7 @@ from reconciler.specs import DeviceSpec
 from reconciler.states import LIVE, DeviceMachine, DeviceState, Step, Trigger
 from reconciler.store import DeviceRecord, IntentRecord
 from reconciler.units import Bytes, Sectors, to_sectors
+from reconciler.vocabulary import Filesystem, PoolOp
 
 S = DeviceState
 T = Trigger
@@ -46,7 +46,7 @@ def intend(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> None:
     assert record.device_id is not None
     before = ctx.ledger.transaction_id
     ctx.store.save_intent(IntentRecord(
-        device=record.name, op=op.value, thin_id=record.device_id, origin_id=record.origin_id,
+        device=record.name, op=op, thin_id=record.device_id, origin_id=record.origin_id,
         from_txn=before, to_txn=before + 1, at=ctx.clock(),
     ))
 
@@ -69,7 +69,7 @@ def record_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> No
         return
     record.provisioned = True
     # Snapshots carry their parent's filesystem; devices without one need no mkfs.
-    record.formatted = record.parent is not None or record.filesystem == "none"
+    record.formatted = record.parent is not None or record.filesystem == Filesystem.NONE
     if machine.current == S.CREATING:
         machine.fire(T.CREATED)
     else:
@@ -87,7 +87,7 @@ def settle_intent(ctx: PassContext, intent: IntentRecord, pool_ids: set[int],
     intent's target. Start-up recovery and a step's own retry both settle this way, so a
     retry never sends a change the pool already took.
     """
-    op = PoolOp(intent.op)
+    op = intent.op
     record = ctx.records.get(intent.device)
     visible = (intent.thin_id in pool_ids) == (op != PoolOp.DELETE)
     if kernel_txn == intent.from_txn and visible:

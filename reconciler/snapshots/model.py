@@ -8,21 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 
-from reconciler.store import BASE_KIND
-
-
-class Kind(StrEnum):
-    """What a snapshot is for: written to, read, or a fixed parent for others."""
-
-    VIEW = "view"
-    ACTIVE = "active"
-    COMMITTED = "committed"
-    # Ours, never containerd's: a formatted, empty filesystem of the config's fs_type and
-    # base_image_size, made once; each snapshot without a parent is a snapshot of it, so
-    # Prepare runs no mkfs. The store leaves bases out of what containerd's calls read.
-    BASE = BASE_KIND
+from reconciler.vocabulary import Kind as Kind  # re-exported: the API speaks of it
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from reconciler.specs import snapshot_name
 from reconciler.states import LIVE, RESTING_PROVISIONED, DeviceState
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
 from reconciler.units import format_size
+from reconciler.vocabulary import Filesystem, Removal
 
 T = TypeVar("T")
 Operation = Generator[str, None, T]
@@ -122,7 +123,7 @@ class Parked(Exception):
 
 
 def _info(record: SnapshotRecord) -> Info:
-    return Info(name=record.key, kind=Kind(record.kind), parent=record.parent_key or "",
+    return Info(name=record.key, kind=record.kind, parent=record.parent_key or "",
                 labels=dict(record.labels), created_at=record.created_at,
                 updated_at=record.updated_at)
 
@@ -140,7 +141,7 @@ def base_ready(device: DeviceRecord | None) -> bool:
     """Whether a base's device can be snapshotted now: its thin id made and formatted, and no
     step of its own in flight."""
     return (device is not None and device.provisioned and device.formatted
-            and DeviceState(device.state) in RESTING_PROVISIONED)
+            and device.state in RESTING_PROVISIONED)
 
 
 def _check_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -292,7 +293,7 @@ class Snapshotter:
         # Always a mode, never no options: `ctr snapshots mounts` prints `-o` followed by
         # the options, and mount(8) refuses a bare `-o`.
         options = ["rw" if record.kind == Kind.ACTIVE else "ro"]
-        if record.filesystem == "xfs":
+        if record.filesystem == Filesystem.XFS:
             # Every snapshot of a parent carries its filesystem UUID; xfs refuses duplicates.
             options.append("nouuid")
             if record.kind != Kind.ACTIVE:
@@ -341,7 +342,7 @@ class Snapshotter:
         now = self.clock()
         seq = self.store.next_snapshot_seq()
         record = SnapshotRecord(
-            name=snapshot_name(seq), seq=seq, key=key, kind=kind.value,
+            name=snapshot_name(seq), seq=seq, key=key, kind=kind,
             parent_key=parent.key if parent else None, parent=origin.name,
             labels=checked, size_bytes=origin.size_bytes, filesystem=origin.filesystem,
             # A root's inodes count from zero, as when each root had a filesystem of its own.
@@ -375,8 +376,8 @@ class Snapshotter:
         now = self.clock()
         seq = self.store.next_base_seq()
         wanted = SnapshotRecord(
-            name=snapshot_name(seq), seq=seq, key=key, kind=Kind.BASE.value,
-            size_bytes=self.settings.base_image_size, filesystem=self.settings.fs_type,
+            name=snapshot_name(seq), seq=seq, key=key, kind=Kind.BASE,
+            size_bytes=self.settings.base_image_size, filesystem=Filesystem(self.settings.fs_type),
             created_at=now, updated_at=now)
         self._save(wanted)
         log.info("snapshot.base_wanted", device=wanted.name, filesystem=key,
@@ -393,7 +394,7 @@ class Snapshotter:
         return False
 
     def _retire(self, base: SnapshotRecord, why: str) -> None:
-        base.removal = "requested"
+        base.removal = Removal.REQUESTED
         base.removed_at = base.updated_at = self.clock()
         self._save(base)
         log.info("snapshot.base_retired", device=base.name, filesystem=base.key, reason=why,
@@ -419,13 +420,13 @@ class Snapshotter:
         yield record.name
         device = self.store.device(record.name)
         if device is not None and device.state in LIVE and (
-            device.formatted or device.filesystem == "none"
+            device.formatted or device.filesystem == Filesystem.NONE
         ):
             return
         error = (device.error if device else None) or "the device did not become active"
         if undo:
             # The snapshot was never handed out: nothing of anyone's is lost by removing it.
-            record.removal = "requested"
+            record.removal = Removal.REQUESTED
             record.removed_at = self.clock()
             self._save(record)
             yield record.name
@@ -450,7 +451,7 @@ class Snapshotter:
         record.used_bytes = used_bytes or 0
         record.used_inodes = max(0, (inodes or 0) - record.base_inodes)
         record.key = name
-        record.kind = Kind.COMMITTED.value
+        record.kind = Kind.COMMITTED
         record.labels = checked
         # A commit makes a new snapshot (containerd's storage.CommitActive): both times are
         # the commit's.
@@ -502,7 +503,7 @@ class Snapshotter:
             raise FailedPrecondition(
                 f"cannot remove snapshot {key!r}: its device {self._path(record)} is in use "
                 f"(open count {opened}); unmount it first")
-        record.removal = "pending" if self.settings.async_remove else "requested"
+        record.removal = Removal.PENDING if self.settings.async_remove else Removal.REQUESTED
         record.removed_at = record.updated_at = self.clock()
         self._save(record)
         log.info("snapshot.removed", key=key, device=record.name,
@@ -515,9 +516,9 @@ class Snapshotter:
         self._run(self._cleanup())
 
     def _cleanup(self) -> Operation[None]:
-        pending = self.store.snapshots_with_removal("pending")
+        pending = self.store.snapshots_with_removal(Removal.PENDING)
         for record in pending:
-            record.removal = "requested"
+            record.removal = Removal.REQUESTED
             self._save(record)
         for record in pending:
             yield record.name

@@ -5,8 +5,9 @@ kernel call: reconcile fires the "begin" trigger (state Creating is written), ma
 call, then fires the "done" trigger (state Created is written). A crash between the two leaves
 the in-flight state on disk for recovery to resolve by looking at the kernel.
 
-`vocabulary` names the states, triggers and steps and groups them (IN_FLIGHT, LIVE, which
-step resumes which in-flight state, is_ready); `machine` says which trigger moves where.
+`reconciler.vocabulary` (a base-layer module the store may import too) names the states,
+triggers and steps and groups them (IN_FLIGHT, LIVE, which step resumes which in-flight
+state, is_ready); this package re-exports them; `machine` says which trigger moves where.
 """
 
 from reconciler.states.machine import (
@@ -16,7 +17,7 @@ from reconciler.states.machine import (
     StateChange,
     build_graph_machine,
 )
-from reconciler.states.vocabulary import (
+from reconciler.vocabulary import (
     IN_FLIGHT,
     LIVE,
     RESTING_PROVISIONED,

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 from reconciler.states.machine import build_graph_machine
-from reconciler.states.vocabulary import IN_FLIGHT, LIVE, RESUMES, DeviceState
+from reconciler.vocabulary import IN_FLIGHT, LIVE, RESUMES, DeviceState
 
 HEADER = """\
 # Device state machine
 
-Generated from `reconciler/states/machine.py` and `reconciler/states/vocabulary.py` by
+Generated from `reconciler/states/machine.py` and `reconciler/vocabulary.py` by
 `python -m reconciler.states.diagram`; `tests/test_state_diagram.py` fails when this file is
 stale. Do not edit by hand.
 

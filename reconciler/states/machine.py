@@ -1,7 +1,7 @@
 """The 14-state device machine (containerd devmapper's states) as a `transitions` Machine.
 
-The words (states, triggers) and their groups live in `vocabulary`; this module only says
-which trigger moves which state where.
+The words (states, triggers) and their groups live in `reconciler.vocabulary`; this module
+only says which trigger moves which state where.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from transitions import EventData, Machine
 from transitions.extensions import GraphMachine
 
-from reconciler.states.vocabulary import DeviceState, Trigger
+from reconciler.vocabulary import DeviceState, Trigger
 
 S = DeviceState
 T = Trigger

@@ -2,15 +2,17 @@
 
 Only this package imports peewee. Other layers see plain dataclasses (*Record) and call the
 Store's methods, each of which commits before it returns, so a crash between two kernel calls
-leaves the last step on disk.
+leaves the last step on disk. Records carry the vocabulary's enums and checked thin ids;
+`rows` converts them to and from the columns' strings and integers, once.
 """
 
+from reconciler.store.database import StoreError
 from reconciler.store.records import (
-    BASE_KIND,
     ConditionKind,
     ConditionRecord,
     DeviceRecord,
     IntentRecord,
+    OrphanKind,
     OrphanRecord,
     PoolRecord,
     RejectedSpecRecord,
@@ -19,21 +21,23 @@ from reconciler.store.records import (
     SnapshotRecord,
     TransitionRecord,
 )
-from reconciler.store.store import MAX_THIN_ID, IdAllocator, Store, StoreError
+from reconciler.store.rows import RowError
+from reconciler.store.store import MAX_THIN_ID, IdAllocator, Store
 
 __all__ = [
-    "BASE_KIND",
     "MAX_THIN_ID",
     "ConditionKind",
     "ConditionRecord",
     "DeviceRecord",
     "IdAllocator",
     "IntentRecord",
+    "OrphanKind",
     "OrphanRecord",
     "PoolRecord",
     "RejectedSpecRecord",
     "RequestKind",
     "RequestRecord",
+    "RowError",
     "SnapshotRecord",
     "Store",
     "StoreError",

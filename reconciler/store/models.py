@@ -35,15 +35,21 @@ class Models:
 
 
 def bind_models(database: peewee.Database) -> Models:
-    """Define the tables on `database`."""
+    """Define the tables anew, bound to `database`."""
+    device, transition = _device_tables()
+    pool, intent = _pool_tables()
+    rejected, request, orphan, condition, fact = _operator_tables()
+    models = Models(device, transition, rejected, pool, request, intent, orphan,
+                    _snapshot_table(), condition, fact)
+    for model in models.all():
+        model.bind(database)
+    return models
 
-    class Base(peewee.Model):
-        class Meta:
-            database = None
 
-    Base._meta.database = database
+def _device_tables() -> tuple[Any, ...]:
+    """The managed devices and their history."""
 
-    class DeviceRow(Base):
+    class DeviceRow(peewee.Model):
         name = peewee.CharField(primary_key=True)
         state = peewee.CharField(index=True)
         device_id = peewee.IntegerField(null=True, index=True)
@@ -69,7 +75,7 @@ def bind_models(database: peewee.Database) -> Models:
         class Meta:
             table_name = "devices"
 
-    class TransitionRow(Base):
+    class TransitionRow(peewee.Model):
         id = peewee.AutoField()
         device = peewee.CharField(index=True)
         from_state = peewee.CharField()
@@ -81,16 +87,13 @@ def bind_models(database: peewee.Database) -> Models:
         class Meta:
             table_name = "transitions"
 
-    class RejectedSpecRow(Base):
-        name = peewee.CharField(primary_key=True)
-        path = peewee.TextField()
-        error = peewee.TextField()
-        seen_at = peewee.FloatField()
+    return DeviceRow, TransitionRow
 
-        class Meta:
-            table_name = "rejected_specs"
 
-    class PoolRow(Base):
+def _pool_tables() -> tuple[Any, ...]:
+    """The pool and its write-ahead intents."""
+
+    class PoolRow(peewee.Model):
         name = peewee.CharField(primary_key=True)
         transaction_id = peewee.BigIntegerField()
         metadata_device = peewee.TextField()
@@ -101,17 +104,7 @@ def bind_models(database: peewee.Database) -> Models:
         class Meta:
             table_name = "pools"
 
-    class RequestRow(Base):
-        id = peewee.AutoField()
-        kind = peewee.CharField()
-        name = peewee.CharField()
-        at = peewee.FloatField()
-        arg = peewee.IntegerField(null=True)
-
-        class Meta:
-            table_name = "requests"
-
-    class IntentRow(Base):
+    class IntentRow(peewee.Model):
         device = peewee.CharField(primary_key=True)
         op = peewee.CharField()
         thin_id = peewee.IntegerField()
@@ -123,17 +116,13 @@ def bind_models(database: peewee.Database) -> Models:
         class Meta:
             table_name = "intents"
 
-    class OrphanRow(Base):
-        id = peewee.AutoField()
-        kind = peewee.CharField()
-        name = peewee.CharField()
-        thin_id = peewee.IntegerField(null=True)
-        seen_at = peewee.FloatField()
+    return PoolRow, IntentRow
 
-        class Meta:
-            table_name = "orphans"
 
-    class SnapshotRow(Base):
+def _snapshot_table() -> Any:
+    """The snapshotter API's stored specs."""
+
+    class SnapshotRow(peewee.Model):
         name = peewee.CharField(primary_key=True)
         seq = peewee.IntegerField(unique=True)
         key = peewee.TextField(index=True)
@@ -157,7 +146,42 @@ def bind_models(database: peewee.Database) -> Models:
         class Meta:
             table_name = "snapshots"
 
-    class ConditionRow(Base):
+    return SnapshotRow
+
+
+def _operator_tables() -> tuple[Any, ...]:
+    """What operators and the last pass leave for others to read."""
+
+    class RejectedSpecRow(peewee.Model):
+        name = peewee.CharField(primary_key=True)
+        path = peewee.TextField()
+        error = peewee.TextField()
+        seen_at = peewee.FloatField()
+
+        class Meta:
+            table_name = "rejected_specs"
+
+    class RequestRow(peewee.Model):
+        id = peewee.AutoField()
+        kind = peewee.CharField()
+        name = peewee.CharField()
+        at = peewee.FloatField()
+        arg = peewee.IntegerField(null=True)
+
+        class Meta:
+            table_name = "requests"
+
+    class OrphanRow(peewee.Model):
+        id = peewee.AutoField()
+        kind = peewee.CharField()
+        name = peewee.CharField()
+        thin_id = peewee.IntegerField(null=True)
+        seen_at = peewee.FloatField()
+
+        class Meta:
+            table_name = "orphans"
+
+    class ConditionRow(peewee.Model):
         kind = peewee.CharField(primary_key=True)
         message = peewee.TextField()
         names = peewee.TextField(default="[]")
@@ -168,12 +192,11 @@ def bind_models(database: peewee.Database) -> Models:
         class Meta:
             table_name = "conditions"
 
-    class FactRow(Base):
+    class FactRow(peewee.Model):
         key = peewee.CharField(primary_key=True)
         value = peewee.TextField()
 
         class Meta:
             table_name = "facts"
 
-    return Models(DeviceRow, TransitionRow, RejectedSpecRow, PoolRow, RequestRow, IntentRow,
-                  OrphanRow, SnapshotRow, ConditionRow, FactRow)
+    return RejectedSpecRow, RequestRow, OrphanRow, ConditionRow, FactRow

@@ -1,9 +1,23 @@
-"""Plain persisted values, so layers above the store never touch peewee objects."""
+"""Plain persisted values, so layers above the store never touch peewee objects.
+
+Records carry the vocabulary's enums and checked thin ids, never their strings: the store
+converts a row once, where it maps it to a record (`store.rows`), and back.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from reconciler.vocabulary import (
+    DeviceState,
+    Filesystem,
+    Kind,
+    PoolOp,
+    Removal,
+    ThinId,
+    Trigger,
+)
 
 
 @dataclass
@@ -11,13 +25,13 @@ class DeviceRecord:
     """One managed thin device as the store knows it (desired fields copied from its spec)."""
 
     name: str
-    state: str = "Unknown"
-    device_id: int | None = None
+    state: DeviceState = DeviceState.UNKNOWN
+    device_id: ThinId | None = None
     size_bytes: int = 0
     parent: str | None = None
     # The thin id the snapshot was taken from; kept because the parent may be removed later.
-    origin_id: int | None = None
-    filesystem: str = "none"
+    origin_id: ThinId | None = None
+    filesystem: Filesystem = Filesystem.NONE
     # The thin id exists in the pool (create_thin/create_snap done, delete not yet).
     provisioned: bool = False
     formatted: bool = False
@@ -43,9 +57,9 @@ class TransitionRecord:
     """One state change of one device, kept as its history."""
 
     device: str
-    from_state: str
-    to_state: str
-    trigger: str
+    from_state: DeviceState
+    to_state: DeviceState
+    trigger: Trigger
     at: float
     error: str | None = None
 
@@ -104,28 +118,31 @@ class IntentRecord:
     """
 
     device: str
-    op: str
-    thin_id: int
-    origin_id: int | None
+    op: PoolOp
+    thin_id: ThinId
+    origin_id: ThinId | None
     from_txn: int
     to_txn: int
     at: float
+
+
+class OrphanKind(StrEnum):
+    """What an orphan is (the values are stored)."""
+
+    # A thin id in the pool's metadata that no record accounts for.
+    THIN_ID = "thin_id"
+    # A dm device of our pool (by name or by table) that no record accounts for.
+    DEVICE = "device"
 
 
 @dataclass(frozen=True)
 class OrphanRecord:
     """Something of our pool that the store does not manage: a thin id or a dm device."""
 
-    kind: str
+    kind: OrphanKind
     name: str
-    thin_id: int | None
+    thin_id: ThinId | None
     seen_at: float
-
-
-# The stored kind of the snapshotter's base devices (`snapshots.Kind.BASE`): a formatted,
-# empty filesystem each root snapshot is a snapshot of. containerd never sees one, so the
-# queries that answer its calls leave them out.
-BASE_KIND = "base"
 
 
 @dataclass
@@ -134,29 +151,30 @@ class SnapshotRecord:
 
     The device (`name`, "snap-<seq>") is driven like any other; this record is its stored
     spec. Kernel names come from `seq`, never from the key, which may hold any text. A base
-    (kind BASE_KIND) has a negative seq, its device is "snap-base-<n>", and its key names the
+    (Kind.BASE) has a negative seq, its device is "snap-base-<n>", and its key names the
     filesystem it holds.
     """
 
     name: str
     seq: int
     key: str
-    kind: str  # "active", "view", "committed", or BASE_KIND
+    # A base is a formatted, empty filesystem each root snapshot is a snapshot of: containerd
+    # never sees one, so the queries that answer its calls leave them out.
+    kind: Kind
     parent_key: str | None = None
     # The parent's device name (its "snap-<seq>").
     parent: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     size_bytes: int = 0
-    filesystem: str = "ext4"
+    filesystem: Filesystem = Filesystem.EXT4
     # A committed snapshot is kept inactive unless its mounts were asked for (read-only).
     exposed: bool = False
     # What its device should be, as the snapshotter decided from the kind (reconcile reads
     # these as the device's spec and knows nothing of kinds).
     active: bool = True
     readonly: bool = False
-    # None: live. "pending": removed by the API, its device kept until Cleanup (async_remove).
-    # "requested": its device is to be removed.
-    removal: str | None = None
+    # None: live; else how the API removed it (its device kept until Cleanup, or to go).
+    removal: Removal | None = None
     # Inodes in use on the parent's filesystem when this snapshot was taken: usage excludes
     # them. (Bytes need no such base: thin_ls counts blocks shared with the parent apart.)
     base_inodes: int = 0
@@ -168,15 +186,10 @@ class SnapshotRecord:
     removed_at: float | None = None
 
     @property
-    def is_base(self) -> bool:
-        """Whether this is one of the snapshotter's base devices, not a containerd snapshot."""
-        return self.kind == BASE_KIND
-
-    @property
     def wanted(self) -> bool:
         """Whether its device is wanted (live, or removed but kept until Cleanup): the rows
         `Store.snapshots` returns."""
-        return self.removal is None or self.removal == "pending"
+        return self.removal is None or self.removal is Removal.PENDING
 
 
 class ConditionKind(StrEnum):
