@@ -2,7 +2,7 @@
 empty new filesystems (ext4 and xfs; roots are snapshots of one base), Commit while mounted
 (flush and deferred remove), a child of a parent still mounted, Remove refused while open, and
 a deferred removal in flight across a crash. (Over gRPC, as containerd calls it:
-tests/test_kernel_conformance.py.)"""
+tests/kernel/test_kernel_conformance.py.)"""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import pytest
 import reconciler.api.proto
 from reconciler.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 # The package's own copy (the installed one, when scripts/floors tests a wheel).
 PROTO_DIR = Path(reconciler.api.proto.__file__).parent
 PACKAGE_ROOT = PROTO_DIR.parents[2]

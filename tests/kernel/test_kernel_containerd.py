@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.containerd_stack import (
+from tests.kernel.containerd_stack import (
     SNAPSHOTTER,
     Stack,
     containerd_stack,
     mount_command,
     wait_for,
 )
-from tests.oci_image import build_image
+from tests.kernel.oci_image import build_image
 
 pytestmark = pytest.mark.kernel
 

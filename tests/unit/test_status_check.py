@@ -22,7 +22,7 @@ from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.fakekernel.faults import Op
 from tests.conftest import World, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 
 

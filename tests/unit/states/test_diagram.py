@@ -17,7 +17,7 @@ from reconciler.states import (
 )
 from reconciler.states.diagram import render
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 S = DeviceState
 
 

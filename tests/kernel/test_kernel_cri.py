@@ -1,6 +1,6 @@
 """Kubernetes' way in, on a real kernel: containerd's CRI plugin (Debian's 1.6) configured
 with `snapshotter = "reconciler"` runs a pod and a container the way kubelet asks for them
-(runtime.v1 over gRPC, tests/cri.py), and the container's root filesystem is one of our
+(runtime.v1 over gRPC, tests/kernel/cri.py), and the container's root filesystem is one of our
 thin snapshots, which removing the pod removes.
 
 Nothing comes from the network: the sandbox ("pause") image and the container's image are
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.containerd_stack import (
+from tests.kernel.containerd_stack import (
     SNAPSHOTTER,
     TIMEOUT,
     Stack,
@@ -26,8 +26,8 @@ from tests.containerd_stack import (
     mount_command,
     wait_for,
 )
-from tests.cri import CriClient
-from tests.oci_image import build_image
+from tests.kernel.cri import CriClient
+from tests.kernel.oci_image import build_image
 
 pytestmark = pytest.mark.kernel
 # CRI's containerd namespace: the images and containers kubelet sees are there.

@@ -22,7 +22,7 @@ from reconciler.config import settings_from_mapping
 from reconciler.specs import Defaults, parse_spec
 from reconciler.units import Bytes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 CONTAINERFILE = ROOT / "deploy" / "Containerfile"
 # The oldest Kubernetes the manifests are for (docs/kubernetes.md says the same).

@@ -46,7 +46,7 @@ from reconciler.store import Store
 from reconciler.testing.fakekernel import FakeKernel, Op
 from tests.conftest import World, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 NONE = 'filesystem = "none"\n'
 
 

@@ -2,7 +2,7 @@
 kernel through both drivers: Commit while the snapshot is still mounted (flush, deferred
 remove, never a fault), Remove of a device still open (refused, as containerd's devmapper),
 Info times, empty new filesystems, and xfs's smallest size. The same behaviours run on the
-real kernel over gRPC in tests/test_kernel_conformance.py."""
+real kernel over gRPC in tests/kernel/test_kernel_conformance.py."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from reconciler.arguments import DEFAULT_CONFIG_PATH, LOG_LEVELS, build_parser
 from reconciler.cli import main
 from reconciler.testing.fakekernel import FakeKernel
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_copied_constants_equal_their_originals() -> None:

@@ -19,7 +19,7 @@ from reconciler.config import ConfigError, Settings, load_settings, settings_fro
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.units import MAX_SIZE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_give_a_loopback_pool_under_the_state_directory() -> None:

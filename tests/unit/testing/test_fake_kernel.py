@@ -148,8 +148,8 @@ def test_remove_of_open_device_is_busy(pool: ThinPool, kernel: FakeKernel,
 
 def test_deferred_remove_keeps_the_kernels_rules(pool: ThinPool, kernel: FakeKernel,
                                                 client: DmClient) -> None:
-    """As dev_remove with DM_DEFERRED_REMOVE (captured in tests/test_kernel_driver.py): an open
-    device is marked and the ioctl succeeds; it still suspends and resumes; the cancel message
+    """As dev_remove with DM_DEFERRED_REMOVE (captured in tests/kernel/test_kernel_driver.py): an
+    open device is marked and the ioctl succeeds; it still suspends and resumes; the cancel message
     (answered by dm-ioctl itself, for any target) unmarks it; the last close removes a marked
     device; a closed device goes at once; other "@" messages are EINVAL."""
     pool.create_thin(0, 0)

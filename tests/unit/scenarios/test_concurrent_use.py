@@ -34,7 +34,7 @@ from reconciler.store import store as store_module
 from reconciler.testing.fakekernel import FakeKernel
 from tests.conftest import wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

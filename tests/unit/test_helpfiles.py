@@ -16,7 +16,7 @@ from reconciler.arguments import Shell, build_parser
 from reconciler.cli import main
 from reconciler.helpfiles import DATA_FILES, completion, manpage
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INSTALLED = ["share/bash-completion/completions/reconciler",
              "share/zsh/site-functions/_reconciler", "share/man/man1/reconciler.1"]
 

@@ -1,7 +1,7 @@
 """A CRI client for the tests: kubelet's side of containerd's CRI plugin, over gRPC.
 
-Debian 12 ships no crictl, so tests/test_kernel_cri.py speaks runtime.v1 itself through
-stubs compiled at test time from tests/cri_api.proto (the subset of k8s.io/cri-api it
+Debian 12 ships no crictl, so tests/kernel/test_kernel_cri.py speaks runtime.v1 itself through
+stubs compiled at test time from tests/kernel/cri_api.proto (the subset of k8s.io/cri-api it
 uses) with grpcio-tools, into a directory the test owns. Test support only: the reconciler
 package never sees any of it."""
 

@@ -1,6 +1,6 @@
 """Root snapshots come from a base: a formatted, empty filesystem made once, so a Prepare or
 View without a parent runs no mkfs (issue 15). On the fake kernel; the real kernel's empty
-root and mode are checked by tests/test_kernel_conformance.py and the snapshot contract."""
+root and mode are checked by tests/kernel/test_kernel_conformance.py and the snapshot contract."""
 
 from __future__ import annotations
 

@@ -153,7 +153,7 @@ def test_the_dot_dot_entries_are_not_specs(tmp_path: Path) -> None:
 def _statvfs_read_only(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
     """The kernel's answer for `directory`'s mount: read-only (ST_RDONLY), as for a
     ConfigMap volume; every other path's as it is. Mounting needs root, which the unit
-    tier does not have; tests/test_kernel_configmap.py mounts for real."""
+    tier does not have; tests/kernel/test_kernel_configmap.py mounts for real."""
     real = os.statvfs
 
     def statvfs(path: Any) -> Any:

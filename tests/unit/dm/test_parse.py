@@ -36,7 +36,7 @@ from reconciler.dm.parse import (
 )
 from reconciler.dm.types import DeviceInfo, PoolMode
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "dmsetup"
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "dmsetup"
 
 
 def steps() -> list[dict[str, Any]]:

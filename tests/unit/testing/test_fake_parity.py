@@ -23,7 +23,7 @@ import pytest
 
 from reconciler.testing.fakekernel import FakeKernel, PoolMetadata
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "dmsetup"
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "dmsetup"
 SCENARIOS = ("empty", "lifecycle", "full", "reactivate")  # what scripts/capture-fixtures makes
 CAPTURE_ROOT = "/tmp/rc"
 FAKED_TOOLS = {"dmsetup", "losetup", "stat", "blockdev", "thin_check", "thin_ls"}

@@ -24,7 +24,7 @@ from reconciler.reconcile.pass_context import PassResult
 from reconciler.specs import RejectedSpec
 from tests.conftest import World
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 
 class Listener:

@@ -1,6 +1,6 @@
 """A real containerd (Debian's 1.6) with our daemon as its proxy snapshotter "reconciler",
-each in a process of its own on a real kernel: what tests/test_kernel_containerd.py (ctr)
-and tests/test_kernel_cri.py (Kubernetes' CRI) both stand on."""
+each in a process of its own on a real kernel: what tests/kernel/test_kernel_containerd.py (ctr)
+and tests/kernel/test_kernel_cri.py (Kubernetes' CRI) both stand on."""
 
 from __future__ import annotations
 

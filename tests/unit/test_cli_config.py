@@ -13,7 +13,7 @@ from reconciler.cli import main
 from reconciler.config import Settings, settings_from_mapping, settings_toml
 from reconciler.testing.fakekernel import FakeKernel
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # A key's line, set or commented out: `key = value` or `# key = value`.
 KEY_LINE = re.compile(r"^(?:# )?([a-z_]+) = ", re.MULTILINE)
 
