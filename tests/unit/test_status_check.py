@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +15,10 @@ import pytest
 from reconciler.cli import main
 from reconciler.daemon.lock import RootLock, lock_held
 from reconciler.status import Health, ReasonKind, check
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.fakekernel.faults import Op
+from reconciler.testing.process import DaemonProcess
 from tests.conftest import World, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,15 +165,17 @@ def test_a_real_status_document_has_every_field_the_check_reads(fake_world: Worl
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     """A config over a small loopback pool with an empty spec_dir."""
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'root_path = "{tmp_path / "state"}"\nspec_dir = "{tmp_path / "specs"}"\n'
-        'pool_name = "checkpool"\nloopback_data_size = "256MiB"\n'
-        'loopback_metadata_size = "8MiB"\nbase_image_size = "32MiB"\n'
-        'retry_initial = "100ms"\nretry_max = "1s"\ndm_driver = "dmsetup"\n'
-    )
+    path = _write_config(tmp_path / "config.toml", tmp_path / "state", tmp_path / "specs")
     (tmp_path / "specs").mkdir()
     return path
+
+
+def _write_config(path: Path, state: Path, specs: Path) -> Path:
+    """The check tests' config: a small loopback pool, short retries, dmsetup."""
+    return write_config(path, root_path=state, spec_dir=specs, pool_name="checkpool",
+                        loopback_data_size="256MiB", loopback_metadata_size="8MiB",
+                        base_image_size="32MiB", retry_initial="100ms", retry_max="1s",
+                        dm_driver="dmsetup")
 
 
 def run_check(config: Path, host: FakeKernel, capsys: pytest.CaptureFixture[str],
@@ -238,21 +239,18 @@ def test_check_with_a_name_or_watch_is_a_usage_error(
 
 
 @contextmanager
-def daemon_process(config: Path) -> Iterator[subprocess.Popen[bytes]]:
+def daemon_process(config: Path) -> Iterator[DaemonProcess]:
     """`reconciler run` over a fake kernel in a process of its own, holding the root lock;
     stopped with SIGTERM (it must exit 0) unless the body stopped it."""
     log_path = config.parent / "daemon.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "tests.daemon_process", str(config)],
-                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for("the daemon's first pass",
-                     lambda: b"daemon.ready" in log_path.read_bytes(), 60)
-            yield process
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    log_path.write_bytes(b"")
+    process = DaemonProcess(config, fake_kernel=True, log=log_path, cwd=REPO).start()
+    try:
+        wait_for("the daemon's first pass",
+                 lambda: b"daemon.ready" in log_path.read_bytes(), 60)
+        yield process
+    finally:
+        assert process.stop() == 0, log_path.read_text()[-3000:]
 
 
 def test_check_follows_a_daemon_process(config: Path,
@@ -261,9 +259,8 @@ def test_check_follows_a_daemon_process(config: Path,
     daemon stopped: down (2). The daemon's fake kernel lives in its process, so this
     process reads one of its own, where a pool of the same name was made beside it."""
     host = FakeKernel()
-    beside = config.parent / "beside.toml"
-    beside.write_text(config.read_text().replace('/state"', '/beside-state"')
-                      .replace('/specs"', '/beside-specs"'))
+    beside = _write_config(config.parent / "beside.toml", config.parent / "beside-state",
+                           config.parent / "beside-specs")
     (config.parent / "beside-specs").mkdir()
     assert main(["-c", str(beside), "run", "--once"], host=host) == 0
     state = config.parent / "state"
@@ -274,8 +271,7 @@ def test_check_follows_a_daemon_process(config: Path,
         wait_for("the daemon to reject bad.toml",
                  lambda: run_check(config, host, capsys)[0] == 1, 60)
         assert run_check(config, host, capsys) == (1, "degraded: 1 rejected spec (bad)\n")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        assert process.stop() == 0
     assert not lock_held(state)
     assert run_check(config, host, capsys) == (
         2, "down: no daemon (the root lock is not held); 1 rejected spec (bad)\n")

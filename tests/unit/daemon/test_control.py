@@ -43,7 +43,9 @@ from reconciler.daemon.wakeups import Wakeups
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.sockets import SocketUnavailable
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.testing.process import DaemonProcess
 from tests.conftest import World, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -330,9 +332,8 @@ def running(world: World) -> Iterator[Daemon]:
 
 
 def _config(world: World, tmp_path: Path) -> str:
-    path = tmp_path / "config.toml"
-    path.write_text(f'root_path = "{world.settings.root_path}"\npool_name = "{world.pool}"\n'
-                    f'dm_driver = "{world.settings.dm_driver}"\n')
+    path = write_config(tmp_path / "config.toml", root_path=world.settings.root_path,
+                        pool_name=world.pool, dm_driver=world.settings.dm_driver)
     return str(path)
 
 
@@ -478,18 +479,18 @@ def test_without_a_daemon_resync_passes_here(
 
 def test_commands_from_other_processes_are_answered_by_a_daemon_process(
         tmp_path: Path) -> None:
-    """The daemon over the fake kernel in its own process (tests/daemon_process.py), CLI
+    """The daemon over the fake kernel in its own process (a DaemonProcess), CLI
     processes beside it: each command round-trips over the socket."""
     root = Path(tempfile.mkdtemp(prefix="rp", dir="/tmp"))
-    config = tmp_path / "config.toml"
-    config.write_text(f'root_path = "{root}"\nspec_dir = "{tmp_path / "specs"}"\n'
-                      'pool_name = "ctlpool"\nloopback_data_size = "256MiB"\n'
-                      'loopback_metadata_size = "8MiB"\ndm_driver = "dmsetup"\n')
+    config = write_config(tmp_path / "config.toml", root_path=root,
+                          spec_dir=tmp_path / "specs", pool_name="ctlpool",
+                          loopback_data_size="256MiB", loopback_metadata_size="8MiB",
+                          dm_driver="dmsetup")
     (tmp_path / "specs").mkdir()
     (tmp_path / "specs" / "anchor.toml").write_text(NONE)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    daemon = subprocess.Popen([sys.executable, "-m", "tests.daemon_process", str(config)],
-                              cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    daemon = DaemonProcess(config, fake_kernel=True, cwd=REPO, env=env,
+                           stderr=subprocess.PIPE, text=True).start()
     try:
         wait_for("the control socket", (root / "control.sock").is_socket, timeout=60)
 
@@ -508,8 +509,8 @@ def test_commands_from_other_processes_are_answered_by_a_daemon_process(
         assert adopt.returncode == 1 and "write a valid x.toml" in adopt.stderr
         assert daemon.poll() is None, "the daemon serves on"
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        _, err = daemon.communicate(timeout=60)
+        daemon.signal(signal.SIGTERM)
+        _, err = daemon.process.communicate(timeout=60)
         shutil.rmtree(root, ignore_errors=True)
-    assert daemon.returncode == 0, err
+    assert daemon.process.returncode == 0, err
     assert not (root / "control.sock").exists()

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,8 @@ from reconciler.daemon.service import Daemon, Outcome, summary, tally
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.specs import RejectedSpec
+from reconciler.testing.config_file import write_config
+from reconciler.testing.process import DaemonProcess
 from tests.conftest import World
 
 REPO = Path(__file__).resolve().parents[3]
@@ -334,14 +335,13 @@ def test_a_manager_that_stops_reading_costs_dropped_messages_not_a_blocked_loop(
 
 def test_a_daemon_process_tells_its_manager_and_the_journal(tmp_path: Path,
                                                             listener: Listener) -> None:
-    """`reconciler run` as systemd starts it (over the fake kernel, tests/daemon_process.py):
+    """`reconciler run` as systemd starts it (over the fake kernel, a DaemonProcess):
     STATUS then READY after the first pass, WATCHDOG pings while idle, RELOADING/READY on
     SIGHUP, STOPPING on SIGTERM; its stderr, named by JOURNAL_STREAM, carries priorities."""
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'root_path = "{tmp_path / "state"}"\nspec_dir = "{tmp_path / "specs"}"\n'
-        'pool_name = "notifypool"\nloopback_data_size = "256MiB"\n'
-        'loopback_metadata_size = "8MiB"\ndm_driver = "dmsetup"\n')
+    config = write_config(tmp_path / "config.toml", root_path=tmp_path / "state",
+                          spec_dir=tmp_path / "specs", pool_name="notifypool",
+                          loopback_data_size="256MiB", loopback_metadata_size="8MiB",
+                          dm_driver="dmsetup")
     (tmp_path / "specs").mkdir()
     (tmp_path / "specs" / "a.toml").write_text('filesystem = "none"\n')
     log_path = tmp_path / "journal"
@@ -349,19 +349,18 @@ def test_a_daemon_process_tells_its_manager_and_the_journal(tmp_path: Path,
         st = os.fstat(journal.fileno())
         env = {**os.environ, "NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "200000",
                "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
-        process = subprocess.Popen([sys.executable, "-m", "tests.daemon_process", str(config)],
-                                   cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=journal)
+        process = DaemonProcess(config, fake_kernel=True, cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=journal).start()
         try:
             assert listener.until("READY=1") == [
                 "STATUS=1 converged, 0 pending, 0 faulty, 0 rejected", "READY=1"]
             # Idle now (the next resync is 30 s away): pings keep coming all the same.
             assert [listener.next() for _ in range(3)] == ["WATCHDOG=1"] * 3
-            process.send_signal(signal.SIGHUP)
+            process.signal(signal.SIGHUP)
             heard = listener.until("READY=1")
             assert len(heard) == 2 and heard[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
         finally:
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0
+            assert process.stop() == 0
     rest = [m for m in listener.messages() if m != "WATCHDOG=1"]
     assert rest[-1] == "STOPPING=1"
     lines = log_path.read_text().splitlines()

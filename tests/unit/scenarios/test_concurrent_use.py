@@ -2,8 +2,8 @@
 
 A CLI call that finds the database busy waits and tries again (through the store); one that
 finds it busy for good exits 1 with one line. The storm runs the daemon (over the fake
-kernel, in a process of its own: `tests/daemon_process.py`) while spec files churn and five
-CLI processes loop over every command, then checks that nothing failed, the daemon stayed up,
+kernel, in a process of its own: a `DaemonProcess`) while spec files churn and five CLI
+processes loop over every command, then checks that nothing failed, the daemon stayed up,
 converged and stops cleanly, and the database is intact.
 """
 
@@ -31,7 +31,9 @@ from reconciler.dm.host import Completed, SystemHost
 from reconciler.states import LIVE, RESTING_PROVISIONED
 from reconciler.store import Store
 from reconciler.store import store as store_module
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
+from reconciler.testing.process import DaemonProcess
 from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -40,14 +42,11 @@ REPO = Path(__file__).resolve().parents[3]
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     """A config over a small loopback pool, its spec_dir holding one device."""
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'root_path = "{tmp_path / "state"}"\nspec_dir = "{tmp_path / "specs"}"\n'
-        'pool_name = "stormpool"\nloopback_data_size = "256MiB"\n'
-        'loopback_metadata_size = "8MiB"\nbase_image_size = "32MiB"\n'
-        'resync_interval = "2s"\nretry_initial = "100ms"\nretry_max = "1s"\n'
-        'dm_driver = "dmsetup"\n'
-    )
+    path = write_config(tmp_path / "config.toml", root_path=tmp_path / "state",
+                        spec_dir=tmp_path / "specs", pool_name="stormpool",
+                        loopback_data_size="256MiB", loopback_metadata_size="8MiB",
+                        base_image_size="32MiB", resync_interval="2s", retry_initial="100ms",
+                        retry_max="1s", dm_driver="dmsetup")
     (tmp_path / "specs").mkdir()
     (tmp_path / "specs" / "anchor.toml").write_text('filesystem = "none"\n')
     return path
@@ -269,10 +268,8 @@ def test_the_daemon_and_five_cli_processes_share_the_database_through_a_storm(
     nothing = tmp_path / "no-programs"
     nothing.mkdir()
     cli_env = {**env, "PATH": str(nothing)}
-    log = (tmp_path / "daemon.log").open("w")
-    daemon = subprocess.Popen([sys.executable, "-m", "tests.daemon_process", str(config)],
-                              cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                              stderr=subprocess.STDOUT)
+    daemon = DaemonProcess(config, fake_kernel=True, log=tmp_path / "daemon.log", cwd=REPO,
+                           env=env, stdin=subprocess.DEVNULL).start()
     try:
         wait_for("the daemon's lock and first pass",
                  lambda: holder_pid(root) == daemon.pid and database.exists(), timeout=60)
@@ -302,13 +299,11 @@ def test_the_daemon_and_five_cli_processes_share_the_database_through_a_storm(
         assert difference is None, (
             f"not converged: {difference}; the daemon's log ends: "
             + "".join((tmp_path / "daemon.log").read_text().splitlines(keepends=True)[-15:]))
-        daemon.send_signal(signal.SIGTERM)
+        daemon.signal(signal.SIGTERM)
         code = daemon.wait(timeout=60)
     finally:
         if daemon.poll() is None:
             daemon.kill()
-            daemon.wait()
-        log.close()
 
     with sqlite3.connect(database) as db:
         integrity = db.execute("PRAGMA integrity_check").fetchall()

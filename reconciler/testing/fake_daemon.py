@@ -1,5 +1,6 @@
 """A daemon over the fake kernel in a process of its own, for tests that run real CLI
-processes beside it (`python -m tests.daemon_process CONFIG`).
+processes beside it (`python -m reconciler.testing.fake_daemon CONFIG`; `DaemonProcess`
+starts it).
 
 There is no device-mapper on the unit tier's hosts, so the kernel is a FakeKernel living in
 this process; everything else is what `reconciler run` does: the CLI's own entry point takes
@@ -20,7 +21,7 @@ from reconciler.testing.fakekernel import FakeKernel
 def main(argv: Sequence[str]) -> int:
     """Run the daemon of the config at argv[0] over a fresh fake kernel until stopped."""
     if len(argv) != 1:
-        print("usage: python -m tests.daemon_process CONFIG", file=sys.stderr)
+        print("usage: python -m reconciler.testing.fake_daemon CONFIG", file=sys.stderr)
         return 2
     return cli_main(["-c", argv[0], "run"], host=FakeKernel())
 
