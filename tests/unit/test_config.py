@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import socket
 import tomllib
 from dataclasses import fields
@@ -16,6 +14,7 @@ from hypothesis import strategies as st
 
 from reconciler.cli import main
 from reconciler.config import ConfigError, Settings, load_settings, settings_from_mapping
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.units import MAX_SIZE
 
@@ -57,8 +56,8 @@ def test_bad_values_name_the_key_and_the_problem(
 
 def test_relative_paths_are_read_relative_to_the_config_file(tmp_path: Path) -> None:
     """spec_dir = "specs" in /x/config.toml means /x/specs."""
-    config = tmp_path / "config.toml"
-    config.write_text('root_path = "/tmp/state"\nspec_dir = "specs"\nfs_options = "-E nodiscard"\n')
+    config = write_config(tmp_path / "config.toml", root_path="/tmp/state", spec_dir="specs",
+                          fs_options="-E nodiscard")
     settings = load_settings(config)
     assert settings.specs_path == tmp_path / "specs"
     assert settings.fs_options == ("-E", "nodiscard")
@@ -264,20 +263,6 @@ def test_every_bad_value_is_a_config_error_naming_its_key(
     assert "\n" not in str(caught.value)
 
 
-def _toml(value: object) -> str:
-    """A TOML literal for a case's value (json's escapes are TOML's too)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if value != value else "inf")
-    if isinstance(value, int | str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(item) for item in value) + "]"
-    assert isinstance(value, dict)
-    return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-
-
 # Files that are no usable TOML at all: the error names "<file>".
 BAD_FILES: list[tuple[str, bytes]] = [
     ("not UTF-8", b'pool_name = "caf\xe9"\n'),
@@ -337,42 +322,31 @@ def test_a_directory_as_config_file_is_a_config_error(tmp_path: Path) -> None:
 # In a file, a relative root_path is read relative to the file's directory: a good path.
 FILE_CASES = [case for case in BAD_VALUES if case != ("root_path", "relative")]
 
+# Every command loads its config through the one load_settings whose values the table above
+# checks key by key; through main() one bad value per command is enough to show each command
+# refuses it (exit 2, one line), each command with another key so that none is special.
+FIRST_BAD: dict[str, object] = {}
+for _key, _value in FILE_CASES:
+    FIRST_BAD.setdefault(_key, _value)
+COMMAND_CASES: list[tuple[list[str], str]] = [
+    (["run", "--once"], "max_attempts"),
+    (["status"], "dm_driver"),
+    (["plan"], "node_name"),
+    (["retry", "web"], "async_remove"),
+    (["gc", "--orphans"], "max_removals"),
+    (["adopt", "web", "--id", "1"], "pool_name"),
+    (["config", "check"], "root_path"),
+]
 
-# The other commands load the config the same way: the last bad value of each key is enough.
-OTHER_COMMAND_CASES = list({key: (key, value) for key, value in FILE_CASES}.values())
 
-
-@pytest.mark.parametrize("command", [["run", "--once"], ["status"]], ids=" ".join)
-@pytest.mark.parametrize(("key", "value"), FILE_CASES, ids=lambda v: repr(v)[:40])
-def test_run_once_and_status_exit_two_with_one_line_naming_the_key(
-    key: str, value: object, command: list[str], scratch: Path,
-    capsys: pytest.CaptureFixture[str],
+@pytest.mark.parametrize(("command", "key"), COMMAND_CASES, ids=lambda v: " ".join(v)
+                         if isinstance(v, list) else v)
+def test_every_command_exits_two_with_one_line_naming_the_key(
+    command: list[str], key: str, scratch: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Through the CLI, each bad value exits 2 before anything runs, with one stderr line that
-    names the key."""
-    _assert_refused(key, value, command, scratch, capsys)
-
-
-@pytest.mark.parametrize(
-    "command",
-    [["plan"], ["retry", "web"], ["gc", "--orphans"], ["adopt", "web", "--id", "1"],
-     ["config", "check"]],
-    ids=" ".join,
-)
-@pytest.mark.parametrize(("key", "value"), OTHER_COMMAND_CASES, ids=lambda v: repr(v)[:40])
-def test_every_other_command_exits_two_with_one_line_naming_the_key(
-    key: str, value: object, command: list[str], scratch: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """plan, retry, gc, adopt and config check refuse a bad config the same way: exit 2, one
-    line (and config check prints nothing on stdout)."""
-    _assert_refused(key, value, command, scratch, capsys)
-
-
-def _assert_refused(key: str, value: object, command: list[str], scratch: Path,
-                    capsys: pytest.CaptureFixture[str]) -> None:
-    config = scratch / "config.toml"
-    config.write_text(f"{key} = {_toml(_fill(value, scratch))}\n")
+    """Through the CLI, a bad value exits 2 before anything runs, with one stderr line that
+    names the key and nothing on stdout (config check included)."""
+    config = write_config(scratch / "config.toml", **{key: _fill(FIRST_BAD[key], scratch)})
     assert main(["-c", str(config), *command], host=FakeKernel()) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
