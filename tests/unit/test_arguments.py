@@ -15,6 +15,7 @@ import pytest
 from reconciler import config, logs
 from reconciler.arguments import DEFAULT_CONFIG_PATH, LOG_LEVELS, build_parser
 from reconciler.cli import main
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,9 +121,9 @@ def test_a_config_given_after_the_command_is_the_one_used(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`run --once -c X` and `status --json --config X` use X (its pool name shows), and a
     -c before the command is overridden by the one after it."""
-    config = tmp_path / "config.toml"
-    config.write_text(f'root_path = "{tmp_path / "state"}"\npool_name = "after"\n'
-                      'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n')
+    config = write_config(tmp_path / "config.toml", root_path=tmp_path / "state",
+                          pool_name="after", loopback_data_size="256MiB",
+                          loopback_metadata_size="8MiB")
     (tmp_path / "state" / "specs").mkdir(parents=True)
     (tmp_path / "state" / "specs" / "a.toml").write_text('size = "16MiB"\n')
     host = FakeKernel()

@@ -10,18 +10,17 @@ import pytest
 
 from reconciler.cli import main
 from reconciler.status import render_table
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 from tests.conftest import World
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'root_path = "{tmp_path / "state"}"\npool_name = "clipool"\n'
-        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
-        'base_image_size = "64MiB"\nspec_dir = "specs"\n'
-    )
+    path = write_config(tmp_path / "config.toml", root_path=tmp_path / "state",
+                        pool_name="clipool", loopback_data_size="256MiB",
+                        loopback_metadata_size="8MiB", base_image_size="64MiB",
+                        spec_dir="specs")
     (tmp_path / "specs").mkdir()
     return path
 
@@ -96,8 +95,7 @@ def test_status_of_one_device_shows_its_history(config: Path,
 
 def test_config_errors_exit_two(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A bad config exits 2 with the key named; so does a usage error."""
-    bad = tmp_path / "bad.toml"
-    bad.write_text('fs_type = "ntfs"\n')
+    bad = write_config(tmp_path / "bad.toml", fs_type="ntfs")
     assert main(["-c", str(bad), "run", "--once"], host=FakeKernel()) == 2
     assert "config key 'fs_type'" in capsys.readouterr().err
     assert main(["frobnicate"], host=FakeKernel()) == 2

@@ -15,18 +15,17 @@ import pytest
 from reconciler.cli import main
 from reconciler.dm.host import Completed, SystemHost
 from reconciler.store import RequestKind, Store
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     """A config over a small loopback pool, its spec_dir holding two devices."""
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'root_path = "{tmp_path / "state"}"\nspec_dir = "{tmp_path / "specs"}"\n'
-        'pool_name = "planpool"\nloopback_data_size = "256MiB"\n'
-        'loopback_metadata_size = "8MiB"\nbase_image_size = "32MiB"\n'
-    )
+    path = write_config(tmp_path / "config.toml", root_path=tmp_path / "state",
+                        spec_dir=tmp_path / "specs", pool_name="planpool",
+                        loopback_data_size="256MiB", loopback_metadata_size="8MiB",
+                        base_image_size="32MiB")
     (tmp_path / "specs").mkdir()
     for name in ("keep", "gone"):
         (tmp_path / "specs" / f"{name}.toml").write_text('filesystem = "none"\n')

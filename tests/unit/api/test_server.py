@@ -22,6 +22,7 @@ from reconciler.api.server import ApiServer, SocketUnavailable
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.snapshots import NotFound, Snapshotter
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 from tests.conftest import make_settings, run_in_process
 
@@ -150,10 +151,9 @@ def test_run_refuses_a_socket_another_daemon_serves(
         with grpc.insecure_channel(f"unix:{socket_path}") as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
         inode = _inode(socket_path)
-        config = tmp_path / "second.toml"
-        config.write_text(f'root_path = "{tmp_path / "second"}"\npool_name = "other"\n'
-                          f'dm_driver = "dmsetup"\ngrpc_socket = "{socket_path}"\n'
-                          'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n')
+        config = write_config(tmp_path / "second.toml", root_path=tmp_path / "second",
+                              pool_name="other", dm_driver="dmsetup", grpc_socket=socket_path,
+                              loopback_data_size="256MiB", loopback_metadata_size="8MiB")
         capsys.readouterr()
         assert run_in_process(["-c", str(config), "run"], FakeKernel()) == 1
         # The log is JSON lines on stderr; what is said to the operator is the rest.

@@ -42,6 +42,7 @@ from reconciler.dm.types import PoolMode
 from reconciler.states import DeviceState, Step
 from reconciler.status import build_report
 from reconciler.store import ConditionKind, ConditionRecord, Store
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
 from tests.conftest import FakeClock, World, make_settings, run_in_process
 
@@ -352,10 +353,10 @@ def test_run_exits_1_naming_an_address_in_use(tmp_path: Path,
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = tmp_path / "config.toml"
-        config.write_text(f'root_path = "{tmp_path / "state"}"\npool_name = "rtpool"\n'
-                          f'dm_driver = "dmsetup"\nmetrics_address = "127.0.0.1:{port}"\n'
-                          'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n')
+        config = write_config(tmp_path / "config.toml", root_path=tmp_path / "state",
+                              pool_name="rtpool", dm_driver="dmsetup",
+                              metrics_address=f"127.0.0.1:{port}",
+                              loopback_data_size="256MiB", loopback_metadata_size="8MiB")
         capsys.readouterr()
         assert run_in_process(["-c", str(config), "run"], FakeKernel()) == 1
     err = capsys.readouterr().err

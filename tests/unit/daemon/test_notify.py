@@ -4,6 +4,7 @@ READY around a reload, and a socket that cannot be reached never raising into th
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -246,11 +247,9 @@ def test_the_watchdog_is_ours_only_when_the_manager_says_so(
 
 
 def _write_config(world: World, path: Path, pool: str) -> None:
-    path.write_text(
-        f'root_path = "{world.settings.root_path}"\npool_name = "{pool}"\n'
-        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
-        f'base_image_size = "64MiB"\ndm_driver = "{world.settings.dm_driver}"\n'
-    )
+    write_config(path, root_path=world.settings.root_path, pool_name=pool,
+                 loopback_data_size="256MiB", loopback_metadata_size="8MiB",
+                 base_image_size="64MiB", dm_driver=world.settings.dm_driver)
 
 
 @pytest.mark.parametrize("outcome", ["reloaded", "refused", "failed"])
@@ -269,7 +268,7 @@ def test_a_reload_says_reloading_then_ready(fake_world: World, listener: Listene
         if outcome == "refused":
             _write_config(fake_world, config, "otherpool")
         elif outcome == "failed":
-            config.write_text("resync_interval = nan\n")
+            write_config(config, resync_interval=math.nan)
         daemon.wakeups.reload()
         before = monotonic_usec()
         with capture_logs() as events:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.client import DmClient
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
 from tests.conftest import World
 
@@ -103,9 +105,8 @@ def test_retry_brings_a_faulty_device_back(fake_world: World, tmp_path: Path,
     assert "other" in result.faulty
     DmClient(fake_world.host).remove(kname)
     assert fake_world.run_pass().faulty  # Faulty devices wait for the operator
-    config = tmp_path / "config.toml"
-    config.write_text(f'root_path = "{fake_world.settings.root_path}"\n'
-                      f'pool_name = "{fake_world.pool}"\n')
+    config = write_config(tmp_path / "config.toml", root_path=fake_world.settings.root_path,
+                          pool_name=fake_world.pool)
     assert main(["-c", str(config), "retry", "other"], host=fake_world.host) == 0
     assert "retry done" in capsys.readouterr().out
     assert fake_world.run_pass().ok
@@ -204,29 +205,27 @@ def _step_until(daemon: Daemon, done: Any, timeout: float = 10.0) -> None:
         daemon.step(timeout=0.05)
 
 
-def _write_config(world: World, path: Path, extra: str = "") -> None:
-    """A config file giving exactly the world's settings, plus `extra` lines."""
-    path.write_text(
-        f'root_path = "{world.settings.root_path}"\npool_name = "{world.pool}"\n'
-        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
-        f'base_image_size = "64MiB"\ndm_driver = "{world.settings.dm_driver}"\n{extra}'
-    )
+def _write_config(world: World, path: Path, **extra: object) -> None:
+    """A config file giving exactly the world's settings, plus the `extra` keys."""
+    write_config(path, root_path=world.settings.root_path, pool_name=world.pool,
+                 loopback_data_size="256MiB", loopback_metadata_size="8MiB",
+                 base_image_size="64MiB", dm_driver=world.settings.dm_driver, **extra)
 
 
 @pytest.mark.parametrize(
-    ("line", "key"),
+    ("key", "value"),
     [
-        ("resync_interval = nan", "resync_interval"),
-        ("resync_interval = inf", "resync_interval"),
-        ("retry_max = 1e308", "retry_max"),
-        ("fs_options = \"-E 'x\"", "fs_options"),
-        ("max_removals = 0", "max_removals"),
-        ('grpc_socket = "/tmp/' + "s" * 120 + '"', "grpc_socket"),
-        ("[resync_interval]\nx = 1", "resync_interval"),
+        ("resync_interval", math.nan),
+        ("resync_interval", math.inf),
+        ("retry_max", 1e308),
+        ("fs_options", "-E 'x"),
+        ("max_removals", 0),
+        ("grpc_socket", "/tmp/" + "s" * 120),
+        ("resync_interval", {"x": 1}),  # a [table] where a value belongs
     ],
 )
 def test_a_reload_with_a_bad_value_keeps_the_old_settings(
-    fake_world: World, tmp_path: Path, line: str, key: str
+    fake_world: World, tmp_path: Path, key: str, value: object
 ) -> None:
     """SIGHUP with a broken config logs config.reload_failed naming the key and goes on with
     the settings it had."""
@@ -239,7 +238,7 @@ def test_a_reload_with_a_bad_value_keeps_the_old_settings(
     try:
         daemon.start()
         before = daemon.settings
-        _write_config(fake_world, config, line + "\n")
+        _write_config(fake_world, config, **{key: value})
         daemon.wakeups.reload()
         with capture_logs() as events:
             assert daemon.step(timeout=0)
@@ -259,7 +258,7 @@ def test_a_reload_to_a_missing_spec_dir_does_not_make_it(fake_world: World,
     """A typo in spec_dir reloaded by SIGHUP is not created by the watcher; once the operator
     makes the directory, a full pass starts watching it."""
     config = tmp_path / "config.toml"
-    _write_config(fake_world, config, f'spec_dir = "{fake_world.settings.specs_path}"\n')
+    _write_config(fake_world, config, spec_dir=fake_world.settings.specs_path)
     assert fake_world.store is not None
     fake_world.store.close()
     daemon = Daemon(load_settings(config), fake_world.host, config_path=config,
@@ -267,7 +266,7 @@ def test_a_reload_to_a_missing_spec_dir_does_not_make_it(fake_world: World,
     typo = tmp_path / "spces"
     try:
         daemon.start()
-        _write_config(fake_world, config, f'spec_dir = "{typo}"\n')
+        _write_config(fake_world, config, spec_dir=typo)
         daemon.wakeups.reload()
         assert daemon.step(timeout=0)
         assert daemon.settings.specs_path == typo

@@ -12,16 +12,15 @@ from reconciler.dm.client import DmClient
 from reconciler.dm.metadata import list_thin_ids
 from reconciler.dm.pool import ThinPool
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
 from tests.conftest import World
 
 
 @pytest.fixture
 def config(fake_world: World, tmp_path: Path) -> Path:
-    path = tmp_path / "cli.toml"
     settings = fake_world.settings
-    path.write_text(f'root_path = "{settings.root_path}"\npool_name = "{settings.pool_name}"\n'
-                    f'spec_dir = "{settings.specs_path}"\n')
-    return path
+    return write_config(tmp_path / "cli.toml", root_path=settings.root_path,
+                        pool_name=settings.pool_name, spec_dir=settings.specs_path)
 
 
 def make_orphan(world: World, thin_id: int) -> None:

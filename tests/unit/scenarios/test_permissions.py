@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from reconciler.cli import main
 from reconciler.daemon.lock import RootLock, UnsafeLockFile, holder_pid
 from reconciler.store import ConditionKind, Store
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 
 
@@ -140,8 +141,7 @@ def test_run_once_refuses_a_planted_lock_symlink_with_one_line(
     root = tmp_path / "root"
     root.mkdir()
     (root / "reconciler.lock").symlink_to(precious)
-    config = tmp_path / "config.toml"
-    config.write_text(f'root_path = "{root}"\ndm_driver = "dmsetup"\n')
+    config = write_config(tmp_path / "config.toml", root_path=root, dm_driver="dmsetup")
     capsys.readouterr()
     assert main(["-c", str(config), "run", "--once"], host=FakeKernel()) == 1
     said = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("{")]

@@ -23,6 +23,7 @@ from reconciler.snapshots import FailedPrecondition, Kind, Snapshotter, Unavaila
 from reconciler.specs import Defaults, SpecError, parse_spec
 from reconciler.states import LIVE, DeviceState, Step
 from reconciler.store import DeviceRecord
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.units import Bytes
 from tests.conftest import World, make_settings
@@ -270,9 +271,8 @@ def test_xfs_smaller_than_mkfs_makes_is_refused_up_front(tmp_path: Path) -> None
 def test_the_daemon_refuses_such_a_config_at_start_up(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Exit 2 before anything is made, with both keys named."""
-    config = tmp_path / "config.toml"
-    config.write_text(f'root_path = "{tmp_path / "state"}"\nfs_type = "xfs"\n'
-                      'base_image_size = "128MiB"\n')
+    config = write_config(tmp_path / "config.toml", root_path=tmp_path / "state",
+                          fs_type="xfs", base_image_size="128MiB")
     assert main(["-c", str(config), "run", "--once"], host=FakeKernel()) == 2
     err = capsys.readouterr().err
     assert "config key 'base_image_size'" in err and 'fs_type = "xfs"' in err
