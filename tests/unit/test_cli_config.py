@@ -11,6 +11,7 @@ import pytest
 
 from reconciler.cli import main
 from reconciler.config import Settings, settings_from_mapping, settings_toml
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,8 +48,7 @@ def test_config_default_lists_the_keys_of_the_example_in_its_order(
 def test_config_default_ignores_a_broken_config(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """The defaults are printed even when -c names a file that does not load."""
-    bad = tmp_path / "config.toml"
-    bad.write_text("colour = 'red'\n")
+    bad = write_config(tmp_path / "config.toml", colour="red")
     assert main(["config", "default", "-c", str(bad)]) == 0
     assert settings_from_mapping(tomllib.loads(capsys.readouterr().out)) == Settings()
 
@@ -58,9 +58,8 @@ def test_config_check_prints_the_effective_config_whole(tmp_path: Path,
                                                         ) -> None:
     """Given a file with a few keys (a relative path among them), `config check` exits 0 and
     prints every key; read back, it is the settings `run` would use."""
-    config = tmp_path / "config.toml"
-    config.write_text('root_path = "state"\npool_name = "checked"\nretry_max = "2m"\n'
-                      'node_name = "worker-7"\nmax_removals = "unlimited"\n')
+    config = write_config(tmp_path / "config.toml", root_path="state", pool_name="checked",
+                          retry_max="2m", node_name="worker-7", max_removals="unlimited")
     assert main(["config", "check", "-c", str(config)], host=FakeKernel()) == 0
     captured = capsys.readouterr()
     assert captured.err == ""

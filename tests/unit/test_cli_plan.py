@@ -19,13 +19,17 @@ from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 
 
+def _write_config(path: Path, **extra: object) -> Path:
+    """The plan tests' config beside `path`: a small loopback pool, plus `extra` keys."""
+    return write_config(path, root_path=path.parent / "state", spec_dir=path.parent / "specs",
+                        pool_name="planpool", loopback_data_size="256MiB",
+                        loopback_metadata_size="8MiB", base_image_size="32MiB", **extra)
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     """A config over a small loopback pool, its spec_dir holding two devices."""
-    path = write_config(tmp_path / "config.toml", root_path=tmp_path / "state",
-                        spec_dir=tmp_path / "specs", pool_name="planpool",
-                        loopback_data_size="256MiB", loopback_metadata_size="8MiB",
-                        base_image_size="32MiB")
+    path = _write_config(tmp_path / "config.toml")
     (tmp_path / "specs").mkdir()
     for name in ("keep", "gone"):
         (tmp_path / "specs" / f"{name}.toml").write_text('filesystem = "none"\n')
@@ -125,7 +129,7 @@ def test_plan_without_device_mapper_prints_one_line(config: Path, ran_before: bo
                                                     ) -> None:
     """No device-mapper on this machine: one line that says so, exit 1, no traceback;
     with or without a store, and nothing created."""
-    config.write_text(config.read_text() + 'dm_driver = "dmsetup"\n')
+    _write_config(config, dm_driver="dmsetup")
     if ran_before:
         assert main(["-c", str(config), "run", "--once"], host=FakeKernel()) == 0
     capsys.readouterr()

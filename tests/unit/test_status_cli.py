@@ -22,6 +22,7 @@ import pytest
 
 from reconciler.arguments import build_parser
 from reconciler.cli import main
+from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 
 TABLE_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -34,12 +35,10 @@ LINE_WAIT_S = 30.0
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     """A config over a small loopback pool."""
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'root_path = "{tmp_path / "state"}"\nspec_dir = "{tmp_path / "specs"}"\n'
-        'pool_name = "stpool"\nloopback_data_size = "256MiB"\n'
-        'loopback_metadata_size = "8MiB"\nbase_image_size = "32MiB"\n'
-    )
+    path = write_config(tmp_path / "config.toml", root_path=tmp_path / "state",
+                        spec_dir=tmp_path / "specs", pool_name="stpool",
+                        loopback_data_size="256MiB", loopback_metadata_size="8MiB",
+                        base_image_size="32MiB")
     (tmp_path / "specs").mkdir()
     return path
 

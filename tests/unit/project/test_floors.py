@@ -18,6 +18,7 @@ import pytest
 
 import reconciler.api.proto
 from reconciler.cli import main
+from reconciler.testing.config_file import write_config
 
 ROOT = Path(__file__).resolve().parents[3]
 # The package's own copy (the installed one, when scripts/floors tests a wheel).
@@ -53,15 +54,13 @@ print(json.dumps({"code": code, "loaded": loaded}))
 """
 
 
-def write_config(tmp_path: Path, grpc: bool = False) -> Path:
+def floor_config(tmp_path: Path, grpc: bool = False) -> Path:
     """A loopback config under tmp_path (with a gRPC socket when `grpc`)."""
-    path = tmp_path / "config.toml"
-    text = (f'root_path = "{tmp_path / "state"}"\npool_name = "floorpool"\n'
-            'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
-            'base_image_size = "64MiB"\nspec_dir = "specs"\n')
-    if grpc:
-        text += f'grpc_socket = "{tmp_path / "snap.sock"}"\n'
-    path.write_text(text)
+    extra = {"grpc_socket": tmp_path / "snap.sock"} if grpc else {}
+    path = write_config(tmp_path / "config.toml", root_path=tmp_path / "state",
+                        pool_name="floorpool", loopback_data_size="256MiB",
+                        loopback_metadata_size="8MiB", base_image_size="64MiB",
+                        spec_dir="specs", **extra)
     (tmp_path / "specs").mkdir(exist_ok=True)
     return path
 
@@ -88,7 +87,7 @@ def test_commands_without_a_grpc_socket_import_neither_grpc_nor_protobuf(
         tmp_path: Path, argv: list[str], code: int) -> None:
     """Every command, and the daemon itself without grpc_socket, runs without loading grpc,
     protobuf or our API package (so a broken or missing gRPC stack cannot stop them)."""
-    config = write_config(tmp_path)
+    config = floor_config(tmp_path)
     if argv[0] in ("status", "plan") and "--help" not in argv:
         probe(config, "run", "--once")  # a state to show
     result = probe(config, *argv)
@@ -98,7 +97,7 @@ def test_commands_without_a_grpc_socket_import_neither_grpc_nor_protobuf(
 def test_the_daemon_with_a_grpc_socket_loads_grpc_and_the_stubs(tmp_path: Path) -> None:
     """The probe sees gRPC when it is used: grpc_socket set, the started daemon has loaded
     grpc, protobuf and our stubs (the negative results above are not a blind probe)."""
-    result = probe(write_config(tmp_path, grpc=True), "daemon-start")
+    result = probe(floor_config(tmp_path, grpc=True), "daemon-start")
     loaded = result["loaded"]
     assert isinstance(loaded, list)
     assert result["code"] == 0
