@@ -3,7 +3,6 @@ devices, with the reason in `status`; and the removal guard holds mass removals.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -22,6 +21,7 @@ from reconciler.daemon.wakeups import Wakeups
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.snapshots import Snapshotter
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
 from tests.conftest import World
 
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'
@@ -187,14 +187,10 @@ def _devices(world: World, count: int) -> None:
 
 def _config(world: World, tmp_path: Path, **extra: object) -> Path:
     settings = world.settings
-    lines = [f'root_path = "{settings.root_path}"', f'pool_name = "{settings.pool_name}"',
-             f'dm_driver = "{settings.dm_driver}"',
-             'loopback_data_size = "256MiB"', 'loopback_metadata_size = "8MiB"',
-             'base_image_size = "64MiB"']
-    lines += [f"{key} = {json.dumps(value)}" for key, value in extra.items()]
-    path = tmp_path / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_config(tmp_path / "config.toml", root_path=settings.root_path,
+                        pool_name=settings.pool_name, dm_driver=settings.dm_driver,
+                        loopback_data_size="256MiB", loopback_metadata_size="8MiB",
+                        base_image_size="64MiB", **extra)
 
 
 def _live(world: World) -> set[str]:
