@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 
 class DaemonProcess:
@@ -40,7 +40,6 @@ class DaemonProcess:
                         "PYTHONPATH": str(pythonpath)}
         self.popen = popen
         self._process: subprocess.Popen[Any] | None = None
-        self._log_file: IO[bytes] | None = None
 
     @property
     def argv(self) -> list[str]:
@@ -60,13 +59,16 @@ class DaemonProcess:
         return self.process.pid
 
     def start(self) -> DaemonProcess:
-        """Start the process (its output to `log` when given) and return self."""
+        """Start the process (its output appended to `log` when given) and return self."""
         popen = dict(self.popen)
-        if self.log is not None:
-            self._log_file = self.log.open("ab")
-            popen.setdefault("stdout", self._log_file)
+        if self.log is None:
+            self._process = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, **popen)
+            return self
+        # The child writes through its own descriptor; this process needs none.
+        with self.log.open("ab") as log:
+            popen.setdefault("stdout", log)
             popen.setdefault("stderr", subprocess.STDOUT)
-        self._process = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, **popen)
+            self._process = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, **popen)
         return self
 
     def poll(self) -> int | None:
@@ -77,13 +79,8 @@ class DaemonProcess:
         self.process.send_signal(signum)
 
     def wait(self, timeout: float = 60.0) -> int:
-        """Wait for the process to exit, closing the log; its exit code."""
-        try:
-            return self.process.wait(timeout=timeout)
-        finally:
-            if self.process.returncode is not None and self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
+        """Wait for the process to exit: its exit code."""
+        return self.process.wait(timeout=timeout)
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (unless it has already exited) and wait: the exit code."""
@@ -95,7 +92,7 @@ class DaemonProcess:
         """SIGKILL and reap it, for a test that failed before it could stop it cleanly."""
         if self.process.poll() is None:
             self.process.kill()
-        self.wait()
+        self.process.wait()
 
     def log_text(self) -> str:
         """What the process wrote to its log so far ("" without a log)."""

@@ -8,7 +8,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +19,8 @@ import pytest
 from reconciler.dm.host import SystemHost
 from reconciler.status import build_report
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
+from reconciler.testing.process import DaemonProcess
 from tests.conftest import KERNEL_AVAILABLE, World, make_settings
 from tests.conftest import wait_for as shared_wait_for
 
@@ -42,15 +43,12 @@ class Stack:
     containerd_socket: Path
     reconciler_socket: Path
     namespace: str = "default"
-    daemon: subprocess.Popen[bytes] | None = None
+    daemon: DaemonProcess | None = None
     containerd: subprocess.Popen[bytes] | None = None
 
     def start_daemon(self) -> None:
-        log = (self.work / "reconciler.log").open("ab")
-        self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "-c", str(self.config), "run"],
-            stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        self.daemon = DaemonProcess(self.config, fake_kernel=False,
+                                    log=self.work / "reconciler.log").start()
         wait_for("our gRPC socket", self.reconciler_socket.is_socket)
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -115,12 +113,11 @@ def containerd_stack(work: Path, *, disabled_plugins: Sequence[str] = (),
     world = World(host=SystemHost(), settings=settings, real=True)
     assert world.store is not None
     world.store.close()
-    config = work / "reconciler.toml"
-    config.write_text(
-        f'root_path = "{settings.root_path}"\npool_name = "{pool}"\n'
-        'loopback_data_size = "1GiB"\nloopback_metadata_size = "16MiB"\n'
-        f'base_image_size = "128MiB"\ngrpc_socket = "{rec_socket}"\n'
-        'resync_interval = "5s"\nretry_initial = "200ms"\nretry_max = "2s"\n')
+    config = write_config(work / "reconciler.toml", root_path=settings.root_path,
+                          pool_name=pool, loopback_data_size="1GiB",
+                          loopback_metadata_size="16MiB", base_image_size="128MiB",
+                          grpc_socket=rec_socket, resync_interval="5s",
+                          retry_initial="200ms", retry_max="2s")
     ctd_socket = work / "containerd.sock"
     disabled = ", ".join(f'"{name}"' for name in disabled_plugins)
     (work / "containerd.toml").write_text(
@@ -140,7 +137,7 @@ def containerd_stack(work: Path, *, disabled_plugins: Sequence[str] = (),
         wait_for("containerd's socket", ctd_socket.is_socket)
         yield stack
     finally:
-        for process in (stack.containerd, stack.daemon):
+        for process in (stack.containerd, stack.daemon.process if stack.daemon else None):
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:

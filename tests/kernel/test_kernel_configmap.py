@@ -5,9 +5,7 @@ updated behind it the way kubelet does; and `nodes` selecting by the daemon's no
 from __future__ import annotations
 
 import errno
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,8 @@ import pytest
 from reconciler.dm.host import SystemHost
 from reconciler.status import build_report
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
+from reconciler.testing.process import DaemonProcess
 from tests.configmap import atomic_write
 from tests.conftest import World, wait_for
 
@@ -79,17 +79,14 @@ def test_a_configmap_update_reaches_the_daemon_through_a_read_only_mount(
         (specs / "x.toml").write_text("")
     assert refused.value.errno == errno.EROFS
     assert oct((specs.stat().st_mode) & 0o777) == "0o777"
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'root_path = "{world.settings.root_path}"\npool_name = "{world.pool}"\n'
-        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
-        'resync_interval = "1h"\nnode_name = "worker-1"\n')
+    config = write_config(tmp_path / "config.toml", root_path=world.settings.root_path,
+                          pool_name=world.pool, loopback_data_size="256MiB",
+                          loopback_metadata_size="8MiB", resync_interval="1h",
+                          node_name="worker-1")
     assert world.store is not None
     world.store.close()
     world.store = None
-    log = (tmp_path / "daemon.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "-c", str(config),
-                                "run"], stdout=log, stderr=subprocess.STDOUT)
+    process = DaemonProcess(config, fake_kernel=False, log=tmp_path / "daemon.log").start()
     try:
         wait_for("a and b ready", lambda: _devices(world) == {
             "a": (True, 4 * MIB), "b": (True, 4 * MIB)}, timeout=60)
@@ -109,7 +106,5 @@ def test_a_configmap_update_reaches_the_daemon_through_a_read_only_mount(
         assert not Path(f"/dev/mapper/{world.pool}-gpu").exists()
         assert _report(world)["rejected_specs"] == []
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=60)
-        log.close()
+        code = process.stop()
         assert code == 0, (tmp_path / "daemon.log").read_text()[-3000:]

@@ -20,7 +20,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +39,8 @@ from reconciler.dm.host import SystemHost
 from reconciler.dm.loopback import LoopbackFiles
 from reconciler.status import build_report
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
+from reconciler.testing.process import DaemonProcess
 from tests.conftest import KERNEL_AVAILABLE, World, make_settings
 from tests.conftest import wait_for as shared_wait_for
 
@@ -124,20 +125,16 @@ def daemon(request: pytest.FixtureRequest,
     world = World(host=SystemHost(), settings=settings, real=True)
     assert world.store is not None
     world.store.close()
-    config = work / "reconciler.toml"
-    config.write_text(
-        f'root_path = "{settings.root_path}"\npool_name = "{pool}"\nfs_type = "{fs_type}"\n'
-        f'loopback_data_size = "{LOOPBACK_DATA_SIZE[fs_type]}"\n'
-        'loopback_metadata_size = "32MiB"\n'
-        f'base_image_size = "{BASE_IMAGE_SIZE[fs_type]}"\ngrpc_socket = "{socket}"\n'
+    config = write_config(
+        work / "reconciler.toml", root_path=settings.root_path, pool_name=pool,
+        fs_type=fs_type, loopback_data_size=LOOPBACK_DATA_SIZE[fs_type],
+        loopback_metadata_size="32MiB", base_image_size=BASE_IMAGE_SIZE[fs_type],
+        grpc_socket=socket,
         # Calls drive the partial passes they need; a frequent full resync would only compete
         # with them for the VM's time.
-        'resync_interval = "60s"\nretry_initial = "200ms"\nretry_max = "2s"\n')
+        resync_interval="60s", retry_initial="200ms", retry_max="2s")
     log = work / "daemon.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "-c", str(config), "run"],
-            stdout=out, stderr=subprocess.STDOUT)
+    process = DaemonProcess(config, fake_kernel=False, log=log).start().process
     running = Daemon(fs_type, world, socket, log, process)
     try:
         wait_for("the daemon's gRPC socket",

@@ -18,6 +18,8 @@ import pytest
 from reconciler.daemon.lock import holder_pid
 from reconciler.dm.libdm import UDEV_CONTROL, udev_running
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
+from reconciler.testing.process import DaemonProcess
 from tests.conftest import World, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -36,21 +38,15 @@ def namespaced(real_world: World, tmp_path: Path) -> Iterator[tuple[World, Path]
     control socket."""
     world = real_world
     config = tmp_path / "config.toml"
-    config.write_text(
-        f'root_path = "{world.settings.root_path}"\npool_name = "{world.pool}"\n'
-        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
-        'base_image_size = "32MiB"\nresync_interval = "60s"\nretry_initial = "100ms"\n'
-        'retry_max = "200ms"\nmax_attempts = 2\n'
-    )
+    write_config(config, root_path=world.settings.root_path, pool_name=world.pool,
+                 loopback_data_size="256MiB", loopback_metadata_size="8MiB",
+                 base_image_size="32MiB", resync_interval="60s", retry_initial="100ms",
+                 retry_max="200ms", max_attempts=2)
     assert world.store is not None
     world.store.close()
     log_path = tmp_path / "daemon.log"
-    log = log_path.open("w")
-    unshare = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--mount-proc",
-         sys.executable, "-m", "reconciler.cli", "-c", str(config), "run"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    unshare = DaemonProcess(config, fake_kernel=False, log=log_path,
+                            wrapper=["unshare", "--pid", "--fork", "--mount-proc"]).start()
     try:
         started = time.monotonic()
         wait_for("the daemon's first pass", lambda: b"daemon.ready" in log_path.read_bytes(),
@@ -62,7 +58,6 @@ def namespaced(real_world: World, tmp_path: Path) -> Iterator[tuple[World, Path]
         for child in _children(unshare.pid):
             os.kill(child, signal.SIGTERM)
         code = unshare.wait(timeout=60)
-        log.close()
         text = log_path.read_text()
         assert code == 0, text[-3000:]
         assert "daemon.stopped" in text

@@ -22,6 +22,7 @@ from reconciler.dm.host import Completed, SystemHost
 from reconciler.dm.loopback import LoopbackFiles, attached_loop
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
 from tests.conftest import World
 from tests.crashing import OPERATIONS, Operation, assert_store_and_pool_agree, call_counts
 
@@ -192,11 +193,9 @@ def test_the_crash_switch_kills_the_real_command(real_world: World, tmp_path: Pa
     """RECONCILER_CRASH_AT makes `reconciler run --once` die by SIGKILL at that call; the
     next run recovers."""
     world = real_world
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'root_path = "{world.settings.root_path}"\npool_name = "{world.pool}"\n'
-        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
-    )
+    config = write_config(tmp_path / "config.toml", root_path=world.settings.root_path,
+                          pool_name=world.pool, loopback_data_size="256MiB",
+                          loopback_metadata_size="8MiB")
     world.spec("a", 'filesystem = "none"\n')
     assert world.store is not None
     world.store.close()

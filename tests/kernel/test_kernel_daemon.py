@@ -4,9 +4,7 @@ runs; a mounted device whose spec is deleted; a conflicting device cleared and r
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +16,8 @@ from reconciler.cli import main
 from reconciler.dm.host import SystemHost
 from reconciler.status import build_report
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
+from reconciler.testing.process import DaemonProcess
 from tests.conftest import World
 from tests.conftest import wait_for as shared_wait_for
 
@@ -52,28 +52,20 @@ def in_state(world: World, name: str, state: str) -> Callable[[], bool]:
 def running(real_world: World, tmp_path: Path) -> Iterator[tuple[World, Path]]:
     """`reconciler run` started as a process on a fresh pool; SIGTERM at the end must exit 0."""
     world = real_world
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'root_path = "{world.settings.root_path}"\npool_name = "{world.pool}"\n'
-        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
-        'base_image_size = "32MiB"\nresync_interval = "3s"\nretry_initial = "200ms"\n'
-        'retry_max = "1s"\nmax_attempts = 3\n'
-    )
+    config = write_config(tmp_path / "config.toml", root_path=world.settings.root_path,
+                          pool_name=world.pool, loopback_data_size="256MiB",
+                          loopback_metadata_size="8MiB", base_image_size="32MiB",
+                          resync_interval="3s", retry_initial="200ms", retry_max="1s",
+                          max_attempts=3)
     assert world.store is not None
     world.store.close()
-    log = (tmp_path / "daemon.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "-c", str(config), "run"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    process = DaemonProcess(config, fake_kernel=False, log=tmp_path / "daemon.log").start()
     try:
         wait_for("the daemon's first pass", lambda: world.settings.database_path.exists()
                  and b"daemon.ready" in (tmp_path / "daemon.log").read_bytes())
         yield world, config
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=60)
-        log.close()
+        code = process.stop()
         text = (tmp_path / "daemon.log").read_text()
         assert code == 0, text[-3000:]
         assert "daemon.stopped" in text

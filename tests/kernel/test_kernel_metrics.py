@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -27,6 +25,8 @@ import pytest
 from reconciler.dm.host import SystemHost
 from reconciler.status import build_report
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
+from reconciler.testing.process import DaemonProcess
 from tests.conftest import World
 from tests.conftest import wait_for as shared_wait_for
 
@@ -90,28 +90,19 @@ def daemon(real_world: World, tmp_path: Path) -> Iterator[tuple[World, str]]:
     """`reconciler run` with metrics on a loopback port; SIGTERM at the end must exit 0."""
     world = real_world
     address = f"127.0.0.1:{free_port()}"
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'root_path = "{world.settings.root_path}"\npool_name = "{world.pool}"\n'
-        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
-        'base_image_size = "32MiB"\nresync_interval = "1s"\n'
-        f'metrics_address = "{address}"\n'
-    )
+    config = write_config(tmp_path / "config.toml", root_path=world.settings.root_path,
+                          pool_name=world.pool, loopback_data_size="256MiB",
+                          loopback_metadata_size="8MiB", base_image_size="32MiB",
+                          resync_interval="1s", metrics_address=address)
     assert world.store is not None
     world.store.close()
     log_path = tmp_path / "daemon.log"
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "-c", str(config), "run"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    process = DaemonProcess(config, fake_kernel=False, log=log_path).start()
     try:
         wait_for("the daemon's first pass", lambda: b"daemon.ready" in log_path.read_bytes())
         yield world, f"http://{address}"
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=60)
-        log.close()
+        code = process.stop()
         text = log_path.read_text()
         assert code == 0, text[-3000:]
         assert "daemon.stopped" in text

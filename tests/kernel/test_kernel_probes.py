@@ -16,6 +16,8 @@ import pytest
 
 from reconciler.daemon.lock import lock_held
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
+from reconciler.testing.process import DaemonProcess
 from tests.conftest import World, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -42,29 +44,21 @@ def daemon(real_world: World, tmp_path: Path) -> Iterator[tuple[World, Path,
     """`reconciler run` as a process on a fresh pool (Faulty after 3 quick attempts);
     stopped with SIGTERM (exit 0) unless the test stopped it."""
     world = real_world
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'root_path = "{world.settings.root_path}"\npool_name = "{world.pool}"\n'
-        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
-        'base_image_size = "32MiB"\nresync_interval = "3s"\nretry_initial = "200ms"\n'
-        'retry_max = "1s"\nmax_attempts = 3\n'
-    )
+    config = write_config(tmp_path / "config.toml", root_path=world.settings.root_path,
+                          pool_name=world.pool, loopback_data_size="256MiB",
+                          loopback_metadata_size="8MiB", base_image_size="32MiB",
+                          resync_interval="3s", retry_initial="200ms", retry_max="1s",
+                          max_attempts=3)
     assert world.store is not None
     world.store.close()
     log_path = tmp_path / "daemon.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "-c", str(config), "run"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for("the daemon's first pass",
-                     lambda: b"daemon.ready" in log_path.read_bytes(), TIMEOUT)
-            yield world, config, process
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    daemon = DaemonProcess(config, fake_kernel=False, log=log_path).start()
+    try:
+        wait_for("the daemon's first pass",
+                 lambda: b"daemon.ready" in log_path.read_bytes(), TIMEOUT)
+        yield world, config, daemon.process
+    finally:
+        assert daemon.stop() == 0, log_path.read_text()[-3000:]
 
 
 def test_the_probe_follows_the_daemon_a_faulty_device_and_the_pool(

@@ -3,9 +3,7 @@ running daemon, and a spec turned into a dangling symlink, keep their devices an
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,8 @@ import pytest
 from reconciler.dm.host import SystemHost
 from reconciler.status import build_report
 from reconciler.store import Store
+from reconciler.testing.config_file import write_config
+from reconciler.testing.process import DaemonProcess
 from tests.conftest import World, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -94,17 +94,14 @@ def test_an_unmounted_spec_dir_under_the_daemon_removes_nothing(
     world, specs = mounted_specs
     for name in ("web", "db"):
         (specs / f"{name}.toml").write_text(EXT4)
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'root_path = "{world.settings.root_path}"\npool_name = "{world.pool}"\n'
-        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
-        'resync_interval = "2s"\nretry_initial = "200ms"\nretry_max = "1s"\n')
+    config = write_config(tmp_path / "config.toml", root_path=world.settings.root_path,
+                          pool_name=world.pool, loopback_data_size="256MiB",
+                          loopback_metadata_size="8MiB", resync_interval="2s",
+                          retry_initial="200ms", retry_max="1s")
     assert world.store is not None
     world.store.close()
     world.store = None
-    log = (tmp_path / "daemon.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "-c", str(config),
-                                "run"], stdout=log, stderr=subprocess.STDOUT)
+    process = DaemonProcess(config, fake_kernel=False, log=tmp_path / "daemon.log").start()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
@@ -130,9 +127,7 @@ def test_an_unmounted_spec_dir_under_the_daemon_removes_nothing(
         assert _ids(world) == before
         assert _read_file(world, "web", mnt) == "written before the unmount\n"
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=60)
-        log.close()
+        code = process.stop()
         assert code == 0, (tmp_path / "daemon.log").read_text()[-3000:]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
+from reconciler.testing.config_file import write_config
 from tests.conftest import World
 
 pytestmark = pytest.mark.kernel
@@ -45,12 +46,10 @@ def test_plan_and_status_for_scripts_on_the_real_kernel(
     world = real_world
     assert world.store is not None
     world.store.close()
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'root_path = "{world.settings.root_path}"\npool_name = "{world.pool}"\n'
-        f'spec_dir = "{world.settings.specs_path}"\n'
-        'loopback_data_size = "256MiB"\nloopback_metadata_size = "8MiB"\n'
-        'base_image_size = "32MiB"\n')
+    config = write_config(tmp_path / "config.toml", root_path=world.settings.root_path,
+                          pool_name=world.pool, spec_dir=world.settings.specs_path,
+                          loopback_data_size="256MiB", loopback_metadata_size="8MiB",
+                          base_image_size="32MiB")
     world.spec("keep", 'filesystem = "none"\nsize = "16MiB"\n')
     world.spec("gone", 'filesystem = "none"\nsize = "16MiB"\n')
     assert cli(config, capsys, "run", "--once")[0] == 0
