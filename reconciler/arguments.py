@@ -4,7 +4,7 @@ It imports only the standard library (and nothing of ours), so that a build step
 without the runtime dependencies, to generate the shell completions and the man page from the
 same parser the command uses (setup.py). `reconciler.cli` parses with it and does the work.
 The constants it shares with other modules are copies (a module of ours would bring its
-third-party imports); tests/test_arguments.py keeps each equal to its original.
+third-party imports); tests/unit/test_arguments.py keeps each equal to its original.
 """
 
 from __future__ import annotations

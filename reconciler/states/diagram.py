@@ -15,7 +15,7 @@ HEADER = """\
 # Device state machine
 
 Generated from `reconciler/states/machine.py` and `reconciler/vocabulary.py` by
-`python -m reconciler.states.diagram`; `tests/test_state_diagram.py` fails when this file is
+`python -m reconciler.states.diagram`; `tests/unit/states/test_diagram.py` fails when this file is
 stale. Do not edit by hand.
 
 States written while a kernel call is in flight (after a crash or a failed attempt, the step

@@ -4,8 +4,8 @@ Why it exists: the unit tier must run every parser and every error path of produ
 root or a kernel. `FakeKernel` implements `Host`, so it sits *under* the parsers: production
 sends the argv it sends to the real machine and gets back the exact stdout, stderr and exit
 codes the real tools gave, as captured from a real kernel in fixtures/dmsetup/*.json (checked
-byte for byte by tests/test_fake_parity.py); or, driven through `LibdmClient`, it answers
-libdevmapper's calls with the ioctl's errno. Either way it keeps the kernel's rules, so a
+byte for byte by tests/unit/testing/test_fake_parity.py); or, driven through `LibdmClient`, it
+answers libdevmapper's calls with the ioctl's errno. Either way it keeps the kernel's rules, so a
 reconciler bug that would fail on a real machine fails here too.
 
 One concept per module, each with its own notes on what is approximate and why:

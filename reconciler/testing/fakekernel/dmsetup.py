@@ -1,5 +1,6 @@
 """The fake dmsetup: the argv production sends, answered from the kernel model with the exact
-stdout, stderr and exit code the real dmsetup gave (fixtures/dmsetup, tests/test_fake_parity.py).
+stdout, stderr and exit code the real dmsetup gave (fixtures/dmsetup,
+tests/unit/testing/test_fake_parity.py).
 
 Only text lives here: which ioctls a command makes (`dmsetup create` is create, reload and
 resume, and removes the device again when a step fails, as libdevmapper does), how dmsetup
@@ -9,7 +10,7 @@ prints devices, tables and statuses, and how it words an errno the model refuses
 What is approximate: a failure of the LIST ioctl, or of one device's ioctl inside a listing of
 all devices, fails the whole command with that ioctl's text; the capture holds neither. (For
 one device's ENXIO there, a device gone since LIST, LibdmClient instead leaves the device
-out: tests/test_fake_drivers.py shows the difference rather than hiding it.)
+out: tests/unit/testing/test_fake_drivers.py shows the difference rather than hiding it.)
 " (READ-ONLY)" in `dmsetup info` is from dmsetup's source, not captured.
 """
 

@@ -1,0 +1,70 @@
+"""`write_config`: a config.toml written from keyword arguments, for tests.
+
+Test support (never imported by the product). Tests that run the CLI or a daemon process need
+a config file; writing its TOML by hand, with values pasted into f-strings, breaks on a path
+holding a quote or a backslash and repeats the same lines in every file. Here each value is
+rendered once, escaped as TOML's basic strings require, and a test names only its keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+# TOML's basic strings escape these by name; any other control character as \uXXXX.
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+            "\r": "\\r"}
+
+
+def toml_string(text: str) -> str:
+    """`text` as a TOML basic string, every character that needs it escaped."""
+    out = []
+    for char in text:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def toml_value(value: object) -> str:
+    """One TOML value: strings and paths quoted, booleans, integers, floats and arrays."""
+    # bool first: it is an int to Python, and TOML spells it in lower case.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str | Path):
+        return toml_string(str(value))
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML value for {type(value).__name__}: {value!r}")
+
+
+def config_text(keys: Mapping[str, object]) -> str:
+    """The TOML document of `keys`: one `key = value` line each; a mapping is a table."""
+    lines = [f"{key} = {toml_value(value)}" for key, value in keys.items()
+             if not isinstance(value, Mapping)]
+    for key, value in keys.items():
+        if isinstance(value, Mapping):
+            lines.append(f"\n[{key}]")
+            lines.extend(f"{name} = {toml_value(item)}" for name, item in value.items())
+    return "".join(f"{line}\n" for line in lines)
+
+
+def write_config(path: Path, **keys: object) -> Path:
+    """Write `keys` to `path` as a config.toml (a directory gets `config.toml` inside it);
+    returns the file's path."""
+    if path.is_dir():
+        path = path / "config.toml"
+    path.write_text(config_text(keys))
+    return path

@@ -1,0 +1,220 @@
+"""The strict parsers read every captured real output, and refuse what they do not know."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.dm.errors import (
+    DeviceBusy,
+    DeviceExists,
+    InvalidArgument,
+    NoData,
+    NoSuchDevice,
+    ParseError,
+    classify,
+)
+from reconciler.dm.host import Completed
+from reconciler.dm.memo import LastCall
+from reconciler.dm.parse import (
+    NamedLine,
+    parse_info_columns,
+    parse_info_fields,
+    parse_info_line,
+    parse_ls,
+    parse_named_line,
+    parse_named_lines,
+    parse_pool_status,
+    parse_pool_table,
+    parse_single_lines,
+    parse_target_line,
+    parse_thin_status,
+    parse_thin_table,
+)
+from reconciler.dm.types import DeviceInfo, PoolMode
+
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "dmsetup"
+
+
+def steps() -> list[dict[str, Any]]:
+    found = []
+    for fixture in sorted(FIXTURES.glob("*.json")):
+        found += [s for s in json.loads(fixture.read_text())["steps"]
+                  if s["kind"] == "cmd" and s["argv"][0] == "dmsetup"]
+    return found
+
+
+def test_every_captured_listing_parses() -> None:
+    """ls, info -c, status and table outputs of the real kernel all parse."""
+    parsed = 0
+    for step in steps():
+        if step["rc"] != 0 or not step["stdout"]:
+            continue
+        words = step["argv"][1:]
+        if words[0] == "ls":
+            parse_ls(step["stdout"])
+        elif words[0] == "info" and "-c" in words:
+            parse_info_columns(step["stdout"])
+        elif words[0] in ("status", "table"):
+            lines = (parse_named_lines(step["stdout"]).values() if len(words) == 1
+                     else [parse_single_lines(step["stdout"])])
+            for targets in lines:
+                for target in targets:
+                    parser = {
+                        ("status", "thin"): parse_thin_status,
+                        ("status", "thin-pool"): parse_pool_status,
+                        ("table", "thin"): parse_thin_table,
+                        ("table", "thin-pool"): parse_pool_table,
+                    }[(words[0], target.target)]
+                    parser(target)
+        else:
+            continue
+        parsed += 1
+    assert parsed >= 20
+
+
+def test_pool_status_fields_are_typed() -> None:
+    """A real pool status line becomes numbers, a mode and policies."""
+    line = parse_target_line(
+        "0 1048576 thin-pool 2 420/4096 17/8192 46 rw discard_passdown queue_if_no_space - 1024 "
+    )
+    status = parse_pool_status(line)
+    assert (status.transaction_id, status.used_metadata_blocks, status.total_data_blocks) == (
+        2, 420, 8192)
+    assert status.held_metadata_root == 46
+    assert status.mode == PoolMode.READ_WRITE
+    assert not status.error_if_no_space
+    assert status.metadata_low_watermark == 1024
+    full = parse_pool_status(parse_target_line(
+        "0 4096 thin-pool 0 419/4096 32/32 - out_of_data_space discard_passdown "
+        "error_if_no_space - 1024 "))
+    assert full.mode == PoolMode.OUT_OF_DATA_SPACE
+
+
+def test_thin_status_gives_mapped_bytes() -> None:
+    """mapped sectors x 512 is the device's usage; "-" means nothing mapped."""
+    assert parse_thin_status(parse_target_line("0 2097152 thin 2176 22527")).used_bytes == \
+        2176 * 512
+    empty = parse_thin_status(parse_target_line("0 2097152 thin 0 -"))
+    assert (empty.used_bytes, empty.highest_mapped_sector) == (0, None)
+
+
+def test_info_attr_flags_are_read() -> None:
+    """L-sw is suspended, L--r read-only, LIsw has an inactive table."""
+    text = ("DM_NAME='a':DM_UUID='':DM_MAJOR='254':DM_MINOR='1':DM_ATTR='LIsw':DM_OPEN='2':"
+            "DM_SEGMENTS='1':DM_EVENTS='0'\n")
+    (info,) = parse_info_columns(text)
+    assert (info.live_table, info.inactive_table, info.suspended, info.readonly) == (
+        True, True, True, False)
+    assert info.open_count == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("0 8 thin-pool 1 2/3 x/4 - rw discard_passdown queue_if_no_space - 1", "data"),
+        ("0 8 thin-pool 1 2/3 3/4 - sleepy discard_passdown queue_if_no_space -", "mode"),
+        ("0 8 thin-pool 1 2/3 3/4 - rw discard_passdown queue_if_no_space maybe", "needs_check"),
+    ],
+)
+def test_unknown_words_are_errors_that_name_the_field(text: str, field: str) -> None:
+    """A word the parser does not know raises ParseError naming the field and its meaning."""
+    with pytest.raises(ParseError, match=f"field '{field}'"):
+        parse_pool_status(parse_target_line(text))
+
+
+@pytest.mark.parametrize(
+    ("stderr", "expected", "temporary"),
+    [
+        ("device-mapper: message ioctl on rcpool  failed: File exists\n", DeviceExists, False),
+        ("device-mapper: remove ioctl on a  failed: Device or resource busy\n", DeviceBusy,
+         True),
+        ("device-mapper: remove ioctl on x  failed: No such device or address\n", NoSuchDevice,
+         False),
+        ("Device does not exist.\nCommand failed.\n", NoSuchDevice, False),
+        ("device-mapper: message ioctl on p  failed: No data available\n", NoData, False),
+        ("device-mapper: message ioctl on p  failed: Invalid argument\n", InvalidArgument,
+         False),
+    ],
+)
+def test_errors_are_classified_from_the_kernels_words(
+    stderr: str, expected: type[Exception], temporary: bool
+) -> None:
+    """Every captured error text maps to its errno class, which carries the retry decision."""
+    error = classify("x", Completed(("dmsetup",), 1, "", stderr))
+    assert type(error) is expected
+    assert error.temporary is temporary
+
+
+def test_every_captured_error_is_classified_as_its_errno() -> None:
+    """No captured failure falls through to the catch-all class."""
+    failures = [s for s in steps() if s["rc"] != 0]
+    assert failures
+    for step in failures:
+        error = classify("x", Completed(tuple(step["argv"]), step["rc"], "", step["stderr"]))
+        assert error.errno_name != "EIO", step
+
+
+def test_remembered_lines_parse_as_fresh_ones() -> None:
+    """Every captured all-devices listing parses to the same values through a LastCall as
+    without one, however the calls follow each other."""
+    info_memo: LastCall[str, DeviceInfo] = LastCall()
+    line_memo: LastCall[str, NamedLine] = LastCall()
+    compared = 0
+    for step in steps():
+        words = step["argv"][1:]
+        if step["rc"] != 0 or not step["stdout"]:
+            continue
+        if words[0] == "info" and "-c" in words and len(words) == 6:
+            for _ in range(2):
+                assert parse_info_columns(step["stdout"], info_memo) == \
+                    parse_info_columns(step["stdout"])
+                compared += 1
+        elif words in (["status"], ["table"]):
+            for _ in range(2):
+                assert parse_named_lines(step["stdout"], line_memo) == \
+                    parse_named_lines(step["stdout"])
+                compared += 1
+    assert compared == 12, "two info, two status and two table listings, twice each"
+
+
+@pytest.mark.parametrize("line", [
+    "DM_NAME='p-a':DM_UUID='RECONCILER-v1-p-1':DM_MAJOR='254':DM_MINOR='3':DM_ATTR='L--w':"
+    "DM_OPEN='0':DM_SEGMENTS='1':DM_EVENTS='0'",
+    "DM_NAME='it\\'s':DM_UUID='':DM_MAJOR='254':DM_MINOR='12':DM_ATTR='LIsrp':"
+    "DM_OPEN='2':DM_SEGMENTS='1':DM_EVENTS='7'",
+])
+def test_the_one_match_info_parse_agrees_with_the_field_by_field_one(line: str) -> None:
+    """parse_info_line (one regex over the whole line) gives what the field-by-field parse
+    gives, for every captured info line and for escaped names and every flag."""
+    captured = [line for step in steps() if step["argv"][1:2] == ["info"]
+                and "-c" in step["argv"] and step["rc"] == 0
+                for line in step["stdout"].splitlines() if line.startswith("DM_NAME=")]
+    assert captured
+    for each in [line, *captured]:
+        assert parse_info_line(each) == parse_info_fields(each)
+
+
+def test_last_call_keeps_what_the_last_call_asked_for_and_nothing_older() -> None:
+    """An unchanged line is not parsed again (the same object comes back); a line no longer
+    printed is forgotten after one call, so changing lines do not pile up."""
+    made: list[str] = []
+
+    def parse(line: str) -> NamedLine:
+        made.append(line)
+        return parse_named_line(line)
+
+    memo: LastCall[str, NamedLine] = LastCall()
+    first = [memo.get(line, parse) for line in ("a: 0 8 thin 1", "b: 0 8 thin 5 9")]
+    memo.end_call()
+    second = [memo.get(line, parse) for line in ("a: 0 8 thin 1", "b: 0 8 thin 6 9")]
+    memo.end_call()
+    assert made == ["a: 0 8 thin 1", "b: 0 8 thin 5 9", "b: 0 8 thin 6 9"]
+    assert second[0] is first[0] and second[1] != first[1]
+    assert len(memo) == 2, "b's old line is gone"
+    with pytest.raises(ParseError):
+        memo.get("no separator", parse)
+    assert len(memo) == 2, "a line that does not parse is not kept"
