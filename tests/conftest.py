@@ -27,12 +27,12 @@ from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.client import DmClient
 from reconciler.dm.host import Host, SystemHost
-from reconciler.dm.loopback import LoopbackFiles, attached_loop
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.status import build_report
 from reconciler.store import Store
+from reconciler.tools.loopback import LoopbackFiles, attached_loop
 
 
 def _device_mapper_in_kernel() -> bool:
