@@ -43,8 +43,8 @@ from reconciler.failures import ClassifiedError
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.status import (
     DEFAULT_COLUMNS,
-    build_report,
     check,
+    collect,
     parse_columns,
     render_check,
     render_json,
@@ -150,7 +150,7 @@ def check_status(settings: Settings, host: Host, as_json: bool) -> int:
     if settings.database_path.exists():
         store = Store(settings.database_path, time.time)
         try:
-            report = build_report(settings, store, host)
+            report = collect(settings, store, host)
         finally:
             store.close()
     verdict = check(report, running)
@@ -193,8 +193,8 @@ def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int
     store = Store(settings.database_path, time.time)
 
     def render() -> str | None:
-        report = build_report(settings, store, host, args.name, args.all)
-        if args.name is not None and not report["devices"] and not report["rejected_specs"]:
+        report = collect(settings, store, host, args.name, args.all)
+        if args.name is not None and not report.devices and not report.rejected_specs:
             return None
         if args.json:
             return render_json(report, one_line=args.watch is not None)

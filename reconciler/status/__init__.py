@@ -11,11 +11,24 @@ Every time is UTC and says so: ISO 8601 with `+00:00` in JSON, with `Z` in the t
 thin id (dm-thin's 24-bit device id) is `thin_id` in JSON and THIN_ID in the table; JSON's
 older `device_id` key stays beside it, deprecated, for scripts that read it.
 
-The package, by question: `report` builds the document, `render` writes it (the table, the
-JSON), `check` judges it (`status --check`). Importers use the names here.
+The package, by question: `document` types the report (dataclasses, no dict keys between
+the parts), `report` builds it, `render` writes it (the table; the JSON, indented or one line
+per document), `check` judges it (`status --check`). Importers use the names here.
 """
 
 from reconciler.status.check import Health, Reason, ReasonKind, Verdict, check, render_check
+from reconciler.status.document import (
+    ConditionReport,
+    DeviceReport,
+    HistoryStep,
+    KernelReport,
+    OrphanDevice,
+    Orphans,
+    PoolReport,
+    RejectedSpecReport,
+    Report,
+    SnapshotReport,
+)
 from reconciler.status.render import (
     DEFAULT_COLUMNS,
     Column,
@@ -24,17 +37,28 @@ from reconciler.status.render import (
     render_table,
     table_time,
 )
-from reconciler.status.report import build_report, iso_time, percent
+from reconciler.status.report import build_report, collect, iso_time, percent
 
 __all__ = [
     "DEFAULT_COLUMNS",
     "Column",
+    "ConditionReport",
+    "DeviceReport",
     "Health",
+    "HistoryStep",
+    "KernelReport",
+    "OrphanDevice",
+    "Orphans",
+    "PoolReport",
     "Reason",
     "ReasonKind",
+    "RejectedSpecReport",
+    "Report",
+    "SnapshotReport",
     "Verdict",
     "build_report",
     "check",
+    "collect",
     "iso_time",
     "parse_columns",
     "percent",

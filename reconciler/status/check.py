@@ -12,6 +12,7 @@ from typing import Any
 
 from reconciler.dm.types import PoolMode
 from reconciler.states import DeviceState
+from reconciler.status.document import PoolReport, Report
 from reconciler.units import format_size
 
 
@@ -106,28 +107,30 @@ class Verdict:
                 "reasons": [r.document() for r in self.reasons]}
 
 
-def _pool_reasons(pool: dict[str, Any]) -> list[Reason]:
-    if not pool["kernel_readable"]:
-        return [Reason(ReasonKind.KERNEL_UNREADABLE, Health.DOWN, message=pool["error"])]
-    if not pool["loaded"]:
-        return [Reason(ReasonKind.POOL_NOT_LOADED, Health.DOWN, message=pool["error"])]
+def _pool_reasons(pool: PoolReport) -> list[Reason]:
+    if not pool.kernel_readable:
+        return [Reason(ReasonKind.KERNEL_UNREADABLE, Health.DOWN, message=pool.error)]
+    if not pool.loaded:
+        return [Reason(ReasonKind.POOL_NOT_LOADED, Health.DOWN, message=pool.error)]
     reasons = []
-    mode = PoolMode(pool["mode"])
+    mode = PoolMode(str(pool.mode))  # a loaded pool has its mode
     if mode in (PoolMode.FAIL, PoolMode.ERROR):
         reasons.append(Reason(ReasonKind.POOL_FAILED, Health.DOWN, message=f"mode {mode}"))
     elif mode != PoolMode.READ_WRITE:
         # Read-only or out of data space: existing devices still work, nothing new is made.
         reasons.append(Reason(ReasonKind.POOL_READ_ONLY, Health.DEGRADED,
                               message=f"mode {mode}"))
-    if pool["needs_check"]:
+    if pool.needs_check:
         reasons.append(Reason(ReasonKind.POOL_NEEDS_CHECK, Health.DOWN,
                               message="thin_check/thin_repair must run before it is used"))
     for kind, used, total, kept in (
-        (ReasonKind.DATA_BELOW_RESERVE, pool["data_used_bytes"], pool["data_total_bytes"],
-         pool["data_reserve_bytes"]),
-        (ReasonKind.METADATA_BELOW_RESERVE, pool["metadata_used_bytes"],
-         pool["metadata_total_bytes"], pool["metadata_reserve_bytes"]),
+        (ReasonKind.DATA_BELOW_RESERVE, pool.data_used_bytes, pool.data_total_bytes,
+         pool.data_reserve_bytes),
+        (ReasonKind.METADATA_BELOW_RESERVE, pool.metadata_used_bytes,
+         pool.metadata_total_bytes, pool.metadata_reserve_bytes),
     ):
+        if used is None or total is None or kept is None:
+            continue  # not given by the kernel (a loaded pool's report has all three)
         if total - used < kept:
             reasons.append(Reason(kind, Health.DEGRADED, message=(
                 f"{format_size(total - used)} free of {format_size(total)}, "
@@ -135,7 +138,7 @@ def _pool_reasons(pool: dict[str, Any]) -> list[Reason]:
     return reasons
 
 
-def check(report: dict[str, Any] | None, daemon_running: bool) -> Verdict:
+def check(report: Report | None, daemon_running: bool) -> Verdict:
     """The verdict of `status --check`, from the status document (None: there is no state
     yet, the daemon never ran) and whether a daemon holds the root lock. Pure.
 
@@ -151,19 +154,19 @@ def check(report: dict[str, Any] | None, daemon_running: bool) -> Verdict:
         reasons.append(Reason(ReasonKind.NO_STATE, Health.DOWN,
                               message="the daemon has not run yet"))
         return Verdict(tuple(reasons))
-    pool = report["pool"]
+    pool = report.pool
     reasons += _pool_reasons(pool)
-    faulty = tuple(d["name"] for d in report["devices"] if d["state"] == DeviceState.FAULTY)
-    rejected = tuple(r["name"] for r in report["rejected_specs"])
+    faulty = tuple(d.name for d in report.devices if d.state == DeviceState.FAULTY)
+    rejected = tuple(r.name for r in report.rejected_specs)
     named: Sequence[tuple[ReasonKind, tuple[str, ...]]] = (
         (ReasonKind.FAULTY_DEVICES, faulty),
         (ReasonKind.REJECTED_SPECS, rejected),
-        (ReasonKind.REMOVALS_HELD, tuple(pool["removals_held"])),
+        (ReasonKind.REMOVALS_HELD, tuple(pool.removals_held)),
     )
     reasons += [Reason(kind, Health.DEGRADED, names) for kind, names in named if names]
-    for kind, message in ((ReasonKind.NEW_DEVICES_HELD, pool["new_devices_held"]),
-                          (ReasonKind.PASS_FAILED, pool["last_pass_error"]),
-                          (ReasonKind.SPEC_SOURCE, pool["spec_source_error"])):
+    for kind, message in ((ReasonKind.NEW_DEVICES_HELD, pool.new_devices_held),
+                          (ReasonKind.PASS_FAILED, pool.last_pass_error),
+                          (ReasonKind.SPEC_SOURCE, pool.spec_source_error)):
         if message:
             reasons.append(Reason(kind, Health.DEGRADED, message=message))
     # Worst first, so that the line leads with what matters.

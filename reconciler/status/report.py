@@ -1,5 +1,5 @@
-"""The status document: the store and the kernel side by side, one dict per pool, device,
-rejected spec, condition, orphan and history step, with the keys `status --json` prints.
+"""The status document built: the store and the kernel side by side, as a typed Report
+(`status.document`) of the pool, devices, rejected specs, conditions, orphans and history.
 
 Reads the store (SQLite in WAL mode, so it never blocks a running daemon) and asks the kernel
 with three calls; works with the daemon stopped. Usage comes from `dmsetup status`: mapped
@@ -10,6 +10,7 @@ ISO 8601 UTC with `+00:00`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,18 @@ from reconciler.dm.types import METADATA_BLOCK_BYTES
 from reconciler.reconcile.observe import KernelDevice, Observation, observe_safely
 from reconciler.specs import is_snapshot_device
 from reconciler.states import LIVE, DeviceState, is_ready
+from reconciler.status.document import (
+    ConditionReport,
+    DeviceReport,
+    HistoryStep,
+    KernelReport,
+    OrphanDevice,
+    Orphans,
+    PoolReport,
+    RejectedSpecReport,
+    Report,
+    SnapshotReport,
+)
 from reconciler.store import ConditionKind, DeviceRecord, SnapshotRecord, Store
 
 
@@ -37,37 +50,23 @@ def percent(used: int | None, total: int | None) -> float | None:
 
 
 def _pool_report(settings: Settings, store: Store, obs: Observation | None,
-                 kernel_error: str | None) -> dict[str, Any]:
+                 kernel_error: str | None) -> PoolReport:
     record = store.pool(settings.pool_name)
-    report: dict[str, Any] = {
-        "name": settings.pool_name,
-        "path": f"/dev/mapper/{settings.pool_name}",
-        "transaction_id": None,
-        "stored_transaction_id": record.transaction_id if record else None,
-        "data_used_bytes": None,
-        "data_total_bytes": None,
-        "metadata_used_bytes": None,
-        "metadata_total_bytes": None,
-        "data_used_percent": None,
-        "metadata_used_percent": None,
-        "mode": None,
-        "needs_check": None,
-        "error": kernel_error,
-        # Whether the kernel answered, and whether the pool is in it (status --check).
-        "kernel_readable": kernel_error is None,
-        "loaded": False,
-        # Free space kept back (pool_reserve, pool_metadata_reserve): below it new devices
-        # wait and `status --check` says degraded.
-        "data_reserve_bytes": None,
-        "metadata_reserve_bytes": None,
-    }
+    report = PoolReport(
+        name=settings.pool_name,
+        path=f"/dev/mapper/{settings.pool_name}",
+        stored_transaction_id=record.transaction_id if record else None,
+        error=kernel_error,
+        kernel_readable=kernel_error is None,
+    )
     status = obs.pool if obs else None
     if status is None:
         if kernel_error is None:
-            report["error"] = "pool is not loaded in the kernel"
+            return replace(report, error="pool is not loaded in the kernel")
         return report
     block_bytes = (record.data_block_sectors if record else 128) * 512
-    report.update(
+    return replace(
+        report,
         loaded=True,
         data_reserve_bytes=settings.pool_reserve.of(status.total_data_blocks * block_bytes),
         metadata_reserve_bytes=settings.pool_metadata_reserve.of(
@@ -83,21 +82,20 @@ def _pool_report(settings: Settings, store: Store, obs: Observation | None,
         mode=status.mode.value,
         needs_check=status.needs_check,
     )
-    return report
 
 
-def _snapshot_report(snap: SnapshotRecord | None) -> dict[str, Any] | None:
+def _snapshot_report(snap: SnapshotRecord | None) -> SnapshotReport | None:
     if snap is None:
         return None
-    return {
-        "key": snap.key,
-        "kind": snap.kind,
-        "parent": snap.parent_key,
-        "labels": dict(snap.labels),
-        "removal": snap.removal,
-        "created_at": iso_time(snap.created_at),
-        "updated_at": iso_time(snap.updated_at),
-    }
+    return SnapshotReport(
+        key=snap.key,
+        kind=snap.kind,
+        parent=snap.parent_key,
+        labels=dict(snap.labels),
+        removal=snap.removal,
+        created_at=iso_time(snap.created_at),
+        updated_at=iso_time(snap.updated_at),
+    )
 
 
 def _ready(record: DeviceRecord, kernel: KernelDevice | None) -> bool:
@@ -106,94 +104,96 @@ def _ready(record: DeviceRecord, kernel: KernelDevice | None) -> bool:
                     suspended=kernel is not None and kernel.info.suspended)
 
 
+def _kernel_report(kernel: KernelDevice | None) -> KernelReport | None:
+    if kernel is None:
+        return None
+    return KernelReport(suspended=kernel.info.suspended, readonly=kernel.info.readonly,
+                        open_count=kernel.info.open_count,
+                        thin_id=kernel.table.device_id if kernel.table else None)
+
+
 def _device_report(settings: Settings, record: DeviceRecord,
-                   obs: Observation | None, snap: SnapshotRecord | None) -> dict[str, Any]:
+                   obs: Observation | None, snap: SnapshotRecord | None) -> DeviceReport:
     kname = thin_device_name(settings.pool_name, record.name)
     kernel = obs.device(kname) if obs else None
     used = kernel.status.used_bytes if kernel and kernel.status else None
     # Deactivated, yet still mapped and open: the kernel removes it at its holder's last close.
     deferred = kernel is not None and DeviceState(record.state) not in LIVE \
         and kernel.info.removal_deferred
-    return {
-        "name": record.name,
-        "state": record.state,
-        "deferred_removal": deferred,
-        "ready": _ready(record, kernel),
-        "thin_id": record.device_id,
-        # Deprecated: the same as thin_id, kept for scripts written before it was named.
-        "device_id": record.device_id,
-        "size_bytes": record.size_bytes,
-        "used_bytes": used,
-        "parent": record.parent,
-        "filesystem": record.filesystem,
-        "formatted": record.formatted,
-        "path": f"/dev/mapper/{kname}" if kernel else None,
-        "kernel_name": kname,
-        "active": record.active,
-        "readonly": record.readonly,
-        "error": record.error,
-        "error_step": record.error_step,
-        "attempts": record.attempts,
-        "retry_at": None if record.retry_at is None else iso_time(record.retry_at),
-        "notice": record.notice,
-        "labels": dict(record.labels),
-        # Devices of the snapshotter API: their key and kind (None: a spec file's device).
-        "snapshot": _snapshot_report(snap),
-        "state_changed_at": iso_time(record.state_changed_at),
-        "kernel": None if kernel is None else {
-            "suspended": kernel.info.suspended,
-            "readonly": kernel.info.readonly,
-            "open_count": kernel.info.open_count,
-            "thin_id": kernel.table.device_id if kernel.table else None,
-        },
-    }
+    return DeviceReport(
+        name=record.name,
+        state=record.state,
+        deferred_removal=deferred,
+        ready=_ready(record, kernel),
+        thin_id=record.device_id,
+        device_id=record.device_id,
+        size_bytes=record.size_bytes,
+        used_bytes=used,
+        parent=record.parent,
+        filesystem=record.filesystem,
+        formatted=record.formatted,
+        path=f"/dev/mapper/{kname}" if kernel else None,
+        kernel_name=kname,
+        active=record.active,
+        readonly=record.readonly,
+        error=record.error,
+        error_step=record.error_step,
+        attempts=record.attempts,
+        retry_at=None if record.retry_at is None else iso_time(record.retry_at),
+        notice=record.notice,
+        labels=dict(record.labels),
+        snapshot=_snapshot_report(snap),
+        state_changed_at=iso_time(record.state_changed_at),
+        kernel=_kernel_report(kernel),
+    )
 
 
-def build_report(settings: Settings, store: Store, host: Host,
-                 name: str | None = None, include_removed: bool = False) -> dict[str, Any]:
-    """The whole status document (what `status --json` prints)."""
+def collect(settings: Settings, store: Store, host: Host,
+            name: str | None = None, include_removed: bool = False) -> Report:
+    """The whole status report (what `status` shows): one device and its history with
+    `name`, Removed devices too with `include_removed`."""
     obs, kernel_error = observe_safely(make_client(host, settings.dm_driver),
                                        settings.pool_name)
     records = store.devices(include_removed=include_removed or name is not None)
     if name is not None:
         records = [r for r in records if r.name == name]
-    report: dict[str, Any] = {
-        "pool": _pool_report(settings, store, obs, kernel_error),
-        "devices": [_device_report(settings, r, obs, store.snapshot(r.name)
-                                   if is_snapshot_device(r.name) else None)
-                    for r in records],
-        "rejected_specs": [
-            {"name": r.name, "path": r.path, "error": r.error}
-            for r in store.rejected_specs()
-            if name is None or r.name == name
-        ],
-    }
     conditions = {c.kind: c for c in store.conditions()}
-    report["conditions"] = [
-        {"kind": c.kind, "message": c.message, "names": list(c.names), "count": c.count,
-         "since": iso_time(c.since), "at": iso_time(c.at)}
-        for c in conditions.values()
-    ]
     source = conditions.get(ConditionKind.SPEC_SOURCE.value)
     failed = conditions.get(ConditionKind.PASS_FAILED.value)
     held = conditions.get(ConditionKind.REMOVALS_HELD.value)
     space = conditions.get(ConditionKind.NEW_DEVICES_HELD.value)
-    report["pool"].update(
+    pool = replace(
+        _pool_report(settings, store, obs, kernel_error),
         new_devices_held=space.message if space else None,
         spec_source_error=source.message if source else None,
         last_pass_error=failed.message if failed else None,
-        removals_held=list(held.names) if held else [],
+        removals_held=tuple(held.names) if held else (),
     )
     orphans = store.orphans()
-    report["orphans"] = {
-        "thin_ids": [o.thin_id for o in orphans if o.kind == "thin_id"],
-        "devices": [{"name": o.name, "thin_id": o.thin_id} for o in orphans
-                    if o.kind == "device"],
-    }
-    if name is not None:
-        report["history"] = [
-            {"from": t.from_state, "to": t.to_state, "trigger": t.trigger, "at": iso_time(t.at),
-             "error": t.error}
-            for t in store.history(name)
-        ]
-    return report
+    return Report(
+        pool=pool,
+        devices=tuple(_device_report(settings, r, obs, store.snapshot(r.name)
+                                     if is_snapshot_device(r.name) else None)
+                      for r in records),
+        rejected_specs=tuple(RejectedSpecReport(r.name, r.path, r.error)
+                             for r in store.rejected_specs()
+                             if name is None or r.name == name),
+        conditions=tuple(ConditionReport(c.kind, c.message, tuple(c.names), c.count,
+                                         iso_time(c.since), iso_time(c.at))
+                         for c in conditions.values()),
+        orphans=Orphans(
+            thin_ids=tuple(o.thin_id for o in orphans if o.kind == "thin_id"),
+            devices=tuple(OrphanDevice(o.name, o.thin_id) for o in orphans
+                          if o.kind == "device"),
+        ),
+        history=None if name is None else tuple(
+            HistoryStep(t.from_state, t.to_state, t.trigger, iso_time(t.at), t.error)
+            for t in store.history(name)),
+    )
+
+
+def build_report(settings: Settings, store: Store, host: Host,
+                 name: str | None = None, include_removed: bool = False) -> dict[str, Any]:
+    """The whole status document (what `status --json` prints): `collect`'s report as JSON
+    shapes, for scripts and tests that read it by key."""
+    return collect(settings, store, host, name, include_removed).document()
