@@ -1,5 +1,6 @@
-"""The config's paths checked on this machine: a directory we must create can be created, and
-is on no filesystem the kernel makes up (whatever is written there is lost).
+"""The config's paths checked on this machine: root_path (and grpc_socket's directory) can be
+created, on no filesystem the kernel makes up (whatever is written there is lost); spec_dir,
+when there, is a directory; grpc_socket fits a socket address and is a socket or nothing.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def _check_creatable_directory(key: str, path: Path) -> None:
 
 
 def check_paths(settings: Settings) -> None:
+    """Every path of the config checked on this machine; a ConfigError names the first bad
+    one's key."""
     _check_creatable_directory("root_path", settings.root_path)
     if settings.spec_dir is not None:
         # A missing spec_dir is no config error: the daemon waits for it and removes nothing.

@@ -29,6 +29,7 @@ POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 FS_TYPES = ("ext4", "xfs")
 DM_DRIVERS = ("libdevmapper", "dmsetup")
 
+# The data block sizes dm-thin accepts (a multiple of the smallest).
 MIN_BLOCK = 64 << 10
 MAX_BLOCK = 1 << 30
 

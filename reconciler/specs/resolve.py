@@ -1,8 +1,9 @@
-"""Parents, resolved once: sizes and filesystems inherited, cycles and impossible children
-refused, among the specs and from the parents' stored devices.
+"""Parents among the spec files: sizes and filesystems inherited, cycles and impossible
+children refused. Whether a parent that has no spec still exists as a device is for
+reconcile to decide (`reconcile.desired`), against the store.
 
-Sits above parsing and node selection (`assemble` turns a scan's parsed files into the
-SpecSet) and below reconcile, which passes in the devices it knows.
+Sits above parsing and node selection: `assemble` turns a scan's parsed files into the
+directory's SpecSet.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from reconciler.units import Bytes
 
 def assemble(parsed: Iterable[DeviceSpec | RejectedSpec], directory: Path,
               device: int | None, node: str | None = None) -> SpecSet:
+    """The SpecSet of a scan's parsed files: those for `node` (None: all), parents resolved
+    among them, the rejected ones sorted by name, the directory's filesystem `device`."""
     specs: dict[str, DeviceSpec] = {}
     rejected: list[RejectedSpec] = []
     for item in parsed:

@@ -17,6 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PURITY = "The decision is pure: decide imports no kernel access, store access or I/O"
+SPECS_PURE = ("What a spec says is decided without I/O: the specs' model, parsing, node "
+              "selection and parent resolution read no file")
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
@@ -31,7 +33,8 @@ def tree(tmp_path: Path) -> Path:
 
 def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
     """lint-imports over `tree`'s package (not the installed one) and contracts."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # Wide enough that no contract's name is wrapped over two lines of the report.
+    env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "1000"}
     return subprocess.run([str(LINT_IMPORTS), "--no-cache", "--no-logo"], cwd=tree, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
 
@@ -74,3 +77,12 @@ def test_observing_code_reached_indirectly_breaks_the_purity_contract(tree: Path
     result = _lint(tree)
     assert result.returncode != 0
     assert _broken(result.stdout) == [PURITY]
+
+
+def test_file_access_reached_from_parent_resolution_breaks_its_contract(tree: Path) -> None:
+    """specs.resolve reaching the spec directory's reading (through the loading module)
+    breaks the contract that keeps what a spec says decided without I/O."""
+    _add_import(tree / "reconciler/specs/resolve.py", "import reconciler.specs.load")
+    result = _lint(tree)
+    assert result.returncode != 0
+    assert _broken(result.stdout) == [SPECS_PURE]
