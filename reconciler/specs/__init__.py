@@ -33,7 +33,10 @@ from reconciler.specs.cache import (
 from reconciler.specs.load import (
     load_spec_dir,
     load_spec_files,
+    read_file,
     read_spec,
+    scan_spec_dir,
+    scan_spec_files,
 )
 from reconciler.specs.model import (
     CONFIGMAP_DATA,
@@ -44,8 +47,11 @@ from reconciler.specs.model import (
     Defaults,
     DeviceSpec,
     Filesystem,
+    KnownDevice,
+    ParsedSpec,
     RejectedSpec,
     SpecError,
+    SpecFiles,
     SpecSet,
     is_snapshot_device,
     is_spec_file,
@@ -58,12 +64,14 @@ from reconciler.specs.nodes import (
 from reconciler.specs.parse import (
     MAX_NODE_PATTERN_CHARS,
     MAX_NODE_PATTERNS,
+    parse_file,
     parse_spec,
     stored_spec,
 )
 from reconciler.specs.resolve import (
     inherit,
     resolve,
+    resolve_files,
 )
 from reconciler.specs.trust import (
     MAX_SPEC_BYTES,
@@ -84,9 +92,12 @@ __all__ = [
     "Defaults",
     "DeviceSpec",
     "Filesystem",
+    "KnownDevice",
+    "ParsedSpec",
     "RejectedSpec",
     "SpecError",
     "SpecFileCache",
+    "SpecFiles",
     "SpecSet",
     "SpecSourceError",
     "inherit",
@@ -95,10 +106,15 @@ __all__ = [
     "is_spec_file",
     "load_spec_dir",
     "load_spec_files",
+    "parse_file",
     "parse_spec",
+    "read_file",
     "read_only_mount",
     "read_spec",
     "resolve",
+    "resolve_files",
+    "scan_spec_dir",
+    "scan_spec_files",
     "select_for_node",
     "snapshot_name",
     "stored_spec",

@@ -1,5 +1,7 @@
 """Reading a spec directory: every file (a full scan) or the files events named, through
-the cache, each checked by `specs.trust` and parsed by `specs.parse`, then assembled.
+the cache, each checked by `specs.trust` and parsed by `specs.parse`, then assembled into
+SpecFiles for `specs.resolve` (`scan_*`); `load_*` resolve the directory alone, without the
+store (what `reconciler.desired` passes in).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from reconciler.specs.model import (
     SPEC_SUFFIX,
     Defaults,
     DeviceSpec,
+    ParsedSpec,
     RejectedSpec,
     SpecError,
+    SpecFiles,
     SpecSet,
     is_spec_file,
 )
-from reconciler.specs.parse import parse_spec
-from reconciler.specs.resolve import assemble
+from reconciler.specs.parse import parse_file
+from reconciler.specs.resolve import assemble, resolve_files
 from reconciler.specs.trust import (
     MAX_SPEC_BYTES,
     SpecSourceError,
@@ -33,12 +37,19 @@ from reconciler.specs.trust import (
 
 def read_spec(path: Path, defaults: Defaults, *,
               allow_foreign: bool = False) -> DeviceSpec | RejectedSpec:
+    """One spec file as `read_file` reads it, its parent not resolved."""
+    read = read_file(path, defaults, allow_foreign=allow_foreign)
+    return read.spec if isinstance(read, ParsedSpec) else read
+
+
+def read_file(path: Path, defaults: Defaults, *,
+              allow_foreign: bool = False) -> ParsedSpec | RejectedSpec:
     """One spec file, read and parsed; whatever is wrong with it (its type, owner, size,
     bytes, TOML, keys, values, or an error nobody foresaw) makes it a RejectedSpec, never an
     exception: one bad file is that file's problem."""
     name = path.stem
     try:
-        return parse_spec(name, read_bounded(path, allow_foreign).decode("utf-8"), defaults)
+        return parse_file(name, read_bounded(path, allow_foreign).decode("utf-8"), defaults)
     except SpecError as exc:
         return RejectedSpec(name, str(path), str(exc))
     except UnicodeDecodeError as exc:
@@ -55,7 +66,22 @@ def read_spec(path: Path, defaults: Defaults, *,
 def load_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
                     cache: SpecFileCache, *, allow_foreign: bool = False,
                     node: str | None = None) -> SpecSet:
-    """Like load_spec_dir, reading only the files of `names` (what file events named) and
+    """`scan_spec_files`, its parents resolved among the files alone."""
+    return resolve_files(scan_spec_files(directory, names, defaults, cache,
+                                         allow_foreign=allow_foreign, node=node), directory)
+
+
+def load_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | None = None,
+                  *, allow_foreign: bool = False, node: str | None = None) -> SpecSet:
+    """`scan_spec_dir`, its parents resolved among the files alone."""
+    return resolve_files(scan_spec_dir(directory, defaults, cache,
+                                       allow_foreign=allow_foreign, node=node), directory)
+
+
+def scan_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
+                    cache: SpecFileCache, *, allow_foreign: bool = False,
+                    node: str | None = None) -> SpecFiles:
+    """Like scan_spec_dir, reading only the files of `names` (what file events named) and
     taking every other file from `cache`, which a full scan of `directory` filled: the
     cost of a change does not grow with the number of files. The next full scan catches
     anything an event missed. A directory that is no longer the one scanned (gone,
@@ -63,9 +89,9 @@ def load_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
     try:
         device = directory_device(directory, allow_foreign)
     except SpecSourceError as exc:
-        return SpecSet(specs={}, rejected=(), source_error=str(exc))
+        return SpecFiles(parsed={}, rejected=(), source_error=str(exc))
     if cache.scanned != directory or cache.device != device:
-        return load_spec_dir(directory, defaults, cache, allow_foreign=allow_foreign,
+        return scan_spec_dir(directory, defaults, cache, allow_foreign=allow_foreign,
                              node=node)
     now_ns = time.time_ns()
     for name in names:
@@ -80,16 +106,16 @@ def load_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
             cache.put(str(path), (0, 0, 0), status)
         elif cache.get(str(path), signature(status), now_ns) is None:
             cache.put(str(path), signature(status),
-                      read_spec(path, defaults, allow_foreign=allow_foreign))
+                      read_file(path, defaults, allow_foreign=allow_foreign))
     return assemble(cache.parsed(), directory, device, node)
 
 
-def load_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | None = None,
-                  *, allow_foreign: bool = False, node: str | None = None) -> SpecSet:
-    """Read every spec file of a directory and resolve parents among them.
+def scan_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | None = None,
+                  *, allow_foreign: bool = False, node: str | None = None) -> SpecFiles:
+    """Read every spec file of a directory (parents are resolved by `specs.resolve`).
 
     A directory that cannot be read completely, or that users other than root and ours
-    could change, gives a SpecSet with `source_error` set and no specs: its absent files
+    could change, gives SpecFiles with `source_error` set and no specs: its absent files
     prove nothing, so nothing may be removed for them. Spec files of other users are
     rejected. `allow_foreign` (the config's allow_foreign_specs) accepts both. With `node`,
     only the specs for that node are wanted (`select_for_node`); None selects every spec.
@@ -101,12 +127,12 @@ def load_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
             # by name), and sorting 10,000 entries was a fifth of a resync's scan.
             entries = list(listing)
     except SpecSourceError as exc:
-        return SpecSet(specs={}, rejected=(), source_error=str(exc))
+        return SpecFiles(parsed={}, rejected=(), source_error=str(exc))
     except OSError as exc:
-        return SpecSet(specs={}, rejected=(),
-                       source_error=f"spec_dir {directory}: {exc.strerror or exc}")
+        return SpecFiles(parsed={}, rejected=(),
+                         source_error=f"spec_dir {directory}: {exc.strerror or exc}")
     now_ns = time.time_ns()
-    found: list[DeviceSpec | RejectedSpec] = []
+    found: list[ParsedSpec | RejectedSpec] = []
     paths: list[str] = []
     # The loop a resync runs 10,000 times: an unchanged, plainly good file costs one stat and
     # one lookup (SpecFileCache.get, inlined); anything else takes entry_status's checks.
@@ -136,7 +162,7 @@ def load_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
         if entry_seen is not None and entry_seen[0] == sig and abs(now_ns - sig[2]) >= racy_ns:
             parsed = entry_seen[1]
         else:
-            parsed = read_spec(Path(path), defaults, allow_foreign=allow_foreign)
+            parsed = read_file(Path(path), defaults, allow_foreign=allow_foreign)
             if cache is not None:
                 cache.put(path, sig, parsed)
         paths.append(path)

@@ -34,7 +34,7 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """A device as its spec file asks for it, with defaults and inheritance applied."""
+    """A device as its spec file (or the store) asks for it, defaults and inheritance applied."""
 
     name: str
     size: Bytes
@@ -43,13 +43,30 @@ class DeviceSpec:
     active: bool = True
     readonly: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
-    # A snapshot whose parent has no spec cannot inherit from it; reconcile fills these in
-    # from the stored parent, or reports the parent missing.
-    size_given: bool = True
-    filesystem_given: bool = True
     digest: str = ""
     # The node-name globs this spec is for; None (no `nodes` key): every node.
     nodes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ParsedSpec:
+    """A spec file's own words, its parent not yet resolved: the spec with the config's
+    defaults filled in, and whether the file gave its size and its filesystem itself (a
+    snapshot takes those it leaves out from its parent). Lives between parsing and
+    `specs.resolve`, which alone makes DeviceSpecs of them."""
+
+    spec: DeviceSpec
+    own_size: bool = True
+    own_filesystem: bool = True
+
+
+@dataclass(frozen=True)
+class KnownDevice:
+    """A device the store holds as made: what a snapshot of it inherits, and what a made
+    snapshot keeps whatever became of its parent."""
+
+    size: Bytes
+    filesystem: Filesystem
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,18 @@ class SpecSet:
     def names(self) -> frozenset[str]:
         """Every name that has a spec file, usable or not: none of these is to be removed."""
         return frozenset(self.specs) | {r.name for r in self.rejected}
+
+
+@dataclass(frozen=True)
+class SpecFiles:
+    """A spec directory as read, before parents are resolved: the parsed files for this
+    node by name, the rejected ones, and the same source facts as a SpecSet's."""
+
+    parsed: Mapping[str, ParsedSpec]
+    rejected: tuple[RejectedSpec, ...]
+    source_error: str | None = None
+    directory_device: int | None = None
+    elsewhere: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from reconciler.specs.model import (
     Defaults,
     DeviceSpec,
     Filesystem,
+    ParsedSpec,
     SpecError,
 )
 from reconciler.units import XFS_MIN_SIZE, Bytes, SizeError, format_size, parse_size
@@ -70,7 +71,14 @@ def _flags(raw: Mapping[str, object]) -> dict[str, bool]:
 
 
 def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
-    """Parse one spec's text; raises SpecError naming the key at fault."""
+    """Parse one spec's text, the config's defaults for what it leaves out; raises SpecError
+    naming the key at fault."""
+    return parse_file(name, text, defaults).spec
+
+
+def parse_file(name: str, text: str, defaults: Defaults) -> ParsedSpec:
+    """Parse one spec's text into its own words (`ParsedSpec`); raises SpecError naming the
+    key at fault."""
     if not NAME_RE.fullmatch(name):
         raise SpecError(f"bad name {name!r}: must match {NAME_RE.pattern}")
     if SNAPSHOT_NAME_RE.fullmatch(name):
@@ -110,7 +118,7 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
 
     nodes = _nodes(raw["nodes"]) if "nodes" in raw else None
 
-    return DeviceSpec(
+    spec = DeviceSpec(
         name=name,
         size=size,
         filesystem=cast(Filesystem, filesystem),
@@ -118,11 +126,10 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
         active=flags["active"],
         readonly=flags["readonly"],
         labels=dict(labels),
-        size_given="size" in raw,
-        filesystem_given="filesystem" in raw,
         digest=hashlib.sha256(text.encode()).hexdigest(),
         nodes=nodes,
     )
+    return ParsedSpec(spec, own_size="size" in raw, own_filesystem="filesystem" in raw)
 
 
 def stored_spec(

@@ -1,9 +1,10 @@
-"""Parents among the spec files: sizes and filesystems inherited, cycles and impossible
-children refused. Whether a parent that has no spec still exists as a device is for
-reconcile to decide (`reconcile.desired`), against the store.
+"""Parents, resolved once: sizes and filesystems inherited, cycles and impossible children
+refused, among the specs (the files' and the store's) and, for a parent without a spec, from
+the devices the store holds as made (`known_parents`, passed in by reconcile).
 
-Sits above parsing and node selection: `assemble` turns a scan's parsed files into the
-directory's SpecSet.
+Only here do parsed spec files (`ParsedSpec`, the file's own words) become DeviceSpecs: no
+half-resolved spec leaves this module. `assemble` selects a scan's parsed files for this
+node; `resolve_files` resolves them with the store's specs.
 """
 
 from __future__ import annotations
@@ -16,40 +17,63 @@ from reconciler.specs.model import (
     SPEC_SUFFIX,
     DeviceSpec,
     Filesystem,
+    KnownDevice,
+    ParsedSpec,
     RejectedSpec,
     SpecError,
+    SpecFiles,
     SpecSet,
 )
 from reconciler.specs.nodes import select_for_node
 from reconciler.units import Bytes
 
 
-def assemble(parsed: Iterable[DeviceSpec | RejectedSpec], directory: Path,
-              device: int | None, node: str | None = None) -> SpecSet:
-    """The SpecSet of a scan's parsed files: those for `node` (None: all), parents resolved
-    among them, the rejected ones sorted by name, the directory's filesystem `device`."""
-    specs: dict[str, DeviceSpec] = {}
+def assemble(parsed: Iterable[ParsedSpec | RejectedSpec], directory: Path,
+             device: int | None, node: str | None = None) -> SpecFiles:
+    """A scan's parsed files for `node` (None: all), the rejected ones sorted by name, the
+    directory's filesystem `device`. Parents are not resolved yet (`resolve_files`)."""
+    files: dict[str, ParsedSpec] = {}
     rejected: list[RejectedSpec] = []
     for item in parsed:
-        if isinstance(item, DeviceSpec):
-            specs[item.name] = item
+        if isinstance(item, ParsedSpec):
+            files[item.spec.name] = item
         else:
             rejected.append(item)
     # Selected before parents are resolved: a spec for other nodes is not there at all.
-    here, not_here, elsewhere = select_for_node(specs, node, directory)
+    here, not_here, elsewhere = select_for_node(
+        {name: words.spec for name, words in files.items()}, node, directory)
     rejected.extend(not_here)
     rejected.sort(key=lambda r: r.name)
-    resolved = resolve(here, rejected, directory)
-    return replace(resolved, directory_device=device, elsewhere=elsewhere)
+    return SpecFiles(parsed={name: files[name] for name in here}, rejected=tuple(rejected),
+                     directory_device=device, elsewhere=elsewhere)
 
 
-def resolve(
-    specs: Mapping[str, DeviceSpec], rejected: Iterable[RejectedSpec], directory: Path
-) -> SpecSet:
-    """Apply inheritance from parents that have specs; reject cycles and bad inheritance.
+def resolve_files(files: SpecFiles, directory: Path,
+                  stored: Mapping[str, DeviceSpec] | None = None,
+                  known_parents: Mapping[str, KnownDevice] | None = None) -> SpecSet:
+    """Every desired device: the directory's files and the store's specs (`stored`, which
+    win a name both have), parents resolved once (see `resolve`), with the directory's
+    source facts."""
+    merged: dict[str, DeviceSpec | ParsedSpec] = {**files.parsed, **(stored or {})}
+    resolved = resolve(merged, files.rejected, directory, known_parents)
+    return replace(resolved, source_error=files.source_error,
+                   directory_device=files.directory_device, elsewhere=files.elsewhere)
 
-    A child of a rejected spec is rejected too: what it would inherit is unknown. Iterative:
-    a chain of any length is walked without recursion.
+
+def _words(item: DeviceSpec | ParsedSpec) -> ParsedSpec:
+    return item if isinstance(item, ParsedSpec) else ParsedSpec(item)
+
+
+def resolve(specs: Mapping[str, DeviceSpec | ParsedSpec], rejected: Iterable[RejectedSpec],
+            directory: Path, known_parents: Mapping[str, KnownDevice] | None = None) -> SpecSet:
+    """Apply inheritance; reject cycles, bad inheritance and parents that exist nowhere.
+
+    A parsed file inherits from its parent's spec; a child of a rejected spec is rejected
+    too (what it would inherit is unknown). A parent without a spec is looked up in
+    `known_parents` (the devices the store holds as made; a made child keeps its own): not
+    there, the child is rejected. Without `known_parents` (no store to ask) such a child is
+    kept as parsed. A DeviceSpec (the store's, complete) is not judged again against a
+    parent that has a spec. Iterative: a chain of any length is walked without recursion.
     """
     bad = {r.name: r for r in rejected}
     good: dict[str, DeviceSpec] = {}
@@ -67,7 +91,7 @@ def resolve(
                 break
             chain.append(name)
             on_chain.add(name)
-            name = specs[name].parent
+            name = _words(specs[name]).spec.parent
         if name is not None and name in on_chain:
             # A cycle: every name from `name` round to itself, and those hanging below it.
             loop = chain[chain.index(name):]
@@ -77,29 +101,46 @@ def resolve(
             chain = chain[:chain.index(name)]
         # Settle the chain from the top down: each name's parent is decided before it.
         for member in reversed(chain):
-            spec = specs[member]
-            parent_name = spec.parent
-            if parent_name is None or (parent_name not in specs and parent_name not in bad):
-                good[member] = spec
-            elif parent_name in bad:
-                reason = bad[parent_name].error
-                bad[member] = RejectedSpec(
-                    member, path_of(member),
-                    f"key 'parent': parent {parent_name!r} is invalid ({reason})")
+            settled = _settle(specs[member], good, bad, known_parents)
+            if isinstance(settled, DeviceSpec):
+                good[member] = settled
             else:
-                parent = good[parent_name]
-                try:
-                    good[member] = inherit(spec, parent.size, parent.filesystem)
-                except SpecError as exc:
-                    bad[member] = RejectedSpec(member, path_of(member), str(exc))
+                bad[member] = RejectedSpec(member, path_of(member), settled)
     ordered = tuple(sorted(bad.values(), key=lambda r: r.name))
     return SpecSet(specs=good, rejected=ordered)
 
 
-def inherit(spec: DeviceSpec, parent_size: int, parent_filesystem: Filesystem) -> DeviceSpec:
+def _settle(item: DeviceSpec | ParsedSpec, good: Mapping[str, DeviceSpec],
+            bad: Mapping[str, RejectedSpec],
+            known: Mapping[str, KnownDevice] | None) -> DeviceSpec | str:
+    """One spec, its parent already settled: the resolved spec, or why it is rejected."""
+    words = _words(item)
+    spec = words.spec
+    parent = spec.parent
+    complete = isinstance(item, DeviceSpec)
+    if parent is None or (complete and parent in good):
+        return spec
+    try:
+        if parent in good:
+            return inherit(words, good[parent].size, good[parent].filesystem)
+        if parent in bad and not complete:
+            return f"key 'parent': parent {parent!r} is invalid ({bad[parent].error})"
+        if known is None:
+            return spec
+        base = known.get(spec.name) or known.get(parent)
+        if base is None:
+            return (f"key 'parent': parent {parent!r} does not exist (no spec file and no "
+                    "device)")
+        return inherit(words, base.size, base.filesystem)
+    except SpecError as exc:
+        return str(exc)
+
+
+def inherit(words: ParsedSpec, parent_size: int, parent_filesystem: Filesystem) -> DeviceSpec:
     """Fill a snapshot's size and filesystem from its parent, refusing what cannot work."""
-    size = spec.size if spec.size_given else Bytes(parent_size)
-    if spec.filesystem_given and spec.filesystem != parent_filesystem:
+    spec = words.spec
+    size = spec.size if words.own_size else Bytes(parent_size)
+    if words.own_filesystem and spec.filesystem != parent_filesystem:
         raise SpecError(
             f"key 'filesystem': a snapshot keeps its parent's filesystem "
             f"({parent_filesystem!r}), got {spec.filesystem!r}"
@@ -109,6 +150,4 @@ def inherit(spec: DeviceSpec, parent_size: int, parent_filesystem: Filesystem) -
             f"key 'size': a snapshot cannot be smaller than its parent ({parent_size} bytes), "
             f"got {size}"
         )
-    return replace(
-        spec, size=size, filesystem=parent_filesystem, size_given=True, filesystem_given=True
-    )
+    return replace(spec, size=size, filesystem=parent_filesystem)
