@@ -3,8 +3,9 @@
 One TOML file per device, `<spec_dir>/<name>.toml`. A broken spec becomes a RejectedSpec with a
 message that names the file and the problem; it never stops the other specs, and it never asks
 for anything to be removed (a device whose spec is broken is left as it is).
-Parents are resolved here among the specs themselves: sizes and filesystems are inherited and
-cycles are refused. Whether a parent that has no spec still exists is for reconcile to decide.
+Parents are resolved here, once (`resolve`): sizes and filesystems are inherited from the
+parent's spec, or, for a parent without one, from the device the store holds as made (which
+reconcile passes in), and cycles and parents that exist nowhere are refused.
 
 A spec file is an order given to root: create, grow and, by its absence, remove. So only root
 and the daemon's own user may give it. A spec file owned by another user is a rejected spec
@@ -23,7 +24,8 @@ ConfigMap volume (`..data`, `..data_tmp`, its timestamped directories) are never
 
 The package, by question: `model` (the shapes), `parse` (one spec's text), `trust` (whether
 to believe the source), `cache` and `load` (reading the directory), `nodes` (which specs are
-for this node), `resolve` (parents, once). Importers use the names re-exported here.
+for this node), `resolve` (parents, once; only it makes DeviceSpecs of parsed files).
+Importers use the names re-exported here.
 """
 
 from reconciler.specs.cache import (
