@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
@@ -66,6 +66,10 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+# Adds one subcommand (its name, its one-line summary) and gives back its parser.
+Command = Callable[[str, str], argparse.ArgumentParser]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `reconciler` and all its subcommands."""
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
@@ -81,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=summary, parents=[common],
                               description=summary[0].upper() + summary[1:] + ".")
 
+    _observing_commands(command)
+    _acting_commands(command, common)
+    return parser
+
+
+def _observing_commands(command: Command) -> None:
+    """The daemon (run) and the commands that show what it has done and would do (status,
+    plan)."""
     run = command("run", "keep the kernel equal to the spec directory")
     run.add_argument("--once", action="store_true",
                      help="pass until settled, then exit 0 when everything converged")
@@ -104,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one line for probes; exit 0 healthy, 1 degraded, 2 down")
     plan = command("plan", "print what the next pass would do, doing nothing")
     plan.add_argument("--json", action="store_true", help="one JSON document")
+
+
+def _acting_commands(command: Command, common: argparse.ArgumentParser) -> None:
+    """The operator's commands (retry, gc, confirm-removals, adopt, resync) and the tools'
+    (config, completion), in the order `reconciler --help` lists them."""
     retry = command("retry", "try a Faulty device again (releases nothing)")
     retry.add_argument("name")
     gc = command("gc", "delete what the operator says may go")
@@ -133,4 +150,3 @@ def build_parser() -> argparse.ArgumentParser:
     completion.add_argument("shell", choices=[shell.value for shell in Shell],
                             help="bash (source it, or install it in bash-completion's "
                             "completions directory) or zsh (as _reconciler in $fpath)")
-    return parser

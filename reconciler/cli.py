@@ -38,13 +38,13 @@ from reconciler.daemon.control import Command, ControlRequest, ControlUnreachabl
 from reconciler.daemon.lock import LockError, RootLock, holder_pid, lock_held
 from reconciler.daemon.once import run_until_settled
 from reconciler.dm.crash import from_environment
-from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host, SystemHost
+from reconciler.failures import ClassifiedError
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.status import (
     DEFAULT_COLUMNS,
-    build_report,
     check,
+    collect,
     parse_columns,
     render_check,
     render_json,
@@ -84,7 +84,7 @@ def run_once(settings: Settings, host: Host, allow_removals: bool = False) -> in
     try:
         engine = Reconciler(settings, host, store, allow_removals=allow_removals)
         result = run_until_settled(engine, time.time, time.sleep)
-    except DmError as exc:
+    except ClassifiedError as exc:
         log.error("pass.failed", error=str(exc), errno=exc.errno_name,
                   next="fix the cause and run again")
         return EXIT_NOT_CONVERGED
@@ -151,7 +151,7 @@ def check_status(settings: Settings, host: Host, as_json: bool) -> int:
     if settings.database_path.exists():
         store = Store(settings.database_path, time.time)
         try:
-            report = build_report(settings, store, host)
+            report = collect(settings, store, host)
         finally:
             store.close()
     verdict = check(report, running)
@@ -194,8 +194,8 @@ def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int
     store = Store(settings.database_path, time.time)
 
     def render() -> str | None:
-        report = build_report(settings, store, host, args.name, args.all)
-        if args.name is not None and not report["devices"] and not report["rejected_specs"]:
+        report = collect(settings, store, host, args.name, args.all)
+        if args.name is not None and not report.devices and not report.rejected_specs:
             return None
         if args.json:
             return render_json(report, one_line=args.watch is not None)
@@ -257,7 +257,7 @@ def show_plan(settings: Settings, host: Host, as_json: bool = False) -> int:
     store = Store(settings.database_path, time.time, readonly=True)
     try:
         actions = Reconciler(settings, host, store).plan()
-    except (DmError, OSError) as exc:
+    except (ClassifiedError, OSError) as exc:
         # A plan compares with the kernel: without it (no device-mapper here, or no right
         # to it) there is nothing to say but why, in one line.
         reason = " ".join(str(exc).split())
@@ -335,7 +335,7 @@ def hand_over(settings: Settings, host: Host, kind: RequestKind, name: str,
         store = Store(settings.database_path, time.time)
         try:
             Reconciler(settings, host, store).service_requests()
-        except DmError as exc:
+        except ClassifiedError as exc:
             print(f"reconciler: {exc}", file=sys.stderr)
             return EXIT_NOT_CONVERGED
         finally:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.dm.crash import call_kind
-from reconciler.dm.metadata import list_thin_ids
+from reconciler.tools.thin_ls import list_thin_ids
 from tests.conftest import World
 
 

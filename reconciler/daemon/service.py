@@ -50,8 +50,8 @@ from reconciler.daemon.metrics import Metrics, MetricsServer
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.wakeups import Batch, Wakeups
 from reconciler.daemon.watch import SpecWatcher
-from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host
+from reconciler.failures import ClassifiedError
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import Call, Parked, Snapshotter, Unavailable
@@ -294,9 +294,9 @@ class Daemon:
             self.failed_passes += 1
             delay = self.reconciler.policy.delay(self.failed_passes)
             self._next_resync = self.clock() + delay
-            foreseen = isinstance(exc, DmError | StoreError)
+            foreseen = isinstance(exc, ClassifiedError | StoreError)
             error = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, DmError):
+            if isinstance(exc, ClassifiedError):
                 log.error("pass.failed", error=error, errno=exc.errno_name,
                           failures=self.failed_passes, next=f"full pass again in {delay:.1f}s")
             elif isinstance(exc, StoreError):  # its message says it all (kept busy, no id)

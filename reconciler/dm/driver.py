@@ -20,7 +20,8 @@ import structlog
 
 from reconciler.dm.client import DmClient
 from reconciler.dm.host import Host, LibraryHost
-from reconciler.dm.libdm import DmLibrary, LibdmClient, LibdmUnavailable
+from reconciler.dm.libdm import LibdmClient, LibdmUnavailable
+from reconciler.dm.libdm_bindings import DmLibrary
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
 
 log = structlog.get_logger(__name__)

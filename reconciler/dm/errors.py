@@ -8,12 +8,12 @@ later can help (a busy device) or not (an id that already exists, a full pool).
 from __future__ import annotations
 
 import errno
-import os
 
 from reconciler.dm.host import Completed
+from reconciler.failures import ClassifiedError, errno_in
 
 
-class DmError(Exception):
+class DmError(ClassifiedError):
     """A kernel-facing command failed."""
 
     errno_name = "EIO"
@@ -98,9 +98,9 @@ def classify(what: str, completed: Completed) -> DmError:
     if completed.timed_out:
         return TimedOut(what, completed)
     text = completed.stderr
-    for number, cls in _BY_ERRNO.items():
-        if os.strerror(number) in text:
-            return cls(what, completed)
+    number = errno_in(text)
+    if number is not None:
+        return _BY_ERRNO[number](what, completed)
     if any(marker in text for marker in _NOT_FOUND_TEXTS) or (
         "Device " in text and " not found" in text
     ):

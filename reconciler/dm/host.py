@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from reconciler.dm.libdm import DmLibrary
+    from reconciler.dm.libdm_bindings import DmLibrary
 
 
 # What a killed-for-time command exits with, as coreutils' timeout(1) says it.

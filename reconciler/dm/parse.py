@@ -299,16 +299,3 @@ def parse_pool_table(target: TargetLine) -> ThinPoolTable:
         low_water_mark=_int("low_water_mark", "free blocks threshold", words[3], src),
         features=features,
     )
-
-
-def parse_losetup_name(text: str) -> str | None:
-    """`losetup --noheadings --output NAME --associated FILE`: the loop device, if attached."""
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        return None
-    for name in names:
-        if not name.startswith("/dev/loop"):
-            raise _fail("NAME", "loop device path", name, text)
-    return names[0]
-
-

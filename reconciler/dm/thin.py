@@ -2,7 +2,7 @@
 
 The reconcile steps say what they want (a thin id, a length, read-only or not); this module
 turns that into tables and dm calls, so no step reaches through the pool's client. Each
-operation is idempotent and says what it did.
+operation is idempotent.
 
 Ownership is the dm uuid we set on create (`RECONCILER-v1-<pool>-<thin id>`): a device under
 our name with another uuid is someone else's (another tool, another pool whose names happen
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from contextlib import suppress
 from dataclasses import dataclass
-from enum import StrEnum
 
 from reconciler.dm.errors import DeviceBusy, DeviceExists, NoSuchDevice
 from reconciler.dm.parse import single_thin_table
@@ -26,13 +25,6 @@ from reconciler.vocabulary import ThinId
 
 class NotOurs(DeviceBusy):
     """A dm device under our device's name that we did not make (its uuid is not ours)."""
-
-
-class Outcome(StrEnum):
-    """What an idempotent operation found and did."""
-
-    DONE = "done"
-    ALREADY = "already"
 
 
 @dataclass(frozen=True)
@@ -74,7 +66,7 @@ class ThinDevice:
         """The table that maps this thin id with `length` sectors."""
         return self.pool.thin_table(self.thin_id, length)
 
-    def activate(self, length: Sectors, readonly: bool, pool_number: str) -> Outcome:
+    def activate(self, length: Sectors, readonly: bool, pool_number: str) -> None:
         """Create the dm device with its table. A device of that name that is ours (our
         uuid, or from before uuids: exactly our table) is taken back and resumed if a crash
         or a failed reload left it suspended (its table is then the reload's business);
@@ -110,8 +102,6 @@ class ThinDevice:
                 self.cancel_deferred_remove()
             if info.suspended:
                 self.resume()
-            return Outcome.ALREADY
-        return Outcome.DONE
 
     def suspend(self) -> None:
         """Suspend I/O (a suspended device stays suspended: dm accepts it again)."""
@@ -125,13 +115,11 @@ class ThinDevice:
         """Resume I/O, swapping in a loaded table if there is one."""
         self.pool.client.resume(self.kernel_name)
 
-    def remove(self, deferred: bool = False) -> Outcome:
+    def remove(self, deferred: bool = False) -> None:
         """Remove the dm device (never forced: an open device raises DeviceBusy, or with
-        `deferred` is marked to go at its last close)."""
+        `deferred` is marked to go at its last close); one already gone is left so."""
         with suppress(NoSuchDevice):
             self.pool.client.remove(self.kernel_name, deferred=deferred)
-            return Outcome.DONE
-        return Outcome.ALREADY
 
     def flush(self) -> None:
         """Suspend and resume: a mounted filesystem is frozen (its dirty data written to the

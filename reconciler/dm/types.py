@@ -146,3 +146,14 @@ class ThinPoolStatus:
 
 
 METADATA_BLOCK_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class KernelDevice:
+    """One dm device as observed: info, and for thin devices their table and status.
+    Immutable: one observation's object stands for the device until the kernel says
+    otherwise, and a pass that changes the device puts a new one in its place."""
+
+    info: DeviceInfo
+    table: ThinTable | None = None
+    status: ThinStatus | None = None

@@ -16,11 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.dm.types import DeviceInfo, ThinTable
-from reconciler.reconcile.observe import KernelDevice
-from reconciler.specs import DeviceSpec
+from reconciler.dm.types import DeviceInfo, KernelDevice, ThinTable
+from reconciler.specs.model import DeviceSpec
 from reconciler.states import IN_FLIGHT, LIVE, RESTING_PROVISIONED, RESUMES, DeviceState, Step
-from reconciler.store import DeviceRecord
+from reconciler.store.records import DeviceRecord
 from reconciler.units import Bytes, to_sectors
 from reconciler.vocabulary import Filesystem
 

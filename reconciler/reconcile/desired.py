@@ -2,30 +2,31 @@
 
 Two sources of desired devices, one shape: spec files (parsed by `reconciler.specs`) and
 specs kept in the store by the snapshotter API (its rows say size, filesystem, parent, active
-and read-only; what a containerd kind means is the snapshotter's business, not ours). A spec
-that asks an existing device for the impossible is rejected here, and its device is left as
-it is.
+and read-only; what a containerd kind means is the snapshotter's business, not ours). Their
+parents are resolved once, by `specs.resolve`, given the devices the store holds as made. A
+spec that asks an existing device for the impossible is rejected here, and its device is
+left as it is.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Iterable, Mapping
 
 from reconciler.config import Settings
 from reconciler.specs import (
     Defaults,
     DeviceSpec,
+    KnownDevice,
     RejectedSpec,
     SpecFileCache,
     SpecSet,
-    inherit,
-    load_spec_dir,
-    load_spec_files,
+    scan_spec_dir,
+    scan_spec_files,
     stored_spec,
 )
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
+from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem
 
 
@@ -60,30 +61,37 @@ def _stored(row: SnapshotRecord) -> DeviceSpec:
 
 
 def load_specs(settings: Settings, stored: dict[str, DeviceSpec], cache: SpecFileCache,
-               changed: Iterable[str] | None = None) -> SpecSet:
+               changed: Iterable[str] | None = None,
+               records: Mapping[str, DeviceRecord] | None = None) -> SpecSet:
     """Every desired device: the spec directory (parsed with the config's defaults) and the
-    specs the store keeps (`stored`). With `changed`, only those names' files are read
+    specs the store keeps (`stored`), parents resolved against each other and against the
+    devices of `records` made already. With `changed`, only those names' files are read
     again; the others are as the last scan left them in `cache`. Only the spec files for
     the config's `node_name` are wanted; the others are the set's `elsewhere`."""
     defaults = Defaults(size=settings.base_image_size, filesystem=Filesystem(settings.fs_type))
     allow = settings.allow_foreign_specs
     node = settings.node_name
     if changed is None:
-        from_files = load_spec_dir(settings.specs_path, defaults, cache, allow_foreign=allow,
-                                   node=node)
+        files = scan_spec_dir(settings.specs_path, defaults, cache, allow_foreign=allow,
+                              node=node)
     else:
-        from_files = load_spec_files(settings.specs_path, changed, defaults, cache,
-                                     allow_foreign=allow, node=node)
-    return replace(from_files, specs={**from_files.specs, **stored})
+        files = scan_spec_files(settings.specs_path, changed, defaults, cache,
+                                allow_foreign=allow, node=node)
+    return cache.resolved(files, settings.specs_path, stored, known_devices(records or {}))
+
+
+def known_devices(records: Mapping[str, DeviceRecord]) -> dict[str, KnownDevice]:
+    """The devices made already, as a snapshot of them (or one of them) inherits them."""
+    return {name: KnownDevice(Bytes(record.size_bytes), record.filesystem)
+            for name, record in records.items() if record.provisioned}
 
 
 def resolve_against_store(
     spec_set: SpecSet, records: dict[str, DeviceRecord], settings: Settings
 ) -> tuple[dict[str, DeviceSpec], list[RejectedSpec]]:
-    """Inherit from stored parents that have no spec; reject what cannot be done.
-
-    A spec that asks an existing device for the impossible (a new parent or filesystem, a
-    smaller size) is rejected, and the device is left as it is.
+    """Reject what cannot be done to a device that exists: a spec that asks it for the
+    impossible (a new parent or filesystem, a smaller size) is rejected, and the device is
+    left as it is. (Parents were resolved once, by `load_specs`.)
     """
     specs: dict[str, DeviceSpec] = {}
     rejected = list(spec_set.rejected)
@@ -95,17 +103,6 @@ def resolve_against_store(
     for name, spec in spec_set.specs.items():
         own = records.get(name)
         existing = own if own is not None and own.provisioned else None
-        if spec.parent is not None and spec.parent not in spec_set.specs:
-            parent = records.get(spec.parent)
-            if existing is not None:
-                # Already made: a snapshot no longer needs its parent.
-                spec = inherit(spec, existing.size_bytes, existing.filesystem)
-            elif parent is not None and parent.provisioned:
-                spec = inherit(spec, parent.size_bytes, parent.filesystem)
-            else:
-                reject(name, f"key 'parent': parent {spec.parent!r} does not exist "
-                       "(no spec file and no device)")
-                continue
         problem = impossible_change(existing, spec) if existing is not None else None
         if problem is not None:
             reject(name, problem)

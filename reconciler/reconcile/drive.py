@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import structlog
 
-from reconciler.dm.errors import DeviceBusy, DmError
+from reconciler.failures import ClassifiedError
 from reconciler.reconcile.decide import Decision, Wait, is_removal, next_step
 from reconciler.reconcile.desired import apply_spec, new_record
 from reconciler.reconcile.pass_context import PassContext, PassResult, StepFailed, Stopped
@@ -131,7 +131,7 @@ def run_step(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None,
     StepFailed. A success clears the device's error and attempt count."""
     try:
         STEPS[step](ctx, record, spec)
-    except DmError as exc:
+    except ClassifiedError as exc:  # the kernel's (DmError) or a program's (ToolError)
         _failed(ctx, record, step, is_removal(step, spec), exc)
         raise StepFailed(str(exc)) from exc
     if record.attempts or record.retry_at is not None or (
@@ -144,10 +144,11 @@ def run_step(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None,
 
 
 def _failed(ctx: PassContext, record: DeviceRecord, step: Step, removal: bool,
-            exc: DmError) -> None:
+            exc: ClassifiedError) -> None:
     bound = log.bind(name=record.name, step=step.value)
     record.attempts += 1
-    busy_removal = removal and isinstance(exc, DeviceBusy)
+    # EBUSY from dm (DeviceBusy) or from a program (blkdiscard on a device still held).
+    busy_removal = removal and exc.errno_name == "EBUSY"
     if busy_removal or (exc.temporary and not ctx.policy.exhausted(record.attempts)):
         delay = ctx.policy.delay(record.attempts)
         record.retry_at = ctx.clock() + delay

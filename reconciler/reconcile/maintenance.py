@@ -17,6 +17,7 @@ import structlog
 from reconciler.dm.errors import DmError
 from reconciler.dm.pool import parse_thin_uuid
 from reconciler.dm.thin import ThinDevice
+from reconciler.failures import ClassifiedError
 from reconciler.reconcile.desired import copy_spec, new_record
 from reconciler.reconcile.observe import KernelDevice
 from reconciler.reconcile.pass_context import PassContext
@@ -87,7 +88,7 @@ def _take(ctx: PassContext, kind_text: str, name: str, arg: int | None,
             return RequestOutcome(f"thin id {arg} adopted as {name}", names=(name,))
         bound.warning("request.unknown", reason="adopt without a thin id", next="dropped")
         return RequestOutcome(error="adopt without a thin id")
-    except (DmError, RequestRefused) as exc:
+    except (ClassifiedError, RequestRefused) as exc:
         bound.error("request.failed", error=str(exc), next="fix and ask again")
         return RequestOutcome(error=str(exc), names=(name,) if kind in _NAMED else ())
     except Exception as exc:  # noqa: BLE001 - one request's bug is not the pass's

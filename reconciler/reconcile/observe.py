@@ -18,16 +18,9 @@ from reconciler.dm.memo import LastCall
 from reconciler.dm.parse import parse_pool_status, parse_thin_status, parse_thin_table
 from reconciler.dm.types import DeviceInfo, TargetLine, ThinPoolStatus, ThinStatus, ThinTable
 
-
-@dataclass(frozen=True)
-class KernelDevice:
-    """One dm device as observed: info, and for thin devices their table and status.
-    Immutable: one observation's object stands for the device until the kernel says
-    otherwise, and a pass that changes the device puts a new one in its place."""
-
-    info: DeviceInfo
-    table: ThinTable | None = None
-    status: ThinStatus | None = None
+# Defined beside the dm types it is made of, so the pure decision can name it without
+# importing the observing (kernel-calling) code; importers here keep finding it.
+from reconciler.dm.types import KernelDevice as KernelDevice
 
 
 @dataclass

@@ -18,7 +18,6 @@ import structlog
 from reconciler.config import Settings
 from reconciler.dm.driver import DmDriver
 from reconciler.dm.host import Host
-from reconciler.dm.metadata import list_thin_ids
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.dm.thin import ThinDevice
 from reconciler.reconcile.decide import Settled
@@ -34,6 +33,7 @@ from reconciler.states import (
     Trigger,
 )
 from reconciler.store import DeviceRecord, IdAllocator, Store, TransitionRecord
+from reconciler.tools.thin_ls import list_thin_ids
 from reconciler.vocabulary import ThinId
 
 S = DeviceState

@@ -7,9 +7,9 @@ import structlog
 from reconciler.config import Settings
 from reconciler.dm.driver import DmDriver
 from reconciler.dm.host import Host
-from reconciler.dm.loopback import LoopbackFiles, attach_loop, ensure_file
 from reconciler.dm.pool import PoolDevices, ThinPool
 from reconciler.store import PoolRecord, Store
+from reconciler.tools.loopback import LoopbackFiles, attach_loop, ensure_file
 
 log = structlog.get_logger(__name__)
 

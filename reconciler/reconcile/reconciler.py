@@ -162,7 +162,7 @@ class Reconciler:
         """Every desired device, from spec files and the store (see `desired.load_specs`);
         `incremental`: the store's specs as last read, plus what this process saved since."""
         stored = self._stored_specs.read(self.store, incremental)
-        return load_specs(self.settings, stored, self._spec_cache, changed)
+        return load_specs(self.settings, stored, self._spec_cache, changed, self.records)
 
     def _context(self, pool: ThinPool) -> PassContext:
         return PassContext(
@@ -349,11 +349,12 @@ class Reconciler:
         current = (self.recovered and self._records_current and not others
                    and not self.store.has_requests())
         targeted = current and few
-        spec_set = self.load_specs(only if few else None, incremental=targeted)
         self._full_passes_since_read += only is None
         if not (targeted or (current and self._full_passes_since_read < RECORDS_REREAD_EVERY)):
             self._read_records()
         self._records_current = False
+        # After the records: the specs' parents are resolved against the devices made.
+        spec_set = self.load_specs(only if few else None, incremental=targeted)
         desired = self._desired(spec_set)
         chosen: set[str] | None = None
         if only is not None:

@@ -18,13 +18,13 @@ from contextlib import contextmanager, suppress
 import structlog
 
 from reconciler.dm.errors import DeviceBusy, DmError, NoData
-from reconciler.dm.filesystem import discard_blocks, grow_filesystem, make_filesystem
 from reconciler.dm.thin import ThinDevice
 from reconciler.reconcile.desired import apply_spec, copy_spec
 from reconciler.reconcile.pass_context import PassContext
 from reconciler.specs import DeviceSpec
 from reconciler.states import LIVE, DeviceMachine, DeviceState, Step, Trigger
 from reconciler.store import DeviceRecord, IntentRecord
+from reconciler.tools.filesystem import discard_blocks, grow_filesystem, make_filesystem
 from reconciler.units import Bytes, Sectors, to_sectors
 from reconciler.vocabulary import Filesystem, PoolOp
 

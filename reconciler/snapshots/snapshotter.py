@@ -35,8 +35,6 @@ import structlog
 
 from reconciler.config import Settings
 from reconciler.dm.errors import DmError
-from reconciler.dm.filesystem import inodes_used
-from reconciler.dm.metadata import exclusive_bytes
 from reconciler.dm.thin import ThinDevice
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots.filters import Matcher
@@ -54,6 +52,8 @@ from reconciler.snapshots.model import (
 from reconciler.specs import snapshot_name
 from reconciler.states import LIVE, RESTING_PROVISIONED, DeviceState
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
+from reconciler.tools.filesystem import inodes_used
+from reconciler.tools.thin_ls import exclusive_bytes
 from reconciler.units import format_size
 from reconciler.vocabulary import Filesystem, Removal
 

@@ -16,12 +16,12 @@ from reconciler.config import Settings, settings_from_mapping
 from reconciler.daemon.once import run_until_settled
 from reconciler.dm.client import DmClient
 from reconciler.dm.host import Host
-from reconciler.dm.loopback import LoopbackFiles, attached_loop
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.status import build_report
 from reconciler.store import Store
+from reconciler.tools.loopback import LoopbackFiles, attached_loop
 
 
 class FakeClock:

@@ -36,11 +36,11 @@ from google.protobuf import field_mask_pb2
 from reconciler.api.proto import snapshots_pb2 as pb
 from reconciler.api.proto import snapshots_pb2_grpc
 from reconciler.dm.host import SystemHost
-from reconciler.dm.loopback import LoopbackFiles
 from reconciler.status import build_report
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.process import DaemonProcess
+from reconciler.tools.loopback import LoopbackFiles
 from tests.conftest import KERNEL_AVAILABLE, World, make_settings
 from tests.conftest import wait_for as shared_wait_for
 

@@ -19,10 +19,10 @@ from reconciler.daemon.once import run_until_settled
 from reconciler.dm.client import DmClient
 from reconciler.dm.crash import CRASH_ENV, CrashingHost, CrashPoint
 from reconciler.dm.host import Completed, SystemHost
-from reconciler.dm.loopback import LoopbackFiles, attached_loop
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
+from reconciler.tools.loopback import LoopbackFiles, attached_loop
 from tests.conftest import World
 from tests.crashing import OPERATIONS, Operation, assert_store_and_pool_agree, call_counts
 

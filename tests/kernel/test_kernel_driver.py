@@ -27,7 +27,8 @@ from reconciler.dm.errors import (
     NoSuchDevice,
 )
 from reconciler.dm.host import SystemHost
-from reconciler.dm.libdm import UDEV_CONTROL, LibdmClient, udev_running
+from reconciler.dm.libdm import LibdmClient
+from reconciler.dm.libdm_bindings import UDEV_CONTROL, udev_running
 from reconciler.dm.parse import parse_pool_status, parse_thin_status
 from reconciler.dm.types import TargetLine
 from reconciler.units import Sectors

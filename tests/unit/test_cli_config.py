@@ -79,7 +79,7 @@ def test_config_check_without_a_file_prints_the_defaults(
     """No -c, no $RECONCILER_CONFIG and no default file: exit 0, the defaults, said so."""
     monkeypatch.delenv("RECONCILER_CONFIG", raising=False)
     monkeypatch.setattr("reconciler.cli.DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
-    monkeypatch.setattr("reconciler.config.DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    monkeypatch.setattr("reconciler.config.load.DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
     assert main(["config", "check"], host=FakeKernel()) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"# No config file ({tmp_path / 'absent.toml'} does not exist)")

@@ -130,11 +130,13 @@ def test_hidden_and_editor_files_are_not_specs(tmp_path: Path) -> None:
 
 
 def test_a_missing_parent_is_left_for_reconcile_to_judge(tmp_path: Path) -> None:
-    """A parent with no spec may still exist as a device; specs keep the child unresolved."""
+    """A parent with no spec may still exist as a device: the directory alone (no known
+    devices) keeps the child as parsed, with the defaults, and rejects nothing."""
     write(tmp_path, "snap", 'parent = "gone"')
     specs = load_spec_dir(tmp_path, DEFAULTS)
     assert specs.specs["snap"].parent == "gone"
-    assert not specs.specs["snap"].size_given
+    assert specs.specs["snap"].size == DEFAULTS.size
+    assert not specs.rejected
 
 
 def test_a_changed_name_rereads_only_its_file(tmp_path: Path) -> None:

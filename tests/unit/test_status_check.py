@@ -7,6 +7,7 @@ import errno
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,16 @@ import pytest
 
 from reconciler.cli import main
 from reconciler.daemon.lock import RootLock, lock_held
-from reconciler.status import Health, ReasonKind, check
+from reconciler.status import (
+    DeviceReport,
+    Health,
+    PoolReport,
+    ReasonKind,
+    RejectedSpecReport,
+    Report,
+    check,
+    collect,
+)
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.fakekernel.faults import Op
@@ -25,39 +35,46 @@ REPO = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 
 
-def healthy_report(**pool: Any) -> dict[str, Any]:
-    """A status document with nothing wrong (the fields `check` reads), pool fields replaced
-    by `pool`."""
+def _device(name: str, state: str) -> DeviceReport:
+    """A device of the report as `check` reads it: its name and state (the rest as a fresh
+    spec file's device would show)."""
+    return DeviceReport(
+        name=name, state=state, deferred_removal=False, ready=False, thin_id=None,
+        device_id=None, size_bytes=MIB, used_bytes=None, parent=None, filesystem="none",
+        formatted=False, path=None, kernel_name=f"pool-{name}", active=True, readonly=False,
+        error=None, error_step=None, attempts=0, retry_at=None, notice=None, labels={},
+        snapshot=None, state_changed_at="2026-12-01T02:40:13.000+00:00", kernel=None)
+
+
+def healthy_report(**pool: Any) -> Report:
+    """A status report with nothing wrong, pool fields replaced by `pool`."""
     fields: dict[str, Any] = {
-        "name": "pool", "error": None, "kernel_readable": True, "loaded": True, "mode": "rw",
+        "name": "pool", "path": "/dev/mapper/pool", "error": None, "kernel_readable": True,
+        "loaded": True, "mode": "rw",
         "needs_check": False, "data_used_bytes": 10 * MIB, "data_total_bytes": 256 * MIB,
         "data_reserve_bytes": 25 * MIB, "metadata_used_bytes": MIB,
         "metadata_total_bytes": 8 * MIB, "metadata_reserve_bytes": MIB // 2,
         "new_devices_held": None, "spec_source_error": None, "last_pass_error": None,
-        "removals_held": [],
+        "removals_held": (),
     }
     fields.update(pool)
-    return {"pool": fields, "devices": [{"name": "web-1", "state": "Activated"}],
-            "rejected_specs": [], "conditions": []}
+    fields["removals_held"] = tuple(fields["removals_held"])
+    return Report(pool=PoolReport(**fields), devices=(_device("web-1", "Activated"),))
 
 
-def with_devices(*states: tuple[str, str]) -> dict[str, Any]:
-    """A healthy document whose devices are (name, state) pairs."""
-    report = healthy_report()
-    report["devices"] = [{"name": n, "state": s} for n, s in states]
-    return report
+def with_devices(*states: tuple[str, str]) -> Report:
+    """A healthy report whose devices are (name, state) pairs."""
+    return replace(healthy_report(), devices=tuple(_device(n, s) for n, s in states))
 
 
-def with_rejected(*names: str) -> dict[str, Any]:
-    """A healthy document with these rejected specs."""
-    report = healthy_report()
-    report["rejected_specs"] = [{"name": n, "path": f"/specs/{n}.toml", "error": "bad"}
-                                for n in names]
-    return report
+def with_rejected(*names: str) -> Report:
+    """A healthy report with these rejected specs."""
+    return replace(healthy_report(), rejected_specs=tuple(
+        RejectedSpecReport(n, f"/specs/{n}.toml", "bad") for n in names))
 
 
 NOT_LOADED = "pool is not loaded in the kernel"
-CASES: list[tuple[str, dict[str, Any] | None, bool, Health, list[ReasonKind], str]] = [
+CASES: list[tuple[str, Report | None, bool, Health, list[ReasonKind], str]] = [
     ("healthy", healthy_report(), True, Health.HEALTHY, [], "healthy"),
     ("no daemon", healthy_report(), False, Health.DOWN, [ReasonKind.NO_DAEMON],
      "down: no daemon (the root lock is not held)"),
@@ -120,7 +137,7 @@ CASES: list[tuple[str, dict[str, Any] | None, bool, Health, list[ReasonKind], st
 
 @pytest.mark.parametrize(("report", "running", "health", "kinds", "line"),
                          [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_the_verdict_of_each_condition(report: dict[str, Any] | None, running: bool,
+def test_the_verdict_of_each_condition(report: Report | None, running: bool,
                                        health: Health, kinds: list[ReasonKind],
                                        line: str) -> None:
     """Each condition gives its health (the exit code), its reason kinds and its line."""
@@ -132,8 +149,8 @@ def test_the_verdict_of_each_condition(report: dict[str, Any] | None, running: b
 
 def test_the_json_verdict_has_structured_reasons() -> None:
     """--json's object: health word, code, and each reason's kind, health, names, message."""
-    report = with_devices(("web-1", "Faulty"))
-    report["rejected_specs"] = [{"name": "bad", "path": "/s/bad.toml", "error": "x"}]
+    report = replace(with_devices(("web-1", "Faulty")),
+                     rejected_specs=(RejectedSpecReport("bad", "/s/bad.toml", "x"),))
     assert check(report, True).document() == {
         "health": "degraded", "code": 1,
         "reasons": [
@@ -155,8 +172,11 @@ def test_a_real_status_document_has_every_field_the_check_reads(fake_world: Worl
     assert (pool["kernel_readable"], pool["loaded"]) == (True, True)
     assert pool["data_reserve_bytes"] == pool["data_total_bytes"] // 10
     assert pool["metadata_reserve_bytes"] == pool["metadata_total_bytes"] // 10
-    assert check(report, True).line() == "healthy"
-    assert check(report, False).health == Health.DOWN
+    assert fake_world.store is not None
+    typed = collect(fake_world.settings, fake_world.store, fake_world.host)
+    assert typed.document() == report
+    assert check(typed, True).line() == "healthy"
+    assert check(typed, False).health == Health.DOWN
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reconciler.dm.host import Completed
-from reconciler.dm.libdm import DmLibrary
+from reconciler.dm.libdm_bindings import DmLibrary
 from reconciler.testing.fakekernel.commands import Failed
 from reconciler.testing.fakekernel.dmsetup import Dmsetup
 from reconciler.testing.fakekernel.faults import Faults

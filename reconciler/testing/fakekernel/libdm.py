@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.dm.libdm import (
+from reconciler.dm.libdm_bindings import (
     DM_DEVICE_CREATE,
     DM_DEVICE_INFO,
     DM_DEVICE_LIST,

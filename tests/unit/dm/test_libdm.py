@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import pytest
 
-from reconciler.dm import libdm
+from reconciler.dm import libdm_bindings as libdm
 from reconciler.dm.errors import (
     CommandFailed,
     DeviceBusy,
@@ -25,10 +25,10 @@ from reconciler.dm.errors import (
     NoSpace,
     NoSuchDevice,
 )
-from reconciler.dm.libdm import (
+from reconciler.dm.libdm import LibdmClient
+from reconciler.dm.libdm_bindings import (
     DmInfoStruct,
     DmNamesHeader,
-    LibdmClient,
     LibdmUnavailable,
     LogRecord,
     dev_major_minor,
@@ -126,11 +126,11 @@ def test_messages_are_captured_not_printed(capfd: pytest.CaptureFixture[str]) ->
     """libdevmapper's log function (called here as the library calls it) fills the capture."""
     lib = _library()
     log_function = libdm.LOG_FUNCTION.in_dll(lib, "dm_log_with_errno")
-    libdm._capture.records.clear()
+    libdm.capture.records.clear()
     log_function(3, b"libdm-common.c", 42, -1, b"Device %s not found")
     log_function(7, b"libdm-common.c", 43, 0, b"a debug line")
-    assert [r.text() for r in libdm._capture.errors()] == ["Device ? not found"]
-    assert libdm._capture.records[0].line == 42
+    assert [r.text() for r in libdm.capture.errors()] == ["Device ? not found"]
+    assert libdm.capture.records[0].line == 42
     assert capfd.readouterr().err == ""
 
 
@@ -168,7 +168,7 @@ def test_udev_wait_is_bounded() -> None:
     still not ready after that is abandoned (nodes made), never waited for without a bound."""
     fake = _NeverReadyUdev()
     client = LibdmClient(lib=cast(ctypes.CDLL, fake), udev_timeout=0.05)
-    client._wait_for_udev(0x0D4D1234, "x")
+    client.udev.wait(0x0D4D1234, "x")
     assert fake.calls[-4:] == ["complete", "wait_immediate", "wait_immediate", "update_nodes"]
     assert fake.calls.count("wait_immediate") >= 3
     assert not any(c.startswith("wait 0x") for c in fake.calls)
@@ -211,14 +211,14 @@ def test_an_unconfirmed_batch_is_released_whole(events: int) -> None:
     releases every one (one release and a blocking wait would hang the daemon for good)."""
     udev = _SemaphoreUdev(events)
     client = LibdmClient(lib=cast(ctypes.CDLL, udev), udev_timeout=0.02)
-    client._wait_for_udev(0x0D4D0001, "x", events)
+    client.udev.wait(0x0D4D0001, "x", events)
     assert udev.value is None
 
 
 def test_no_cookie_still_runs_the_node_operations() -> None:
     """Without udev (cookie 0) dm_udev_wait(0) runs, which makes or deletes the nodes."""
     fake = _NeverReadyUdev()
-    LibdmClient(lib=cast(ctypes.CDLL, fake))._wait_for_udev(0, "x")
+    LibdmClient(lib=cast(ctypes.CDLL, fake)).udev.wait(0, "x")
     assert fake.calls == ["wait 0x0"]
 
 
@@ -295,7 +295,7 @@ def test_every_library_function_we_call_has_its_c_signature() -> None:
     """ctypes passes an undeclared pointer argument as a C int: a 64-bit task handle is cut
     and libdevmapper crashes the process (seen with dm_task_deferred_remove). Every function
     of the DmLibrary protocol is declared."""
-    from reconciler.dm.libdm import _SIGNATURES, DmLibrary
+    from reconciler.dm.libdm_bindings import _SIGNATURES, DmLibrary
 
     called = {name for name in vars(DmLibrary) if name.startswith("dm_")}
     assert called <= set(_SIGNATURES), called - set(_SIGNATURES)

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import pytest
 
 from reconciler.dm.client import DmClient
-from reconciler.dm.metadata import list_thin_ids
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.store import RequestKind
 from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.tools.thin_ls import list_thin_ids
 from tests.conftest import World
 
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'

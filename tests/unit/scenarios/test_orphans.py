@@ -9,10 +9,10 @@ import pytest
 
 from reconciler.cli import main
 from reconciler.dm.client import DmClient
-from reconciler.dm.metadata import list_thin_ids
 from reconciler.dm.pool import ThinPool
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
+from reconciler.tools.thin_ls import list_thin_ids
 from reconciler.vocabulary import ThinId
 from tests.conftest import World
 

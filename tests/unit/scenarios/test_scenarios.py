@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.dm.client import DmClient
-from reconciler.dm.metadata import list_thin_ids
 from reconciler.dm.parse import parse_thin_table
+from reconciler.tools.thin_ls import list_thin_ids
 from tests.conftest import World
 
 

@@ -14,8 +14,6 @@ import pytest
 
 from reconciler.cli import main
 from reconciler.config import ConfigError, settings_from_mapping
-from reconciler.dm.errors import CommandFailed
-from reconciler.dm.filesystem import make_filesystem, remove_lost_and_found
 from reconciler.dm.types import DeviceInfo
 from reconciler.reconcile.decide import next_step
 from reconciler.reconcile.observe import KernelDevice
@@ -25,6 +23,8 @@ from reconciler.states import LIVE, DeviceState, Step
 from reconciler.store import DeviceRecord
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.tools.errors import ToolError
+from reconciler.tools.filesystem import make_filesystem, remove_lost_and_found
 from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem, ThinId
 from tests.conftest import World, make_settings
@@ -241,7 +241,7 @@ def test_debugfs_trouble_is_an_error_though_it_exits_zero(fake_world: World) -> 
     assert fake_world.run_pass().ok
     path = f"/dev/mapper/{fake_world.pool}-raw"
     kernel.run(["mkfs.xfs", "-q", "-f", path])
-    with pytest.raises(CommandFailed, match=r"rmdir lost\+found.*Bad magic number"):
+    with pytest.raises(ToolError, match=r"rmdir lost\+found.*Bad magic number"):
         remove_lost_and_found(kernel, path)
 
 
@@ -250,7 +250,7 @@ def test_a_failed_mkfs_says_why_in_one_line(fake_world: World) -> None:
     fake_world.spec("raw", 'filesystem = "none"\n')
     assert fake_world.run_pass().ok
     path = f"/dev/mapper/{fake_world.pool}-raw"
-    with pytest.raises(CommandFailed) as caught:
+    with pytest.raises(ToolError) as caught:
         make_filesystem(fake_world.host, "xfs", path)
     assert str(caught.value) == f"mkfs.xfs {path}: Filesystem must be larger than 300MB."
 

@@ -28,9 +28,9 @@ from reconciler.dm.errors import (
     NoSuchDevice,
 )
 from reconciler.dm.libdm import LibdmClient
-from reconciler.dm.loopback import attach_loop, ensure_file
 from reconciler.dm.pool import PoolDevices, ThinPool
 from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.tools.loopback import attach_loop, ensure_file
 from reconciler.units import Sectors
 from reconciler.vocabulary import ThinId
 

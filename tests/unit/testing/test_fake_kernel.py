@@ -15,7 +15,6 @@ import pytest
 from reconciler.dm.client import DmClient
 from reconciler.dm.driver import DmDriver
 from reconciler.dm.errors import (
-    CommandFailed,
     DeviceBusy,
     DeviceExists,
     InvalidArgument,
@@ -23,9 +22,6 @@ from reconciler.dm.errors import (
     NoSuchDevice,
     classify,
 )
-from reconciler.dm.filesystem import grow_filesystem, make_filesystem
-from reconciler.dm.loopback import attach_loop, attached_loop, ensure_file
-from reconciler.dm.metadata import list_thin_ids
 from reconciler.dm.parse import parse_pool_table, parse_thin_status, parse_thin_table
 from reconciler.dm.pool import (
     MetadataCheckFailed,
@@ -37,6 +33,10 @@ from reconciler.dm.pool import (
 )
 from reconciler.dm.types import PoolMode
 from reconciler.testing.fakekernel import FakeKernel
+from reconciler.tools.errors import ToolError
+from reconciler.tools.filesystem import grow_filesystem, make_filesystem
+from reconciler.tools.loopback import attach_loop, attached_loop, ensure_file
+from reconciler.tools.thin_ls import list_thin_ids
 from reconciler.units import Sectors
 from reconciler.vocabulary import ThinId
 
@@ -511,8 +511,9 @@ def test_mkfs_discards_what_the_device_held_before(pool: ThinPool, kernel: FakeK
 
 def test_mkfs_of_a_missing_device_fails_as_the_tool_does(kernel: FakeKernel) -> None:
     """mkfs.ext4 names the missing file; e2fsck on an unformatted device fails too."""
-    with pytest.raises(CommandFailed, match="does not exist and no size was specified"):
+    with pytest.raises(ToolError, match="does not exist and no size was specified") as failed:
         make_filesystem(kernel, "ext4", "/dev/mapper/x")
+    assert (failed.value.errno_name, failed.value.temporary) == ("EIO", False)
     missing = kernel.run(["mkfs.ext4", "-q", "-F", "/dev/mapper/x"])
     assert (missing.rc, missing.stderr) == (
         1, "The file /dev/mapper/x does not exist and no size was specified.\n")

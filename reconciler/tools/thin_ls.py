@@ -1,7 +1,8 @@
 """Reading the pool's own record of thin ids (thin_ls on a metadata snapshot).
 
 A live pool's metadata can only be read consistently from a metadata snapshot: reserve one,
-list it, release it, whatever happens in between.
+list it, release it, whatever happens in between. thin_ls failing (or printing what we
+cannot read) is a ToolError; the reserve and release messages are dm calls (DmError).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import structlog
 
 from reconciler.dm.client import DmClient
 from reconciler.dm.driver import DmDriver
-from reconciler.dm.errors import DeviceBusy, ParseError, classify
+from reconciler.dm.errors import DeviceBusy
 from reconciler.dm.host import Host
+from reconciler.tools.errors import ToolError, tool_failed
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +36,7 @@ def _thin_ls(host: Host, pool: str, metadata_device: str, fields: str,
     finally:
         client.message(pool, ["release_metadata_snap"])
     if not completed.ok:
-        raise classify(f"thin_ls {metadata_device}", completed)
+        raise tool_failed(f"thin_ls {metadata_device}", completed)
     rows = []
     names = fields.split(",")
     for line in completed.stdout.splitlines():
@@ -42,7 +44,7 @@ def _thin_ls(host: Host, pool: str, metadata_device: str, fields: str,
         if not words:
             continue
         if len(words) != len(names) or not all(w.isdigit() for w in words):
-            raise ParseError("thin_ls", detail=f"fields {fields} (numbers): unexpected "
+            raise ToolError("thin_ls", detail=f"fields {fields} (numbers): unexpected "
                              f"{line.strip()!r}")
         rows.append(words)
     return rows

@@ -10,9 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.dm.errors import classify
 from reconciler.dm.host import Host
-from reconciler.dm.parse import parse_losetup_name
+from reconciler.tools.errors import ToolError, tool_failed
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ def attached_loop(host: Host, path: Path) -> str | None:
     completed = host.run(["losetup", "--noheadings", "--output", "NAME", "--associated",
                           str(path)])
     if not completed.ok:
-        raise classify(f"losetup --associated {path}", completed)
+        raise tool_failed(f"losetup --associated {path}", completed)
     return parse_losetup_name(completed.stdout)
 
 
@@ -59,8 +58,20 @@ def attach_loop(host: Host, path: Path) -> tuple[str, bool]:
         return existing, False
     completed = host.run(["losetup", "--find", "--show", str(path)])
     if not completed.ok:
-        raise classify(f"losetup --find {path}", completed)
+        raise tool_failed(f"losetup --find {path}", completed)
     device = parse_losetup_name(completed.stdout)
     if device is None:
-        raise classify(f"losetup --find {path}", completed)
+        raise tool_failed(f"losetup --find {path}", completed)
     return device, True
+
+
+def parse_losetup_name(text: str) -> str | None:
+    """`losetup --noheadings --output NAME --associated FILE`: the loop device, if attached."""
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        return None
+    for name in names:
+        if not name.startswith("/dev/loop"):
+            raise ToolError("parse", detail=f"field 'NAME' (loop device path): unexpected "
+                            f"{name!r} in {text!r}")
+    return names[0]

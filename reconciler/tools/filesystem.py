@@ -1,4 +1,6 @@
-"""Making filesystems on thin devices (mkfs), through the Host like every other tool."""
+"""Filesystems on thin devices: make (mkfs), grow (e2fsck, resize2fs), discard, count inodes.
+
+Run through the Host like every other program; a failure is a ToolError."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ import re
 import struct
 from collections.abc import Sequence
 
-from reconciler.dm.errors import DmError, classify
 from reconciler.dm.host import Completed, Host
+from reconciler.tools.errors import ToolError, tool_failed
 
 # -F/-f: the device is a fresh thin volume of ours; mkfs would otherwise ask on a terminal
 # when it finds an old signature in recycled pool blocks.
@@ -21,11 +23,11 @@ _DEBUGFS_BANNER = re.compile(r"^debugfs \S+ \(.*\)$")
 
 def make_filesystem(host: Host, fs_type: str, device: str, options: Sequence[str] = ()) -> None:
     """Run mkfs for `fs_type` on `device` and leave its root directory empty, as containerd
-    expects of a snapshot without a parent; raises a classified DmError on failure."""
+    expects of a snapshot without a parent; raises a classified ToolError on failure."""
     argv = [*_MKFS[fs_type], *options, device]
     completed = host.run(argv)
     if not completed.ok:
-        raise classify(f"mkfs.{fs_type} {device}", _first_meaningful_line(completed))
+        raise tool_failed(f"mkfs.{fs_type} {device}", _first_meaningful_line(completed))
     if fs_type == "ext4":
         remove_lost_and_found(host, device)
 
@@ -39,7 +41,7 @@ def remove_lost_and_found(host: Host, device: str) -> None:
     said = [line for line in (completed.stderr + completed.stdout).splitlines()
             if line.strip() and not _DEBUGFS_BANNER.match(line.strip())]
     if not completed.ok or said:
-        raise classify(f"debugfs {device} (rmdir lost+found)",
+        raise tool_failed(f"debugfs {device} (rmdir lost+found)",
                        dataclasses.replace(completed, stderr="\n".join(said) or
                                            completed.stderr))
 
@@ -68,10 +70,10 @@ def grow_filesystem(host: Host, fs_type: str, device: str) -> bool:
     checked = host.run(["e2fsck", "-f", "-p", device])
     # e2fsck: 0 clean, 1 errors corrected; anything else needs a person.
     if checked.rc not in (0, 1):
-        raise classify(f"e2fsck {device}", checked)
+        raise tool_failed(f"e2fsck {device}", checked)
     grown = host.run(["resize2fs", device])
     if not grown.ok:
-        raise classify(f"resize2fs {device}", grown)
+        raise tool_failed(f"resize2fs {device}", grown)
     return True
 
 
@@ -80,7 +82,7 @@ def discard_blocks(host: Host, device: str) -> None:
     down so a loopback pool's data file shrinks (containerd's `discard_blocks`)."""
     completed = host.run(["blkdiscard", device])
     if not completed.ok:
-        raise classify(f"blkdiscard {device}", completed)
+        raise tool_failed(f"blkdiscard {device}", completed)
 
 
 _EXT4_SUPERBLOCK = 1024
@@ -94,7 +96,7 @@ def inodes_used(host: Host, device: str) -> int | None:
     try:
         head = host.read(device, 0, 4096)
     except OSError as exc:
-        raise DmError(f"read superblock of {device}", detail=str(exc)) from exc
+        raise ToolError(f"read superblock of {device}", detail=str(exc)) from exc
     if len(head) >= 2048 and struct.unpack_from("<H", head, _EXT4_SUPERBLOCK + 56)[0] \
             == _EXT4_MAGIC:
         total: int = struct.unpack_from("<I", head, _EXT4_SUPERBLOCK)[0]  # s_inodes_count

@@ -1,0 +1,148 @@
+"""One spec's text, parsed and validated where it enters: a DeviceSpec or a SpecError.
+
+Knows nothing of files or directories (`specs.load` reads them, `specs.trust` decides whether
+to believe them); what it accepts here is what a spec may say.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections.abc import Mapping
+
+from reconciler.specs.model import (
+    FILESYSTEMS,
+    NAME_RE,
+    SNAPSHOT_NAME_RE,
+    Defaults,
+    DeviceSpec,
+    ParsedSpec,
+    SpecError,
+)
+from reconciler.units import XFS_MIN_SIZE, Bytes, SizeError, format_size, parse_size
+from reconciler.vocabulary import Filesystem
+
+_KEYS = ("size", "parent", "filesystem", "active", "readonly", "labels", "nodes")
+# Bounds of a spec's `nodes`: more patterns than any fleet needs, each as long as a Kubernetes
+# node name may be (a DNS subdomain, 253 characters).
+MAX_NODE_PATTERNS = 64
+MAX_NODE_PATTERN_CHARS = 253
+
+def _nodes(value: object) -> tuple[str, ...]:
+    """A spec's `nodes` key, validated."""
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"key 'nodes': expected a non-empty list of node-name globs, "
+                        f"got {value!r}")
+    if len(value) > MAX_NODE_PATTERNS:
+        raise SpecError(f"key 'nodes': {len(value)} patterns, more than the "
+                        f"{MAX_NODE_PATTERNS} a spec may give")
+    for pattern in value:
+        if not isinstance(pattern, str) or not pattern:
+            raise SpecError(f"key 'nodes': {pattern!r} is not a non-empty string")
+        if len(pattern) > MAX_NODE_PATTERN_CHARS:
+            raise SpecError(f"key 'nodes': a pattern of {len(pattern)} characters, longer "
+                            f"than the {MAX_NODE_PATTERN_CHARS} of a node name")
+        if not pattern.isprintable():
+            raise SpecError(f"key 'nodes': {pattern!r} holds a control character")
+    return tuple(value)
+
+
+def _size(value: object) -> Bytes:
+    """A spec's `size` key, validated."""
+    try:
+        size = parse_size(value)
+    except SizeError as exc:
+        raise SpecError(f"key 'size': {exc}") from None
+    if size <= 0 or size % 512:
+        raise SpecError(f"key 'size': must be a positive multiple of 512 bytes, got {size}")
+    return size
+
+
+def _flags(raw: Mapping[str, object]) -> dict[str, bool]:
+    """A spec's `active` and `readonly` keys, validated, with their defaults."""
+    flags = {}
+    for key, default in (("active", True), ("readonly", False)):
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            raise SpecError(f"key {key!r}: expected true or false, got {value!r}")
+        flags[key] = value
+    return flags
+
+
+def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
+    """Parse one spec's text, the config's defaults for what it leaves out; raises SpecError
+    naming the key at fault."""
+    return parse_file(name, text, defaults).spec
+
+
+def parse_file(name: str, text: str, defaults: Defaults) -> ParsedSpec:
+    """Parse one spec's text into its own words (`ParsedSpec`); raises SpecError naming the
+    key at fault."""
+    if not NAME_RE.fullmatch(name):
+        raise SpecError(f"bad name {name!r}: must match {NAME_RE.pattern}")
+    if SNAPSHOT_NAME_RE.fullmatch(name):
+        raise SpecError(f"bad name {name!r}: names snap-<number> and snap-base-<number> "
+                        "belong to the snapshotter API")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - set(_KEYS))
+    if unknown:
+        raise SpecError(f"unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")
+
+    parent = raw.get("parent")
+    if parent is not None:
+        if not isinstance(parent, str) or not NAME_RE.fullmatch(parent):
+            raise SpecError(f"key 'parent': {parent!r} is not a device name")
+        if parent == name:
+            raise SpecError("key 'parent': a device cannot be its own parent")
+
+    size = _size(raw["size"]) if "size" in raw else defaults.size
+
+    filesystem = raw.get("filesystem", defaults.filesystem)
+    if filesystem not in FILESYSTEMS:
+        raise SpecError(f"key 'filesystem': {filesystem!r} is not one of {', '.join(FILESYSTEMS)}")
+    if parent is None and filesystem == "xfs" and size < XFS_MIN_SIZE:
+        raise SpecError(f"key 'size': {format_size(size)} is too small for filesystem "
+                        f"\"xfs\": mkfs.xfs makes no filesystem under {format_size(XFS_MIN_SIZE)}")
+
+    flags = _flags(raw)
+
+    labels = raw.get("labels", {})
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise SpecError("key 'labels': expected a table of string keys to string values")
+
+    nodes = _nodes(raw["nodes"]) if "nodes" in raw else None
+
+    spec = DeviceSpec(
+        name=name,
+        size=size,
+        filesystem=Filesystem(filesystem),
+        parent=parent,
+        active=flags["active"],
+        readonly=flags["readonly"],
+        labels=dict(labels),
+        digest=hashlib.sha256(text.encode()).hexdigest(),
+        nodes=nodes,
+    )
+    return ParsedSpec(spec, own_size="size" in raw, own_filesystem="filesystem" in raw)
+
+
+def stored_spec(
+    name: str, size: int, filesystem: str, parent: str | None, active: bool, readonly: bool,
+    labels: Mapping[str, str],
+) -> DeviceSpec:
+    """A spec kept in the store rather than in a file (the snapshotter API's devices)."""
+    if filesystem not in FILESYSTEMS:
+        raise SpecError(f"filesystem {filesystem!r} is not one of {', '.join(FILESYSTEMS)}")
+    fs = Filesystem(filesystem)
+    # The value, not the member: the digest stays what earlier versions stored.
+    text = repr((size, fs.value, parent, active, readonly, sorted(labels.items())))
+    return DeviceSpec(
+        name=name, size=Bytes(size), filesystem=fs, parent=parent,
+        active=active, readonly=readonly, labels=dict(labels),
+        digest=hashlib.sha256(text.encode()).hexdigest(),
+    )
