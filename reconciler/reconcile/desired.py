@@ -117,7 +117,7 @@ def impossible_change(record: DeviceRecord, spec: DeviceSpec) -> str | None:
         return (f"key 'parent': the device exists with parent {record.parent!r}; "
                 "a device cannot change its parent (remove it and make a new one)")
     if spec.filesystem != record.filesystem:
-        return (f"key 'filesystem': the device exists with {record.filesystem!r}; "
+        return (f"key 'filesystem': the device exists with {record.filesystem.value!r}; "
                 "its filesystem is never remade")
     if spec.size < record.size_bytes:
         return (f"key 'size': {spec.size} bytes is smaller than the device's "

@@ -143,7 +143,7 @@ def inherit(words: ParsedSpec, parent_size: int, parent_filesystem: Filesystem) 
     if words.own_filesystem and spec.filesystem != parent_filesystem:
         raise SpecError(
             f"key 'filesystem': a snapshot keeps its parent's filesystem "
-            f"({parent_filesystem!r}), got {spec.filesystem!r}"
+            f"({parent_filesystem.value!r}), got {spec.filesystem.value!r}"
         )
     if size < parent_size:
         raise SpecError(
