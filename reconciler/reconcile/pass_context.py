@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 import structlog
 
 from reconciler.config import Settings
-from reconciler.dm.driver import DmDriver
 from reconciler.dm.host import Host
-from reconciler.dm.metadata import list_thin_ids
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.dm.thin import ThinDevice
 from reconciler.reconcile.decide import Settled
+from reconciler.reconcile.ledger import PoolLedger
 from reconciler.reconcile.observe import KernelDevice, Observation
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import RejectedSpec
@@ -79,32 +78,6 @@ class StepFailed(Exception):
 
 class Stopped(Exception):
     """A stop was requested; the pass ends between two steps."""
-
-
-@dataclass
-class PoolLedger:
-    """What we know of the pool's metadata between passes: its transaction id (which counts
-    our changes) and its thin ids (read with thin_ls, then kept current by our own changes)."""
-
-    transaction_id: int = 0
-    # None until first read.
-    ids: set[int] | None = None
-    # The pool's (transaction id, used metadata blocks) when `ids` was read.
-    seen: tuple[int, int] | None = None
-
-    def read_ids(self, host: Host, pool_name: str, metadata_device: str, client: DmDriver,
-                 obs: Observation) -> set[int]:
-        """Read the pool's thin ids now (a metadata snapshot and thin_ls)."""
-        pool = obs.pool
-        self.seen = None if pool is None else (pool.transaction_id, pool.used_metadata_blocks)
-        self.ids = list_thin_ids(host, pool_name, metadata_device, client)
-        return self.ids
-
-    def changed_since_read(self, obs: Observation) -> bool:
-        """Whether the pool's transaction id or metadata usage moved since `ids` was read."""
-        pool = obs.pool
-        now = None if pool is None else (pool.transaction_id, pool.used_metadata_blocks)
-        return self.ids is None or now != self.seen
 
 
 @dataclass

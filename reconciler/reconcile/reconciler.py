@@ -45,12 +45,12 @@ from reconciler.reconcile.guards import (
     new_devices_held,
     removals,
 )
+from reconciler.reconcile.ledger import PoolLedger
 from reconciler.reconcile.observe import ParsedTargets, observe, observe_names
 from reconciler.reconcile.pass_context import (
     PassContext,
     PassObserver,
     PassResult,
-    PoolLedger,
     Stopped,
 )
 from reconciler.reconcile.pool_setup import prepare_pool
