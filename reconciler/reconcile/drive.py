@@ -15,6 +15,7 @@ from reconciler.dm.errors import DeviceBusy, DmError
 from reconciler.reconcile.decide import Decision, Wait, is_removal, next_step
 from reconciler.reconcile.desired import apply_spec, new_record
 from reconciler.reconcile.pass_context import PassContext, PassResult, StepFailed, Stopped
+from reconciler.reconcile.retry import Retry, verdict
 from reconciler.reconcile.steps import STEPS
 from reconciler.specs import DeviceSpec
 from reconciler.states import DeviceState, Step, Trigger
@@ -147,24 +148,23 @@ def _failed(ctx: PassContext, record: DeviceRecord, step: Step, removal: bool,
             exc: DmError) -> None:
     bound = log.bind(name=record.name, step=step.value)
     record.attempts += 1
-    busy_removal = removal and isinstance(exc, DeviceBusy)
-    if busy_removal or (exc.temporary and not ctx.policy.exhausted(record.attempts)):
-        delay = ctx.policy.delay(record.attempts)
-        record.retry_at = ctx.clock() + delay
+    choice = verdict(ctx.policy, record.attempts, exc.temporary,
+                     removal and isinstance(exc, DeviceBusy))
+    if isinstance(choice, Retry):
+        record.retry_at = ctx.clock() + choice.delay
         ctx.retries[step] += 1
-        prefix = "busy: held open; " if busy_removal else ""
-        budget = "" if busy_removal else f"/{ctx.policy.max_attempts}"
+        prefix = "busy: held open; " if choice.busy else ""
+        budget = "" if choice.busy else f"/{ctx.policy.max_attempts}"
         record.error = f"{prefix}{step.value}: {exc} (attempt {record.attempts}{budget})"
         ctx.store.save_device(record)
         bound.warning("device.step_failed", error=str(exc), errno=exc.errno_name,
                       attempt=record.attempts, decision="temporary",
-                      next=f"retry in {delay:.2f}s")
+                      next=f"retry in {choice.delay:.2f}s")
         return
-    reason = "permanent" if not exc.temporary else "attempts exhausted"
     bound.error("device.step_failed", error=str(exc), errno=exc.errno_name,
-                attempt=record.attempts, decision=reason, next="marking Faulty")
+                attempt=record.attempts, decision=choice.reason, next="marking Faulty")
     plural = "s" if record.attempts != 1 else ""
     ctx.machine(record.name).fire(
-        Trigger.FAIL, error=f"{step.value}: {exc} ({reason} after {record.attempts} "
+        Trigger.FAIL, error=f"{step.value}: {exc} ({choice.reason} after {record.attempts} "
         f"attempt{plural})", step=step.value,
     )
