@@ -54,6 +54,7 @@ from reconciler.reconcile.pass_context import (
     Stopped,
 )
 from reconciler.reconcile.pool_setup import prepare_pool
+from reconciler.reconcile.records import RecordCache
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import DeviceSpec, RejectedSpec, SpecFileCache, SpecSet
 from reconciler.states import DeviceState, SpareMachines
@@ -66,10 +67,6 @@ log = structlog.get_logger(__name__)
 POOL_IDS_EVERY = 10
 # A partial pass over at most this many devices observes just them (three calls each).
 TARGETED_MAX = 16
-# A full pass reuses the records the last pass left when no one else wrote the database;
-# every this many full passes it reads them again anyway (belt and braces: a resync is
-# where anything missed gets caught).
-RECORDS_REREAD_EVERY = 10
 
 
 @dataclass
@@ -118,7 +115,8 @@ class Reconciler:
         # Measures passes for pass_observer: a duration, never a time of day.
         self._timer = timer
         self.pool: ThinPool | None = None
-        self.records: dict[str, DeviceRecord] = {}
+        self._cache = RecordCache(store)
+        self.records: dict[str, DeviceRecord] = self._cache.records
         self.ledger = PoolLedger()
         self._spares = SpareMachines()
         self.recovered = False
@@ -127,12 +125,7 @@ class Reconciler:
         self._parsed = ParsedTargets()
         self._settled = Settled()
         self._ordering = Ordering()
-        # Whether self.records is what the store holds (the last pass ended normally).
-        self._records_current = False
-        self._full_passes_since_read = 0
         self._full_passes = 0
-        # An error nobody foresaw left a device's record unsaved: the next pass reads rows.
-        self._reread_records = False
         # `run --once --allow-removals`: the removal guard is off for this process.
         self.allow_removals = allow_removals
         # Removals an operator confirmed (`reconciler confirm-removals`), until done.
@@ -177,11 +170,6 @@ class Reconciler:
         specs, rejected = resolve_against_store(spec_set, self.records, self.settings)
         return _Desired(specs, spec_set.names, rejected, spec_set.source_error,
                         spec_set.elsewhere)
-
-    def _read_records(self) -> None:
-        self.records.clear()
-        self.records.update((r.name, r) for r in self.store.devices(include_removed=True))
-        self._full_passes_since_read = 0
 
     # -- a pass ------------------------------------------------------------------------------
 
@@ -276,8 +264,7 @@ class Reconciler:
                                    and self.records[n].state != S.REMOVED}
         result.retries = dict(ctx.retries)
         self._schedule(result)
-        self._records_current = not (result.stopped or self._reread_records)
-        self._reread_records = False
+        self._cache.end_pass(result.stopped)
         return result
 
     def _watch_pool_space(self, ctx: PassContext) -> None:
@@ -319,8 +306,7 @@ class Reconciler:
                           next="left as it is; tried again next pass")
             result.pending[name] = error
             # What is in memory may be ahead of what was saved: read the rows again.
-            self._records_current = False
-            self._reread_records = True
+            self._cache.distrust()
             with contextlib.suppress(Exception):
                 stored = self.store.device(name)
                 if stored is not None:
@@ -344,16 +330,8 @@ class Reconciler:
         retry is due: its cost then does not grow with the number of devices.
         """
         few = only is not None and len(only) <= TARGETED_MAX
-        # Checked every pass, so that "written by others" covers exactly the last pass.
-        others = self.store.written_by_others()
-        current = (self.recovered and self._records_current and not others
-                   and not self.store.has_requests())
-        targeted = current and few
+        targeted = self._cache.start_pass(self.recovered, only is None, few)
         spec_set = self.load_specs(only if few else None, incremental=targeted)
-        self._full_passes_since_read += only is None
-        if not (targeted or (current and self._full_passes_since_read < RECORDS_REREAD_EVERY)):
-            self._read_records()
-        self._records_current = False
         desired = self._desired(spec_set)
         chosen: set[str] | None = None
         if only is not None:
@@ -425,8 +403,7 @@ class Reconciler:
         if pool.client.info(self.settings.pool_name) is None:
             return [("(pool)", f"create pool {self.settings.pool_name}")]
         ctx = self._context(pool)
-        self._read_records()
-        self._records_current = False
+        self._cache.read()
         desired = self._desired(self.load_specs(), remember=False)
         ctx.obs = observe(pool.client, self.settings.pool_name, self._parsed)
         actions = [(r.name, f"nothing: spec rejected ({r.error})") for r in desired.rejected]
