@@ -14,7 +14,7 @@ again. That is how a converged resync of 10,000 devices stays cheap without trus
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler.dm.types import DeviceInfo, ThinTable
 from reconciler.reconcile.observe import KernelDevice
@@ -35,6 +35,18 @@ class Wait:
 
 Decision = Step | Wait | None
 """A step to run, a reason to wait, or None: nothing to do."""
+
+
+class Inputs(NamedTuple):
+    """Everything next_step is given about one device, in its argument order
+    (`next_step(*inputs)`). Built in one place for a pass (`PassContext.inputs`): the drive
+    loop, `Settled` and `reconciler plan` decide on the same thing."""
+
+    record: DeviceRecord
+    spec: DeviceSpec | None
+    kernel: KernelDevice | None
+    parent: DeviceRecord | None
+    hold_new: str | None = None
 
 
 def next_step(record: DeviceRecord, spec: DeviceSpec | None, kernel: KernelDevice | None,
@@ -169,9 +181,9 @@ class Settled:
     def __init__(self) -> None:
         self._inputs: dict[str, _Inputs] = {}
 
-    def unchanged(self, record: DeviceRecord, spec: DeviceSpec, kernel: KernelDevice | None,
-                  parent: DeviceRecord | None, hold_new: str | None) -> bool:
+    def unchanged(self, inputs: Inputs) -> bool:
         """Whether next_step already said None for exactly these inputs."""
+        record, spec, kernel, parent, hold_new = inputs
         seen = self._inputs.get(record.name)
         if seen is None:
             return False
@@ -184,9 +196,10 @@ class Settled:
                 and fields == _fields(record)
                 and parent_fields == _fields(parent))
 
-    def remember(self, record: DeviceRecord, spec: DeviceSpec, kernel: KernelDevice | None,
-                 parent: DeviceRecord | None, hold_new: str | None) -> None:
-        """next_step said None for these inputs."""
+    def remember(self, inputs: Inputs) -> None:
+        """next_step said None for these inputs (a device some spec wants)."""
+        record, spec, kernel, parent, hold_new = inputs
+        assert spec is not None, f"{record.name}: only a wanted device is settled"
         info, table = (None, None) if kernel is None else (kernel.info, kernel.table)
         self._inputs[record.name] = (_fields(record) or (), spec, info, table,
                                      _fields(parent), hold_new)

@@ -35,8 +35,7 @@ OPENS_NODE: frozenset[Step] = frozenset({Step.MKFS, Step.GROW_FS})
 
 def decide(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> Decision:
     """next_step with what this pass knows of the kernel and of the device's parent."""
-    parent = ctx.records.get(record.parent) if record.parent is not None else None
-    return next_step(record, spec, ctx.kernel(record.name), parent, ctx.hold_new)
+    return next_step(*ctx.inputs(record, spec))
 
 
 def record_for(ctx: PassContext, name: str, spec: DeviceSpec | None) -> DeviceRecord:
@@ -99,8 +98,7 @@ def _note_settled(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | Non
     if spec is None or record.state in (S.FAULTY, S.REMOVED) or record.error is not None \
             or record.retry_at is not None:
         return
-    parent = ctx.records.get(record.parent) if record.parent is not None else None
-    ctx.settled.remember(record, spec, ctx.kernel(record.name), parent, ctx.hold_new)
+    ctx.settled.remember(ctx.inputs(record, spec))
 
 
 def _wait(ctx: PassContext, record: DeviceRecord, wait: Wait, result: PassResult) -> None:

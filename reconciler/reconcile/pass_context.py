@@ -19,11 +19,11 @@ from reconciler.config import Settings
 from reconciler.dm.host import Host
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.dm.thin import ThinDevice
-from reconciler.reconcile.decide import Settled
+from reconciler.reconcile.decide import Inputs, Settled
 from reconciler.reconcile.ledger import PoolLedger
 from reconciler.reconcile.observe import KernelDevice, Observation
 from reconciler.reconcile.retry import RetryPolicy
-from reconciler.specs import RejectedSpec
+from reconciler.specs import DeviceSpec, RejectedSpec
 from reconciler.states import (
     DeviceMachine,
     DeviceState,
@@ -114,6 +114,14 @@ class PassContext:
     def kernel(self, name: str) -> KernelDevice | None:
         """The device as this pass observed it (and kept current since)."""
         return self.obs.device(self.kernel_name(name))
+
+    def inputs(self, record: DeviceRecord, spec: DeviceSpec | None) -> Inputs:
+        """What the decision for this device is made on (`next_step(*inputs)`): the record
+        and spec given, the device as this pass sees the kernel, its parent's record and
+        why new devices wait. Called for every device of a resync: kept to lookups."""
+        parent = None if record.parent is None else self.records.get(record.parent)
+        return Inputs(record, spec, self.obs.devices.get(self.kernel_name(record.name)),
+                      parent, self.hold_new)
 
     def thin(self, record: DeviceRecord) -> ThinDevice:
         """The kernel side of a device whose thin id is allocated."""

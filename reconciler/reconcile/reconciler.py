@@ -237,17 +237,14 @@ class Reconciler:
         # the steps that open a node; one udev wait; then a second sweep finishes those.
         held: set[str] = set()
         settled, converged = ctx.settled.unchanged, result.converged
-        records, devices, prefix = self.records, ctx.obs.devices, f"{self.settings.pool_name}-"
+        records, inputs = self.records, ctx.inputs
         try:
             for name, spec in order:
                 # A device decided on exactly what this pass sees of it (its record, spec,
-                # dm device as ctx.kernel names it, parent, hold_new) is not decided again:
-                # decide.Settled. Inlined: this loop runs 10,000 times a resync.
+                # dm device, parent, hold_new) is not decided again: decide.Settled. This
+                # loop runs 10,000 times a resync: kept to a lookup and a comparison.
                 record = records.get(name)
-                if spec is not None and record is not None and settled(
-                        record, spec, devices.get(prefix + name),
-                        None if record.parent is None else records.get(record.parent),
-                        ctx.hold_new):
+                if spec is not None and record is not None and settled(inputs(record, spec)):
                     converged.append(name)
                 else:
                     self._drive_contained(ctx, name, spec, result, held)
