@@ -69,7 +69,7 @@ def next_step(record: DeviceRecord, spec: DeviceSpec | None, kernel: KernelDevic
         return Step.RECREATE
     if state == S.FAULTY:
         # Left alone until its spec changes (or an operator asks for a retry).
-        return Step.RETRY if record.spec_digest != spec.digest else None
+        return Step.RETRY if spec_changed(record, spec) else None
     if state == S.UNKNOWN:
         held = Wait(hold_new) if hold_new is not None else None
         return _parent_wait(record, parent) or held or Step.CREATE
@@ -94,6 +94,19 @@ def next_step(record: DeviceRecord, spec: DeviceSpec | None, kernel: KernelDevic
     if fs_needs_growing(record, kernel):
         return Step.GROW_FS
     return None
+
+
+def spec_changed(record: DeviceRecord, spec: DeviceSpec | None) -> bool:
+    """Whether the spec is not the one the record last took: the one test of "did the spec
+    change", for the decision and for the drive loop alike."""
+    return spec is not None and record.spec_digest != spec.digest
+
+
+def takes_spec_now(record: DeviceRecord, spec: DeviceSpec | None) -> bool:
+    """Whether a changed spec's wishes go into the record before the decision (next_step
+    reads them there). Not a Faulty device's: its changed spec is what makes next_step say
+    RETRY, and the retry step takes the spec."""
+    return spec_changed(record, spec) and record.state != S.FAULTY
 
 
 def _unwanted(state: DeviceState) -> Decision:

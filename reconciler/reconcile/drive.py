@@ -12,7 +12,14 @@ from __future__ import annotations
 import structlog
 
 from reconciler.dm.errors import DeviceBusy, DmError
-from reconciler.reconcile.decide import Decision, Wait, is_removal, next_step
+from reconciler.reconcile.decide import (
+    Decision,
+    Wait,
+    is_removal,
+    next_step,
+    spec_changed,
+    takes_spec_now,
+)
 from reconciler.reconcile.desired import apply_spec, new_record
 from reconciler.reconcile.pass_context import PassContext, PassResult, StepFailed, Stopped
 from reconciler.reconcile.retry import Retry, verdict
@@ -57,11 +64,11 @@ def drive(ctx: PassContext, name: str, spec: DeviceSpec | None, result: PassResu
     parent that stopped so, and add the name to `held`: the pass drives it again later."""
     ctx.settled.forget(name)
     record = record_for(ctx, name, spec)
-    spec_changed = spec is not None and record.spec_digest != spec.digest
-    if record.retry_at is not None and record.retry_at > ctx.clock() and not spec_changed:
+    if record.retry_at is not None and record.retry_at > ctx.clock() and not spec_changed(
+            record, spec):
         result.pending[name] = record.error or "waiting to retry"
         return
-    if spec is not None and record.state != S.FAULTY and spec_changed:
+    if spec is not None and takes_spec_now(record, spec):
         apply_spec(record, spec)
         ctx.store.save_device(record)
     for _ in range(MAX_STEPS):
