@@ -18,10 +18,9 @@ import structlog
 
 from reconciler.dm.pool import PoolOp
 from reconciler.reconcile.pass_context import PassContext
-from reconciler.states import DeviceState, Trigger
+from reconciler.states import Trigger
 from reconciler.store import DeviceRecord, IntentRecord
 
-S = DeviceState
 T = Trigger
 log = structlog.get_logger(__name__)
 
@@ -47,7 +46,7 @@ def record_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> No
     machine = ctx.machine(record.name)
     if op == PoolOp.DELETE:
         record.provisioned = False
-        if machine.current == S.REMOVING:
+        if machine.can(T.REMOVED):
             machine.fire(T.REMOVED)
         else:
             ctx.store.save_device(record)
@@ -55,7 +54,7 @@ def record_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> No
     record.provisioned = True
     # Snapshots carry their parent's filesystem; devices without one need no mkfs.
     record.formatted = record.parent is not None or record.filesystem == "none"
-    if machine.current == S.CREATING:
+    if machine.can(T.CREATED):
         machine.fire(T.CREATED)
     else:
         ctx.store.save_device(record)

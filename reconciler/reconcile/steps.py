@@ -23,11 +23,10 @@ from reconciler.reconcile.desired import apply_spec, copy_spec
 from reconciler.reconcile.intents import commit_pool_change, intend, settle_pending
 from reconciler.reconcile.pass_context import PassContext
 from reconciler.specs import DeviceSpec
-from reconciler.states import LIVE, DeviceMachine, DeviceState, Step, Trigger
+from reconciler.states import LIVE, DeviceMachine, Step, Trigger, transition
 from reconciler.store import DeviceRecord
 from reconciler.units import Bytes, Sectors, to_sectors
 
-S = DeviceState
 T = Trigger
 log = structlog.get_logger(__name__)
 
@@ -42,7 +41,7 @@ def create(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> N
     """Provision a thin id: empty, or a snapshot of the parent's."""
     del spec
     machine = ctx.machine(record.name)
-    first = machine.current == S.UNKNOWN
+    first = machine.can(T.CREATE)
     if not first and settle_pending(ctx, record):
         return
     if first:
@@ -106,23 +105,18 @@ def _resume(ctx: PassContext, record: DeviceRecord, machine: DeviceMachine) -> N
     """Resume a device this step suspended (or may have: a suspend that failed leaves it
     Suspending): fire the resume, resume, fire resumed. dm accepts resuming a running
     device, so this is right whether or not the kernel had suspended it."""
-    if machine.current in (S.SUSPENDING, S.SUSPENDED):
-        machine.fire(T.RESUME)
-    ctx.thin(record).resume()
-    machine.fire(T.RESUMED)
+    with transition(machine, T.RESUME, T.RESUMED):
+        ctx.thin(record).resume()
 
 
 def activate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
     """Map the thin id as a dm device (adopting it if the kernel already maps it so)."""
     del spec
-    machine = ctx.machine(record.name)
-    if machine.current in (S.CREATED, S.DEACTIVATED):
-        machine.fire(T.ACTIVATE)
-    # mkfs needs a writable device: a read-only one is made read-only after its mkfs.
-    readonly = record.readonly and record.formatted
-    ctx.thin(record).activate(_sectors(record), readonly, ctx.obs.pool_number)
-    ctx.refresh(record)
-    machine.fire(T.ACTIVATED)
+    with transition(ctx.machine(record.name), T.ACTIVATE, T.ACTIVATED):
+        # mkfs needs a writable device: a read-only one is made read-only after its mkfs.
+        readonly = record.readonly and record.formatted
+        ctx.thin(record).activate(_sectors(record), readonly, ctx.obs.pool_number)
+        ctx.refresh(record)
 
 
 def make_fs(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
@@ -163,13 +157,15 @@ def reload(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> N
             kernel.info.open_count > 0 and kernel.table.length < _sectors(record):
         record.notice = ("grown while open: grow its filesystem where it is mounted "
                          "(resize2fs DEVICE or xfs_growfs MOUNTPOINT)")
-    if machine.current in LIVE:
+    # Suspend, load, resume: each stage the machine is not already past (a crash or a
+    # failed attempt may have left it at any of them) runs, as its table allows.
+    if machine.can(T.SUSPEND):
         machine.fire(T.SUSPEND)
     try:
-        if machine.current == S.SUSPENDING:
+        if machine.can(T.SUSPENDED):
             thin.suspend()
             machine.fire(T.SUSPENDED)
-        if machine.current == S.SUSPENDED:
+        if machine.can(T.RESUME):
             thin.load(_sectors(record), record.readonly)
             machine.fire(T.RESUME)
         thin.resume()
@@ -203,25 +199,24 @@ def deactivate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) 
         log.warning("device.not_ours", name=record.name, kernel_name=thin.kernel_name,
                     uuid=kernel.info.uuid, next="left alone")
         kernel = None
-    if machine.current in LIVE:
-        machine.fire(T.DEACTIVATE)
-    if kernel is not None:
+    with transition(machine, T.DEACTIVATE, T.DEACTIVATED):
+        if kernel is None:
+            return
         if spec is None and ctx.settings.discard_blocks and not kernel.info.readonly:
             ctx.pool.client.settle_udev()  # blkdiscard opens the node
             discard_blocks(ctx.host, thin.path)
         if spec is not None and kernel.info.open_count > 0:
             _deactivate_deferred(ctx, record, thin, kernel.info.open_count)
+            return
+        try:
+            thin.remove()
+        except DeviceBusy:
+            if spec is None:
+                raise
+            # Opened since the pass looked (or udev probing it): the same as above.
+            _deactivate_deferred(ctx, record, thin, None)
         else:
-            try:
-                thin.remove()
-            except DeviceBusy:
-                if spec is None:
-                    raise
-                # Opened since the pass looked (or udev probing it): the same as above.
-                _deactivate_deferred(ctx, record, thin, None)
-            else:
-                ctx.forget_kernel_device(record.name)
-    machine.fire(T.DEACTIVATED)
+            ctx.forget_kernel_device(record.name)
 
 
 def _deactivate_deferred(ctx: PassContext, record: DeviceRecord, thin: ThinDevice,
@@ -238,7 +233,7 @@ def remove(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> N
     """Delete the device: its dm device if any, then its thin id and blocks."""
     del spec
     machine = ctx.machine(record.name)
-    if machine.current != S.REMOVING:
+    if machine.can(T.REMOVE):
         machine.fire(T.REMOVE)
     elif settle_pending(ctx, record):
         return

@@ -15,6 +15,7 @@ from reconciler.states.machine import (
     SpareMachines,
     StateChange,
     build_graph_machine,
+    transition,
 )
 from reconciler.states.vocabulary import (
     IN_FLIGHT,
@@ -41,4 +42,5 @@ __all__ = [
     "Trigger",
     "build_graph_machine",
     "is_ready",
+    "transition",
 ]
