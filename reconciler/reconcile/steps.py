@@ -122,8 +122,8 @@ def activate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) ->
 def make_fs(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
     """mkfs, once in a device's life."""
     del spec
-    ctx.pool.client.settle_udev()  # mkfs opens the node
-    make_filesystem(ctx.host, record.filesystem, ctx.thin(record).path, ctx.settings.fs_options)
+    make_filesystem(ctx.host, record.filesystem, ctx.thin(record).open_node(),
+                    ctx.settings.fs_options)
     record.formatted = True
     record.fs_size_bytes = record.size_bytes
     ctx.store.save_device(record)
@@ -134,8 +134,7 @@ def grow_fs(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> 
     """Grow an unmounted filesystem to the device; one that cannot be grown offline (xfs)
     gets a notice saying how."""
     del spec
-    ctx.pool.client.settle_udev()  # e2fsck and resize2fs open the node
-    if grow_filesystem(ctx.host, record.filesystem, ctx.thin(record).path):
+    if grow_filesystem(ctx.host, record.filesystem, ctx.thin(record).open_node()):
         record.fs_size_bytes = record.size_bytes
         log.info("device.filesystem_grown", name=record.name, size_bytes=record.size_bytes)
     else:
@@ -203,8 +202,7 @@ def deactivate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) 
         if kernel is None:
             return
         if spec is None and ctx.settings.discard_blocks and not kernel.info.readonly:
-            ctx.pool.client.settle_udev()  # blkdiscard opens the node
-            discard_blocks(ctx.host, thin.path)
+            discard_blocks(ctx.host, thin.open_node())
         if spec is not None and kernel.info.open_count > 0:
             _deactivate_deferred(ctx, record, thin, kernel.info.open_count)
             return
