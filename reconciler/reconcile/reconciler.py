@@ -13,7 +13,6 @@ one device's loop in `drive`, crash recovery in `recovery`, operator requests an
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -37,7 +36,7 @@ from reconciler.reconcile.desired import (
     resolve_against_store,
     with_descendants,
 )
-from reconciler.reconcile.drive import decide, drive
+from reconciler.reconcile.drive import decide, drive_all
 from reconciler.reconcile.guards import (
     Conditions,
     SourceGuard,
@@ -233,26 +232,8 @@ class Reconciler:
             if chosen is None or n in chosen]
         unwanted = self._unwanted(desired, chosen, result)
         order += [(n, None) for n in sorted(unwanted)]
-        # Breadth-first: a first sweep provisions and activates every device, holding back
-        # the steps that open a node; one udev wait; then a second sweep finishes those.
-        held: set[str] = set()
-        settled, converged = ctx.settled.unchanged, result.converged
-        records, inputs = self.records, ctx.inputs
         try:
-            for name, spec in order:
-                # A device decided on exactly what this pass sees of it (its record, spec,
-                # dm device, parent, hold_new) is not decided again: decide.Settled. This
-                # loop runs 10,000 times a resync: kept to a lookup and a comparison.
-                record = records.get(name)
-                if spec is not None and record is not None and settled(inputs(record, spec)):
-                    converged.append(name)
-                else:
-                    self._drive_contained(ctx, name, spec, result, held)
-            if held:
-                ctx.pool.client.settle_udev()
-                for name, spec in order:
-                    if name in held:
-                        self._drive_contained(ctx, name, spec, result)
+            drive_all(ctx, order, result, self._cache.distrust)
         except Stopped:
             result.stopped = True
             log.info("pass.stopped", next="exiting; every finished step is persisted")
@@ -288,33 +269,6 @@ class Reconciler:
         elif chosen is None:
             self._conditions.say(ConditionKind.REMOVALS_HELD, None)
         return unwanted
-
-    def _drive_contained(self, ctx: PassContext, name: str, spec: DeviceSpec | None,
-                         result: PassResult, held: set[str] | None = None) -> None:
-        """drive(), with an error nobody foresaw kept to this device: logged with its
-        traceback, shown as the device's error, and retried by the next pass."""
-        try:
-            drive(ctx, name, spec, result, held)
-        except Stopped:
-            raise
-        except Exception as exc:
-            error = f"internal error: {type(exc).__name__}: {exc}"
-            log.exception("device.internal_error", name=name, error=error,
-                          next="left as it is; tried again next pass")
-            result.pending[name] = error
-            # What is in memory may be ahead of what was saved: read the rows again.
-            self._cache.distrust()
-            with contextlib.suppress(Exception):
-                stored = self.store.device(name)
-                if stored is not None:
-                    stored.error = error
-                    self.store.save_device(stored)
-        finally:
-            # A machine is taken again (from the spares) whenever wanted: kept for the whole
-            # pass, a burst's 10,000 machines held 460 MB. Given back now, the spares keep
-            # what transitions would otherwise build again for the next device.
-            ctx.spares.give_back(ctx.machines.values())
-            ctx.machines.clear()
 
     def _begin(self, ctx: PassContext, only: set[str] | None
                ) -> tuple[_Desired, set[str] | None]:
