@@ -15,7 +15,7 @@ Faulty, because only the holder of the device can end it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -107,7 +107,7 @@ def drive(ctx: PassContext, name: str, spec: DeviceSpec | None, result: PassResu
     _settled(ctx, record, spec, result)
 
 
-def drive_all(ctx: PassContext, order: list[tuple[str, DeviceSpec | None]],
+def drive_all(ctx: PassContext, order: Sequence[tuple[str, DeviceSpec | None]],
               result: PassResult, distrust: Callable[[], None]) -> None:
     """Drive every device of `order` (None: its removal), breadth-first: a first sweep
     provisions and activates every device, holding back the steps that open a node; one
