@@ -55,6 +55,14 @@ class Stage:
         assert record is not None, f"no row for {name}"
         return record
 
+    def restart(self) -> None:
+        """What a restarted daemon has: a new store connection and a new reconciler (not
+        recovered yet) holding the rows as stored; the kernel as it was left."""
+        self.store.close()
+        self.world.store = Store(self.world.settings.database_path, self.world.clock)
+        self.engine = self.world.reconciler(POLICY)
+        self.engine.records.update((r.name, r) for r in self.store.devices(include_removed=True))
+
     def context(self) -> PassContext:
         """A pass's context over what the kernel shows now (recovered, as a pass is)."""
         engine = self.engine
