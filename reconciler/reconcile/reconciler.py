@@ -2,13 +2,15 @@
 
 One pass reads every spec, observes the kernel, and drives every device to its spec (see
 `drive`); the Reconciler keeps what makes the next pass cheap and correct: the pool, the
-device records (the reconcile thread is their only writer), parse caches, and the ledger of
-the pool's thin ids and transaction id. Not thread-safe: one thread owns it, its store and
-its machines.
+device records (the reconcile thread is their only writer; `records` says when to read them
+again), parse caches, and the ledger of the pool's thin ids and transaction id (`ledger`).
+Not thread-safe: one thread owns it, its store and its machines.
 
-Where things are: desired state in `desired`, the decision in `decide`, the steps in `steps`,
-one device's loop in `drive`, crash recovery in `recovery`, operator requests and orphans in
-`maintenance`, the pass's world in `pass_context`.
+Where things are: desired state in `desired`, the decision in `decide` (its inputs built by
+`PassContext.inputs`), the steps in `steps`, the crash protocol they follow in `intents`, the
+sweeps and one device's loop in `drive` (retry or Faulty: `retry.verdict`), crash recovery in
+`recovery`, operator requests and orphans in `maintenance`, the pass's world in
+`pass_context`.
 """
 
 from __future__ import annotations
