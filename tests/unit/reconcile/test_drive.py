@@ -14,7 +14,7 @@ from reconciler.specs import DeviceSpec
 from reconciler.states import DeviceState, Step
 from reconciler.store import DeviceRecord
 from reconciler.testing.fakekernel.faults import Op
-from tests.unit.reconcile.conftest import POLICY, Stage
+from tests.unit.reconcile.stage import POLICY, Stage
 
 S = DeviceState
 

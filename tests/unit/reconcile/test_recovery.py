@@ -11,7 +11,7 @@ from reconciler.reconcile.drive import drive, record_for
 from reconciler.reconcile.intents import intend
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.states import DeviceState, Trigger
-from tests.unit.reconcile.conftest import Stage
+from tests.unit.reconcile.stage import Stage
 
 S = DeviceState
 
