@@ -15,7 +15,8 @@ Faulty, because only the holder of the device can end it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import structlog
 
@@ -23,6 +24,7 @@ from reconciler.dm.errors import DeviceBusy, DmError
 from reconciler.reconcile.decide import (
     Decision,
     Wait,
+    describe,
     is_removal,
     next_step,
     spec_changed,
@@ -51,6 +53,35 @@ OPENS_NODE: frozenset[Step] = frozenset({Step.MKFS, Step.GROW_FS})
 def decide(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> Decision:
     """next_step with what this pass knows of the kernel and of the device's parent."""
     return next_step(*ctx.inputs(record, spec))
+
+
+def plan_line(ctx: PassContext, name: str, spec: DeviceSpec | None) -> str:
+    """What `reconciler plan` says the next pass does to a device: the decision drive would
+    take first, on a copy of its record (nothing is written)."""
+    record = ctx.records.get(name)
+    if record is None:
+        assert spec is not None
+        record = new_record(name, spec, 0.0)
+    elif spec is not None:
+        # Every device's copy takes the spec, a Faulty one's too: what plan has always shown
+        # (for a Faulty device whose spec changed, "nothing: Faulty", though a pass retries).
+        record = replace(record)
+        apply_spec(record, spec)
+    return describe(record, decide(ctx, record, spec), wanted=spec is not None)
+
+
+def schedule_retries(result: PassResult, records: Mapping[str, DeviceRecord],
+                     max_attempts: int) -> None:
+    """Note in the result when the first pending device may be tried again, and the first
+    among those with attempts left (what `run --once` waits for)."""
+    for name in result.pending:
+        record = records.get(name)
+        if record is None or record.retry_at is None:
+            continue
+        at = record.retry_at
+        result.next_retry_at = min(at, result.next_retry_at or at)
+        if record.attempts < max_attempts:
+            result.next_budgeted_retry_at = min(at, result.next_budgeted_retry_at or at)
 
 
 def record_for(ctx: PassContext, name: str, spec: DeviceSpec | None) -> DeviceRecord:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import structlog
 
@@ -27,18 +27,16 @@ from reconciler.dm.host import Host
 from reconciler.dm.observed import KernelCallObserver, ObservedDriver
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.reconcile import maintenance, recovery
-from reconciler.reconcile.decide import Settled, describe
+from reconciler.reconcile.decide import Settled
 from reconciler.reconcile.desired import (
     Ordering,
     StoredSpecs,
-    apply_spec,
     load_specs,
-    new_record,
     parents_first,
     resolve_against_store,
     with_descendants,
 )
-from reconciler.reconcile.drive import decide, drive_all
+from reconciler.reconcile.drive import drive_all, plan_line, schedule_retries
 from reconciler.reconcile.guards import (
     Conditions,
     SourceGuard,
@@ -243,7 +241,7 @@ class Reconciler:
                                    if n in self.records and n not in desired.names
                                    and self.records[n].state != S.REMOVED}
         result.retries = dict(ctx.retries)
-        self._schedule(result)
+        schedule_retries(result, self.records, self.policy.max_attempts)
         self._cache.end_pass(result.stopped)
         return result
 
@@ -318,16 +316,6 @@ class Reconciler:
         return (self.ledger.changed_since_read(ctx.obs)
                 or self._full_passes % POOL_IDS_EVERY == 0)
 
-    def _schedule(self, result: PassResult) -> None:
-        for name in result.pending:
-            record = self.records.get(name)
-            if record is None or record.retry_at is None:
-                continue
-            at = record.retry_at
-            result.next_retry_at = min(at, result.next_retry_at or at)
-            if record.attempts < self.policy.max_attempts:
-                result.next_budgeted_retry_at = min(at, result.next_budgeted_retry_at or at)
-
     # -- no devices driven -------------------------------------------------------------------
 
     def service_requests(self) -> None:
@@ -361,21 +349,11 @@ class Reconciler:
         ctx.obs = observe(pool.client, self.settings.pool_name, self._parsed)
         actions = [(r.name, f"nothing: spec rejected ({r.error})") for r in desired.rejected]
         for name in parents_first(desired.specs):
-            actions.append((name, self._describe(ctx, name, desired.specs[name])))
+            actions.append((name, plan_line(ctx, name, desired.specs[name])))
         for name, record in sorted(self.records.items()):
             if name not in desired.names and record.state != S.REMOVED:
-                actions.append((name, self._describe(ctx, name, None)))
+                actions.append((name, plan_line(ctx, name, None)))
         live = {n for n, r in self.records.items() if r.state != S.REMOVED}
         actions += [(n, f"nothing: its spec is for other nodes than {self.settings.node_name}")
                     for n in desired.elsewhere if n not in live]
         return sorted(actions)
-
-    def _describe(self, ctx: PassContext, name: str, spec: DeviceSpec | None) -> str:
-        record = self.records.get(name)
-        if record is None:
-            assert spec is not None
-            record = new_record(name, spec, 0.0)
-        elif spec is not None:
-            record = replace(record)
-            apply_spec(record, spec)
-        return describe(record, decide(ctx, record, spec), wanted=spec is not None)
