@@ -45,6 +45,12 @@ class ThinDevice:
         """The device node."""
         return f"/dev/mapper/{self.kernel_name}"
 
+    def open_node(self) -> str:
+        """The device node, once udev has made it: whatever opens the node (mkfs, fsck,
+        blkdiscard) asks here, so that a pass's deferred udev work is settled first."""
+        self.pool.client.settle_udev()
+        return self.path
+
     @property
     def uuid(self) -> str:
         """The dm uuid that marks the device as ours."""

@@ -14,7 +14,7 @@ again. That is how a converged resync of 10,000 devices stays cheap without trus
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler.dm.types import DeviceInfo, KernelDevice, ThinTable
 from reconciler.specs.model import DeviceSpec
@@ -37,6 +37,18 @@ Decision = Step | Wait | None
 """A step to run, a reason to wait, or None: nothing to do."""
 
 
+class Inputs(NamedTuple):
+    """Everything next_step is given about one device, in its argument order
+    (`next_step(*inputs)`). Built in one place for a pass (`PassContext.inputs`): the drive
+    loop, `Settled` and `reconciler plan` decide on the same thing."""
+
+    record: DeviceRecord
+    spec: DeviceSpec | None
+    kernel: KernelDevice | None
+    parent: DeviceRecord | None
+    hold_new: str | None = None
+
+
 def next_step(record: DeviceRecord, spec: DeviceSpec | None, kernel: KernelDevice | None,
               parent: DeviceRecord | None, hold_new: str | None = None) -> Decision:
     """What to do next to a device.
@@ -57,7 +69,7 @@ def next_step(record: DeviceRecord, spec: DeviceSpec | None, kernel: KernelDevic
         return Step.RECREATE
     if state == S.FAULTY:
         # Left alone until its spec changes (or an operator asks for a retry).
-        return Step.RETRY if record.spec_digest != spec.digest else None
+        return Step.RETRY if spec_changed(record, spec) else None
     if state == S.UNKNOWN:
         held = Wait(hold_new) if hold_new is not None else None
         return _parent_wait(record, parent) or held or Step.CREATE
@@ -82,6 +94,19 @@ def next_step(record: DeviceRecord, spec: DeviceSpec | None, kernel: KernelDevic
     if fs_needs_growing(record, kernel):
         return Step.GROW_FS
     return None
+
+
+def spec_changed(record: DeviceRecord, spec: DeviceSpec | None) -> bool:
+    """Whether the spec is not the one the record last took: the one test of "did the spec
+    change", for the decision and for the drive loop alike."""
+    return spec is not None and record.spec_digest != spec.digest
+
+
+def takes_spec_now(record: DeviceRecord, spec: DeviceSpec | None) -> bool:
+    """Whether a changed spec's wishes go into the record before the decision (next_step
+    reads them there). Not a Faulty device's: its changed spec is what makes next_step say
+    RETRY, and the retry step takes the spec."""
+    return spec_changed(record, spec) and record.state != S.FAULTY
 
 
 def _unwanted(state: DeviceState) -> Decision:
@@ -169,9 +194,9 @@ class Settled:
     def __init__(self) -> None:
         self._inputs: dict[str, _Inputs] = {}
 
-    def unchanged(self, record: DeviceRecord, spec: DeviceSpec, kernel: KernelDevice | None,
-                  parent: DeviceRecord | None, hold_new: str | None) -> bool:
+    def unchanged(self, inputs: Inputs) -> bool:
         """Whether next_step already said None for exactly these inputs."""
+        record, spec, kernel, parent, hold_new = inputs
         seen = self._inputs.get(record.name)
         if seen is None:
             return False
@@ -184,9 +209,10 @@ class Settled:
                 and fields == _fields(record)
                 and parent_fields == _fields(parent))
 
-    def remember(self, record: DeviceRecord, spec: DeviceSpec, kernel: KernelDevice | None,
-                 parent: DeviceRecord | None, hold_new: str | None) -> None:
-        """next_step said None for these inputs."""
+    def remember(self, inputs: Inputs) -> None:
+        """next_step said None for these inputs (a device some spec wants)."""
+        record, spec, kernel, parent, hold_new = inputs
+        assert spec is not None, f"{record.name}: only a wanted device is settled"
         info, table = (None, None) if kernel is None else (kernel.info, kernel.table)
         self._inputs[record.name] = (_fields(record) or (), spec, info, table,
                                      _fields(parent), hold_new)

@@ -19,9 +19,10 @@ from reconciler.dm.pool import parse_thin_uuid
 from reconciler.dm.thin import ThinDevice
 from reconciler.failures import ClassifiedError
 from reconciler.reconcile.desired import copy_spec, new_record
+from reconciler.reconcile.intents import save_transaction_id, settle_pending
 from reconciler.reconcile.observe import KernelDevice
 from reconciler.reconcile.pass_context import PassContext
-from reconciler.reconcile.steps import remove, save_transaction_id, settle_pending
+from reconciler.reconcile.steps import remove
 from reconciler.specs import SpecSet
 from reconciler.states import DeviceState, Trigger
 from reconciler.store import OrphanKind, OrphanRecord, RequestKind

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 import structlog
 
 from reconciler.config import Settings
-from reconciler.dm.driver import DmDriver
 from reconciler.dm.host import Host
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.dm.thin import ThinDevice
-from reconciler.reconcile.decide import Settled
+from reconciler.reconcile.decide import Inputs, Settled
+from reconciler.reconcile.ledger import PoolLedger
 from reconciler.reconcile.observe import KernelDevice, Observation
 from reconciler.reconcile.retry import RetryPolicy
-from reconciler.specs import RejectedSpec
+from reconciler.specs import DeviceSpec, RejectedSpec
 from reconciler.states import (
     DeviceMachine,
     DeviceState,
@@ -33,7 +33,6 @@ from reconciler.states import (
     Trigger,
 )
 from reconciler.store import DeviceRecord, IdAllocator, Store, TransitionRecord
-from reconciler.tools.thin_ls import list_thin_ids
 from reconciler.vocabulary import ThinId
 
 S = DeviceState
@@ -83,32 +82,6 @@ class Stopped(Exception):
 
 
 @dataclass
-class PoolLedger:
-    """What we know of the pool's metadata between passes: its transaction id (which counts
-    our changes) and its thin ids (read with thin_ls, then kept current by our own changes)."""
-
-    transaction_id: int = 0
-    # None until first read.
-    ids: set[int] | None = None
-    # The pool's (transaction id, used metadata blocks) when `ids` was read.
-    seen: tuple[int, int] | None = None
-
-    def read_ids(self, host: Host, pool_name: str, metadata_device: str, client: DmDriver,
-                 obs: Observation) -> set[int]:
-        """Read the pool's thin ids now (a metadata snapshot and thin_ls)."""
-        pool = obs.pool
-        self.seen = None if pool is None else (pool.transaction_id, pool.used_metadata_blocks)
-        self.ids = list_thin_ids(host, pool_name, metadata_device, client)
-        return self.ids
-
-    def changed_since_read(self, obs: Observation) -> bool:
-        """Whether the pool's transaction id or metadata usage moved since `ids` was read."""
-        pool = obs.pool
-        now = None if pool is None else (pool.transaction_id, pool.used_metadata_blocks)
-        return self.ids is None or now != self.seen
-
-
-@dataclass
 class PassContext:
     """Everything a pass and its steps read and change."""
 
@@ -142,6 +115,14 @@ class PassContext:
     def kernel(self, name: str) -> KernelDevice | None:
         """The device as this pass observed it (and kept current since)."""
         return self.obs.device(self.kernel_name(name))
+
+    def inputs(self, record: DeviceRecord, spec: DeviceSpec | None) -> Inputs:
+        """What the decision for this device is made on (`next_step(*inputs)`): the record
+        and spec given, the device as this pass sees the kernel, its parent's record and
+        why new devices wait. Called for every device of a resync: kept to lookups."""
+        parent = None if record.parent is None else self.records.get(record.parent)
+        return Inputs(record, spec, self.obs.devices.get(self.kernel_name(record.name)),
+                      parent, self.hold_new)
 
     def thin(self, record: DeviceRecord) -> ThinDevice:
         """The kernel side of a device whose thin id is allocated."""

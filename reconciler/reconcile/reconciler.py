@@ -2,21 +2,22 @@
 
 One pass reads every spec, observes the kernel, and drives every device to its spec (see
 `drive`); the Reconciler keeps what makes the next pass cheap and correct: the pool, the
-device records (the reconcile thread is their only writer), parse caches, and the ledger of
-the pool's thin ids and transaction id. Not thread-safe: one thread owns it, its store and
-its machines.
+device records (the reconcile thread is their only writer; `records` says when to read them
+again), parse caches, and the ledger of the pool's thin ids and transaction id (`ledger`).
+Not thread-safe: one thread owns it, its store and its machines.
 
-Where things are: desired state in `desired`, the decision in `decide`, the steps in `steps`,
-one device's loop in `drive`, crash recovery in `recovery`, operator requests and orphans in
-`maintenance`, the pass's world in `pass_context`.
+Where things are: desired state in `desired`, the decision in `decide` (its inputs built by
+`PassContext.inputs`), the steps in `steps`, the crash protocol they follow in `intents`, the
+sweeps and one device's loop in `drive` (retry or Faulty: `retry.verdict`), crash recovery in
+`recovery`, operator requests and orphans in `maintenance`, the pass's world in
+`pass_context`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import structlog
 
@@ -26,18 +27,16 @@ from reconciler.dm.host import Host
 from reconciler.dm.observed import KernelCallObserver, ObservedDriver
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.reconcile import maintenance, recovery
-from reconciler.reconcile.decide import Settled, describe
+from reconciler.reconcile.decide import Settled
 from reconciler.reconcile.desired import (
     Ordering,
     StoredSpecs,
-    apply_spec,
     load_specs,
-    new_record,
     parents_first,
     resolve_against_store,
     with_descendants,
 )
-from reconciler.reconcile.drive import decide, drive
+from reconciler.reconcile.drive import drive_all, plan_line, schedule_retries
 from reconciler.reconcile.guards import (
     Conditions,
     SourceGuard,
@@ -45,15 +44,16 @@ from reconciler.reconcile.guards import (
     new_devices_held,
     removals,
 )
+from reconciler.reconcile.ledger import PoolLedger
 from reconciler.reconcile.observe import ParsedTargets, observe, observe_names
 from reconciler.reconcile.pass_context import (
     PassContext,
     PassObserver,
     PassResult,
-    PoolLedger,
     Stopped,
 )
 from reconciler.reconcile.pool_setup import prepare_pool
+from reconciler.reconcile.records import RecordCache
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import DeviceSpec, RejectedSpec, SpecFileCache, SpecSet
 from reconciler.states import DeviceState, SpareMachines
@@ -66,10 +66,6 @@ log = structlog.get_logger(__name__)
 POOL_IDS_EVERY = 10
 # A partial pass over at most this many devices observes just them (three calls each).
 TARGETED_MAX = 16
-# A full pass reuses the records the last pass left when no one else wrote the database;
-# every this many full passes it reads them again anyway (belt and braces: a resync is
-# where anything missed gets caught).
-RECORDS_REREAD_EVERY = 10
 
 
 @dataclass
@@ -118,7 +114,8 @@ class Reconciler:
         # Measures passes for pass_observer: a duration, never a time of day.
         self._timer = timer
         self.pool: ThinPool | None = None
-        self.records: dict[str, DeviceRecord] = {}
+        self._cache = RecordCache(store)
+        self.records: dict[str, DeviceRecord] = self._cache.records
         self.ledger = PoolLedger()
         self._spares = SpareMachines()
         self.recovered = False
@@ -127,12 +124,7 @@ class Reconciler:
         self._parsed = ParsedTargets()
         self._settled = Settled()
         self._ordering = Ordering()
-        # Whether self.records is what the store holds (the last pass ended normally).
-        self._records_current = False
-        self._full_passes_since_read = 0
         self._full_passes = 0
-        # An error nobody foresaw left a device's record unsaved: the next pass reads rows.
-        self._reread_records = False
         # `run --once --allow-removals`: the removal guard is off for this process.
         self.allow_removals = allow_removals
         # Removals an operator confirmed (`reconciler confirm-removals`), until done.
@@ -177,11 +169,6 @@ class Reconciler:
         specs, rejected = resolve_against_store(spec_set, self.records, self.settings)
         return _Desired(specs, spec_set.names, rejected, spec_set.source_error,
                         spec_set.elsewhere)
-
-    def _read_records(self) -> None:
-        self.records.clear()
-        self.records.update((r.name, r) for r in self.store.devices(include_removed=True))
-        self._full_passes_since_read = 0
 
     # -- a pass ------------------------------------------------------------------------------
 
@@ -245,29 +232,8 @@ class Reconciler:
             if chosen is None or n in chosen]
         unwanted = self._unwanted(desired, chosen, result)
         order += [(n, None) for n in sorted(unwanted)]
-        # Breadth-first: a first sweep provisions and activates every device, holding back
-        # the steps that open a node; one udev wait; then a second sweep finishes those.
-        held: set[str] = set()
-        settled, converged = ctx.settled.unchanged, result.converged
-        records, devices, prefix = self.records, ctx.obs.devices, f"{self.settings.pool_name}-"
         try:
-            for name, spec in order:
-                # A device decided on exactly what this pass sees of it (its record, spec,
-                # dm device as ctx.kernel names it, parent, hold_new) is not decided again:
-                # decide.Settled. Inlined: this loop runs 10,000 times a resync.
-                record = records.get(name)
-                if spec is not None and record is not None and settled(
-                        record, spec, devices.get(prefix + name),
-                        None if record.parent is None else records.get(record.parent),
-                        ctx.hold_new):
-                    converged.append(name)
-                else:
-                    self._drive_contained(ctx, name, spec, result, held)
-            if held:
-                ctx.pool.client.settle_udev()
-                for name, spec in order:
-                    if name in held:
-                        self._drive_contained(ctx, name, spec, result)
+            drive_all(ctx, order, result, self._cache.distrust)
         except Stopped:
             result.stopped = True
             log.info("pass.stopped", next="exiting; every finished step is persisted")
@@ -275,9 +241,8 @@ class Reconciler:
                                    if n in self.records and n not in desired.names
                                    and self.records[n].state != S.REMOVED}
         result.retries = dict(ctx.retries)
-        self._schedule(result)
-        self._records_current = not (result.stopped or self._reread_records)
-        self._reread_records = False
+        schedule_retries(result, self.records, self.policy.max_attempts)
+        self._cache.end_pass(result.stopped)
         return result
 
     def _watch_pool_space(self, ctx: PassContext) -> None:
@@ -305,34 +270,6 @@ class Reconciler:
             self._conditions.say(ConditionKind.REMOVALS_HELD, None)
         return unwanted
 
-    def _drive_contained(self, ctx: PassContext, name: str, spec: DeviceSpec | None,
-                         result: PassResult, held: set[str] | None = None) -> None:
-        """drive(), with an error nobody foresaw kept to this device: logged with its
-        traceback, shown as the device's error, and retried by the next pass."""
-        try:
-            drive(ctx, name, spec, result, held)
-        except Stopped:
-            raise
-        except Exception as exc:
-            error = f"internal error: {type(exc).__name__}: {exc}"
-            log.exception("device.internal_error", name=name, error=error,
-                          next="left as it is; tried again next pass")
-            result.pending[name] = error
-            # What is in memory may be ahead of what was saved: read the rows again.
-            self._records_current = False
-            self._reread_records = True
-            with contextlib.suppress(Exception):
-                stored = self.store.device(name)
-                if stored is not None:
-                    stored.error = error
-                    self.store.save_device(stored)
-        finally:
-            # A machine is taken again (from the spares) whenever wanted: kept for the whole
-            # pass, a burst's 10,000 machines held 460 MB. Given back now, the spares keep
-            # what transitions would otherwise build again for the next device.
-            ctx.spares.give_back(ctx.machines.values())
-            ctx.machines.clear()
-
     def _begin(self, ctx: PassContext, only: set[str] | None
                ) -> tuple[_Desired, set[str] | None]:
         """Specs, records and the kernel's view for a pass, and (a partial pass) the names
@@ -344,15 +281,7 @@ class Reconciler:
         retry is due: its cost then does not grow with the number of devices.
         """
         few = only is not None and len(only) <= TARGETED_MAX
-        # Checked every pass, so that "written by others" covers exactly the last pass.
-        others = self.store.written_by_others()
-        current = (self.recovered and self._records_current and not others
-                   and not self.store.has_requests())
-        targeted = current and few
-        self._full_passes_since_read += only is None
-        if not (targeted or (current and self._full_passes_since_read < RECORDS_REREAD_EVERY)):
-            self._read_records()
-        self._records_current = False
+        targeted = self._cache.start_pass(self.recovered, only is None, few)
         # After the records: the specs' parents are resolved against the devices made.
         spec_set = self.load_specs(only if few else None, incremental=targeted)
         desired = self._desired(spec_set)
@@ -388,16 +317,6 @@ class Reconciler:
         return (self.ledger.changed_since_read(ctx.obs)
                 or self._full_passes % POOL_IDS_EVERY == 0)
 
-    def _schedule(self, result: PassResult) -> None:
-        for name in result.pending:
-            record = self.records.get(name)
-            if record is None or record.retry_at is None:
-                continue
-            at = record.retry_at
-            result.next_retry_at = min(at, result.next_retry_at or at)
-            if record.attempts < self.policy.max_attempts:
-                result.next_budgeted_retry_at = min(at, result.next_budgeted_retry_at or at)
-
     # -- no devices driven -------------------------------------------------------------------
 
     def service_requests(self) -> None:
@@ -426,27 +345,16 @@ class Reconciler:
         if pool.client.info(self.settings.pool_name) is None:
             return [("(pool)", f"create pool {self.settings.pool_name}")]
         ctx = self._context(pool)
-        self._read_records()
-        self._records_current = False
+        self._cache.read()
         desired = self._desired(self.load_specs(), remember=False)
         ctx.obs = observe(pool.client, self.settings.pool_name, self._parsed)
         actions = [(r.name, f"nothing: spec rejected ({r.error})") for r in desired.rejected]
         for name in parents_first(desired.specs):
-            actions.append((name, self._describe(ctx, name, desired.specs[name])))
+            actions.append((name, plan_line(ctx, name, desired.specs[name])))
         for name, record in sorted(self.records.items()):
             if name not in desired.names and record.state != S.REMOVED:
-                actions.append((name, self._describe(ctx, name, None)))
+                actions.append((name, plan_line(ctx, name, None)))
         live = {n for n, r in self.records.items() if r.state != S.REMOVED}
         actions += [(n, f"nothing: its spec is for other nodes than {self.settings.node_name}")
                     for n in desired.elsewhere if n not in live]
         return sorted(actions)
-
-    def _describe(self, ctx: PassContext, name: str, spec: DeviceSpec | None) -> str:
-        record = self.records.get(name)
-        if record is None:
-            assert spec is not None
-            record = new_record(name, spec, 0.0)
-        elif spec is not None:
-            record = replace(record)
-            apply_spec(record, spec)
-        return describe(record, decide(ctx, record, spec), wanted=spec is not None)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import structlog
 
+from reconciler.reconcile.intents import settle_intent
 from reconciler.reconcile.pass_context import PassContext
-from reconciler.reconcile.steps import settle_intent
 
 log = structlog.get_logger(__name__)
 
 
 def recover(ctx: PassContext) -> None:
-    """Settle every intent a crash left (see the module docstring and steps.settle_intent)."""
+    """Settle every intent a crash left (see the module docstring and intents.settle_intent)."""
     pool_ids = ctx.read_pool_ids()
     kernel_txn = ctx.obs.pool.transaction_id if ctx.obs.pool else 0
     for intent in ctx.store.intents():

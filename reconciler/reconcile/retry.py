@@ -2,7 +2,9 @@
 
 Errors carry whether they are temporary (reconciler.dm.errors); this module adds the schedule:
 exponential backoff from `initial`, capped at `maximum`, with jitter so that many devices that
-failed together do not all retry in the same instant.
+failed together do not all retry in the same instant. `verdict` is the choice a failed step
+leads to (try again later, or mark the device Faulty), pure and table-tested
+(tests/unit/reconcile/test_retry_verdict.py); `drive` logs, saves and fires what it says.
 """
 
 from __future__ import annotations
@@ -30,3 +32,37 @@ class RetryPolicy:
     def exhausted(self, attempt: int) -> bool:
         """True when `attempt` failures use up the budget."""
         return attempt >= self.max_attempts
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Try the step again in `delay` seconds. `busy`: a removal waiting for the device's
+    holder, retried for as long as it takes (no attempt budget)."""
+
+    delay: float
+    busy: bool = False
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Give up: mark the device Faulty. `reason` says why ("permanent", "attempts
+    exhausted")."""
+
+    reason: str
+
+
+def verdict(policy: RetryPolicy, attempt: int, temporary: bool, busy_removal: bool
+            ) -> Retry | Fault:
+    """What failed attempt number `attempt` of a step leads to.
+
+    A removal refused because the device is open never goes Faulty: only its holder can end
+    it. Otherwise a temporary error is retried with backoff until the budget is used up, and
+    a permanent one marks the device Faulty at once.
+    """
+    if busy_removal:
+        return Retry(policy.delay(attempt), busy=True)
+    if not temporary:
+        return Fault("permanent")
+    if policy.exhausted(attempt):
+        return Fault("attempts exhausted")
+    return Retry(policy.delay(attempt))

@@ -4,10 +4,8 @@ Each step fires the machine's "begin" trigger (the in-flight state is written), 
 kernel call(s), then fires the "done" trigger. Each is idempotent: a device found in an
 in-flight state (a crash, a failed attempt) runs the same step again and gets the same end.
 
-Pool metadata changes (create_thin, create_snap, delete) are the ones a crash could leave
-ambiguous, so each is written first as an intent (with the transaction id it moves the pool
-to) in the same store transaction as the device's in-flight state; `commit_pool_change`
-records the outcome. `reconcile.recovery` settles intents left by a crash.
+The pool metadata changes (create, remove) follow the crash protocol of `intents`: intend,
+change the pool, commit; a retry settles what its failed attempt left first.
 """
 
 from __future__ import annotations
@@ -20,15 +18,15 @@ import structlog
 from reconciler.dm.errors import DeviceBusy, DmError, NoData
 from reconciler.dm.thin import ThinDevice
 from reconciler.reconcile.desired import apply_spec, copy_spec
+from reconciler.reconcile.intents import commit_pool_change, intend, settle_pending
 from reconciler.reconcile.pass_context import PassContext
 from reconciler.specs import DeviceSpec
-from reconciler.states import LIVE, DeviceMachine, DeviceState, Step, Trigger
-from reconciler.store import DeviceRecord, IntentRecord
+from reconciler.states import LIVE, DeviceMachine, Step, Trigger, transition
+from reconciler.store import DeviceRecord
 from reconciler.tools.filesystem import discard_blocks, grow_filesystem, make_filesystem
 from reconciler.units import Bytes, Sectors, to_sectors
-from reconciler.vocabulary import Filesystem, PoolOp
+from reconciler.vocabulary import PoolOp
 
-S = DeviceState
 T = Trigger
 log = structlog.get_logger(__name__)
 
@@ -39,109 +37,11 @@ def _sectors(record: DeviceRecord) -> Sectors:
     return to_sectors(Bytes(record.size_bytes))
 
 
-# -- pool metadata changes -------------------------------------------------------------------
-
-def intend(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> None:
-    """Write the change about to be made, and the transaction id it moves the pool to."""
-    assert record.device_id is not None
-    before = ctx.ledger.transaction_id
-    ctx.store.save_intent(IntentRecord(
-        device=record.name, op=op, thin_id=record.device_id, origin_id=record.origin_id,
-        from_txn=before, to_txn=before + 1, at=ctx.clock(),
-    ))
-
-
-def save_transaction_id(ctx: PassContext, value: int) -> None:
-    """The pool's transaction id moved to `value` (in memory and in the store)."""
-    ctx.ledger.transaction_id = value
-    ctx.store.save_transaction_id(ctx.settings.pool_name, value)
-
-
-def record_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> None:
-    """What the store learns once a pool change is known to be done."""
-    machine = ctx.machine(record.name)
-    if op == PoolOp.DELETE:
-        record.provisioned = False
-        if machine.current == S.REMOVING:
-            machine.fire(T.REMOVED)
-        else:
-            ctx.store.save_device(record)
-        return
-    record.provisioned = True
-    # Snapshots carry their parent's filesystem; devices without one need no mkfs.
-    record.formatted = record.parent is not None or record.filesystem == Filesystem.NONE
-    if machine.current == S.CREATING:
-        machine.fire(T.CREATED)
-    else:
-        ctx.store.save_device(record)
-
-
-def settle_intent(ctx: PassContext, intent: IntentRecord, pool_ids: set[int],
-                  kernel_txn: int) -> tuple[bool, int]:
-    """Decide from the pool whether the change an intent names happened; record it if so
-    (sending the set_transaction_id that may be missing), forget the intent either way.
-    Returns whether it happened and the pool's transaction id after.
-
-    The kernel's transaction id and its list of thin ids tell: the change is visible (the
-    id exists after a create, is gone after a delete) and the transaction id reached the
-    intent's target. Start-up recovery and a step's own retry both settle this way, so a
-    retry never sends a change the pool already took.
-    """
-    op = intent.op
-    record = ctx.records.get(intent.device)
-    visible = (intent.thin_id in pool_ids) == (op != PoolOp.DELETE)
-    if kernel_txn == intent.from_txn and visible:
-        # The message went through, set_transaction_id did not: finish it.
-        ctx.pool.set_transaction_id(intent.from_txn, intent.to_txn)
-        kernel_txn = intent.to_txn
-    happened = kernel_txn >= intent.to_txn and visible
-    log.warning("pool.intent_settled", name=intent.device, op=op.value, thin_id=intent.thin_id,
-                kernel_transaction_id=kernel_txn,
-                outcome="rolled forward" if happened else "rolled back",
-                next="recording what the pool did" if happened else "the step runs again")
-    with ctx.store.transaction():
-        save_transaction_id(ctx, kernel_txn)
-        ctx.store.drop_intent(intent.device)
-        if happened and record is not None:
-            record_pool_change(ctx, record, op)
-    return happened, kernel_txn
-
-
-def settle_pending(ctx: PassContext, record: DeviceRecord) -> bool:
-    """Before a step runs again (its own retry, or a device leaving Faulty): whether the
-    pool change its failed attempt started did happen (then it is recorded now, and must not
-    be sent again). Costs a status and a thin_ls, and only when an intent is left."""
-    intent = ctx.store.intent(record.name)
-    if intent is None:
-        return False
-    kernel_txn = ctx.pool.status().transaction_id
-    happened, _ = settle_intent(ctx, intent, ctx.read_pool_ids(), kernel_txn)
-    return happened
-
-
-def commit_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp,
-                       transaction_id: int) -> None:
-    """The pool did `op`: its new transaction id, the device's new state and the end of the
-    intent are one store transaction."""
-    assert record.device_id is not None
-    if ctx.ledger.ids is not None:
-        if op == PoolOp.DELETE:
-            ctx.ledger.ids.discard(record.device_id)
-        else:
-            ctx.ledger.ids.add(record.device_id)
-    with ctx.store.transaction():
-        save_transaction_id(ctx, transaction_id)
-        ctx.store.drop_intent(record.name)
-        record_pool_change(ctx, record, op)
-
-
-# -- steps -----------------------------------------------------------------------------------
-
 def create(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
     """Provision a thin id: empty, or a snapshot of the parent's."""
     del spec
     machine = ctx.machine(record.name)
-    first = machine.current == S.UNKNOWN
+    first = machine.can(T.CREATE)
     if not first and settle_pending(ctx, record):
         return
     if first:
@@ -205,30 +105,25 @@ def _resume(ctx: PassContext, record: DeviceRecord, machine: DeviceMachine) -> N
     """Resume a device this step suspended (or may have: a suspend that failed leaves it
     Suspending): fire the resume, resume, fire resumed. dm accepts resuming a running
     device, so this is right whether or not the kernel had suspended it."""
-    if machine.current in (S.SUSPENDING, S.SUSPENDED):
-        machine.fire(T.RESUME)
-    ctx.thin(record).resume()
-    machine.fire(T.RESUMED)
+    with transition(machine, T.RESUME, T.RESUMED):
+        ctx.thin(record).resume()
 
 
 def activate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
     """Map the thin id as a dm device (adopting it if the kernel already maps it so)."""
     del spec
-    machine = ctx.machine(record.name)
-    if machine.current in (S.CREATED, S.DEACTIVATED):
-        machine.fire(T.ACTIVATE)
-    # mkfs needs a writable device: a read-only one is made read-only after its mkfs.
-    readonly = record.readonly and record.formatted
-    ctx.thin(record).activate(_sectors(record), readonly, ctx.obs.pool_number)
-    ctx.refresh(record)
-    machine.fire(T.ACTIVATED)
+    with transition(ctx.machine(record.name), T.ACTIVATE, T.ACTIVATED):
+        # mkfs needs a writable device: a read-only one is made read-only after its mkfs.
+        readonly = record.readonly and record.formatted
+        ctx.thin(record).activate(_sectors(record), readonly, ctx.obs.pool_number)
+        ctx.refresh(record)
 
 
 def make_fs(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
     """mkfs, once in a device's life."""
     del spec
-    ctx.pool.client.settle_udev()  # mkfs opens the node
-    make_filesystem(ctx.host, record.filesystem, ctx.thin(record).path, ctx.settings.fs_options)
+    make_filesystem(ctx.host, record.filesystem, ctx.thin(record).open_node(),
+                    ctx.settings.fs_options)
     record.formatted = True
     record.fs_size_bytes = record.size_bytes
     ctx.store.save_device(record)
@@ -239,8 +134,7 @@ def grow_fs(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> 
     """Grow an unmounted filesystem to the device; one that cannot be grown offline (xfs)
     gets a notice saying how."""
     del spec
-    ctx.pool.client.settle_udev()  # e2fsck and resize2fs open the node
-    if grow_filesystem(ctx.host, record.filesystem, ctx.thin(record).path):
+    if grow_filesystem(ctx.host, record.filesystem, ctx.thin(record).open_node()):
         record.fs_size_bytes = record.size_bytes
         log.info("device.filesystem_grown", name=record.name, size_bytes=record.size_bytes)
     else:
@@ -262,13 +156,15 @@ def reload(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> N
             kernel.info.open_count > 0 and kernel.table.length < _sectors(record):
         record.notice = ("grown while open: grow its filesystem where it is mounted "
                          "(resize2fs DEVICE or xfs_growfs MOUNTPOINT)")
-    if machine.current in LIVE:
+    # Suspend, load, resume: each stage the machine is not already past (a crash or a
+    # failed attempt may have left it at any of them) runs, as its table allows.
+    if machine.can(T.SUSPEND):
         machine.fire(T.SUSPEND)
     try:
-        if machine.current == S.SUSPENDING:
+        if machine.can(T.SUSPENDED):
             thin.suspend()
             machine.fire(T.SUSPENDED)
-        if machine.current == S.SUSPENDED:
+        if machine.can(T.RESUME):
             thin.load(_sectors(record), record.readonly)
             machine.fire(T.RESUME)
         thin.resume()
@@ -302,25 +198,23 @@ def deactivate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) 
         log.warning("device.not_ours", name=record.name, kernel_name=thin.kernel_name,
                     uuid=kernel.info.uuid, next="left alone")
         kernel = None
-    if machine.current in LIVE:
-        machine.fire(T.DEACTIVATE)
-    if kernel is not None:
+    with transition(machine, T.DEACTIVATE, T.DEACTIVATED):
+        if kernel is None:
+            return
         if spec is None and ctx.settings.discard_blocks and not kernel.info.readonly:
-            ctx.pool.client.settle_udev()  # blkdiscard opens the node
-            discard_blocks(ctx.host, thin.path)
+            discard_blocks(ctx.host, thin.open_node())
         if spec is not None and kernel.info.open_count > 0:
             _deactivate_deferred(ctx, record, thin, kernel.info.open_count)
+            return
+        try:
+            thin.remove()
+        except DeviceBusy:
+            if spec is None:
+                raise
+            # Opened since the pass looked (or udev probing it): the same as above.
+            _deactivate_deferred(ctx, record, thin, None)
         else:
-            try:
-                thin.remove()
-            except DeviceBusy:
-                if spec is None:
-                    raise
-                # Opened since the pass looked (or udev probing it): the same as above.
-                _deactivate_deferred(ctx, record, thin, None)
-            else:
-                ctx.forget_kernel_device(record.name)
-    machine.fire(T.DEACTIVATED)
+            ctx.forget_kernel_device(record.name)
 
 
 def _deactivate_deferred(ctx: PassContext, record: DeviceRecord, thin: ThinDevice,
@@ -337,7 +231,7 @@ def remove(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> N
     """Delete the device: its dm device if any, then its thin id and blocks."""
     del spec
     machine = ctx.machine(record.name)
-    if machine.current != S.REMOVING:
+    if machine.can(T.REMOVE):
         machine.fire(T.REMOVE)
     elif settle_pending(ctx, record):
         return

@@ -16,6 +16,7 @@ from reconciler.states.machine import (
     SpareMachines,
     StateChange,
     build_graph_machine,
+    transition,
 )
 from reconciler.vocabulary import (
     IN_FLIGHT,
@@ -42,4 +43,5 @@ __all__ = [
     "Trigger",
     "build_graph_machine",
     "is_ready",
+    "transition",
 ]

@@ -6,7 +6,8 @@ only says which trigger moves which state where.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -64,6 +65,23 @@ _TRANSITIONS = [
     }
     for transition in TRANSITIONS
 ]
+
+
+
+
+def _sources(trigger: Trigger) -> frozenset[DeviceState]:
+    found: set[DeviceState] = set()
+    for transition in TRANSITIONS:
+        if transition["trigger"] != trigger:
+            continue
+        source = transition["source"]
+        found |= set(DeviceState) if source == "*" else (
+            set(source) if isinstance(source, list) else {source})
+    return frozenset(found)
+
+
+# The states each trigger may be fired from, read off the table above (conditions aside).
+SOURCES: dict[Trigger, frozenset[DeviceState]] = {t: _sources(t) for t in Trigger}
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,10 @@ class DeviceMachine:
         """The current state as a DeviceState."""
         return DeviceState(self.state)
 
+    def can(self, trigger: Trigger) -> bool:
+        """Whether the table lets `trigger` fire from the current state (conditions aside)."""
+        return self.current in SOURCES[trigger]
+
     def is_provisioned(self, event: EventData) -> bool:
         """Condition: the device's thin id exists in the pool."""
         del event
@@ -148,6 +170,19 @@ class DeviceMachine:
                 step=event.kwargs.get("step"),
             )
         )
+
+
+@contextmanager
+def transition(machine: DeviceMachine, begin: Trigger, done: Trigger) -> Iterator[None]:
+    """Bracket a kernel effect with its persisted transitions: fire `begin` (its in-flight
+    state is written), run the body, fire `done`. A machine `begin` cannot fire from is
+    taken to be already past it (a crash or a failed attempt left the step in flight): the
+    body runs again, as every step is idempotent. A body that raises leaves the in-flight
+    state for the next attempt; `done` is not fired."""
+    if machine.can(begin):
+        machine.fire(begin)
+    yield
+    machine.fire(done)
 
 
 def _never() -> bool:

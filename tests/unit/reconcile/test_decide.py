@@ -9,6 +9,7 @@ import pytest
 from reconciler.dm.types import DeviceInfo, ThinTable
 from reconciler.reconcile.decide import (
     Decision,
+    Inputs,
     Settled,
     Wait,
     describe,
@@ -259,9 +260,9 @@ CHANGES: list[tuple[str, tuple[DeviceRecord, DeviceSpec, KernelDevice | None,
 def test_settled_inputs_equal_to_what_was_decided_are_unchanged() -> None:
     """Settled: the same inputs, equal though not the same objects, skip the decision."""
     settled = Settled()
-    settled.remember(*SEEN)
-    assert settled.unchanged(replace(SNAPSHOT), spec(parent="p"), kernel(), replace(PARENT),
-                             None)
+    settled.remember(Inputs(*SEEN))
+    assert settled.unchanged(Inputs(replace(SNAPSHOT), spec(parent="p"), kernel(),
+                                    replace(PARENT), None))
 
 
 @pytest.mark.parametrize(("change", "now"), CHANGES, ids=[c[0] for c in CHANGES])
@@ -272,14 +273,14 @@ def test_settled_any_changed_input_is_decided_again(
     """Settled: any input of next_step that differs from when the device was found with
     nothing to do (record, spec, dm info or table, parent, hold_new) decides it again."""
     settled = Settled()
-    settled.remember(*SEEN)
-    assert not settled.unchanged(*now), change
+    settled.remember(Inputs(*SEEN))
+    assert not settled.unchanged(Inputs(*now)), change
 
 
 def test_settled_forgets_a_device_being_decided_again() -> None:
     """Settled.forget: a device driven again is not skipped until decided again."""
     settled = Settled()
-    settled.remember(*SEEN)
+    settled.remember(Inputs(*SEEN))
     settled.forget(SNAPSHOT.name)
-    assert not settled.unchanged(*SEEN)
+    assert not settled.unchanged(Inputs(*SEEN))
     assert len(settled) == 0

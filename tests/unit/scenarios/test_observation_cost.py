@@ -11,7 +11,8 @@ import pytest
 
 from reconciler.dm.crash import call_kind
 from reconciler.reconcile.pass_context import PassContext
-from reconciler.reconcile.reconciler import RECORDS_REREAD_EVERY, Reconciler
+from reconciler.reconcile.reconciler import Reconciler
+from reconciler.reconcile.records import RECORDS_REREAD_EVERY
 from reconciler.states import DeviceMachine
 from reconciler.store import Store
 from reconciler.store.store import _SELECT_DEVICES
