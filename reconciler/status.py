@@ -24,7 +24,7 @@ from typing import Any
 from reconciler.config import Settings
 from reconciler.dm.driver import make_client
 from reconciler.dm.host import Host
-from reconciler.dm.pool import thin_device_name
+from reconciler.dm.pool import mapper_path, thin_device_name
 from reconciler.dm.types import METADATA_BLOCK_BYTES, PoolMode
 from reconciler.reconcile.observe import KernelDevice, Observation, observe_safely
 from reconciler.specs import is_snapshot_device
@@ -146,7 +146,7 @@ def _device_report(settings: Settings, record: DeviceRecord,
         "parent": record.parent,
         "filesystem": record.filesystem,
         "formatted": record.formatted,
-        "path": f"/dev/mapper/{kname}" if kernel else None,
+        "path": mapper_path(kname) if kernel else None,
         "kernel_name": kname,
         "active": record.active,
         "readonly": record.readonly,
