@@ -22,12 +22,13 @@ from reconciler.snapshots import (
 from reconciler.specs import Defaults, SpecError, parse_spec
 from reconciler.store import SnapshotRecord
 from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.testing.snapshotter import snapshotter_over
 from reconciler.units import Bytes
 from tests.conftest import World, make_settings
 
 
 def snapshotter(world: World) -> Snapshotter:
-    return Snapshotter(world.reconciler(), sleep=world.clock.sleep)
+    return snapshotter_over(world.reconciler(), sleep=world.clock.sleep)
 
 
 def write(world: World, device: str, offset: int, data: bytes) -> None:

@@ -20,12 +20,11 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
@@ -48,13 +47,14 @@ from reconciler.daemon.health import (
 )
 from reconciler.daemon.metrics import Metrics, MetricsServer
 from reconciler.daemon.notify import Notifier
+from reconciler.daemon.waiters import Waiters
 from reconciler.daemon.wakeups import Batch, Wakeups
 from reconciler.daemon.watch import SpecWatcher
 from reconciler.dm.errors import DmError
 from reconciler.dm.host import Host
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.reconcile.reconciler import Reconciler
-from reconciler.snapshots import Call, Parked, Snapshotter, Unavailable
+from reconciler.snapshots import Snapshotter, Unavailable
 from reconciler.states import DeviceState
 from reconciler.store import ConditionKind, RequestKind, Store, StoreError
 
@@ -134,15 +134,6 @@ def summary(outcomes: dict[str, Outcome], result: PassResult) -> str:
 
 
 @dataclass
-class _ParkedCall:
-    """An API call waiting for its device, and the caller waiting for its answer."""
-
-    call: Call[Any]
-    at: float
-    future: Future[Any]
-
-
-@dataclass
 class Daemon:
     """The reconcile loop and what feeds it."""
 
@@ -181,8 +172,10 @@ class Daemon:
         self.control: ControlServer | None = None
         # Why the last pass failed (None once one ends): a control answer says it.
         self.last_pass_error: str | None = None
-        self.snapshotter = Snapshotter(self.reconciler, parking=True)
-        self._parked: list[_ParkedCall] = []
+        # gRPC calls and control requests wait here for the reconcile thread.
+        self.waiters = Waiters(self.wakeups, self.clock, lambda: self._stopping)
+        self.snapshotter = Snapshotter(self.store, self.settings, self.clock,
+                                       self.reconciler.devices, runner=self.waiters.run)
         self._outcomes: dict[str, Outcome] = {}
 
     def _between_steps(self) -> bool:
@@ -199,49 +192,7 @@ class Daemon:
 
     def run_on_loop(self, fn: Callable[[Snapshotter], T]) -> T:
         """Run `fn` on the reconcile thread and wait for its result (for API threads)."""
-        future: Future[T] = Future()
-
-        def work(stopping: bool) -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            if stopping:  # answered, so its caller is not left waiting
-                future.set_exception(Unavailable("the reconciler daemon is stopping"))
-                return
-            try:
-                future.set_result(fn(self.snapshotter))
-            except Parked as parked:
-                self._parked.append(_ParkedCall(parked.call, parked.at, future))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which re-raises
-                future.set_exception(exc)
-
-        if self._stopping:
-            raise Unavailable("the reconciler daemon is stopping")
-        self.wakeups.call(work)
-        return future.result()
-
-    def _resume_parked(self) -> None:
-        """Advance every parked call whose time has come; answer those that finished."""
-        now = self.clock()
-        waiting: list[_ParkedCall] = []
-        for parked in self._parked:
-            if parked.at > now or self._stopping:
-                waiting.append(parked)
-                continue
-            at = parked.call.advance()
-            if at is not None:
-                parked.at = at
-                waiting.append(parked)
-                continue
-            try:
-                parked.future.set_result(parked.call.outcome())
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which re-raises
-                parked.future.set_exception(exc)
-        self._parked = waiting
-
-    def _refuse_parked(self) -> None:
-        for parked in self._parked:
-            parked.future.set_exception(Unavailable("the reconciler daemon is stopping"))
-        self._parked = []
+        return self.waiters.submit(lambda: fn(self.snapshotter))
 
     def request_stop(self) -> None:
         """Finish the step in flight, then leave the loop."""
@@ -340,7 +291,7 @@ class Daemon:
         """Serve an operator's request on the reconcile thread (for the control socket's
         threads): queue it in the store, run a full pass (which takes it), answer."""
         try:
-            return self.run_on_loop(lambda _: self._serve_control(request))
+            return self.waiters.submit(lambda: self._serve_control(request))
         except Unavailable as exc:
             return ControlAnswer(ok=False, error=str(exc))
 
@@ -420,11 +371,9 @@ class Daemon:
             fresh = replace(fresh, metrics_address=self.settings.metrics_address)
         spec_dir_changed = fresh.specs_path != self.settings.specs_path
         self.settings = fresh
-        pool = self.reconciler.pool
-        self.reconciler = self._new_reconciler()
-        self.reconciler.pool = pool
-        # Calls in progress go on with the new engine (one engine, one cache of records).
-        self.snapshotter.engine = self.reconciler
+        # One engine, one cache of records: calls in progress go on with it.
+        self.reconciler.reconfigure(fresh)
+        self.snapshotter.reconfigure(fresh)
         if fresh.grpc_socket is not None:
             # A new fs_type or base_image_size: its base is made by the pass that follows.
             self.snapshotter.want_base()
@@ -458,7 +407,7 @@ class Daemon:
     def _act(self, batch: Batch) -> bool:
         """The wake-up's API calls, then a pass if one is due, then parked calls whose time
         came; the metrics' snapshot is taken again after any of them."""
-        acted = bool(batch.calls or self._parked)
+        acted = bool(batch.calls or self.waiters.waiting)
         for work in batch.calls:
             work(self._stopping)
         if batch.stop or self._stopping:
@@ -477,7 +426,7 @@ class Daemon:
         elif batch.names or (self._next_retry is not None and now >= self._next_retry):
             acted = True
             self._scheduled_pass(batch.names)
-        self._resume_parked()
+        self.waiters.resume()
         if acted and self.metrics is not None:
             self._publish()
         return not self._stopping
@@ -487,9 +436,8 @@ class Daemon:
             work(True)
 
     def _timeout(self) -> float:
-        deadline = min([self._next_resync, *(p.at for p in self._parked)])
-        if self._next_retry is not None:
-            deadline = min(deadline, self._next_retry)
+        deadline = min(at for at in (self._next_resync, self.waiters.next_at(),
+                                     self._next_retry) if at is not None)
         wait = max(0.0, deadline - self.clock())
         ping = self.notifier.watchdog_due_in()
         # Idle or not, the loop wakes in time for the watchdog.
@@ -544,7 +492,7 @@ class Daemon:
         """Stop serving and watching, answer what is still queued, close the store."""
         self._stopping = True
         self._refuse_queued()
-        self._refuse_parked()
+        self.waiters.refuse()
         if self.control is not None:
             self.control.stop()
             self.control = None
