@@ -6,35 +6,32 @@ device's retry is due, and every `resync_interval` for a full pass that also rep
 changed behind our back in the kernel. Signals: SIGTERM/SIGINT finish the step in flight and
 exit 0; SIGHUP reloads the config; SIGUSR1 asks for a full pass now (for operators; the CLI
 uses the control socket, `daemon.control`, whose requests are served on this thread by a full
-pass each and answered after it). gRPC requests (on the server's worker threads) are handed
-to the same thread and answered from there; one whose device must wait for a retry is parked
-(never slept on) and answered after a later pass settles it, while the loop goes on serving
-everything else.
+pass each and answered after it: `daemon.requests`). gRPC requests (on the server's worker
+threads) are handed to the same thread and answered from there; one whose device must wait
+for a retry is parked (never slept on) and answered after a later pass settles it, while the
+loop goes on serving everything else: both kinds of caller wait in `daemon.waiters`. Signal
+handlers and the checks of a reloaded config are in `daemon.signals`; a reload that passes
+them reconfigures the one Reconciler (and the snapshotter) in place.
 """
 
 from __future__ import annotations
 
 import gc
-import json
-import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
-from reconciler.config import ConfigError, Settings, load_settings
+from reconciler.config import Settings
 from reconciler.daemon.control import (
-    Command,
     ControlAnswer,
     ControlRequest,
     ControlServer,
-    DeviceAnswer,
 )
 from reconciler.daemon.health import (
     PassKind,
@@ -47,6 +44,8 @@ from reconciler.daemon.health import (
 )
 from reconciler.daemon.metrics import Metrics, MetricsServer
 from reconciler.daemon.notify import Notifier
+from reconciler.daemon.requests import serve_request
+from reconciler.daemon.signals import install_signal_handlers, reloaded_settings
 from reconciler.daemon.waiters import Waiters
 from reconciler.daemon.wakeups import Batch, Wakeups
 from reconciler.daemon.watch import SpecWatcher
@@ -55,8 +54,7 @@ from reconciler.dm.host import Host
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import Snapshotter, Unavailable
-from reconciler.states import DeviceState
-from reconciler.store import ConditionKind, RequestKind, Store, StoreError
+from reconciler.store import ConditionKind, Store, StoreError
 
 if TYPE_CHECKING:
     # Imported where it is served (start): without grpc_socket the daemon never loads grpc or
@@ -66,19 +64,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
-
-# The store's request for each control command (a resync is a pass, no request).
-REQUEST_KINDS = {
-    Command.RETRY: RequestKind.RETRY,
-    Command.GC_ORPHANS: RequestKind.GC_ORPHANS,
-    Command.GC_FAULTY: RequestKind.GC_FAULTY,
-    Command.ADOPT: RequestKind.ADOPT,
-    Command.CONFIRM_REMOVALS: RequestKind.CONFIRM_REMOVALS,
-}
-
-# Keys that name the pool and its state: changing them needs a restart, not a reload.
-IDENTITY_KEYS = ("root_path", "pool_name", "data_device", "metadata_device")
-
 
 # Allocations between two young-generation collections (CPython's default: 700).
 YOUNG_COLLECTION_EVERY = 20_000
@@ -131,6 +116,23 @@ def summary(outcomes: dict[str, Outcome], result: PassResult) -> str:
     if result.source_error is not None:
         text += "; spec source error"
     return text
+
+
+def log_pass_failure(exc: Exception, failures: int, delay: float) -> str:
+    """Log a pass that failed (with its traceback when nobody foresaw the error); its error
+    as `status` and the control socket say it."""
+    foreseen = isinstance(exc, DmError | StoreError)
+    error = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, DmError):
+        log.error("pass.failed", error=error, errno=exc.errno_name,
+                  failures=failures, next=f"full pass again in {delay:.1f}s")
+    elif isinstance(exc, StoreError):  # its message says it all (kept busy, no id)
+        log.error("pass.failed", error=error, failures=failures,
+                  next=f"full pass again in {delay:.1f}s")
+    else:
+        log.exception("pass.failed", error=error, failures=failures,
+                      next=f"full pass again in {delay:.1f}s")
+    return error
 
 
 @dataclass
@@ -200,17 +202,8 @@ class Daemon:
         self.wakeups.stop()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 resyncs."""
-        def on_stop(signum: int, frame: FrameType | None) -> None:
-            del frame
-            log.info("daemon.signal", signal=signal.Signals(signum).name,
-                     next="finishing the step in flight, then exiting")
-            self.request_stop()
-
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, lambda s, f: self.wakeups.reload())
-        signal.signal(signal.SIGUSR1, lambda s, f: self.wakeups.resync())
+        """SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 resyncs (`daemon.signals`)."""
+        install_signal_handlers(self.request_stop, self.wakeups)
 
     def _pass_ended(self, targeted: bool, result: PassResult | None, seconds: float) -> None:
         """PassObserver: count a pass (the loop's, or a snapshotter call's)."""
@@ -241,21 +234,11 @@ class Daemon:
         with backoff: the daemon keeps serving `status`, file events and gRPC meanwhile."""
         try:
             result = self.reconciler.run_pass(only)
-        except Exception as exc:  # no pass takes the daemon down
+        except Exception as exc:  # noqa: BLE001 - no pass takes the daemon down (logged)
             self.failed_passes += 1
             delay = self.reconciler.policy.delay(self.failed_passes)
             self._next_resync = self.clock() + delay
-            foreseen = isinstance(exc, DmError | StoreError)
-            error = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, DmError):
-                log.error("pass.failed", error=error, errno=exc.errno_name,
-                          failures=self.failed_passes, next=f"full pass again in {delay:.1f}s")
-            elif isinstance(exc, StoreError):  # its message says it all (kept busy, no id)
-                log.error("pass.failed", error=error, failures=self.failed_passes,
-                          next=f"full pass again in {delay:.1f}s")
-            else:
-                log.exception("pass.failed", error=error, failures=self.failed_passes,
-                              next=f"full pass again in {delay:.1f}s")
+            error = log_pass_failure(exc, self.failed_passes, delay)
             self._pass_failed_shown = True
             self.last_pass_error = error
             try:
@@ -291,49 +274,11 @@ class Daemon:
         """Serve an operator's request on the reconcile thread (for the control socket's
         threads): queue it in the store, run a full pass (which takes it), answer."""
         try:
-            return self.waiters.submit(lambda: self._serve_control(request))
+            return self.waiters.submit(lambda: serve_request(
+                request, self.store, self._full_pass, lambda: self.last_pass_error,
+                lambda: self.reconciler.request_outcomes, self.reconciler.records))
         except Unavailable as exc:
             return ControlAnswer(ok=False, error=str(exc))
-
-    def _serve_control(self, request: ControlRequest) -> ControlAnswer:
-        kind = REQUEST_KINDS.get(request.command)
-        request_id = None
-        if kind is not None:
-            name = request.name or "*"
-            if kind is RequestKind.CONFIRM_REMOVALS:
-                name = json.dumps(list(request.names))
-            request_id = self.store.add_request(kind, name, request.thin_id)
-        log.info("control.request", command=request.command.value, name=request.name or None,
-                 next="a full pass serves it, then it is answered")
-        result = self._full_pass()
-        if result is None:
-            queued = "" if request_id is None else "; the request stays queued for the next pass"
-            return ControlAnswer(ok=False, error=f"the pass failed: {self.last_pass_error}"
-                                 + queued)
-        if request_id is None:
-            names = sorted({*result.pending, *result.faulty})
-            done = (f"full pass: {len(result.converged)} converged, {len(result.pending)} "
-                    f"waiting, {len(result.faulty)} Faulty")
-            return ControlAnswer(ok=result.ok, done=done, devices=self._devices(names, result),
-                                 error=result.source_error)
-        outcome = self.reconciler.request_outcomes.get(request_id)
-        if outcome is None:  # taken by no pass: cannot happen while this thread owns it
-            return ControlAnswer(ok=False, error="the request was not taken by the pass")
-        return ControlAnswer(ok=outcome.error is None, done=outcome.done, error=outcome.error,
-                             devices=self._devices(outcome.names, result))
-
-    def _devices(self, names: Iterable[str], result: PassResult) -> tuple[DeviceAnswer, ...]:
-        answers = []
-        converged = set(result.converged)
-        for name in names:
-            record = self.reconciler.records.get(name)
-            if record is None:
-                answers.append(DeviceAnswer(name, "no such device"))
-                continue
-            answers.append(DeviceAnswer(
-                name, str(record.state), record.error,
-                converged=name in converged or record.state == DeviceState.REMOVED))
-        return tuple(answers)
 
     def _full_pass(self) -> PassResult | None:
         """A full pass now, as a resync (the next periodic one counts from here)."""
@@ -350,25 +295,9 @@ class Daemon:
         return result
 
     def _reload(self) -> None:
-        if self.config_path is None:
-            log.warning("config.reload_skipped", reason="started without a config file")
+        fresh = reloaded_settings(self.config_path, self.settings)
+        if fresh is None:
             return
-        try:
-            fresh = load_settings(self.config_path)
-        except ConfigError as exc:
-            log.error("config.reload_failed", key=exc.key, error=str(exc),
-                      next="keeping the old config")
-            return
-        changed = [k for k in IDENTITY_KEYS if getattr(fresh, k) != getattr(self.settings, k)]
-        if changed:
-            log.error("config.reload_refused", keys=changed,
-                      next="restart the daemon to change these; keeping the old config")
-            return
-        if fresh.metrics_address != self.settings.metrics_address:
-            # The listener (and the observers wired into the engine) belong to this process.
-            log.warning("config.reload_partial", keys=["metrics_address"],
-                        next="metrics stay where they are served until a restart")
-            fresh = replace(fresh, metrics_address=self.settings.metrics_address)
         spec_dir_changed = fresh.specs_path != self.settings.specs_path
         self.settings = fresh
         # One engine, one cache of records: calls in progress go on with it.
