@@ -101,11 +101,14 @@ def test_mount_source_is_the_devices_mapper_node(fake_world: World) -> None:
 def test_usable_judges_active_devices_by_is_ready_and_inactive_ones_as_origins() -> None:
     """An active device must be mapped and not suspended; an inactive one needs its thin id
     and filesystem made and no step in flight."""
-    live = {"formatted": True, "filesystem": "ext4", "provisioned": True}
-    assert usable(DeviceState.ACTIVATED, True, mapped=True, suspended=False, **live)
-    assert not usable(DeviceState.ACTIVATED, True, mapped=True, suspended=True, **live)
-    assert not usable(DeviceState.ACTIVATED, True, mapped=False, suspended=False, **live)
-    assert usable(DeviceState.CREATED, False, mapped=False, suspended=False, **live)
-    assert not usable(DeviceState.CREATING, False, mapped=False, suspended=False, **live)
-    assert not usable(DeviceState.CREATED, False, mapped=False, suspended=False,
-                      formatted=False, filesystem="ext4", provisioned=True)
+    def judge(state: DeviceState, active: bool, mapped: bool = True, suspended: bool = False,
+              formatted: bool = True) -> bool:
+        return usable(state, active, provisioned=True, formatted=formatted, filesystem="ext4",
+                      mapped=mapped, suspended=suspended)
+
+    assert judge(DeviceState.ACTIVATED, active=True)
+    assert not judge(DeviceState.ACTIVATED, active=True, suspended=True)
+    assert not judge(DeviceState.ACTIVATED, active=True, mapped=False)
+    assert judge(DeviceState.CREATED, active=False, mapped=False)
+    assert not judge(DeviceState.CREATING, active=False, mapped=False)
+    assert not judge(DeviceState.CREATED, active=False, mapped=False, formatted=False)
