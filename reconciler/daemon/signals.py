@@ -42,7 +42,8 @@ def install_signal_handlers(stop: Callable[[], None], wakeups: Wakeups) -> None:
 def reloaded_settings(config_path: Path | None, current: Settings) -> Settings | None:
     """The config file's settings to go on with, or None (logged) to keep `current`: no
     file, one that does not load, or one that changes an identity key. A new metrics
-    address is not taken: the listener belongs to this process until a restart."""
+    address or dm_driver is not taken: the listener and the kernel client belong to this
+    process until a restart."""
     if config_path is None:
         log.warning("config.reload_skipped", reason="started without a config file")
         return None
@@ -62,4 +63,10 @@ def reloaded_settings(config_path: Path | None, current: Settings) -> Settings |
         log.warning("config.reload_partial", keys=["metrics_address"],
                     next="metrics stay where they are served until a restart")
         fresh = replace(fresh, metrics_address=current.metrics_address)
+    if fresh.dm_driver != current.dm_driver:
+        # The pool's kernel client is made once (libdevmapper's state is process-wide): the
+        # reconfigured engine goes on with it, as the pool carried into a new one did.
+        log.warning("config.reload_partial", keys=["dm_driver"],
+                    next="the kernel client stays as it is until a restart")
+        fresh = replace(fresh, dm_driver=current.dm_driver)
     return fresh
