@@ -6,36 +6,32 @@ device's retry is due, and every `resync_interval` for a full pass that also rep
 changed behind our back in the kernel. Signals: SIGTERM/SIGINT finish the step in flight and
 exit 0; SIGHUP reloads the config; SIGUSR1 asks for a full pass now (for operators; the CLI
 uses the control socket, `daemon.control`, whose requests are served on this thread by a full
-pass each and answered after it). gRPC requests (on the server's worker threads) are handed
-to the same thread and answered from there; one whose device must wait for a retry is parked
-(never slept on) and answered after a later pass settles it, while the loop goes on serving
-everything else.
+pass each and answered after it: `daemon.requests`). gRPC requests (on the server's worker
+threads) are handed to the same thread and answered from there; one whose device must wait
+for a retry is parked (never slept on) and answered after a later pass settles it, while the
+loop goes on serving everything else: both kinds of caller wait in `daemon.waiters`. Signal
+handlers and the checks of a reloaded config are in `daemon.signals`; a reload that passes
+them reconfigures the one Reconciler (and the snapshotter) in place.
 """
 
 from __future__ import annotations
 
 import gc
-import json
-import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
-from reconciler.config import ConfigError, Settings, load_settings
+from reconciler.config import Settings
 from reconciler.daemon.control import (
-    Command,
     ControlAnswer,
     ControlRequest,
     ControlServer,
-    DeviceAnswer,
 )
 from reconciler.daemon.health import (
     PassKind,
@@ -48,15 +44,17 @@ from reconciler.daemon.health import (
 )
 from reconciler.daemon.metrics import Metrics, MetricsServer
 from reconciler.daemon.notify import Notifier
+from reconciler.daemon.requests import serve_request
+from reconciler.daemon.signals import install_signal_handlers, reloaded_settings
+from reconciler.daemon.waiters import Waiters
 from reconciler.daemon.wakeups import Batch, Wakeups
 from reconciler.daemon.watch import SpecWatcher
 from reconciler.dm.host import Host
 from reconciler.failures import ClassifiedError
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.reconcile.reconciler import Reconciler
-from reconciler.snapshots import Call, Parked, Snapshotter, Unavailable
-from reconciler.states import DeviceState
-from reconciler.store import ConditionKind, RequestKind, Store, StoreError
+from reconciler.snapshots import Snapshotter, Unavailable
+from reconciler.store import ConditionKind, Store, StoreError
 
 if TYPE_CHECKING:
     # Imported where it is served (start): without grpc_socket the daemon never loads grpc or
@@ -66,19 +64,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
-
-# The store's request for each control command (a resync is a pass, no request).
-REQUEST_KINDS = {
-    Command.RETRY: RequestKind.RETRY,
-    Command.GC_ORPHANS: RequestKind.GC_ORPHANS,
-    Command.GC_FAULTY: RequestKind.GC_FAULTY,
-    Command.ADOPT: RequestKind.ADOPT,
-    Command.CONFIRM_REMOVALS: RequestKind.CONFIRM_REMOVALS,
-}
-
-# Keys that name the pool and its state: changing them needs a restart, not a reload.
-IDENTITY_KEYS = ("root_path", "pool_name", "data_device", "metadata_device")
-
 
 # Allocations between two young-generation collections (CPython's default: 700).
 YOUNG_COLLECTION_EVERY = 20_000
@@ -133,13 +118,21 @@ def summary(outcomes: dict[str, Outcome], result: PassResult) -> str:
     return text
 
 
-@dataclass
-class _ParkedCall:
-    """An API call waiting for its device, and the caller waiting for its answer."""
-
-    call: Call[Any]
-    at: float
-    future: Future[Any]
+def log_pass_failure(exc: Exception, failures: int, delay: float) -> str:
+    """Log a pass that failed (with its traceback when nobody foresaw the error); its error
+    as `status` and the control socket say it."""
+    foreseen = isinstance(exc, ClassifiedError | StoreError)
+    error = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ClassifiedError):
+        log.error("pass.failed", error=error, errno=exc.errno_name,
+                  failures=failures, next=f"full pass again in {delay:.1f}s")
+    elif isinstance(exc, StoreError):  # its message says it all (kept busy, no id)
+        log.error("pass.failed", error=error, failures=failures,
+                  next=f"full pass again in {delay:.1f}s")
+    else:
+        log.exception("pass.failed", error=error, failures=failures,
+                      next=f"full pass again in {delay:.1f}s")
+    return error
 
 
 @dataclass
@@ -181,8 +174,10 @@ class Daemon:
         self.control: ControlServer | None = None
         # Why the last pass failed (None once one ends): a control answer says it.
         self.last_pass_error: str | None = None
-        self.snapshotter = Snapshotter(self.reconciler, parking=True)
-        self._parked: list[_ParkedCall] = []
+        # gRPC calls and control requests wait here for the reconcile thread.
+        self.waiters = Waiters(self.wakeups, self.clock, lambda: self._stopping)
+        self.snapshotter = Snapshotter(self.store, self.settings, self.clock,
+                                       self.reconciler.devices, runner=self.waiters.run)
         self._outcomes: dict[str, Outcome] = {}
 
     def _between_steps(self) -> bool:
@@ -199,49 +194,7 @@ class Daemon:
 
     def run_on_loop(self, fn: Callable[[Snapshotter], T]) -> T:
         """Run `fn` on the reconcile thread and wait for its result (for API threads)."""
-        future: Future[T] = Future()
-
-        def work(stopping: bool) -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            if stopping:  # answered, so its caller is not left waiting
-                future.set_exception(Unavailable("the reconciler daemon is stopping"))
-                return
-            try:
-                future.set_result(fn(self.snapshotter))
-            except Parked as parked:
-                self._parked.append(_ParkedCall(parked.call, parked.at, future))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which re-raises
-                future.set_exception(exc)
-
-        if self._stopping:
-            raise Unavailable("the reconciler daemon is stopping")
-        self.wakeups.call(work)
-        return future.result()
-
-    def _resume_parked(self) -> None:
-        """Advance every parked call whose time has come; answer those that finished."""
-        now = self.clock()
-        waiting: list[_ParkedCall] = []
-        for parked in self._parked:
-            if parked.at > now or self._stopping:
-                waiting.append(parked)
-                continue
-            at = parked.call.advance()
-            if at is not None:
-                parked.at = at
-                waiting.append(parked)
-                continue
-            try:
-                parked.future.set_result(parked.call.outcome())
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which re-raises
-                parked.future.set_exception(exc)
-        self._parked = waiting
-
-    def _refuse_parked(self) -> None:
-        for parked in self._parked:
-            parked.future.set_exception(Unavailable("the reconciler daemon is stopping"))
-        self._parked = []
+        return self.waiters.submit(lambda: fn(self.snapshotter))
 
     def request_stop(self) -> None:
         """Finish the step in flight, then leave the loop."""
@@ -249,17 +202,8 @@ class Daemon:
         self.wakeups.stop()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 resyncs."""
-        def on_stop(signum: int, frame: FrameType | None) -> None:
-            del frame
-            log.info("daemon.signal", signal=signal.Signals(signum).name,
-                     next="finishing the step in flight, then exiting")
-            self.request_stop()
-
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, lambda s, f: self.wakeups.reload())
-        signal.signal(signal.SIGUSR1, lambda s, f: self.wakeups.resync())
+        """SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 resyncs (`daemon.signals`)."""
+        install_signal_handlers(self.request_stop, self.wakeups)
 
     def _pass_ended(self, targeted: bool, result: PassResult | None, seconds: float) -> None:
         """PassObserver: count a pass (the loop's, or a snapshotter call's)."""
@@ -290,21 +234,11 @@ class Daemon:
         with backoff: the daemon keeps serving `status`, file events and gRPC meanwhile."""
         try:
             result = self.reconciler.run_pass(only)
-        except Exception as exc:  # no pass takes the daemon down
+        except Exception as exc:  # noqa: BLE001 - no pass takes the daemon down (logged)
             self.failed_passes += 1
             delay = self.reconciler.policy.delay(self.failed_passes)
             self._next_resync = self.clock() + delay
-            foreseen = isinstance(exc, ClassifiedError | StoreError)
-            error = str(exc) if foreseen else f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, ClassifiedError):
-                log.error("pass.failed", error=error, errno=exc.errno_name,
-                          failures=self.failed_passes, next=f"full pass again in {delay:.1f}s")
-            elif isinstance(exc, StoreError):  # its message says it all (kept busy, no id)
-                log.error("pass.failed", error=error, failures=self.failed_passes,
-                          next=f"full pass again in {delay:.1f}s")
-            else:
-                log.exception("pass.failed", error=error, failures=self.failed_passes,
-                              next=f"full pass again in {delay:.1f}s")
+            error = log_pass_failure(exc, self.failed_passes, delay)
             self._pass_failed_shown = True
             self.last_pass_error = error
             try:
@@ -340,49 +274,11 @@ class Daemon:
         """Serve an operator's request on the reconcile thread (for the control socket's
         threads): queue it in the store, run a full pass (which takes it), answer."""
         try:
-            return self.run_on_loop(lambda _: self._serve_control(request))
+            return self.waiters.submit(lambda: serve_request(
+                request, self.store, self._full_pass, lambda: self.last_pass_error,
+                lambda: self.reconciler.request_outcomes, self.reconciler.records))
         except Unavailable as exc:
             return ControlAnswer(ok=False, error=str(exc))
-
-    def _serve_control(self, request: ControlRequest) -> ControlAnswer:
-        kind = REQUEST_KINDS.get(request.command)
-        request_id = None
-        if kind is not None:
-            name = request.name or "*"
-            if kind is RequestKind.CONFIRM_REMOVALS:
-                name = json.dumps(list(request.names))
-            request_id = self.store.add_request(kind, name, request.thin_id)
-        log.info("control.request", command=request.command.value, name=request.name or None,
-                 next="a full pass serves it, then it is answered")
-        result = self._full_pass()
-        if result is None:
-            queued = "" if request_id is None else "; the request stays queued for the next pass"
-            return ControlAnswer(ok=False, error=f"the pass failed: {self.last_pass_error}"
-                                 + queued)
-        if request_id is None:
-            names = sorted({*result.pending, *result.faulty})
-            done = (f"full pass: {len(result.converged)} converged, {len(result.pending)} "
-                    f"waiting, {len(result.faulty)} Faulty")
-            return ControlAnswer(ok=result.ok, done=done, devices=self._devices(names, result),
-                                 error=result.source_error)
-        outcome = self.reconciler.request_outcomes.get(request_id)
-        if outcome is None:  # taken by no pass: cannot happen while this thread owns it
-            return ControlAnswer(ok=False, error="the request was not taken by the pass")
-        return ControlAnswer(ok=outcome.error is None, done=outcome.done, error=outcome.error,
-                             devices=self._devices(outcome.names, result))
-
-    def _devices(self, names: Iterable[str], result: PassResult) -> tuple[DeviceAnswer, ...]:
-        answers = []
-        converged = set(result.converged)
-        for name in names:
-            record = self.reconciler.records.get(name)
-            if record is None:
-                answers.append(DeviceAnswer(name, "no such device"))
-                continue
-            answers.append(DeviceAnswer(
-                name, record.state.value, record.error,
-                converged=name in converged or record.state == DeviceState.REMOVED))
-        return tuple(answers)
 
     def _full_pass(self) -> PassResult | None:
         """A full pass now, as a resync (the next periodic one counts from here)."""
@@ -399,32 +295,14 @@ class Daemon:
         return result
 
     def _reload(self) -> None:
-        if self.config_path is None:
-            log.warning("config.reload_skipped", reason="started without a config file")
+        fresh = reloaded_settings(self.config_path, self.settings)
+        if fresh is None:
             return
-        try:
-            fresh = load_settings(self.config_path)
-        except ConfigError as exc:
-            log.error("config.reload_failed", key=exc.key, error=str(exc),
-                      next="keeping the old config")
-            return
-        changed = [k for k in IDENTITY_KEYS if getattr(fresh, k) != getattr(self.settings, k)]
-        if changed:
-            log.error("config.reload_refused", keys=changed,
-                      next="restart the daemon to change these; keeping the old config")
-            return
-        if fresh.metrics_address != self.settings.metrics_address:
-            # The listener (and the observers wired into the engine) belong to this process.
-            log.warning("config.reload_partial", keys=["metrics_address"],
-                        next="metrics stay where they are served until a restart")
-            fresh = replace(fresh, metrics_address=self.settings.metrics_address)
         spec_dir_changed = fresh.specs_path != self.settings.specs_path
         self.settings = fresh
-        pool = self.reconciler.pool
-        self.reconciler = self._new_reconciler()
-        self.reconciler.pool = pool
-        # Calls in progress go on with the new engine (one engine, one cache of records).
-        self.snapshotter.engine = self.reconciler
+        # One engine, one cache of records: calls in progress go on with it.
+        self.reconciler.reconfigure(fresh)
+        self.snapshotter.reconfigure(fresh)
         if fresh.grpc_socket is not None:
             # A new fs_type or base_image_size: its base is made by the pass that follows.
             self.snapshotter.want_base()
@@ -458,7 +336,7 @@ class Daemon:
     def _act(self, batch: Batch) -> bool:
         """The wake-up's API calls, then a pass if one is due, then parked calls whose time
         came; the metrics' snapshot is taken again after any of them."""
-        acted = bool(batch.calls or self._parked)
+        acted = bool(batch.calls or self.waiters.waiting)
         for work in batch.calls:
             work(self._stopping)
         if batch.stop or self._stopping:
@@ -477,7 +355,7 @@ class Daemon:
         elif batch.names or (self._next_retry is not None and now >= self._next_retry):
             acted = True
             self._scheduled_pass(batch.names)
-        self._resume_parked()
+        self.waiters.resume()
         if acted and self.metrics is not None:
             self._publish()
         return not self._stopping
@@ -487,9 +365,8 @@ class Daemon:
             work(True)
 
     def _timeout(self) -> float:
-        deadline = min([self._next_resync, *(p.at for p in self._parked)])
-        if self._next_retry is not None:
-            deadline = min(deadline, self._next_retry)
+        deadline = min(at for at in (self._next_resync, self.waiters.next_at(),
+                                     self._next_retry) if at is not None)
         wait = max(0.0, deadline - self.clock())
         ping = self.notifier.watchdog_due_in()
         # Idle or not, the loop wakes in time for the watchdog.
@@ -544,7 +421,7 @@ class Daemon:
         """Stop serving and watching, answer what is still queued, close the store."""
         self._stopping = True
         self._refuse_queued()
-        self._refuse_parked()
+        self.waiters.refuse()
         if self.control is not None:
             self.control.stop()
             self.control = None

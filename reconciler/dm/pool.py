@@ -39,6 +39,12 @@ def thin_device_name(pool: str, name: str) -> str:
     return f"{pool}-{name}"
 
 
+def mapper_path(kernel_name: str) -> str:
+    """The device node udev makes for a dm device of that name (a managed device's name is
+    `thin_device_name`'s): the one place the /dev/mapper path is spelled."""
+    return f"/dev/mapper/{kernel_name}"
+
+
 def thin_uuid(pool: str, device_id: ThinId) -> str:
     """The dm uuid of a thin device we activate; recovery parses the id back from it."""
     return f"{UUID_PREFIX}-{pool}-{device_id}"
@@ -111,7 +117,7 @@ class ThinPool:
     @property
     def path(self) -> str:
         """The pool's device node."""
-        return f"/dev/mapper/{self.name}"
+        return mapper_path(self.name)
 
     def desired_table(self, devices: PoolDevices) -> ThinPoolTable:
         """The pool table for these devices: all whole data blocks of the data device."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from reconciler.dm.errors import DeviceBusy, DeviceExists, NoSuchDevice
 from reconciler.dm.parse import single_thin_table
-from reconciler.dm.pool import ThinPool, table_matches, thin_device_name, thin_uuid
+from reconciler.dm.pool import ThinPool, mapper_path, table_matches, thin_device_name, thin_uuid
 from reconciler.dm.types import DeviceInfo, ThinTable, describe_table
 from reconciler.units import Sectors
 from reconciler.vocabulary import ThinId
@@ -43,7 +43,7 @@ class ThinDevice:
     @property
     def path(self) -> str:
         """The device node."""
-        return f"/dev/mapper/{self.kernel_name}"
+        return mapper_path(self.kernel_name)
 
     def open_node(self) -> str:
         """The device node, once udev has made it: whatever opens the node (mkfs, fsck,

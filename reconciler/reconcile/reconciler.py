@@ -37,6 +37,7 @@ from reconciler.reconcile.desired import (
     with_descendants,
 )
 from reconciler.reconcile.drive import drive_all, plan_line, schedule_retries
+from reconciler.reconcile.engine_devices import EngineDevices
 from reconciler.reconcile.guards import (
     Conditions,
     SourceGuard,
@@ -135,6 +136,24 @@ class Reconciler:
         self._source = SourceGuard(settings, store)
         self._conditions = Conditions(store)
         self._usage = UsageWatch()
+        # What the snapshotter may ask of devices (reconcile.devices): settle, open_count...
+        self.devices = EngineDevices(self)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Go on with a reloaded config: what derives from the settings is made again, the
+        parse and decision caches start empty (a default may have changed), and the rest
+        stays: the pool and its kernel client, the ledger, recovery done, the records (read
+        again by the next pass), the observers, and whoever holds `devices`."""
+        self.settings = settings
+        self.policy = RetryPolicy(initial=settings.retry_initial, maximum=settings.retry_max,
+                                  max_attempts=settings.max_attempts)
+        self._source = SourceGuard(settings, self.store)
+        self._spec_cache = SpecFileCache()
+        self._stored_specs = StoredSpecs()
+        self._parsed = ParsedTargets()
+        self._settled = Settled()
+        self._ordering = Ordering()
+        self._cache.stale()
 
     # -- what outlives a pass ----------------------------------------------------------------
 

@@ -62,6 +62,11 @@ class RecordCache:
         self._current = False
         self._suspect = True
 
+    def stale(self) -> None:
+        """The next pass reads the rows (a reload: what the records were read against
+        changed), with no suspicion of what is in memory now."""
+        self._current = False
+
     def read(self) -> None:
         """Read every row now (the cache is then not trusted by the next pass until a pass
         ends normally)."""

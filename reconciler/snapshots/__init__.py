@@ -16,18 +16,16 @@ from reconciler.snapshots.model import (
     Unavailable,
     Usage,
 )
-from reconciler.snapshots.snapshotter import Call, Parked, Snapshotter
+from reconciler.snapshots.snapshotter import Snapshotter
 
 __all__ = [
     "AlreadyExists",
-    "Call",
     "FailedPrecondition",
     "Info",
     "InvalidArgument",
     "Kind",
     "Mount",
     "NotFound",
-    "Parked",
     "SnapshotError",
     "Snapshotter",
     "Unavailable",

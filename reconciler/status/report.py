@@ -17,7 +17,7 @@ from typing import Any
 from reconciler.config import Settings
 from reconciler.dm.driver import make_client
 from reconciler.dm.host import Host
-from reconciler.dm.pool import thin_device_name
+from reconciler.dm.pool import mapper_path, thin_device_name
 from reconciler.dm.types import METADATA_BLOCK_BYTES
 from reconciler.reconcile.observe import KernelDevice, Observation, observe_safely
 from reconciler.specs import is_snapshot_device
@@ -54,7 +54,7 @@ def _pool_report(settings: Settings, store: Store, obs: Observation | None,
     record = store.pool(settings.pool_name)
     report = PoolReport(
         name=settings.pool_name,
-        path=f"/dev/mapper/{settings.pool_name}",
+        path=mapper_path(settings.pool_name),
         stored_transaction_id=record.transaction_id if record else None,
         error=kernel_error,
         kernel_readable=kernel_error is None,
@@ -133,7 +133,7 @@ def _device_report(settings: Settings, record: DeviceRecord,
         parent=record.parent,
         filesystem=record.filesystem.value,
         formatted=record.formatted,
-        path=f"/dev/mapper/{kname}" if kernel else None,
+        path=mapper_path(kname) if kernel else None,
         kernel_name=kname,
         active=record.active,
         readonly=record.readonly,

@@ -21,6 +21,7 @@ from reconciler.dm.libdm import LibdmClient
 from reconciler.snapshots import FailedPrecondition, Mount, Snapshotter
 from reconciler.states import DeviceState
 from reconciler.store import Store
+from reconciler.testing.snapshotter import snapshotter_over
 from tests.conftest import KERNEL_AVAILABLE, World, make_settings
 
 pytestmark = pytest.mark.kernel
@@ -51,7 +52,7 @@ def umount(target: Path) -> None:
 
 def snapshotter(world: World) -> Snapshotter:
     # Real sleeps between retries: a remove right after a create can meet udev's EBUSY once.
-    return Snapshotter(world.reconciler(), sleep=time.sleep)
+    return snapshotter_over(world.reconciler(), sleep=time.sleep)
 
 
 @pytest.mark.parametrize("fs_type", ["ext4", "xfs"])

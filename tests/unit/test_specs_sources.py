@@ -19,9 +19,9 @@ from reconciler.config import load_settings
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.reconcile.pass_context import PassResult
-from reconciler.snapshots import Snapshotter
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
+from reconciler.testing.snapshotter import snapshotter_over
 from tests.conftest import World
 
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'
@@ -278,7 +278,7 @@ def test_max_removals_unlimited_still_holds_losing_everything(fake_world: World,
 
 def test_the_snapshotters_removals_are_never_held(fake_world: World) -> None:
     """containerd's Remove calls are explicit: its garbage collector removes many at once."""
-    snaps = Snapshotter(fake_world.reconciler(), sleep=fake_world.clock.sleep)
+    snaps = snapshotter_over(fake_world.reconciler(), sleep=fake_world.clock.sleep)
     for i in range(12):
         snaps.prepare(f"default/{i}/k")
     for i in range(12):

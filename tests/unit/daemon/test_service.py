@@ -176,7 +176,7 @@ def test_an_api_call_waiting_for_a_retry_is_parked_while_the_loop_serves_others(
         return thread
 
     prepare = ask("prepare", lambda s: s.prepare("default/1/k"))
-    _step_until(daemon, lambda: bool(daemon._parked))
+    _step_until(daemon, lambda: daemon.waiters.waiting > 0)
     assert "prepare" not in answers, "parked until the device settles"
     assert state(fake_world, "snap-1") == "Creating"
 
@@ -195,7 +195,7 @@ def test_an_api_call_waiting_for_a_retry_is_parked_while_the_loop_serves_others(
     assert mount.source == f"/dev/mapper/{kname}"
     assert state(fake_world, "snap-1") == "Activated"
     assert fake_world.clock.slept == [], "the reconcile thread never slept"
-    assert daemon._parked == []
+    assert daemon.waiters.waiting == 0
 
 
 def _step_until(daemon: Daemon, done: Any, timeout: float = 10.0) -> None:

@@ -58,6 +58,10 @@ Event = Callable[[RecordCache, Path], None]
          False),
         # `plan` read the rows outside a pass: the next pass does not trust them.
         ([lambda c, p: c.read()], True, False, True, True, False),
+        # A reload (Reconciler.reconfigure): the next pass reads them, the one after need not.
+        ([lambda c, p: c.stale()], True, False, True, True, False),
+        ([lambda c, p: (c.stale(), c.start_pass(True, True, False), c.end_pass(False))], True,
+         False, True, False, True),
     ],
 )
 def test_a_pass_reads_the_rows_unless_the_cache_is_the_store_s(

@@ -16,9 +16,10 @@ from structlog.testing import capture_logs
 
 from reconciler.dm.client import DmClient
 from reconciler.reconcile.retry import RetryPolicy
-from reconciler.snapshots import Snapshotter, Unavailable
+from reconciler.snapshots import Unavailable
 from reconciler.store import RequestKind
 from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.testing.snapshotter import snapshotter_over
 from tests.conftest import World, make_settings
 
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'
@@ -161,7 +162,7 @@ def test_a_prepare_below_the_reserve_is_refused_cleanly(small_reserve_world: Wor
     world.spec("big", 'filesystem = "none"\nsize = "32MiB"\n')
     assert world.run_pass().ok
     _fill(world, "big", 16)
-    snaps = Snapshotter(world.reconciler(), sleep=world.clock.sleep)
+    snaps = snapshotter_over(world.reconciler(), sleep=world.clock.sleep)
     with pytest.raises(Unavailable, match="reserve"):
         snaps.prepare("default/1/k")
     assert world.kernel_names() == {f"{world.pool}-big"}

@@ -12,19 +12,20 @@ from pathlib import Path
 import pytest
 
 from reconciler.daemon.service import Daemon
+from reconciler.daemon.waiters import Parked, Waiters
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.snapshots import (
     AlreadyExists,
     Kind,
     NotFound,
-    Parked,
     Snapshotter,
     Unavailable,
 )
-from reconciler.snapshots.snapshotter import base_key, base_ready
+from reconciler.snapshots.base import base_key, base_ready
 from reconciler.specs import Defaults, SpecError, is_snapshot_device, parse_spec
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
 from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.testing.snapshotter import snapshotter_over
 from reconciler.units import Bytes
 from reconciler.vocabulary import DeviceState, Filesystem, ThinId
 from tests.conftest import World, make_settings
@@ -41,7 +42,7 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 def snapshotter(world: World) -> Snapshotter:
-    return Snapshotter(world.reconciler(), sleep=world.clock.sleep)
+    return snapshotter_over(world.reconciler(), sleep=world.clock.sleep)
 
 
 def calls_of(world: World, start: int, *prefix: str) -> list[tuple[str, ...]]:
@@ -195,7 +196,8 @@ def test_a_key_taken_while_waiting_for_the_base_is_already_exists(world: World) 
     fake = world.host
     assert isinstance(fake, FakeKernel)
     fake.faults.fail(Op.MESSAGE, world.pool, errno=errno.EBUSY, verb="create_thin")
-    snaps = Snapshotter(world.reconciler(), sleep=world.clock.sleep, parking=True)
+    waiters = Waiters(Wakeups(), world.clock, lambda: False)
+    snaps = snapshotter_over(world.reconciler(), runner=waiters.run)
     with pytest.raises(Parked) as first:
         snaps.prepare("k")
     with pytest.raises(Parked) as second:

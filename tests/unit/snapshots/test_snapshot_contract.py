@@ -23,6 +23,7 @@ from reconciler.states import LIVE, DeviceState, Step
 from reconciler.store import DeviceRecord
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.testing.snapshotter import snapshotter_over
 from reconciler.tools.errors import ToolError
 from reconciler.tools.filesystem import make_filesystem, remove_lost_and_found
 from reconciler.units import Bytes
@@ -50,7 +51,7 @@ def kname(world: World, device: DeviceRecord) -> str:
 
 def committed_while_mounted(world: World) -> tuple[Snapshotter, str]:
     """A layer written, then committed while its mount is still open; the dm name."""
-    snaps = Snapshotter(world.reconciler(), sleep=world.clock.sleep)
+    snaps = snapshotter_over(world.reconciler(), sleep=world.clock.sleep)
     source = snaps.prepare("extract-1")[0].source
     name = source.removeprefix("/dev/mapper/")
     kernel = kernel_of(world)
@@ -207,7 +208,7 @@ def test_decide_leaves_a_deferred_removal_to_the_kernel(
 def test_timestamps_are_containerds(fake_world: World) -> None:
     """Prepare sets both times to one instant; Commit makes a new snapshot whose times are
     both the commit's; Update moves only the updated time."""
-    snaps = Snapshotter(fake_world.reconciler(), sleep=fake_world.clock.sleep)
+    snaps = snapshotter_over(fake_world.reconciler(), sleep=fake_world.clock.sleep)
     snaps.prepare("extract-1")
     prepared = snaps.stat("extract-1")
     assert prepared.created_at == prepared.updated_at
@@ -225,7 +226,7 @@ def test_timestamps_are_containerds(fake_world: World) -> None:
 def test_a_new_ext4_filesystem_has_its_lost_and_found_removed(fake_world: World) -> None:
     """mkfs.ext4 is followed by debugfs's rmdir of /lost+found (offline, no mount), on the
     device just formatted (the base every root snapshot is taken from); xfs has none."""
-    snaps = Snapshotter(fake_world.reconciler(), sleep=fake_world.clock.sleep)
+    snaps = snapshotter_over(fake_world.reconciler(), sleep=fake_world.clock.sleep)
     snaps.prepare("extract-1")
     source = f"/dev/mapper/{fake_world.pool}-snap-base-1"
     calls = kernel_of(fake_world).calls
@@ -282,7 +283,7 @@ def test_the_daemon_refuses_such_a_config_at_start_up(tmp_path: Path,
 
 def test_remove_when_the_kernel_cannot_say_whether_it_is_open(fake_world: World) -> None:
     """An INFO the kernel refuses is Unavailable, and nothing is removed on a guess."""
-    snaps = Snapshotter(fake_world.reconciler(), sleep=fake_world.clock.sleep)
+    snaps = snapshotter_over(fake_world.reconciler(), sleep=fake_world.clock.sleep)
     name = snaps.prepare("work")[0].source.removeprefix("/dev/mapper/")
     kernel_of(fake_world).faults.fail(Op.INFO, name, errno=errno.EIO)
     with pytest.raises(Unavailable, match="cannot tell whether its device is in use"):
@@ -300,7 +301,7 @@ def test_xfs_mount_options(tmp_path: Path) -> None:
                              loopback_data_size="1GiB")
     world = World(host=FakeKernel(), settings=settings, real=False)
     try:
-        snaps = Snapshotter(world.reconciler(), sleep=world.clock.sleep)
+        snaps = snapshotter_over(world.reconciler(), sleep=world.clock.sleep)
         assert snaps.prepare("base")[0].options == ("rw", "nouuid")
         snaps.commit("layer", "base")
         assert snaps.view("look", "layer")[0].options == ("ro", "nouuid", "norecovery")

@@ -17,6 +17,7 @@ from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import Kind, Snapshotter
 from reconciler.store import Store
 from reconciler.testing.fakekernel import FakeKernel
+from reconciler.testing.snapshotter import snapshotter_over
 from tests.conftest import FakeClock, World, make_settings
 from tests.crashing import (
     SimulatedCrash,
@@ -74,7 +75,7 @@ def world_at(tmp_path: Path, name: str) -> World:
     world = World(host=FakeKernel(), settings=make_settings(tmp_path, "cs"), real=False,
                   clock=FakeClock())
     if name not in FRESH:
-        _setup(Snapshotter(world.reconciler(), sleep=world.clock.sleep))
+        _setup(snapshotter_over(world.reconciler(), sleep=world.clock.sleep))
     return world
 
 
@@ -86,7 +87,7 @@ def crash_points() -> list[tuple[str, CrashPoint]]:
             fake = world.host
             assert isinstance(fake, FakeKernel)
             start = len(fake.calls)
-            action(Snapshotter(world.reconciler(), sleep=world.clock.sleep))
+            action(snapshotter_over(world.reconciler(), sleep=world.clock.sleep))
             counts = call_counts([c for c in fake.calls[start:] if c[0] != "thin_ls"])
             world.teardown()
         for kind, count in sorted(counts.items()):
@@ -121,14 +122,14 @@ def test_a_crash_in_an_api_call_recovers(tmp_path: Path, name: str, point: Crash
     doomed = Reconciler(world.settings, crashing,
                         Store(world.settings.database_path, world.clock), clock=world.clock)
     with pytest.raises(SimulatedCrash):
-        action(Snapshotter(doomed, sleep=world.clock.sleep))
+        action(snapshotter_over(doomed, sleep=world.clock.sleep))
 
     world.store = Store(world.settings.database_path, world.clock)  # the restart
     engine = world.reconciler()
     result = run_until_settled(engine, world.clock, world.clock.sleep)
     assert result.ok, result
     assert_store_and_pool_agree(world)
-    snaps = Snapshotter(engine, sleep=world.clock.sleep)
+    snaps = snapshotter_over(engine, sleep=world.clock.sleep)
     found = {info.name: info.kind for info in snaps.walk()}
     # The record is written before the call's kernel changes: a crash keeps all of the wish
     # or none of it, never half.

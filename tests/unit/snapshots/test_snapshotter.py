@@ -22,6 +22,7 @@ from reconciler.snapshots import (
 from reconciler.specs import Defaults, SpecError, parse_spec
 from reconciler.store import SnapshotRecord, Store
 from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.testing.snapshotter import snapshotter_over
 from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem
 from tests.conftest import World, make_settings
@@ -34,7 +35,7 @@ def held_ids(store: Store | None) -> set[int]:
 
 
 def snapshotter(world: World) -> Snapshotter:
-    return Snapshotter(world.reconciler(), sleep=world.clock.sleep)
+    return snapshotter_over(world.reconciler(), sleep=world.clock.sleep)
 
 
 def write(world: World, device: str, offset: int, data: bytes) -> None:

@@ -1,0 +1,126 @@
+"""daemon.waiters: callers on other threads served on the reconcile thread; a snapshotter call
+that waits for its device is parked and answered after a later pass, or Unavailable on stop."""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from reconciler.daemon.waiters import Waiters
+from reconciler.daemon.wakeups import Wakeups
+from reconciler.reconcile.reconciler import Reconciler
+from reconciler.snapshots import Snapshotter, Unavailable
+from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.testing.snapshotter import snapshotter_over
+from tests.conftest import World
+
+
+class Loop:
+    """The reconcile thread's side, run by the test: waiters, a snapshotter that parks."""
+
+    def __init__(self, world: World) -> None:
+        self.stopping = False
+        self.wakeups = Wakeups(settle=0.0)
+        self.waiters = Waiters(self.wakeups, world.clock, lambda: self.stopping)
+        self.engine: Reconciler = world.reconciler()
+        self.snaps: Snapshotter = snapshotter_over(self.engine, runner=self.waiters.run)
+        self.answers: dict[str, Any] = {}
+        self._threads: dict[str, threading.Thread] = {}
+
+    def ask(self, label: str, fn: Callable[[], Any]) -> None:
+        """A caller's thread: submit `fn` and keep its answer (or error) under `label`."""
+        def run() -> None:
+            try:
+                self.answers[label] = self.waiters.submit(fn)
+            except Exception as exc:  # noqa: BLE001 - the test reads it
+                self.answers[label] = exc
+        thread = threading.Thread(target=run)
+        thread.start()
+        self._threads[label] = thread
+
+    def serve(self, count: int) -> None:
+        """Run what `count` callers queued, on this (the test's) thread."""
+        served = 0
+        while served < count:
+            for work in self.wakeups.take(5.0).calls:
+                work(self.stopping)
+                served += 1
+
+    def join(self, *labels: str) -> None:
+        """Wait for these callers (all: none named) to have their answers."""
+        for label, thread in self._threads.items():
+            if not labels or label in labels:
+                thread.join(timeout=5)
+
+
+def _busy_once(world: World) -> None:
+    fake = world.host
+    assert isinstance(fake, FakeKernel)
+    fake.faults.fail(Op.MESSAGE, world.pool, errno=errno.EBUSY, verb="create_thin")
+
+
+def test_a_parked_call_is_answered_after_a_later_pass(fake_world: World) -> None:
+    """A Prepare whose device waits for a retry is parked, not slept on; resumed once its
+    time has come, it answers with the snapshot's mounts."""
+    _busy_once(fake_world)
+    loop = Loop(fake_world)
+    loop.ask("prepare", lambda: loop.snaps.prepare("k"))
+    loop.serve(1)
+    assert loop.waiters.waiting == 1 and "prepare" not in loop.answers
+    at = loop.waiters.next_at()
+    assert at is not None and at > fake_world.clock.now
+    loop.waiters.resume()
+    assert loop.waiters.waiting == 1, "not due yet: left parked"
+    fake_world.clock.now = at
+    loop.waiters.resume()
+    loop.join()
+    assert loop.waiters.waiting == 0
+    (mount,) = loop.answers["prepare"]
+    assert mount.source == f"/dev/mapper/{fake_world.pool}-snap-1"
+    assert fake_world.clock.slept == [], "the reconcile thread never slept"
+
+
+def test_a_control_like_request_is_answered_while_a_grpc_like_call_is_parked(
+        fake_world: World) -> None:
+    """Both kinds of caller share the mechanism: a request that runs a full pass is answered
+    at once, while the Prepare queued before it waits parked for its device."""
+    _busy_once(fake_world)
+    loop = Loop(fake_world)
+    loop.ask("prepare", lambda: loop.snaps.prepare("k"))
+    loop.serve(1)
+    loop.ask("control", lambda: loop.engine.run_pass())
+    loop.serve(1)
+    loop.join("control")
+    assert "snap-base-1" in loop.answers["control"].pending, "the base still waits"
+    assert "prepare" not in loop.answers and loop.waiters.waiting == 1
+    next_at = loop.waiters.next_at()
+    assert next_at is not None
+    fake_world.clock.now = next_at
+    loop.waiters.resume()
+    loop.join()
+    assert loop.answers["prepare"][0].source.endswith("-snap-1")
+    assert [info.name for info in loop.snaps.walk()] == ["k"]
+
+
+def test_on_stop_parked_and_new_callers_are_answered_unavailable(fake_world: World) -> None:
+    """Stopping answers every caller: a parked call, work queued before the stop, and a
+    caller that comes after it."""
+    _busy_once(fake_world)
+    loop = Loop(fake_world)
+    loop.ask("prepare", lambda: loop.snaps.prepare("k"))
+    loop.serve(1)
+    assert loop.waiters.waiting == 1
+    loop.ask("queued", lambda: loop.snaps.walk())
+    loop.stopping = True
+    loop.serve(1)
+    loop.waiters.refuse()
+    loop.join()
+    assert loop.waiters.waiting == 0
+    assert isinstance(loop.answers["prepare"], Unavailable)
+    assert isinstance(loop.answers["queued"], Unavailable)
+    with pytest.raises(Unavailable, match="stopping"):
+        loop.waiters.submit(lambda: loop.snaps.walk())
