@@ -62,9 +62,10 @@ def plan_line(ctx: PassContext, name: str, spec: DeviceSpec | None) -> str:
     if record is None:
         assert spec is not None
         record = new_record(name, spec, 0.0)
-    elif spec is not None:
-        # Every device's copy takes the spec, a Faulty one's too: what plan has always shown
-        # (for a Faulty device whose spec changed, "nothing: Faulty", though a pass retries).
+    elif takes_spec_now(record, spec):
+        # As drive does: a Faulty device's record keeps its old spec, which makes the
+        # changed one a RETRY.
+        assert spec is not None
         record = replace(record)
         apply_spec(record, spec)
     return describe(record, decide(ctx, record, spec), wanted=spec is not None)

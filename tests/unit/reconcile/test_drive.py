@@ -8,13 +8,13 @@ import errno
 import pytest
 
 from reconciler.reconcile import steps
-from reconciler.reconcile.drive import drive, drive_all
+from reconciler.reconcile.drive import drive, drive_all, plan_line
 from reconciler.reconcile.pass_context import PassContext, PassResult
 from reconciler.specs import DeviceSpec
 from reconciler.states import DeviceState, Step
 from reconciler.store import DeviceRecord
 from reconciler.testing.fakekernel.faults import Op
-from tests.unit.reconcile.stage import POLICY, Stage
+from reconciler.testing.stage import POLICY, Stage
 
 S = DeviceState
 
@@ -96,6 +96,22 @@ def test_a_faulty_device_is_left_alone_until_its_spec_changes(stage: Stage) -> N
     row = stage.stored("a")
     assert row.state == S.ACTIVATED and row.labels == {"team": "x"}
     assert row.spec_digest == changed.digest
+
+
+def test_plan_says_what_the_pass_does_to_a_faulty_device_whose_spec_changed(
+        stage: Stage) -> None:
+    """plan_line decides on the record as the drive would: a Faulty device whose spec changed
+    is retried (it said "nothing: Faulty" while the pass retried), and with the spec as it
+    was, nothing happens to it."""
+    spec = stage.spec("a", 'filesystem = "none"\n')
+    _fail_create_thin(stage, errno.EINVAL)
+    assert "a" in _drive(stage, "a", spec).faulty
+    assert plan_line(stage.context(), "a", spec).startswith("nothing: Faulty")
+
+    changed = stage.spec("a", 'filesystem = "none"\nlabels = { team = "x" }\n')
+    assert plan_line(stage.context(), "a", changed) == Step.RETRY.value
+    assert _drive(stage, "a", changed).converged == ["a"]
+    assert stage.stored("a").state == S.ACTIVATED
 
 
 def test_a_changed_spec_does_not_wait_for_a_scheduled_retry(stage: Stage) -> None:
