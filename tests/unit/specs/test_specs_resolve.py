@@ -82,3 +82,27 @@ def test_the_stores_specs_are_not_judged_again_against_a_parent_spec() -> None:
                        parent="snap-base-1")
     result = resolve({"snap-base-1": base, "snap-2": child}, [], SPECS, {})
     assert result.specs == {"snap-base-1": base, "snap-2": child}
+
+
+def test_a_spec_file_snapshot_of_a_stored_spec_inherits_from_that_spec() -> None:
+    """A file whose parent is the snapshotter's device takes that device's size and
+    filesystem (before issue 22 it took the config's defaults, and so described a filesystem
+    its device did not hold)."""
+    stored = DeviceSpec(name="snap-7", size=Bytes(64 * MIB), filesystem=Filesystem.XFS)
+    files = {"copy": _file("copy", 'parent = "snap-7"\n')}
+    result = resolve({**files, "snap-7": stored}, [], SPECS, {})
+    assert result.rejected == ()
+    copy = result.specs["copy"]
+    assert (copy.size, copy.filesystem, copy.parent) == (64 * MIB, Filesystem.XFS, "snap-7")
+
+
+def test_a_stored_spec_that_cannot_be_a_snapshot_of_its_parents_device_is_rejected() -> None:
+    """A stored spec (complete) whose parent has no spec and whose made device it cannot be
+    a snapshot of is a rejected spec with the reason, not an error out of the pass."""
+    child = DeviceSpec(name="snap-9", size=Bytes(16 * MIB), filesystem=Filesystem.EXT4,
+                       parent="snap-base-3")
+    result = resolve({"snap-9": child}, [], SPECS, {"snap-base-3": _known(64, "ext4")})
+    assert result.specs == {}
+    [rejected] = result.rejected
+    assert rejected.name == "snap-9"
+    assert rejected.error.startswith("key 'size': a snapshot cannot be smaller than its parent")
