@@ -11,35 +11,17 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.host import Host, SystemHost
 from reconciler.store import Store
-from reconciler.testing.world import FakeClock, World, make_settings
+from reconciler.testing.world import KERNEL_AVAILABLE, World, make_settings
 
-# The harness lives in reconciler.testing; tests may import it from here too.
-__all__ = ["FakeClock", "World", "make_settings"]
-
-
-def _device_mapper_in_kernel() -> bool:
-    # /dev/mapper/control may exist without the driver (libdevmapper creates the node);
-    # the kernel lists its misc devices in /proc/misc.
-    try:
-        with open("/proc/misc", encoding="ascii") as misc:
-            return any(line.split()[-1:] == ["device-mapper"] for line in misc)
-    except OSError:
-        return False
-
-
-KERNEL_AVAILABLE = _device_mapper_in_kernel() and os.geteuid() == 0
 REQUIRE_KERNEL = os.environ.get("RECONCILER_REQUIRE_KERNEL") == "1"
 
 
@@ -65,16 +47,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     del exitstatus
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
-    """Poll `check` until it holds (real processes and kernels take their time)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def fake_kernel() -> Host:
     """A fresh FakeKernel (imported here so that tests without one load without it)."""
     from reconciler.testing.fakekernel import FakeKernel
@@ -86,16 +58,6 @@ def fake_kernel() -> Host:
 DRIVERS = ("dmsetup", "libdevmapper")
 
 
-def run_in_process(argv: list[str], host: Host) -> int:
-    """`reconciler ARGV` in this process (`main`), giving back afterwards the signal handlers
-    `run` installs (SIGTERM, SIGINT, SIGHUP, SIGUSR1), so later tests keep pytest's."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT,
-                                                  signal.SIGHUP, signal.SIGUSR1)}
-    try:
-        return main(argv, host=host)
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
 
 
 @pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.kernel)])

@@ -3,15 +3,21 @@
 Test support (never imported by the product): the unit tier's `world` fixtures and the
 scenario tests build every pass they run on one of these, so that a test says what it puts in
 (spec files) and asserts what comes out (the store, `status --json`, the kernel's devices).
+Beside it: whether this machine has a real device-mapper (`KERNEL_AVAILABLE`), `wait_for`
+(polling a real process or kernel) and `run_in_process` (`reconciler ARGV` in this process).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.cli import main
 from reconciler.config import Settings, settings_from_mapping
 from reconciler.daemon.once import run_until_settled
 from reconciler.dm.client import DmClient
@@ -120,3 +126,38 @@ class World:
             loop = attached_loop(self.host, path) if path.exists() else None
             if loop is not None:
                 self.host.run(["losetup", "--detach", loop])
+
+
+def _device_mapper_in_kernel() -> bool:
+    # /dev/mapper/control may exist without the driver (libdevmapper creates the node);
+    # the kernel lists its misc devices in /proc/misc.
+    try:
+        with open("/proc/misc", encoding="ascii") as misc:
+            return any(line.split()[-1:] == ["device-mapper"] for line in misc)
+    except OSError:
+        return False
+
+
+KERNEL_AVAILABLE = _device_mapper_in_kernel() and os.geteuid() == 0
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Poll `check` until it holds (real processes and kernels take their time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def run_in_process(argv: list[str], host: Host) -> int:
+    """`reconciler ARGV` in this process (`main`), giving back afterwards the signal handlers
+    `run` installs (SIGTERM, SIGINT, SIGHUP, SIGUSR1), so later tests keep pytest's."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT,
+                                                  signal.SIGHUP, signal.SIGUSR1)}
+    try:
+        return main(argv, host=host)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

@@ -21,8 +21,8 @@ from reconciler.status import build_report
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.process import DaemonProcess
-from tests.conftest import KERNEL_AVAILABLE, World, make_settings
-from tests.conftest import wait_for as shared_wait_for
+from reconciler.testing.world import KERNEL_AVAILABLE, World, make_settings
+from reconciler.testing.world import wait_for as shared_wait_for
 
 TIMEOUT = 180.0
 SNAPSHOTTER = "reconciler"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.dm.host import SystemHost
-from tests.conftest import KERNEL_AVAILABLE, World, make_settings
+from reconciler.testing.world import KERNEL_AVAILABLE, World, make_settings
 
 pytestmark = pytest.mark.kernel
 BURST = 12

@@ -17,9 +17,9 @@ from reconciler.dm.host import SystemHost
 from reconciler.status import build_report
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
+from reconciler.testing.configmap import atomic_write
 from reconciler.testing.process import DaemonProcess
-from tests.configmap import atomic_write
-from tests.conftest import World, wait_for
+from reconciler.testing.world import World, wait_for
 
 pytestmark = pytest.mark.kernel
 MIB = 1 << 20

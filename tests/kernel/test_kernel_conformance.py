@@ -40,9 +40,9 @@ from reconciler.status import build_report
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.process import DaemonProcess
+from reconciler.testing.world import KERNEL_AVAILABLE, World, make_settings
+from reconciler.testing.world import wait_for as shared_wait_for
 from reconciler.tools.loopback import LoopbackFiles
-from tests.conftest import KERNEL_AVAILABLE, World, make_settings
-from tests.conftest import wait_for as shared_wait_for
 
 pytestmark = pytest.mark.kernel
 TIMEOUT = 120.0

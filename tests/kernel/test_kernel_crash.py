@@ -22,9 +22,14 @@ from reconciler.dm.host import Completed, SystemHost
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
+from reconciler.testing.crashing import (
+    OPERATIONS,
+    Operation,
+    assert_store_and_pool_agree,
+    call_counts,
+)
+from reconciler.testing.world import World
 from reconciler.tools.loopback import LoopbackFiles, attached_loop
-from tests.conftest import World
-from tests.crashing import OPERATIONS, Operation, assert_store_and_pool_agree, call_counts
 
 pytestmark = pytest.mark.kernel
 MUTATING = ("dmsetup message", "dmsetup create", "dmsetup remove", "dmsetup suspend",

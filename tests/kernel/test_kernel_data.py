@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import World
+from reconciler.testing.world import World
 
 pytestmark = pytest.mark.kernel
 

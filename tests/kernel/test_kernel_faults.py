@@ -19,7 +19,7 @@ from reconciler.dm.host import Completed, SystemHost
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.store import RequestKind
-from tests.conftest import World
+from reconciler.testing.world import World
 
 pytestmark = pytest.mark.kernel
 POLICY = RetryPolicy(initial=0.2, maximum=0.5, max_attempts=2, jitter=0.0)

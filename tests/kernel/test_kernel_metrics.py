@@ -27,8 +27,8 @@ from reconciler.status import build_report
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.process import DaemonProcess
-from tests.conftest import World
-from tests.conftest import wait_for as shared_wait_for
+from reconciler.testing.world import World
+from reconciler.testing.world import wait_for as shared_wait_for
 
 pytestmark = pytest.mark.kernel
 TIMEOUT = 120.0

@@ -18,7 +18,7 @@ from reconciler.daemon.lock import lock_held
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.process import DaemonProcess
-from tests.conftest import World, wait_for
+from reconciler.testing.world import World, wait_for
 
 pytestmark = pytest.mark.kernel
 TIMEOUT = 120.0

@@ -22,7 +22,7 @@ from reconciler.snapshots import FailedPrecondition, Mount, Snapshotter
 from reconciler.states import DeviceState
 from reconciler.store import Store
 from reconciler.testing.snapshotter import snapshotter_over
-from tests.conftest import KERNEL_AVAILABLE, World, make_settings
+from reconciler.testing.world import KERNEL_AVAILABLE, World, make_settings
 
 pytestmark = pytest.mark.kernel
 

@@ -16,7 +16,7 @@ from reconciler.status import build_report
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.process import DaemonProcess
-from tests.conftest import World, wait_for
+from reconciler.testing.world import World, wait_for
 
 pytestmark = pytest.mark.kernel
 EXT4 = 'size = "32MiB"\nfilesystem = "ext4"\n'

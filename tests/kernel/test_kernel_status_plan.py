@@ -15,7 +15,7 @@ import pytest
 
 from reconciler.cli import main
 from reconciler.testing.config_file import write_config
-from tests.conftest import World
+from reconciler.testing.world import World
 
 pytestmark = pytest.mark.kernel
 TIMEOUT = 120.0

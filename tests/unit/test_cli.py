@@ -12,7 +12,7 @@ from reconciler.cli import main
 from reconciler.status import Report, collect, render_table
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
-from tests.conftest import World
+from reconciler.testing.world import World
 
 
 @pytest.fixture

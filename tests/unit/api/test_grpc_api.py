@@ -22,7 +22,7 @@ from reconciler.api.proto import snapshots_pb2_grpc
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.testing.fakekernel import FakeKernel
-from tests.conftest import make_settings
+from reconciler.testing.world import make_settings
 
 
 @dataclass

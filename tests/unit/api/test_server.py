@@ -24,7 +24,7 @@ from reconciler.daemon.wakeups import Wakeups
 from reconciler.snapshots import NotFound, Snapshotter
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
-from tests.conftest import make_settings, run_in_process
+from reconciler.testing.world import make_settings, run_in_process
 
 
 @pytest.fixture

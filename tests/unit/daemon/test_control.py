@@ -46,7 +46,7 @@ from reconciler.store import Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.process import DaemonProcess
-from tests.conftest import World, wait_for
+from reconciler.testing.world import World, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 NONE = 'filesystem = "none"\n'

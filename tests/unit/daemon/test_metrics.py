@@ -44,7 +44,7 @@ from reconciler.status import build_report
 from reconciler.store import ConditionKind, ConditionRecord, Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
-from tests.conftest import FakeClock, World, make_settings, run_in_process
+from reconciler.testing.world import FakeClock, World, make_settings, run_in_process
 
 LOOPBACK = ListenAddress("127.0.0.1", 0)  # port 0: the kernel picks a free one
 

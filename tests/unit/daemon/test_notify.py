@@ -24,7 +24,7 @@ from reconciler.reconcile.pass_context import PassResult
 from reconciler.specs import RejectedSpec
 from reconciler.testing.config_file import write_config
 from reconciler.testing.process import DaemonProcess
-from tests.conftest import World
+from reconciler.testing.world import World
 
 REPO = Path(__file__).resolve().parents[3]
 

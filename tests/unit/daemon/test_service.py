@@ -21,7 +21,7 @@ from reconciler.reconcile.retry import RetryPolicy
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
-from tests.conftest import World
+from reconciler.testing.world import World
 
 
 def state(world: World, name: str) -> str:

@@ -16,7 +16,7 @@ from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import Snapshotter, Unavailable
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.snapshotter import snapshotter_over
-from tests.conftest import World
+from reconciler.testing.world import World
 
 
 class Loop:

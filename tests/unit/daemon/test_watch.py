@@ -24,7 +24,7 @@ from watchdog.events import (
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.daemon.watch import SpecWatcher, wakes
-from tests.conftest import World
+from reconciler.testing.world import World
 
 
 @pytest.mark.parametrize(

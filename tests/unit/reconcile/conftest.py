@@ -1,4 +1,4 @@
-"""Fixtures for reconcile's module tests (the stage itself is in stage.py)."""
+"""Fixtures for reconcile's module tests (the stage itself is reconciler.testing.stage)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.reconcile.stage import Stage, new_stage
+from reconciler.testing.stage import Stage, new_stage
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from reconciler.reconcile.pass_context import PassResult
 from reconciler.specs import DeviceSpec
 from reconciler.states import DeviceState
 from reconciler.store import DeviceRecord
-from tests.unit.reconcile.stage import Stage
+from reconciler.testing.stage import Stage
 
 S = DeviceState
 

@@ -9,8 +9,8 @@ from reconciler.reconcile.devices import DeviceUsage, Failed, Ready, RetryAt, us
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.states import DeviceState
 from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.testing.world import World
 from reconciler.vocabulary import Filesystem
-from tests.conftest import World
 
 SPEC = 'size = "32MiB"\n'
 

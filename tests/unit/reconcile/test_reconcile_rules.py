@@ -12,7 +12,7 @@ from reconciler.dm.pool import MetadataCheckFailed, PoolMismatch, ThinPool
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.store import IdAllocator, Store
 from reconciler.testing.fakekernel import FakeKernel, Op
-from tests.conftest import World
+from reconciler.testing.world import World
 
 
 def held_ids(store: Store | None) -> set[int]:

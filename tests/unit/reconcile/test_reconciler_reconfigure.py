@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from reconciler.reconcile.devices import Ready
-from tests.conftest import World
+from reconciler.testing.world import World
 
 
 def test_reconfigure_keeps_the_pool_and_devices_and_reads_the_new_spec_dir(

@@ -10,8 +10,8 @@ from reconciler.reconcile.drive import drive, record_for
 from reconciler.reconcile.intents import intend
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.states import DeviceState, Trigger
+from reconciler.testing.stage import Stage
 from reconciler.vocabulary import PoolOp, ThinId
-from tests.unit.reconcile.stage import Stage
 
 S = DeviceState
 

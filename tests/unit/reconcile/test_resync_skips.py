@@ -24,7 +24,7 @@ from reconciler.specs import DeviceSpec
 from reconciler.states import DeviceState
 from reconciler.store import DeviceRecord, Store
 from reconciler.testing.fakekernel import FakeKernel
-from tests.conftest import World, make_settings
+from reconciler.testing.world import World, make_settings
 
 S = DeviceState
 MIB = 1 << 20

@@ -10,7 +10,7 @@ from reconciler.reconcile.steps import STEPS
 from reconciler.specs import DeviceSpec
 from reconciler.states import DeviceState, Step
 from reconciler.store import DeviceRecord
-from tests.unit.reconcile.stage import Stage
+from reconciler.testing.stage import Stage
 
 S = DeviceState
 

@@ -10,7 +10,7 @@ from reconciler.dm.driver import make_client
 from reconciler.dm.libdm import LibdmClient
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.fakekernel.libdm import FakeLibdm
-from tests.conftest import World
+from reconciler.testing.world import World
 
 NAMES = ("a", "b", "c")
 

@@ -34,7 +34,7 @@ from reconciler.store import database as store_module
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.process import DaemonProcess
-from tests.conftest import wait_for
+from reconciler.testing.world import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 

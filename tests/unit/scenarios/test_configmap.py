@@ -19,10 +19,10 @@ from reconciler.daemon.wakeups import Wakeups
 from reconciler.daemon.watch import _Handler
 from reconciler.specs import Defaults, load_spec_dir, read_only_mount
 from reconciler.store import ConditionKind, Store
+from reconciler.testing.configmap import DATA, atomic_write
+from reconciler.testing.world import World
 from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem
-from tests.configmap import DATA, atomic_write
-from tests.conftest import World
 
 MIB = 1 << 20
 

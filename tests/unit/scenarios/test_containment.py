@@ -14,7 +14,7 @@ from reconciler.dm.host import SystemHost
 from reconciler.reconcile import maintenance, steps
 from reconciler.states import Step
 from reconciler.store import RequestKind
-from tests.conftest import World
+from reconciler.testing.world import World
 
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'
 

@@ -16,9 +16,7 @@ from reconciler.daemon.once import run_until_settled
 from reconciler.dm.crash import CrashingHost, CrashPoint
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.store import Store
-from reconciler.testing.fakekernel import FakeKernel
-from tests.conftest import FakeClock, World, make_settings
-from tests.crashing import (
+from reconciler.testing.crashing import (
     OPERATIONS,
     Operation,
     SimulatedCrash,
@@ -26,6 +24,8 @@ from tests.crashing import (
     call_counts,
     simulated_crash,
 )
+from reconciler.testing.fakekernel import FakeKernel
+from reconciler.testing.world import FakeClock, World, make_settings
 
 
 def world_at(tmp_path: Path, operation: Operation) -> World:

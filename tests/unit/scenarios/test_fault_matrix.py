@@ -20,8 +20,8 @@ from reconciler.reconcile.reconciler import Reconciler
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.store import RequestKind
 from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.testing.world import World
 from reconciler.tools.thin_ls import list_thin_ids
-from tests.conftest import World
 
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'
 ERRNOS = (errno.EBUSY, errno.ENOSPC, errno.EEXIST, errno.EIO, errno.EINVAL)

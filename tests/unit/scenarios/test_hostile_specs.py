@@ -31,9 +31,9 @@ from reconciler.specs import (
     read_spec,
     resolve,
 )
+from reconciler.testing.world import World
 from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem
-from tests.conftest import World
 
 DEFAULTS = Defaults(size=Bytes(64 << 20), filesystem=Filesystem.EXT4)
 KEEP = ("keep-1", "keep-2", "keep-3")

@@ -20,7 +20,7 @@ from reconciler.snapshots import Unavailable
 from reconciler.store import RequestKind
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.snapshotter import snapshotter_over
-from tests.conftest import World, make_settings
+from reconciler.testing.world import World, make_settings
 
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'
 POLICY = RetryPolicy(initial=1.0, maximum=2.0, max_attempts=2, jitter=0.0)

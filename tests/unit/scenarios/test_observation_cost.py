@@ -17,7 +17,7 @@ from reconciler.states import DeviceMachine
 from reconciler.store import Store
 from reconciler.store.store import _SELECT_DEVICES
 from reconciler.testing.fakekernel import FakeKernel
-from tests.conftest import World, make_settings
+from reconciler.testing.world import World, make_settings
 
 READS = {"dmsetup info", "dmsetup status", "dmsetup table"}
 RAW = 'filesystem = "none"\nsize = "1MiB"\n'

@@ -12,9 +12,9 @@ from reconciler.dm.client import DmClient
 from reconciler.dm.pool import ThinPool
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
+from reconciler.testing.world import World
 from reconciler.tools.thin_ls import list_thin_ids
 from reconciler.vocabulary import ThinId
-from tests.conftest import World
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from typing import Any
 
 from reconciler.dm.client import DmClient
 from reconciler.dm.parse import parse_thin_table
+from reconciler.testing.world import World
 from reconciler.tools.thin_ls import list_thin_ids
-from tests.conftest import World
 
 
 def devices(world: World) -> dict[str, dict[str, Any]]:

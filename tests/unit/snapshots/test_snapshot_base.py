@@ -26,9 +26,9 @@ from reconciler.specs import Defaults, SpecError, is_snapshot_device, parse_spec
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.snapshotter import snapshotter_over
+from reconciler.testing.world import World, make_settings
 from reconciler.units import Bytes
 from reconciler.vocabulary import DeviceState, Filesystem, ThinId
-from tests.conftest import World, make_settings
 
 
 @pytest.fixture

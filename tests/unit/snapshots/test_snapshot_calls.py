@@ -10,7 +10,7 @@ import pytest
 from reconciler.snapshots import Unavailable
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.snapshotter import snapshotter_over
-from tests.conftest import World
+from reconciler.testing.world import World
 
 
 def _busy_once(world: World) -> None:

@@ -24,11 +24,11 @@ from reconciler.store import DeviceRecord
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.snapshotter import snapshotter_over
+from reconciler.testing.world import World, make_settings
 from reconciler.tools.errors import ToolError
 from reconciler.tools.filesystem import make_filesystem, remove_lost_and_found
 from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem, ThinId
-from tests.conftest import World, make_settings
 
 
 def kernel_of(world: World) -> FakeKernel:

@@ -16,15 +16,15 @@ from reconciler.dm.crash import CrashingHost, CrashPoint
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import Kind, Snapshotter
 from reconciler.store import Store
-from reconciler.testing.fakekernel import FakeKernel
-from reconciler.testing.snapshotter import snapshotter_over
-from tests.conftest import FakeClock, World, make_settings
-from tests.crashing import (
+from reconciler.testing.crashing import (
     SimulatedCrash,
     assert_store_and_pool_agree,
     call_counts,
     simulated_crash,
 )
+from reconciler.testing.fakekernel import FakeKernel
+from reconciler.testing.snapshotter import snapshotter_over
+from reconciler.testing.world import FakeClock, World, make_settings
 
 Action = Callable[[Snapshotter], None]
 

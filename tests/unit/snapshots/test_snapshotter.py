@@ -23,9 +23,9 @@ from reconciler.specs import Defaults, SpecError, parse_spec
 from reconciler.store import SnapshotRecord, Store
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.snapshotter import snapshotter_over
+from reconciler.testing.world import World, make_settings
 from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem
-from tests.conftest import World, make_settings
 
 
 def held_ids(store: Store | None) -> set[int]:

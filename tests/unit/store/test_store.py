@@ -20,8 +20,8 @@ from reconciler.store import (
     TransitionRecord,
 )
 from reconciler.store.database import BUSY_RETRY_DELAYS
+from reconciler.testing.world import FakeClock
 from reconciler.vocabulary import DeviceState, Filesystem, Kind, Removal, ThinId, Trigger
-from tests.conftest import FakeClock
 
 
 def held_ids(store: Store) -> set[int]:

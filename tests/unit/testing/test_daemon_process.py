@@ -7,7 +7,7 @@ from pathlib import Path
 
 from reconciler.testing.config_file import write_config
 from reconciler.testing.process import DaemonProcess
-from tests.conftest import wait_for
+from reconciler.testing.world import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 

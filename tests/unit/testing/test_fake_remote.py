@@ -12,7 +12,7 @@ from reconciler.dm.client import DmClient
 from reconciler.dm.driver import make_client
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.testing.fakekernel.remote import RemoteKernel
-from tests.conftest import World, make_settings
+from reconciler.testing.world import World, make_settings
 
 
 @pytest.fixture

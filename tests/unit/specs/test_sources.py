@@ -22,7 +22,7 @@ from reconciler.reconcile.pass_context import PassResult
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.snapshotter import snapshotter_over
-from tests.conftest import World
+from reconciler.testing.world import World
 
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'
 PAYLOAD = b"reconciler keeps this\n" * 100

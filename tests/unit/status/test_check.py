@@ -29,9 +29,9 @@ from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.fakekernel.faults import Op
 from reconciler.testing.process import DaemonProcess
-from tests.conftest import World, wait_for
+from reconciler.testing.world import World, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MIB = 1 << 20
 
 

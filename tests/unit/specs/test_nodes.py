@@ -19,9 +19,9 @@ from reconciler.specs import (
     select_for_node,
 )
 from reconciler.store import ConditionKind, RequestKind
+from reconciler.testing.world import World
 from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem
-from tests.conftest import World
 
 DEFAULTS = Defaults(size=Bytes(4 << 20), filesystem=Filesystem.NONE)
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'

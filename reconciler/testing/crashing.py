@@ -1,4 +1,5 @@
-"""Shared by the crash tests: the operations to crash in, and what converged means."""
+"""Test support shared by the crash tests: the operations to crash in, and what converged
+means."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.dm.crash import call_kind
+from reconciler.testing.world import World
 from reconciler.tools.thin_ls import list_thin_ids
-from tests.conftest import World
 
 
 class SimulatedCrash(BaseException):

@@ -18,7 +18,7 @@ from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.units import MAX_SIZE
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_defaults_give_a_loopback_pool_under_the_state_directory() -> None:

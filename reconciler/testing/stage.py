@@ -1,7 +1,7 @@
-"""A stage for reconcile's module tests: a fake kernel with the pool up, a reconciler over it,
-and pass contexts built as a pass builds them, so one step or one drive can be run alone and
-its result read back from the store and the fake kernel. The `stage` fixture (conftest.py)
-hands out a fresh one."""
+"""A stage for reconcile's module tests (test support): a fake kernel with the pool up, a
+reconciler over it, and pass contexts built as a pass builds them, so one step or one drive
+can be run alone and its result read back from the store and the fake kernel. The `stage`
+fixture (tests/unit/reconcile/conftest.py) hands out a fresh one."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import DeviceSpec
 from reconciler.store import DeviceRecord, Store
 from reconciler.testing.fakekernel import FakeKernel
-from tests.conftest import World, make_settings
+from reconciler.testing.world import World, make_settings
 
 # No jitter: retry times are exact.
 POLICY = RetryPolicy(initial=1.0, maximum=4.0, max_attempts=3, jitter=0.0)
