@@ -18,7 +18,7 @@ from reconciler.units import (
 )
 
 
-def _toml_string(text: str) -> str:
+def toml_string(text: str) -> str:
     """A TOML basic string: quotes, backslashes and control characters escaped (json.dumps
     would write a character beyond the BMP as a surrogate pair, which TOML refuses)."""
     escaped = "".join(
@@ -32,7 +32,7 @@ def _toml_string(text: str) -> str:
 def _toml_size(size: int) -> str:
     # "1GiB" when exact; a size it would round ("1.5GiB" of 1610612737 bytes) as its bytes.
     text = format_size(size)
-    return str(size) if "." in text else _toml_string(text)
+    return str(size) if "." in text else toml_string(text)
 
 
 def _toml_duration(seconds: float) -> str:
@@ -40,7 +40,7 @@ def _toml_duration(seconds: float) -> str:
     for unit, multiplier in (("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001)):
         count = seconds / multiplier
         if count == int(count) and parse_duration(f"{int(count)}{unit}") == seconds:
-            return _toml_string(f"{int(count)}{unit}")
+            return toml_string(f"{int(count)}{unit}")
     return repr(seconds)
 
 
@@ -48,7 +48,7 @@ def _toml_reserve(reserve: Reserve) -> str:
     if not reserve.percent:
         return _toml_size(reserve.size)
     short = f"{reserve.percent:g}"
-    return _toml_string((short if float(short) == reserve.percent else repr(reserve.percent))
+    return toml_string((short if float(short) == reserve.percent else repr(reserve.percent))
                         + "%")
 
 
@@ -59,10 +59,10 @@ def _toml_value(value: object) -> str:
     if isinstance(value, Reserve):
         return _toml_reserve(value)
     if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_string(item) for item in value) + "]"
+        return "[" + ", ".join(toml_string(item) for item in value) + "]"
     if isinstance(value, int):
         return str(value)
-    return _toml_string(str(value))  # paths, names, choices, listen addresses
+    return toml_string(str(value))  # paths, names, choices, listen addresses
 
 
 def settings_toml(settings: Settings, computed_as_comments: bool = False) -> str:
@@ -75,7 +75,7 @@ def settings_toml(settings: Settings, computed_as_comments: bool = False) -> str
     for f in fields(Settings):
         value = getattr(settings, f.name)
         if value is None and f.name == "max_removals":
-            line = f"{f.name} = {_toml_string(UNLIMITED)}"
+            line = f"{f.name} = {toml_string(UNLIMITED)}"
         elif value is None:
             line = f"# {f.name} = <unset>"
         elif f.name in SIZE_KEYS:

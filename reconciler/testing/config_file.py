@@ -3,7 +3,8 @@
 Test support (never imported by the product). Tests that run the CLI or a daemon process need
 a config file; writing its TOML by hand, with values pasted into f-strings, breaks on a path
 holding a quote or a backslash and repeats the same lines in every file. Here each value is
-rendered once, escaped as TOML's basic strings require, and a test names only its keys.
+rendered once, strings escaped by the product's own writer of TOML (`config check` prints
+with it), and a test names only its keys.
 """
 
 from __future__ import annotations
@@ -12,22 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-# TOML's basic strings escape these by name; any other control character as \uXXXX.
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
-            "\r": "\\r"}
-
-
-def toml_string(text: str) -> str:
-    """`text` as a TOML basic string, every character that needs it escaped."""
-    out = []
-    for char in text:
-        if char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
+from reconciler.config.render import toml_string
 
 
 def toml_value(value: object) -> str:
