@@ -131,8 +131,8 @@ def take_snapshot(pool_name: str, pool: ThinPoolStatus | None, pool_error: str |
                   passes: int) -> Snapshot:
     """The snapshot of what the reconcile thread just read."""
     in_force = {c.kind: c for c in conditions}
-    held = in_force.get(ConditionKind.REMOVALS_HELD.value)
-    failed = in_force.get(ConditionKind.PASS_FAILED.value)
+    held = in_force.get(ConditionKind.REMOVALS_HELD)
+    failed = in_force.get(ConditionKind.PASS_FAILED)
     return Snapshot(
         pool_name=pool_name,
         pool=None if pool is None else PoolFigures.of(pool, data_block_sectors),
@@ -141,8 +141,7 @@ def take_snapshot(pool_name: str, pool: ThinPoolStatus | None, pool_error: str |
         rejected_specs=rejected_specs,
         removals_held=len(held.names) if held is not None else 0,
         # A kind this version does not know (a newer one wrote it) is no series of ours.
-        conditions=frozenset(ConditionKind(kind) for kind in in_force
-                             if kind in {known.value for known in ConditionKind}),
+        conditions=frozenset(kind for kind in in_force if isinstance(kind, ConditionKind)),
         passes=passes,
         last_error=failed.message if failed is not None else None,
     )

@@ -25,7 +25,7 @@ from reconciler.reconcile.pass_context import PassContext
 from reconciler.reconcile.steps import remove
 from reconciler.specs import SpecSet
 from reconciler.states import DeviceState, Trigger
-from reconciler.store import OrphanKind, OrphanRecord, RequestKind
+from reconciler.store import OrphanKind, OrphanRecord, RequestKind, UnknownKind
 from reconciler.vocabulary import ThinId
 
 S = DeviceState
@@ -61,15 +61,13 @@ def take_requests(ctx: PassContext, load_specs: Callable[[], SpecSet],
     return confirmed
 
 
-def _take(ctx: PassContext, kind_text: str, name: str, arg: int | None,
+def _take(ctx: PassContext, kind: RequestKind | UnknownKind, name: str, arg: int | None,
           load_specs: Callable[[], SpecSet], confirmed: set[str]) -> RequestOutcome:
     """Run one request; never raises."""
-    bound = log.bind(request=kind_text, name=name)
-    try:
-        kind = RequestKind(kind_text)
-    except ValueError:
+    bound = log.bind(request=str(kind), name=name)
+    if isinstance(kind, UnknownKind):
         bound.warning("request.unknown", next="dropped")
-        return RequestOutcome(error=f"unknown request {kind_text!r}")
+        return RequestOutcome(error=f"unknown request {kind.text!r}")
     try:
         if kind == RequestKind.CONFIRM_REMOVALS:
             names = sorted(_names(name))

@@ -159,10 +159,10 @@ def collect(settings: Settings, store: Store, host: Host,
     if name is not None:
         records = [r for r in records if r.name == name]
     conditions = {c.kind: c for c in store.conditions()}
-    source = conditions.get(ConditionKind.SPEC_SOURCE.value)
-    failed = conditions.get(ConditionKind.PASS_FAILED.value)
-    held = conditions.get(ConditionKind.REMOVALS_HELD.value)
-    space = conditions.get(ConditionKind.NEW_DEVICES_HELD.value)
+    source = conditions.get(ConditionKind.SPEC_SOURCE)
+    failed = conditions.get(ConditionKind.PASS_FAILED)
+    held = conditions.get(ConditionKind.REMOVALS_HELD)
+    space = conditions.get(ConditionKind.NEW_DEVICES_HELD)
     pool = replace(
         _pool_report(settings, store, obs, kernel_error),
         new_devices_held=space.message if space else None,
@@ -179,7 +179,7 @@ def collect(settings: Settings, store: Store, host: Host,
         rejected_specs=tuple(RejectedSpecReport(r.name, r.path, r.error)
                              for r in store.rejected_specs()
                              if name is None or r.name == name),
-        conditions=tuple(ConditionReport(c.kind, c.message, tuple(c.names), c.count,
+        conditions=tuple(ConditionReport(str(c.kind), c.message, tuple(c.names), c.count,
                                          iso_time(c.since), iso_time(c.at))
                          for c in conditions.values()),
         orphans=Orphans(

@@ -20,6 +20,7 @@ from reconciler.store.records import (
     RequestRecord,
     SnapshotRecord,
     TransitionRecord,
+    UnknownKind,
 )
 from reconciler.store.rows import RowError
 from reconciler.store.store import MAX_THIN_ID, IdAllocator, Store
@@ -42,4 +43,5 @@ __all__ = [
     "Store",
     "StoreError",
     "TransitionRecord",
+    "UnknownKind",
 ]

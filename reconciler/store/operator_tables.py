@@ -21,7 +21,7 @@ from reconciler.store.records import (
     RequestKind,
     RequestRecord,
 )
-from reconciler.store.rows import orphan_record, orphan_values
+from reconciler.store.rows import open_kind, orphan_record, orphan_values
 
 
 class OperatorTables(Connection):
@@ -61,7 +61,8 @@ class OperatorTables(Connection):
             self._m.Request.delete().where(self._m.Request.id.in_([r.id for r in rows])).execute()
             return rows
 
-        return [RequestRecord(id=r.id, kind=r.kind, name=r.name, at=r.at, arg=r.arg)
+        return [RequestRecord(id=r.id, kind=open_kind(RequestKind, r.kind), name=r.name,
+                              at=r.at, arg=r.arg)
                 for r in self._atomically(take)]
 
 
@@ -94,7 +95,7 @@ class OperatorTables(Connection):
             return count, since
 
         count, since = self._atomically(count_in)
-        return ConditionRecord(kind.value, message, tuple(json.loads(listed)), count, since, now)
+        return ConditionRecord(kind, message, tuple(json.loads(listed)), count, since, now)
 
     def clear_condition(self, kind: ConditionKind) -> None:
         """The condition no longer holds."""
@@ -102,13 +103,13 @@ class OperatorTables(Connection):
 
     def conditions(self) -> list[ConditionRecord]:
         """Every condition in force, by kind."""
-        return [ConditionRecord(r.kind, r.message, tuple(json.loads(r.names)), r.count,
-                                r.since, r.at)
+        return [ConditionRecord(open_kind(ConditionKind, r.kind), r.message,
+                                tuple(json.loads(r.names)), r.count, r.since, r.at)
                 for r in self._m.Condition.select().order_by(self._m.Condition.kind)]
 
     def condition(self, kind: ConditionKind) -> ConditionRecord | None:
         """One condition, if in force."""
-        return next((c for c in self.conditions() if c.kind == kind.value), None)
+        return next((c for c in self.conditions() if c.kind == kind), None)
 
     def fact(self, key: str) -> str | None:
         """A value remembered across restarts (e.g. the spec directory's filesystem)."""

@@ -98,12 +98,23 @@ class RequestKind(StrEnum):
 
 
 @dataclass(frozen=True)
+class UnknownKind:
+    """A kind this version does not know, as the row holds it: written by a newer version
+    (a request from a newer CLI, a condition of a newer daemon), so reported, never fatal."""
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
 class RequestRecord:
     """An operator's request (e.g. retry a Faulty device), queued for the daemon's thread."""
 
     id: int
-    # A RequestKind's value; kept as text so a request from a newer CLI is reported, not fatal.
-    kind: str
+    # A request from a newer CLI is an UnknownKind: reported and dropped, never fatal.
+    kind: RequestKind | UnknownKind
     name: str
     at: float
     arg: int | None = None
@@ -209,7 +220,7 @@ class ConditionKind(StrEnum):
 class ConditionRecord:
     """A condition in force: what, since when, how often, and the names it concerns."""
 
-    kind: str
+    kind: ConditionKind | UnknownKind
     message: str
     names: tuple[str, ...] = ()
     count: int = 1

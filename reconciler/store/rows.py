@@ -24,6 +24,7 @@ from reconciler.store.records import (
     PoolRecord,
     SnapshotRecord,
     TransitionRecord,
+    UnknownKind,
 )
 from reconciler.vocabulary import (
     DeviceState,
@@ -49,6 +50,15 @@ INTENT_COLUMNS = tuple(f.name for f in fields(IntentRecord))
 SNAPSHOT_COLUMNS = tuple(f.name for f in fields(SnapshotRecord))
 POOL_COLUMNS = tuple(f.name for f in fields(PoolRecord))
 ORPHAN_COLUMNS = tuple(f.name for f in fields(OrphanRecord))
+
+
+def open_kind(kind: type[E], value: str) -> E | UnknownKind:
+    """A kind column that a newer version may have written a kind into that this one does
+    not know (requests, conditions): the member, or the text as an UnknownKind."""
+    try:
+        return kind(value)
+    except ValueError:
+        return UnknownKind(value)
 
 
 def enum_cell(kind: type[E], value: object, table: str, column: str) -> E:

@@ -41,7 +41,7 @@ from reconciler.dm.observed import KernelOp, ObservedDriver
 from reconciler.dm.types import PoolMode
 from reconciler.states import DeviceState, Step
 from reconciler.status import build_report
-from reconciler.store import ConditionKind, ConditionRecord, Store
+from reconciler.store import ConditionKind, ConditionRecord, Store, UnknownKind
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.world import FakeClock, World, make_settings, run_in_process
@@ -482,9 +482,9 @@ def test_snapshot_keeps_the_conditions_it_knows_and_counts_held_names() -> None:
     last error, and a kind this version does not know (written by a newer one) is left out."""
     snap = take_snapshot(
         "p", None, "pool is not loaded in the kernel", 128, [], 2,
-        [ConditionRecord("removals_held", "2 held", ("a", "b")),
-         ConditionRecord("pass_failed", "EIO: boom"),
-         ConditionRecord("from_the_future", "?")],
+        [ConditionRecord(ConditionKind.REMOVALS_HELD, "2 held", ("a", "b")),
+         ConditionRecord(ConditionKind.PASS_FAILED, "EIO: boom"),
+         ConditionRecord(UnknownKind("from_the_future"), "?")],
         passes=0)
     assert snap.removals_held == 2 and snap.rejected_specs == 2
     assert snap.conditions == {ConditionKind.REMOVALS_HELD, ConditionKind.PASS_FAILED}

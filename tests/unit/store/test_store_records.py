@@ -8,16 +8,19 @@ from pathlib import Path
 import pytest
 
 from reconciler.store import (
+    ConditionKind,
     DeviceRecord,
     IdAllocator,
     IntentRecord,
     OrphanKind,
     OrphanRecord,
+    RequestKind,
     RowError,
     SnapshotRecord,
     Store,
     StoreError,
     TransitionRecord,
+    UnknownKind,
 )
 from reconciler.vocabulary import (
     MAX_THIN_ID,
@@ -128,6 +131,23 @@ def test_an_unknown_op_in_an_intent_row_is_a_clear_error(store: Store) -> None:
     _write(store, "UPDATE intents SET op = 'defragment'")
     with pytest.raises(RowError, match=r"intents\.op holds 'defragment', not a PoolOp"):
         store.intents()
+
+
+def test_requests_and_conditions_read_back_typed_and_a_newer_kind_as_unknown(
+        store: Store) -> None:
+    """A request or condition kind is its enum; one a newer version wrote is an UnknownKind
+    holding the text (reported, never an error: an older daemon must not stop on it)."""
+    store.add_request(RequestKind.RETRY, "web")
+    _write(store, "INSERT INTO requests (kind, name, at) VALUES ('defragment', '*', 1.0)")
+    store.set_condition(ConditionKind.REMOVALS_HELD, "2 held", ["a", "b"])
+    _write(store, "INSERT INTO conditions (kind, message, names, count, since, at) "
+                  "VALUES ('from_the_future', '?', '[]', 1, 1.0, 1.0)")
+    assert [(r.kind, r.name) for r in store.take_requests()] == [
+        (RequestKind.RETRY, "web"), (UnknownKind("defragment"), "*")]
+    kinds = {c.kind for c in store.conditions()}
+    assert kinds == {ConditionKind.REMOVALS_HELD, UnknownKind("from_the_future")}
+    held = store.condition(ConditionKind.REMOVALS_HELD)
+    assert held is not None and held.names == ("a", "b")
 
 
 def test_the_allocator_hands_out_checked_thin_ids_and_stops_at_24_bits() -> None:
