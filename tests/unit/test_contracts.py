@@ -1,8 +1,9 @@
 """The import contracts keep what they say: lint-imports run on a copy of the package.
 
-Each test copies `reconciler/` and pyproject.toml into a temporary directory, changes the
-copy (never the worktree), and runs `lint-imports` there with the copy first on the path, so
-the graph it checks is the copy's.
+Each test copies the package Python imports (the source tree's, or the installed wheel's when
+scripts/floors runs the tier without the source) and pyproject.toml into a temporary
+directory, changes the copy (never the worktree), and runs `lint-imports` there with the copy
+first on the path, so the graph it checks is the copy's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+import reconciler
+
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = Path(reconciler.__file__).parent
 PURITY = "The decision is pure: decide imports no kernel access, store access or I/O"
 SPECS_PURE = ("What a spec says is decided without I/O: the specs' model, parsing, node "
               "selection and parent resolution read no file")
@@ -25,7 +29,7 @@ LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     """A copy of the package and its contracts, to change at will."""
-    shutil.copytree(ROOT / "reconciler", tmp_path / "reconciler",
+    shutil.copytree(PACKAGE, tmp_path / "reconciler",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     return tmp_path
