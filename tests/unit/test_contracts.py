@@ -39,7 +39,7 @@ def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
     """lint-imports over `tree`'s package (not the installed one) and contracts."""
     # Wide enough that no contract's name is wrapped over two lines of the report.
     env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "1000"}
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache", "--no-logo"], cwd=tree, env=env,
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=tree, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
 
 
