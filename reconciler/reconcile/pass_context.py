@@ -184,9 +184,12 @@ class PassContext:
         return self._ids.take()
 
     def managed_ids(self) -> set[int]:
-        """Thin ids the store accounts for (provisioned, or being created)."""
+        """Thin ids the store accounts for: every device's that is not Removed. A Faulty
+        device's too, provisioned or not: its create may have reached the pool (its intent is
+        settled by its retry), so its id is never an orphan to delete or adopt; the same
+        quarantine allocate_id keeps."""
         return {r.device_id for r in self.records.values() if r.device_id is not None
-                and (r.provisioned or r.state == S.CREATING)}
+                and (r.provisioned or r.state != S.REMOVED)}
 
     def read_pool_ids(self) -> set[int]:
         """The pool's thin ids, read now."""

@@ -8,8 +8,6 @@ import errno
 import json
 import sqlite3
 
-import pytest
-
 from reconciler.reconcile.drive import drive
 from reconciler.reconcile.maintenance import (
     RequestOutcome,
@@ -66,16 +64,6 @@ def _faulty_with_a_create_the_pool_took(stage: Stage, name: str) -> int:
     assert stage.store.intent(name) is not None
     assert row.device_id in _pool_ids(stage)
     return row.device_id
-
-
-# PassContext.managed_ids counts a record's thin id only when it is provisioned or Creating,
-# so a Faulty device's id whose create the pool took (its intent still stored, settled by
-# the retry) counts as nobody's.
-PENDING_ID_IS_NO_ORPHAN = pytest.mark.xfail(
-    strict=True,
-    reason="managed_ids() ignores the thin id of a Faulty device whose create intent is "
-           "pending: find_orphans records it, gc-orphans deletes it, adopt hands it to "
-           "another name")
 
 
 def _make_orphan(stage: Stage, thin_id: int) -> None:
@@ -335,7 +323,6 @@ def test_a_dm_device_of_ours_without_a_table_is_an_orphan_and_kept(stage: Stage)
     assert name in stage.kernel.devices
 
 
-@PENDING_ID_IS_NO_ORPHAN
 def test_a_faulty_devices_thin_id_with_a_pending_create_is_not_an_orphan(
         stage: Stage) -> None:
     """The thin id a Faulty device's unsettled create made belongs to that device (its
@@ -347,7 +334,6 @@ def test_a_faulty_devices_thin_id_with_a_pending_create_is_not_an_orphan(
     assert stage.store.orphans() == []
 
 
-@PENDING_ID_IS_NO_ORPHAN
 def test_adopt_of_a_faulty_devices_pending_thin_id_is_refused(stage: Stage) -> None:
     """adopt of the thin id a Faulty device's unsettled create made is refused: else the
     retry of that device rolls its create forward and two devices map one thin id."""
