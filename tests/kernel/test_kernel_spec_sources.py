@@ -36,7 +36,10 @@ def _ids(world: World) -> dict[str, tuple[str, int | None]]:
 
 def _mount(source: str, target: Path, *options: str) -> None:
     for _ in range(50):
-        done = subprocess.run(["mount", *options, source, str(target)], check=False,
+        # The type named: mount's own probe (libblkid) can lose a race with udev's probe of a
+        # device just formatted, and then says "wrong fs type" of a good filesystem.
+        done = subprocess.run(["mount", "-t", "ext4", *options, source, str(target)],
+                              check=False,
                               capture_output=True, text=True)
         if done.returncode == 0:
             return
