@@ -11,7 +11,7 @@ left as it is.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from reconciler.config import Settings
 from reconciler.specs import (
@@ -80,10 +80,31 @@ def load_specs(settings: Settings, stored: dict[str, DeviceSpec], cache: SpecFil
     return cache.resolved(files, settings.specs_path, stored, known_devices(records or {}))
 
 
-def known_devices(records: Mapping[str, DeviceRecord]) -> dict[str, KnownDevice]:
+class MadeDevices(Mapping[str, KnownDevice]):
+    """The devices made already, as a snapshot of them (or one of them) inherits them:
+    looked up a name at a time, never built whole. A resolution asks only for the parents
+    that have no spec; building all 10,000 of a resync's would cost more than the rest of
+    the resolution."""
+
+    def __init__(self, records: Mapping[str, DeviceRecord]) -> None:
+        self._records = records
+
+    def __getitem__(self, name: str) -> KnownDevice:
+        record = self._records.get(name)
+        if record is None or not record.provisioned:
+            raise KeyError(name)
+        return KnownDevice(Bytes(record.size_bytes), record.filesystem)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, record in self._records.items() if record.provisioned)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def known_devices(records: Mapping[str, DeviceRecord]) -> MadeDevices:
     """The devices made already, as a snapshot of them (or one of them) inherits them."""
-    return {name: KnownDevice(Bytes(record.size_bytes), record.filesystem)
-            for name, record in records.items() if record.provisioned}
+    return MadeDevices(records)
 
 
 def resolve_against_store(

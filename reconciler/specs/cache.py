@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from reconciler.specs.model import (
@@ -39,9 +39,10 @@ class SpecFileCache:
         # The last full scan's parsed files, in order, the node they were selected for, and
         # the SpecFiles made of them.
         self._last: tuple[list[ParsedSpec | RejectedSpec], str | None, SpecFiles] | None = None
-        # The last resolution: its files, the store's specs and known devices, and its SpecSet.
-        self._resolved: tuple[SpecFiles, list[DeviceSpec], Mapping[str, KnownDevice] | None,
-                              SpecSet] | None = None
+        # The last resolution: its files, the store's specs, the known devices it asked for
+        # (None: it had none to ask), and its SpecSet.
+        self._resolved: tuple[SpecFiles, list[DeviceSpec],
+                              dict[str, KnownDevice | None] | None, SpecSet] | None = None
 
     def get(self, path: str, signature: tuple[int, int, int],
             now_ns: int) -> ParsedSpec | RejectedSpec | None:
@@ -87,15 +88,19 @@ class SpecFileCache:
     def resolved(self, files: SpecFiles, directory: Path, stored: Mapping[str, DeviceSpec],
                  known_parents: Mapping[str, KnownDevice] | None) -> SpecSet:
         """`resolve_files` of these inputs: the last SpecSet again when they are the last
-        ones (the same SpecFiles and stored spec objects, equal known devices), so a resync
-        over unchanged files and devices resolves no parents again."""
+        ones (the same SpecFiles and stored spec objects, and the known devices the last
+        resolution asked for unchanged), so a resync over unchanged files and devices
+        resolves no parents again. Only the devices asked for are compared: a resolution
+        asks only for the parents that have no spec, however many devices are known."""
         values = list(stored.values())
         last = self._resolved
         if last is not None and last[0] is files and len(last[1]) == len(values) \
-                and all(map(operator.is_, last[1], values)) and last[2] == known_parents:
+                and all(map(operator.is_, last[1], values)) \
+                and _same_answers(last[2], known_parents):
             return last[3]
-        made = resolve_files(files, directory, stored, known_parents)
-        self._resolved = (files, values, known_parents, made)
+        asked = None if known_parents is None else _Asked(known_parents)
+        made = resolve_files(files, directory, stored, asked)
+        self._resolved = (files, values, None if asked is None else asked.answers, made)
         return made
 
     def keep_only(self, paths: set[str]) -> None:
@@ -110,6 +115,36 @@ class SpecFileCache:
     def parsed(self) -> list[ParsedSpec | RejectedSpec]:
         """Every remembered file's parsed spec."""
         return [parsed for _, parsed in self.entries.values()]
+
+
+class _Asked(Mapping[str, KnownDevice]):
+    """Known devices, with a note of every name looked up and what it answered."""
+
+    def __init__(self, known: Mapping[str, KnownDevice]) -> None:
+        self._known = known
+        self.answers: dict[str, KnownDevice | None] = {}
+
+    def __getitem__(self, name: str) -> KnownDevice:
+        found = self._known.get(name)
+        self.answers[name] = found
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._known)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
+def _same_answers(answers: dict[str, KnownDevice | None] | None,
+                  known: Mapping[str, KnownDevice] | None) -> bool:
+    """Whether `known` answers what a resolution was answered (`answers`, None: it was
+    given no known devices)."""
+    if answers is None or known is None:
+        return answers is None and known is None
+    return all(known.get(name) == found for name, found in answers.items())
 
 
 def signature(st: os.stat_result) -> tuple[int, int, int]:

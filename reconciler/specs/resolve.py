@@ -64,6 +64,11 @@ def _words(item: DeviceSpec | ParsedSpec) -> ParsedSpec:
     return item if isinstance(item, ParsedSpec) else ParsedSpec(item)
 
 
+def _spec(item: DeviceSpec | ParsedSpec) -> DeviceSpec:
+    # No ParsedSpec made to read a field: resolve runs over every spec of a pass.
+    return item.spec if isinstance(item, ParsedSpec) else item
+
+
 def resolve(specs: Mapping[str, DeviceSpec | ParsedSpec], rejected: Iterable[RejectedSpec],
             directory: Path, known_parents: Mapping[str, KnownDevice] | None = None) -> SpecSet:
     """Apply inheritance; reject cycles, bad inheritance and parents that exist nowhere.
@@ -82,6 +87,10 @@ def resolve(specs: Mapping[str, DeviceSpec | ParsedSpec], rejected: Iterable[Rej
         return str(directory / f"{name}{SPEC_SUFFIX}")
 
     for start in sorted(specs):
+        if _spec(specs[start]).parent is None and start not in bad:
+            # Most specs: nothing to inherit, nothing to walk.
+            good[start] = _spec(specs[start])
+            continue
         # Walk up to the first name already decided, a spec-less parent, or a cycle.
         chain: list[str] = []
         on_chain: set[str] = set()
@@ -91,7 +100,7 @@ def resolve(specs: Mapping[str, DeviceSpec | ParsedSpec], rejected: Iterable[Rej
                 break
             chain.append(name)
             on_chain.add(name)
-            name = _words(specs[name]).spec.parent
+            name = _spec(specs[name]).parent
         if name is not None and name in on_chain:
             # A cycle: every name from `name` round to itself, and those hanging below it.
             loop = chain[chain.index(name):]
@@ -114,12 +123,12 @@ def _settle(item: DeviceSpec | ParsedSpec, good: Mapping[str, DeviceSpec],
             bad: Mapping[str, RejectedSpec],
             known: Mapping[str, KnownDevice] | None) -> DeviceSpec | str:
     """One spec, its parent already settled: the resolved spec, or why it is rejected."""
-    words = _words(item)
-    spec = words.spec
+    spec = _spec(item)
     parent = spec.parent
     complete = isinstance(item, DeviceSpec)
     if parent is None or (complete and parent in good):
         return spec
+    words = _words(item)
     try:
         if parent in good:
             return inherit(words, good[parent].size, good[parent].filesystem)
