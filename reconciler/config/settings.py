@@ -33,9 +33,23 @@ DM_DRIVERS = ("libdevmapper", "dmsetup")
 MIN_BLOCK = 64 << 10
 MAX_BLOCK = 1 << 30
 
-# Durations longer than a day are typos (a unit left out), not intentions; and every deadline
-# computed from one stays a finite float.
-MAX_DURATION = 86400.0
+# Each duration key's floor and ceiling in seconds, both inclusive (issue 23). A floor keeps a
+# near-zero value (1e-300, "0.000000001ms") from turning a wait into a busy loop; a ceiling
+# catches a unit left out, and keeps every deadline computed from one a finite float.
+DURATION_BOUNDS: dict[str, tuple[float, float]] = {
+    # A full pass reads every spec file and the kernel's whole table: more often than once a
+    # second is a busy loop (thousands of passes in 10 s); file events already bring changes
+    # in at once, so a resync rarer than daily is a typo, not an intention.
+    "resync_interval": (1.0, 86400.0),
+    # A temporary kernel error (a busy device, udev still holding it) needs time to clear:
+    # under 10 ms the attempts of a step would all be spent before it can. Never above
+    # retry_max, whose ceiling it shares.
+    "retry_initial": (0.01, 3600.0),
+    # At least retry_initial (checked between keys), hence at least its floor. An hour caps
+    # the wait of a failing step and the retry period of a busy remove: longer and a device
+    # would sit unattended for most of a working day (max_attempts of 1000 already span weeks).
+    "retry_max": (0.01, 3600.0),
+}
 # No retry budget needs more: 1000 attempts at the default retry_max take over 8 hours.
 MAX_ATTEMPTS = 1000
 # Thin ids are 24-bit: no pool holds more devices than this, so no larger number means more.

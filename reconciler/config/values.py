@@ -15,11 +15,11 @@ from typing import Any
 from reconciler.config.paths import check_paths
 from reconciler.config.settings import (
     DM_DRIVERS,
+    DURATION_BOUNDS,
     FS_TYPES,
     HOST_NAME_RE,
     MAX_ATTEMPTS,
     MAX_BLOCK,
-    MAX_DURATION,
     MAX_NODE_NAME,
     MAX_REMOVALS,
     MIN_BLOCK,
@@ -48,13 +48,29 @@ def _size(key: str, value: object) -> Bytes:
         raise ConfigError(key, str(exc)) from None
 
 
+def _seconds_text(seconds: float) -> str:
+    """A bound as an operator would write it: 10ms, 1s, 1h, 24h."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
 def _duration(key: str, value: object) -> float:
     try:
-        seconds = parse_duration(value)
+        seconds = parse_duration(value)  # refuses nan, infinities and negative numbers
     except SizeError as exc:
         raise ConfigError(key, str(exc)) from None
-    if not 0 < seconds <= MAX_DURATION:
-        raise ConfigError(key, f"must be longer than 0s and at most a day, got {brief_repr(value)}")
+    floor, ceiling = DURATION_BOUNDS[key]
+    # A number is shown in seconds, text as written (its unit is part of what was meant).
+    written = brief_repr(value) if isinstance(value, str) else f"{seconds:g}s"
+    if seconds < floor:
+        raise ConfigError(key, f"{written} is below the floor of {_seconds_text(floor)}")
+    if seconds > ceiling:
+        raise ConfigError(key, f"{written} is above the ceiling of {_seconds_text(ceiling)}")
     return seconds
 
 
@@ -170,7 +186,7 @@ def _listen_address(key: str, value: object) -> ListenAddress:
 _PATH_KEYS = ("root_path", "spec_dir", "data_device", "metadata_device", "grpc_socket")
 SIZE_KEYS = ("base_image_size", "loopback_data_size", "loopback_metadata_size",
               "data_block_size")
-DURATION_KEYS = ("resync_interval", "retry_initial", "retry_max")
+DURATION_KEYS = tuple(DURATION_BOUNDS)
 _READERS: dict[str, Callable[[str, object], object]] = {
     **dict.fromkeys(SIZE_KEYS, _size),
     **dict.fromkeys(DURATION_KEYS, _duration),

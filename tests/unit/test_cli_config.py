@@ -90,8 +90,8 @@ def test_config_check_without_a_file_prints_the_defaults(
 # shares with decimals, strings that need escapes, lists of options, IPv6 addresses.
 ROUND_TRIPS = [
     {"base_image_size": (1 << 30) + 512, "loopback_data_size": "1.5GiB"},
-    {"resync_interval": 0.1, "retry_initial": "1.5s", "retry_max": 5400},
-    {"retry_initial": 0.001234, "resync_interval": "1h"},
+    {"resync_interval": 1.1, "retry_initial": "1.5s", "retry_max": 3540},
+    {"retry_initial": 0.01234, "resync_interval": "1h"},
     {"pool_reserve": "12.345%", "pool_metadata_reserve": "3MiB"},
     {"pool_reserve": "0%", "pool_metadata_reserve": 0},
     {"fs_options": "-E 'lazy_itable_init=1,nodiscard' -O ^has_journal"},

@@ -196,6 +196,24 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("retry_max", "25h"),
     ("retry_max", "100ms"),
     ("retry_max", {"a": 1}),
+    # Issue 23: each duration has a floor and a ceiling (below the floor, a near-zero duration
+    # turned run into a busy loop: 6,000-11,000 full passes in 10 s).
+    ("resync_interval", 1e-300),
+    ("resync_interval", "0.000000001ms"),
+    ("resync_interval", 0.999),
+    ("resync_interval", "999ms"),
+    ("resync_interval", 86400.001),
+    ("resync_interval", "1441m"),
+    ("retry_initial", 1e-300),
+    ("retry_initial", "0.000000001ms"),
+    ("retry_initial", 0.009),
+    ("retry_initial", "9ms"),
+    ("retry_initial", 3600.5),
+    ("retry_initial", "61m"),
+    ("retry_max", 1e-300),
+    ("retry_max", "9ms"),
+    ("retry_max", 3600.001),
+    ("retry_max", "2h"),
     ("max_attempts", 0),
     ("max_attempts", -1),
     ("max_attempts", 1.5),
@@ -404,12 +422,99 @@ def test_an_existing_socket_is_accepted_as_grpc_socket(tmp_path: Path) -> None:
         assert settings_from_mapping({"grpc_socket": str(path)}).grpc_socket == path
 
 
+# Each duration's bounds, inclusive (issue 23); retry_initial is also at most retry_max.
+DURATION_BOUNDS = {
+    "resync_interval": (1.0, 86400.0),
+    "retry_initial": (0.01, 3600.0),
+    "retry_max": (0.01, 3600.0),
+}
+# The bounds themselves, as numbers and as text with units; retry_max is given with each so
+# that retry_initial's ceiling is reachable, retry_initial so that retry_max's floor is.
+AT_BOUNDS = [
+    ({"resync_interval": 1}, "resync_interval", 1.0),
+    ({"resync_interval": "1s"}, "resync_interval", 1.0),
+    ({"resync_interval": "1000ms"}, "resync_interval", 1.0),
+    ({"resync_interval": 86400}, "resync_interval", 86400.0),
+    ({"resync_interval": "24h"}, "resync_interval", 86400.0),
+    ({"retry_initial": 0.01}, "retry_initial", 0.01),
+    ({"retry_initial": "10ms"}, "retry_initial", 0.01),
+    ({"retry_initial": 3600, "retry_max": 3600}, "retry_initial", 3600.0),
+    ({"retry_initial": "1h", "retry_max": "60m"}, "retry_initial", 3600.0),
+    ({"retry_max": 0.01, "retry_initial": 0.01}, "retry_max", 0.01),
+    ({"retry_max": "10ms", "retry_initial": "10ms"}, "retry_max", 0.01),
+    ({"retry_max": 3600}, "retry_max", 3600.0),
+    ({"retry_max": "1h"}, "retry_max", 3600.0),
+]
+
+
+@pytest.mark.parametrize(("raw", "key", "seconds"), AT_BOUNDS, ids=repr)
+def test_a_duration_at_its_floor_or_ceiling_is_accepted(
+        raw: dict[str, object], key: str, seconds: float) -> None:
+    """Both bounds of every duration are inside: a value exactly at one is read as given."""
+    assert getattr(settings_from_mapping(raw), key) == seconds
+
+
+# (key, value, message) the one line names: the key, the value as written, the bound.
+OUT_OF_BOUNDS = [
+    ("resync_interval", 1e-300, "1e-300s is below the floor of 1s"),
+    ("resync_interval", "0.000000001ms", "'0.000000001ms' is below the floor of 1s"),
+    ("resync_interval", "25h", "'25h' is above the ceiling of 24h"),
+    ("retry_initial", "9ms", "'9ms' is below the floor of 10ms"),
+    ("retry_initial", 0.001, "0.001s is below the floor of 10ms"),
+    ("retry_max", "2h", "'2h' is above the ceiling of 1h"),
+    ("retry_max", 5400, "5400s is above the ceiling of 1h"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), OUT_OF_BOUNDS, ids=repr)
+def test_a_duration_out_of_bounds_names_the_key_the_value_and_the_bound(
+        key: str, value: object, message: str) -> None:
+    """The ConfigError says which key, what was written and which bound it crosses."""
+    with pytest.raises(ConfigError) as caught:
+        settings_from_mapping({key: value})
+    assert caught.value.key == key
+    assert str(caught.value) == f"config key {key!r}: {message}"
+
+
+def test_a_near_zero_resync_interval_stops_run_with_exit_two_and_one_line(
+        scratch: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """run --once with resync_interval = 1e-300 (issue 23) exits 2 before any pass, with one
+    stderr line naming the key and the floor."""
+    config = write_config(scratch / "config.toml", resync_interval=1e-300)
+    assert main(["-c", str(config), "run", "--once"], host=FakeKernel()) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert "config key 'resync_interval': 1e-300s is below the floor of 1s" in captured.err
+
+
+@examples(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(DURATION_BOUNDS)),
+       st.floats(allow_nan=True, allow_infinity=True) | st.integers())
+def test_durations_are_finite_and_within_their_bounds_or_refused(key: str, value: float) -> None:
+    """Any number given as a duration is accepted exactly when it is finite and within the
+    key's floor and ceiling; otherwise it is a ConfigError naming the key, never another
+    exception. (retry_initial is checked with retry_max at its ceiling, retry_max with
+    retry_initial at its floor, so that only the key's own bounds decide.)"""
+    floor, ceiling = DURATION_BOUNDS[key]
+    others: dict[str, dict[str, object]] = {
+        "retry_initial": {"retry_max": 3600}, "retry_max": {"retry_initial": 0.01},
+        "resync_interval": {}}
+    other = others[key]
+    if floor <= value <= ceiling:
+        assert getattr(settings_from_mapping({key: value, **other}), key) == value
+    else:
+        with pytest.raises(ConfigError) as caught:
+            settings_from_mapping({key: value, **other})
+        assert caught.value.key == key
+
+
 @examples(max_examples=200, deadline=None)
 @given(st.floats(allow_nan=True, allow_infinity=True) | st.integers())
 def test_durations_are_finite_positive_and_at_most_a_day_or_refused(value: float) -> None:
     """Any number given as resync_interval is accepted exactly when it is a finite duration in
-    (0s, 1 day]; otherwise it is a ConfigError naming the key, never another exception."""
-    if 0 < value <= 86400:
+    [1s, 1 day]; otherwise it is a ConfigError naming the key, never another exception."""
+    if 1 <= value <= 86400:
         assert settings_from_mapping({"resync_interval": value}).resync_interval == value
     else:
         with pytest.raises(ConfigError) as caught:
