@@ -31,6 +31,7 @@ from reconciler.specs.trust import (
     SpecSourceError,
     directory_device,
     entry_status,
+    name_status,
     read_bounded,
 )
 
@@ -98,7 +99,7 @@ def scan_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
         path = directory / f"{name}{SPEC_SUFFIX}"
         if not is_spec_file(path) or path.parent != directory:
             continue
-        status = entry_status(str(path), allow_foreign)
+        status = name_status(str(path)) or entry_status(str(path), allow_foreign)
         if status is None:
             cache.forget(str(path))
         elif isinstance(status, RejectedSpec):
@@ -144,6 +145,11 @@ def scan_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
         if not name.endswith(SPEC_SUFFIX) or name.startswith((".", "#")):
             continue  # as is_spec_file, without a Path per entry
         path = entry.path
+        if not name.isascii():
+            unnamed = name_status(path)
+            if unnamed is not None:
+                found.append(unnamed)
+                continue
         try:
             st: os.stat_result | None = os.stat(path)
         except OSError:

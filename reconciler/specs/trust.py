@@ -103,6 +103,29 @@ def entry_status(path: str, allow_foreign: bool) -> os.stat_result | RejectedSpe
     return st
 
 
+def escaped(text: str) -> str:
+    """`text` as status, the store and the log may carry it: a directory entry's name that is
+    not valid UTF-8 (Python gives it with surrogate escapes) has `\\xNN` for each such byte."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
+
+
+def name_status(path: str) -> RejectedSpec | None:
+    """A RejectedSpec, its name and path escaped, when a spec entry's file name is not valid
+    UTF-8: no such name reaches the store or the log. None for any other name."""
+    if path.isascii():
+        return None
+    if escaped(path) == path:
+        return None
+    return RejectedSpec(escaped(_stem(path)), escaped(path), "the file name is not valid "
+                        "UTF-8: rename the file (the device, if any, is kept as it is)")
+
+
 def _stem(path: str) -> str:
     """The device name of a spec file's path (its file name without SPEC_SUFFIX)."""
     return os.path.basename(path).removesuffix(SPEC_SUFFIX)
