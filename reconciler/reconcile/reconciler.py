@@ -30,6 +30,7 @@ from reconciler.reconcile import maintenance, recovery
 from reconciler.reconcile.decide import Settled
 from reconciler.reconcile.desired import (
     Ordering,
+    RejectionLog,
     StoredSpecs,
     load_specs,
     parents_first,
@@ -136,9 +137,7 @@ class Reconciler:
         self._source = SourceGuard(settings, store)
         self._conditions = Conditions(store)
         self._usage = UsageWatch()
-        # The rejected specs as last logged, by name (path, reason): a rejection is logged
-        # when it is new or changed, not on every pass (status and the store keep them all).
-        self._logged_rejections: dict[str, tuple[str, str]] = {}
+        self._rejection_log = RejectionLog()
         # What the snapshotter may ask of devices (reconcile.devices): settle, open_count...
         self.devices = EngineDevices(self)
 
@@ -221,18 +220,6 @@ class Reconciler:
         finally:
             self._spares.give_back(ctx.machines.values())
 
-    def _log_rejections(self, rejected: Iterable[RejectedSpec]) -> None:
-        """One `spec.rejected` line per rejection that is new or changed since the last pass;
-        one gone and come back is new again."""
-        logged = self._logged_rejections
-        now: dict[str, tuple[str, str]] = {}
-        for item in rejected:
-            now[item.name] = (item.path, item.error)
-            if logged.get(item.name) != now[item.name]:
-                log.warning("spec.rejected", name=item.name, path=item.path, error=item.error,
-                            next="fix the file; the device (if any) is left as it is")
-        self._logged_rejections = now
-
     def _run_pass(self, ctx: PassContext, wanted: set[str] | None) -> PassResult:
         desired, chosen = self._begin(ctx, wanted)
         self._watch_pool_space(ctx)
@@ -254,7 +241,7 @@ class Reconciler:
         self.store.replace_rejected_specs(
             RejectedSpecRecord(r.name, r.path, r.error, self.clock()) for r in desired.rejected
         )
-        self._log_rejections(desired.rejected)
+        self._rejection_log.say(desired.rejected)
         self._conditions.say(ConditionKind.SPEC_SOURCE, desired.source_error)
 
         # Every device, or those _begin chose; parents before their snapshots, unwanted

@@ -31,7 +31,6 @@ from reconciler.specs.trust import (
     SpecSourceError,
     directory_device,
     entry_status,
-    name_status,
     read_bounded,
 )
 
@@ -99,7 +98,7 @@ def scan_spec_files(directory: Path, names: Iterable[str], defaults: Defaults,
         path = directory / f"{name}{SPEC_SUFFIX}"
         if not is_spec_file(path) or path.parent != directory:
             continue
-        status = name_status(str(path)) or entry_status(str(path), allow_foreign)
+        status = entry_status(str(path), allow_foreign)
         if status is None:
             cache.forget(str(path))
         elif isinstance(status, RejectedSpec):
@@ -136,7 +135,7 @@ def scan_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
     found: list[ParsedSpec | RejectedSpec] = []
     paths: list[str] = []
     # The loop a resync runs 10,000 times: an unchanged, plainly good file costs one stat and
-    # one lookup (SpecFileCache.get, inlined); anything else takes entry_status's checks.
+    # one lookup (SpecFileCache.get, inlined); all else (non-ASCII names too): entry_status.
     trusted = None if allow_foreign else (0, os.geteuid())
     known = cache.entries if cache is not None else {}
     racy_ns = RACY_SECONDS * 1e9
@@ -145,13 +144,8 @@ def scan_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
         if not name.endswith(SPEC_SUFFIX) or name.startswith((".", "#")):
             continue  # as is_spec_file, without a Path per entry
         path = entry.path
-        if not name.isascii():
-            unnamed = name_status(path)
-            if unnamed is not None:
-                found.append(unnamed)
-                continue
         try:
-            st: os.stat_result | None = os.stat(path)
+            st: os.stat_result | None = os.stat(path) if name.isascii() else None
         except OSError:
             st = None
         if st is None or not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SPEC_BYTES \

@@ -78,7 +78,11 @@ def entry_status(path: str, allow_foreign: bool) -> os.stat_result | RejectedSpe
     cannot be a spec file (dangling or looping symlink, not a regular file, too large,
     unreadable, owned by another user unless `allow_foreign`); None when the entry itself is
     gone (deleted: that is a removal request). A path string, not a Path: a resync stats
-    10,000 of them, and building a Path for each cost more than the stat."""
+    10,000 of them, and building a Path for each cost more than the stat. A name that is not
+    valid UTF-8 is rejected first (`name_status`), escaped."""
+    unnamed = name_status(path)
+    if unnamed is not None:
+        return unnamed if os.path.lexists(path) else None
     try:
         st = os.stat(path)
     except FileNotFoundError:
