@@ -43,6 +43,9 @@ def test_a_pass_beside_a_non_utf8_name_makes_the_good_spec(fake_world: World) ->
     assert [r["name"] for r in rejected] == ["\\xff"]
     assert rejected[0]["path"].endswith("\\xff.toml")
     assert not any(_has_surrogate(str(v)) for entry in logs for v in entry.values())
+    # A file event names it as the watcher decodes it, with a surrogate: the same answer.
+    targeted = fake_world.reconciler().run_pass(only=[os.fsdecode(b"\xff"), "good"])
+    assert [r.name for r in targeted.rejected] == ["\\xff"]
 
 
 def test_a_watched_non_utf8_name_is_rejected_escaped(tmp_path: Path) -> None:
