@@ -13,6 +13,8 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Iterator, Mapping
 
+import structlog
+
 from reconciler.config import Settings
 from reconciler.specs import (
     Defaults,
@@ -28,6 +30,27 @@ from reconciler.specs import (
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
 from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem
+
+log = structlog.get_logger(__name__)
+
+
+class RejectionLog:
+    """`spec.rejected`, once per rejection that is new or changed: the rejected specs as last
+    logged are kept by name (path, reason); status and the store list them all every pass.
+    One gone and come back is new again."""
+
+    def __init__(self) -> None:
+        self._logged: dict[str, tuple[str, str]] = {}
+
+    def say(self, rejected: Iterable[RejectedSpec]) -> None:
+        """Log what is new or changed in `rejected`, every rejected spec of a pass."""
+        now: dict[str, tuple[str, str]] = {}
+        for item in rejected:
+            now[item.name] = (item.path, item.error)
+            if self._logged.get(item.name) != now[item.name]:
+                log.warning("spec.rejected", name=item.name, path=item.path, error=item.error,
+                            next="fix the file; the device (if any) is left as it is")
+        self._logged = now
 
 
 class StoredSpecs:

@@ -30,6 +30,7 @@ from reconciler.reconcile import maintenance, recovery
 from reconciler.reconcile.decide import Settled
 from reconciler.reconcile.desired import (
     Ordering,
+    RejectionLog,
     StoredSpecs,
     load_specs,
     parents_first,
@@ -136,6 +137,7 @@ class Reconciler:
         self._source = SourceGuard(settings, store)
         self._conditions = Conditions(store)
         self._usage = UsageWatch()
+        self._rejection_log = RejectionLog()
         # What the snapshotter may ask of devices (reconcile.devices): settle, open_count...
         self.devices = EngineDevices(self)
 
@@ -239,9 +241,7 @@ class Reconciler:
         self.store.replace_rejected_specs(
             RejectedSpecRecord(r.name, r.path, r.error, self.clock()) for r in desired.rejected
         )
-        for item in desired.rejected:
-            log.warning("spec.rejected", name=item.name, path=item.path, error=item.error,
-                        next="fix the file; the device (if any) is left as it is")
+        self._rejection_log.say(desired.rejected)
         self._conditions.say(ConditionKind.SPEC_SOURCE, desired.source_error)
 
         # Every device, or those _begin chose; parents before their snapshots, unwanted

@@ -135,7 +135,7 @@ def scan_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
     found: list[ParsedSpec | RejectedSpec] = []
     paths: list[str] = []
     # The loop a resync runs 10,000 times: an unchanged, plainly good file costs one stat and
-    # one lookup (SpecFileCache.get, inlined); anything else takes entry_status's checks.
+    # one lookup (SpecFileCache.get, inlined); all else (non-ASCII names too): entry_status.
     trusted = None if allow_foreign else (0, os.geteuid())
     known = cache.entries if cache is not None else {}
     racy_ns = RACY_SECONDS * 1e9
@@ -145,7 +145,7 @@ def scan_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
             continue  # as is_spec_file, without a Path per entry
         path = entry.path
         try:
-            st: os.stat_result | None = os.stat(path)
+            st: os.stat_result | None = os.stat(path) if name.isascii() else None
         except OSError:
             st = None
         if st is None or not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SPEC_BYTES \

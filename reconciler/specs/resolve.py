@@ -106,7 +106,8 @@ def resolve(specs: Mapping[str, DeviceSpec | ParsedSpec], rejected: Iterable[Rej
             loop = chain[chain.index(name):]
             cycle = " -> ".join((*loop, name))
             for member in loop:
-                bad[member] = RejectedSpec(member, path_of(member), f"key 'parent': cycle {cycle}")
+                bad[member] = RejectedSpec(member, path_of(member), _cycle_reason(
+                    cycle, len(loop), _spec(specs[member]).parent))
             chain = chain[:chain.index(name)]
         # Settle the chain from the top down: each name's parent is decided before it.
         for member in reversed(chain):
@@ -117,6 +118,18 @@ def resolve(specs: Mapping[str, DeviceSpec | ParsedSpec], rejected: Iterable[Rej
                 bad[member] = RejectedSpec(member, path_of(member), settled)
     ordered = tuple(sorted(bad.values(), key=lambda r: r.name))
     return SpecSet(specs=good, rejected=ordered)
+
+
+# A cycle longer than this is named by its length and the member's parent, not shown whole:
+# every member's reason would otherwise grow with the cycle.
+_CYCLE_SHOWN = 200
+
+
+def _cycle_reason(cycle: str, length: int, parent: str | None) -> str:
+    """Why a member of a cycle is rejected: the cycle itself when short, else its length."""
+    if len(cycle) <= _CYCLE_SHOWN:
+        return f"key 'parent': cycle {cycle}"
+    return f"key 'parent': parent {parent!r} is on a cycle of {length} specs"
 
 
 def _settle(item: DeviceSpec | ParsedSpec, good: Mapping[str, DeviceSpec],
@@ -133,7 +146,8 @@ def _settle(item: DeviceSpec | ParsedSpec, good: Mapping[str, DeviceSpec],
         if parent in good:
             return inherit(words, good[parent].size, good[parent].filesystem)
         if parent in bad and not complete:
-            return f"key 'parent': parent {parent!r} is invalid ({bad[parent].error})"
+            # Its parent's name only: a chain's reasons would otherwise grow with its depth.
+            return f"key 'parent': parent {parent!r} is invalid (see its own reason)"
         if known is None:
             return spec
         base = known.get(spec.name) or known.get(parent)

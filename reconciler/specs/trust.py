@@ -78,7 +78,11 @@ def entry_status(path: str, allow_foreign: bool) -> os.stat_result | RejectedSpe
     cannot be a spec file (dangling or looping symlink, not a regular file, too large,
     unreadable, owned by another user unless `allow_foreign`); None when the entry itself is
     gone (deleted: that is a removal request). A path string, not a Path: a resync stats
-    10,000 of them, and building a Path for each cost more than the stat."""
+    10,000 of them, and building a Path for each cost more than the stat. A name that is not
+    valid UTF-8 is rejected first (`name_status`), escaped."""
+    unnamed = name_status(path)
+    if unnamed is not None:
+        return unnamed if os.path.lexists(path) else None
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -101,6 +105,29 @@ def entry_status(path: str, allow_foreign: bool) -> os.stat_result | RejectedSpe
     if foreign is not None:
         return RejectedSpec(_stem(path), path, foreign)
     return st
+
+
+def escaped(text: str) -> str:
+    """`text` as status, the store and the log may carry it: a directory entry's name that is
+    not valid UTF-8 (Python gives it with surrogate escapes) has `\\xNN` for each such byte."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
+
+
+def name_status(path: str) -> RejectedSpec | None:
+    """A RejectedSpec, its name and path escaped, when a spec entry's file name is not valid
+    UTF-8: no such name reaches the store or the log. None for any other name."""
+    if path.isascii():
+        return None
+    if escaped(path) == path:
+        return None
+    return RejectedSpec(escaped(_stem(path)), escaped(path), "the file name is not valid "
+                        "UTF-8: rename the file (the device, if any, is kept as it is)")
 
 
 def _stem(path: str) -> str:
