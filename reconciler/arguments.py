@@ -128,7 +128,12 @@ def _acting_commands(command: Command, common: argparse.ArgumentParser) -> None:
                     help="delete thin ids the pool has and the store does not manage")
     gc.add_argument("--faulty", action="store_true",
                     help="remove every Faulty device (dm device and thin id)")
-    command("confirm-removals", "let the removals the guard holds (deleted spec files) be done")
+    confirm = command("confirm-removals",
+                      "let removals the guard holds be done (run with the daemon's config)")
+    confirm.add_argument("names", nargs="*", metavar="NAME",
+                         help="a held removal to confirm (`status` lists them)")
+    confirm.add_argument("--all", action="store_true", dest="all_held",
+                         help="confirm every removal held now")
     adopt = command("adopt", "manage an orphan thin id as device NAME")
     adopt.add_argument("name")
     adopt.add_argument("--thin-id", type=int, dest="thin_id", metavar="THIN_ID",

@@ -40,6 +40,8 @@ from reconciler.daemon.once import run_until_settled
 from reconciler.dm.crash import from_environment
 from reconciler.dm.host import Host, SystemHost
 from reconciler.failures import ClassifiedError
+from reconciler.reconcile.holds import Selection
+from reconciler.reconcile.maintenance import confirm_request
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.status import (
     DEFAULT_COLUMNS,
@@ -50,7 +52,7 @@ from reconciler.status import (
     render_json,
     render_table,
 )
-from reconciler.store import ConditionKind, RequestKind, Store, StoreError
+from reconciler.store import RequestKind, Store, StoreError
 from reconciler.vocabulary import DeviceState
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
@@ -108,22 +110,42 @@ def run_once(settings: Settings, host: Host, allow_removals: bool = False) -> in
     return EXIT_OK if result.ok else EXIT_NOT_CONVERGED
 
 
-def confirm_removals(settings: Settings, host: Host) -> int:
-    """Let exactly the removals the guard now holds (as `status` shows them) be done."""
+def confirm_removals(settings: Settings, host: Host, names: Sequence[str],
+                     all_held: bool) -> int:
+    """Let the held removals named (or --all: every one held now) be done, when they were
+    held under the config this command runs with (the daemon's)."""
     if not settings.database_path.exists():
         print("reconciler: nothing held (no state yet)", file=sys.stderr)
         return EXIT_OK
     store = Store(settings.database_path, time.time)
     try:
-        held = store.condition(ConditionKind.REMOVALS_HELD)
+        waiting = {n: h for n, h in store.held_removals().items() if h.confirmed_at is None}
     finally:
         store.close()
-    if held is None or not held.names:
+    if not waiting:
         print("nothing held")
         return EXIT_OK
-    print(f"confirming {len(held.names)} removals: {', '.join(held.names)}")
-    return hand_over(settings, host, RequestKind.CONFIRM_REMOVALS, json.dumps(held.names),
-                     names=held.names)
+    if not names and not all_held:
+        for name, hold in sorted(waiting.items()):
+            print(f"  {name}  held: {hold.reason}")
+        print(f"reconciler: {len(waiting)} removals held: name those to confirm, or --all",
+              file=sys.stderr)
+        return EXIT_USAGE
+    chosen = sorted(waiting) if all_held else sorted(set(names))
+    selection = Selection.of(settings)
+    refusals = [f"{n} is not held" for n in chosen if n not in waiting]
+    refusals += [f"{n} was held under another config ({Selection.parse(h.selection) or '?'}) "
+                 f"than this one ({selection}): run confirm-removals with the config the "
+                 "daemon runs with" for n in chosen if (h := waiting.get(n)) is not None
+                 and h.selection != selection.text]
+    if refusals:
+        for refusal in refusals:
+            print(f"reconciler: {refusal}; nothing confirmed", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
+    print(f"confirming {len(chosen)} removals: {', '.join(chosen)}")
+    return hand_over(settings, host, RequestKind.CONFIRM_REMOVALS,
+                     confirm_request(chosen, selection), names=chosen,
+                     selection=selection.text)
 
 
 def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
@@ -312,14 +334,15 @@ _COMMANDS = {
 
 
 def hand_over(settings: Settings, host: Host, kind: RequestKind, name: str,
-              arg: int | None = None, names: Sequence[str] = ()) -> int:
+              arg: int | None = None, names: Sequence[str] = (), selection: str = "") -> int:
     """Have the thread that owns the pool run a request: the running daemon's (over its
     control socket, which answers with the result), or, when none runs, this process's
     under the root lock (the request queued in the store and taken by it)."""
     if holder_pid(settings.root_path) is not None:
         # gc's "*" and confirm-removals' JSON list are the store's row, not a device name.
         named = kind in (RequestKind.RETRY, RequestKind.ADOPT)
-        request = ControlRequest(_COMMANDS[kind], name if named else "", arg, tuple(names))
+        request = ControlRequest(_COMMANDS[kind], name if named else "", arg, tuple(names),
+                                 selection)
         return ask_daemon(settings, request)
     store = Store(settings.database_path, time.time)
     try:
@@ -446,7 +469,7 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
                 code = max(code, hand_over(settings, host, kind, "*"))
         return code
     if args.command == "confirm-removals":
-        return confirm_removals(settings, host)
+        return confirm_removals(settings, host, args.names, args.all_held)
     if args.command == "adopt":
         if args.thin_id is None:
             print("reconciler: adopt needs --thin-id", file=sys.stderr)

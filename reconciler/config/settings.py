@@ -49,6 +49,9 @@ DURATION_BOUNDS: dict[str, tuple[float, float]] = {
     # the wait of a failing step and the retry period of a busy remove: longer and a device
     # would sit unattended for most of a working day (max_attempts of 1000 already span weeks).
     "retry_max": (0.01, 3600.0),
+    # The removal guard's memory. Under a second it would forget between two passes; a week
+    # is longer than any accident takes to run, and the events it keeps stay few.
+    "removal_window": (1.0, 7 * 86400.0),
 }
 # No retry budget needs more: 1000 attempts at the default retry_max take over 8 hours.
 MAX_ATTEMPTS = 1000
@@ -189,8 +192,13 @@ class Settings:
     )
     max_removals: int | None = field(
         default=8,
-        metadata=_doc("A pass removing more devices whose spec files are gone holds them all "
-                      "for an operator (or \"unlimited\")."),
+        metadata=_doc("More removals of devices whose spec files are gone within removal_window"
+                      " are held for an operator (or \"unlimited\")."),
+    )
+    removal_window: float = field(
+        default=600.0,
+        metadata=_doc("The sliding window max_removals counts over: a slow accident is held as "
+                      "a fast one is."),
     )
 
     pool_reserve: Reserve = field(

@@ -85,6 +85,8 @@ class ControlRequest:
     name: str = ""
     thin_id: int | None = None
     names: tuple[str, ...] = ()
+    # confirm-removals: the config the operator ran with (reconcile.holds.Selection's text).
+    selection: str = ""
 
     def to_line(self) -> bytes:
         """The request as sent."""
@@ -95,6 +97,8 @@ class ControlRequest:
             body["thin_id"] = self.thin_id
         if self.names:
             body["names"] = list(self.names)
+        if self.selection:
+            body["selection"] = self.selection
         return json.dumps(body).encode() + b"\n"
 
 
@@ -179,7 +183,11 @@ def parse_request(line: bytes) -> ControlRequest:
         names = body.get("names")
         if not isinstance(names, list):
             raise BadRequest("'names' must be the list of held removals to confirm")
-        return ControlRequest(command, names=tuple(_name({"n": n}, "n") for n in names))
+        selection = body.get("selection", "")
+        if not isinstance(selection, str):
+            raise BadRequest("'selection' must be the config's selection, as text")
+        return ControlRequest(command, names=tuple(_name({"n": n}, "n") for n in names),
+                              selection=selection)
     return ControlRequest(command)
 
 

@@ -8,13 +8,13 @@ devices it concerns. Part of the daemon; `daemon.service` calls `serve_request`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 
 from reconciler.daemon.control import Command, ControlAnswer, ControlRequest, DeviceAnswer
-from reconciler.reconcile.maintenance import RequestOutcome
+from reconciler.reconcile.holds import Selection
+from reconciler.reconcile.maintenance import RequestOutcome, confirm_request
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.states import DeviceState
 from reconciler.store import DeviceRecord, RequestKind, Store
@@ -43,7 +43,7 @@ def serve_request(request: ControlRequest, store: Store,
     if kind is not None:
         name = request.name or "*"
         if kind is RequestKind.CONFIRM_REMOVALS:
-            name = json.dumps(list(request.names))
+            name = confirm_request(request.names, Selection.parse(request.selection or None))
         request_id = store.add_request(kind, name, request.thin_id)
     log.info("control.request", command=request.command.value, name=request.name or None,
              next="a full pass serves it, then it is answered")

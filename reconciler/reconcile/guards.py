@@ -3,14 +3,14 @@
 A pass is level-triggered: it would remove whatever no spec names and make whatever one
 does. These guards stand between that and the kernel. The source check: an unreadable spec
 directory, or one that looks like a missing mount, proves nothing about deleted files. The
-removal guard: mass removals inferred from absent files wait for a person. The reserve: new
-devices wait while the pool runs low. What they decide is shown as conditions in `status`.
-Pure functions, but for the two small classes that remember across passes.
+reserve: new devices wait while the pool runs low. (The removal guard, which holds removals
+inferred from absent files for a person, is `holds`.) What they decide is shown as
+conditions in `status`. Pure functions, but for the two small classes that remember across passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,9 +18,8 @@ import structlog
 
 from reconciler.config import Reserve, Settings
 from reconciler.dm.types import METADATA_BLOCK_BYTES, PoolMode, ThinPoolStatus
-from reconciler.specs import SpecSet, is_snapshot_device
-from reconciler.states import DeviceState
-from reconciler.store import ConditionKind, DeviceRecord, Store
+from reconciler.specs import SpecSet
+from reconciler.store import ConditionKind, Store
 from reconciler.units import format_size
 
 log = structlog.get_logger(__name__)
@@ -50,42 +49,6 @@ def source_check(spec_set: SpecSet, directory: Path, known_device: int | None
     if known_device is None or not empty:
         return spec_set, device
     return spec_set, known_device
-
-
-def held_removals(inferred: set[str], spec_file_devices: int, limit: int | None,
-                  confirmed: set[str]) -> set[str]:
-    """The removals inferred from absent spec files that a pass must hold, not do.
-
-    All of them are held (but those an operator confirmed) when there are more than `limit`
-    (None: no limit), or when they are every spec-file device there is (two or more): a
-    wrong spec_dir, a lost mount or a `rm *` looks like that, and a person should say so.
-    """
-    over_limit = limit is not None and len(inferred) > limit
-    everything = len(inferred) >= 2 and len(inferred) >= spec_file_devices
-    return inferred - confirmed if over_limit or everything else set()
-
-
-def removals(records: Mapping[str, DeviceRecord], wanted: frozenset[str],
-             candidates: Iterable[str], source_error: str | None, limit: int | None,
-             confirmed: set[str], allow_all: bool) -> tuple[set[str], set[str]]:
-    """The devices a pass takes away, and the removals it holds.
-
-    Unwanted are the `candidates` no spec names that are not Removed. A removal inferred from
-    an absent spec file is never made when the spec directory could not be read, and is held
-    when the guard says so; the snapshotter's removals are explicit calls, never held.
-    """
-    # The difference first, in C: a resync's 10,000 wanted names cost no Python loop.
-    unwanted = {n for n in set(candidates) - wanted
-                if n in records and records[n].state != DeviceState.REMOVED}
-    inferred = {n for n in unwanted if not is_snapshot_device(n)}
-    if source_error is not None:
-        return unwanted - inferred, set()
-    if not inferred or allow_all:
-        return unwanted, set()
-    files = sum(1 for n, r in records.items()
-                if r.state != DeviceState.REMOVED and not is_snapshot_device(n))
-    held = held_removals(inferred, files, limit, confirmed)
-    return unwanted - held, held
 
 
 def new_devices_held(pool: ThinPoolStatus | None, block_bytes: int, data: Reserve,

@@ -9,7 +9,7 @@ explicit `gc --orphans`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -19,6 +19,7 @@ from reconciler.dm.pool import parse_thin_uuid
 from reconciler.dm.thin import ThinDevice
 from reconciler.failures import ClassifiedError
 from reconciler.reconcile.desired import copy_spec, new_record
+from reconciler.reconcile.holds import RemovalGuard, Selection
 from reconciler.reconcile.intents import save_transaction_id, settle_pending
 from reconciler.reconcile.observe import KernelDevice
 from reconciler.reconcile.pass_context import PassContext
@@ -47,22 +48,19 @@ class RequestOutcome:
 
 
 def take_requests(ctx: PassContext, load_specs: Callable[[], SpecSet],
-                  outcomes: dict[int, RequestOutcome] | None = None) -> set[str]:
+                  outcomes: dict[int, RequestOutcome] | None = None) -> None:
     """Run every queued operator request; a refused or failed one is logged and dropped.
     Each one's outcome goes to `outcomes` by request id (the control socket answers with it).
-
-    Returns the names whose held removal an operator confirmed (the pass does them).
+    A confirmed removal is marked in the store: the pass (this one) does it.
     """
-    confirmed: set[str] = set()
     for request in ctx.store.take_requests():
-        outcome = _take(ctx, request.kind, request.name, request.arg, load_specs, confirmed)
+        outcome = _take(ctx, request.kind, request.name, request.arg, load_specs)
         if outcomes is not None:
             outcomes[request.id] = outcome
-    return confirmed
 
 
 def _take(ctx: PassContext, kind: RequestKind | UnknownKind, name: str, arg: int | None,
-          load_specs: Callable[[], SpecSet], confirmed: set[str]) -> RequestOutcome:
+          load_specs: Callable[[], SpecSet]) -> RequestOutcome:
     """Run one request; never raises."""
     bound = log.bind(request=str(kind), name=name)
     if isinstance(kind, UnknownKind):
@@ -70,10 +68,7 @@ def _take(ctx: PassContext, kind: RequestKind | UnknownKind, name: str, arg: int
         return RequestOutcome(error=f"unknown request {kind.text!r}")
     try:
         if kind == RequestKind.CONFIRM_REMOVALS:
-            names = sorted(_names(name))
-            confirmed.update(names)
-            bound.info("request.removals_confirmed", names=names)
-            return RequestOutcome(f"{len(names)} removals confirmed", names=tuple(names))
+            return confirm_removals(ctx, name)
         if kind == RequestKind.RETRY:
             return RequestOutcome(retry(ctx, name), names=(name,))
         if kind == RequestKind.GC_ORPHANS:
@@ -100,13 +95,33 @@ def _take(ctx: PassContext, kind: RequestKind | UnknownKind, name: str, arg: int
 _NAMED = frozenset({RequestKind.RETRY, RequestKind.ADOPT})
 
 
-def _names(listed: str) -> set[str]:
-    """The names a confirm-removals request carries (a JSON list)."""
+def confirm_request(names: Iterable[str], selection: Selection | None) -> str:
+    """A confirm-removals request as queued: the names, and the config the operator ran
+    with (JSON). Its reader is `confirm_removals`."""
+    body: dict[str, object] = {"names": sorted(set(names))}
+    if selection is not None:
+        body["selection"] = selection.text
+    return json.dumps(body)
+
+
+def confirm_removals(ctx: PassContext, request: str) -> RequestOutcome:
+    """Confirm the held removals a request names, if held under the config it was sent
+    with and this daemon runs with. A bare JSON list is an older CLI's: it names no config.
+    """
     try:
-        names = json.loads(listed)
+        body = json.loads(request)
     except ValueError:
-        return set()
-    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+        body = None
+    selection = None
+    if isinstance(body, dict):
+        selection = Selection.parse(body.get("selection"))
+        body = body.get("names")
+    names = [n for n in body if isinstance(n, str)] if isinstance(body, list) else []
+    confirmed, refused = RemovalGuard(ctx.settings, ctx.store).confirm(names, selection)
+    log.info("request.removals_confirmed", names=confirmed, refused=refused or None)
+    return RequestOutcome(f"{len(confirmed)} removals confirmed",
+                          error="; ".join(refused) if refused else None,
+                          names=tuple(confirmed))
 
 
 def retry(ctx: PassContext, name: str) -> str:

@@ -44,8 +44,8 @@ from reconciler.reconcile.guards import (
     SourceGuard,
     UsageWatch,
     new_devices_held,
-    removals,
 )
+from reconciler.reconcile.holds import RemovalGuard, held_message
 from reconciler.reconcile.ledger import PoolLedger
 from reconciler.reconcile.observe import ParsedTargets, observe, observe_names
 from reconciler.reconcile.pass_context import (
@@ -129,8 +129,8 @@ class Reconciler:
         self._full_passes = 0
         # `run --once --allow-removals`: the removal guard is off for this process.
         self.allow_removals = allow_removals
-        # Removals an operator confirmed (`reconciler confirm-removals`), until done.
-        self.confirmed_removals: set[str] = set()
+        # What the removal guard holds, its window and the config it judged under: stored.
+        self.removal_guard = RemovalGuard(settings, store)
         # What each operator request the last pass took did, by request id (the daemon
         # answers its control socket's callers with it); only the last pass's are kept.
         self.request_outcomes: dict[int, maintenance.RequestOutcome] = {}
@@ -150,6 +150,7 @@ class Reconciler:
         self.policy = RetryPolicy(initial=settings.retry_initial, maximum=settings.retry_max,
                                   max_attempts=settings.max_attempts)
         self._source = SourceGuard(settings, self.store)
+        self.removal_guard = RemovalGuard(settings, self.store)
         self._spec_cache = SpecFileCache()
         self._stored_specs = StoredSpecs()
         self._parsed = ParsedTargets()
@@ -232,8 +233,7 @@ class Reconciler:
                 ctx.read_pool_ids()
         maintenance.resume_suspended(ctx)
         self.request_outcomes = {}
-        self.confirmed_removals |= maintenance.take_requests(
-            ctx, self.load_specs, self.request_outcomes)
+        maintenance.take_requests(ctx, self.load_specs, self.request_outcomes)
         if wanted is None:
             maintenance.find_orphans(ctx)
 
@@ -256,9 +256,6 @@ class Reconciler:
         except Stopped:
             result.stopped = True
             log.info("pass.stopped", next="exiting; every finished step is persisted")
-        self.confirmed_removals = {n for n in self.confirmed_removals
-                                   if n in self.records and n not in desired.names
-                                   and self.records[n].state != S.REMOVED}
         result.retries = dict(ctx.retries)
         schedule_retries(result, self.records, self.policy.max_attempts)
         self._cache.end_pass(result.stopped)
@@ -274,19 +271,15 @@ class Reconciler:
 
     def _unwanted(self, desired: _Desired, chosen: set[str] | None,
                   result: PassResult) -> set[str]:
-        """The devices this pass takes away (guards.removals), holding what the guard holds."""
-        unwanted, held = removals(
+        """The devices this pass takes away, less what the removal guard holds (holds.py)."""
+        unwanted, _ = self.removal_guard.removals(
             self.records, desired.names, self.records if chosen is None else chosen,
-            desired.source_error, self.settings.max_removals, self.confirmed_removals,
-            self.allow_removals)
-        if held:
-            result.held = sorted(held)
-            self._conditions.say(
-                ConditionKind.REMOVALS_HELD,
-                f"{len(held)} removals held (their spec files are gone): confirm with "
-                "`reconciler confirm-removals`, or restore the files", held)
-        elif chosen is None:
-            self._conditions.say(ConditionKind.REMOVALS_HELD, None)
+            desired.source_error, self.allow_removals, complete=chosen is None,
+            now=self.clock())
+        waiting = self.removal_guard.waiting()
+        result.held = sorted(waiting)
+        self._conditions.say(ConditionKind.REMOVALS_HELD, held_message(waiting) or None,
+                             waiting)
         return unwanted
 
     def _begin(self, ctx: PassContext, only: set[str] | None
@@ -349,8 +342,7 @@ class Reconciler:
             recovery.recover(ctx)
             self.recovered = True
         self.request_outcomes = {}
-        self.confirmed_removals |= maintenance.take_requests(
-            ctx, self.load_specs, self.request_outcomes)
+        maintenance.take_requests(ctx, self.load_specs, self.request_outcomes)
         ctx.read_pool_ids()
         maintenance.find_orphans(ctx)
 

@@ -27,11 +27,14 @@ class Models:
     Snapshot: Any
     Condition: Any
     Fact: Any
+    HeldRemoval: Any
+    RemovalEvent: Any
 
     def all(self) -> list[type[peewee.Model]]:
         """Every table, for create_tables."""
         return [self.Device, self.Transition, self.RejectedSpec, self.Pool, self.Request,
-                self.Intent, self.Orphan, self.Snapshot, self.Condition, self.Fact]
+                self.Intent, self.Orphan, self.Snapshot, self.Condition, self.Fact,
+                self.HeldRemoval, self.RemovalEvent]
 
 
 def bind_models(database: peewee.Database) -> Models:
@@ -39,8 +42,9 @@ def bind_models(database: peewee.Database) -> Models:
     device, transition = _device_tables()
     pool, intent = _pool_tables()
     rejected, request, orphan, condition, fact = _operator_tables()
+    held, event = _removal_tables()
     models = Models(device, transition, rejected, pool, request, intent, orphan,
-                    _snapshot_table(), condition, fact)
+                    _snapshot_table(), condition, fact, held, event)
     for model in models.all():
         model.bind(database)
     return models
@@ -200,3 +204,30 @@ def _operator_tables() -> tuple[Any, ...]:
             table_name = "facts"
 
     return RejectedSpecRow, RequestRow, OrphanRow, ConditionRow, FactRow
+
+
+def _removal_tables() -> tuple[Any, ...]:
+    """The removal guard's memory: what it holds, and what it let through lately."""
+
+    class HeldRemovalRow(peewee.Model):
+        name = peewee.CharField(primary_key=True)
+        cause = peewee.CharField()
+        reason = peewee.TextField()
+        held_at = peewee.FloatField()
+        selection = peewee.TextField()
+        confirmed_at = peewee.FloatField(null=True)
+
+        class Meta:
+            table_name = "held_removals"
+
+    class RemovalEventRow(peewee.Model):
+        id = peewee.AutoField()
+        name = peewee.CharField()
+        at = peewee.FloatField(index=True)
+        # The removal is under way (its device not Removed yet): it is never counted twice.
+        open = peewee.BooleanField(default=True)
+
+        class Meta:
+            table_name = "removal_events"
+
+    return HeldRemovalRow, RemovalEventRow

@@ -1,5 +1,5 @@
 """What operators and the last pass leave for others to read: requests, conditions, facts,
-rejected specs and orphans.
+rejected specs, orphans, and the removal guard's holds and window.
 
 Part of the store (see `store.Store`, which is made of these tables). Each table is small and
 read whole; the CLI writes requests, the daemon's pass writes the rest, `status` reads all.
@@ -12,12 +12,17 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
+import peewee
+
 from reconciler.store.database import Connection
 from reconciler.store.records import (
     ConditionKind,
     ConditionRecord,
+    HeldRemoval,
+    HoldCause,
     OrphanRecord,
     RejectedSpecRecord,
+    RemovalEvent,
     RequestKind,
     RequestRecord,
 )
@@ -25,7 +30,7 @@ from reconciler.store.rows import open_kind, orphan_record, orphan_values
 
 
 class OperatorTables(Connection):
-    """Requests, conditions, facts, rejected specs and orphans."""
+    """Requests, conditions, facts, rejected specs, orphans, held removals."""
 
     # -- rejected specs --------------------------------------------------------------------
 
@@ -119,3 +124,81 @@ class OperatorTables(Connection):
     def set_fact(self, key: str, value: str) -> None:
         """Remember a value across restarts."""
         self._m.Fact.insert(key=key, value=value).on_conflict_replace().execute()
+
+    # -- the removal guard -------------------------------------------------------------------
+
+    def held_removals(self) -> dict[str, HeldRemoval]:
+        """Every removal the guard holds (or an operator confirmed, not yet done), by name."""
+        row = self._m.HeldRemoval
+        try:
+            rows = list(row.select().order_by(row.name))
+        except peewee.OperationalError:  # a read-only look at a file an older version wrote
+            if not self._db.table_exists("held_removals"):
+                return {}
+            raise
+        return {r.name: HeldRemoval(r.name, open_kind(HoldCause, r.cause), r.reason, r.held_at,
+                                    r.selection, r.confirmed_at) for r in rows}
+
+    def hold_removals(self, names: Iterable[str], cause: HoldCause, reason: str,
+                      selection: str) -> None:
+        """Hold these removals under `selection`. A name held already keeps its `held_at`;
+        held under another selection, it loses its confirmation (that config asked no more)."""
+        now = self.clock()
+        row = self._m.HeldRemoval
+        listed = sorted(set(names))
+
+        def hold() -> None:
+            old = {r.name: r for r in row.select().where(row.name.in_(listed))}
+            for name in listed:
+                before = old.get(name)
+                held_at, confirmed_at = now, None
+                if before is not None:
+                    held_at = before.held_at
+                    if before.selection == selection:
+                        confirmed_at = before.confirmed_at
+                row.insert(name=name, cause=cause.value, reason=reason, held_at=held_at,
+                           selection=selection, confirmed_at=confirmed_at,
+                           ).on_conflict_replace().execute()
+
+        if listed:
+            self._atomically(hold)
+
+    def confirm_held(self, names: Iterable[str]) -> None:
+        """An operator confirmed these held removals: the next pass does them."""
+        row = self._m.HeldRemoval
+        listed = sorted(set(names))
+        if listed:
+            row.update(confirmed_at=self.clock()).where(row.name.in_(listed)).execute()
+
+    def release_holds(self, names: Iterable[str]) -> None:
+        """These holds are over (the spec returned, or the device is gone)."""
+        listed = sorted(set(names))
+        if listed:
+            self._m.HeldRemoval.delete().where(self._m.HeldRemoval.name.in_(listed)).execute()
+
+    def removal_events(self) -> list[RemovalEvent]:
+        """The removals the guard let through without a confirm that are still remembered,
+        oldest first."""
+        row = self._m.RemovalEvent
+        return [RemovalEvent(r.id, r.name, r.at, r.open)
+                for r in row.select().order_by(row.at, row.id)]
+
+    def note_removals(self, names: Iterable[str], close: Iterable[int] = (),
+                      forget: Iterable[int] = ()) -> None:
+        """Remember removals let through now; mark the events with ids in `close` done (their
+        device is gone or wanted again); forget those in `forget` (out of the window)."""
+        now = self.clock()
+        row = self._m.RemovalEvent
+        rows = [{"name": n, "at": now, "open": True} for n in sorted(set(names))]
+        done, gone = list(close), list(forget)
+
+        def note() -> None:
+            if gone:
+                row.delete().where(row.id.in_(gone)).execute()
+            if done:
+                row.update(open=False).where(row.id.in_(done)).execute()
+            if rows:
+                row.insert_many(rows).execute()
+
+        if rows or done or gone:
+            self._atomically(note)

@@ -216,6 +216,44 @@ class ConditionKind(StrEnum):
     NEW_DEVICES_HELD = "new_devices_held"
 
 
+class HoldCause(StrEnum):
+    """Why the removal guard holds a removal (the values are stored)."""
+
+    # More removals inferred from absent spec files than max_removals within removal_window.
+    COUNT = "count"
+    # Every spec-file device at once (two or more): a wrong spec_dir, a lost mount, `rm *`.
+    EVERYTHING = "everything"
+    # The config changed what is selected (spec_dir, node_name): a reload is no request.
+    CONFIG = "config"
+
+
+@dataclass(frozen=True)
+class HeldRemoval:
+    """A removal the guard held: it waits, across passes and restarts, until an operator
+    confirms it (`confirmed_at`) under the same config, or its spec returns."""
+
+    name: str
+    # A cause written by a newer version is an UnknownKind: still held, shown as written.
+    cause: HoldCause | UnknownKind
+    reason: str
+    held_at: float
+    # The config the removal was held under (reconcile.holds.Selection, as text): a confirm
+    # is taken only from an operator whose config selects the same.
+    selection: str
+    confirmed_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RemovalEvent:
+    """A removal the guard let through without a confirm, counted in its sliding window."""
+
+    id: int
+    name: str
+    at: float
+    # The removal is under way (its device not Removed, its spec not back): counted once.
+    open: bool = True
+
+
 @dataclass(frozen=True)
 class ConditionRecord:
     """A condition in force: what, since when, how often, and the names it concerns."""

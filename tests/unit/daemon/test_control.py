@@ -397,7 +397,7 @@ def test_confirm_removals_over_the_socket_removes_what_was_held(
     config = _config(fake_world, tmp_path)
     with running(fake_world):
         capsys.readouterr()
-        assert main(["-c", config, "confirm-removals"], host=fake_world.host) == 0
+        assert main(["-c", config, "confirm-removals", "--all"], host=fake_world.host) == 0
         out = capsys.readouterr().out.splitlines()
     assert out[1] == "confirm-removals: 2 removals confirmed"
     assert [line.split() for line in out[2:]] == [["a", "Removed"], ["b", "Removed"]]

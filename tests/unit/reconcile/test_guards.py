@@ -1,5 +1,5 @@
-"""The pass's safeguards, rule by rule, without a kernel: removals held, sources trusted, new
-devices held by the pool's reserve and mode."""
+"""The pass's safeguards, rule by rule, without a kernel: sources trusted, new devices held by
+the pool's reserve and mode (the removal guard: test_holds.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import pytest
 
 from reconciler.config import Reserve
 from reconciler.dm.types import PoolMode, ThinPoolStatus
-from reconciler.reconcile.guards import held_removals, new_devices_held, removals, source_check
+from reconciler.reconcile.guards import new_devices_held, source_check
 from reconciler.specs import DeviceSpec, SpecSet
-from reconciler.store import DeviceRecord
 from reconciler.units import Bytes, Sectors
-from reconciler.vocabulary import DeviceState, Filesystem
+from reconciler.vocabulary import Filesystem
 
 BLOCK = 64 << 10
 POOL = ThinPoolStatus(length=Sectors(1 << 20), mode=PoolMode.READ_WRITE, transaction_id=1,
@@ -47,48 +46,6 @@ def test_new_devices_wait_below_the_reserve_or_in_a_bad_mode(
         assert reason is None
     else:
         assert reason is not None and held in reason
-
-
-@pytest.mark.parametrize(("inferred", "files", "limit", "confirmed", "held"), [
-    (set(), 5, 8, set(), set()),
-    ({"a"}, 5, 8, set(), set()),
-    ({"a"}, 1, 8, set(), set()),  # the only device: a person deleted its only file
-    ({"a", "b"}, 2, 8, set(), {"a", "b"}),  # every spec-file device
-    ({f"d{i}" for i in range(8)}, 12, 8, set(), set()),  # at the limit
-    ({f"d{i}" for i in range(9)}, 12, 8, set(), {f"d{i}" for i in range(9)}),
-    ({f"d{i}" for i in range(9)}, 12, None, set(), set()),  # unlimited
-    ({"a", "b"}, 2, None, set(), {"a", "b"}),  # unlimited still guards "everything"
-    ({"a", "b", "c"}, 3, 8, {"a", "b"}, {"c"}),  # confirmed ones go
-])
-def test_the_removal_guard(inferred: set[str], files: int, limit: int | None,
-                           confirmed: set[str], held: set[str]) -> None:
-    """held_removals: more than the limit, or every spec-file device, waits for a person."""
-    assert held_removals(inferred, files, limit, confirmed) == held
-
-
-def _records(*names: str) -> dict[str, DeviceRecord]:
-    return {n: DeviceRecord(name=n, state=DeviceState.ACTIVATED) for n in names}
-
-
-def test_removals_never_come_from_an_unreadable_source() -> None:
-    """With a source error only the snapshotter's (explicit) removals are made."""
-    records = _records("a", "b", "snap-3")
-    unwanted, held = removals(records, frozenset(), records, "spec_dir gone", 8, set(), False)
-    assert unwanted == {"snap-3"} and held == set()
-
-
-def test_the_snapshotters_removals_are_not_counted_or_held() -> None:
-    """Twelve API removals at once pass; they are explicit calls."""
-    records = _records(*(f"snap-{i}" for i in range(12)), "keep")
-    unwanted, held = removals(records, frozenset({"keep"}), records, None, 1, set(), False)
-    assert held == set() and len(unwanted) == 12
-
-
-def test_allow_removals_lifts_the_guard() -> None:
-    """`run --once --allow-removals`: everything unwanted goes."""
-    records = _records("a", "b", "c")
-    unwanted, held = removals(records, frozenset(), records, None, 1, set(), True)
-    assert unwanted == {"a", "b", "c"} and held == set()
 
 
 def _spec_set(device: int | None, names: tuple[str, ...] = ()) -> SpecSet:

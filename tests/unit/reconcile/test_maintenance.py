@@ -9,15 +9,17 @@ import json
 import sqlite3
 
 from reconciler.reconcile.drive import drive
+from reconciler.reconcile.holds import Selection
 from reconciler.reconcile.maintenance import (
     RequestOutcome,
+    confirm_request,
     find_orphans,
     resume_suspended,
     take_requests,
 )
 from reconciler.reconcile.pass_context import PassContext, PassResult
 from reconciler.states import DeviceState
-from reconciler.store import OrphanKind, OrphanRecord, RequestKind
+from reconciler.store import HoldCause, OrphanKind, OrphanRecord, RequestKind
 from reconciler.testing.fakekernel.faults import Op
 from reconciler.testing.stage import Stage
 from reconciler.units import Sectors
@@ -72,13 +74,13 @@ def _make_orphan(stage: Stage, thin_id: int) -> None:
     ctx.pool.create_thin(ThinId(thin_id), ctx.pool.status().transaction_id)
 
 
-def _take(stage: Stage) -> tuple[PassContext, set[str], dict[int, RequestOutcome]]:
+def _take(stage: Stage) -> tuple[PassContext, dict[int, RequestOutcome]]:
     """Run the queued requests in a fresh pass context, as a pass starts."""
     ctx = stage.context()
     ctx.read_pool_ids()
     outcomes: dict[int, RequestOutcome] = {}
-    confirmed = take_requests(ctx, stage.engine.load_specs, outcomes)
-    return ctx, confirmed, outcomes
+    take_requests(ctx, stage.engine.load_specs, outcomes)
+    return ctx, outcomes
 
 
 def _pool_ids(stage: Stage) -> set[int]:
@@ -101,10 +103,9 @@ def test_retry_takes_a_faulty_device_out_of_faulty(stage: Stage) -> None:
     makes the device."""
     _faulty_at_create(stage, "a")
     request = stage.store.add_request(RequestKind.RETRY, "a")
-    _ctx, confirmed, outcomes = _take(stage)
+    _ctx, outcomes = _take(stage)
     assert outcomes[request] == RequestOutcome(
         "a taken out of Faulty (it had failed at create)", names=("a",))
-    assert confirmed == set()
     row = stage.stored("a")
     assert (row.state, row.error, row.error_step, row.attempts) == (S.UNKNOWN, None, None, 0)
     assert not stage.store.has_requests()
@@ -122,7 +123,7 @@ def test_a_refused_request_gives_its_error_and_the_next_request_still_runs(
     refused = stage.store.add_request(RequestKind.RETRY, "ok")
     missing = stage.store.add_request(RequestKind.RETRY, "nobody")
     taken = stage.store.add_request(RequestKind.RETRY, "bad")
-    _ctx, _confirmed, outcomes = _take(stage)
+    _ctx, outcomes = _take(stage)
     assert outcomes[refused] == RequestOutcome(error="'ok' is not Faulty (Activated)",
                                                names=("ok",))
     assert outcomes[missing] == RequestOutcome(
@@ -143,7 +144,7 @@ def test_gc_orphans_deletes_the_unmanaged_thin_id_and_keeps_the_managed_ones(
     _make_orphan(stage, 7)
     before = stage.context().pool.status().transaction_id
     request = stage.store.add_request(RequestKind.GC_ORPHANS, "*")
-    ctx, _confirmed, outcomes = _take(stage)
+    ctx, outcomes = _take(stage)
     assert outcomes[request] == RequestOutcome("orphan thin ids deleted: [7]")
     assert _transaction_ids(stage, ctx) == (before + 1, before + 1)
     assert _pool_ids(stage) == {managed}
@@ -158,7 +159,7 @@ def test_gc_orphans_leaves_an_orphan_whose_dm_device_is_active(stage: Stage) -> 
     pool.client.create(stage.kernel_name("stray"),
                        pool.thin_table(ThinId(7), Sectors(8192)).line(), "someone-else")
     request = stage.store.add_request(RequestKind.GC_ORPHANS, "*")
-    _ctx, _confirmed, outcomes = _take(stage)
+    _ctx, outcomes = _take(stage)
     assert outcomes[request] == RequestOutcome(
         "orphan thin ids deleted: none; left in use: [7]")
     assert 7 in _pool_ids(stage)
@@ -172,7 +173,7 @@ def test_gc_faulty_releases_every_faulty_device_and_nothing_else(stage: Stage) -
     _faulty_at_activate(stage, "bad")
     bad_id = stage.stored("bad").device_id
     request = stage.store.add_request(RequestKind.GC_FAULTY, "*")
-    _ctx, _confirmed, outcomes = _take(stage)
+    _ctx, outcomes = _take(stage)
     assert outcomes[request] == RequestOutcome("1 Faulty devices released", names=("bad",))
     row = stage.stored("bad")
     assert row.state == S.REMOVED and not row.provisioned
@@ -189,7 +190,7 @@ def test_adopt_makes_an_orphan_thin_id_the_named_device(stage: Stage) -> None:
     _make_orphan(stage, 5)
     stage.spec("found", 'size = "64MiB"\nfilesystem = "ext4"\n')
     request = stage.store.add_request(RequestKind.ADOPT, "found", 5)
-    ctx, _confirmed, outcomes = _take(stage)
+    ctx, outcomes = _take(stage)
     assert outcomes[request] == RequestOutcome("thin id 5 adopted as found", names=("found",))
     row = stage.stored("found")
     assert (row.device_id, row.provisioned, row.formatted, row.fs_size_bytes) == (
@@ -209,23 +210,43 @@ def test_adopt_of_an_id_that_is_not_an_orphan_is_refused(stage: Stage) -> None:
     stage.spec("b", 'filesystem = "none"\n')
     taken = stage.store.add_request(RequestKind.ADOPT, "b", managed)
     absent = stage.store.add_request(RequestKind.ADOPT, "b", 99)
-    _ctx, _confirmed, outcomes = _take(stage)
+    _ctx, outcomes = _take(stage)
     assert outcomes[taken].error == f"adopt b: thin id {managed} is not an orphan of the pool"
     assert outcomes[absent].error == "adopt b: thin id 99 is not an orphan of the pool"
     assert stage.store.device("b") is None
     assert stage.stored("a").device_id == managed
 
 
-def test_confirm_removals_hands_back_the_names_it_carries(stage: Stage) -> None:
-    """confirm-removals: the JSON list of names is what the pass may now remove; nothing is
-    removed by the request itself."""
+def test_confirm_removals_marks_the_held_names_it_carries(stage: Stage) -> None:
+    """confirm-removals: the held names the request carries are marked confirmed in the
+    store (the pass then removes them), a name not held is refused; the request itself
+    removes nothing."""
     _converge(stage, "a")
-    request = stage.store.add_request(RequestKind.CONFIRM_REMOVALS, json.dumps(["b", "a"]))
-    _ctx, confirmed, outcomes = _take(stage)
-    assert confirmed == {"a", "b"}
-    assert outcomes[request] == RequestOutcome("2 removals confirmed", names=("a", "b"))
+    selection = Selection.of(stage.world.settings)
+    stage.store.hold_removals(["a"], HoldCause.COUNT, "test", selection.text)
+    request = stage.store.add_request(RequestKind.CONFIRM_REMOVALS,
+                                      confirm_request(["b", "a"], selection))
+    _ctx, outcomes = _take(stage)
+    assert outcomes[request] == RequestOutcome("1 removals confirmed", error="b: not held",
+                                               names=("a",))
+    assert stage.store.held_removals()["a"].confirmed_at is not None
     assert stage.stored("a").state == S.ACTIVATED
     assert stage.kernel_name("a") in stage.kernel.devices
+
+
+def test_confirm_removals_under_another_config_is_refused(stage: Stage) -> None:
+    """A confirm sent with another config (node_name) than the hold's and the daemon's
+    confirms nothing and says why."""
+    _converge(stage, "a")
+    mine = Selection.of(stage.world.settings)
+    stage.store.hold_removals(["a"], HoldCause.CONFIG, "test", mine.text)
+    other = Selection(mine.spec_dir, "typo-node")
+    request = stage.store.add_request(RequestKind.CONFIRM_REMOVALS,
+                                      confirm_request(["a"], other))
+    _ctx, outcomes = _take(stage)
+    error = outcomes[request].error
+    assert error is not None and "held under another config" in error
+    assert stage.store.held_removals()["a"].confirmed_at is None
 
 
 def test_an_unknown_request_kind_is_answered_and_dropped_without_stopping_the_others(
@@ -236,7 +257,7 @@ def test_an_unknown_request_kind_is_answered_and_dropped_without_stopping_the_ot
     with sqlite3.connect(stage.store.path) as other:  # a newer CLI, past this store
         other.execute("INSERT INTO requests (kind, name, at) VALUES ('defragment', '*', 1.0)")
     retry = stage.store.add_request(RequestKind.RETRY, "a")
-    _ctx, _confirmed, outcomes = _take(stage)
+    _ctx, outcomes = _take(stage)
     unknown = min(outcomes)
     assert unknown != retry
     assert outcomes[unknown] == RequestOutcome(error="unknown request 'defragment'")
@@ -255,12 +276,11 @@ def test_a_kernel_error_in_a_request_is_its_error_and_the_next_request_still_run
     stage.kernel.faults.fail(Op.MESSAGE, stage.world.pool, errno=errno.EBUSY, verb="delete")
     gc = stage.store.add_request(RequestKind.GC_ORPHANS, "*")
     confirm = stage.store.add_request(RequestKind.CONFIRM_REMOVALS, json.dumps(["x"]))
-    ctx, confirmed, outcomes = _take(stage)
+    ctx, outcomes = _take(stage)
     assert _transaction_ids(stage, ctx) == (before, before)
     error = outcomes[gc].error
     assert error is not None and "delete 7" in error and "busy" in error.lower()
-    assert outcomes[confirm] == RequestOutcome("1 removals confirmed", names=("x",))
-    assert confirmed == {"x"}
+    assert outcomes[confirm] == RequestOutcome("0 removals confirmed", error="x: not held")
     assert 7 in _pool_ids(stage)
 
 
@@ -341,7 +361,7 @@ def test_adopt_of_a_faulty_devices_pending_thin_id_is_refused(stage: Stage) -> N
     stage.spec("b", 'filesystem = "none"\n')
     adopt = stage.store.add_request(RequestKind.ADOPT, "b", thin_id)
     stage.store.add_request(RequestKind.RETRY, "a")
-    _ctx, _confirmed, outcomes = _take(stage)
+    _ctx, outcomes = _take(stage)
     assert outcomes[adopt].error is not None
     assert stage.store.device("b") is None
     owners = [r.name for r in stage.store.devices(include_removed=True)

@@ -218,7 +218,7 @@ def test_nine_deletions_at_once_are_held_until_confirmed(
     config = _config(fake_world, tmp_path)
     assert main(["-c", str(config), "run", "--once"], host=fake_world.host) == 1
     assert "9 removals held" in capsys.readouterr().err
-    assert main(["-c", str(config), "confirm-removals"], host=fake_world.host) == 0
+    assert main(["-c", str(config), "confirm-removals", "--all"], host=fake_world.host) == 0
     fake_world.store = Store(fake_world.settings.database_path, fake_world.clock)
     assert _live(fake_world) == {"d09", "d10", "d11"}
     assert fake_world.kernel_names() == {f"{fake_world.pool}-d{i:02}" for i in (9, 10, 11)}
