@@ -48,7 +48,24 @@ def _mount(source: str, target: Path, *options: str) -> None:
         # EBUSY: udev's probe of a device just written and closed (mkfs, debugfs) may still
         # hold it, as for _umount; the daemon itself holds nothing once it says ready.
         time.sleep(0.2)
-    raise AssertionError(f"could not mount {source} on {target}: {done.stderr}")
+    raise AssertionError(f"could not mount {source} on {target}: {done.stderr}\n"
+                         f"{_diagnose(source)}")
+
+
+def _diagnose(source: str) -> str:
+    """What the kernel and the node say of a device that would not mount (for the flaky
+    failure quarantined below): its node, table, probe, superblock bytes, and udevd."""
+    commands = [["ls", "-lL", source], ["dmsetup", "table"], ["dmsetup", "info", "-c"],
+                ["blkid", "-p", source], ["dumpe2fs", "-h", source],
+                ["sh", "-c", f"dd if={source} bs=1024 skip=1 count=1 2>/dev/null | od -A d "
+                 "-t x1 | head -8"],
+                ["sh", "-c", "ps -eo pid,args | grep -v grep | grep -E 'udevd|reconciler'"],
+                ["sh", "-c", "ls -l /dev/mapper | head -40"]]
+    out = []
+    for argv in commands:
+        done = subprocess.run(argv, check=False, capture_output=True, text=True)
+        out.append(f"$ {' '.join(argv)}\n{done.stdout}{done.stderr}")
+    return "\n".join(out)
 
 
 def _umount(target: Path) -> None:
@@ -119,7 +136,13 @@ def test_an_unmounted_spec_dir_under_the_daemon_removes_nothing(
             d["ready"] for d in _report(world)["devices"]) and len(_report(world)["devices"])
             == 2)
         before = _ids(world)
-        _write_file(world, "web", mnt, "written before the unmount\n")
+        try:
+            _write_file(world, "web", mnt, "written before the unmount\n")
+        except AssertionError as exc:
+            log = (tmp_path / "daemon.log").read_text(errors="replace")
+            web = [line for line in log.splitlines() if "web" in line]
+            raise AssertionError(f"{exc}\nthe daemon's lines on web:\n"
+                                 + "\n".join(web[-60:])) from None
 
         _umount(specs)  # the files are gone from view; the mount point is empty
         wait_for("the source error in status",
