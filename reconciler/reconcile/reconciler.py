@@ -362,8 +362,12 @@ class Reconciler:
         actions = [(r.name, f"nothing: spec rejected ({r.error})") for r in desired.rejected]
         for name in parents_first(desired.specs):
             actions.append((name, plan_line(ctx, name, desired.specs[name])))
+        held = self.removal_guard.waiting()
         for name, record in sorted(self.records.items()):
-            if name not in desired.names and record.state != S.REMOVED:
+            if name in held and name not in desired.names:
+                actions.append((name, f"nothing: removal held ({held[name].reason}); "
+                                "`reconciler confirm-removals` to let it be done"))
+            elif name not in desired.names and record.state != S.REMOVED:
                 actions.append((name, plan_line(ctx, name, None)))
         live = {n for n, r in self.records.items() if r.state != S.REMOVED}
         actions += [(n, f"nothing: its spec is for other nodes than {self.settings.node_name}")

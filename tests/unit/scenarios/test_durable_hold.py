@@ -214,3 +214,13 @@ def test_run_once_and_confirm_removals_with_another_node_name(
     assert main(["-c", str(wrong), "confirm-removals", "--all"], host=fake_world.host) == 0
     fake_world.store = Store(fake_world.settings.database_path, fake_world.clock)
     assert _live(fake_world) == set()
+
+
+def test_plan_names_a_held_removal_as_held(fake_world: World) -> None:
+    """`plan` says a held device's removal waits for a confirm, not that it will be removed."""
+    _devices(fake_world, _names(2))
+    for name in _names(2):
+        fake_world.unspec(name)
+    assert fake_world.run_pass().held == _names(2)
+    actions = dict(fake_world.reconciler().plan())
+    assert actions["d00"].startswith("nothing: removal held (every device with a spec file")
