@@ -101,6 +101,8 @@ class Snapshot:
     # Passes that ended (not failed) since the daemon started.
     passes: int
     last_error: str | None = None
+    # The removals held for an operator, by name: /readyz's reason lists them.
+    held_names: tuple[str, ...] = ()
 
 
 def read_pool(client: DmDriver, pool_name: str) -> tuple[ThinPoolStatus | None, str | None]:
@@ -144,6 +146,7 @@ def take_snapshot(pool_name: str, pool: ThinPoolStatus | None, pool_error: str |
         conditions=frozenset(kind for kind in in_force if isinstance(kind, ConditionKind)),
         passes=passes,
         last_error=failed.message if failed is not None else None,
+        held_names=held.names if held is not None else (),
     )
 
 
@@ -178,6 +181,10 @@ def liveness(now: float, last_turn: float, busy_since: float | None,
     return Verdict(True, "ok: the reconcile loop is waiting")
 
 
+# /readyz names this many held removals; the rest are counted (status lists every one).
+HELD_SHOWN = 10
+
+
 def readiness(snapshot: Snapshot | None) -> Verdict:
     """/readyz: the first pass has ended and the pool is up."""
     if snapshot is None:
@@ -186,5 +193,11 @@ def readiness(snapshot: Snapshot | None) -> Verdict:
         return Verdict(False, f"pool {snapshot.pool_name}: {snapshot.pool_error}")
     if snapshot.passes == 0:
         return Verdict(False, f"no pass has ended yet: {snapshot.last_error}")
-    return Verdict(True, f"ok: pool {snapshot.pool_name} is up; passes ended: "
-                         f"{snapshot.passes}")
+    reason = f"ok: pool {snapshot.pool_name} is up; passes ended: {snapshot.passes}"
+    if snapshot.held_names:
+        # Ready (the node serves its devices), yet an operator must see what waits for them.
+        shown = ", ".join(snapshot.held_names[:HELD_SHOWN])
+        more = len(snapshot.held_names) - HELD_SHOWN
+        reason += (f"; {len(snapshot.held_names)} removals held: {shown}"
+                   + (f" and {more} more" if more > 0 else "") + " (`reconciler status`)")
+    return Verdict(True, reason)

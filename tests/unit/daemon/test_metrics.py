@@ -453,6 +453,11 @@ READINESS: list[tuple[Snapshot | None, int, str]] = [
      "pool p: pool is not loaded in the kernel"),
     (snapshot(passes=0, last_error="EIO"), 503, "no pass has ended yet: EIO"),
     (snapshot(), 200, "ok: pool p is up; passes ended: 1"),
+    (snapshot(held_names=("a", "b")), 200, "ok: pool p is up; passes ended: 1; 2 removals "
+     "held: a, b (`reconciler status`)"),
+    (snapshot(held_names=tuple(f"d{i:02}" for i in range(12))), 200,
+     "ok: pool p is up; passes ended: 1; 12 removals held: d00, d01, d02, d03, d04, d05, d06, "
+     "d07, d08, d09 and 2 more (`reconciler status`)"),
 ]
 
 
