@@ -32,6 +32,7 @@ from reconciler.config import (
     Settings,
     config_path,
     load_settings,
+    settings_from_mapping,
     settings_toml,
 )
 from reconciler.daemon.control import Command, ControlRequest, ControlUnreachable, ask
@@ -60,8 +61,9 @@ log = structlog.get_logger(__name__)
 def _settings(explicit: Path | None) -> tuple[Settings, Path | None]:
     path = config_path(explicit)
     if explicit is None and path == DEFAULT_CONFIG_PATH and not path.exists():
-        # No config anywhere: the documented defaults (a loopback pool under root_path).
-        return Settings(), None
+        # No config anywhere: the documented defaults (a loopback pool under root_path),
+        # checked as a file's would be ($NODE_NAME, root_path's owner and mode).
+        return settings_from_mapping({}), None
     return load_settings(path), path
 
 
