@@ -25,7 +25,8 @@ from reconciler.config.settings import (
 )
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file is, from its mode, in words ("regular file", "FIFO"...)."""
     if stat.S_ISREG(mode):
         return "regular file"
     if stat.S_ISDIR(mode):
@@ -98,8 +99,8 @@ def _check_creatable_directory(key: str, path: Path) -> None:
     existing, mode = found
     if not stat.S_ISDIR(mode):
         if existing == path:
-            raise ConfigError(key, f"{path} is a {_kind(mode)}, not a directory")
-        raise ConfigError(key, f"{path} cannot be made: {existing} is a {_kind(mode)}")
+            raise ConfigError(key, f"{path} is a {file_kind(mode)}, not a directory")
+        raise ConfigError(key, f"{path} cannot be made: {existing} is a {file_kind(mode)}")
     virtual = _virtual_filesystem(existing)
     if virtual is not None:
         raise ConfigError(key, f"{path} is on {virtual}, a virtual filesystem that keeps nothing")
@@ -147,7 +148,7 @@ def _check_spec_dir(spec_dir: Path) -> None:
     except OSError:
         return
     if not stat.S_ISDIR(mode):
-        raise ConfigError("spec_dir", f"{spec_dir} is a {_kind(mode)}, not a directory")
+        raise ConfigError("spec_dir", f"{spec_dir} is a {file_kind(mode)}, not a directory")
     virtual = _virtual_filesystem(spec_dir)
     if virtual in ("proc", "sysfs"):
         raise ConfigError("spec_dir", f"{spec_dir} is on {virtual}, the kernel's own files, "
@@ -163,7 +164,7 @@ def _check_block_device(key: str, path: Path) -> None:
     except OSError:
         return  # not ours to look at: the daemon (root) is, and says so at start
     if not stat.S_ISBLK(mode):
-        raise ConfigError(key, f"{path} is a {_kind(mode)}, not a block device")
+        raise ConfigError(key, f"{path} is a {file_kind(mode)}, not a block device")
 
 
 def check_paths(settings: Settings) -> None:
@@ -189,6 +190,6 @@ def check_paths(settings: Settings) -> None:
             mode = None
         if mode is not None and not stat.S_ISSOCK(mode):
             # The server replaces a stale socket; anything else there is not ours to replace.
-            raise ConfigError("grpc_socket", f"{socket_path} exists and is a {_kind(mode)}, "
+            raise ConfigError("grpc_socket", f"{socket_path} exists and is a {file_kind(mode)}, "
                               "not a socket")
         _check_creatable_directory("grpc_socket", socket_path.parent)
