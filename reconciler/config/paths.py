@@ -106,7 +106,7 @@ def _check_creatable_directory(key: str, path: Path) -> None:
         raise ConfigError(key, f"{path} is on {virtual}, a virtual filesystem that keeps nothing")
 
 
-def _check_ours_alone(root: Path) -> None:
+def check_ours_alone(root: Path) -> None:
     """root_path and its parents owned by root or us, writable by no one else (a parent: or
     sticky). What we may not look at is not judged: a user without the right to see it
     cannot reach the files either (and the daemon, root, sees all)."""
@@ -171,7 +171,7 @@ def check_paths(settings: Settings) -> None:
     """Every path of the config checked on this machine; a ConfigError names the first bad
     one's key."""
     _check_creatable_directory("root_path", settings.root_path)
-    _check_ours_alone(settings.root_path)
+    check_ours_alone(settings.root_path)
     for key in ("data_device", "metadata_device"):
         device: Path | None = getattr(settings, key)
         if device is not None:
