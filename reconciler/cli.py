@@ -424,6 +424,12 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
         # one line, never a traceback.
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_NOT_CONVERGED
+    except PermissionError as exc:
+        # A user without rights to root_path (0700) or its files (0600): one line (issue 23).
+        where = exc.filename if exc.filename is not None else settings.root_path
+        print(f"reconciler: cannot open {where}: {exc.strerror}; run as root or with access "
+              f"to {where}", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
 
 
 def _command(args: argparse.Namespace, settings: Settings, path: Path | None,

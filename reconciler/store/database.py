@@ -146,6 +146,16 @@ def _private_files(path: Path, tighten: bool = True) -> None:
             os.close(fd)
 
 
+def _present(path: Path) -> bool:
+    """Whether anything, a link included, is at `path`; PermissionError when we may not look
+    (the CLI says so: a user without rights must not read it as "no database yet")."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
 def _unusable(path: Path, exc: peewee.DatabaseError) -> StoreError:
     """SQLite's refusal to open the database, in one line naming the file and the way out."""
     cause = exc.args[0] if exc.args else None
@@ -200,7 +210,7 @@ class Connection:
         self.clock = clock
         self._sleep = sleep
         timeout = BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout
-        fresh = not os.path.lexists(path)
+        fresh = not _present(path)
         if readonly:
             if not fresh:
                 _private_files(path, tighten=False)
