@@ -158,3 +158,19 @@ def test_a_root_path_or_parent_owned_by_another_user_is_refused(tmp_path: Path,
     with pytest.raises(ConfigError) as caught:
         settings_from_mapping({"root_path": str(root)})
     assert caught.value.key == "root_path" and str(STRANGER) in str(caught.value)
+
+
+@pytest.mark.parametrize("argv", [["run", "--once"], ["run"], ["status"], ["config", "check"]])
+def test_commands_refuse_an_open_root_path_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """With root_path writable by all, `run`, `status` and `config check` exit 2 at start
+    with one line naming root_path, and make nothing in it."""
+    root = tmp_path / "state"
+    root.mkdir()
+    root.chmod(0o777)
+    config = write_config(tmp_path / "config.toml", root_path=root, dm_driver="dmsetup")
+    assert main(["-c", str(config), *argv], host=FakeKernel()) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "root_path" in err[0] and "writable by others" in err[0]
+    assert list(root.iterdir()) == []
