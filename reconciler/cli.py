@@ -32,6 +32,7 @@ from reconciler.config import (
     Settings,
     config_path,
     load_settings,
+    settings_from_mapping,
     settings_toml,
 )
 from reconciler.daemon.control import Command, ControlRequest, ControlUnreachable, ask
@@ -62,8 +63,9 @@ log = structlog.get_logger(__name__)
 def _settings(explicit: Path | None) -> tuple[Settings, Path | None]:
     path = config_path(explicit)
     if explicit is None and path == DEFAULT_CONFIG_PATH and not path.exists():
-        # No config anywhere: the documented defaults (a loopback pool under root_path).
-        return Settings(), None
+        # No config anywhere: the documented defaults (a loopback pool under root_path),
+        # checked as a file's would be ($NODE_NAME, root_path's owner and mode).
+        return settings_from_mapping({}), None
     return load_settings(path), path
 
 
@@ -444,6 +446,12 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
         # The store already waited and tried again (a database that stays busy, no free id):
         # one line, never a traceback.
         print(f"reconciler: {exc}", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
+    except PermissionError as exc:
+        # A user without rights to root_path (0700) or its files (0600): one line (issue 23).
+        where = exc.filename if exc.filename is not None else settings.root_path
+        print(f"reconciler: cannot open {where}: {exc.strerror}; run as root or with access "
+              f"to {where}", file=sys.stderr)
         return EXIT_NOT_CONVERGED
 
 

@@ -1,13 +1,19 @@
-"""Which config file, and reading it: bounded, UTF-8, TOML, every way it can be unusable one
-ConfigError, then checked whole by `config.values`.
+"""Which config file, and reading it: a regular file, bounded, UTF-8, TOML, every way it can
+be unusable one ConfigError, then checked whole by `config.values`.
+
+The file is opened without blocking and judged by fstat before a byte is read: a FIFO at the
+config's path would otherwise hang `config check`, and a SIGHUP reload would freeze the
+daemon's loop (issue 23). Links are followed: a ConfigMap's key is a link into ..data.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from pathlib import Path
 
+from reconciler.config.paths import file_kind
 from reconciler.config.settings import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
@@ -21,10 +27,13 @@ from reconciler.config.values import settings_from_mapping
 def load_settings(path: Path) -> Settings:
     """Read and validate a config file; every way it can be unusable is a ConfigError."""
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError("<file>", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = _read_regular(path, fd)
+    finally:
+        os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError("<file>", f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
@@ -40,6 +49,23 @@ def load_settings(path: Path) -> Settings:
     except Exception as exc:  # tomllib's other failures, such as int()'s limit on digits
         raise ConfigError("<file>", f"{path} cannot be read as TOML: {exc}") from exc
     return settings_from_mapping(raw, path.resolve().parent)
+
+
+def _read_regular(path: Path, fd: int) -> bytes:
+    """Up to MAX_CONFIG_BYTES + 1 bytes of the open file, which must be a regular file."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("<file>", f"{path} is a {file_kind(st.st_mode)}, not a regular "
+                              "file: give the path of the config file itself")
+        chunks: list[bytes] = []
+        left = MAX_CONFIG_BYTES + 1
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise ConfigError("<file>", f"cannot read {path}: {exc.strerror}") from None
+    return b"".join(chunks)
 
 
 def config_path(explicit: Path | None) -> Path:

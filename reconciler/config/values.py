@@ -6,6 +6,7 @@ key. The paths' checks on this machine are `config.paths`'.
 from __future__ import annotations
 
 import ipaddress
+import os
 import shlex
 from collections.abc import Callable
 from dataclasses import fields
@@ -23,6 +24,7 @@ from reconciler.config.settings import (
     MAX_NODE_NAME,
     MAX_REMOVALS,
     MIN_BLOCK,
+    NODE_NAME_ENV,
     POOL_NAME_RE,
     UNLIMITED,
     ConfigError,
@@ -224,6 +226,13 @@ def settings_from_mapping(raw: dict[str, Any], base: Path | None = None) -> Sett
             values[key] = _path(key, value, base)
         else:
             values[key] = _READERS[key](key, value)
+    if "node_name" not in raw and os.environ.get(NODE_NAME_ENV):
+        # node_name's default: held to the key's own rules, and said to come from there.
+        try:
+            _node_name("node_name", os.environ[NODE_NAME_ENV])
+        except ConfigError as exc:
+            raise ConfigError("node_name", f"from ${NODE_NAME_ENV} (the default when the "
+                              f"config sets none): {exc.problem}") from None
     settings = Settings(**values)
     _check_rules(settings, raw)
     check_paths(settings)

@@ -3,8 +3,9 @@
 The lock file is opened by root in a directory that may not be root's alone, so it is never
 followed: a symbolic link (or a hard link, or anything but a plain file) planted at its path
 would have had root truncate and write whatever it points to. It is created 0600, and the
-root_path we create, 0700; an operator's existing root_path keeps its mode, with a warning
-when others may write to it.
+root_path we create, 0700; an operator's existing root_path keeps its mode, and is refused
+when others may write to it or to a parent (they could plant links there: issue 23), as the
+config's check refuses it; checked again here, where the first file is made.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 from time import sleep
 
 import structlog
+
+from reconciler.config.paths import check_ours_alone
+from reconciler.config.settings import ConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -32,21 +36,18 @@ class AlreadyRunning(LockError):
 
 
 class UnsafeLockFile(LockError):
-    """Something other than a plain file of ours is at the lock's path: not followed."""
+    """Something other than a plain file of ours is at the lock's path (or root_path is not
+    ours alone): not followed, nothing made."""
 
 
 def make_root(root: Path) -> None:
-    """Create root_path 0700 when it is missing; warn when an existing one is writable by
-    its group or everyone (others could replace the database or the lock)."""
+    """Create root_path 0700 when it is missing; refuse (UnsafeLockFile) one that others may
+    write to, or a parent they may (unless sticky), or one owned by another user."""
     try:
-        root.mkdir(parents=True, mode=0o700)
-        return
-    except FileExistsError:
-        pass
-    mode = stat.S_IMODE(os.stat(root).st_mode)
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        log.warning("root_path.writable_by_others", path=str(root), mode=f"{mode:04o}",
-                    next="left as it is: make it writable by its owner only (chmod go-w)")
+        check_ours_alone(root)
+    except ConfigError as exc:
+        raise UnsafeLockFile(exc.problem) from None
+    root.mkdir(parents=True, mode=0o700, exist_ok=True)
 
 
 class RootLock:

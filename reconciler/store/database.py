@@ -16,6 +16,7 @@ begun again before any of it ran, or (the store's own) run again from its first 
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import sqlite3
@@ -89,26 +90,84 @@ class _Database(peewee.SqliteDatabase):
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
-def _private_files(path: Path) -> None:
-    """Create the database file 0600 before SQLite opens it (SQLite then gives its -wal and
-    -shm the same mode), and make an existing one, and its side files, 0600 if an earlier
-    version left them readable by all. A file that is not ours to change is left to its
-    owner (a user running `status` on a database they may read)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+def _open_own(path: Path, create: bool = False) -> int | None:
+    """The database (or a side file), opened without following a link, after fstat showed a
+    plain file of root's or ours with one name; None when absent (`create`: made 0600).
+
+    root opens these files by name in root_path: a link planted there would have it chmod,
+    and write our schema into, whatever the link points to (issue 23). The config refuses a
+    root_path others may write to, so what passes here stays what SQLite then opens."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
     try:
-        _tighten(fd)
-    finally:
+        fd = os.open(path, flags | (os.O_CREAT if create else 0), 0o600)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+    except PermissionError:
+        raise  # said as a lack of rights, by the CLI
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(f"{path} is a symbolic link: refusing to follow it (remove it; "
+                             "reconciler keeps its own database there)") from None
+        raise StoreError(f"cannot open {path}: {exc.strerror}: refusing to use it as the "
+                         "database (move it away)") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{path} is not a regular file: refusing to use it as the "
+                             "database (move it away)")
+        if st.st_nlink != 1:
+            raise StoreError(f"{path} has {st.st_nlink} names (a hard link): refusing to "
+                             "write to it (remove it; reconciler keeps its own database)")
+        if st.st_uid not in (0, os.geteuid()):
+            raise StoreError(f"{path} is owned by uid {st.st_uid}, neither root nor us: "
+                             "refusing to use it as the database")
+    except BaseException:
         os.close(fd)
-    for suffix in _SIDE_FILES:
+        raise
+    return fd
+
+
+def _private_files(path: Path, tighten: bool = True) -> None:
+    """Check the database file and its side files (each a plain file of ours: see
+    `_open_own`). `tighten`: create the database file 0600 before SQLite opens it (SQLite
+    then gives its -wal and -shm the same mode), and make an existing one, and its side
+    files, 0600 if an earlier version left them readable by all. A file that is not ours to
+    change is left to its owner (a user running `status` on a database they may read)."""
+    for suffix in ("", *_SIDE_FILES):
+        fd = _open_own(Path(f"{path}{suffix}"), create=tighten and not suffix)
+        if fd is None:
+            continue  # absent
         try:
-            fd = os.open(f"{path}{suffix}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                         | os.O_NONBLOCK)
-        except OSError:
-            continue  # absent (or not a file SQLite could use either)
-        try:
-            _tighten(fd)
+            if tighten:
+                _tighten(fd)
         finally:
             os.close(fd)
+
+
+def _present(path: Path) -> bool:
+    """Whether anything, a link included, is at `path`; PermissionError when we may not look
+    (the CLI says so: a user without rights must not read it as "no database yet")."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def _unusable(path: Path, exc: peewee.DatabaseError) -> StoreError:
+    """SQLite's refusal to open the database, in one line naming the file and the way out."""
+    cause = exc.args[0] if exc.args else None
+    code = getattr(cause, "sqlite_errorcode", None)
+    code = code & 0xFF if isinstance(code, int) else None
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT) or "not a database" in str(exc):
+        return StoreError(f"{path} is not a SQLite database ({exc}): restore it from a "
+                          "backup, or move it away to start afresh")
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM):
+        return StoreError(f"cannot open the database {path} ({exc}): run as root or with "
+                          f"access to {path.parent}")
+    return StoreError(f"cannot read the database {path}: {exc}")
 
 
 def _readonly_uri(path: Path) -> str:
@@ -151,8 +210,10 @@ class Connection:
         self.clock = clock
         self._sleep = sleep
         timeout = BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout
-        fresh = not path.exists()
+        fresh = not _present(path)
         if readonly:
+            if not fresh:
+                _private_files(path, tighten=False)
             where = "file::memory:" if fresh else _readonly_uri(path)
             self._db = _Database(where, self._retrying, timeout, readonly=True)
         else:
@@ -162,16 +223,14 @@ class Connection:
         self._m = bind_models(self._db)
         self._data_version: int | None = None
         self._saved_snapshots: set[str] = set()
-        if readonly:
-            try:
-                self._retrying(lambda: self._db.connect(reuse_if_open=True))
-                self._needs_migration()  # the first read: an unreadable file says so here
-            except peewee.DatabaseError as exc:
-                # Not ours to repair: say why in one line (a user without the right to the
-                # 0600 file, not a database at all).
-                raise StoreError(f"cannot read the database {path}: {exc}") from exc
-        else:
+        try:
             self._retrying(lambda: self._db.connect(reuse_if_open=True))
+            self._needs_migration()  # the first read: an unreadable file says so here
+        except peewee.DatabaseError as exc:
+            # Not ours to repair: say why in one line (a user without the right to the
+            # 0600 file, not a database at all).
+            self._db.close()
+            raise _unusable(path, exc) from exc
         if readonly and not fresh:
             if self._needs_migration():
                 raise StoreError(f"the database {path} was written by an older version: "

@@ -4,13 +4,19 @@ Test support (never imported by the product). Tests that run the CLI or a daemon
 a config file; writing its TOML by hand, with values pasted into f-strings, breaks on a path
 holding a quote or a backslash and repeats the same lines in every file. Here each value is
 rendered once, strings escaped by the product's own writer of TOML (`config check` prints
-with it), and a test names only its keys.
+with it), and a test names only its keys. Beside it, what a config may point at that no
+keyword gives: a block device node for the device keys, a FIFO at a config's path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+import os
+import stat
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from reconciler.config.render import toml_string
@@ -54,3 +60,37 @@ def write_config(path: Path, **keys: object) -> Path:
         path = path / "config.toml"
     path.write_text(config_text(keys))
     return path
+
+
+def block_device_node(path: Path, minor: int = 250) -> Path:
+    """A block device node at `path` (loop's major, 7), for the device keys, which take
+    only block devices; no test opens it, so no device need stand behind it."""
+    os.mknod(path, stat.S_IFBLK | 0o600, os.makedev(7, minor))
+    return path
+
+
+@contextmanager
+def fifo_at(path: Path, release_after: float = 10.0) -> Iterator[Path]:
+    """A FIFO at `path` (a config path an operator got wrong). A reader left blocked on it,
+    should the product open it as it would a file, gets an end of file after
+    `release_after` seconds and on exit: such a regression fails its test, never hangs it."""
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def release() -> None:
+        done.wait(release_after)
+        while True:
+            # A writer that comes and goes: the blocked open returns, its read ends. OSError:
+            # no reader is waiting (ENXIO), or the FIFO is gone.
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            if done.wait(0.1):
+                return
+
+    releaser = threading.Thread(target=release, name="fifo-release", daemon=True)
+    releaser.start()
+    try:
+        yield path
+    finally:
+        done.set()
+        releaser.join()

@@ -11,7 +11,7 @@ import pytest
 
 from reconciler.cli import main
 from reconciler.config import Settings, settings_from_mapping, settings_toml
-from reconciler.testing.config_file import write_config
+from reconciler.testing.config_file import block_device_node, write_config
 from reconciler.testing.fakekernel import FakeKernel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,13 +101,17 @@ ROUND_TRIPS = [
     {"metrics_address": "localhost:80", "async_remove": True, "discard_blocks": True,
      "allow_foreign_specs": True, "dm_driver": "dmsetup", "fs_type": "xfs"},
     {"spec_dir": "/etc/reconciler/specs", "grpc_socket": "/run/r/s.sock",
-     "data_device": "/dev/null", "metadata_device": "/dev/null"},
+     "data_device": "DATA", "metadata_device": "META"},  # block nodes made by the test
 ]
 
 
 @pytest.mark.parametrize("raw", ROUND_TRIPS, ids=lambda raw: ",".join(raw))
-def test_printed_settings_read_back_to_the_same_settings(raw: dict[str, object]) -> None:
+def test_printed_settings_read_back_to_the_same_settings(raw: dict[str, object],
+                                                        tmp_path: Path) -> None:
     """settings_toml's text, parsed and read as a config file, gives the settings again."""
+    for key, minor in (("data_device", 250), ("metadata_device", 251)):
+        if key in raw:  # the device keys take block devices only
+            raw = {**raw, key: str(block_device_node(tmp_path / str(raw[key]), minor))}
     settings = settings_from_mapping(raw)
     assert settings != Settings()
     text = settings_toml(settings)

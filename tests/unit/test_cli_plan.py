@@ -179,7 +179,7 @@ def test_plan_on_an_unreadable_database_prints_one_line(config: Path,
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.splitlines() == [
-        f"reconciler: cannot read the database {state / 'reconciler.db'}: "
-        "file is not a database"]
+        f"reconciler: {state / 'reconciler.db'} is not a SQLite database (file is not a "
+        "database): restore it from a backup, or move it away to start afresh"]
     assert (state / "reconciler.db").read_bytes() == b"not a database\n" * 100
     assert sorted(p.name for p in state.iterdir()) == ["reconciler.db"]

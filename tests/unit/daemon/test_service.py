@@ -19,7 +19,7 @@ from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.client import DmClient
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.store import Store
-from reconciler.testing.config_file import write_config
+from reconciler.testing.config_file import fifo_at, write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.world import World
 
@@ -249,6 +249,34 @@ def test_a_reload_with_a_bad_value_keeps_the_old_settings(
         fake_world.clock.now += before.resync_interval + 1
         assert daemon.step(timeout=0)
         assert state(fake_world, "web") == "Activated"
+    finally:
+        daemon.close()
+
+
+def test_a_reload_with_a_fifo_at_the_config_path_keeps_the_loop_going(
+    fake_world: World, tmp_path: Path
+) -> None:
+    """SIGHUP with a FIFO put at the config's path: config.reload_failed (not a regular
+    file) at once, the old settings kept, and the loop goes on making devices."""
+    config = tmp_path / "config.toml"
+    _write_config(fake_world, config)
+    assert fake_world.store is not None
+    fake_world.store.close()
+    daemon = Daemon(load_settings(config), fake_world.host, config_path=config,
+                    clock=fake_world.clock, wakeups=Wakeups(settle=0.01))
+    try:
+        daemon.start()
+        before = daemon.settings
+        config.unlink()
+        with fifo_at(config):
+            daemon.wakeups.reload()
+            with capture_logs() as events:
+                assert daemon.step(timeout=0)
+            failed = [e["error"] for e in events if e["event"] == "config.reload_failed"]
+            assert len(failed) == 1 and "FIFO" in failed[0] and str(config) in failed[0]
+            assert daemon.settings is before
+            fake_world.spec("web", 'filesystem = "none"\n')
+            _step_until(daemon, lambda: state(fake_world, "web") == "Activated")
     finally:
         daemon.close()
 

@@ -1,8 +1,11 @@
-"""write_config: every value a test passes reads back from the file as TOML gives it."""
+"""write_config: every value a test passes reads back from the file as TOML gives it; the
+FIFO and block device node the config's tests put where a config points."""
 
 from __future__ import annotations
 
 import math
+import os
+import stat
 import tomllib
 from pathlib import Path
 
@@ -11,7 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reconciler.config import load_settings
-from reconciler.testing.config_file import config_text, write_config
+from reconciler.testing.config_file import (
+    block_device_node,
+    config_text,
+    fifo_at,
+    write_config,
+)
 
 
 @given(st.text())
@@ -47,3 +55,17 @@ def test_a_value_toml_cannot_hold_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="NoneType"):
         write_config(tmp_path / "config.toml", node_name=None)
     assert not (tmp_path / "config.toml").exists()
+
+
+def test_fifo_at_releases_a_reader_that_blocked_on_it(tmp_path: Path) -> None:
+    """A plain blocking read of the FIFO (what a regression would do) ends with an empty
+    read once released, rather than hanging the test run; the FIFO is left for the test."""
+    with fifo_at(tmp_path / "config.toml", release_after=0.1) as fifo:
+        assert fifo.read_bytes() == b""
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_block_device_node_is_a_block_device(tmp_path: Path) -> None:
+    """The node the device keys' tests use is a block device, as the config requires."""
+    node = block_device_node(tmp_path / "sdz", 9)
+    assert stat.S_ISBLK(os.stat(node).st_mode) and os.major(os.stat(node).st_rdev) == 7
