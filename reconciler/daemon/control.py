@@ -31,7 +31,6 @@ anything else there is refused, untouched.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -47,6 +46,7 @@ from typing import Any
 
 import structlog
 
+from reconciler.daemon.busy import BusyCallers
 from reconciler.daemon.descriptors import AcceptBackoff
 from reconciler.sockets import OwnedSocket, reachable
 from reconciler.vocabulary import ThinId, ThinIdError
@@ -277,69 +277,10 @@ def _read_line(conn: socket.socket, limit: int, deadline: float | None = None) -
     raise BadRequest(f"longer than {limit} bytes")
 
 
-def _tell_busy(conn: socket.socket) -> None:
-    """Tell a caller beyond MAX_CALLERS to ask again, and close (never blocking: the answer
-    fits in an empty socket buffer, and a caller that left is told nothing)."""
-    with conn:
-        conn.setblocking(False)
-        with contextlib.suppress(OSError):
-            conn.send(ControlAnswer(ok=False, error=f"the daemon is serving {MAX_CALLERS} "
-                                    "callers: ask again").to_line())
-
-
-class _BusyCallers:
-    """Callers beyond MAX_CALLERS, each read to the end of its line (or its BUSY_TIMEOUT) on
-    the accept thread's selector, then told the daemon is busy: read first, because closing a
-    unix socket with bytes unread resets the caller before it reads the answer."""
-
-    def __init__(self, selector: selectors.BaseSelector) -> None:
-        self._selector = selector
-        self._deadlines: dict[socket.socket, float] = {}
-
-    def add(self, conn: socket.socket) -> None:
-        """Read `conn`'s line from now on; told at once when MAX_WAITING are read already."""
-        if len(self._deadlines) >= MAX_WAITING:
-            _tell_busy(conn)
-            return
-        conn.setblocking(False)
-        self._deadlines[conn] = time.monotonic() + BUSY_TIMEOUT
-        self._selector.register(conn, selectors.EVENT_READ)
-
-    def readable(self, conn: socket.socket) -> None:
-        """Read what `conn` sent; told once its line (or its end) is in."""
-        try:
-            chunk = conn.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk or b"\n" in chunk:
-            self._tell(conn)
-
-    def next_at(self) -> float | None:
-        """When the first one waiting runs out of time (None: nobody waits)."""
-        return min(self._deadlines.values(), default=None)
-
-    def expire(self, now: float) -> None:
-        """Tell those whose time ran out."""
-        for conn in [c for c, at in self._deadlines.items() if at <= now]:
-            self._tell(conn)
-
-    def close(self) -> None:
-        """Tell everyone still waiting (the server stops)."""
-        for conn in list(self._deadlines):
-            self._tell(conn)
-
-    def _tell(self, conn: socket.socket) -> None:
-        self._selector.unregister(conn)
-        del self._deadlines[conn]
-        _tell_busy(conn)
-
-
 class ControlServer:
     """Accepts on one thread; each caller is served on a thread of its own (at most
     MAX_CALLERS at once), which waits for the handler's answer; callers beyond them are told
-    the daemon is busy (`_BusyCallers`)."""
+    the daemon is busy (`BusyCallers`)."""
 
     def __init__(self, path: Path, handler: Handler) -> None:
         self.path = path
@@ -395,7 +336,9 @@ class ControlServer:
         with selectors.DefaultSelector() as selector:
             selector.register(self._wake_r, selectors.EVENT_READ)
             selector.register(listener, selectors.EVENT_READ)
-            busy = _BusyCallers(selector)
+            busy = BusyCallers(selector, ControlAnswer(
+                ok=False, error=f"the daemon is serving {MAX_CALLERS} callers: ask again",
+            ).to_line(), most=MAX_WAITING, timeout=BUSY_TIMEOUT)
             resume_at: float | None = None  # while descriptors are short, accept after this
             try:
                 while True:
@@ -412,13 +355,13 @@ class ControlServer:
                             if pause > 0:
                                 selector.unregister(listener)
                                 resume_at = time.monotonic() + pause
-                        else:
-                            busy.readable(key.fileobj)  # type: ignore[arg-type]
+                        elif isinstance(key.fileobj, socket.socket):
+                            busy.readable(key.fileobj)
                     busy.expire(time.monotonic())
             finally:
                 busy.close()
 
-    def _accept(self, listener: socket.socket, busy: _BusyCallers) -> float:
+    def _accept(self, listener: socket.socket, busy: BusyCallers) -> float:
         """Accept one caller: served, or read and told busy. The pause before the next
         accept (0 unless descriptors are short)."""
         try:
