@@ -6,9 +6,9 @@ library gives it serves one connection at a time and waits on each without end; 
 threading mix-in starts a thread per connection without a limit, and its accept loop spins
 when an accept fails for want of descriptors. This one, built on wsgiref's:
 
-- serves at most `limit` connections at once (MAX_CONNECTIONS), each on a thread of its own;
-  one beyond them is answered 503 at once and closed, never queued;
-- gives each connection `deadline` (REQUEST_DEADLINE) for the whole of its request and
+- serves at most MAX_CONNECTIONS at once, each on a thread of its own; one beyond them is
+  answered 503 at once and closed, never queued;
+- gives each connection REQUEST_DEADLINE for the whole of its request and
   answer, however slowly its bytes come: one request per connection (HTTP/1.0, as wsgiref
   speaks), and past the deadline the socket is shut down under the thread serving it, which
   ends that thread;
@@ -71,12 +71,12 @@ class BoundedWSGIServer(WSGIServer):
 
     request_queue_size = BACKLOG
 
-    def __init__(self, family: socket.AddressFamily, sockaddr: Any, app: WSGIApplication,
-                 limit: int = MAX_CONNECTIONS, deadline: float = REQUEST_DEADLINE) -> None:
+    def __init__(self, family: socket.AddressFamily, sockaddr: Any,
+                 app: WSGIApplication) -> None:
         self.address_family = family
-        self.limit = limit
-        self.deadline = deadline
-        self._slots = threading.BoundedSemaphore(limit)
+        self.limit = MAX_CONNECTIONS
+        self.deadline = REQUEST_DEADLINE
+        self._slots = threading.BoundedSemaphore(self.limit)
         # Connections being served and when each must end (inf: shut down already).
         self._open: dict[socket.socket, float] = {}
         self._lock = threading.Lock()
