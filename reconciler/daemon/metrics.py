@@ -1,9 +1,9 @@
 """Prometheus metrics, /healthz and /readyz over HTTP: prometheus_client's only home.
 
 Served when `metrics_address` is set, by a bounded wsgiref server on a thread of its own (and
-one per connection, at most 64: reconciler.daemon.wsgi), the exposition by prometheus_client's
-WSGI app and the two probes by our own. That
-thread never calls the kernel or the store: gauges of the pool, the devices and the
+one per connection, at most 64, each request within 10 s: reconciler.daemon.wsgi): the
+exposition by prometheus_client's WSGI app, the two probes by our own. Those threads never
+call the kernel or the store: gauges of the pool, the devices and the
 conditions are read at scrape time from the last `Snapshot` the reconcile loop published
 (reconciler.daemon.health); counters and histograms (passes, kernel calls, retries, gRPC
 calls) are moved by the loop and the gRPC workers as things happen, through the observer
