@@ -100,6 +100,14 @@ class BoundedWSGIServer(WSGIServer):
         self._stopping.set()  # ends a pause of the accept loop at once
         super().shutdown()
 
+    def server_close(self) -> None:
+        """Close the listener, and end the connections being served (their threads end)."""
+        super().server_close()
+        with self._lock:
+            for conn in self._open:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
     def get_request(self) -> tuple[socket.socket, Any]:
         try:
             conn, address = self.socket.accept()

@@ -127,3 +127,20 @@ def test_the_metrics_accept_loop_pauses_on_emfile_and_serves_after(
     assert answer.endswith(b"ok: alive\n")
     names = [e["event"] for e in events if e["event"].startswith("accept.")]
     assert names == ["accept.descriptors_exhausted", "accept.descriptors_recovered"]
+
+
+def test_stop_ends_the_connections_being_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection still being served (its request not in) is closed when the server
+    stops, not left to its deadline."""
+    monkeypatch.setattr("reconciler.daemon.wsgi.REQUEST_DEADLINE", 600.0)
+    served = MetricsServer(LOOPBACK, Metrics(), lambda: Verdict(True, "ok: alive"),
+                           lambda: Verdict(True, "ok: ready"))
+    served.start()
+    try:
+        conn = _connect(served.port)
+        conn.sendall(b"GET /healthz HTTP/1.0\r\n")  # the blank line never comes
+        assert _exchange(served.port, b"GET /readyz HTTP/1.0\r\n\r\n").endswith(b"ok: ready\n")
+    finally:
+        served.stop()
+    with conn:
+        assert conn.recv(1) == b""
