@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.daemon.control import Command, ControlRequest, ControlUnreachable, ask
 from reconciler.states import LIVE
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
@@ -106,6 +107,13 @@ def _healthz(port: int) -> bool:
         return False
 
 
+def _resync(path: Path) -> bool:
+    try:
+        return ask(path, ControlRequest(Command.RESYNC), timeout=30).ok
+    except ControlUnreachable:
+        return False
+
+
 def _activated(database: Path, name: str) -> bool:
     store = Store(database, time.time)
     try:
@@ -117,8 +125,8 @@ def _activated(database: Path, name: str) -> bool:
 def test_two_thousand_idle_connections_do_not_wedge_the_daemon(
         descriptors: None, tmp_path: Path) -> None:
     """2,000 idle connections to the metrics listener and 300 to the control socket, held
-    open: a spec written afterwards is made, /healthz answers 200, and the log stays under
-    LOG_LINES_MAX lines."""
+    open: a spec written afterwards is made, /healthz answers 200, an operator's resync is
+    served, and the log stays under LOG_LINES_MAX lines."""
     root = Path(tempfile.mkdtemp(prefix="fl", dir="/tmp"))
     specs = tmp_path / "specs"
     specs.mkdir()
@@ -143,6 +151,8 @@ def test_two_thousand_idle_connections_do_not_wedge_the_daemon(
         wait_for("the new spec made during the flood",
                  lambda: _activated(root / "reconciler.db", "fresh"), timeout=60)
         wait_for("/healthz during the flood", lambda: _healthz(port), timeout=60)
+        wait_for("a resync over the control socket during the flood",
+                 lambda: _resync(root / "control.sock"), timeout=60)
         assert daemon.poll() is None, "the daemon serves on"
         assert daemon.stop(timeout=60) == 0
     finally:
