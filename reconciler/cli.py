@@ -155,10 +155,12 @@ def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
     # Imported here: the daemon brings watchdog and prometheus_client, which the commands
     # that only read, `status --check` run by probes every few seconds above all, never use
     # (grpc and protobuf it loads only to serve grpc_socket).
+    from reconciler.daemon.descriptors import raise_descriptor_limit
     from reconciler.daemon.metrics import MetricsUnavailable
     from reconciler.daemon.service import Daemon
     from reconciler.sockets import SocketUnavailable
 
+    raise_descriptor_limit()  # each listener bounds its share; the loop gets the rest
     daemon = Daemon(settings, host, config_path=path)
     daemon.install_signal_handlers()
     try:

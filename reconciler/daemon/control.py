@@ -12,10 +12,17 @@ Protocol: one request per connection, one line of JSON each way (UTF-8, ending i
        "devices": [{"name": "db", "state": "Activated", "error": null, "converged": true}]}
 
 `command` is a `Command`; `retry` and `adopt` take `name` (and `adopt` a `thin_id`),
-`confirm-removals` the `names` the operator saw held. A request longer than MAX_REQUEST or
-slower than REQUEST_TIMEOUT, or one that is not such an object, is answered with
-`{"ok": false, "error": ...}`; no input ends the daemon. The handler (the daemon's) runs each
-request on the reconcile thread and answers after the pass that served it.
+`confirm-removals` the `names` the operator saw held. A request longer than MAX_REQUEST,
+nested deeper than MAX_NESTING, not whole within REQUEST_TIMEOUT (all of it, however it
+trickles in), or one that is not such an object, is answered with `{"ok": false, "error":
+...}`; no input ends the daemon. The handler (the daemon's) runs each request on the
+reconcile thread and answers after the pass that served it.
+
+No caller holds more than its share. MAX_CALLERS are served at once, each on a thread of its
+own; a caller beyond them is read to the end of its line on the accept thread (without
+blocking it: closing a unix socket with unread bytes resets the caller) and told the daemon
+is busy, within BUSY_TIMEOUT. The backlog has room for a crowd, and an accept that fails for
+want of descriptors pauses the loop (reconciler.daemon.descriptors) instead of spinning.
 
 Sockets are taken and given back by `reconciler.sockets.OwnedSocket`: a live socket of
 another process at the path stops the daemon from starting; a stale one is replaced;
@@ -24,12 +31,13 @@ anything else there is refused, untouched.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import select
+import re
+import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -38,6 +46,8 @@ from typing import Any
 
 import structlog
 
+from reconciler.daemon.busy import BusyCallers
+from reconciler.daemon.descriptors import AcceptBackoff
 from reconciler.sockets import OwnedSocket, reachable
 from reconciler.vocabulary import ThinId, ThinIdError
 
@@ -47,7 +57,11 @@ log = structlog.get_logger(__name__)
 MAX_REQUEST = 1 << 20
 # An answer lists devices (a gc of every Faulty device): more room still.
 MAX_ANSWER = 16 << 20
-# How long a caller may take to send its line; a silent one is answered and dropped.
+# How deep a request's arrays and objects may nest (a request needs 2); checked before the
+# JSON parser, whose recursion a line of 100,000 `[` would exhaust.
+MAX_NESTING = 32
+# How long a caller may take to send its whole line (however it trickles in); a slow one is
+# answered and dropped.
 REQUEST_TIMEOUT = 5.0
 # How long the CLI waits for a connect, and then for the answer (the pass that serves the
 # request may first wait behind a long one: a large mkfs, a 10,000-device resync).
@@ -55,7 +69,15 @@ CONNECT_TIMEOUT = 5.0
 ANSWER_TIMEOUT = 300.0
 # Callers served at once; more are told the daemon is busy (each holds a thread).
 MAX_CALLERS = 16
-BACKLOG = 16
+# Connections the kernel queues before an accept: room for a crowd of callers at once (a
+# unix connect to a full backlog fails with EAGAIN).
+BACKLOG = 256
+# Busy callers read to the end of their line at once (on the accept thread), and how long
+# each has to send it before it is told anyway; beyond that many, told at once.
+MAX_WAITING = 256
+BUSY_TIMEOUT = 1.0
+# How long `ask` tries again to connect while the daemon's backlog is full.
+CONNECT_RETRY = 0.05
 
 
 class Command(StrEnum):
@@ -157,8 +179,37 @@ def _name(body: dict[str, Any], key: str) -> str:
     return value
 
 
+# What the nesting check looks at: quotes and backslashes (strings), brackets and braces.
+_JSON_MARKS = re.compile(rb'["\\\[\]{}]')
+
+
+def check_nesting(line: bytes, limit: int = MAX_NESTING) -> None:
+    """BadRequest when `line`'s arrays and objects nest deeper than `limit` (brackets inside
+    strings do not count); one linear scan, before any parser recurses."""
+    depth, in_string, skip_to = 0, False, 0
+    for mark in _JSON_MARKS.finditer(line):
+        at = mark.start()
+        if at < skip_to:  # the byte a backslash escapes
+            continue
+        char = line[at]
+        if in_string:
+            if char == 0x5C:
+                skip_to = at + 2
+            elif char == 0x22:
+                in_string = False
+        elif char == 0x22:
+            in_string = True
+        elif char in b"[{":
+            depth += 1
+            if depth > limit:
+                raise BadRequest(f"not a line of JSON: nested deeper than {limit}")
+        elif char in b"]}":
+            depth -= 1
+
+
 def parse_request(line: bytes) -> ControlRequest:
     """Validate one request line; BadRequest names what is wrong."""
+    check_nesting(line)
     try:
         body = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -208,10 +259,17 @@ def answer(handler: Handler, line: bytes) -> ControlAnswer:
         return ControlAnswer(ok=False, error=f"{type(exc).__name__}: {exc}")
 
 
-def _read_line(conn: socket.socket, limit: int) -> bytes:
-    """Bytes up to the first newline; BadRequest past `limit` or at EOF without one."""
+def _read_line(conn: socket.socket, limit: int, deadline: float | None = None) -> bytes:
+    """Bytes up to the first newline; BadRequest past `limit` or at EOF without one;
+    TimeoutError once the monotonic clock passes `deadline` (None: the socket's timeout
+    bounds each recv)."""
     data = bytearray()
     while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            conn.settimeout(left)
         chunk = conn.recv(65536)
         if not chunk:
             raise BadRequest("the connection closed before a full line")
@@ -229,7 +287,8 @@ def _read_line(conn: socket.socket, limit: int) -> bytes:
 
 class ControlServer:
     """Accepts on one thread; each caller is served on a thread of its own (at most
-    MAX_CALLERS at once), which waits for the handler's answer."""
+    MAX_CALLERS at once), which waits for the handler's answer; callers beyond them are told
+    the daemon is busy (`BusyCallers`)."""
 
     def __init__(self, path: Path, handler: Handler) -> None:
         self.path = path
@@ -239,6 +298,7 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
         self._callers = threading.BoundedSemaphore(MAX_CALLERS)
+        self._backoff = AcceptBackoff("control")
 
     def start(self) -> None:
         """Take the path (SocketUnavailable when it is not ours to take) and serve."""
@@ -280,34 +340,59 @@ class ControlServer:
     def _accept_loop(self) -> None:
         assert self._listener is not None
         listener = self._listener
-        while True:
-            ready, _, _ = select.select([listener.fileno(), self._wake_r], [], [])
-            if self._wake_r in ready:
-                return
+        # A selector, not select(): descriptors past 1024 (the limit raised) are common.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            selector.register(listener, selectors.EVENT_READ)
+            busy = BusyCallers(selector, ControlAnswer(
+                ok=False, error=f"the daemon is serving {MAX_CALLERS} callers: ask again",
+            ).to_line(), most=MAX_WAITING, timeout=BUSY_TIMEOUT)
+            resume_at: float | None = None  # while descriptors are short, accept after this
             try:
-                conn, _ = listener.accept()
-            except OSError as exc:  # the caller gave up already, or out of descriptors
-                log.warning("control.accept_failed", error=str(exc), next="accepting on")
-                continue
-            if not self._callers.acquire(blocking=False):
-                self._refuse_busy(conn)
-                continue
+                while True:
+                    if resume_at is not None and time.monotonic() >= resume_at:
+                        selector.register(listener, selectors.EVENT_READ)
+                        resume_at = None
+                    due = [at for at in (resume_at, busy.next_at()) if at is not None]
+                    timeout = max(0.0, min(due) - time.monotonic()) if due else None
+                    for key, _ in selector.select(timeout):
+                        if key.fileobj == self._wake_r:
+                            return
+                        if key.fileobj is listener:
+                            pause = self._accept(listener, busy)
+                            if pause > 0:
+                                selector.unregister(listener)
+                                resume_at = time.monotonic() + pause
+                        elif isinstance(key.fileobj, socket.socket):
+                            busy.readable(key.fileobj)
+                    busy.expire(time.monotonic())
+            finally:
+                busy.close()
+
+    def _accept(self, listener: socket.socket, busy: BusyCallers) -> float:
+        """Accept one caller: served, or read and told busy. The pause before the next
+        accept (0 unless descriptors are short)."""
+        try:
+            conn, _ = listener.accept()
+        except OSError as exc:  # the caller gave up already, or out of descriptors
+            return self._backoff.failed(exc)
+        self._backoff.accepted()
+        if not self._callers.acquire(blocking=False):
+            busy.add(conn)
+            return 0.0
+        try:
             threading.Thread(target=self._serve, args=(conn,), name="control-caller",
                              daemon=True).start()
-
-    def _refuse_busy(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(REQUEST_TIMEOUT)
-            with contextlib.suppress(OSError):  # the caller left: nothing to tell
-                conn.sendall(ControlAnswer(ok=False, error=f"the daemon is serving "
-                                           f"{MAX_CALLERS} callers: ask again").to_line())
+        except RuntimeError:  # no thread to be had: this caller is told to come back
+            self._callers.release()
+            busy.add(conn)
+        return 0.0
 
     def _serve(self, conn: socket.socket) -> None:
         try:
             with conn:
-                conn.settimeout(REQUEST_TIMEOUT)
                 try:
-                    line = _read_line(conn, MAX_REQUEST)
+                    line = _read_line(conn, MAX_REQUEST, time.monotonic() + REQUEST_TIMEOUT)
                 except BadRequest as exc:
                     reply = ControlAnswer(ok=False, error=f"bad request: {exc}")
                 except TimeoutError:
@@ -315,7 +400,7 @@ class ControlServer:
                                           f"{REQUEST_TIMEOUT:g}s")
                 else:
                     reply = answer(self._handler, line)
-                conn.settimeout(REQUEST_TIMEOUT)
+                conn.settimeout(REQUEST_TIMEOUT)  # sendall: the whole answer within it
                 conn.sendall(reply.to_line())
         except OSError as exc:  # the caller left before its answer
             log.info("control.caller_left", error=str(exc))
@@ -325,6 +410,21 @@ class ControlServer:
             self._callers.release()
 
 
+def _connect(conn: socket.socket, path: Path) -> None:
+    """Connect within CONNECT_TIMEOUT, trying again while the daemon's backlog is full (a
+    unix connect then fails with EAGAIN at once, whatever the timeout)."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    while True:
+        try:
+            with reachable(path) as address:
+                conn.connect(address)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError from None
+            time.sleep(CONNECT_RETRY)
+
+
 def ask(path: Path, request: ControlRequest, timeout: float = ANSWER_TIMEOUT) -> ControlAnswer:
     """Send one request and return the daemon's answer; ControlUnreachable when nothing
     answers at `path` (no socket, a stale one, a silent daemon)."""
@@ -332,8 +432,7 @@ def ask(path: Path, request: ControlRequest, timeout: float = ANSWER_TIMEOUT) ->
     try:
         conn.settimeout(CONNECT_TIMEOUT)
         try:
-            with reachable(path) as address:
-                conn.connect(address)
+            _connect(conn, path)
         except FileNotFoundError:
             raise ControlUnreachable(f"no control socket at {path}") from None
         except ConnectionRefusedError:

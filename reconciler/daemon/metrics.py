@@ -1,7 +1,9 @@
 """Prometheus metrics, /healthz and /readyz over HTTP: prometheus_client's only home.
 
-Served when `metrics_address` is set, on a thread of its own (and one per request). That
-thread never calls the kernel or the store: gauges of the pool, the devices and the
+Served when `metrics_address` is set, by a bounded wsgiref server on a thread of its own (and
+one per connection, at most 64, each request within 10 s: reconciler.daemon.wsgi): the
+exposition by prometheus_client's WSGI app, the two probes by our own. Those threads never
+call the kernel or the store: gauges of the pool, the devices and the
 conditions are read at scrape time from the last `Snapshot` the reconcile loop published
 (reconciler.daemon.health); counters and histograms (passes, kernel calls, retries, gRPC
 calls) are moved by the loop and the gRPC workers as things happen, through the observer
@@ -16,19 +18,18 @@ import errno
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socketserver import TCPServer
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import structlog
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
     Info,
     disable_created_metrics,
+    make_wsgi_app,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
@@ -37,6 +38,7 @@ from prometheus_client.process_collector import ProcessCollector
 from reconciler import __version__
 from reconciler.config import ListenAddress
 from reconciler.daemon.health import PassKind, PassOutcome, Snapshot, Verdict
+from reconciler.daemon.wsgi import BoundedWSGIServer
 from reconciler.dm.observed import KernelOp
 from reconciler.dm.types import PoolMode
 from reconciler.states import DeviceState, Step
@@ -210,23 +212,6 @@ class _SnapshotCollector:
         return []
 
 
-class _Server(ThreadingHTTPServer):
-    """An HTTP server bound to one resolved address (v4 or v6), without a reverse lookup."""
-
-    daemon_threads = True
-
-    def __init__(self, family: socket.AddressFamily, sockaddr: Any,
-                 handler: type[BaseHTTPRequestHandler]) -> None:
-        self.address_family = family
-        super().__init__(sockaddr, handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer's own calls getfqdn() (a DNS lookup) only to name itself in CGI variables.
-        TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), \
-            int(self.server_address[1])
-
-
 class MetricsServer:
     """GET /metrics, /healthz, /readyz on `address`, from a thread of its own."""
 
@@ -236,7 +221,7 @@ class MetricsServer:
         self._metrics = metrics
         self._liveness = liveness
         self._readiness = readiness
-        self._server: _Server | None = None
+        self._server: BoundedWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -256,7 +241,7 @@ class MetricsServer:
                                      f"{exc.strerror}") from None
         family, _, _, _, sockaddr = found[0]
         try:
-            self._server = _Server(family, sockaddr, self._handler())
+            self._server = BoundedWSGIServer(family, sockaddr, self._app())
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise MetricsUnavailable(f"{where} is in use by another process") from None
@@ -278,34 +263,36 @@ class MetricsServer:
             self._thread.join()
         self._server = self._thread = None
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        metrics, liveness, readiness = self._metrics, self._liveness, self._readiness
+    def _app(self) -> WSGIApplication:
+        """GET (or HEAD) /metrics from prometheus_client's app, /healthz and /readyz ours."""
+        exposition = make_wsgi_app(self._metrics.registry)
+        liveness, readiness = self._liveness, self._readiness
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == METRICS:
-                    self._answer(200, CONTENT_TYPE_LATEST, metrics.render())
-                elif path in (HEALTHZ, READYZ):
-                    verdict = liveness() if path == HEALTHZ else readiness()
-                    self._answer(verdict.code, "text/plain; charset=utf-8",
-                                 (verdict.reason + "\n").encode())
-                else:
-                    self._answer(404, "text/plain; charset=utf-8",
-                                 f"not found: {METRICS}, {HEALTHZ} and {READYZ} are\n".encode())
+        def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+            method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+            head = method == "HEAD"
+            if method not in ("GET", "HEAD"):
+                return _text(start_response, HTTPStatus.METHOD_NOT_ALLOWED,
+                             f"{method}: GET and HEAD are served\n", head,
+                             [("Allow", "GET, HEAD")])
+            if path == METRICS:
+                body = exposition({**environ, "REQUEST_METHOD": "GET"}, start_response)
+                return [] if head else body
+            if path in (HEALTHZ, READYZ):
+                verdict = liveness() if path == HEALTHZ else readiness()
+                return _text(start_response, HTTPStatus(verdict.code),
+                             verdict.reason + "\n", head)
+            return _text(start_response, HTTPStatus.NOT_FOUND,
+                         f"not found: {METRICS}, {HEALTHZ} and {READYZ} are\n", head)
 
-            def _answer(self, code: int, content_type: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        return app
 
-            def log_message(self, format: str, *args: Any) -> None:
-                # A line per scrape would drown the journal; errors are logged below.
-                del format, args
 
-            def log_error(self, format: str, *args: Any) -> None:
-                log.warning("metrics.request_failed", error=format % args)
-
-        return Handler
+def _text(start_response: StartResponse, status: HTTPStatus, text: str, head: bool,
+          extra: list[tuple[str, str]] | None = None) -> list[bytes]:
+    """A plain-text answer (its headers only, for HEAD)."""
+    body = text.encode()
+    start_response(f"{status.value} {status.phrase}",
+                   [("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(body))), *(extra or [])])
+    return [] if head else [body]

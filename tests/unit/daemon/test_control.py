@@ -3,6 +3,7 @@ result; hostile input is answered, never fatal; the socket's path is ours alone.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -25,6 +26,8 @@ from hypothesis import strategies as st
 
 from reconciler.cli import main
 from reconciler.daemon.control import (
+    MAX_CALLERS,
+    MAX_NESTING,
     MAX_REQUEST,
     BadRequest,
     Command,
@@ -514,3 +517,122 @@ def test_commands_from_other_processes_are_answered_by_a_daemon_process(
         shutil.rmtree(root, ignore_errors=True)
     assert daemon.process.returncode == 0, err
     assert not (root / "control.sock").exists()
+
+
+# -- bounds: a whole-request deadline, a nesting limit, a busy answer ---------------------------
+
+def _trickle(path: Path, every: float, most: int, sent: list[int], replies: list[bytes]) -> None:
+    """A caller that sends one byte every `every` seconds (never a newline) until it is
+    answered or has sent `most`; how many it sent and what it was told are appended."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(path))
+        conn.settimeout(every)
+        count, reply = 0, b""
+        while count < most:
+            try:
+                conn.sendall(b" ")
+            except OSError:  # answered and closed: the send finds the door shut
+                break
+            count += 1
+            try:
+                reply = conn.recv(65536)
+            except TimeoutError:
+                continue
+            break
+        conn.settimeout(30)
+        with contextlib.suppress(OSError):
+            while chunk := conn.recv(65536):
+                reply += chunk
+        sent.append(count)
+        replies.append(reply)
+
+
+def test_a_caller_trickling_bytes_is_cut_off_at_the_whole_request_deadline(
+        short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """REQUEST_TIMEOUT bounds the whole request, not each recv: 20 callers that each send a
+    byte more often than the timeout are answered and dropped while still sending, and the
+    slots they held serve the next caller."""
+    monkeypatch.setattr("reconciler.daemon.control.REQUEST_TIMEOUT", 0.5)
+    path = short_dir / "control.sock"
+    most = 60  # 6 s of bytes, twelve times the deadline
+    sent: list[int] = []
+    replies: list[bytes] = []
+    with serving(path):
+        callers = [threading.Thread(target=_trickle, args=(path, 0.1, most, sent, replies))
+                   for _ in range(20)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(timeout=60)
+        assert ask(path, ControlRequest(Command.RESYNC)).done == "handled resync"
+    assert len(replies) == 20 and max(sent) < most, sent
+    errors = {ControlAnswer.from_line(reply).error for reply in replies}
+    assert errors <= {"bad request: no full line within 0.5s",
+                      f"the daemon is serving {MAX_CALLERS} callers: ask again"}, errors
+    assert "bad request: no full line within 0.5s" in errors
+
+
+def test_deep_nesting_is_refused_before_it_is_parsed() -> None:
+    """100,000 nested brackets are a BadRequest naming the limit, not a RecursionError;
+    brackets inside strings do not count."""
+    for line in (b"[" * 100_000, b'{"a": ' * 100_000, b"[" * (MAX_NESTING + 1)
+                 + b"]" * (MAX_NESTING + 1)):
+        with pytest.raises(BadRequest, match=f"nested deeper than {MAX_NESTING}"):
+            parse_request(line)
+    name = '[{"\\\\\\"' * 30
+    line = json.dumps({"command": "retry", "name": name}).encode()
+    assert parse_request(line) == ControlRequest(Command.RETRY, name)
+    assert parse_request(b'{"command": "resync", "x": ' + b"[" * (MAX_NESTING - 1)
+                         + b"]" * (MAX_NESTING - 1) + b"}") == ControlRequest(Command.RESYNC)
+
+
+def test_deep_nesting_on_the_socket_is_answered(short_dir: Path) -> None:
+    """A line of 100,000 `[` gets an answer naming the limit, and the server serves on."""
+    path = short_dir / "control.sock"
+    with serving(path):
+        reply = ControlAnswer.from_line(_raw(path, b"[" * 100_000 + b"\n"))
+        assert ask(path, ControlRequest(Command.RESYNC)).ok
+    assert reply.error == f"bad request: not a line of JSON: nested deeper than {MAX_NESTING}"
+
+
+def test_two_hundred_concurrent_callers_are_each_answered_or_told_busy(
+        short_dir: Path) -> None:
+    """Under 200 callers at once (the handler slow), each gets its answer or the busy
+    answer: none is reset or left unanswered."""
+    path = short_dir / "control.sock"
+    release = threading.Event()
+
+    def slow(request: ControlRequest) -> ControlAnswer:
+        release.wait(timeout=30)
+        return ControlAnswer(ok=True, done=f"handled {request.command}")
+
+    outcomes: list[str] = []
+    gate = threading.Barrier(200)
+
+    def caller() -> None:
+        gate.wait(timeout=30)
+        try:
+            reply = ask(path, ControlRequest(Command.RESYNC), timeout=60)
+        except ControlUnreachable as exc:
+            outcomes.append(f"unreachable: {exc}")
+        else:
+            outcomes.append(reply.done or str(reply.error))
+
+    server = ControlServer(path, slow)
+    server.start()
+    try:
+        callers = [threading.Thread(target=caller) for _ in range(200)]
+        for each in callers:
+            each.start()
+        wait_for("every caller beyond the busy slots told so",
+                 lambda: len(outcomes) >= 200 - MAX_CALLERS, timeout=60)
+        release.set()
+        for each in callers:
+            each.join(timeout=60)
+    finally:
+        release.set()
+        server.stop()
+    busy = f"the daemon is serving {MAX_CALLERS} callers: ask again"
+    assert len(outcomes) == 200
+    assert set(outcomes) <= {"handled resync", busy}, sorted(set(outcomes))
+    assert outcomes.count("handled resync") >= MAX_CALLERS

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from reconciler.config import settings_from_mapping
+from reconciler.daemon.wsgi import REQUEST_DEADLINE
 from reconciler.specs import Defaults, parse_spec
 from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem
@@ -236,3 +237,19 @@ def test_alert_rules_use_only_metrics_the_daemon_exports() -> None:
     used = {name for rule in rules for name in re.findall(r"reconciler_[a-z_]+", rule["expr"])}
     assert used
     assert used <= documented, used - documented
+
+
+def test_the_systemd_unit_raises_the_descriptor_limit() -> None:
+    """The unit sets LimitNOFILE (systemd's default soft limit, 1024, is what a connection
+    flood exhausted) to 65536 or more."""
+    unit = (ROOT / "contrib" / "reconciler.service").read_text()
+    service = unit.split("[Service]", 1)[1].split("\n[", 1)[0]
+    limits = re.findall(r"^LimitNOFILE=(\d+)$", service, flags=re.MULTILINE)
+    assert len(limits) == 1 and int(limits[0]) >= 65536
+
+
+def test_liveness_rides_out_a_full_metrics_listener() -> None:
+    """A liveness probe answered 503 while slow clients hold every metrics connection (each
+    for at most REQUEST_DEADLINE) is never failed long enough to restart the pod."""
+    probe = _container()["livenessProbe"]
+    assert probe["periodSeconds"] * (probe["failureThreshold"] - 1) > 2 * REQUEST_DEADLINE
