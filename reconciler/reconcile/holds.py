@@ -85,14 +85,16 @@ class Judgement:
 
 def judge(unwanted: Collection[str], inferred: Collection[str],
           held: Mapping[str, HeldRemoval], *, counted_before: Collection[str],
-          recent: int, spec_file_devices: int, limit: int | None,
+          recent: Collection[str], spec_file_devices: int, limit: int | None,
           config_changed: bool) -> Judgement:
     """The removal guard's rule. Pure: table-tested.
 
     `unwanted` are the devices no spec names; `inferred` those of them whose removal only an
     absent spec file asks for. `held` is what the guard holds already; `counted_before` the
     inferred removals let through earlier and still under way (never judged twice);
-    `recent` how many removals the window counts now.
+    `recent` the names the window counts now: distinct names, so a device made and removed
+    again and again under one name (a scratch device, a crash test) is one removal, while an
+    accident takes many.
 
     A held removal stays held unless confirmed (a config change takes the confirm back:
     that config asked no more). New inferred removals are held all together when a config
@@ -107,7 +109,7 @@ def judge(unwanted: Collection[str], inferred: Collection[str],
     cause: HoldCause | None = None
     if config_changed and (fresh or waiting):
         cause = HoldCause.CONFIG
-    elif fresh and limit is not None and recent + len(fresh) > limit:
+    elif fresh and limit is not None and len(fresh.union(recent)) > limit:
         cause = HoldCause.COUNT
     elif fresh and len(inferred_set) >= max(2, spec_file_devices):
         cause = HoldCause.EVERYTHING
@@ -204,7 +206,7 @@ class RemovalGuard:
         files = sum(1 for n, r in records.items() if r.state != DeviceState.REMOVED
                     and not is_snapshot_device(n)) if new else 0
         verdict = judge(unwanted, inferred, held, counted_before=counted_before,
-                        recent=sum(1 for e in events if e.at >= window_start),
+                        recent={e.name for e in events if e.at >= window_start},
                         spec_file_devices=files, limit=self._settings.max_removals,
                         config_changed=before is not None and before != self.selection)
         forget = [e.id for e in events if e.at < window_start

@@ -36,6 +36,8 @@ D = [f"d{i}" for i in range(12)]
         # The window: 7 let through lately, 2 more would be 9.
         ({"a", "b"}, {}, set(), 7, 12, 8, False, set(), {"a", "b"}, HoldCause.COUNT),
         ({"a"}, {}, set(), 7, 12, 8, False, {"a"}, set(), None),
+        # Names, not removals: "gone0" removed again is still one of the 8.
+        ({"gone0"}, {}, set(), 8, 12, 8, False, {"gone0"}, set(), None),
         # Held ones stay held; a new file elsewhere changes nothing for them.
         ({"a", "b"}, _held("a", "b"), set(), 0, 3, 8, False, set(), set(), None),
         # Confirmed ones go; the waiting stay.
@@ -58,7 +60,8 @@ def test_the_removal_guard_rule(inferred: set[str], held: dict[str, HeldRemoval]
                                 cause: HoldCause | None) -> None:
     """judge: what goes, what is newly held and why."""
     verdict = judge({*inferred, "snap-1"}, inferred, held, counted_before=before,
-                    recent=recent, spec_file_devices=files, limit=limit,
+                    recent={f"gone{i}" for i in range(recent)}, spec_file_devices=files,
+                    limit=limit,
                     config_changed=changed)
     assert verdict.remove == {*removed, "snap-1"}, "the snapshotter's removals always go"
     assert verdict.hold == hold and verdict.cause == cause

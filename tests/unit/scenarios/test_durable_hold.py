@@ -224,3 +224,18 @@ def test_plan_names_a_held_removal_as_held(fake_world: World) -> None:
     assert fake_world.run_pass().held == _names(2)
     actions = dict(fake_world.reconciler().plan())
     assert actions["d00"].startswith("nothing: removal held (every device with a spec file")
+
+
+def test_one_name_made_and_removed_again_and_again_is_one_removal(fake_world: World) -> None:
+    """The window counts distinct names: a scratch device made and removed 20 times in a
+    minute is never held, and 8 other deletions after it still go."""
+    _devices(fake_world, _names(12))
+    for _ in range(20):
+        fake_world.spec("scratch", NONE)
+        assert fake_world.run_pass().ok
+        fake_world.unspec("scratch")
+        assert fake_world.run_pass().removed == ["scratch"]
+        fake_world.clock.sleep(3.0)
+    for name in _names(7):
+        fake_world.unspec(name)
+    assert fake_world.run_pass().removed == _names(7)
