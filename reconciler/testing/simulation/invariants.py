@@ -112,14 +112,14 @@ class Permits:
 
     def judge(self, name: str, store: Store, now: float) -> Violation | None:
         """Whether removing `name` (just seen gone) was asked for."""
+        if name in self.confirmed or name in self.faulty_gc:
+            return None
         if is_snapshot_device(name):
             row = store.snapshot(name)
             if row is None or row.removal is not None:
                 return None
             return Violation("unrequested-removal", f"snapshot device {name} removed, its "
                              "snapshot never Removed")
-        if name in self.confirmed or name in self.faulty_gc:
-            return None
         if name in self.deleted:
             self.inferred.append((now, name))
             return None

@@ -9,7 +9,7 @@ import pytest
 
 from reconciler.store import ConditionKind
 from reconciler.testing.simulation.invariants import KNOWN_OPEN, held_names
-from reconciler.testing.simulation.run import main, simulate
+from reconciler.testing.simulation.run import main, run_seeds, simulate
 from reconciler.testing.simulation.schedule import Step
 
 SEEDS = 200
@@ -21,10 +21,11 @@ FINDING = "issue 23 finding {}: fixed by the durable hold"
 
 @pytest.mark.parametrize("batch", range(BATCHES))
 def test_random_seeds_keep_every_invariant(batch: int) -> None:
-    """A quarter of the 200 seeds each: no invariant breaks but those of known open bugs."""
+    """A quarter of the 200 seeds each: no invariant breaks (those of the known open bugs,
+    KNOWN_OPEN, are noted and the run goes on)."""
     per = SEEDS // BATCHES
-    outcomes = [simulate(seed) for seed in range(batch * per, (batch + 1) * per)]
-    failures = [o.report() for o in outcomes if not o.ok and not o.known]
+    outcomes = run_seeds(range(batch * per, (batch + 1) * per))
+    failures = [o.report() for o in outcomes if not o.ok]
     assert failures == [], "\n".join(failures)
 
 
@@ -50,17 +51,6 @@ def test_a_held_removal_is_not_released_by_a_new_spec() -> None:
                 Step("resync")]
     outcome = simulate(1, schedule=schedule)
     assert outcome.ok, outcome.report()
-
-
-def test_the_held_release_is_what_the_simulation_reports() -> None:
-    """On a daemon without the durable hold, finding 1's schedule breaks held-released (or
-    keeps every invariant, once fixed): the invariant is the one named in KNOWN_OPEN."""
-    schedule = [Step("reload", ("max_removals", "8")), *specs("d0", "d1", "d2", "d3", "d4"),
-                Step("delete", ("d0", "d1", "d2", "d3", "d4")), *specs("d5")]
-    outcome = simulate(1, schedule=schedule)
-    assert outcome.ok or outcome.violation is not None \
-        and outcome.violation.invariant == "held-released", outcome.report()
-    assert "held-released" in KNOWN_OPEN or outcome.ok
 
 
 @pytest.mark.xfail(strict=True, reason=FINDING.format(2))
@@ -155,3 +145,14 @@ def test_held_names_reads_the_condition_otherwise(tmp_path: object) -> None:
         assert held_names(store) == {"a", "b"}
     finally:
         store.close()
+
+
+def test_a_known_open_bug_is_noted_and_the_run_goes_on() -> None:
+    """Tolerating KNOWN_OPEN, finding 1's schedule runs to its end: a held-released met on
+    the way is noted, not the end of the run."""
+    schedule = [Step("reload", ("max_removals", "8")), *specs("d0", "d1", "d2", "d3", "d4"),
+                Step("delete", ("d0", "d1", "d2", "d3", "d4")), *specs("d5"),
+                *specs("d6"), Step("wait", (60,))]
+    outcome = simulate(6, schedule=schedule, tolerate=KNOWN_OPEN)
+    assert outcome.ok, outcome.report()
+    assert outcome.known <= {"held-released"}
