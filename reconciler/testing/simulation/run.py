@@ -44,6 +44,8 @@ class Outcome:
     at_step: int = 0
     # Violations of tolerated invariants (KNOWN_OPEN) the run noted and went on after.
     tolerated: list[tuple[int, Violation]] = field(default_factory=list)
+    # The schedule was written by hand (a test's), not drawn from the seed.
+    given: bool = False
 
     @property
     def ok(self) -> bool:
@@ -58,6 +60,8 @@ class Outcome:
     @property
     def replay(self) -> str:
         """The command that runs it again."""
+        if self.given:
+            return "its test (the schedule was written by hand)"
         return f"scripts/simulate --seed {self.seed} --steps {self.steps}"
 
     def report(self) -> str:
@@ -93,7 +97,7 @@ def simulate(seed: int, steps: int = DEFAULT_STEPS, schedule: Sequence[Step] | N
     of a `tolerate`d invariant is noted and the run goes on."""
     rng = random.Random(seed)
     count = len(schedule) if schedule is not None else steps
-    outcome = Outcome(seed, count)
+    outcome = Outcome(seed, count, given=schedule is not None)
     with tempfile.TemporaryDirectory(prefix="reconciler-sim-") as tmp, quiet_logs():
         sim = Simulation(Path(tmp), window, tolerate)
         try:
