@@ -24,7 +24,7 @@ from reconciler.specs import is_snapshot_device
 from reconciler.states import DeviceState
 from reconciler.store import RequestKind
 from reconciler.testing.crashing import SimulatedCrash
-from reconciler.testing.fakekernel import FakeKernel
+from reconciler.testing.fakekernel import FakeKernel, Thin
 from reconciler.testing.simulation.crashes import CrashingKernel, CrashingStore, CrashPlan
 from reconciler.testing.simulation.invariants import (
     Content,
@@ -38,6 +38,7 @@ from reconciler.testing.simulation.invariants import (
     pool_metadata,
     removal_window,
     shared_ids,
+    specs_made,
 )
 from reconciler.testing.snapshotter import snapshotter_over
 from reconciler.testing.world import FakeClock, make_settings
@@ -77,7 +78,8 @@ class Simulation:
         self.tolerated: list[tuple[int, Violation]] = []
         self.permits = Permits()
         self.written: dict[str, Content] = {}
-        self.seen_ids: dict[str, int] = {}
+        # Each live device's thin id and the fake pool's object for it, at the last look.
+        self.seen: dict[str, tuple[int, Thin]] = {}
         self.step_number = 0
         self.restarts = 0
         # The first violation a pass observer saw (it must not raise into the product).
@@ -211,19 +213,23 @@ class Simulation:
             self.violation = self.check_removals()
 
     def check_removals(self) -> Violation | None:
-        """Judge every device gone since the last look; note what is held now."""
+        """Judge every device gone since the last look; note what is held now.
+
+        Gone is the kernel's word: its thin id deleted, or deleted and made again (the pool's
+        metadata holds another thin there: a removal and a new device in one pass), or its
+        record no longer live."""
         store = self.store
         now_ids = live_ids(store)
         metadata = pool_metadata(self.kernel, self.settings)
-        thins = set(metadata.thins) if metadata is not None else set()
+        thins = metadata.thins if metadata is not None else {}
         before = len(self.permits.inferred)
         found: list[Violation | None] = []
-        for name, thin_id in sorted(self.seen_ids.items()):
-            if thin_id in thins and now_ids.get(name) is not None:
+        for name, (thin_id, thin) in sorted(self.seen.items()):
+            if thins.get(thin_id) is thin and now_ids.get(name) is not None:
                 continue  # there still (a record moved to another id: the old one is kept)
             self.written.pop(name, None)
             found.append(self.permits.judge(name, store, self.clock()))
-        self.seen_ids = {n: i for n, i in now_ids.items() if i in thins}
+        self.seen = {n: (i, thins[i]) for n, i in now_ids.items() if i in thins}
         window = self.window if self.window is not None else removal_window(self.settings)
         found.append(self.permits.over_limit(self.settings.max_removals, window, self.clock(),
                                              len(self.permits.inferred) - before))
@@ -258,7 +264,9 @@ class Simulation:
             self.clock.now = max(self.clock.now + 1, due or 0.0)
         else:
             self.fail("not-converged", f"still changing after {max_passes} passes")
+        wanted = {n for n in self.spec_files() if self.present(n)}
         for violation in (kernel_agrees(self.store, self.kernel, self.settings),
+                          specs_made(self.store, wanted),
                           ids_accounted(self.store, self.kernel, self.settings),
                           data_kept(self.written, self.kernel, self.settings)):
             if violation is not None:

@@ -249,8 +249,9 @@ def kernel_agrees(store: Store, kernel: FakeKernel, settings: Settings) -> Viola
                     or live.target != "thin" or int(live.args[0]) != record.device_id:
                 return Violation("record-mismatch", f"{record.name} is {record.state} but its "
                                  "dm device is missing, suspended or maps another thin id")
-    if store.intents():
-        return Violation("not-converged", f"intents left: {store.intents()}")
+    intents = [i for i in store.intents() if i.device not in frozen]
+    if intents:
+        return Violation("not-converged", f"intents left: {intents}")
     orphans = {o.name for o in store.orphans()}
     stray = sorted(n for n in kernel.devices if n.startswith(prefix)
                    and n not in mapped and n not in orphans)
@@ -269,4 +270,17 @@ def ids_accounted(store: Store, kernel: FakeKernel, settings: Settings) -> Viola
     if leaked:
         return Violation("thin-leaked", f"thin ids {leaked} are neither a device's nor a "
                          "recorded orphan")
+    return None
+
+
+def specs_made(store: Store, wanted: set[str]) -> Violation | None:
+    """After convergence: every name a spec file selects (`wanted`) has a device, unless its
+    spec is rejected or the pool holds new devices back."""
+    if store.condition(ConditionKind.NEW_DEVICES_HELD) is not None:
+        return None
+    rejected = {r.name for r in store.rejected_specs()}
+    live = {r.name for r in store.devices() if r.state != S.REMOVED}
+    missing = sorted(wanted - rejected - live)
+    if missing:
+        return Violation("not-converged", f"specs without a device: {missing}")
     return None
