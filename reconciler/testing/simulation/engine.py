@@ -9,6 +9,7 @@ reboot. The first violation ends the run: `SimulationFailed` carries it.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Callable, Iterable
 from contextlib import suppress
@@ -244,11 +245,17 @@ class Simulation:
 
     # -- the end -----------------------------------------------------------------------------
 
-    def converge(self, max_passes: int = 30) -> None:
-        """Faults off, no crash to come, every Faulty device retried: passes until nothing
-        changes; then every record must match the kernel and every thin id be accounted."""
+    def converge(self, confirm: bool = False, max_passes: int = 30) -> None:
+        """Faults off, no crash to come, every Faulty device retried (and, if `confirm`, the
+        held removals confirmed): passes until nothing changes; then every record must match
+        the kernel and every thin id be accounted."""
         self.plan.disarm()
         self.kernel.faults.clear()
+        held = held_names(self.store)
+        if confirm and held:
+            self.permits.confirm(held)
+            self.call("add_request", self.store.add_request, RequestKind.CONFIRM_REMOVALS,
+                      json.dumps(sorted(held)))
         for record in self.store.devices():
             if record.state == S.FAULTY:
                 self.call("add_request", self.store.add_request, RequestKind.RETRY,

@@ -111,7 +111,7 @@ def simulate(seed: int, steps: int = DEFAULT_STEPS, schedule: Sequence[Step] | N
                 if violation is not None:
                     raise SimulationFailed(violation, number)
             sim.step_number = count + 1
-            sim.converge()
+            sim.converge(confirm=rng.random() < 0.5)
         except SimulationFailed as failed:
             outcome.violation, outcome.at_step = failed.violation, failed.step
         finally:
