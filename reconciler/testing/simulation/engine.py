@@ -264,7 +264,8 @@ class Simulation:
         for _ in range(max_passes):
             result = self.run_pass()
             seen = self._fingerprint()
-            if result is not None and not result.pending and seen == last:
+            # Nothing changed and no retry is due: what still waits, waits for a person.
+            if result is not None and result.next_retry_at is None and seen == last:
                 break
             last = seen
             due = result.next_retry_at if result is not None else None

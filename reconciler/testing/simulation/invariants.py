@@ -224,10 +224,16 @@ def kernel_agrees(store: Store, kernel: FakeKernel, settings: Settings) -> Viola
     metadata = pool_metadata(kernel, settings)
     thins = set(metadata.thins) if metadata is not None else set()
     prefix = f"{settings.pool_name}-"
-    # A held removal, or a name whose spec is rejected, is kept as it is: not driven.
+    # A held removal, or a name whose spec is rejected, is kept as it is (not driven), and
+    # its snapshots not made yet wait for it.
     frozen = held_names(store) | {r.name for r in store.rejected_specs()}
+    records = store.devices()
+    waiting = {r.name: r.parent for r in records if r.parent is not None
+               and r.state == S.UNKNOWN}
+    while grown := {n for n, p in waiting.items() if p in frozen} - frozen:
+        frozen |= grown
     mapped = {prefix + name for name in frozen}
-    for record in store.devices():
+    for record in records:
         if record.state == S.REMOVED or record.name in frozen:
             continue
         if record.state not in RESTING:
