@@ -155,7 +155,7 @@ class Simulation:
         before = self.settings
         self.settings = self.make_settings()
         if self._selection(before) != self._selection(self.settings):
-            self._selection_changed(before)
+            self._selection_changed()
         self.call("reconfigure", self.reconciler.reconfigure, self.settings)
         self.snapshotter.reconfigure(self.settings)
 
@@ -191,11 +191,12 @@ class Simulation:
             elif before.get(name, False):
                 self.permits.spec_gone(name)
 
-    def _selection_changed(self, before: Settings) -> None:
-        live = [n for n in live_ids(self.store) if not is_snapshot_device(n)]
+    def _selection_changed(self) -> None:
+        """spec_dir or node_name changed: what the new selection leaves out is lost to a
+        config change, what it keeps is wanted."""
         records = {r.name for r in self.store.devices() if r.state != S.REMOVED
                    and not is_snapshot_device(r.name)}
-        lost = {n for n in records | set(live) if not self.present(n)}
+        lost = {n for n in records if not self.present(n)}
         for name in records - lost:
             self.permits.wanted(name)
         self.permits.selection_changed(lost)
