@@ -8,25 +8,22 @@ its end (its own passes settle its device); faults and crashes are armed for wha
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Callable
 from errno import ENOSPC
 
 from reconciler.snapshots.model import SnapshotError
+from reconciler.states import DeviceState
 from reconciler.store import RequestKind
 from reconciler.testing.fakekernel import Op
 from reconciler.testing.simulation.engine import Simulation
 from reconciler.testing.simulation.invariants import Content, digest
 from reconciler.testing.simulation.schedule import Step
 
+S = DeviceState
 OPS = {op.value: op for op in Op}
 WRITE_BYTES = 4096
-
-
-def _spec_path(sim: Simulation, name: str) -> os.PathLike[str]:
-    return sim.settings.specs_path / f"{name}.toml"
 
 
 def _clear(sim: Simulation, name: str) -> None:
@@ -139,16 +136,14 @@ def _request(sim: Simulation, kind: RequestKind, name: str = "*",
 def operator(sim: Simulation, step: Step, rng: random.Random) -> None:
     """`reconciler confirm-removals/retry/gc/adopt`, or a resync."""
     if step.kind == "confirm":
-        names = {str(a) for a in step.args}
-        sim.permits.confirm(names)
-        _request(sim, RequestKind.CONFIRM_REMOVALS, json.dumps(sorted(names)))
+        sim.confirm({str(a) for a in step.args})
+        sim.run_pass()
     elif step.kind == "retry":
         _request(sim, RequestKind.RETRY, str(step.args[0]))
     elif step.kind == "gc-orphans":
         _request(sim, RequestKind.GC_ORPHANS)
     elif step.kind == "gc-faulty":
-        sim.permits.faulty_gc |= {r.name for r in sim.store.devices()
-                                  if r.state == "Faulty"}
+        sim.permits.faulty_gc |= {r.name for r in sim.store.devices() if r.state == S.FAULTY}
         _request(sim, RequestKind.GC_FAULTY)
     elif step.kind == "adopt":
         _request(sim, RequestKind.ADOPT, str(step.args[0]), int(step.args[1]))

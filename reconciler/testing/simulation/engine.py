@@ -244,6 +244,13 @@ class Simulation:
                 return violation
         return None
 
+    def confirm(self, names: set[str]) -> None:
+        """`reconciler confirm-removals NAME...`: the request the control socket queues (the
+        one place that knows its form)."""
+        self.permits.confirm(names)
+        self.call("add_request", self.store.add_request, RequestKind.CONFIRM_REMOVALS,
+                  json.dumps(sorted(names)))
+
     # -- the end -----------------------------------------------------------------------------
 
     def converge(self, confirm: bool = False, max_passes: int = 30) -> None:
@@ -254,9 +261,7 @@ class Simulation:
         self.kernel.faults.clear()
         held = held_names(self.store)
         if confirm and held:
-            self.permits.confirm(held)
-            self.call("add_request", self.store.add_request, RequestKind.CONFIRM_REMOVALS,
-                      json.dumps(sorted(held)))
+            self.confirm(held)
         for record in self.store.devices():
             if record.state == S.FAULTY:
                 self.call("add_request", self.store.add_request, RequestKind.RETRY,
