@@ -120,7 +120,7 @@ def snapshot_call(sim: Simulation, step: Step, rng: random.Random) -> None:
     calls: dict[str, Callable[..., object]] = {
         "prepare": snapshotter.prepare, "view": snapshotter.view,
         "commit": snapshotter.commit, "remove": snapshotter.remove,
-        "mounts": snapshotter.mounts,
+        "mounts": snapshotter.mounts, "cleanup": snapshotter.cleanup,
     }
     sim.call(f"Snapshotter.{step.kind}", calls[step.kind], *step.args,
              expected=(SnapshotError,))
@@ -194,6 +194,7 @@ ACTIONS: dict[str, Callable[[Simulation, Step, random.Random], None]] = {
     "spec": spec, "delete": delete, "rename": rename, "special": special, "reload": reload,
     "restart": restart, "prepare": snapshot_call, "view": snapshot_call,
     "commit": snapshot_call, "remove": snapshot_call, "mounts": snapshot_call,
+    "cleanup": snapshot_call,
     "confirm": operator, "retry": operator, "gc-orphans": operator, "gc-faulty": operator,
     "adopt": operator, "resync": operator, "fault": fault, "crash": crash, "write": write,
     "wait": wait,

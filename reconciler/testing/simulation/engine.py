@@ -91,7 +91,8 @@ class Simulation:
 
     def make_settings(self) -> Settings:
         """The settings the current config says."""
-        config = {k: int(v) if isinstance(v, str) and v.isdigit() else v
+        words: dict[object, object] = {"true": True, "false": False}
+        config = {k: int(v) if isinstance(v, str) and v.isdigit() else words.get(v, v)
                   for k, v in self.config.items()}
         spec_dir = self.root / f"specs-{config.pop('spec_dir')}"
         return make_settings(self.root, POOL, spec_dir=str(spec_dir), **config)

@@ -104,8 +104,10 @@ def _special(rng: random.Random, scene: Scene) -> Step:
 
 
 def _reload(rng: random.Random, scene: Scene) -> Step:
-    key = rng.choice(("spec_dir", "node_name", "max_removals", "max_removals"))
-    choices = {"spec_dir": SPEC_DIRS, "node_name": NODES, "max_removals": MAX_REMOVALS}
+    key = rng.choice(("spec_dir", "node_name", "max_removals", "max_removals",
+                      "async_remove"))
+    choices = {"spec_dir": SPEC_DIRS, "node_name": NODES, "max_removals": MAX_REMOVALS,
+               "async_remove": ("true", "false")}
     return Step("reload", (key, rng.choice(choices[key])))
 
 
@@ -118,7 +120,7 @@ def _snapshot(rng: random.Random, scene: Scene) -> Step:
     views = scene.snapshot_keys("view")
     key = f"k{rng.randrange(1000)}"
     parent = rng.choice(committed) if committed and rng.random() < 0.6 else ""
-    choices = [Step("prepare", (key, parent)), Step("view", (key, parent))]
+    choices = [Step("prepare", (key, parent)), Step("view", (key, parent)), Step("cleanup")]
     if active:
         choices.append(Step("commit", (f"c{rng.randrange(1000)}", rng.choice(active))))
     everything = active + committed + views
