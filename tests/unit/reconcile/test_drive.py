@@ -155,8 +155,7 @@ def test_an_unforeseen_error_stays_with_its_device(stage: Stage,
 
 def test_a_device_not_made_yet_takes_its_new_parent_and_filesystem(fake_world: World) -> None:
     """A snapshot waiting for a Faulty parent whose spec drops the parent is made as the new
-    spec says, not left waiting for the old parent forever. Found by the simulation (seed
-    169)."""
+    spec says, not left waiting for the old parent forever. Found by the seeded simulation."""
     kernel = fake_world.host
     assert isinstance(kernel, FakeKernel)
     fake_world.spec("p", 'filesystem = "none"\nsize = "4MiB"\n')

@@ -156,7 +156,7 @@ def test_vanished_and_recreate_start_a_removed_name_anew(stage: Stage) -> None:
 def test_removing_a_device_whose_create_failed_leaves_no_intent(fake_world: World) -> None:
     """A create the kernel refused leaves its intent; removing that device settles it, so a
     restart does not credit the thin id (since given to another device) to the removed name.
-    Found by the simulation (seeds 16 and 43)."""
+    Found by the seeded simulation."""
     fake_world.spec("a", 'filesystem = "none"\n')
     kernel = fake_world.host
     assert isinstance(kernel, FakeKernel)
