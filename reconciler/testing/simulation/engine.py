@@ -187,10 +187,16 @@ class Simulation:
         """Spec files of `names` changed (their presence was `before`)."""
         for name in names:
             now = self.present(name)
-            if now:
+            if now and not self._removing(name):
                 self.permits.wanted(name)
-            elif before.get(name, False):
+            elif not now and before.get(name, False):
                 self.permits.spec_gone(name)
+
+    def _removing(self, name: str) -> bool:
+        """Whether the device's removal is under way (its thin id may be deleted already): a
+        spec back now does not stop it, the device is made again after."""
+        record = self.store.device(name)
+        return record is not None and record.state == S.REMOVING
 
     def _selection_changed(self) -> None:
         """spec_dir or node_name changed: what the new selection leaves out is lost to a
@@ -199,7 +205,8 @@ class Simulation:
                    and not is_snapshot_device(r.name)}
         lost = {n for n in records if not self.present(n)}
         for name in records - lost:
-            self.permits.wanted(name)
+            if not self._removing(name):
+                self.permits.wanted(name)
         self.permits.selection_changed(lost)
 
     # -- checks ------------------------------------------------------------------------------
