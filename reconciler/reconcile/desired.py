@@ -29,7 +29,7 @@ from reconciler.specs import (
 )
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
 from reconciler.units import Bytes
-from reconciler.vocabulary import Filesystem
+from reconciler.vocabulary import DeviceState, Filesystem
 
 log = structlog.get_logger(__name__)
 
@@ -235,6 +235,15 @@ def copy_spec(record: DeviceRecord, spec: DeviceSpec) -> None:
     record.parent = spec.parent
     record.filesystem = spec.filesystem
     apply_spec(record, spec)
+
+
+def take_spec(record: DeviceRecord, spec: DeviceSpec) -> None:
+    """A changed spec into its record: all of it for a device nothing was done to yet (its
+    parent and filesystem may still change), else what an existing device can follow."""
+    if record.state == DeviceState.UNKNOWN and not record.provisioned:
+        copy_spec(record, spec)
+    else:
+        apply_spec(record, spec)
 
 
 def apply_spec(record: DeviceRecord, spec: DeviceSpec) -> None:

@@ -30,7 +30,7 @@ from reconciler.reconcile.decide import (
     spec_changed,
     takes_spec_now,
 )
-from reconciler.reconcile.desired import apply_spec, new_record
+from reconciler.reconcile.desired import new_record, take_spec
 from reconciler.reconcile.pass_context import PassContext, PassResult, StepFailed, Stopped
 from reconciler.reconcile.retry import Retry, verdict
 from reconciler.reconcile.steps import STEPS
@@ -67,7 +67,7 @@ def plan_line(ctx: PassContext, name: str, spec: DeviceSpec | None) -> str:
         # changed one a RETRY.
         assert spec is not None
         record = replace(record)
-        apply_spec(record, spec)
+        take_spec(record, spec)
     return describe(record, decide(ctx, record, spec), wanted=spec is not None)
 
 
@@ -109,7 +109,7 @@ def drive(ctx: PassContext, name: str, spec: DeviceSpec | None, result: PassResu
         result.pending[name] = record.error or "waiting to retry"
         return
     if spec is not None and takes_spec_now(record, spec):
-        apply_spec(record, spec)
+        take_spec(record, spec)
         ctx.store.save_device(record)
     for _ in range(MAX_STEPS):
         if ctx.stop_requested():

@@ -232,6 +232,10 @@ def remove(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> N
     del spec
     machine = ctx.machine(record.name)
     if machine.can(T.REMOVE):
+        # A create a failed attempt left pending is settled first: had it happened, its thin
+        # id is deleted below, not leaked; had it not, its intent must not outlive the
+        # device (a restart would credit the id, given since to another, to this name).
+        settle_pending(ctx, record)
         machine.fire(T.REMOVE)
     elif settle_pending(ctx, record):
         return

@@ -77,6 +77,12 @@ class Faults:
         assert verb is None or op is Op.MESSAGE, "only messages have a verb"
         self._faults.append(_Fault(op, name, verb, errno, times))
 
+    @property
+    def pending(self) -> bool:
+        """Whether a fault is still waiting to happen (the simulation tells an injected
+        failure from a bug by it)."""
+        return bool(self._faults or self._commands)
+
     def clear(self) -> None:
         """Forget every fault still waiting: the cause is gone."""
         self._faults.clear()

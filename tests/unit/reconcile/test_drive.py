@@ -13,8 +13,10 @@ from reconciler.reconcile.pass_context import PassContext, PassResult
 from reconciler.specs import DeviceSpec
 from reconciler.states import DeviceState, Step
 from reconciler.store import DeviceRecord
+from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.fakekernel.faults import Op
 from reconciler.testing.stage import POLICY, Stage
+from reconciler.testing.world import World
 
 S = DeviceState
 
@@ -149,3 +151,21 @@ def test_an_unforeseen_error_stays_with_its_device(stage: Stage,
     assert distrusted == [True]
     assert stage.kernel.filesystem(stage.kernel_name("b")) == "ext4"
     assert not ctx.machines, "every machine went back to the spares"
+
+
+def test_a_device_not_made_yet_takes_its_new_parent_and_filesystem(fake_world: World) -> None:
+    """A snapshot waiting for a Faulty parent whose spec drops the parent is made as the new
+    spec says, not left waiting for the old parent forever. Found by the seeded simulation."""
+    kernel = fake_world.host
+    assert isinstance(kernel, FakeKernel)
+    fake_world.spec("p", 'filesystem = "none"\nsize = "4MiB"\n')
+    fake_world.spec("c", 'parent = "p"\n')
+    kernel.faults.fail(Op.MESSAGE, errno=errno.EIO, verb="create_thin")
+    reconciler = fake_world.reconciler()
+    assert "c" in reconciler.run_pass().pending
+    fake_world.spec("c", 'filesystem = "none"\nsize = "8MiB"\n')
+    reconciler.run_pass()
+    assert fake_world.store is not None
+    made = fake_world.store.device("c")
+    assert made is not None and made.state == S.ACTIVATED and made.parent is None
+    assert f"{fake_world.pool}-c" in fake_world.kernel_names()

@@ -3,14 +3,18 @@ the fake kernel (tests/unit/reconcile/conftest.py's stage)."""
 
 from __future__ import annotations
 
+from errno import EIO
+
 from reconciler.reconcile.desired import apply_spec
 from reconciler.reconcile.drive import record_for
 from reconciler.reconcile.pass_context import PassContext
 from reconciler.reconcile.steps import STEPS
 from reconciler.specs import DeviceSpec
 from reconciler.states import DeviceState, Step
-from reconciler.store import DeviceRecord
+from reconciler.store import DeviceRecord, Store
+from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.stage import Stage
+from reconciler.testing.world import World
 
 S = DeviceState
 
@@ -147,3 +151,25 @@ def test_vanished_and_recreate_start_a_removed_name_anew(stage: Stage) -> None:
     row = stage.stored("a")
     assert row.state == S.UNKNOWN
     assert row.device_id is None and not row.formatted
+
+
+def test_removing_a_device_whose_create_failed_leaves_no_intent(fake_world: World) -> None:
+    """A create the kernel refused leaves its intent; removing that device settles it, so a
+    restart does not credit the thin id (since given to another device) to the removed name.
+    Found by the seeded simulation."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    kernel = fake_world.host
+    assert isinstance(kernel, FakeKernel)
+    kernel.faults.fail(Op.MESSAGE, errno=EIO, verb="create_thin")
+    reconciler = fake_world.reconciler()
+    reconciler.run_pass()
+    assert fake_world.store is not None and fake_world.store.intent("a") is not None
+    fake_world.unspec("a")
+    fake_world.spec("b", 'filesystem = "none"\n')
+    reconciler.run_pass()
+    assert fake_world.store.intents() == []
+    fake_world.store.close()
+    fake_world.store = Store(fake_world.settings.database_path, fake_world.clock)  # restart
+    assert fake_world.run_pass().ok
+    removed = fake_world.store.device("a")
+    assert removed is not None and removed.state == S.REMOVED and not removed.provisioned
