@@ -9,7 +9,6 @@ reboot. The first violation ends the run: `SimulationFailed` carries it.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from collections.abc import Callable, Iterable
 from contextlib import suppress
@@ -18,6 +17,8 @@ from pathlib import Path
 
 from reconciler.config import Settings
 from reconciler.failures import ClassifiedError
+from reconciler.reconcile.holds import Selection
+from reconciler.reconcile.maintenance import confirm_request
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import Snapshotter
@@ -190,7 +191,7 @@ class Simulation:
             if now and not self._removing(name):
                 self.permits.wanted(name)
             elif not now and before.get(name, False):
-                self.permits.spec_gone(name)
+                self.permits.spec_gone(name, self.clock())
 
     def _removing(self, name: str) -> bool:
         """Whether the device's removal is under way (its thin id may be deleted already): a
@@ -207,7 +208,8 @@ class Simulation:
         for name in records - lost:
             if not self._removing(name):
                 self.permits.wanted(name)
-        self.permits.selection_changed(lost)
+        granted = {e.name for e in self.store.removal_events() if e.open}
+        self.permits.selection_changed(lost, granted)
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -244,7 +246,9 @@ class Simulation:
         found.append(self.permits.over_limit(self.settings.max_removals, window, self.clock(),
                                              len(self.permits.inferred) - before))
         found.append(shared_ids(store))
-        self.permits.saw_held(held_names(store))
+        # A hold the store still lists for a name whose spec is back (by our own reading of
+        # the files) ends at the daemon's next pass: not a hold to enforce.
+        self.permits.saw_held({n for n in held_names(store) if not self.present(n)})
         for violation in found:
             if violation is not None and violation.invariant in self.tolerate:
                 self.tolerated.append((self.step_number, violation))
@@ -257,7 +261,7 @@ class Simulation:
         one place that knows its form)."""
         self.permits.confirm(names)
         self.call("add_request", self.store.add_request, RequestKind.CONFIRM_REMOVALS,
-                  json.dumps(sorted(names)))
+                  confirm_request(names, Selection.of(self.settings)))
 
     # -- the end -----------------------------------------------------------------------------
 

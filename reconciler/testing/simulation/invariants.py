@@ -39,7 +39,7 @@ S = DeviceState
 # Invariants of bugs known to be open on this branch (issue 23 findings 1-3, fixed by the
 # durable hold and the removal window): the random run skips a seed failing only on one of
 # these. Empty it once the fix is merged; every other invariant fails the run.
-KNOWN_OPEN: frozenset[str] = frozenset({"held-released", "config-removal", "window"})
+KNOWN_OPEN: frozenset[str] = frozenset()
 
 # States a device may rest in once the daemon converged (Faulty: an operator's to clear).
 RESTING = RESTING_PROVISIONED | {S.FAULTY}
@@ -57,18 +57,13 @@ class Violation:
 
 
 def held_names(store: Store) -> set[str]:
-    """The names whose removal the daemon reports held: the durable hold's table when the
-    store has one, else the REMOVALS_HELD condition's names."""
-    if hasattr(store, "held_removals"):
-        return set(store.held_removals())
-    condition = store.condition(ConditionKind.REMOVALS_HELD)
-    return set(condition.names) if condition is not None else set()
+    """The names whose removal the daemon holds (confirmed or not: the durable hold's table)."""
+    return set(store.held_removals())
 
 
 def removal_window(settings: Settings) -> float | None:
-    """The window removals are counted over (None: per pass, where the setting is missing)."""
-    window = getattr(settings, "removal_window", None)
-    return float(window) if window is not None else None
+    """The window removals are counted over."""
+    return settings.removal_window
 
 
 @dataclass
@@ -81,7 +76,11 @@ class Permits:
     faulty_gc: set[str] = field(default_factory=set)
     held: set[str] = field(default_factory=set)
     config_lost: set[str] = field(default_factory=set)
-    # (time, name) of each removal inferred from a deleted file and not confirmed.
+    # When each name in `deleted` was asked to go (its spec file seen gone).
+    asked_at: dict[str, float] = field(default_factory=dict)
+    # (time asked, name) of each removal inferred from a deleted file and not confirmed:
+    # the guard counts a removal when it lets it through, which is at or after the ask, so
+    # a removal finished late (retried) is not counted late.
     inferred: list[tuple[float, str]] = field(default_factory=list)
 
     def wanted(self, name: str) -> None:
@@ -89,17 +88,20 @@ class Permits:
         for names in (self.deleted, self.confirmed, self.held, self.config_lost):
             names.discard(name)
 
-    def spec_gone(self, name: str) -> None:
+    def spec_gone(self, name: str, now: float) -> None:
         """Its spec file left the spec_dir (or stopped selecting this node): a request,
         unless the name is held."""
         if name not in self.held:
             self.deleted.add(name)
+            self.asked_at[name] = now
 
-    def selection_changed(self, lost: set[str]) -> None:
+    def selection_changed(self, lost: set[str], granted: set[str]) -> None:
         """spec_dir or node_name changed: deletions seen under the old selection no longer
-        count, and what the new one leaves out may go only with a confirm."""
-        self.deleted.clear()
-        self.config_lost |= lost
+        count, but for removals the guard let through already (`granted`, under way: a request
+        of the old selection, finished under the new); what the new one leaves out may go
+        only with a confirm."""
+        self.deleted &= granted
+        self.config_lost |= lost - granted
 
     def saw_held(self, names: set[str]) -> None:
         """The daemon reported these held: only a confirm or their spec lets them go."""
@@ -121,7 +123,7 @@ class Permits:
             return Violation("unrequested-removal", f"snapshot device {name} removed, its "
                              "snapshot never Removed")
         if name in self.deleted:
-            self.inferred.append((now, name))
+            self.inferred.append((self.asked_at.get(name, now), name))
             return None
         if name in self.held:
             return Violation("held-released", f"{name} removed after it was reported held, "
@@ -135,16 +137,19 @@ class Permits:
                    in_pass: int) -> Violation | None:
         """Too many unconfirmed inferred removals: over `limit` within `window` seconds, or
         (no window) in the last pass, which made the last `in_pass` of them."""
-        if limit is None:
+        # Only a pass that removed something can break it: a lowered max_removals judges the
+        # removals to come, not those done under the old one.
+        if limit is None or in_pass == 0:
             return None
         if window is None:
             count = in_pass
         else:
-            count = sum(1 for at, _ in self.inferred if at > now - window)
+            # Distinct names, as the guard counts: one name removed again is one removal.
+            count = len({n for at, n in self.inferred if at > now - window})
         if count <= limit:
             return None
         span = f"within {window:g}s" if window is not None else "in one pass"
-        recent = [n for _, n in self.inferred[-count:]]
+        recent = sorted({n for _, n in self.inferred[-count:]})
         return Violation("window", f"{count} unconfirmed removals {span} (max_removals "
                          f"{limit}): {', '.join(recent)}")
 

@@ -3,20 +3,22 @@ issue 23 findings it must find pinned as schedules, and its own machinery."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from reconciler.store import ConditionKind
-from reconciler.testing.simulation.invariants import KNOWN_OPEN, held_names
+from reconciler.reconcile import holds
+from reconciler.store import HoldCause, Store
+from reconciler.testing.simulation.invariants import held_names
 from reconciler.testing.simulation.run import main, run_seeds, simulate
 from reconciler.testing.simulation.schedule import Step
+from reconciler.testing.world import FakeClock
 
 SEEDS = 200
 BATCHES = 4
 RAW = 'filesystem = "none"\nsize = "4MiB"\n'
 PINNED = 'filesystem = "none"\nsize = "4MiB"\nnodes = ["n1"]\n'
-FINDING = "issue 23 finding {}: fixed by the durable hold"
 
 
 @pytest.mark.parametrize("batch", range(BATCHES))
@@ -43,7 +45,6 @@ def test_a_clean_schedule_keeps_every_invariant() -> None:
     assert len(outcome.history) == len(schedule)
 
 
-@pytest.mark.xfail(strict=True, reason=FINDING.format(1))
 def test_a_held_removal_is_not_released_by_a_new_spec() -> None:
     """5 specs deleted at once are held; a sixth spec written must not release them."""
     schedule = [Step("reload", ("max_removals", "8")), *specs("d0", "d1", "d2", "d3", "d4"),
@@ -53,7 +54,6 @@ def test_a_held_removal_is_not_released_by_a_new_spec() -> None:
     assert outcome.ok, outcome.report()
 
 
-@pytest.mark.xfail(strict=True, reason=FINDING.format(2))
 def test_a_node_name_change_removes_nothing_unconfirmed() -> None:
     """3 of 5 specs pinned to node n1; a reload naming node n2 must not remove them."""
     schedule = [*specs("d0", "d1", "d2", text=PINNED), *specs("d3", "d4"),
@@ -62,7 +62,6 @@ def test_a_node_name_change_removes_nothing_unconfirmed() -> None:
     assert outcome.ok, outcome.report()
 
 
-@pytest.mark.xfail(strict=True, reason=FINDING.format(2))
 def test_a_spec_dir_change_removes_nothing_unconfirmed() -> None:
     """A reload to a spec_dir holding one of the 3 names must not remove the other 2 (on
     main they are held on the first pass, all 3 being gone, and released on the next)."""
@@ -72,7 +71,6 @@ def test_a_spec_dir_change_removes_nothing_unconfirmed() -> None:
     assert outcome.ok, outcome.report()
 
 
-@pytest.mark.xfail(strict=True, reason=FINDING.format(3))
 def test_slow_deletions_are_counted_over_the_window() -> None:
     """max_removals 2: three spec files deleted 10 s apart are more than 2 removals within
     a 10-minute window; the third must be held."""
@@ -83,17 +81,43 @@ def test_slow_deletions_are_counted_over_the_window() -> None:
     assert outcome.ok, outcome.report()
 
 
-def test_a_failure_names_its_invariant_step_and_replay() -> None:
-    """A broken invariant is reported with its name, the step, the schedule and the replay."""
-    schedule = [*specs("d0", "d1", "d2", text=PINNED), *specs("d3", "d4"),
-                Step("reload", ("node_name", "n2"))]
-    outcome = simulate(5, schedule=schedule)
-    if outcome.ok:
-        pytest.skip("finding 2 is fixed here: no failure to report")
+def _forgetful_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The removal guard as it was before the durable hold: each pass judges anew, as if
+    nothing were held (finding 1's bug, put back for the simulation to find)."""
+    real_judge = holds.RemovalGuard._judge
+
+    def judge(guard: holds.RemovalGuard, records: Any, wanted: Any, unwanted: Any,
+              inferred: Any, held: Any, *rest: Any) -> holds.Judgement:
+        return real_judge(guard, records, wanted, unwanted, inferred, {}, *rest)
+
+    monkeypatch.setattr(holds.RemovalGuard, "_judge", judge)
+
+
+FINDING_1 = [Step("reload", ("max_removals", "8")), *specs("d0", "d1", "d2", "d3", "d4"),
+             Step("delete", ("d0", "d1", "d2", "d3", "d4")), *specs("d5"), *specs("d6"),
+             Step("resync"), Step("wait", (60,))]
+
+
+def test_a_failure_names_its_invariant_step_and_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With finding 1's bug put back, its schedule breaks held-released, reported with the
+    step, the schedule and the replay."""
+    _forgetful_judge(monkeypatch)
+    outcome = simulate(5, schedule=FINDING_1)
+    assert outcome.violation is not None, "the simulation must find the forgetful guard"
     report = outcome.report()
-    assert "config-removal" in report and "at step 6" in report
-    assert "6:reload('node_name', 'n2')" in report
+    assert "broke held-released at step" in report
+    assert "reload('max_removals', '8')" in report
     assert "replay: its test" in report
+
+
+def test_a_tolerated_bug_is_noted_and_the_run_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tolerating held-released (how a known open bug is carried), finding 1's schedule runs
+    to its end: the violation is noted, not the end of the run."""
+    _forgetful_judge(monkeypatch)
+    outcome = simulate(6, schedule=FINDING_1, tolerate=frozenset({"held-released"}))
+    assert outcome.ok, outcome.report()
+    assert outcome.known == {"held-released"}
+    assert len(outcome.history) == len(FINDING_1)
 
 
 def test_a_seed_replays_the_same_schedule() -> None:
@@ -113,48 +137,13 @@ def test_the_command_line_summarises_and_fails_on_a_failure(
     assert code == (1 if "replay:" in out else 0)
 
 
-@dataclass
-class _HeldRemoval:
-    name: str
-
-
-class _DurableStore:
-    """A store with the durable hold's table (what the lead's store offers)."""
-
-    def held_removals(self) -> dict[str, _HeldRemoval]:
-        return {"d1": _HeldRemoval("d1"), "d2": _HeldRemoval("d2")}
-
-
-def test_held_names_reads_the_durable_table_when_there_is_one() -> None:
-    """With Store.held_removals, the held names are its keys."""
-    assert held_names(_DurableStore()) == {"d1", "d2"}  # type: ignore[arg-type]
-
-
-def test_held_names_reads_the_condition_otherwise(tmp_path: object) -> None:
-    """Without the table, the held names are the REMOVALS_HELD condition's."""
-    from pathlib import Path
-
-    from reconciler.store import Store
-    from reconciler.testing.world import FakeClock
-
-    assert isinstance(tmp_path, Path)
+def test_held_names_are_the_durable_holds(tmp_path: Path) -> None:
+    """held_names is the store's held_removals (confirmed or not)."""
     store = Store(tmp_path / "db", FakeClock())
     try:
-        if hasattr(store, "held_removals"):
-            pytest.skip("this store has the durable table")
         assert held_names(store) == set()
-        store.set_condition(ConditionKind.REMOVALS_HELD, "2 removals held", ("a", "b"))
+        store.hold_removals(["a", "b"], HoldCause.COUNT, "test", "s")
+        store.confirm_held(["b"])
         assert held_names(store) == {"a", "b"}
     finally:
         store.close()
-
-
-def test_a_known_open_bug_is_noted_and_the_run_goes_on() -> None:
-    """Tolerating KNOWN_OPEN, finding 1's schedule runs to its end: a held-released met on
-    the way is noted, not the end of the run."""
-    schedule = [Step("reload", ("max_removals", "8")), *specs("d0", "d1", "d2", "d3", "d4"),
-                Step("delete", ("d0", "d1", "d2", "d3", "d4")), *specs("d5"),
-                *specs("d6"), Step("wait", (60,))]
-    outcome = simulate(6, schedule=schedule, tolerate=KNOWN_OPEN)
-    assert outcome.ok, outcome.report()
-    assert outcome.known <= {"held-released"}
