@@ -38,7 +38,7 @@ def _clear(sim: Simulation, name: str) -> None:
 def _files_changed(sim: Simulation, names: list[str], change: Callable[[], None],
                    rng: random.Random) -> None:
     """Make a spec change, note what it asks, and run the pass its file event would."""
-    before = {n: sim.present(n) for n in names}
+    before = {n: sim.present(n) or sim.has_file(n) for n in names}
     change()
     sim.spec_changed(names, before)
     sim.run_pass(names if rng.random() < 0.5 else None)

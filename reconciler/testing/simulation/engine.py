@@ -79,6 +79,7 @@ class Simulation:
         self.tolerate = tolerate
         self.tolerated: list[tuple[int, Violation]] = []
         self.permits = Permits()
+        self.permits.limit_set(self.clock(), self.settings.max_removals)
         self.written: dict[str, Content] = {}
         # Each live device's thin id and the fake pool's object for it, at the last look.
         self.seen: dict[str, tuple[int, Thin]] = {}
@@ -158,6 +159,8 @@ class Simulation:
         self.settings = self.make_settings()
         if self._selection(before) != self._selection(self.settings):
             self._selection_changed()
+        if before.max_removals != self.settings.max_removals:
+            self.permits.limit_set(self.clock(), self.settings.max_removals)
         self.call("reconfigure", self.reconciler.reconfigure, self.settings)
         self.snapshotter.reconfigure(self.settings)
 
@@ -190,8 +193,18 @@ class Simulation:
             now = self.present(name)
             if now and not self._removing(name):
                 self.permits.wanted(name)
-            elif not now and before.get(name, False):
-                self.permits.spec_gone(name, self.clock())
+            elif not now:
+                if before.get(name, False):
+                    self.permits.spec_gone(name, self.clock())
+                if self.has_file(name):
+                    # A file we cannot judge (invalid, or for another node) may be a spec the
+                    # daemon rejects, which keeps the device and ends its hold.
+                    self.permits.held.discard(name)
+
+    def has_file(self, name: str) -> bool:
+        """Whether spec_dir has an entry named for `name` (of any kind)."""
+        path = self.settings.specs_path / f"{name}.toml"
+        return path.is_symlink() or path.exists()
 
     def _removing(self, name: str) -> bool:
         """Whether the device's removal is under way (its thin id may be deleted already): a
@@ -243,12 +256,14 @@ class Simulation:
             found.append(self.permits.judge(name, store, self.clock()))
         self.seen = {n: (i, thins[i]) for n, i in now_ids.items() if i in thins}
         window = self.window if self.window is not None else removal_window(self.settings)
-        found.append(self.permits.over_limit(self.settings.max_removals, window, self.clock(),
+        found.append(self.permits.over_limit(window, self.clock(),
                                              len(self.permits.inferred) - before))
         found.append(shared_ids(store))
-        # A hold the store still lists for a name whose spec is back (by our own reading of
-        # the files) ends at the daemon's next pass: not a hold to enforce.
-        self.permits.saw_held({n for n in held_names(store) if not self.present(n)})
+        # A hold the store still lists for a name with a spec file again (by our own look at
+        # the files: any file, for a spec we cannot judge, one invalid or for another node,
+        # may be one the daemon rejects, and a rejected spec keeps its device) ends at the
+        # daemon's next pass: not a hold to enforce.
+        self.permits.saw_held({n for n in held_names(store) if not self.has_file(n)})
         for violation in found:
             if violation is not None and violation.invariant in self.tolerate:
                 self.tolerated.append((self.step_number, violation))

@@ -82,6 +82,8 @@ class Permits:
     # the guard counts a removal when it lets it through, which is at or after the ask, so
     # a removal finished late (retried) is not counted late.
     inferred: list[tuple[float, str]] = field(default_factory=list)
+    # (since when, max_removals) for each value the settings had.
+    limits: list[tuple[float, int | None]] = field(default_factory=list)
 
     def wanted(self, name: str) -> None:
         """A spec names it again: whatever was asked or held about it is over."""
@@ -133,10 +135,24 @@ class Permits:
                              "(spec_dir/node_name) without a confirm")
         return Violation("unrequested-removal", f"{name} removed, nobody asked")
 
-    def over_limit(self, limit: int | None, window: float | None, now: float,
-                   in_pass: int) -> Violation | None:
-        """Too many unconfirmed inferred removals: over `limit` within `window` seconds, or
-        (no window) in the last pass, which made the last `in_pass` of them."""
+    def limit_set(self, now: float, limit: int | None) -> None:
+        """max_removals is `limit` from `now` on (the first settings, or a reload)."""
+        self.limits.append((now, limit))
+
+    def _limit_within(self, now: float, window: float | None) -> int | None:
+        """The largest max_removals in force within the window (None: unlimited): a removal
+        let through under a larger one may finish after a reload lowered it."""
+        start = now - (window or 0.0)
+        earlier = [limit for at, limit in self.limits if at <= start]
+        in_force = [*earlier[-1:], *(limit for at, limit in self.limits if at > start)]
+        if not in_force or None in in_force:
+            return None
+        return max(limit for limit in in_force if limit is not None)
+
+    def over_limit(self, window: float | None, now: float, in_pass: int) -> Violation | None:
+        """Too many unconfirmed inferred removals: over max_removals within `window` seconds,
+        or (no window) in the last pass, which made the last `in_pass` of them."""
+        limit = self._limit_within(now, window)
         # Only a pass that removed something can break it: a lowered max_removals judges the
         # removals to come, not those done under the old one.
         if limit is None or in_pass == 0:
