@@ -41,7 +41,7 @@ from reconciler.daemon.once import run_until_settled
 from reconciler.dm.crash import from_environment
 from reconciler.dm.host import Host, SystemHost
 from reconciler.failures import ClassifiedError
-from reconciler.reconcile.holds import Selection
+from reconciler.reconcile.holds import Selection, refusal, unconfirmed
 from reconciler.reconcile.maintenance import confirm_request
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.status import (
@@ -121,7 +121,7 @@ def confirm_removals(settings: Settings, host: Host, names: Sequence[str],
         return EXIT_OK
     store = Store(settings.database_path, time.time)
     try:
-        waiting = {n: h for n, h in store.held_removals().items() if h.confirmed_at is None}
+        waiting = unconfirmed(store.held_removals())
     finally:
         store.close()
     if not waiting:
@@ -135,14 +135,11 @@ def confirm_removals(settings: Settings, host: Host, names: Sequence[str],
         return EXIT_USAGE
     chosen = sorted(waiting) if all_held else sorted(set(names))
     selection = Selection.of(settings)
-    refusals = [f"{n} is not held" for n in chosen if n not in waiting]
-    refusals += [f"{n} was held under another config ({Selection.parse(h.selection) or '?'}) "
-                 f"than this one ({selection}): run confirm-removals with the config the "
-                 "daemon runs with" for n in chosen if (h := waiting.get(n)) is not None
-                 and h.selection != selection.text]
+    refusals = [why for n in chosen
+                if (why := refusal(n, waiting.get(n), selection, selection)) is not None]
     if refusals:
-        for refusal in refusals:
-            print(f"reconciler: {refusal}; nothing confirmed", file=sys.stderr)
+        for why in refusals:
+            print(f"reconciler: {why}; nothing confirmed", file=sys.stderr)
         return EXIT_NOT_CONVERGED
     print(f"confirming {len(chosen)} removals: {', '.join(chosen)}")
     return hand_over(settings, host, RequestKind.CONFIRM_REMOVALS,

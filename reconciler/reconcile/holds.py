@@ -77,8 +77,6 @@ class Judgement:
     # Newly held (or held again under a new selection), and why.
     hold: frozenset[str]
     cause: HoldCause | None
-    # Held from before and still waiting for a confirm.
-    waiting: frozenset[str]
     # Let through without a confirm: counted in the window.
     counted: frozenset[str]
 
@@ -116,13 +114,13 @@ def judge(unwanted: Collection[str], inferred: Collection[str],
     hold = (fresh | waiting) if cause is HoldCause.CONFIG else fresh if cause else set()
     kept = hold | waiting
     return Judgement(remove=frozenset(set(unwanted) - kept), hold=frozenset(hold),
-                     cause=cause, waiting=frozenset(waiting - hold),
+                     cause=cause,
                      counted=frozenset(fresh - hold))
 
 
-def hold_reason(cause: HoldCause, count: int, limit: int | None, window: float,
+def hold_reason(cause: HoldCause, limit: int | None, window: float,
                 selection: Selection, before: Selection | None) -> str:
-    """Why `count` removals were held, in the operator's words."""
+    """Why removals were held, in the operator's words."""
     if cause is HoldCause.CONFIG:
         was = f" (was {before})" if before is not None else ""
         return (f"the config changed what is selected: {selection}{was}; a reload is "
@@ -143,6 +141,25 @@ def held_message(waiting: Mapping[str, HeldRemoval]) -> str:
             "files")
 
 
+def unconfirmed(held: Mapping[str, HeldRemoval]) -> dict[str, HeldRemoval]:
+    """The holds no operator confirmed yet: what waits, and what `confirm-removals` offers."""
+    return {n: h for n, h in held.items() if h.confirmed_at is None}
+
+
+def refusal(name: str, hold: HeldRemoval | None, asked: Selection, running: Selection
+            ) -> str | None:
+    """Why a confirm of `name` sent under `asked` is refused by a daemon running under
+    `running` (the CLI, alone, runs under its own), or None: it is taken. The same rule for
+    the CLI, which refuses before asking, and the daemon, which decides."""
+    if hold is None:
+        return f"{name}: not held"
+    if asked != running or hold.selection != running.text:
+        held_under = Selection.parse(hold.selection)
+        return (f"{name}: held under another config ({held_under or '?'}) than {asked} (the "
+                f"daemon runs with {running}): run confirm-removals with the daemon's config")
+    return None
+
+
 class RemovalGuard:
     """`judge`, with what it holds, its window and the last selection kept in the store."""
 
@@ -157,8 +174,8 @@ class RemovalGuard:
 
     def removals(self, records: Mapping[str, DeviceRecord], wanted: Collection[str],
                  candidates: Iterable[str], source_error: str | None, allow_all: bool,
-                 complete: bool, now: float) -> tuple[set[str], HoldCause | None]:
-        """The devices a pass takes away among `candidates`, and why new ones were held.
+                 complete: bool, now: float) -> set[str]:
+        """The devices a pass takes away among `candidates` (what it holds, in the store).
 
         Holds end here when their spec returned or their device is gone. A pass that read
         no complete spec directory infers no removal at all; `complete` (a full pass that
@@ -171,7 +188,7 @@ class RemovalGuard:
                     if n in records and records[n].state != DeviceState.REMOVED}
         inferred = {n for n in unwanted if not is_snapshot_device(n)}
         if source_error is not None:
-            return unwanted - inferred, None
+            return unwanted - inferred
         self._store.release_holds(n for n in held if n in names and n not in unwanted)
         held = {n: h for n, h in held.items() if n in unwanted}
         before = self.judged()
@@ -179,16 +196,16 @@ class RemovalGuard:
             self._store.set_fact(SELECTION_FACT, self.selection.text)
         if allow_all:  # `run --once --allow-removals`: the operator said so for this run
             self._store.confirm_held(held)
-            return unwanted, None
+            return unwanted
         verdict = self._judge(records, wanted, unwanted, inferred, held, before, now)
         if verdict.cause is not None:
-            reason = hold_reason(verdict.cause, len(verdict.hold), self._settings.max_removals,
+            reason = hold_reason(verdict.cause, self._settings.max_removals,
                                  self._settings.removal_window, self.selection, before)
             self._store.hold_removals(verdict.hold, verdict.cause, reason, self.selection.text)
             log.warning("removals.held", count=len(verdict.hold), cause=verdict.cause.value,
                         reason=reason, names=sorted(verdict.hold)[:20],
                         next="`reconciler confirm-removals NAME…|--all`, or restore the files")
-        return set(verdict.remove), verdict.cause
+        return set(verdict.remove)
 
     def _judge(self, records: Mapping[str, DeviceRecord], wanted: Collection[str],
                unwanted: set[str], inferred: set[str], held: Mapping[str, HeldRemoval],
@@ -216,7 +233,7 @@ class RemovalGuard:
 
     def waiting(self) -> dict[str, HeldRemoval]:
         """The held removals no operator confirmed yet: what `status` lists."""
-        return {n: h for n, h in self._store.held_removals().items() if h.confirmed_at is None}
+        return unconfirmed(self._store.held_removals())
 
     def confirm(self, names: Iterable[str], selection: Selection | None
                 ) -> tuple[list[str], list[str]]:
@@ -227,14 +244,10 @@ class RemovalGuard:
         asked = selection if selection is not None else self.selection
         confirmed, refused = [], []
         for name in sorted(set(names)):
-            hold = held.get(name)
-            if hold is None:
-                refused.append(f"{name}: not held")
-            elif asked != self.selection or hold.selection != self.selection.text:
-                refused.append(f"{name}: held under another config than "
-                               f"{asked} (the daemon runs with {self.selection}): run "
-                               "confirm-removals with the daemon's config")
-            else:
+            why = refusal(name, held.get(name), asked, self.selection)
+            if why is None:
                 confirmed.append(name)
+            else:
+                refused.append(why)
         self._store.confirm_held(confirmed)
         return confirmed, refused

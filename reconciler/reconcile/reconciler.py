@@ -272,7 +272,7 @@ class Reconciler:
     def _unwanted(self, desired: _Desired, chosen: set[str] | None,
                   result: PassResult) -> set[str]:
         """The devices this pass takes away, less what the removal guard holds (holds.py)."""
-        unwanted, _ = self.removal_guard.removals(
+        unwanted = self.removal_guard.removals(
             self.records, desired.names, self.records if chosen is None else chosen,
             desired.source_error, self.allow_removals, complete=chosen is None,
             now=self.clock())

@@ -100,11 +100,11 @@ def test_the_guard_remembers_the_selection_only_after_a_complete_pass(tmp_path: 
     records = {"a": DeviceRecord("a", DeviceState.ACTIVATED),
                "b": DeviceRecord("b", DeviceState.ACTIVATED)}
     guard = RemovalGuard(settings, store)
-    assert guard.removals(records, {"a", "b"}, records, None, False, True, 0.0) == (set(), None)
+    assert guard.removals(records, {"a", "b"}, records, None, False, True, 0.0) == set()
     assert guard.judged() == Selection.of(settings)
     moved = RemovalGuard(replace(settings, node_name="x"), store)
-    gone, cause = moved.removals(records, {"b"}, {"a"}, None, False, False, 1.0)
-    assert (gone, cause) == (set(), HoldCause.CONFIG)
+    assert moved.removals(records, {"b"}, {"a"}, None, False, False, 1.0) == set()
+    assert store.held_removals()["a"].cause == HoldCause.CONFIG
     assert moved.judged() == Selection.of(settings)
     moved.removals(records, {"b"}, records, None, False, True, 2.0)
     assert moved.judged() == moved.selection and set(moved.waiting()) == {"a"}
