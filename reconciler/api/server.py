@@ -39,6 +39,7 @@ from reconciler.snapshots import (
     SnapshotError,
     Snapshotter,
     Unavailable,
+    Unimplemented,
 )
 from reconciler.sockets import OwnedSocket, SocketUnavailable
 
@@ -69,6 +70,7 @@ _CODES: dict[type[SnapshotError], grpc.StatusCode] = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 _KINDS = {Kind.VIEW: snapshots_pb2.VIEW, Kind.ACTIVE: snapshots_pb2.ACTIVE,
           Kind.COMMITTED: snapshots_pb2.COMMITTED}
@@ -140,7 +142,7 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
     def Commit(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         """Active snapshot `key` becomes committed snapshot `name`."""
         self._call(context, "Commit", lambda s: s.commit(
-            request.name, request.key, dict(request.labels)))
+            request.name, request.key, dict(request.labels), request.parent))
         return empty_pb2.Empty()
 
     def Remove(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802

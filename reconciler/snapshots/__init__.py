@@ -14,6 +14,7 @@ from reconciler.snapshots.model import (
     NotFound,
     SnapshotError,
     Unavailable,
+    Unimplemented,
     Usage,
 )
 from reconciler.snapshots.snapshotter import Snapshotter
@@ -29,5 +30,6 @@ __all__ = [
     "SnapshotError",
     "Snapshotter",
     "Unavailable",
+    "Unimplemented",
     "Usage",
 ]

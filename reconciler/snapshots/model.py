@@ -61,6 +61,11 @@ class InvalidArgument(SnapshotError):
     """The request itself is malformed (empty key, a parent that is not committed, ...)."""
 
 
+class Unimplemented(SnapshotError):
+    """A request containerd may send that a thin-pool snapshotter cannot carry out (a Commit
+    onto another parent: its "rebase")."""
+
+
 class Unavailable(SnapshotError):
     """The kernel could not do it now (a full pool, a busy device); the device's error and
     history are in `reconciler status`."""

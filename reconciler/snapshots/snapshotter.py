@@ -36,6 +36,7 @@ from reconciler.snapshots.model import (
     Mount,
     NotFound,
     Unavailable,
+    Unimplemented,
     Usage,
 )
 from reconciler.specs import snapshot_name
@@ -251,16 +252,27 @@ class Snapshotter:
                   next="removed again" if undo else "see `reconciler status`")
         raise Unavailable(f"snapshot {record.key!r} (device {record.name}): {error}")
 
-    def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
-        """Turn active snapshot `key` into committed snapshot `name` and deactivate it."""
-        self._run(self._commit(name, key, labels or {}))
+    def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None,
+               parent: str = "") -> None:
+        """Turn active snapshot `key` into committed snapshot `name` and deactivate it.
+        `parent` (containerd 2.x's rebase) may only name the parent `key` already has."""
+        self._run(self._commit(name, key, labels or {}, parent))
 
-    def _commit(self, name: str, key: str, labels: Mapping[str, str]) -> Operation[None]:
+    def _commit(self, name: str, key: str, labels: Mapping[str, str],
+                parent: str) -> Operation[None]:
         if not name:
             raise InvalidArgument("committed snapshot name must not be empty")
         record = self._live(key)
         if record.kind != Kind.ACTIVE:
             raise FailedPrecondition(f"snapshot {key!r} is not active (it is {record.kind})")
+        if parent and parent != (record.parent_key or ""):
+            # A thin device is its parent's whole filesystem plus its own writes: there is no
+            # diff to lay onto another parent, so we never declare containerd's "rebase".
+            raise Unimplemented(
+                f"cannot commit {key!r} onto parent {parent!r}: its parent is "
+                f"{record.parent_key or 'none (a root)'!r}, and a thin-pool snapshot cannot be "
+                "rebased (containerd's parallel unpack needs the \"rebase\" capability, which "
+                "this snapshotter does not declare)")
         if self.store.snapshot_by_key(name) is not None:
             raise AlreadyExists(f"snapshot {name!r} already exists")
         checked = _check_labels(labels)

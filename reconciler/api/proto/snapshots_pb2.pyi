@@ -94,7 +94,7 @@ class RemoveSnapshotRequest(_message.Message):
     def __init__(self, snapshotter: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
 
 class CommitSnapshotRequest(_message.Message):
-    __slots__ = ("snapshotter", "name", "key", "labels")
+    __slots__ = ("snapshotter", "name", "key", "labels", "parent")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,11 +106,13 @@ class CommitSnapshotRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     snapshotter: str
     name: str
     key: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, snapshotter: _Optional[str] = ..., name: _Optional[str] = ..., key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    parent: str
+    def __init__(self, snapshotter: _Optional[str] = ..., name: _Optional[str] = ..., key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., parent: _Optional[str] = ...) -> None: ...
 
 class StatSnapshotRequest(_message.Message):
     __slots__ = ("snapshotter", "key")

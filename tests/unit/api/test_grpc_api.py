@@ -147,3 +147,26 @@ def test_requests_after_stop_are_refused_not_hung(served: Served) -> None:
         stub.Stat(pb.StatSnapshotRequest(key="x"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     channel.close()
+
+
+def test_commit_onto_another_parent_is_refused_not_ignored(served: Served) -> None:
+    """containerd 2.x's CommitSnapshotRequest.parent (its "rebase", which we do not declare) is
+    honoured when it names the snapshot's own parent and refused as UNIMPLEMENTED otherwise,
+    the active snapshot left as it was: a thin device holds its parent's whole filesystem, so
+    no commit can put it on another parent."""
+    stub = served.stub
+    stub.Prepare(pb.PrepareSnapshotRequest(key="base-work"))
+    stub.Commit(pb.CommitSnapshotRequest(name="layer-1", key="base-work"))
+    stub.Prepare(pb.PrepareSnapshotRequest(key="unpack-2"))  # a root, as parallel unpack asks
+    refused = code_of(lambda: stub.Commit(pb.CommitSnapshotRequest(
+        name="layer-2", key="unpack-2", parent="layer-1")))
+    assert refused == grpc.StatusCode.UNIMPLEMENTED
+    info = stub.Stat(pb.StatSnapshotRequest(key="unpack-2")).info
+    assert (info.kind, info.parent) == (pb.ACTIVE, "")
+    assert code_of(lambda: stub.Stat(pb.StatSnapshotRequest(key="layer-2"))) == \
+        grpc.StatusCode.NOT_FOUND
+
+    stub.Prepare(pb.PrepareSnapshotRequest(key="child-work", parent="layer-1"))
+    stub.Commit(pb.CommitSnapshotRequest(name="layer-2", key="child-work", parent="layer-1"))
+    committed = stub.Stat(pb.StatSnapshotRequest(key="layer-2")).info
+    assert (committed.kind, committed.parent) == (pb.COMMITTED, "layer-1")
