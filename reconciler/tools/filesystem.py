@@ -1,12 +1,16 @@
-"""Filesystems on thin devices: make (mkfs), grow (e2fsck, resize2fs), discard, count inodes.
+"""Filesystems on thin devices: make (mkfs), grow (e2fsck and resize2fs; xfs_growfs on a
+temporary mount), discard, count inodes.
 
 Run through the Host like every other program; a failure is a ToolError."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import re
 import struct
+import tempfile
 from collections.abc import Sequence
 
 from reconciler.dm.host import Completed, Host
@@ -62,8 +66,12 @@ def _first_meaningful_line(completed: Completed) -> Completed:
 
 
 def grow_filesystem(host: Host, fs_type: str, device: str) -> bool:
-    """Grow an unmounted filesystem to fill its device; False when `fs_type` cannot be grown
-    unmounted (xfs grows only while mounted, with xfs_growfs)."""
+    """Grow a filesystem nobody has mounted to fill its device: ext4 offline (e2fsck, then
+    resize2fs), xfs on a temporary mount of our own (xfs grows only while mounted). False
+    for a filesystem we cannot grow."""
+    if fs_type == "xfs":
+        _grow_xfs(host, device)
+        return True
     if fs_type != "ext4":
         return False
     # resize2fs insists on a freshly checked filesystem when it is not mounted.
@@ -75,6 +83,29 @@ def grow_filesystem(host: Host, fs_type: str, device: str) -> bool:
     if not grown.ok:
         raise tool_failed(f"resize2fs {device}", grown)
     return True
+
+
+def _grow_xfs(host: Host, device: str) -> None:
+    """Mount the device on a directory only we use, xfs_growfs it, unmount it. `nouuid`:
+    every snapshot of a parent carries its filesystem's UUID, and another may be mounted."""
+    # mkdtemp: a new directory of mode 0700, so nothing else finds or uses the mount.
+    point = tempfile.mkdtemp(prefix="reconciler-grow-")
+    try:
+        mounted = host.run(["mount", "-t", "xfs", "-o", "nouuid", device, point])
+        if not mounted.ok:
+            raise tool_failed(f"mount {device} (to grow its xfs)", mounted)
+        try:
+            grown = host.run(["xfs_growfs", point])
+            if not grown.ok:
+                raise tool_failed(f"xfs_growfs {device}", grown)
+        finally:
+            unmounted = host.run(["umount", point])
+        if not unmounted.ok:
+            raise tool_failed(f"umount {point} ({device}, mounted to grow its xfs)",
+                              unmounted)
+    finally:
+        with contextlib.suppress(OSError):  # still mounted: left for an operator to see
+            os.rmdir(point)
 
 
 def discard_blocks(host: Host, device: str) -> None:
