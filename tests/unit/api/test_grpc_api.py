@@ -147,3 +147,22 @@ def test_requests_after_stop_are_refused_not_hung(served: Served) -> None:
         stub.Stat(pb.StatSnapshotRequest(key="x"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     channel.close()
+
+
+def test_max_size_over_grpc(served: Served) -> None:
+    """containerd's max-size label through the service: a larger size is taken (the label
+    stays in Stat's and List's labels); a value below the base's is INVALID_ARGUMENT whose
+    message names the label, and no snapshot is left of it."""
+    stub = served.stub
+    label = "containerd.io/snapshot/max-size"
+    big = {label: str(4 * 64 << 20)}
+    stub.Prepare(pb.PrepareSnapshotRequest(key="default/1/big", labels=big))
+    assert dict(stub.Stat(pb.StatSnapshotRequest(key="default/1/big")).info.labels) == big
+    listed = [dict(i.labels) for r in stub.List(pb.ListSnapshotsRequest()) for i in r.info]
+    assert listed == [big]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Prepare(pb.PrepareSnapshotRequest(key="default/2/small", labels={label: "4096"}))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert label in caught.value.details()
+    assert code_of(lambda: stub.Stat(pb.StatSnapshotRequest(key="default/2/small"))) == \
+        grpc.StatusCode.NOT_FOUND
