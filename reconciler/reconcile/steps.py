@@ -134,7 +134,8 @@ def grow_fs(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> 
     """Grow an unmounted filesystem to the device (ext4 offline, xfs on a temporary mount of
     its own); one the tools cannot grow gets a notice saying so."""
     del spec
-    if grow_filesystem(ctx.host, record.filesystem, ctx.thin(record).open_node()):
+    if grow_filesystem(ctx.host, record.filesystem, ctx.thin(record).open_node(),
+                       ctx.settings.grow_mounts_path):
         record.fs_size_bytes = record.size_bytes
         log.info("device.filesystem_grown", name=record.name, size_bytes=record.size_bytes)
     else:

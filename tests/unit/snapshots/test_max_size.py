@@ -6,14 +6,20 @@ naming the label, before anything is stored."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from reconciler.daemon.once import run_until_settled
+from reconciler.dm.crash import CrashingHost, CrashPoint
+from reconciler.reconcile.reconciler import Reconciler
 from reconciler.snapshots import InvalidArgument, Kind, Snapshotter
 from reconciler.snapshots.sizes import MAX_SIZE_LABEL, max_size
+from reconciler.store import Store
+from reconciler.testing.crashing import SimulatedCrash, simulated_crash
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.snapshotter import snapshotter_over
-from reconciler.testing.world import World
+from reconciler.testing.world import FakeClock, World, make_settings
 from reconciler.units import MAX_SIZE, Bytes
 
 MIB = 1 << 20
@@ -175,3 +181,35 @@ def test_a_view_ignores_the_label(world: World) -> None:
     snap = world.store.snapshot_by_key("look")
     assert snap is not None and snap.size_bytes == PARENT
     assert snaps.stat("look").labels == labels
+
+
+@pytest.mark.parametrize("point", [CrashPoint("after", "mount", 1),
+                                   CrashPoint("after", "xfs_growfs", 1),
+                                   CrashPoint("before", "umount", 1)],
+                         ids=["after-mount", "after-xfs_growfs", "before-umount"])
+def test_a_crash_while_xfs_is_mounted_to_grow_is_undone(tmp_path: Path,
+                                                        point: CrashPoint) -> None:
+    """A crash with the temporary mount still there: the restart unmounts it (before it
+    observes the kernel), the device is closed, and the grow is finished."""
+    settings = make_settings(tmp_path, "cx", fs_type="xfs", base_image_size="300MiB",
+                             loopback_data_size="2GiB")
+    world = World(host=FakeKernel(), settings=settings, real=False, clock=FakeClock())
+    try:
+        assert world.store is not None
+        world.store.close()
+        crashing = CrashingHost(world.host, point, crash=simulated_crash)
+        doomed = Reconciler(world.settings, crashing,
+                            Store(world.settings.database_path, world.clock), clock=world.clock)
+        with pytest.raises(SimulatedCrash):
+            snapshotter_over(doomed, sleep=world.clock.sleep).prepare(
+                "big", labels={MAX_SIZE_LABEL: str(1200 * MIB)})
+        assert fake(world).mounted() != {} or point.kind == "xfs_growfs"
+
+        world.store = Store(world.settings.database_path, world.clock)  # the restart
+        engine = world.reconciler()
+        assert run_until_settled(engine, world.clock, world.clock.sleep).ok
+        assert fake(world).mounted() == {}
+        assert sizes(world, "big") == (1200 * MIB,) * 4
+        assert list((tmp_path / "state" / "grow").iterdir()) == []
+    finally:
+        world.teardown()
