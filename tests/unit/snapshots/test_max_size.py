@@ -13,7 +13,7 @@ import pytest
 from reconciler.daemon.once import run_until_settled
 from reconciler.dm.crash import CrashingHost, CrashPoint
 from reconciler.reconcile.reconciler import Reconciler
-from reconciler.snapshots import InvalidArgument, Kind, Snapshotter
+from reconciler.snapshots import InvalidArgument, Kind, Snapshotter, Unavailable
 from reconciler.snapshots.sizes import MAX_SIZE_LABEL, max_size
 from reconciler.store import Store
 from reconciler.testing.crashing import SimulatedCrash, simulated_crash
@@ -95,6 +95,9 @@ def test_a_root_prepare_grows_device_and_ext4(world: World) -> None:
     assert sizes(world, "big") == (4 * PARENT, 4 * PARENT, 4 * PARENT, 4 * PARENT)
     assert snaps.stat("big").labels == labels
     assert [info.labels for info in snaps.walk()] == [labels]
+    shown = {d["snapshot"]["key"]: d["size_bytes"] for d in world.report()["devices"]
+             if d["snapshot"] is not None}
+    assert shown["big"] == 4 * PARENT, "status shows the size as for any device"
     assert world.store is not None
     (base,) = world.store.bases()
     assert base.size_bytes == PARENT, "the base keeps the config's size"
@@ -213,3 +216,17 @@ def test_a_crash_while_xfs_is_mounted_to_grow_is_undone(tmp_path: Path,
         assert list((tmp_path / "state" / "grow").iterdir()) == []
     finally:
         world.teardown()
+
+
+def test_a_grow_that_fails_answers_unavailable_and_leaves_nothing(world: World) -> None:
+    """resize2fs refusing (say the pool cannot hold the new metadata): Prepare answers
+    Unavailable with the tool's reason, and the half-made snapshot is removed again."""
+    snaps = snapshotter(world)
+    snaps.prepare("base")
+    snaps.commit("layer", "base")
+    fake(world).fail_next(("resize2fs",), 1, "resize2fs: No space left on device while "
+                          "trying to resize\n", times=10)
+    with pytest.raises(Unavailable, match="resize2fs"):
+        snaps.prepare("big", "layer", labels={MAX_SIZE_LABEL: str(4 * PARENT)})
+    assert [info.name for info in snaps.walk()] == ["layer"]
+    assert world.kernel_names() == set()
