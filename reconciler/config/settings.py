@@ -257,6 +257,11 @@ class Settings:
         return self.root_path / "control.sock"
 
     @property
+    def grow_mounts_path(self) -> Path:
+        """Where an xfs being grown is mounted for a moment (xfs grows only while mounted)."""
+        return self.root_path / "grow"
+
+    @property
     def loopback(self) -> bool:
         """True when the pool is made over sparse files under root_path."""
         return self.data_device is None

@@ -60,6 +60,7 @@ from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import DeviceSpec, RejectedSpec, SpecFileCache, SpecSet
 from reconciler.states import DeviceState, SpareMachines
 from reconciler.store import ConditionKind, DeviceRecord, RejectedSpecRecord, Store
+from reconciler.tools.filesystem import undo_grow_mounts
 
 S = DeviceState
 log = structlog.get_logger(__name__)
@@ -165,6 +166,12 @@ class Reconciler:
         if self.pool is None:
             self.pool = prepare_pool(self.settings, self.host, self.store, self.clock(),
                                      self.client)
+            # Before the first pass observes: a mount a crash left while growing an xfs
+            # holds its device open, and an open device is never grown.
+            undone = undo_grow_mounts(self.host, self.settings.grow_mounts_path)
+            if undone:
+                log.warning("filesystem.grow_mounts_undone", mount_points=undone,
+                            next="growing those filesystems again")
         return self.pool
 
     def kernel_name(self, name: str) -> str:

@@ -131,16 +131,16 @@ def make_fs(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> 
 
 
 def grow_fs(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
-    """Grow an unmounted filesystem to the device; one that cannot be grown offline (xfs)
-    gets a notice saying how."""
+    """Grow an unmounted filesystem to the device (ext4 offline, xfs on a temporary mount of
+    its own); one the tools cannot grow gets a notice saying so."""
     del spec
-    if grow_filesystem(ctx.host, record.filesystem, ctx.thin(record).open_node()):
+    if grow_filesystem(ctx.host, record.filesystem, ctx.thin(record).open_node(),
+                       ctx.settings.grow_mounts_path):
         record.fs_size_bytes = record.size_bytes
         log.info("device.filesystem_grown", name=record.name, size_bytes=record.size_bytes)
     else:
         record.notice = (f"the {record.filesystem} filesystem still has "
-                         f"{record.fs_size_bytes} bytes: grow it while mounted "
-                         "(xfs_growfs MOUNTPOINT)")
+                         f"{record.fs_size_bytes} bytes: grow it where it is mounted")
         log.warning("device.filesystem_not_grown", name=record.name, notice=record.notice)
     ctx.store.save_device(record)
 

@@ -39,8 +39,10 @@ from reconciler.snapshots.model import (
     Unimplemented,
     Usage,
 )
+from reconciler.snapshots.sizes import max_size
 from reconciler.specs import snapshot_name
 from reconciler.store import SnapshotRecord, Store
+from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem, Removal
 
 log = structlog.get_logger(__name__)
@@ -207,6 +209,11 @@ class Snapshotter:
             if parent.kind != Kind.COMMITTED:
                 raise InvalidArgument(f"parent {parent_key!r} is not a committed snapshot "
                                       f"(it is {parent.kind})")
+        # containerd's max-size label, checked before anything is stored (the base of a root
+        # is the config's size). A view is read-only: its filesystem could not be grown, and
+        # the label speaks of active snapshots; it keeps its parent's size.
+        origin_size = parent.size_bytes if parent else self.settings.base_image_size
+        size = max_size(checked, Bytes(origin_size)) if kind == Kind.ACTIVE else origin_size
         # No parent: a snapshot of the base, made first if need be (no mkfs on this path).
         if parent is None:
             origin = yield from self.bases.ready(key, self.settings)
@@ -220,7 +227,10 @@ class Snapshotter:
         record = SnapshotRecord(
             name=snapshot_name(seq), seq=seq, key=key, kind=kind,
             parent_key=parent.key if parent else None, parent=origin.name,
-            labels=checked, size_bytes=origin.size_bytes, filesystem=origin.filesystem,
+            # Larger than its origin's: the device is made that size and its filesystem
+            # grown (the engine's grow step, as for a spec file's larger size).
+            labels=checked, size_bytes=size,
+            filesystem=origin.filesystem,
             # A root's inodes count from zero, as when each root had a filesystem of its own.
             base_inodes=parent.base_inodes + parent.used_inodes if parent else 0,
             created_at=now, updated_at=now,

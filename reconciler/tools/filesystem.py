@@ -1,16 +1,25 @@
-"""Filesystems on thin devices: make (mkfs), grow (e2fsck, resize2fs), discard, count inodes.
+"""Filesystems on thin devices: make (mkfs), grow (e2fsck and resize2fs; xfs_growfs on a
+temporary mount), discard, count inodes.
 
 Run through the Host like every other program; a failure is a ToolError."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import re
 import struct
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
 
 from reconciler.dm.host import Completed, Host
 from reconciler.tools.errors import ToolError, tool_failed
+
+log = structlog.get_logger(__name__)
 
 # -F/-f: the device is a fresh thin volume of ours; mkfs would otherwise ask on a terminal
 # when it finds an old signature in recycled pool blocks.
@@ -61,9 +70,15 @@ def _first_meaningful_line(completed: Completed) -> Completed:
     return dataclasses.replace(completed, stderr=reasons[0])
 
 
-def grow_filesystem(host: Host, fs_type: str, device: str) -> bool:
-    """Grow an unmounted filesystem to fill its device; False when `fs_type` cannot be grown
-    unmounted (xfs grows only while mounted, with xfs_growfs)."""
+def grow_filesystem(host: Host, fs_type: str, device: str,
+                    mounts: Path | None = None) -> bool:
+    """Grow a filesystem nobody has mounted to fill its device: ext4 offline (e2fsck, then
+    resize2fs), xfs on a temporary mount of our own under `mounts` (xfs grows only while
+    mounted; None: the system's temporary directory). False for a filesystem we cannot
+    grow."""
+    if fs_type == "xfs":
+        _grow_xfs(host, device, mounts)
+        return True
     if fs_type != "ext4":
         return False
     # resize2fs insists on a freshly checked filesystem when it is not mounted.
@@ -75,6 +90,48 @@ def grow_filesystem(host: Host, fs_type: str, device: str) -> bool:
     if not grown.ok:
         raise tool_failed(f"resize2fs {device}", grown)
     return True
+
+
+def _grow_xfs(host: Host, device: str, mounts: Path | None) -> None:
+    """Mount the device on a directory only we use, xfs_growfs it, unmount it. `nouuid`:
+    every snapshot of a parent carries its filesystem's UUID, and another may be mounted."""
+    if mounts is not None:
+        mounts.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdtemp: a new directory of mode 0700, so nothing else finds or uses the mount.
+    point = tempfile.mkdtemp(prefix="reconciler-grow-", dir=mounts)
+    mounted = host.run(["mount", "-t", "xfs", "-o", "nouuid", device, point])
+    if not mounted.ok:
+        os.rmdir(point)
+        raise tool_failed(f"mount {device} (to grow its xfs)", mounted)
+    # From here the directory goes only once unmounted: one left (a crash, a failed umount)
+    # is how undo_grow_mounts finds the mount.
+    try:
+        grown = host.run(["xfs_growfs", point])
+        if not grown.ok:
+            raise tool_failed(f"xfs_growfs {device}", grown)
+    finally:
+        unmounted = host.run(["umount", point])
+        if unmounted.ok:
+            os.rmdir(point)
+    if not unmounted.ok:
+        raise tool_failed(f"umount {point} ({device}, mounted to grow its xfs)", unmounted)
+
+
+def undo_grow_mounts(host: Host, mounts: Path) -> list[str]:
+    """Unmount and remove what a crash left under `mounts` while it grew an xfs (the mount
+    holds the device open, and an open device is never grown); the mount points undone.
+    One that will not go is left, and the next start tries again."""
+    undone = []
+    for point in sorted(mounts.glob("reconciler-grow-*")) if mounts.is_dir() else []:
+        unmounted = host.run(["umount", str(point)])
+        # util-linux: "not mounted" is exit code 32 too; rmdir tells the two apart.
+        with contextlib.suppress(OSError):
+            point.rmdir()
+            undone.append(str(point))
+        if not unmounted.ok and str(point) not in undone:
+            log.warning("filesystem.grow_mount_left", mount_point=str(point),
+                        error=unmounted.stderr.strip(), next="tried again at the next start")
+    return undone
 
 
 def discard_blocks(host: Host, device: str) -> None:

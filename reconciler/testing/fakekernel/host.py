@@ -20,6 +20,8 @@ from reconciler.testing.fakekernel.faults import Faults
 from reconciler.testing.fakekernel.libdm import FakeLibdm
 from reconciler.testing.fakekernel.metadata import PoolMetadata
 from reconciler.testing.fakekernel.model import DmDevice, Kernel, Loop
+from reconciler.testing.fakekernel.mounts import PROGRAMS as MOUNT_PROGRAMS
+from reconciler.testing.fakekernel.mounts import Mounts
 from reconciler.testing.fakekernel.tools import PROGRAMS, Tools
 
 WRITE_PATTERN = b"\xa5"  # what the capture's dd wrote
@@ -35,6 +37,7 @@ class FakeKernel:
         self.calls: list[tuple[str, ...]] = []
         self._dmsetup = Dmsetup(self.model)
         self._tools = Tools(self.model)
+        self._mounts = Mounts(self.model, self._tools.filesystem)
         self._libdm = FakeLibdm(self.model)
 
     # -- what tests look at and do -----------------------------------------------------------
@@ -62,6 +65,14 @@ class FakeKernel:
         """The filesystem mkfs left on a thin device ("ext4", "xfs"), read from its blocks."""
         return self._tools.filesystem(name)
 
+    def filesystem_size(self, name: str) -> int | None:
+        """The size a thin device's filesystem says it has, from its superblock."""
+        return self._tools.filesystem_size(name)
+
+    def mounted(self) -> dict[str, str]:
+        """The mounts made with `mount` and not unmounted: mount point to dm device name."""
+        return dict(self._mounts.points)
+
     def fail_next(self, argv_prefix: tuple[str, ...], rc: int, stderr: str,
                   times: int = 1) -> None:
         """Make the next `times` commands starting with `argv_prefix` fail with this text
@@ -84,6 +95,7 @@ class FakeKernel:
         """Power cycle: dm devices and loop attachments are gone; files and metadata stay
         (a held metadata snapshot too: it is in the on-disk superblock)."""
         self.model.reboot()
+        self._mounts.points.clear()
 
     # -- Host --------------------------------------------------------------------------------
 
@@ -100,6 +112,8 @@ class FakeKernel:
                 stdout, stderr = self._dmsetup.run(args), ""
             elif program in PROGRAMS:
                 stdout, stderr = self._tools.run(program, args)
+            elif program in MOUNT_PROGRAMS:
+                stdout, stderr = self._mounts.run(program, args)
             else:
                 raise AssertionError(f"FakeKernel does not know the command {list(words)!r}")
         except Failed as failure:

@@ -28,6 +28,7 @@ from reconciler.testing.fakekernel.metadata import (
     read_at,
 )
 from reconciler.testing.fakekernel.model import SECTOR, DmDevice, Kernel, Loop, Refused
+from reconciler.testing.fakekernel.mounts import xfs_geometry
 
 THIN_CHECK_STEPS = ("examining superblock\nexamining devices tree\nexamining mapping tree\n"
                     "checking space map counts\n")
@@ -76,6 +77,7 @@ PROGRAMS = ("losetup", "stat", "blockdev", "blkdiscard", "mkfs.ext4", "mkfs.xfs"
 DEBUGFS_BANNER = "debugfs 1.47.0 (5-Feb-2023)\n"
 # xfsprogs 6.1's smallest data section (captured: 200 MiB refused, 300 MiB made).
 XFS_MIN_BYTES = 300 * 1024 * 1024
+XFS_BLOCK = 4096  # mkfs.xfs's default block size
 
 
 class Tools:
@@ -113,6 +115,13 @@ class Tools:
         if head.startswith(b"XFSB"):
             return "xfs"
         return "ext4" if _ext4_blocks(head) is not None else None
+
+    def filesystem_size(self, name: str) -> int | None:
+        """The size a thin device's filesystem says it has (blocks times block size, from
+        its superblock), or None when it holds none."""
+        head = self.kernel.thin_read(self.kernel.open_mapper(f"/dev/mapper/{name}"), 0, 2048)
+        geometry = xfs_geometry(head) or _ext4_blocks(head)
+        return None if geometry is None else geometry[0] * geometry[1]
 
     # -- losetup, stat, blockdev, blkdiscard -------------------------------------------------
 
@@ -339,7 +348,10 @@ def _superblock(fs_type: str, size: int) -> bytes:
     """The start of a filesystem: enough for the fake's e2fsck, resize2fs and a reader to
     recognise it (ext4: block count, block size and magic where ext4 keeps them)."""
     if fs_type == "xfs":
-        return b"XFSB" + bytes(METADATA_BLOCK - 4)
+        # sb_blocksize and sb_dblocks, where xfs keeps them (big-endian): xfs_growfs's
+        # starting point, and the filesystem's size a test reads.
+        return b"XFSB" + struct.pack(">IQ", XFS_BLOCK, size // XFS_BLOCK) + bytes(
+            METADATA_BLOCK - 16)
     block = 1024 if size < 512 << 20 else 4096  # mke2fs.conf's "small" type below 512 MiB
     data = bytearray(METADATA_BLOCK)
     # mke2fs's default of one inode per 16 KiB; a new filesystem uses its first 11.

@@ -170,3 +170,22 @@ def test_commit_onto_another_parent_is_refused_not_ignored(served: Served) -> No
     stub.Commit(pb.CommitSnapshotRequest(name="layer-2", key="child-work", parent="layer-1"))
     committed = stub.Stat(pb.StatSnapshotRequest(key="layer-2")).info
     assert (committed.kind, committed.parent) == (pb.COMMITTED, "layer-1")
+
+
+def test_max_size_over_grpc(served: Served) -> None:
+    """containerd's max-size label through the service: a larger size is taken (the label
+    stays in Stat's and List's labels); a value below the base's is INVALID_ARGUMENT whose
+    message names the label, and no snapshot is left of it."""
+    stub = served.stub
+    label = "containerd.io/snapshot/max-size"
+    big = {label: str(4 * 64 << 20)}
+    stub.Prepare(pb.PrepareSnapshotRequest(key="default/1/big", labels=big))
+    assert dict(stub.Stat(pb.StatSnapshotRequest(key="default/1/big")).info.labels) == big
+    listed = [dict(i.labels) for r in stub.List(pb.ListSnapshotsRequest()) for i in r.info]
+    assert listed == [big]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Prepare(pb.PrepareSnapshotRequest(key="default/2/small", labels={label: "4096"}))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert label in caught.value.details()
+    assert code_of(lambda: stub.Stat(pb.StatSnapshotRequest(key="default/2/small"))) == \
+        grpc.StatusCode.NOT_FOUND

@@ -187,6 +187,22 @@ def test_an_unmounted_ext4_device_is_grown_with_its_filesystem(fake_world: World
     assert ("resize2fs", f"/dev/mapper/{fake_world.pool}-g") in fake(fake_world).calls
 
 
+def test_an_unmounted_xfs_device_is_grown_on_a_temporary_mount(fake_world: World) -> None:
+    """xfs, which grows only mounted, is grown too: xfs_growfs on a mount of our own, gone
+    after; no notice asks the operator to do it."""
+    fake_world.spec("g", 'size = "300MiB"\nfilesystem = "xfs"\n')
+    assert fake_world.run_pass().ok
+    fake_world.spec("g", 'size = "600MiB"\nfilesystem = "xfs"\n')
+    assert fake_world.run_pass().ok
+    assert fake_world.store is not None
+    record = fake_world.store.device("g")
+    assert record is not None
+    assert (record.size_bytes, record.fs_size_bytes, record.notice) == (600 << 20, 600 << 20,
+                                                                        None)
+    assert fake(fake_world).filesystem_size(f"{fake_world.pool}-g") == 600 << 20
+    assert fake(fake_world).mounted() == {}
+
+
 def test_a_mounted_device_is_grown_but_its_filesystem_left_to_the_user(
     fake_world: World
 ) -> None:

@@ -39,6 +39,11 @@ def _prepare_child(snaps: Snapshotter) -> None:
     snaps.prepare("child", "layer")
 
 
+def _prepare_grown(snaps: Snapshotter) -> None:
+    # containerd's max-size label: the device is made larger and its filesystem grown.
+    snaps.prepare("grown", "layer", labels={"containerd.io/snapshot/max-size": str(256 << 20)})
+
+
 def _view(snaps: Snapshotter) -> None:
     snaps.view("look", "layer")
 
@@ -52,6 +57,7 @@ BEFORE = {"layer": Kind.COMMITTED, "work": Kind.ACTIVE}
 # e.g. while Commit measured the usage) none of it.
 ACTIONS: dict[str, tuple[Action, list[dict[str, Kind]]]] = {
     "prepare-child": (_prepare_child, [{**BEFORE, "child": Kind.ACTIVE}]),
+    "prepare-grown": (_prepare_grown, [{**BEFORE, "grown": Kind.ACTIVE}]),
     "view": (_view, [{**BEFORE, "look": Kind.VIEW}]),
     # The base is there (made by the setup's first Prepare): a create_snap of it.
     "prepare-root": (_prepare_root, [{**BEFORE, "root": Kind.ACTIVE}]),
@@ -138,6 +144,8 @@ def test_a_crash_in_an_api_call_recovers(tmp_path: Path, name: str, point: Crash
     for key, kind in expected.items():
         if kind != Kind.COMMITTED:
             assert snaps.mounts(key)[0].source.startswith("/dev/mapper/cs-snap-")
+    # A grow in flight is finished: every filesystem fills its device.
+    assert all(d.fs_size_bytes == d.size_bytes for d in world.store.devices() if d.formatted)
     live = {f"cs-{snaps.store.snapshot_by_key(k).name}"  # type: ignore[union-attr]
             for k, kind in expected.items() if kind != Kind.COMMITTED}
     assert world.kernel_names() == live

@@ -498,6 +498,42 @@ def test_mkfs_formats_a_device_with_a_few_blocks(pool: ThinPool, kernel: FakeKer
     assert "already 65536 (1k) blocks long" in resized.stderr
 
 
+def test_xfs_is_grown_on_a_temporary_mount(pool: ThinPool, kernel: FakeKernel) -> None:
+    """xfs grows only mounted: mount (nouuid), xfs_growfs, umount; the superblock says the
+    new size, the device is closed again and the mount point is gone."""
+    pool.create_thin(ThinId(0), 0)
+    path = activate(pool, "fs", 0, 614400)
+    make_filesystem(kernel, "xfs", path)
+    assert kernel.filesystem_size("fp-fs") == 300 << 20
+    pool.client.suspend("fp-fs")
+    pool.client.load("fp-fs", pool.thin_table(ThinId(0), Sectors(2 * 614400)).line())
+    pool.client.resume("fp-fs")
+    assert grow_filesystem(kernel, "xfs", path)
+    assert kernel.filesystem_size("fp-fs") == 600 << 20
+    (mount,) = [c for c in kernel.calls if c[0] == "mount"]
+    assert mount[:5] == ("mount", "-t", "xfs", "-o", "nouuid") and mount[5] == path
+    assert [c[0] for c in kernel.calls[-3:]] == ["mount", "xfs_growfs", "umount"]
+    assert kernel.mounted() == {} and not Path(mount[6]).exists()
+    assert kernel.model.open_count(kernel.devices["fp-fs"]) == 0
+
+
+def test_a_failed_xfs_grow_unmounts_and_says_why(pool: ThinPool, kernel: FakeKernel) -> None:
+    """xfs_growfs failing is a ToolError naming it, and the temporary mount is undone; a mount
+    that fails (not xfs) is a ToolError too, with no mount left."""
+    pool.create_thin(ThinId(0), 0)
+    path = activate(pool, "fs", 0, 614400)
+    make_filesystem(kernel, "xfs", path)
+    kernel.fail_next(("xfs_growfs",), 1, "xfs_growfs: XFS_IOC_FSGROWFSDATA xfsctl failed\n")
+    with pytest.raises(ToolError, match="xfs_growfs"):
+        grow_filesystem(kernel, "xfs", path)
+    assert kernel.calls[-1][0] == "umount" and kernel.mounted() == {}
+    make_filesystem(kernel, "ext4", path)
+    with pytest.raises(ToolError, match="wrong fs type"):
+        grow_filesystem(kernel, "xfs", path)
+    assert kernel.mounted() == {}
+    assert kernel.model.open_count(kernel.devices["fp-fs"]) == 0
+
+
 def test_mkfs_discards_what_the_device_held_before(pool: ThinPool, kernel: FakeKernel) -> None:
     """Like the real tools, mkfs first discards the device: old blocks go back to the pool."""
     pool.create_thin(ThinId(0), 0)
