@@ -19,7 +19,8 @@ keys of its own, unmounts and removes everything it made at the end and must lea
 Faulty device.
 
 RECONCILER_CONFORMANCE_WORKERS (default 21) sets how many cases the batch runs at once:
-1 runs the whole suite serially in the same conditions, for docs/performance.md's figures.
+1 runs the whole suite serially in the same conditions, for docs/performance.md's figures;
+RECONCILER_CONFORMANCE_TIMES names a file the batch appends its wall times to (JSON lines).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ UNPACK_LAYERS = 4
 # The case that runs in the batch only (see the module's docstring).
 DEEP = "128LayersMount"
 WORKERS = int(os.environ.get("RECONCILER_CONFORMANCE_WORKERS", str(len(CASES))))
+# Where the batch appends its wall times (a JSON line per filesystem), when set.
+TIMES = os.environ.get("RECONCILER_CONFORMANCE_TIMES")
 EXT4_ONLY = pytest.mark.parametrize("daemon", ["ext4"], indirect=True)
 
 
@@ -222,7 +225,17 @@ def client(daemon: Daemon, request: pytest.FixtureRequest, tmp_path: Path) -> It
 @pytest.mark.parametrize("case", [name for name in CASES if name != DEEP])
 def test_suite_case(client: Client, case: str) -> None:
     """One case of containerd 2.3.4's snapshotter suite, alone on the daemon."""
+    start = time.monotonic()
     CASES[case](client)
+    record_times({"fs_type": client.fs_type, "case": case,
+                  "seconds": round(time.monotonic() - start, 1)})
+
+
+def record_times(times: dict[str, Any]) -> None:
+    """Append wall times to RECONCILER_CONFORMANCE_TIMES, when it is set."""
+    if TIMES:
+        with open(TIMES, "a") as out:
+            out.write(json.dumps(times) + "\n")
 
 
 @dataclass
@@ -247,9 +260,10 @@ def run_case(daemon: Daemon, name: str, work: Path) -> CaseRun:
         CASES[name](case)
     except Exception:  # noqa: BLE001 - reported with the case's name
         problems.append(traceback.format_exc())
-    finally:
-        problems += case.clean_up()
-    return CaseRun(name, time.monotonic() - start, problems)
+    # The case's own time, as test_suite_case measures it (its clean-up left out).
+    seconds = time.monotonic() - start
+    problems += case.clean_up()
+    return CaseRun(name, seconds, problems)
 
 
 def test_suite_cases_all_at_once(daemon: Daemon, tmp_path: Path) -> None:
@@ -263,8 +277,7 @@ def test_suite_cases_all_at_once(daemon: Daemon, tmp_path: Path) -> None:
     wall = time.monotonic() - start
     times = {"fs_type": daemon.fs_type, "workers": WORKERS, "wall_seconds": round(wall, 1),
              "cases": {r.name: round(r.seconds, 1) for r in runs}}
-    (tmp_path / "case-seconds.json").write_text(json.dumps(times, indent=1) + "\n")
-    print(json.dumps(times))
+    record_times(times)
     failed = {r.name: r.problems for r in runs if r.problems}
     assert not failed, "\n".join(f"--- {name}\n" + "\n".join(problems)
                                  for name, problems in failed.items()) + "\n" + daemon.logs()
