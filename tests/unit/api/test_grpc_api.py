@@ -3,12 +3,15 @@ called through the generated client stub, as containerd's proxy plugin calls it.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,8 @@ from reconciler.api.proto import snapshots_pb2 as pb
 from reconciler.api.proto import snapshots_pb2_grpc
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
-from reconciler.testing.fakekernel import FakeKernel
-from reconciler.testing.world import make_settings
+from reconciler.testing.fakekernel import FakeKernel, Op
+from reconciler.testing.world import FakeClock, make_settings
 
 
 @dataclass
@@ -33,13 +36,13 @@ class Served:
     thread: threading.Thread
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+@contextmanager
+def serving(tmp_path: Path, clock: Callable[[], float] = time.time) -> Iterator[Served]:
     """A daemon serving the API on a unix socket (short path: sun_path holds 108 bytes)."""
     short = Path(tempfile.mkdtemp(prefix="rg", dir="/tmp"))
     socket = short / "snap.sock"
     settings = make_settings(tmp_path, "rtpool", grpc_socket=str(socket))
-    daemon = Daemon(settings, FakeKernel(), wakeups=Wakeups(settle=0.01))
+    daemon = Daemon(settings, FakeKernel(), clock=clock, wakeups=Wakeups(settle=0.01))
     thread = threading.Thread(target=daemon.serve, name="reconcile", daemon=True)
     thread.start()
     channel = grpc.insecure_channel(f"unix:{socket}")
@@ -52,6 +55,13 @@ def served(tmp_path: Path) -> Iterator[Served]:
         daemon.request_stop()
         thread.join(timeout=20)
         shutil.rmtree(short, ignore_errors=True)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """A daemon serving the API, on the real clock."""
+    with serving(tmp_path) as running:
+        yield running
 
 
 def code_of(call: Any) -> grpc.StatusCode:
@@ -189,3 +199,28 @@ def test_max_size_over_grpc(served: Served) -> None:
     assert label in caught.value.details()
     assert code_of(lambda: stub.Stat(pb.StatSnapshotRequest(key="default/2/small"))) == \
         grpc.StatusCode.NOT_FOUND
+
+
+def test_calls_waiting_for_one_device_do_not_hold_up_a_call_for_another(
+    tmp_path: Path,
+) -> None:
+    """21 Prepares (containerd 2.x's suite runs 21 cases at once) waiting for their devices'
+    retries (create_snap: EBUSY, on a clock that does not move) are all parked at once, and a
+    Stat of another snapshot is answered while every one of them still waits."""
+    clock = FakeClock()
+    with serving(tmp_path, clock) as served:
+        served.stub.Prepare(pb.PrepareSnapshotRequest(key="ready"))
+        kernel = served.daemon.host
+        assert isinstance(kernel, FakeKernel)
+        kernel.faults.fail(Op.MESSAGE, "rtpool", errno=errno.EBUSY, times=10_000,
+                           verb="create_snap")
+        waiting = [served.stub.Prepare.future(pb.PrepareSnapshotRequest(key=f"w{i}"))
+                   for i in range(21)]
+        deadline = time.monotonic() + 30
+        while served.daemon.waiters.waiting < len(waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert served.daemon.waiters.waiting == len(waiting), "every Prepare is parked"
+
+        info = served.stub.Stat(pb.StatSnapshotRequest(key="ready"), timeout=30).info
+        assert info.name == "ready"
+        assert [f.done() for f in waiting] == [False] * len(waiting), "still waiting"
