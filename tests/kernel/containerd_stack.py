@@ -138,7 +138,9 @@ class Stack:
     def start_daemon(self) -> None:
         self.daemon = DaemonProcess(self.config, fake_kernel=False,
                                     log=self.work / "reconciler.log").start()
-        wait_for("our gRPC socket", self.reconciler_socket.is_socket)
+        # The socket is bound after the first pass (pool, base, mkfs), which a VM shared
+        # with other runs makes slow: more patience than a containerd call gets.
+        wait_for("our gRPC socket", self.reconciler_socket.is_socket, timeout=3 * TIMEOUT)
 
     def start_containerd(self) -> None:
         """containerd by absolute path, with its shim's directory first on its PATH."""
