@@ -171,10 +171,10 @@ def _v2(socket: str, default: bool, node: str) -> str:
         "  # filesystem figures) and `enable_remote_snapshot_annotations` (lazy pulls) are",
         "  # not what a thin pool has.",
         "",
-        "# CRI's images. A pull for the runtime handler `reconciler` unpacks into our snapshotter",
-        "# only when it carries the pod annotation `io.containerd.cri.runtime-handler:",
-        "# reconciler`; without it, a pull unpacks into CRI's default snapshotter (and CRI",
-        "# unpacks the image into ours when it creates the handler's container).",
+        "# CRI's images. A pull made for the runtime handler `reconciler` (kubelet names it in",
+        "# ImageSpec.runtime_handler, or the pod annotation io.containerd.cri.runtime-handler",
+        "# does) unpacks into our snapshotter; any other pull into CRI's default snapshotter",
+        "# (and CRI unpacks the image into ours when it creates the handler's container).",
         f"[{images}]",
     ]
     if default:
