@@ -66,6 +66,12 @@ class LocalRegistry:
         self.tags[(repository, tag)] = digest
         return digest
 
+    def layers(self, repository: str, tag: str) -> list[str]:
+        """The digests of an image's layers: for these uncompressed layers, each is also the
+        layer's diff ID, so the first is the chain ID of its committed snapshot."""
+        manifest = json.loads(self.blobs[self.tags[(repository, tag)]])
+        return [layer["digest"] for layer in manifest["layers"]]
+
     def write_hosts_dir(self, root: Path) -> Path:
         """A directory for CRI's `registry.config_path` (containerd's docs/hosts.md) where
         this registry's host is served over plain HTTP, for pull and resolve; returns it."""
