@@ -21,6 +21,8 @@ DESCRIPTION = "Keep device-mapper thin devices equal to spec files."
 # reconciler.config.DEFAULT_CONFIG_PATH and reconciler.logs.LEVELS.
 DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# reconciler.containerd_config.Layout's values.
+CONTAINERD_LAYOUTS = ("1.6", "1.7", "2.x")
 
 
 class Shell(StrEnum):
@@ -120,7 +122,7 @@ def _observing_commands(command: Command) -> None:
 
 def _acting_commands(command: Command, common: argparse.ArgumentParser) -> None:
     """The operator's commands (retry, gc, confirm-removals, adopt, resync) and the tools'
-    (config, completion), in the order `reconciler --help` lists them."""
+    (config, containerd-config, completion), in the order `reconciler --help` lists them."""
     retry = command("retry", "try a Faulty device again (releases nothing)")
     retry.add_argument("name")
     gc = command("gc", "delete what the operator says may go")
@@ -149,6 +151,14 @@ def _acting_commands(command: Command, common: argparse.ArgumentParser) -> None:
         "(exit 2 on an error)")
     config_sub.add_parser("default", parents=[common],
                           help="print the default config as TOML")
+    containerd = command("containerd-config",
+                         "print the containerd drop-in that makes the daemon its snapshotter")
+    containerd.add_argument("--containerd-version", choices=CONTAINERD_LAYOUTS,
+                            help="the containerd to write it for (default: the version of "
+                            "the containerd on PATH)")
+    containerd.add_argument("--handler-only", action="store_true",
+                            help="only the runtime handler `reconciler` uses it; CRI's default "
+                            "snapshotter stays (a daemon run as a pod; containerd 1.7 or newer)")
     completion = command("completion", "print the shell completion script")
     # Plain values (cli.py makes the Shell): with type=Shell a typo would read "invalid Shell
     # value" instead of argparse's list of the choices.

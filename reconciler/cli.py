@@ -4,8 +4,9 @@
 `confirm-removals`, `resync`. The last five are served by the running daemon over its control
 socket (answered with what was done and the devices' states after the pass that did it), or,
 when no daemon holds the root lock, by this process.
-`config check` prints the config as `run` reads it, `config default` the defaults, and
-`completion bash|zsh` the completion script. The arguments are `reconciler.arguments`'.
+`config check` prints the config as `run` reads it, `config default` the defaults,
+`containerd-config` containerd's drop-in, and `completion bash|zsh` the completion script.
+The arguments are `reconciler.arguments`'.
 Exit codes: 0 everything converged (or done), 1 a device is Faulty, waiting or not converged,
 a spec is invalid, the pool could not be brought up, or the database stayed busy (other
 processes: the daemon and any number of CLI calls share it); 2 a config or usage error.
@@ -35,6 +36,7 @@ from reconciler.config import (
     settings_from_mapping,
     settings_toml,
 )
+from reconciler.containerd_config import print_containerd_config
 from reconciler.daemon.control import Command, ControlRequest, ControlUnreachable, ask
 from reconciler.daemon.lock import LockError, RootLock, holder_pid, lock_held
 from reconciler.daemon.once import run_until_settled
@@ -486,6 +488,9 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
         return resync(settings, host)
     if args.command == "config":
         return check_config(settings, path)
+    if args.command == "containerd-config":
+        return print_containerd_config(settings, path, host, args.containerd_version,
+                                       args.handler_only)
     return show_status(settings, host, args)
 
 

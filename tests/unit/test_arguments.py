@@ -54,7 +54,7 @@ COMMANDS: list[list[str]] = [
     ["run"], ["run", "--once"], ["status"], ["status", "web", "--json"], ["plan"],
     ["retry", "web"], ["gc", "--orphans"], ["confirm-removals"], ["adopt", "web", "--id", "7"],
     ["resync"], ["config", "check"], ["config", "default"], ["completion", "bash"],
-    ["completion", "zsh"],
+    ["completion", "zsh"], ["containerd-config", "--containerd-version", "2.x"],
 ]
 
 

@@ -78,7 +78,8 @@ def test_completion_command_prints_the_installed_script(
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 @pytest.mark.parametrize(("words", "expected"), [
-    (["reconciler", "con"], {"config", "confirm-removals"}),
+    (["reconciler", "con"], {"config", "confirm-removals", "containerd-config"}),
+    (["reconciler", "containerd-config", "--containerd-version", ""], {"1.6", "1.7", "2.x"}),
     (["reconciler", "config", ""], {"check", "default"}),
     (["reconciler", "status", "--j"], {"--json"}),
     (["reconciler", "status", "--log-level", ""], {"debug", "info", "warning", "error"}),

@@ -33,7 +33,10 @@ NEEDS_STATE = [
     ["retry", "web"], ["gc", "--orphans"], ["gc", "--faulty"], ["confirm-removals"],
     ["adopt", "old", "--thin-id", "5"], ["resync"],
 ]
-NEEDS_NO_STATE = [["config", "check"], ["config", "default"], ["completion", "bash"]]
+# containerd-config's config (given after the command, so it wins) is one with grpc_socket,
+# which the shared one leaves unset.
+NEEDS_NO_STATE = [["config", "check"], ["config", "default"], ["completion", "bash"],
+                  ["containerd-config", "--containerd-version", "2.x", "-c", "socket.toml"]]
 
 
 def _commands() -> set[str]:
@@ -59,6 +62,8 @@ def shared(request: pytest.FixtureRequest) -> Iterator[Path]:
     top.chmod(0o755)
     config = write_config(top / "config.toml", root_path=top / "state", dm_driver="dmsetup")
     config.chmod(0o644)
+    write_config(top / "socket.toml", root_path=top / "state", dm_driver="dmsetup",
+                 grpc_socket=top / "state" / "snapshotter.sock").chmod(0o644)
     (top / "state" / "specs").mkdir(parents=True, mode=0o700)
     (top / "state" / "specs" / "web.toml").write_text('filesystem = "none"\n')
     assert main(["-c", str(config), "run", "--once"], host=FakeKernel()) == 0
@@ -95,7 +100,8 @@ def test_a_command_without_rights_says_so_in_one_line(shared: Path, argv: list[s
 @pytest.mark.parametrize("argv", NEEDS_NO_STATE, ids=" ".join)
 def test_a_command_that_needs_no_state_works_without_rights(shared: Path,
                                                             argv: list[str]) -> None:
-    """config check, config default and completion read no state: they work as nobody."""
+    """config check, config default, containerd-config and completion read no state: they
+    work as nobody."""
     done = _as_nobody(shared, argv)
     assert done.returncode == 0, done.stderr
     assert done.stdout and "Traceback" not in done.stderr
