@@ -12,6 +12,7 @@ network, so no CNI plugin is needed."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -23,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from reconciler.containerd_config import Layout, drop_in
+from reconciler.testing.world import make_settings
 from tests.kernel.containerd_stack import (
     SNAPSHOTTER,
     TIMEOUT,
@@ -81,74 +84,77 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
         yield Images(registry, registry.write_hosts_dir(work / "certs.d"))
 
 
-def cri_toml_v1(work: Path, images: Images, *, default_ours: bool = True,
-                handler: bool = False) -> str:
-    """containerd 1.6's CRI settings (config version 2): a local sandbox image, the
-    registry's hosts directory, CNI directories of the test's own (the plugin creates its
-    conf_dir, and /etc is read-only in the VM), our snapshotter as the default, and, if
-    asked, a runtime handler that names ours, a key 1.6 does not know."""
-    cri = 'plugins."io.containerd.grpc.v1.cri"'
-    text = (f'[{cri}]\n  sandbox_image = "{images.main}"\n  disable_apparmor = true\n'
-            f'  stream_server_address = "127.0.0.1"\n  stream_server_port = "0"\n'
-            f'  [{cri}.containerd]\n'
-            f'    snapshotter = "{SNAPSHOTTER if default_ours else DEFAULT_SNAPSHOTTER}"\n'
-            f'  [{cri}.cni]\n    bin_dir = "{work}/cni/bin"\n'
-            f'    conf_dir = "{work}/cni/net.d"\n'
-            f'  [{cri}.registry]\n    config_path = "{images.certs}"\n')
-    if handler:
-        text += (f'  [{cri}.containerd.runtimes.{HANDLER}]\n'
-                 f'    runtime_type = "io.containerd.runc.v2"\n'
-                 f'    snapshotter = "{SNAPSHOTTER}"\n')
-    return text
-
-
-def cri_toml_v3(work: Path, images: Images, *, default_ours: bool = True,
-                handler: bool = False) -> str:
-    """containerd 2.x's CRI settings (config version 3), in its split plugins: images
-    (default snapshotter, pinned sandbox image, registry, the snapshotter a pull for a
-    handler unpacks into), runtime (CNI, AppArmor, the handler) and the gRPC server's
-    stream address."""
-    images_plugin = 'plugins."io.containerd.cri.v1.images"'
+def cri_toml(layout: Layout, work: Path, images: Images) -> str:
+    """CRI's settings of the test's own, beside the drop-in's (snapshotter, runtime handler):
+    the local sandbox image, the registry's hosts directory, CNI directories (the plugin
+    creates its conf_dir, and /etc is read-only in the VM), no AppArmor, a local stream
+    server. In 1.6's layout (config version 2) or 2.x's (version 3, CRI split into the
+    images and runtime plugins, the stream server left in the gRPC one)."""
+    grpc_cri = 'plugins."io.containerd.grpc.v1.cri"'
+    stream = '  stream_server_address = "127.0.0.1"\n  stream_server_port = "0"\n'
+    if layout is not Layout.V2:
+        return (f'[{grpc_cri}]\n  sandbox_image = "{images.main}"\n'
+                f'  disable_apparmor = true\n{stream}'
+                f'  [{grpc_cri}.cni]\n    bin_dir = "{work}/cni/bin"\n'
+                f'    conf_dir = "{work}/cni/net.d"\n'
+                f'  [{grpc_cri}.registry]\n    config_path = "{images.certs}"\n')
+    cri_images = 'plugins."io.containerd.cri.v1.images"'
     runtime = 'plugins."io.containerd.cri.v1.runtime"'
-    text = (f'[{images_plugin}]\n'
-            f'  snapshotter = "{SNAPSHOTTER if default_ours else DEFAULT_SNAPSHOTTER}"\n'
-            f'  [{images_plugin}.pinned_images]\n    sandbox = "{images.main}"\n'
-            f'  [{images_plugin}.registry]\n    config_path = "{images.certs}"\n')
-    if handler:
-        text += (f'  [{images_plugin}.runtime_platforms.{HANDLER}]\n'
-                 f'    snapshotter = "{SNAPSHOTTER}"\n')
-    text += (f'[{runtime}]\n  disable_apparmor = true\n'
-             f'  [{runtime}.cni]\n    bin_dirs = ["{work}/cni/bin"]\n'
-             f'    conf_dir = "{work}/cni/net.d"\n')
-    if handler:
-        text += (f'  [{runtime}.containerd.runtimes.{HANDLER}]\n'
-                 f'    runtime_type = "io.containerd.runc.v2"\n'
-                 f'    snapshotter = "{SNAPSHOTTER}"\n')
-    text += ('[plugins."io.containerd.grpc.v1.cri"]\n'
-             '  stream_server_address = "127.0.0.1"\n  stream_server_port = "0"\n')
-    return text
+    return (f'[{cri_images}.pinned_images]\n  sandbox = "{images.main}"\n'
+            f'[{cri_images}.registry]\n  config_path = "{images.certs}"\n'
+            f'[{runtime}]\n  disable_apparmor = true\n'
+            f'[{runtime}.cni]\n  bin_dirs = ["{work}/cni/bin"]\n'
+            f'  conf_dir = "{work}/cni/net.d"\n'
+            f'[{grpc_cri}]\n{stream}')
+
+
+TARBALL = next(p / "shared" / "containerd-2.3.4" / "containerd-2.3.4-linux-amd64.tar.xz"
+               for p in Path(__file__).resolve().parents
+               if (p / "shared" / "containerd-2.3.4").is_dir())
 
 
 @contextmanager
-def cri_stack(work: Path, plugins_toml: str) -> Iterator[tuple[Stack, CriClient]]:
+def cri_stack(work: Path, layout: Layout, images: Images, *,
+              default_ours: bool = True) -> Iterator[tuple[Stack, CriClient]]:
     """containerd with its CRI plugin and our proxy snapshotter, `reconciler run`, and a CRI
     client on containerd's socket."""
     if shutil.which("runc") is None:
         pytest.skip("needs Debian's runc")
-    with containerd_stack(work, plugins_toml=plugins_toml, namespace=K8S_NAMESPACE) as stack:
-        client = CriClient.connect(stack.containerd_socket, work / "cri-stubs")
-        try:
-            yield stack, client
-        finally:
-            client.close()
+    settings = make_settings(work, "unused", grpc_socket=str(work / "rec.sock"))
+    dropin = drop_in(settings, None, layout, default=default_ours)
+    dropin = dropin.split("type = \"snapshot\"\n", 1)[1].split("\n", 1)[1]
+    with pytest.MonkeyPatch.context() as patch:
+        if layout is Layout.V2:
+            bindir = work / "bin"
+            bindir.mkdir()
+            subprocess.run(["tar", "-xJf", str(TARBALL), "-C", str(bindir)], check=True)
+            patch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+        plugins_toml = dropin + cri_toml(layout, work, images)
+        with containerd_stack(work, plugins_toml=plugins_toml,
+                              namespace=K8S_NAMESPACE) as stack:
+            client = CriClient.connect(stack.containerd_socket, work / "cri-stubs")
+            try:
+                yield stack, client
+            finally:
+                client.close()
+
+
+@pytest.fixture(scope="module", params=[Layout.V1_6, Layout.V2])
+def default_ours(request: pytest.FixtureRequest, images: Images,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, CriClient]]:
+    """CRI with our snapshotter as its default."""
+    work = tmp_path_factory.mktemp("cri")
+    with cri_stack(work, request.param, images) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
-def default_ours(images: Images, tmp_path_factory: pytest.TempPathFactory,
+def handler_only(images: Images, tmp_path_factory: pytest.TempPathFactory,
                  ) -> Iterator[tuple[Stack, CriClient]]:
-    """CRI with our snapshotter as its default."""
-    work = tmp_path_factory.mktemp("cri")
-    with cri_stack(work, cri_toml_v1(work, images)) as stack:
+    """containerd 2.x whose runtime handler `reconciler` uses our snapshotter, CRI's default
+    left as containerd's own."""
+    work = tmp_path_factory.mktemp("cri-handler")
+    with cri_stack(work, Layout.V2, images, default_ours=False) as stack:
         yield stack
 
 
@@ -313,3 +319,35 @@ def test_a_pod_runs_on_our_snapshots_through_cri(default_ours: tuple[Stack, CriC
         assert_root_is_ours(stack, pod, tmp_path)
     assert_freed(stack, pod)
 
+
+
+def test_a_pull_for_the_handler_unpacks_into_ours_and_its_pod_runs_there(
+        handler_only: tuple[Stack, CriClient], images: Images, tmp_path: Path) -> None:
+    """containerd 2.x, runtime handler `reconciler`: PullImage with the pod annotation
+    `io.containerd.cri.runtime-handler: reconciler` unpacks into our snapshotter, not the
+    default; a pod of that handler runs with its container's root on our device, freed
+    after."""
+    stack, cri = handler_only
+    pull(cri, images.main, handler=HANDLER)
+    layer = images.layer("main")
+    assert layer in snapshot_names(stack, SNAPSHOTTER)
+    assert layer not in snapshot_names(stack, DEFAULT_SNAPSHOTTER)
+    with running_pod(stack, cri, images.main, HANDLER) as pod:
+        assert_root_is_ours(stack, pod, tmp_path)
+    assert_freed(stack, pod)
+
+
+def test_a_pull_without_the_annotation_unpacks_into_the_default(
+        handler_only: tuple[Stack, CriClient], images: Images, tmp_path: Path) -> None:
+    """containerd 2.x, runtime handler `reconciler`: PullImage without the annotation
+    unpacks into CRI's default snapshotter only; a pod of the handler still gets its root
+    on our device, CRI unpacking the image into ours when it creates the container."""
+    stack, cri = handler_only
+    pull(cri, images.other)
+    layer = images.layer("other")
+    assert layer in snapshot_names(stack, DEFAULT_SNAPSHOTTER)
+    assert layer not in snapshot_names(stack, SNAPSHOTTER)
+    with running_pod(stack, cri, images.other, HANDLER) as pod:
+        assert_root_is_ours(stack, pod, tmp_path)
+        assert layer in snapshot_names(stack, SNAPSHOTTER)
+    assert_freed(stack, pod)
