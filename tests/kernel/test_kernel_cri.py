@@ -2,17 +2,16 @@
 way kubelet asks for them (runtime.v1 over gRPC, tests/kernel/cri.py), and the container's
 root filesystem is one of our thin snapshots, which removing the pod removes.
 
-Two node setups, both in containerd 1.6.20's and 2.3.4's key layouts where the version has
-them: our snapshotter as CRI's default (1.6 and 2.x), and a runtime handler `reconciler`
-whose snapshotter is ours beside containerd's own default (2.x only: containerd 1.6 has no
-snapshotter per runtime, and the test shows it). Images come by PullImage, as kubelet gets
-them, because on 2.x the pull decides the snapshotter that unpacks: from a registry in the
-test's process (tests/kernel/registry.py), never the network. The pod uses the node's
-network, so no CNI plugin is needed."""
+Two node setups, each from the drop-in of `reconciler containerd-config` and in the version's
+own key layout: our snapshotter as CRI's default (containerd 1.6.20 and 2.3.4), and a runtime
+handler `reconciler` whose snapshotter is ours beside containerd's own default (2.x only:
+containerd 1.6 has no snapshotter per runtime handler, and `--handler-only` refuses it).
+Images come by PullImage, as kubelet gets them, because on 2.x the pull decides the
+snapshotter that unpacks: from a registry in the test's process (tests/kernel/registry.py),
+never the network. The pod uses the node's network, so no CNI plugin is needed."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import uuid
@@ -24,12 +23,13 @@ from typing import Any
 
 import pytest
 
-from reconciler.containerd_config import Layout, drop_in
-from reconciler.testing.world import make_settings
 from tests.kernel.containerd_stack import (
     SNAPSHOTTER,
     TIMEOUT,
+    VERSIONS,
+    Containerd,
     Stack,
+    containerd_for,
     containerd_stack,
     mount_command,
     wait_for,
@@ -55,8 +55,9 @@ DEFAULT_SNAPSHOTTER = "overlayfs"
 
 @dataclass
 class Images:
-    """The registry and the images it serves: `main` is also the sandbox image; `other` has
-    a layer of its own, for the pull that must not reach our snapshotter."""
+    """The registry and the images it serves: `main` is also the sandbox image; `other` and
+    `field` each have a layer of their own, so that where a pull unpacked is where their
+    layer's snapshot is."""
 
     registry: LocalRegistry
     certs: Path
@@ -69,6 +70,10 @@ class Images:
     def other(self) -> str:
         return self.registry.reference(REPOSITORY, "other")
 
+    @property
+    def field(self) -> str:
+        return self.registry.reference(REPOSITORY, "field")
+
     def layer(self, tag: str) -> str:
         return self.registry.layers(REPOSITORY, tag)[0]
 
@@ -78,13 +83,13 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
     """A registry on 127.0.0.1 serving the test's two images, and its hosts.toml."""
     work = tmp_path_factory.mktemp("registry")
     with LocalRegistry() as registry:
-        for tag in ("main", "other"):
+        for tag in ("main", "other", "field"):
             build_image(work / f"{tag}.tar", f"{REPOSITORY}:{tag}", SLEEP, marker=tag)
             registry.push(work / f"{tag}.tar", REPOSITORY, tag)
         yield Images(registry, registry.write_hosts_dir(work / "certs.d"))
 
 
-def cri_toml(layout: Layout, work: Path, images: Images) -> str:
+def cri_toml(version: str, work: Path, images: Images) -> str:
     """CRI's settings of the test's own, beside the drop-in's (snapshotter, runtime handler):
     the local sandbox image, the registry's hosts directory, CNI directories (the plugin
     creates its conf_dir, and /etc is read-only in the VM), no AppArmor, a local stream
@@ -92,7 +97,7 @@ def cri_toml(layout: Layout, work: Path, images: Images) -> str:
     images and runtime plugins, the stream server left in the gRPC one)."""
     grpc_cri = 'plugins."io.containerd.grpc.v1.cri"'
     stream = '  stream_server_address = "127.0.0.1"\n  stream_server_port = "0"\n'
-    if layout is not Layout.V2:
+    if version != "2.x":
         return (f'[{grpc_cri}]\n  sandbox_image = "{images.main}"\n'
                 f'  disable_apparmor = true\n{stream}'
                 f'  [{grpc_cri}.cni]\n    bin_dir = "{work}/cni/bin"\n'
@@ -108,43 +113,30 @@ def cri_toml(layout: Layout, work: Path, images: Images) -> str:
             f'[{grpc_cri}]\n{stream}')
 
 
-TARBALL = next(p / "shared" / "containerd-2.3.4" / "containerd-2.3.4-linux-amd64.tar.xz"
-               for p in Path(__file__).resolve().parents
-               if (p / "shared" / "containerd-2.3.4").is_dir())
-
-
 @contextmanager
-def cri_stack(work: Path, layout: Layout, images: Images, *,
-              default_ours: bool = True) -> Iterator[tuple[Stack, CriClient]]:
-    """containerd with its CRI plugin and our proxy snapshotter, `reconciler run`, and a CRI
-    client on containerd's socket."""
+def cri_stack(work: Path, containerd: Containerd, images: Images, *,
+              handler_only: bool = False) -> Iterator[tuple[Stack, CriClient]]:
+    """containerd with its CRI plugin and the drop-in of `reconciler containerd-config`
+    (`--handler-only` if asked), `reconciler run`, and a CRI client on containerd's
+    socket."""
     if shutil.which("runc") is None:
         pytest.skip("needs Debian's runc")
-    settings = make_settings(work, "unused", grpc_socket=str(work / "rec.sock"))
-    dropin = drop_in(settings, None, layout, default=default_ours)
-    dropin = dropin.split("type = \"snapshot\"\n", 1)[1].split("\n", 1)[1]
-    with pytest.MonkeyPatch.context() as patch:
-        if layout is Layout.V2:
-            bindir = work / "bin"
-            bindir.mkdir()
-            subprocess.run(["tar", "-xJf", str(TARBALL), "-C", str(bindir)], check=True)
-            patch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-        plugins_toml = dropin + cri_toml(layout, work, images)
-        with containerd_stack(work, plugins_toml=plugins_toml,
-                              namespace=K8S_NAMESPACE) as stack:
-            client = CriClient.connect(stack.containerd_socket, work / "cri-stubs")
-            try:
-                yield stack, client
-            finally:
-                client.close()
+    with containerd_stack(work, containerd=containerd, namespace=K8S_NAMESPACE,
+                          plugins_toml=cri_toml(containerd.version, work, images),
+                          handler_only=handler_only) as stack:
+        client = CriClient.connect(stack.containerd_socket, work / "cri-stubs")
+        try:
+            yield stack, client
+        finally:
+            client.close()
 
 
-@pytest.fixture(scope="module", params=[Layout.V1_6, Layout.V2])
+@pytest.fixture(scope="module", params=VERSIONS)
 def default_ours(request: pytest.FixtureRequest, images: Images,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, CriClient]]:
-    """CRI with our snapshotter as its default."""
-    work = tmp_path_factory.mktemp("cri")
-    with cri_stack(work, request.param, images) as stack:
+    """CRI with our snapshotter as its default (both versions)."""
+    containerd = containerd_for(request.param, tmp_path_factory)
+    with cri_stack(tmp_path_factory.mktemp("cri"), containerd, images) as stack:
         yield stack
 
 
@@ -153,8 +145,9 @@ def handler_only(images: Images, tmp_path_factory: pytest.TempPathFactory,
                  ) -> Iterator[tuple[Stack, CriClient]]:
     """containerd 2.x whose runtime handler `reconciler` uses our snapshotter, CRI's default
     left as containerd's own."""
-    work = tmp_path_factory.mktemp("cri-handler")
-    with cri_stack(work, Layout.V2, images, default_ours=False) as stack:
+    containerd = containerd_for("2.x", tmp_path_factory)
+    with cri_stack(tmp_path_factory.mktemp("cri-handler"), containerd, images,
+                   handler_only=True) as stack:
         yield stack
 
 
@@ -175,13 +168,15 @@ def log_messages(path: Path) -> list[str]:
     return [line.split(" ", 3)[3] for line in path.read_text().splitlines()]
 
 
-def pull(cri: CriClient, image: str, handler: str = "") -> str:
-    """PullImage as kubelet makes it, for a pod of `handler` if one is named."""
+def pull(cri: CriClient, image: str, handler: str = "", *, field: bool = False) -> str:
+    """PullImage as kubelet makes it, for a pod of `handler` if one is named: in the pod's
+    annotation, or (`field`) in ImageSpec's runtime_handler."""
     pb = cri.pb
-    sandbox = (pb.PodSandboxConfig(annotations={HANDLER_ANNOTATION: handler})
-               if handler else None)
+    annotations = {HANDLER_ANNOTATION: handler} if handler and not field else {}
+    spec = pb.ImageSpec(image=image, runtime_handler=handler if field else "")
     ref: str = cri.images.PullImage(pb.PullImageRequest(
-        image=pb.ImageSpec(image=image), sandbox_config=sandbox), timeout=TIMEOUT).image_ref
+        image=spec, sandbox_config=pb.PodSandboxConfig(annotations=annotations)),
+        timeout=TIMEOUT).image_ref
     return ref
 
 
@@ -351,3 +346,15 @@ def test_a_pull_without_the_annotation_unpacks_into_the_default(
         assert_root_is_ours(stack, pod, tmp_path)
         assert layer in snapshot_names(stack, SNAPSHOTTER)
     assert_freed(stack, pod)
+
+
+def test_a_pull_naming_the_handler_in_its_image_spec_unpacks_into_ours(
+        handler_only: tuple[Stack, CriClient], images: Images) -> None:
+    """containerd 2.x, runtime handler `reconciler`: PullImage with ImageSpec's
+    runtime_handler (kubelet's RuntimeClassInImageCriApi way, no annotation) unpacks into
+    our snapshotter, not the default."""
+    stack, cri = handler_only
+    pull(cri, images.field, HANDLER, field=True)
+    layer = images.layer("field")
+    assert layer in snapshot_names(stack, SNAPSHOTTER)
+    assert layer not in snapshot_names(stack, DEFAULT_SNAPSHOTTER)
