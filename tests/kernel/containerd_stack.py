@@ -213,17 +213,19 @@ class Stack:
             store.close()
 
 
-def containerd_config_output(ctd: Containerd, config: Path) -> str:
-    """What `reconciler containerd-config --containerd-version V -c CONFIG` prints."""
+def containerd_config_output(ctd: Containerd, config: Path, handler_only: bool = False) -> str:
+    """What `reconciler containerd-config --containerd-version V -c CONFIG` prints (with
+    `--handler-only` if asked)."""
     done = subprocess.run([sys.executable, "-m", "reconciler.cli", "containerd-config",
-                           "--containerd-version", ctd.version, "-c", str(config)],
+                           "--containerd-version", ctd.version, "-c", str(config),
+                           *(["--handler-only"] if handler_only else [])],
                           capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def write_containerd_config(stack: Stack, disabled_plugins: Sequence[str],
-                            plugins_toml: str) -> None:
+                            plugins_toml: str, handler_only: bool = False) -> None:
     """containerd's main config (its native version) importing the command's drop-in.
 
     `plugins_toml` goes where an operator puts it: containerd 1.x replaces a whole plugin
@@ -231,7 +233,7 @@ def write_containerd_config(stack: Stack, disabled_plugins: Sequence[str],
     README's advice; it must not repeat a table the drop-in has); 2.x merges an import's
     sections into the main config's, so there it is in the main config."""
     ctd = stack.ctd
-    output = containerd_config_output(ctd, stack.config)
+    output = containerd_config_output(ctd, stack.config, handler_only)
     in_drop_in = plugins_toml if ctd.config_version == 2 else ""
     stack.drop_in.write_text(output + in_drop_in)
     disabled = ", ".join(toml_string(name) for name in disabled_plugins)
@@ -248,11 +250,12 @@ def write_containerd_config(stack: Stack, disabled_plugins: Sequence[str],
 @contextmanager
 def containerd_stack(work: Path, *, containerd: Containerd | None = None,
                      disabled_plugins: Sequence[str] = (), plugins_toml: str = "",
-                     namespace: str = "default") -> Iterator[Stack]:
+                     namespace: str = "default", handler_only: bool = False) -> Iterator[Stack]:
     """Our daemon serving a socket, and `containerd` (default: Debian's 1.6 on PATH) with it
     as the proxy snapshotter through containerd-config's drop-in; `plugins_toml` is extra
-    containerd config (write_containerd_config says where it goes). Skips the test where
-    there is no device-mapper or root; stops both and tears the pool down."""
+    containerd config (write_containerd_config says where it goes); `handler_only`: the
+    drop-in of `--handler-only`. Skips the test where there is no device-mapper or root;
+    stops both and tears the pool down."""
     if not KERNEL_AVAILABLE:
         pytest.skip("needs device-mapper and root")
     ctd = containerd if containerd is not None else containerd_for("1.6")
@@ -270,7 +273,7 @@ def containerd_stack(work: Path, *, containerd: Containerd | None = None,
                           retry_initial="200ms", retry_max="2s")
     stack = Stack(work, world, config, work / "containerd.sock", rec_socket, ctd, namespace)
     try:
-        write_containerd_config(stack, disabled_plugins, plugins_toml)
+        write_containerd_config(stack, disabled_plugins, plugins_toml, handler_only)
         stack.start_daemon()
         stack.start_containerd()
         yield stack

@@ -21,7 +21,7 @@ def _blob(archive: tarfile.TarFile, data: bytes) -> tuple[str, int]:
     return f"sha256:{digest}", len(data)
 
 
-def _layer(busybox: Path) -> bytes:
+def _layer(busybox: Path, marker: str) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as layer:
         for directory in ("bin", "tmp", "proc", "sys", "dev", "etc"):
@@ -36,17 +36,23 @@ def _layer(busybox: Path) -> bytes:
             link = tarfile.TarInfo(f"bin/{applet}")
             link.type, link.linkname = tarfile.SYMTYPE, "busybox"
             layer.addfile(link)
+        if marker:
+            data = f"{marker}\n".encode()
+            info = tarfile.TarInfo("etc/marker")
+            info.size, info.mode = len(data), 0o644
+            layer.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
 def build_image(path: Path, name: str = IMAGE_NAME,
-                cmd: Sequence[str] = ("/bin/echo", "ok")) -> str:
+                cmd: Sequence[str] = ("/bin/echo", "ok"), *, marker: str = "") -> str:
     """Write the archive to `path`, an image called `name` whose default command is `cmd`;
-    returns the image name it carries."""
+    returns the image name it carries. A `marker` (written to /etc/marker) makes the layer,
+    and so its snapshots, differ from another image's."""
     busybox = next((p for p in BUSYBOX_PATHS if p.exists()), None)
     if busybox is None:
         raise FileNotFoundError("no static busybox: install Debian's busybox-static")
-    layer = _layer(busybox)
+    layer = _layer(busybox, marker)
     with tarfile.open(path, "w") as archive:
         layer_digest, layer_size = _blob(archive, layer)
         config = json.dumps({
