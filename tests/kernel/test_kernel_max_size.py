@@ -22,6 +22,7 @@ from reconciler.snapshots import Mount, Snapshotter
 from reconciler.snapshots.sizes import MAX_SIZE_LABEL
 from reconciler.testing.snapshotter import snapshotter_over
 from reconciler.testing.world import KERNEL_AVAILABLE, World, make_settings
+from reconciler.tools.loopback import LoopbackFiles
 from reconciler.units import Bytes
 
 pytestmark = pytest.mark.kernel
@@ -48,6 +49,11 @@ def kworld(tmp_path: Path) -> Iterator[World]:
         yield created
     finally:
         created.teardown()
+        # The pool's data file holds what the test wrote in the VM's RAM: give it back to the
+        # tests that follow.
+        files = LoopbackFiles.under(settings.root_path)
+        files.data.unlink(missing_ok=True)
+        files.metadata.unlink(missing_ok=True)
 
 
 def mount(spec: Mount, target: Path) -> None:
