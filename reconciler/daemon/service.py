@@ -174,8 +174,8 @@ class Daemon:
         self.control: ControlServer | None = None
         # Why the last pass failed (None once one ends): a control answer says it.
         self.last_pass_error: str | None = None
-        # gRPC calls and control requests wait here for the reconcile thread.
-        self.waiters = Waiters(self.wakeups, self.clock, lambda: self._stopping)
+        self.waiters = Waiters(self.wakeups, self.clock, lambda: self._stopping,
+                               settle_together=self.reconciler.devices.settle)
         self.snapshotter = Snapshotter(self.store, self.settings, self.clock,
                                        self.reconciler.devices, runner=self.waiters.run)
         self._outcomes: dict[str, Outcome] = {}

@@ -11,10 +11,12 @@ Unavailable, so no caller is left waiting. Part of the daemon (`daemon.service` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+
+import structlog
 
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.snapshots import Unavailable
@@ -23,10 +25,15 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 STOPPING = "the reconciler daemon is stopping"
+log = structlog.get_logger(__name__)
 
 
 class Resumable(Protocol[T_co]):
     """Work advanced in steps until it has its answer (`snapshots.calls.DeviceCall`)."""
+
+    def needs(self) -> str | None:
+        """The device it must have settled next (None: it has its answer)."""
+        ...
 
     def advance(self) -> float | None:
         """Run until it must wait: when to advance it again, or None once finished."""
@@ -59,11 +66,17 @@ class Waiters:
     """Work handed to the reconcile thread, and what of it waits for a later pass."""
 
     def __init__(self, wakeups: Wakeups, clock: Callable[[], float],
-                 stopping: Callable[[], bool]) -> None:
+                 stopping: Callable[[], bool],
+                 settle_together: Callable[[Sequence[str]], object] | None = None) -> None:
         self._wakeups = wakeups
         self._clock = clock
         self._stopping = stopping
+        # Drives several devices in one partial pass (`Devices.settle`); None: each call's
+        # devices are settled on their own, as it runs.
+        self._settle_together = settle_together
         self._parked: list[_Waiter] = []
+        # Inside submitted work (whose answer can wait for `resume`), not a direct call.
+        self._in_work = False
 
     @property
     def waiting(self) -> int:
@@ -85,22 +98,29 @@ class Waiters:
             if stopping:  # answered, so its caller is not left waiting
                 future.set_exception(Unavailable(STOPPING))
                 return
+            self._in_work = True
             try:
                 future.set_result(fn())
             except Parked as parked:
                 self._parked.append(_Waiter(parked.call, parked.at, future))
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which re-raises
                 future.set_exception(exc)
+            finally:
+                self._in_work = False
 
         if self._stopping():
             raise Unavailable(STOPPING)
         self._wakeups.call(work)
         return future.result()
 
-    @staticmethod
-    def run(call: Resumable[T]) -> T:
+    def run(self, call: Resumable[T]) -> T:
         """On the reconcile thread, inside submitted work: advance `call`; its answer if it
-        has one now, else Parked raised (the submitted work is answered when it finishes)."""
+        has one now, else Parked raised (the submitted work is answered when it finishes).
+        With `settle_together`, a call that needs a device is parked due at once: `resume`,
+        after the wake-up's other calls, settles all their devices in one pass (one wait for
+        udev, not one per call) before advancing each."""
+        if self._in_work and self._settle_together is not None and call.needs() is not None:
+            raise Parked(call, self._clock())
         at = call.advance()
         if at is not None:
             raise Parked(call, at)
@@ -109,6 +129,7 @@ class Waiters:
     def resume(self) -> None:
         """Advance every parked call whose time has come; answer those that finished."""
         now = self._clock()
+        self._settle_due(now)
         waiting: list[_Waiter] = []
         for waiter in self._parked:
             if waiter.at > now or self._stopping():
@@ -124,6 +145,22 @@ class Waiters:
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which re-raises
                 waiter.future.set_exception(exc)
         self._parked = waiting
+
+    def _settle_due(self, now: float) -> None:
+        """One partial pass for the devices the due calls need, so that advancing each finds
+        its device settled (its own settle then has nothing left to do)."""
+        if self._settle_together is None or self._stopping():
+            return
+        names = list(dict.fromkeys(
+            name for waiter in self._parked if waiter.at <= now
+            if (name := waiter.call.needs()) is not None))
+        if len(names) < 2:
+            return
+        try:
+            self._settle_together(names)
+        except Exception:  # each call's own settle meets it again and answers it
+            log.warning("calls.settle_together_failed", devices=names, exc_info=True,
+                        next="settling each call's device on its own")
 
     def refuse(self) -> None:
         """Answer every parked call Unavailable (the daemon stops)."""

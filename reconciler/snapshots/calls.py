@@ -45,19 +45,30 @@ class DeviceCall(Generic[T]):
         assert self._verdict is not None
         return self._operation.send(self._verdict)
 
-    def advance(self) -> float | None:
-        """Run until the call must wait: when to advance it again, or None once finished."""
-        while not self._finished:
+    def needs(self) -> str | None:
+        """The device the call must have settled next, its operation run up to there and
+        nothing settled (so that the daemon can settle the devices of several calls in one
+        pass); None once it has its answer."""
+        if self._waiting_for is None and not self._finished:
             try:
-                if self._waiting_for is None:
-                    self._waiting_for = self._next_name()
-                    self._deadline = self._clock() + self._settle_seconds
-                settled = self._devices.settle([self._waiting_for])
+                self._waiting_for = self._next_name()
+                self._deadline = self._clock() + self._settle_seconds
             except StopIteration as stop:
                 self._finish(result=stop.value)
             except Exception as exc:  # noqa: BLE001 - the call's answer (NotFound, DmError...)
                 self._operation.close()
                 self._finish(error=exc)
+        return self._waiting_for
+
+    def advance(self) -> float | None:
+        """Run until the call must wait: when to advance it again, or None once finished."""
+        while (name := self.needs()) is not None:
+            try:
+                settled = self._devices.settle([name])
+            except Exception as exc:  # noqa: BLE001 - the call's answer (DmError...)
+                self._operation.close()
+                self._finish(error=exc)
+                self._waiting_for = None
             else:
                 if isinstance(settled, RetryAt):
                     if settled.at <= self._deadline:

@@ -124,3 +124,54 @@ def test_on_stop_parked_and_new_callers_are_answered_unavailable(fake_world: Wor
     assert isinstance(loop.answers["queued"], Unavailable)
     with pytest.raises(Unavailable, match="stopping"):
         loop.waiters.submit(lambda: loop.snaps.walk())
+
+
+def test_calls_of_one_wake_up_have_their_devices_settled_in_one_pass(
+        fake_world: World) -> None:
+    """Five Prepares queued together (containerd's parallel unpacks, its suite's t.Parallel())
+    are parked due at once and settled by one partial pass for all five devices, so the pass's
+    kernel work (one udev wait) is shared; each call's own settle then finds its device made
+    and active, and each answers with its own mounts."""
+    loop = Loop(fake_world)
+    settles: list[tuple[list[str], list[str]]] = []
+    fake = fake_world.host
+    assert isinstance(fake, FakeKernel)
+
+    def settle(names: Any) -> object:
+        mapped = [n for n in names if f"{fake_world.pool}-{n}" in fake.devices]
+        settles.append((list(names), mapped))
+        return loop.engine.devices.settle(names)
+
+    loop.waiters = Waiters(loop.wakeups, fake_world.clock, lambda: loop.stopping,
+                           settle_together=settle)
+    loop.snaps = snapshotter_over(loop.engine, runner=loop.waiters.run)
+    loop.snaps.devices = type("Recorded", (), {  # the calls' own settles, recorded too
+        "settle": staticmethod(settle),
+        "open_count": staticmethod(loop.engine.devices.open_count),
+        "usage": staticmethod(loop.engine.devices.usage),
+        "mount_source": staticmethod(loop.engine.devices.mount_source)})()
+    loop.ask("base", lambda: loop.snaps.prepare("work"))
+    loop.serve(1)
+    loop.waiters.resume()
+    loop.join("base")
+    loop.ask("commit", lambda: loop.snaps.commit("layer", "work"))
+    loop.serve(1)
+    loop.waiters.resume()
+    loop.join("commit")
+    settles.clear()
+
+    keys = [f"unpack-{i}" for i in range(5)]
+    for key in keys:
+        loop.ask(key, lambda key=key: loop.snaps.prepare(key, "layer"))  # type: ignore[misc]
+    loop.serve(5)
+    assert loop.waiters.waiting == 5 and not any(k in loop.answers for k in keys)
+    loop.waiters.resume()
+    loop.join(*keys)
+
+    together, mapped_before = settles[0]
+    assert len(together) == 5 and mapped_before == [], settles
+    own = settles[1:]
+    assert sorted(names[0] for names, _ in own) == sorted(together)
+    assert all(mapped == names for names, mapped in own), "each found its device made"
+    sources = {loop.answers[key][0].source for key in keys}
+    assert sources == {f"/dev/mapper/{fake_world.pool}-{name}" for name in together}
