@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import os
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +17,13 @@ from pathlib import Path
 import pytest
 
 from reconciler.dm.host import SystemHost
-from reconciler.snapshots import Mount, Snapshotter
+from reconciler.snapshots import Snapshotter
 from reconciler.snapshots.sizes import MAX_SIZE_LABEL
 from reconciler.testing.snapshotter import snapshotter_over
 from reconciler.testing.world import KERNEL_AVAILABLE, World, make_settings
 from reconciler.tools.loopback import LoopbackFiles
 from reconciler.units import Bytes
+from tests.kernel.mounts import mount, umount
 
 pytestmark = pytest.mark.kernel
 
@@ -54,16 +54,6 @@ def kworld(tmp_path: Path) -> Iterator[World]:
         files = LoopbackFiles.under(settings.root_path)
         files.data.unlink(missing_ok=True)
         files.metadata.unlink(missing_ok=True)
-
-
-def mount(spec: Mount, target: Path) -> None:
-    target.mkdir(exist_ok=True)
-    subprocess.run(["mount", "-t", spec.type, "-o", ",".join(spec.options), spec.source,
-                    str(target)], check=True, capture_output=True)
-
-
-def umount(target: Path) -> None:
-    subprocess.run(["umount", str(target)], check=True, capture_output=True)
 
 
 def filesystem_bytes(target: Path) -> int:

@@ -18,11 +18,12 @@ import pytest
 
 from reconciler.dm.host import SystemHost
 from reconciler.dm.libdm import LibdmClient
-from reconciler.snapshots import FailedPrecondition, Mount, Snapshotter
+from reconciler.snapshots import FailedPrecondition, Snapshotter
 from reconciler.states import DeviceState
 from reconciler.store import Store
 from reconciler.testing.snapshotter import snapshotter_over
 from reconciler.testing.world import KERNEL_AVAILABLE, World, make_settings
+from tests.kernel.mounts import mount, umount
 
 pytestmark = pytest.mark.kernel
 
@@ -38,16 +39,6 @@ def kworld(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         yield created
     finally:
         created.teardown()
-
-
-def mount(spec: Mount, target: Path) -> None:
-    target.mkdir(exist_ok=True)
-    subprocess.run(["mount", "-t", spec.type, "-o", ",".join(spec.options), spec.source,
-                    str(target)], check=True, capture_output=True)
-
-
-def umount(target: Path) -> None:
-    subprocess.run(["umount", str(target)], check=True, capture_output=True)
 
 
 def snapshotter(world: World) -> Snapshotter:
