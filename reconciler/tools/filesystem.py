@@ -70,12 +70,11 @@ def _first_meaningful_line(completed: Completed) -> Completed:
     return dataclasses.replace(completed, stderr=reasons[0])
 
 
-def grow_filesystem(host: Host, fs_type: str, device: str,
-                    mounts: Path | None = None) -> bool:
+def grow_filesystem(host: Host, fs_type: str, device: str, mounts: Path) -> bool:
     """Grow a filesystem nobody has mounted to fill its device: ext4 offline (e2fsck, then
     resize2fs), xfs on a temporary mount of our own under `mounts` (xfs grows only while
-    mounted; None: the system's temporary directory). False for a filesystem we cannot
-    grow."""
+    mounted; `undo_grow_mounts` looks there for one a crash left). False for a filesystem we
+    cannot grow."""
     if fs_type == "xfs":
         _grow_xfs(host, device, mounts)
         return True
@@ -92,11 +91,10 @@ def grow_filesystem(host: Host, fs_type: str, device: str,
     return True
 
 
-def _grow_xfs(host: Host, device: str, mounts: Path | None) -> None:
+def _grow_xfs(host: Host, device: str, mounts: Path) -> None:
     """Mount the device on a directory only we use, xfs_growfs it, unmount it. `nouuid`:
     every snapshot of a parent carries its filesystem's UUID, and another may be mounted."""
-    if mounts is not None:
-        mounts.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mounts.mkdir(mode=0o700, parents=True, exist_ok=True)
     # mkdtemp: a new directory of mode 0700, so nothing else finds or uses the mount.
     point = tempfile.mkdtemp(prefix="reconciler-grow-", dir=mounts)
     mounted = host.run(["mount", "-t", "xfs", "-o", "nouuid", device, point])

@@ -483,7 +483,8 @@ def test_a_loop_detached_while_in_use_goes_with_its_last_user(pool: ThinPool,
 # -- filesystems ---------------------------------------------------------------------------
 
 
-def test_mkfs_formats_a_device_with_a_few_blocks(pool: ThinPool, kernel: FakeKernel) -> None:
+def test_mkfs_formats_a_device_with_a_few_blocks(pool: ThinPool, kernel: FakeKernel,
+                                                 tmp_path: Path) -> None:
     """mkfs maps a handful of blocks, and e2fsck and resize2fs find the filesystem."""
     pool.create_thin(ThinId(0), 0)
     path = activate(pool, "fs", 0, 65536)
@@ -493,12 +494,13 @@ def test_mkfs_formats_a_device_with_a_few_blocks(pool: ThinPool, kernel: FakeKer
     pool.client.suspend("fp-fs")
     pool.client.load("fp-fs", pool.thin_table(ThinId(0), Sectors(131072)).line())
     pool.client.resume("fp-fs")
-    assert grow_filesystem(kernel, "ext4", path)
+    assert grow_filesystem(kernel, "ext4", path, tmp_path)
     resized = kernel.run(["resize2fs", path])
     assert "already 65536 (1k) blocks long" in resized.stderr
 
 
-def test_xfs_is_grown_on_a_temporary_mount(pool: ThinPool, kernel: FakeKernel) -> None:
+def test_xfs_is_grown_on_a_temporary_mount(pool: ThinPool, kernel: FakeKernel,
+                                           tmp_path: Path) -> None:
     """xfs grows only mounted: mount (nouuid), xfs_growfs, umount; the superblock says the
     new size, the device is closed again and the mount point is gone."""
     pool.create_thin(ThinId(0), 0)
@@ -508,7 +510,7 @@ def test_xfs_is_grown_on_a_temporary_mount(pool: ThinPool, kernel: FakeKernel) -
     pool.client.suspend("fp-fs")
     pool.client.load("fp-fs", pool.thin_table(ThinId(0), Sectors(2 * 614400)).line())
     pool.client.resume("fp-fs")
-    assert grow_filesystem(kernel, "xfs", path)
+    assert grow_filesystem(kernel, "xfs", path, tmp_path)
     assert kernel.filesystem_size("fp-fs") == 600 << 20
     (mount,) = [c for c in kernel.calls if c[0] == "mount"]
     assert mount[:5] == ("mount", "-t", "xfs", "-o", "nouuid") and mount[5] == path
@@ -517,7 +519,8 @@ def test_xfs_is_grown_on_a_temporary_mount(pool: ThinPool, kernel: FakeKernel) -
     assert kernel.model.open_count(kernel.devices["fp-fs"]) == 0
 
 
-def test_a_failed_xfs_grow_unmounts_and_says_why(pool: ThinPool, kernel: FakeKernel) -> None:
+def test_a_failed_xfs_grow_unmounts_and_says_why(pool: ThinPool, kernel: FakeKernel,
+                                                 tmp_path: Path) -> None:
     """xfs_growfs failing is a ToolError naming it, and the temporary mount is undone; a mount
     that fails (not xfs) is a ToolError too, with no mount left."""
     pool.create_thin(ThinId(0), 0)
@@ -525,11 +528,11 @@ def test_a_failed_xfs_grow_unmounts_and_says_why(pool: ThinPool, kernel: FakeKer
     make_filesystem(kernel, "xfs", path)
     kernel.fail_next(("xfs_growfs",), 1, "xfs_growfs: XFS_IOC_FSGROWFSDATA xfsctl failed\n")
     with pytest.raises(ToolError, match="xfs_growfs"):
-        grow_filesystem(kernel, "xfs", path)
+        grow_filesystem(kernel, "xfs", path, tmp_path)
     assert kernel.calls[-1][0] == "umount" and kernel.mounted() == {}
     make_filesystem(kernel, "ext4", path)
     with pytest.raises(ToolError, match="wrong fs type"):
-        grow_filesystem(kernel, "xfs", path)
+        grow_filesystem(kernel, "xfs", path, tmp_path)
     assert kernel.mounted() == {}
     assert kernel.model.open_count(kernel.devices["fp-fs"]) == 0
 
