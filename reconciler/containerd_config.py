@@ -8,8 +8,9 @@ through its transfer service, and chooses a pull's snapshotter per runtime handl
 `runtime_platforms`. An operator who writes the TOML by hand gets one of these wrong and
 containerd ignores the key it does not know, so the command writes it: the proxy plugin at
 the config's `grpc_socket`, a runtime handler `reconciler` (runc) on our snapshotter, and our
-snapshotter as CRI's default. It sits beside the other commands' bodies under `reconciler.cli`
-and asks the machine only `containerd --version`, through the Host every program runs by.
+snapshotter as CRI's default. A command's body of its own, beside `reconciler.status` below
+the CLI, it asks the machine only `containerd --version`, through the Host every program runs
+by.
 """
 
 from __future__ import annotations
@@ -95,14 +96,16 @@ def drop_in(settings: Settings, source: Path | None, layout: Layout, *, default:
     handler on our snapshotter, and (`default`) our snapshotter as CRI's default. `source`:
     the config file it came from (shown). DropInError when grpc_socket is unset or the
     layout cannot do what is asked."""
+    # One line, whatever the path holds.
+    path = " ".join(str(source).splitlines()) if source is not None else None
     if settings.grpc_socket is None:
-        where = " ".join(str(source).splitlines()) if source is not None else "the defaults"
-        raise DropInError(f"grpc_socket is not set in {where}: set it to the socket the daemon "
-                          "serves containerd's snapshots API on, and restart the daemon")
+        raise DropInError(f"grpc_socket is not set in {path or 'the defaults'}: set it to the "
+                          "socket the daemon serves containerd's snapshots API on, and restart "
+                          "the daemon")
     if layout is Layout.V1_6 and not default:
         raise DropInError("containerd 1.6 has no snapshotter per runtime handler (1.7 added "
                           "it): --handler-only needs containerd 1.7 or newer")
-    shown = " ".join(str(source).splitlines()) if source is not None else "no config file"
+    shown = path or "no config file"
     head = (f"# containerd {layout} drop-in from `reconciler containerd-config` "
             f"(grpc_socket of {shown}).\n")
     socket = toml_string(str(settings.grpc_socket))
