@@ -21,8 +21,9 @@ DESCRIPTION = "Keep device-mapper thin devices equal to spec files."
 # reconciler.config.DEFAULT_CONFIG_PATH and reconciler.logs.LEVELS.
 DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# reconciler.containerd_config.Layout's values.
+# reconciler.containerd_config.Layout's and CgroupDriver's values.
 CONTAINERD_LAYOUTS = ("1.6", "1.7", "2.x")
+CGROUP_DRIVERS = ("cgroupfs", "systemd")
 
 
 class Shell(StrEnum):
@@ -159,6 +160,10 @@ def _acting_commands(command: Command, common: argparse.ArgumentParser) -> None:
     containerd.add_argument("--handler-only", action="store_true",
                             help="only the runtime handler `reconciler` uses it; CRI's default "
                             "snapshotter stays (a daemon run as a pod; containerd 1.7 or newer)")
+    containerd.add_argument("--cgroup-driver", choices=CGROUP_DRIVERS, default="cgroupfs",
+                            help="kubelet's cgroupDriver, which runc must use too: systemd "
+                            "(kubeadm's default) sets SystemdCgroup on the runc handlers the "
+                            "drop-in declares (default: cgroupfs, runc's own)")
     completion = command("completion", "print the shell completion script")
     # Plain values (cli.py makes the Shell): with type=Shell a typo would read "invalid Shell
     # value" instead of argparse's list of the choices.

@@ -490,7 +490,7 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
         return check_config(settings, path)
     if args.command == "containerd-config":
         return print_containerd_config(settings, path, host, args.containerd_version,
-                                       args.handler_only)
+                                       args.handler_only, args.cgroup_driver)
     return show_status(settings, host, args)
 
 
