@@ -20,7 +20,6 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -54,6 +53,7 @@ from reconciler.status import (
     render_check,
     render_json,
     render_table,
+    watch,
 )
 from reconciler.store import RequestKind, Store, StoreError
 from reconciler.vocabulary import DeviceState
@@ -184,13 +184,6 @@ def check_status(settings: Settings, host: Host, as_json: bool) -> int:
     return int(verdict.health)
 
 
-# Clear the screen and go home: only a terminal gets it.
-CLEAR_SCREEN = "\033[H\033[2J"
-# While watching, how often the store is asked whether another process wrote it (one cheap
-# query), so that a change is shown at once rather than at the next look.
-STORE_POLL_SECONDS = 0.2
-
-
 def _usage_error(message: str) -> int:
     print(f"reconciler: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -227,52 +220,22 @@ def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int
         return render_table(report, columns, headers=not args.no_headers)
 
     try:
-        text = render()
+        if args.watch is not None:
+            # Returns only when there is nothing to show; Ctrl-C ends the process (exit 0).
+            watch(render, store.written_by_others, args.watch, table=not args.json,
+                  exit_code=EXIT_OK)
+            text = None
+        else:
+            text = render()
         if text is None:
             print(f"no device named {args.name!r}", file=sys.stderr)
             return EXIT_NOT_CONVERGED
-        if args.watch is None:
-            sys.stdout.write(text)
-            return EXIT_OK
-        watch(text, render, store.written_by_others, args.watch,
-              table=not args.json)
+        sys.stdout.write(text)
         return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
         store.close()
-
-
-def watch(first: str, render: Callable[[], str | None], store_changed: Callable[[], bool],
-          interval: float, table: bool) -> None:
-    """Write the document, then again each time it changes (never the same one twice in a
-    row): looked at every `interval` seconds, and at once when the store was written.
-    A terminal's table is redrawn in place, under a line that says when it changed (UTC);
-    anything else (a pipe, a file, NDJSON) gets the documents one after another, no escapes,
-    so that a script reads them as they come. `table`: the documents are tables (else
-    NDJSON lines)."""
-    on_tty = table and sys.stdout.isatty()
-    shown = None
-    text: str | None = first
-    store_changed()  # from here on, it says whether anything was written since
-    while True:
-        if text is not None and text != shown:
-            if on_tty:
-                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                sys.stdout.write(f"{CLEAR_SCREEN}changed at {stamp}, looking every "
-                                 f"{interval:g}s\n\n{text}")
-            else:
-                # A table (not NDJSON) is parted from the one before by an empty line.
-                blank = "\n" if table and shown is not None else ""
-                sys.stdout.write(blank + text)
-            sys.stdout.flush()
-            shown = text
-        deadline = time.monotonic() + interval
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(STORE_POLL_SECONDS, left))
-            if store_changed():
-                break
-        text = render()
 
 
 def show_plan(settings: Settings, host: Host, as_json: bool = False) -> int:
@@ -429,6 +392,7 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
     logs.configure(args.log_level)
+    logs.dump_stacks_on_quit()
     if args.command == "completion":
         return print_completion(Shell(args.shell))
     if args.command == "config" and args.config_command == "default":

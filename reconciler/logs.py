@@ -5,13 +5,17 @@ terminal. Events are named `noun.verb` (device.state_changed) and say what happe
 When stderr is the journal (systemd's JOURNAL_STREAM names its device and inode), each line
 starts with sd-daemon's `<N>` priority prefix for its level, so that `journalctl -p warning`
 and the colours of `journalctl` follow the event's level.
+SIGQUIT (Ctrl-\\) writes every thread's stack to stderr before the process quits as it
+always did: where a hung command was waiting, without a debugger.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import io
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -70,6 +74,18 @@ class _StderrLogger:
 
     exception = error
     msg = info
+
+
+def dump_stacks_on_quit() -> None:
+    """SIGQUIT writes every thread's Python stack to stderr, then takes its default action
+    (the process quits, with a core dump where they are enabled)."""
+    stderr = sys.__stderr__
+    try:
+        fileno = stderr.fileno() if stderr is not None else -1
+    except (OSError, ValueError, io.UnsupportedOperation):
+        fileno = -1
+    if fileno >= 0:
+        faulthandler.register(signal.SIGQUIT, file=fileno, all_threads=True, chain=True)
 
 
 def configure(level: str = "info", json: bool | None = None) -> None:

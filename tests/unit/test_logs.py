@@ -1,10 +1,15 @@
-"""Log lines on stderr: sd-daemon priority prefixes when stderr is the journal, and only then."""
+"""Log lines on stderr: sd-daemon priority prefixes when stderr is the journal, and only then;
+SIGQUIT's stack dump."""
 
 from __future__ import annotations
 
 import os
+import resource
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import pytest
@@ -101,3 +106,44 @@ def test_elsewhere_lines_are_unchanged(pipe: tuple[int, IO[str]],
     log.warning("probe.warning")
     lines = _read(read_end)
     assert len(lines) == 1 and lines[0].startswith('{"event": "probe.warning"')
+
+
+_QUITTING_CHILD = """
+import sys, threading, time
+from reconciler import logs
+
+def waiting_here():
+    threading.Event().wait()
+
+def main_sleeps():
+    threading.Thread(target=waiting_here, daemon=True).start()
+    print("ready", flush=True)
+    time.sleep(60)
+
+logs.dump_stacks_on_quit()
+main_sleeps()
+"""
+
+
+def _no_core() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def test_sigquit_writes_every_threads_stack_then_quits(tmp_path: Path) -> None:
+    """After dump_stacks_on_quit, SIGQUIT writes each thread's stack to stderr (where the
+    main thread and another one wait) and the process then dies of SIGQUIT, as before."""
+    child = subprocess.Popen([sys.executable, "-c", _QUITTING_CHILD], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=_no_core)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"
+        child.send_signal(signal.SIGQUIT)
+        _, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGQUIT
+    stacks = err.decode()
+    assert "in waiting_here" in stacks and "in main_sleeps" in stacks
