@@ -28,9 +28,11 @@ from reconciler import logs
 from reconciler.arguments import Shell, build_parser
 from reconciler.config import (
     DEFAULT_CONFIG_PATH,
+    DEFAULT_LOG_LEVEL,
     ConfigError,
     Settings,
     config_path,
+    effective_log_level,
     load_settings,
     settings_from_mapping,
     settings_toml,
@@ -149,8 +151,10 @@ def confirm_removals(settings: Settings, host: Host, names: Sequence[str],
                      selection=selection.text)
 
 
-def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
-    """The long-running daemon."""
+def run_daemon(settings: Settings, host: Host, path: Path | None,
+               log_level_flag: str | None = None) -> int:
+    """The long-running daemon; a reload takes a new log_level unless --log-level or
+    $RECONCILER_LOG_LEVEL sets it (`log_level_flag`: --log-level's)."""
     # Imported here: the daemon brings watchdog and prometheus_client, which the commands
     # that only read, `status --check` run by probes every few seconds above all, never use
     # (grpc and protobuf it loads only to serve grpc_socket).
@@ -160,7 +164,8 @@ def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
     from reconciler.sockets import SocketUnavailable
 
     raise_descriptor_limit()  # each listener bounds its share; the loop gets the rest
-    daemon = Daemon(settings, host, config_path=path)
+    daemon = Daemon(settings, host, config_path=path, reconfigure_logs=lambda fresh: (
+        logs.configure(effective_log_level(log_level_flag, fresh))))
     daemon.install_signal_handlers()
     try:
         return daemon.serve()
@@ -391,7 +396,7 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
-    logs.configure(args.log_level)
+    logs.configure(args.log_level or DEFAULT_LOG_LEVEL)  # until the config is read
     logs.dump_stacks_on_quit()
     if args.command == "completion":
         return print_completion(Shell(args.shell))
@@ -401,6 +406,8 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
         return EXIT_OK
     try:
         settings, path = _settings(args.config)
+        # --log-level, else $RECONCILER_LOG_LEVEL (checked here), else the config's.
+        logs.configure(effective_log_level(args.log_level, settings))
     except ConfigError as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -426,7 +433,7 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
     if args.command == "run":
         if args.once:
             return _locked(settings, lambda: run_once(settings, host, args.allow_removals))
-        return _locked(settings, lambda: run_daemon(settings, host, path))
+        return _locked(settings, lambda: run_daemon(settings, host, path, args.log_level))
     if args.command == "plan":
         return show_plan(settings, host, args.json)
     if args.command == "retry":

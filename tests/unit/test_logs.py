@@ -1,13 +1,17 @@
 """Log lines on stderr: sd-daemon priority prefixes when stderr is the journal, and only then;
-SIGQUIT's stack dump."""
+standard logging's records (the libraries') rendered as ours are; SIGQUIT's stack dump."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import resource
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -23,8 +27,11 @@ log = structlog.get_logger(__name__)
 @pytest.fixture
 def pipe() -> Iterator[tuple[int, IO[str]]]:
     """A pipe: its read end, and its write end as a text stream; structlog's configuration
-    is put back afterwards."""
+    and standard logging's (the root logger's handlers and level, warnings) are put back
+    afterwards."""
     saved: dict[str, Any] = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     read_end, write_end = os.pipe()
     stream = os.fdopen(write_end, "w")
     try:
@@ -33,6 +40,9 @@ def pipe() -> Iterator[tuple[int, IO[str]]]:
         stream.close()
         os.close(read_end)
         structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.captureWarnings(False)
 
 
 def as_stderr(stream: IO[str], monkeypatch: pytest.MonkeyPatch) -> os.stat_result:
@@ -106,6 +116,76 @@ def test_elsewhere_lines_are_unchanged(pipe: tuple[int, IO[str]],
     log.warning("probe.warning")
     lines = _read(read_end)
     assert len(lines) == 1 and lines[0].startswith('{"event": "probe.warning"')
+
+
+# TimeStamper's ISO form in UTC: what every line carries, ours and the libraries'.
+TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "console"])
+def test_a_library_line_has_its_level_and_timestamp(pipe: tuple[int, IO[str]],
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    as_json: bool) -> None:
+    """A library's INFO record through standard logging (peewee's logger, %-style arguments)
+    comes out as our own lines do: its message, its logger's name, its level and a UTC
+    timestamp, in JSON or on the console; not dropped, and not Python's bare format."""
+    read_end, stream = pipe
+    as_stderr(stream, monkeypatch)
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    logs.configure("info", json=as_json)
+    logging.getLogger("peewee").info("query %s", "SELECT 1")
+    log.info("probe.ours")
+    theirs, ours = _read(read_end)
+    if as_json:
+        line = json.loads(theirs)
+        assert {k: line[k] for k in ("event", "logger", "level")} == {
+            "event": "query SELECT 1", "logger": "peewee", "level": "info"}
+        assert re.fullmatch(TIMESTAMP, line["timestamp"])
+        assert {"level", "timestamp"} <= json.loads(ours).keys()
+    else:
+        assert re.fullmatch(TIMESTAMP + r" \[info\s*\] query SELECT 1\s+\[peewee\]", theirs)
+        assert re.fullmatch(TIMESTAMP + r" \[info\s*\] probe\.ours\s*", ours)
+
+
+def test_library_lines_follow_the_level_and_the_journal_priorities(
+        pipe: tuple[int, IO[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """At warning, a library's info is left out and its warning, error (with its traceback,
+    as a string in JSON) and a warnings.warn() come out, each with the journal's priority of
+    its level when stderr is the journal."""
+    read_end, stream = pipe
+    st = as_stderr(stream, monkeypatch)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    logs.configure("warning", json=True)
+    logging.getLogger("grpc").info("left out")
+    logging.getLogger("watchdog.observers").warning("inotify watch limit reached")
+    try:
+        raise OSError("boom")
+    except OSError:
+        logging.getLogger("grpc._server").exception("Exception calling application")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("an old call", DeprecationWarning, stacklevel=1)
+    lines = _read(read_end)
+    assert [line[:3] for line in lines] == ["<4>", "<3>", "<4>"]
+    documents = [json.loads(line[3:]) for line in lines]
+    assert [(d["logger"], d["level"]) for d in documents] == [
+        ("watchdog.observers", "warning"), ("grpc._server", "error"), ("py.warnings", "warning")]
+    assert "OSError: boom" in documents[1]["exception"]
+    assert "DeprecationWarning: an old call" in documents[2]["event"]
+    assert all(re.fullmatch(TIMESTAMP, d["timestamp"]) for d in documents)
+
+
+def test_configured_again_a_library_line_is_written_once(
+        pipe: tuple[int, IO[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """configure() a second time (a reload) replaces its handler: one line per record, at the
+    new level (debug now shows)."""
+    read_end, stream = pipe
+    as_stderr(stream, monkeypatch)
+    logs.configure("info", json=True)
+    logs.configure("debug", json=True)
+    logging.getLogger("peewee").debug("query")
+    lines = _read(read_end)
+    assert len(lines) == 1 and json.loads(lines[0])["level"] == "debug"
 
 
 _QUITTING_CHILD = """
