@@ -243,6 +243,10 @@ def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int
         store.close()
 
 
+# `plan --json`'s `schema_version`, as status's (reconciler.status.document.SCHEMA_VERSION).
+PLAN_SCHEMA_VERSION = 1
+
+
 def show_plan(settings: Settings, host: Host, as_json: bool = False) -> int:
     """Print each device's next step. Read-only by construction: the store is opened so
     that SQLite refuses any write and no file is created (none at all when there is no
@@ -260,13 +264,14 @@ def show_plan(settings: Settings, host: Host, as_json: bool = False) -> int:
     finally:
         store.close()
     if as_json:
-        document = {"pool": settings.pool_name,
-                    "actions": [{"name": name, "action": action} for name, action in actions]}
+        document = {"schema_version": PLAN_SCHEMA_VERSION, "pool": settings.pool_name,
+                    "actions": [{"name": name, "action": planned.action,
+                                 "summary": planned.summary} for name, planned in actions]}
         sys.stdout.write(json.dumps(document) + "\n")
         return EXIT_OK
     width = max((len(name) for name, _ in actions), default=4)
-    for name, action in actions:
-        print(f"{name.ljust(width)}  {action}")
+    for name, planned in actions:
+        print(f"{name.ljust(width)}  {planned.summary}")
     return EXIT_OK
 
 

@@ -24,6 +24,9 @@ import structlog
 from structlog.typing import EventDict
 
 LEVELS = ("debug", "info", "warning", "error")
+# Libraries whose INFO lines narrate what one of our events says (transitions: three lines
+# per state change, beside our device.state_changed): below warning they show at debug only.
+NARRATORS = ("transitions",)
 
 
 # sd-daemon.h's priority prefixes: SD_CRIT, SD_ERR, SD_WARNING, SD_INFO, SD_DEBUG.
@@ -153,5 +156,8 @@ def configure(level: str = "info", json: bool | None = None) -> None:
         root.removeHandler(handler)  # configured again (a reload, a test): one handler
     root.addHandler(_StandardHandler(writer, formatter))
     root.setLevel(threshold)
+    for name in NARRATORS:
+        logging.getLogger(name).setLevel(logging.DEBUG if threshold <= logging.DEBUG
+                                         else max(threshold, logging.WARNING))
     # A library's warnings.warn() too: a line like every other, not Python's own format.
     logging.captureWarnings(True)

@@ -27,11 +27,12 @@ log = structlog.get_logger(__name__)
 @pytest.fixture
 def pipe() -> Iterator[tuple[int, IO[str]]]:
     """A pipe: its read end, and its write end as a text stream; structlog's configuration
-    and standard logging's (the root logger's handlers and level, warnings) are put back
-    afterwards."""
+    and standard logging's (the root logger's handlers and level, the narrators' levels,
+    warnings) are put back afterwards."""
     saved: dict[str, Any] = structlog.get_config()
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    narrators = {name: logging.getLogger(name).level for name in logs.NARRATORS}
     read_end, write_end = os.pipe()
     stream = os.fdopen(write_end, "w")
     try:
@@ -42,6 +43,8 @@ def pipe() -> Iterator[tuple[int, IO[str]]]:
         structlog.configure(**saved)
         root.handlers[:] = handlers
         root.setLevel(level)
+        for name, narrator_level in narrators.items():
+            logging.getLogger(name).setLevel(narrator_level)
         logging.captureWarnings(False)
 
 
@@ -227,3 +230,19 @@ def test_sigquit_writes_every_threads_stack_then_quits(tmp_path: Path) -> None:
     assert child.returncode == -signal.SIGQUIT
     stacks = err.decode()
     assert "in waiting_here" in stacks and "in main_sleeps" in stacks
+
+
+@pytest.mark.parametrize(("level", "shown"), [("info", False), ("debug", True)])
+def test_a_narrating_librarys_info_shows_at_debug_only(
+        pipe: tuple[int, IO[str]], monkeypatch: pytest.MonkeyPatch, level: str,
+        shown: bool) -> None:
+    """transitions' INFO lines (three per state change, which device.state_changed says
+    once) are left out at info and written at debug; its warnings always."""
+    read_end, stream = pipe
+    as_stderr(stream, monkeypatch)
+    logs.configure(level, json=True)
+    logging.getLogger("transitions.core").info("Finished processing state Created")
+    logging.getLogger("transitions.core").warning("a warning of its own")
+    events = [json.loads(line)["event"] for line in _read(read_end)]
+    assert events == (["Finished processing state Created"] if shown else []) + [
+        "a warning of its own"]
