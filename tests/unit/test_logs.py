@@ -20,6 +20,7 @@ import pytest
 import structlog
 
 from reconciler import logs
+from reconciler.testing.process import foreground_signals
 
 log = structlog.get_logger(__name__)
 
@@ -209,7 +210,9 @@ main_sleeps()
 
 
 def _no_core() -> None:
+    """The child's preexec_fn: no core file, and SIGQUIT at its default."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    foreground_signals()
 
 
 def test_sigquit_writes_every_threads_stack_then_quits(tmp_path: Path) -> None:

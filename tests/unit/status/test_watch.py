@@ -1,6 +1,6 @@
 """`status --watch`'s loop (reconciler.status.watch): each change written once, SIGINT's
-handler put back when the watch ends, and Ctrl-C ending a watch whose look is inside a
-ctypes callback, where a KeyboardInterrupt would be dropped."""
+handler put back when the watch ends, Ctrl-C ending a watch whose look is inside a ctypes
+callback (where a KeyboardInterrupt would be dropped), and SIGINT left ignored when it was."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from reconciler.status.watch import watch
+from reconciler.testing.process import foreground_signals
 
 # How long a test waits for the child to do what it must (a bound on a hang, not a timing
 # assertion: each comes in a fraction of a second).
@@ -93,7 +95,8 @@ def test_ctrl_c_ends_a_watch_inside_a_ctypes_callback() -> None:
     given (ctypes would drop a KeyboardInterrupt raised there, and the watch go on), after
     the whole first document."""
     child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                             preexec_fn=foreground_signals)
     try:
         assert child.stderr is not None
         ready, _, _ = select.select([child.stderr], [], [], WAIT_S)
@@ -113,3 +116,40 @@ def test_ctrl_c_ends_a_watch_inside_a_ctypes_callback() -> None:
         child.wait()
     assert child.returncode == 7, err.decode()
     assert out == b'{"look": 1}\n'
+
+
+def _ignore_sigint() -> None:
+    """preexec_fn: the child starts as a shell's background job does, SIGINT ignored."""
+    foreground_signals()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _sigint_disposition(pid: int) -> str:
+    """How a running process takes SIGINT, from /proc: "ignored", "caught" or "default"."""
+    masks = dict(line.split(":\t") for line in Path(f"/proc/{pid}/status").read_text()
+                 .splitlines() if line.startswith(("SigIgn", "SigCgt")))
+    bit = 1 << (signal.SIGINT - 1)
+    if int(masks["SigIgn"], 16) & bit:
+        return "ignored"
+    return "caught" if int(masks["SigCgt"], 16) & bit else "default"
+
+
+@pytest.mark.parametrize(("preexec", "disposition"), [
+    (foreground_signals, "caught"), (_ignore_sigint, "ignored")],
+    ids=["foreground", "background"])
+def test_a_watch_takes_sigint_unless_it_was_started_ignoring_it(
+        preexec: Callable[[], None], disposition: str) -> None:
+    """While watching, SIGINT is caught (to end the watch); a watch started with SIGINT
+    ignored (a shell's background job) leaves it ignored, as Python itself does."""
+    program = ("from reconciler.status.watch import watch\n"
+               "watch(lambda: '{}\\n', lambda: False, 0.05, table=False, exit_code=0)\n")
+    child = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, preexec_fn=preexec)
+    try:
+        assert child.stdout is not None
+        ready, _, _ = select.select([child.stdout], [], [], WAIT_S)
+        assert ready and child.stdout.readline() == b"{}\n"
+        assert _sigint_disposition(child.pid) == disposition
+    finally:
+        child.kill()
+        child.wait()
