@@ -80,14 +80,16 @@ def ended_by_interrupt(output: Output, exit_code: int) -> Iterator[None]:
     os.set_blocking(write_end, False)
     thread = threading.Thread(target=_end_on_interrupt, args=(read_end, output, exit_code),
                               name="interrupt", daemon=True)
-    previous_handler = signal.signal(signal.SIGINT, _wake_only)
+    # The pipe and its reader first, the handler last (and back first): at no moment may a
+    # SIGINT be taken by _wake_only with nobody told.
     previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     thread.start()
+    previous_handler = signal.signal(signal.SIGINT, _wake_only)
     try:
         yield
     finally:
-        signal.set_wakeup_fd(previous_fd)
         signal.signal(signal.SIGINT, previous_handler)
+        signal.set_wakeup_fd(previous_fd)
         os.close(write_end)  # the thread reads the end of the pipe and returns
         thread.join()
         os.close(read_end)
