@@ -42,8 +42,9 @@ def _global_options(parser: argparse.ArgumentParser, default: bool) -> None:
         help=f"config file (default: $RECONCILER_CONFIG, else {DEFAULT_CONFIG_PATH})",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS,
-                        default="info" if default else argparse.SUPPRESS,
-                        help="least level of the log lines on stderr (default: info)")
+                        default=None if default else argparse.SUPPRESS,
+                        help="least level of the log lines on stderr (default: "
+                        "$RECONCILER_LOG_LEVEL, else the config's log_level, else info)")
 
 
 def package_version() -> str:
