@@ -151,18 +151,24 @@ class Targets(LoopDevices):
 
     @staticmethod
     def _pool_status(pool: PoolTarget) -> str:
+        if pool.metadata_failure == "Fail":
+            return "Fail"  # dm-thin's pool_status shows nothing else in Fail mode
         meta = pool.metadata
         held = "-" if meta.held_root is None else str(meta.held_root)
-        mode = "out_of_data_space" if pool.out_of_data_space else "rw"
+        mode = pool.metadata_failure or ("out_of_data_space" if pool.out_of_data_space
+                                         else "rw")
         policy = "error_if_no_space" if pool.error_if_no_space else "queue_if_no_space"
+        check = "needs_check" if pool.needs_check else "-"
         watermark = min(1024, meta.total_blocks // 4)
         return (f"{meta.transaction_id} {meta.used_blocks()}/{meta.total_blocks} "
                 f"{len(meta.refcounts)}/{pool.data_blocks} {held} {mode} discard_passdown "
-                f"{policy} - {watermark} ")
+                f"{policy} {check} {watermark} ")
 
     def _thin_status(self, table: Table) -> str:
         pool = self.thin_pool(table)
         assert pool.pool is not None
+        if pool.pool.metadata_failure == "Fail":
+            return "Fail"  # dm-thin's thin_status, its pool in Fail mode
         thin = pool.pool.metadata.thins[int(table.args[0])]
         block = pool.pool.block_sectors
         if not thin.mappings:
