@@ -166,7 +166,7 @@ def describe(record: DeviceRecord, decision: Decision, wanted: bool = True) -> s
         return "nothing"
     if decision == Step.CREATE and record.parent is not None:
         return f"snapshot of {record.parent}"
-    return decision.value
+    return decision.value.replace("_", " ")  # prose: "grow filesystem"
 
 
 # Everything next_step reads of a device, as values: its record's fields, its spec, its dm
