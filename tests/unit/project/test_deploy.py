@@ -138,14 +138,18 @@ def test_daemonset_paths_match_the_config() -> None:
 
 
 def test_probes_and_scrape_annotations_use_the_metrics_listener() -> None:
-    """Liveness on /healthz, readiness on /readyz, Prometheus on /metrics: all on the port
-    of `metrics_address`."""
+    """Liveness on /healthz, readiness on /readyz, startup on /startupz (which fails until
+    the first pass has ended; /healthz passes at once), Prometheus on /metrics: all on the
+    port of `metrics_address`. The startup probe gates liveness: no initial delay of its own
+    to guess."""
     port = int(_config()["metrics_address"].rsplit(":", 1)[1])
     container = _container()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == port
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/startupz", "port": "metrics"}
+    assert "initialDelaySeconds" not in container["livenessProbe"]
     annotations = _one("DaemonSet")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(port)
     assert annotations["prometheus.io/path"] == "/metrics"
@@ -221,7 +225,7 @@ def test_alert_rules_are_valid_and_fire_when_they_should() -> None:
     the series meant to fire it, at the time it should, and not before."""
     checked = _promtool("check", "rules", ALERTS.name)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 9 rules found" in checked.stdout
+    assert "SUCCESS: 11 rules found" in checked.stdout
     tested = _promtool("test", "rules", "alerts_test.yaml")
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
@@ -237,6 +241,19 @@ def test_alert_rules_use_only_metrics_the_daemon_exports() -> None:
     used = {name for rule in rules for name in re.findall(r"reconciler_[a-z_]+", rule["expr"])}
     assert used
     assert used <= documented, used - documented
+
+
+def test_alerts_name_the_node_and_one_says_the_target_is_gone() -> None:
+    """No alert names a node by `instance` (a pod's IP: no machine, new with every pod);
+    each that names one says `node`; the target's own absence and failure are alerts."""
+    rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+    for rule in rules:
+        text = " ".join(rule["annotations"].values())
+        assert "$labels.instance" not in text, rule["alert"]
+        assert "$labels.node" in text or rule["expr"].startswith("absent("), rule["alert"]
+    exprs = {rule["alert"]: rule["expr"] for rule in rules}
+    assert exprs["ReconcilerTargetDown"] == 'up{job="reconciler"} == 0'
+    assert exprs["ReconcilerTargetMissing"] == 'absent(up{job="reconciler"})'
 
 
 def test_the_systemd_unit_raises_the_descriptor_limit() -> None:
