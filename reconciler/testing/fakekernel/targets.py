@@ -40,8 +40,17 @@ class Targets(LoopDevices):
         table = device.live
         if table is None:
             return None
-        params = self._status(device, table) if kind == "status" else table.params()
+        if kind == "status":
+            params = self._status(device, table)
+        elif table.target == "thin" and self._pool_failed(table):
+            params = "Fail"  # thin_status hides the table too while its pool is in Fail mode
+        else:
+            params = table.params()
         return 0, table.length, table.target, params
+
+    def _pool_failed(self, table: Table) -> bool:
+        pool = self.thin_pool(table).pool
+        return pool is not None and pool.metadata_failure == "Fail"
 
     # -- tables ------------------------------------------------------------------------------
 
@@ -165,10 +174,10 @@ class Targets(LoopDevices):
                 f"{policy} {check} {watermark} ")
 
     def _thin_status(self, table: Table) -> str:
+        if self._pool_failed(table):
+            return "Fail"  # dm-thin's thin_status, its pool in Fail mode
         pool = self.thin_pool(table)
         assert pool.pool is not None
-        if pool.pool.metadata_failure == "Fail":
-            return "Fail"  # dm-thin's thin_status, its pool in Fail mode
         thin = pool.pool.metadata.thins[int(table.args[0])]
         block = pool.pool.block_sectors
         if not thin.mappings:

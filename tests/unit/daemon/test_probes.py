@@ -137,10 +137,11 @@ def assert_one_verdict(seen: Surfaces, health: Health) -> None:
 @pytest.mark.parametrize("mode", ["Fail", "ro"])
 def test_every_verdict_is_said_alike_by_status_check_and_the_probes(
         served: tuple[Served, list[Surfaces]], mode: str) -> None:
-    """Starting (during the first pass), ready, degraded (a Faulty device), down (the pool's
-    metadata failed: Fail, or read-only and needs_check): exit 3, 0, 1, 2; /readyz 503,
-    200, 200, 503; /startupz 503 only while starting; /healthz 200 throughout; /readyz's
-    body is `status --check`'s line each time."""
+    """Starting (during the first pass), ready (a device made), degraded (a Faulty device),
+    down (the pool's metadata failed: Fail, where the kernel shows even the thin device's
+    table as "Fail", or read-only and needs_check): exit 3, 0, 1, 2; /readyz 503, 200, 200,
+    503; /startupz 503 only while starting; /healthz 200 throughout; /readyz's body is
+    `status --check`'s line each time."""
     serving, during = served
     world = serving.world
     assert isinstance(world.host, FakeKernel)
@@ -148,6 +149,8 @@ def test_every_verdict_is_said_alike_by_status_check_and_the_probes(
     assert_one_verdict(during[0], Health.STARTING)
     assert during[0].check_line == "starting: first pass running\n"
 
+    world.spec("web", 'filesystem = "none"\nsize = "32MiB"\n')
+    serving.full_pass()
     ready = serving.surfaces()
     assert_one_verdict(ready, Health.READY)
     assert ready.check_line == "ready\n"
