@@ -117,7 +117,7 @@ def _observing_commands(command: Command) -> None:
     status.add_argument("--no-headers", action="store_true",
                         help="only the device rows: no header, pool line or other sections")
     status.add_argument("--check", action="store_true",
-                        help="one line for probes; exit 0 healthy, 1 degraded, 2 down")
+                        help="one line for probes; exit 0 ready, 1 degraded, 2 down, 3 starting")
     plan = command("plan", "print what the next pass would do, doing nothing")
     plan.add_argument("--json", action="store_true", help="one JSON document")
 

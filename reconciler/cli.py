@@ -10,7 +10,7 @@ The arguments are `reconciler.arguments`'.
 Exit codes: 0 everything converged (or done), 1 a device is Faulty, waiting or not converged,
 a spec is invalid, the pool could not be brought up, or the database stayed busy (other
 processes: the daemon and any number of CLI calls share it); 2 a config or usage error.
-`status --check` is the exception, for probes: 0 healthy, 1 degraded, 2 down.
+`status --check` is the exception, for probes: 0 ready, 1 degraded, 2 down, 3 starting.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from reconciler.reconcile.maintenance import confirm_request
 from reconciler.reconcile.reconciler import Reconciler
 from reconciler.status import (
     DEFAULT_COLUMNS,
-    check,
+    checked,
     collect,
     parse_columns,
     render_check,
@@ -176,17 +176,9 @@ def run_daemon(settings: Settings, host: Host, path: Path | None,
 
 def check_status(settings: Settings, host: Host, as_json: bool) -> int:
     """`status --check`: the verdict in one line (or JSON); its exit code is the health."""
-    running = lock_held(settings.root_path)
-    report = None
-    if settings.database_path.exists():
-        store = Store(settings.database_path, time.time)
-        try:
-            report = collect(settings, store, host)
-        finally:
-            store.close()
-    verdict = check(report, running)
+    verdict = checked(settings, host, lock_held(settings.root_path))
     sys.stdout.write(render_check(verdict, as_json))
-    return int(verdict.health)
+    return verdict.health.exit_code
 
 
 def _usage_error(message: str) -> int:

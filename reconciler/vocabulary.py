@@ -59,14 +59,15 @@ class Trigger(StrEnum):
 class Step(StrEnum):
     """One unit of work the reconciler does to a device, usually one kernel effect.
 
-    The values are what `status` shows as a Faulty device's `error_step`.
+    The values are what `status` shows as a Faulty device's `error_step`, and the `step`
+    label of the retries metric: identifiers, never spaces.
     """
 
     CREATE = "create"
     ACTIVATE = "activate"
     MKFS = "mkfs"
     RELOAD = "reload"
-    GROW_FS = "grow filesystem"
+    GROW_FS = "grow_filesystem"
     DEACTIVATE = "deactivate"
     REMOVE = "remove"
     VANISHED = "vanished"

@@ -47,6 +47,10 @@ DURATION_BOUNDS: dict[str, tuple[float, float]] = {
     # second is a busy loop (thousands of passes in 10 s); file events already bring changes
     # in at once, so a resync rarer than daily is a typo, not an intention.
     "resync_interval": (1.0, 86400.0),
+    # /healthz calls the loop stalled past it. Under 30 s an ordinary step (a resync of
+    # thousands of devices, a mkfs) would get the daemon restarted; a step of a day is stuck.
+    # The first pass is not held to it: the startup probe bounds that (docs/kubernetes.md).
+    "stall_after": (30.0, 86400.0),
     # A temporary kernel error (a busy device, udev still holding it) needs time to clear:
     # under 10 ms the attempts of a step would all be spent before it can. Never above
     # retry_max, whose ceiling it shares.
@@ -183,6 +187,11 @@ class Settings:
     resync_interval: float = field(
         default=30.0,
         metadata=_doc("Full resync period of `run`: catches what file events missed."),
+    )
+    stall_after: float = field(
+        default=600.0,
+        metadata=_doc("/healthz answers 503 once one step of the loop (after the first pass) "
+                      "runs longer than this."),
     )
     retry_initial: float = field(
         default=0.5,

@@ -1,8 +1,11 @@
-"""Prometheus metrics, /healthz and /readyz over HTTP: prometheus_client's only home.
+"""Prometheus metrics, /healthz, /readyz and /startupz over HTTP: prometheus_client's only
+home.
 
 Served when `metrics_address` is set, by a bounded wsgiref server on a thread of its own (and
 one per connection, at most 64, each request within 10 s: reconciler.daemon.wsgi): the
-exposition by prometheus_client's WSGI app, the two probes by our own. Those threads never
+exposition by prometheus_client's WSGI app (the text format, or OpenMetrics when the
+scraper's Accept asks for it, gzipped when its Accept-Encoding allows; a HEAD gets a GET's
+headers), the probes by our own. Those threads never
 call the kernel or the store: gauges of the pool, the devices and the
 conditions are read at scrape time from the last `Snapshot` the reconcile loop published
 (reconciler.daemon.health); counters and histograms (passes, kernel calls, retries, gRPC
@@ -18,8 +21,9 @@ import errno
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
+from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import structlog
@@ -37,7 +41,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from reconciler import __version__
 from reconciler.config import ListenAddress
-from reconciler.daemon.health import PassKind, PassOutcome, Snapshot, Verdict
+from reconciler.daemon.health import Answer, PassKind, PassOutcome, Snapshot
 from reconciler.daemon.wsgi import BoundedWSGIServer
 from reconciler.dm.observed import KernelOp
 from reconciler.dm.types import PoolMode
@@ -64,7 +68,12 @@ GRPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                 5.0, 10.0, 30.0)
 
 # What a GET answers with besides /metrics.
-HEALTHZ, READYZ, METRICS = "/healthz", "/readyz", "/metrics"
+HEALTHZ, READYZ, STARTUPZ, METRICS = "/healthz", "/readyz", "/startupz", "/metrics"
+PROBES = (HEALTHZ, READYZ, STARTUPZ)
+
+# The kernel's pool modes as label values: lower case, as every other label value of ours is
+# (the kernel spells two of them "Fail" and "Error").
+MODE_LABELS = {mode: mode.value.lower() for mode in PoolMode}
 
 
 class MetricsUnavailable(RuntimeError):
@@ -147,7 +156,7 @@ class Metrics:
     # -- from the HTTP thread ------------------------------------------------------------------
 
     def render(self) -> bytes:
-        """The text exposition format (0.0.4) of every series."""
+        """Every series in the text exposition format (0.0.4)."""
         return generate_latest(self.registry)
 
 
@@ -184,8 +193,8 @@ class _SnapshotCollector:
             mode = GaugeMetricFamily("reconciler_pool_mode",
                                      "The pool's mode (1 for the one it is in, else 0).",
                                      labels=["mode"])
-            for each in PoolMode:
-                mode.add_metric([each.value], int(each == pool.mode))
+            for each, label in MODE_LABELS.items():
+                mode.add_metric([label], int(each == pool.mode))
             yield mode
         devices = GaugeMetricFamily("reconciler_devices", "Managed devices by state.",
                                     labels=["state"])
@@ -213,14 +222,14 @@ class _SnapshotCollector:
 
 
 class MetricsServer:
-    """GET /metrics, /healthz, /readyz on `address`, from a thread of its own."""
+    """GET /metrics and the probes (each path's answer a callable) on `address`, from a
+    thread of its own."""
 
     def __init__(self, address: ListenAddress, metrics: Metrics,
-                 liveness: Callable[[], Verdict], readiness: Callable[[], Verdict]) -> None:
+                 probes: Mapping[str, Callable[[], Answer]]) -> None:
         self.address = address
         self._metrics = metrics
-        self._liveness = liveness
-        self._readiness = readiness
+        self._probes = dict(probes)
         self._server: BoundedWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -250,8 +259,7 @@ class MetricsServer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
                                         daemon=True)
         self._thread.start()
-        log.info("metrics.serving", address=str(self.address),
-                 paths=[METRICS, HEALTHZ, READYZ])
+        log.info("metrics.serving", address=str(self.address), paths=[METRICS, *self._probes])
 
     def stop(self) -> None:
         """Stop serving and close the socket; requests in flight finish on their threads."""
@@ -264,9 +272,10 @@ class MetricsServer:
         self._server = self._thread = None
 
     def _app(self) -> WSGIApplication:
-        """GET (or HEAD) /metrics from prometheus_client's app, /healthz and /readyz ours."""
+        """GET (or HEAD) /metrics from prometheus_client's app, the probes ours."""
         exposition = make_wsgi_app(self._metrics.registry)
-        liveness, readiness = self._liveness, self._readiness
+        probes = self._probes
+        known = ", ".join([METRICS, *probes])
 
         def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
             method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
@@ -276,16 +285,34 @@ class MetricsServer:
                              f"{method}: GET and HEAD are served\n", head,
                              [("Allow", "GET, HEAD")])
             if path == METRICS:
-                body = exposition({**environ, "REQUEST_METHOD": "GET"}, start_response)
-                return [] if head else body
-            if path in (HEALTHZ, READYZ):
-                verdict = liveness() if path == HEALTHZ else readiness()
-                return _text(start_response, HTTPStatus(verdict.code),
-                             verdict.reason + "\n", head)
-            return _text(start_response, HTTPStatus.NOT_FOUND,
-                         f"not found: {METRICS}, {HEALTHZ} and {READYZ} are\n", head)
+                return serve_exposition(exposition, environ, start_response, head)
+            probe = probes.get(path)
+            if probe is not None:
+                answer = probe()
+                return _text(start_response, HTTPStatus(answer.code), answer.reason + "\n",
+                             head)
+            return _text(start_response, HTTPStatus.NOT_FOUND, f"not found: {known} are\n",
+                         head)
 
         return app
+
+
+def serve_exposition(exposition: WSGIApplication, environ: WSGIEnvironment,
+                start_response: StartResponse, head: bool) -> Iterable[bytes]:
+    """prometheus_client's answer to a GET (its app refuses HEAD, or, older, answers it
+    with a body), with the length of its body; for a HEAD, its headers alone."""
+    answer: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def keep(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        del exc_info
+        answer.append((status, headers))
+        return lambda data: None
+
+    body = b"".join(exposition({**environ, "REQUEST_METHOD": "GET"}, keep))
+    status, headers = answer[0]
+    start_response(status, [*((k, v) for k, v in headers if k.lower() != "content-length"),
+                            ("Content-Length", str(len(body)))])
+    return [] if head else [body]
 
 
 def _text(start_response: StartResponse, status: HTTPStatus, text: str, head: bool,

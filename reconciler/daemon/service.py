@@ -34,15 +34,16 @@ from reconciler.daemon.control import (
     ControlServer,
 )
 from reconciler.daemon.health import (
+    Answer,
     PassKind,
     PassOutcome,
-    Verdict,
+    StartingCondition,
     liveness,
-    read_pool,
     readiness,
-    take_snapshot,
+    snapshot_now,
+    startup,
 )
-from reconciler.daemon.metrics import Metrics, MetricsServer
+from reconciler.daemon.metrics import HEALTHZ, READYZ, STARTUPZ, Metrics, MetricsServer
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.requests import serve_request
 from reconciler.daemon.signals import install_signal_handlers, reloaded_settings
@@ -166,6 +167,8 @@ class Daemon:
         self._stopping = False
         # Whether `status` may show a failed pass (an earlier run may have left one).
         self._pass_failed_shown = True
+        # What the store says of the first pass, for `status --check`.
+        self._starting = StartingCondition(self.store)
         self._next_resync = self.clock()
         self._next_retry: float | None = None
         self.reconciler = self._new_reconciler()
@@ -212,20 +215,12 @@ class Daemon:
                                 result.retries if result is not None else {})
 
     def _publish(self) -> None:
-        """A snapshot for the metrics thread: the pool read now (a pass's own observation
-        is from its start), the records' states, the rejected specs and the conditions."""
+        """A snapshot for the metrics thread, when one can be taken (health.snapshot_now)."""
         assert self.metrics is not None
-        try:
-            pool_name = self.settings.pool_name
-            status, error = read_pool(self.reconciler.client, pool_name)
-            record = self.store.pool(pool_name)
-            self.metrics.publish(take_snapshot(
-                pool_name, status, error,
-                record.data_block_sectors if record is not None else 128,
-                self.reconciler.records.values(), len(self.store.rejected_specs()),
-                self.store.conditions(), self.passes))
-        except Exception:  # the metrics then show the last snapshot; the loop goes on
-            log.exception("metrics.snapshot_failed", next="trying again after the next pass")
+        snapshot = snapshot_now(self.store, self.reconciler.client, self.settings,
+                                self.reconciler.records.values())
+        if snapshot is not None:
+            self.metrics.publish(snapshot)
 
     def _pass(self, only: set[str] | None) -> PassResult | None:
         """One pass; a pass that fails, for any reason, is logged (with its traceback when
@@ -291,6 +286,7 @@ class Daemon:
         """A pass, then the next retry it asks for (none after a pass that failed)."""
         result = self._pass(only)
         self._next_retry = None if result is None else result.next_retry_at
+        self._starting.end()  # the first pass has ended (at the latest), as it went
         return result
 
     def _reload(self) -> None:
@@ -325,13 +321,11 @@ class Daemon:
             self.last_turn = self.monotonic()
             self.notifier.kick()
 
-    def liveness(self) -> Verdict:
-        """/healthz (read from the metrics thread: timestamps only)."""
-        return liveness(self.monotonic(), self.last_turn, self._busy_since, self._wait_timeout)
-
-    def readiness(self) -> Verdict:
-        """/readyz (read from the metrics thread: the last snapshot only)."""
-        return readiness(self.metrics.snapshot if self.metrics is not None else None)
+    def liveness(self) -> Answer:
+        """/healthz (read from the metrics thread: timestamps, and whether a snapshot is)."""
+        started = self.metrics is not None and self.metrics.snapshot is not None
+        return liveness(self.monotonic(), self.last_turn, self._busy_since, self._wait_timeout,
+                        self.settings.stall_after, started)
 
     def _act(self, batch: Batch) -> bool:
         """The wake-up's API calls, then a pass if one is due, then parked calls whose time
@@ -376,11 +370,14 @@ class Daemon:
         """The control socket, then the first full pass, then file watching. Raises
         SocketUnavailable when the control socket's path is not ours to take."""
         self._next_resync = self.clock()
+        self._starting.begin()
         if self.metrics is not None and self.settings.metrics_address is not None:
-            # Before the first pass: /healthz answers during it, /readyz says it is not over.
-            # Raises MetricsUnavailable when the address is taken.
-            server = MetricsServer(self.settings.metrics_address, self.metrics,
-                                   self.liveness, self.readiness)
+            # Before the first pass: the probes answer during it, /readyz and /startupz that
+            # it is not over. Raises MetricsUnavailable when the address is taken.
+            metrics = self.metrics
+            server = MetricsServer(self.settings.metrics_address, metrics, {
+                HEALTHZ: self.liveness, READYZ: lambda: readiness(metrics.snapshot),
+                STARTUPZ: lambda: startup(metrics.snapshot)})
             server.start()
             self.metrics_server = server
         control = ControlServer(self.settings.control_socket, self.control_request)
@@ -435,4 +432,5 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.stop()
             self.metrics_server = None
+        self._starting.end()  # stopped before its first pass ended, maybe
         self.store.close()

@@ -259,6 +259,13 @@ def parse_pool_status(target: TargetLine) -> ThinPoolStatus:
     )
 
 
+def thin_table_hidden(target: TargetLine) -> bool:
+    """Whether a thin device's table is hidden by its pool's Fail mode: dm-thin's thin_status
+    then prints "Fail" alone for the table as for the status, so the device's pool and thin
+    id cannot be read (they are not lost: the table is the kernel's still)."""
+    return target.target == "thin" and target.params.split() == ["Fail"]
+
+
 def parse_thin_table(target: TargetLine) -> ThinTable:
     """thin table: `<pool dev> <dev id>` (an external origin is not something we make)."""
     _expect(target, "thin")
@@ -272,8 +279,9 @@ def parse_thin_table(target: TargetLine) -> ThinTable:
 
 
 def single_thin_table(lines: list[TargetLine]) -> ThinTable | None:
-    """The thin table of a device whose table is one thin target, else None."""
-    if len(lines) == 1 and lines[0].target == "thin":
+    """The thin table of a device whose table is one thin target, else None (also when its
+    pool's Fail mode hides it)."""
+    if len(lines) == 1 and lines[0].target == "thin" and not thin_table_hidden(lines[0]):
         return parse_thin_table(lines[0])
     return None
 

@@ -191,7 +191,7 @@ def describe(record: DeviceRecord, decision: Decision, wanted: bool = True) -> P
         return Planned(PlanAction.NONE, "nothing")
     if decision == Step.CREATE and record.parent is not None:
         return Planned(PlanAction.SNAPSHOT, f"snapshot of {record.parent}")
-    return Planned(STEP_ACTIONS[decision], decision.value)
+    return Planned(STEP_ACTIONS[decision], decision.value.replace("_", " "))  # "grow filesystem"
 
 
 # Everything next_step reads of a device, as values: its record's fields, its spec, its dm

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from reconciler.dm.driver import DmDriver
 from reconciler.dm.errors import DmError, NoSuchDevice
 from reconciler.dm.memo import LastCall
-from reconciler.dm.parse import parse_pool_status, parse_thin_status, parse_thin_table
+from reconciler.dm.parse import (
+    parse_pool_status,
+    parse_thin_status,
+    parse_thin_table,
+    thin_table_hidden,
+)
 from reconciler.dm.types import DeviceInfo, TargetLine, ThinPoolStatus, ThinStatus, ThinTable
 
 # Defined beside the dm types it is made of, so the pure decision can name it without
@@ -143,7 +148,9 @@ def _see_pool(observation: Observation, statuses: dict[str, list[TargetLine]],
 
 def _device(info: DeviceInfo, table_line: TargetLine | None, status_line: TargetLine | None,
             parsed: ParsedTargets | None) -> KernelDevice:
-    if table_line is None:
+    if table_line is None or thin_table_hidden(table_line):
+        # A pool in Fail mode hides its thin devices' tables (and statuses): the device is
+        # there, what it maps is not known; the pool's own status says why.
         return KernelDevice(info=info)
     if parsed is None:
         return KernelDevice(info, parse_thin_table(table_line),

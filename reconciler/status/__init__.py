@@ -1,6 +1,6 @@
 """`reconciler status`: the store and the kernel side by side, as a table or as JSON; and
-`status --check`, the verdict a probe needs (healthy, degraded, down) drawn from the same
-document.
+`status --check`, the daemon's verdict (starting, ready, degraded, down: `reconciler.verdict`,
+the one its /readyz gives) drawn from the same document.
 
 Reads the store (SQLite in WAL mode, so it never blocks a running daemon) and asks the kernel
 with three calls; works with the daemon stopped. Usage comes from `dmsetup status`: mapped
@@ -17,7 +17,7 @@ per document), `check` judges it (`status --check`), `watch` writes it again as 
 (`status --watch`, and Ctrl-C that ends it at once). Importers use the names here.
 """
 
-from reconciler.status.check import Health, Reason, ReasonKind, Verdict, check, render_check
+from reconciler.status.check import check, render_check
 from reconciler.status.document import (
     ConditionReport,
     DeviceReport,
@@ -38,8 +38,9 @@ from reconciler.status.render import (
     render_table,
     table_time,
 )
-from reconciler.status.report import build_report, collect, iso_time, percent
+from reconciler.status.report import build_report, checked, collect, iso_time, percent
 from reconciler.status.watch import watch
+from reconciler.verdict import Health, Reason, ReasonKind, Verdict
 
 __all__ = [
     "DEFAULT_COLUMNS",
@@ -60,6 +61,7 @@ __all__ = [
     "Verdict",
     "build_report",
     "check",
+    "checked",
     "collect",
     "iso_time",
     "parse_columns",

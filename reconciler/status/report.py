@@ -10,6 +10,7 @@ ISO 8601 UTC with `+00:00`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from reconciler.dm.types import METADATA_BLOCK_BYTES
 from reconciler.reconcile.observe import KernelDevice, Observation, observe_safely
 from reconciler.specs import is_snapshot_device
 from reconciler.states import LIVE, is_ready
+from reconciler.status.check import check
 from reconciler.status.document import (
     ConditionReport,
     DeviceReport,
@@ -34,7 +36,16 @@ from reconciler.status.document import (
     Report,
     SnapshotReport,
 )
-from reconciler.store import ConditionKind, DeviceRecord, OrphanKind, SnapshotRecord, Store
+from reconciler.store import (
+    ConditionKind,
+    DeviceRecord,
+    OrphanKind,
+    SnapshotRecord,
+    Store,
+    StoreBusy,
+    StoreError,
+)
+from reconciler.verdict import Verdict
 
 
 def iso_time(timestamp: float) -> str:
@@ -200,3 +211,22 @@ def build_report(settings: Settings, store: Store, host: Host,
     """The whole status document (what `status --json` prints): `collect`'s report as JSON
     shapes, for scripts and tests that read it by key."""
     return collect(settings, store, host, name, include_removed).document()
+
+
+def checked(settings: Settings, host: Host, daemon_running: bool) -> Verdict:
+    """`status --check`'s verdict: the report judged (none before the daemon ever ran). A
+    store that cannot be read is a verdict (down); one kept busy by others is raised, as
+    every command raises it (it works: ask again)."""
+    if not settings.database_path.exists():
+        return check(None, daemon_running)
+    try:
+        store = Store(settings.database_path, time.time)
+        try:
+            report = collect(settings, store, host)
+        finally:
+            store.close()
+    except StoreBusy:
+        raise
+    except StoreError as exc:
+        return check(None, daemon_running, store_error=str(exc))
+    return check(report, daemon_running)

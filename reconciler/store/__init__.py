@@ -6,7 +6,7 @@ leaves the last step on disk. Records carry the vocabulary's enums and checked t
 `rows` converts them to and from the columns' strings and integers, once.
 """
 
-from reconciler.store.database import StoreError
+from reconciler.store.database import StoreBusy, StoreError
 from reconciler.store.records import (
     ConditionKind,
     ConditionRecord,
@@ -47,6 +47,7 @@ __all__ = [
     "RowError",
     "SnapshotRecord",
     "Store",
+    "StoreBusy",
     "StoreError",
     "TransitionRecord",
     "UnknownKind",

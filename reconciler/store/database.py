@@ -50,6 +50,11 @@ class StoreError(RuntimeError):
     """The store cannot do what was asked (no free id, database unreadable or busy)."""
 
 
+class StoreBusy(StoreError):
+    """Other connections kept the database busy through every try: it works, and will again
+    once they let go (unlike a file that cannot be read at all)."""
+
+
 def is_busy(exc: peewee.OperationalError) -> bool:
     """Whether SQLite refused because another connection holds the database (SQLITE_BUSY or
     SQLITE_LOCKED, extended codes included), which passes, unlike a broken file or query."""
@@ -252,7 +257,7 @@ class Connection:
                 if not is_busy(exc):
                     raise
                 if delay is None:
-                    raise StoreError(
+                    raise StoreBusy(
                         f"the database {self.path} stayed busy through {attempt} tries "
                         f"({exc}): another process holds it; try again") from exc
                 wait = delay * random.uniform(0.5, 1.5)  # so that waiting processes part
@@ -332,7 +337,7 @@ class Connection:
         except peewee.OperationalError as exc:
             if not is_busy(exc):
                 raise
-            raise StoreError(f"the database {self.path} was busy inside a transaction "
+            raise StoreBusy(f"the database {self.path} was busy inside a transaction "
                              f"({exc}); nothing of it was written") from exc
 
     def written_by_others(self) -> bool:

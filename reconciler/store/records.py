@@ -214,6 +214,9 @@ class ConditionKind(StrEnum):
     PASS_FAILED = "pass_failed"
     # New devices wait: the pool is below its reserve, not read-write, or needs a check.
     NEW_DEVICES_HELD = "new_devices_held"
+    # The daemon started and its first pass (recovery included) has not ended: `status
+    # --check` says starting while a daemon holds the root lock.
+    STARTING = "starting"
 
 
 class HoldCause(StrEnum):

@@ -3,24 +3,29 @@
 `reconciler run` serves metrics on a loopback port; Debian's Prometheus scrapes it every
 second, with its TSDB under the test's tmp dir (the guest's own /tmp). After data is written
 to a device, the pool's used data space that Prometheus answers through its HTTP API equals
-what `status --json` shows, and /healthz and /readyz answer 200.
+what `status --json` shows, Prometheus scraped OpenMetrics (what it asks for first), and
+/healthz, /readyz and /startupz answer 200. Over the wire as `curl` sees it: HEAD 200, gzip
+when asked, both content types, and Debian's `promtool check metrics` clean on the text
+format (promtool 2.42 reads no OpenMetrics: that is read back by prometheus_client's strict
+OpenMetrics parser).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
-import socket
 import subprocess
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 
 from reconciler.dm.host import SystemHost
 from reconciler.status import build_report
@@ -29,6 +34,7 @@ from reconciler.testing.config_file import write_config
 from reconciler.testing.process import DaemonProcess
 from reconciler.testing.world import World
 from reconciler.testing.world import wait_for as shared_wait_for
+from tests.kernel.web import free_port, get, request
 
 pytestmark = pytest.mark.kernel
 TIMEOUT = 120.0
@@ -38,25 +44,6 @@ PROMETHEUS = "/usr/bin/prometheus"
 def wait_for(what: str, check: Any, timeout: float = TIMEOUT) -> None:
     """conftest's wait_for with this module's patience."""
     shared_wait_for(what, check, timeout)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def get(url: str) -> tuple[int, str]:
-    """GET url: the status code and the body (an HTTP error's too); 0 when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as refused:
-        return refused.code, refused.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def report(world: World) -> dict[str, Any]:
@@ -166,7 +153,52 @@ def test_prometheus_scrapes_the_pool_usage_status_shows(
     assert get(f"{metrics}/healthz")[0] == 200
     code, reason = get(f"{metrics}/readyz")
     assert code == 200, reason
+    assert get(f"{metrics}/startupz") == (200, reason)
+    # Prometheus recorded the family as OpenMetrics names it (an `info`), not as the text
+    # format does (a gauge `reconciler_build_info`): it scraped OpenMetrics.
+    code, body = get(f"{prometheus}/api/v1/metadata?metric=reconciler_build")
+    assert code == 200, body
+    assert [m["type"] for m in json.loads(body)["data"]["reconciler_build"]] == ["info"], body
     # The sample scrape the issue's closing note quotes (shown with -s).
     text = get(f"{metrics}/metrics")[1]
     print("\n".join(line for line in text.splitlines() if line.startswith("reconciler_")
                     and "_bucket{" not in line))
+
+
+# What Prometheus 2.x asks for (scrape.go's scrapeAcceptHeader).
+OPENMETRICS_FIRST = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
+def test_the_exposition_is_served_as_a_scraper_asks(daemon: tuple[World, str]) -> None:
+    """`curl -I /metrics` is 200 with a length and no body; Accept-Encoding gzip gets it
+    gzipped; no Accept gets the text format 0.0.4, which `promtool check metrics` finds
+    clean; Prometheus' Accept gets OpenMetrics, ending in `# EOF` and read back whole by the
+    strict OpenMetrics parser."""
+    _, metrics = daemon
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool is missing: scripts/setup installs prometheus"
+    code, headers, body = request(f"{metrics}/metrics", "HEAD")
+    assert (code, body) == (200, b"") and int(headers["content-length"]) > 1000, headers
+    for path in ("/healthz", "/readyz", "/startupz"):
+        assert request(f"{metrics}{path}", "HEAD")[0] == 200, path
+    code, headers, body = request(f"{metrics}/metrics")
+    assert code == 200 and "content-encoding" not in headers
+    assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    checked = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
+                             check=False)
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, b"", b""), checked
+    code, headers, zipped = request(f"{metrics}/metrics",
+                                    headers={"Accept-Encoding": "gzip"})
+    assert code == 200 and headers["content-encoding"] == "gzip"
+    assert gzip.decompress(zipped).startswith(b"# HELP ")
+    code, headers, opened = request(f"{metrics}/metrics",
+                                    headers={"Accept": OPENMETRICS_FIRST})
+    assert code == 200 and headers["content-type"].startswith(
+        "application/openmetrics-text; version="), headers
+    assert opened.endswith(b"# EOF\n")
+    parsed = openmetrics_families(opened.decode())  # type: ignore[no-untyped-call]
+    families = {f.name: f.type for f in parsed}
+    assert families["reconciler_build"] == "info"
+    assert families["reconciler_pool_mode"] == "gauge"
+    print("content types:", headers["content-type"], "|", "text/plain; version=0.0.4")

@@ -82,6 +82,11 @@ class PoolTarget:
     error_if_no_space: bool
     out_of_data_space: bool = False
     low_water_triggered: bool = False
+    # The kernel stopped writing the metadata after an I/O error on it: "ro" (read-only) or
+    # "Fail"; None while it writes. Messages are refused then (EOPNOTSUPP, as dm-thin's
+    # pool_message does in either mode), and `needs_check` asks for thin_check.
+    metadata_failure: str | None = None
+    needs_check: bool = False
 
     @property
     def block_bytes(self) -> int:

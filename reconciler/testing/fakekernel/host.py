@@ -91,6 +91,14 @@ class FakeKernel:
         """Write `length_bytes` of a pattern at `offset_bytes` into a dm device (as dd would)."""
         self.write(f"/dev/mapper/{name}", offset_bytes, WRITE_PATTERN * length_bytes)
 
+    def fail_metadata(self, pool: str, mode: str, needs_check: bool = True) -> None:
+        """The pool's metadata device failed under it: the pool goes read-only ("ro") or
+        fails ("Fail"), as dm-thin does after a metadata I/O error, flagged needs_check."""
+        assert mode in ("ro", "Fail"), f"FakeKernel: no metadata failure mode {mode!r}"
+        target = self.model.devices[pool].pool
+        assert target is not None, f"FakeKernel: {pool} is no loaded pool"
+        target.metadata_failure, target.needs_check = mode, needs_check
+
     def reboot(self) -> None:
         """Power cycle: dm devices and loop attachments are gone; files and metadata stay
         (a held metadata snapshot too: it is in the on-disk superblock)."""

@@ -140,5 +140,7 @@ class Ioctls(PoolMessages, Targets):
             return
         if device.pool is None or device.live is None or device.live.target != "thin-pool":
             raise Refused(errno.EINVAL)
+        if device.pool.metadata_failure is not None:
+            raise Refused(errno.EOPNOTSUPP)  # pool_message: "in READ_ONLY or FAIL mode"
         self._apply_message(device, device.pool.metadata, words)
         self.check_for_data_space(device, device.pool)  # a message commits

@@ -40,8 +40,17 @@ class Targets(LoopDevices):
         table = device.live
         if table is None:
             return None
-        params = self._status(device, table) if kind == "status" else table.params()
+        if kind == "status":
+            params = self._status(device, table)
+        elif table.target == "thin" and self._pool_failed(table):
+            params = "Fail"  # thin_status hides the table too while its pool is in Fail mode
+        else:
+            params = table.params()
         return 0, table.length, table.target, params
+
+    def _pool_failed(self, table: Table) -> bool:
+        pool = self.thin_pool(table).pool
+        return pool is not None and pool.metadata_failure == "Fail"
 
     # -- tables ------------------------------------------------------------------------------
 
@@ -151,16 +160,22 @@ class Targets(LoopDevices):
 
     @staticmethod
     def _pool_status(pool: PoolTarget) -> str:
+        if pool.metadata_failure == "Fail":
+            return "Fail"  # dm-thin's pool_status shows nothing else in Fail mode
         meta = pool.metadata
         held = "-" if meta.held_root is None else str(meta.held_root)
-        mode = "out_of_data_space" if pool.out_of_data_space else "rw"
+        mode = pool.metadata_failure or ("out_of_data_space" if pool.out_of_data_space
+                                         else "rw")
         policy = "error_if_no_space" if pool.error_if_no_space else "queue_if_no_space"
+        check = "needs_check" if pool.needs_check else "-"
         watermark = min(1024, meta.total_blocks // 4)
         return (f"{meta.transaction_id} {meta.used_blocks()}/{meta.total_blocks} "
                 f"{len(meta.refcounts)}/{pool.data_blocks} {held} {mode} discard_passdown "
-                f"{policy} - {watermark} ")
+                f"{policy} {check} {watermark} ")
 
     def _thin_status(self, table: Table) -> str:
+        if self._pool_failed(table):
+            return "Fail"  # dm-thin's thin_status, its pool in Fail mode
         pool = self.thin_pool(table)
         assert pool.pool is not None
         thin = pool.pool.metadata.thins[int(table.args[0])]

@@ -190,6 +190,17 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("retry_initial", -0.5),
     ("retry_initial", "31s"),
     ("retry_initial", {"a": 1}),
+    # stall_after: an ordinary step must not look stalled, a day-long one is stuck.
+    ("stall_after", 29.999),
+    ("stall_after", "29s"),
+    ("stall_after", 0),
+    ("stall_after", -600),
+    ("stall_after", float("nan")),
+    ("stall_after", float("inf")),
+    ("stall_after", "25h"),
+    ("stall_after", "never"),
+    ("stall_after", True),
+    ("stall_after", ["600s"]),
     ("removal_window", "0.5s"),
     ("removal_window", "8d"),
     ("removal_window", "forever"),
@@ -436,6 +447,7 @@ def test_an_existing_socket_is_accepted_as_grpc_socket(tmp_path: Path) -> None:
 # Each duration's bounds, inclusive (issue 23); retry_initial is also at most retry_max.
 DURATION_BOUNDS = {
     "resync_interval": (1.0, 86400.0),
+    "stall_after": (30.0, 86400.0),
     "retry_initial": (0.01, 3600.0),
     "retry_max": (0.01, 3600.0),
 }
@@ -447,6 +459,8 @@ AT_BOUNDS = [
     ({"resync_interval": "1000ms"}, "resync_interval", 1.0),
     ({"resync_interval": 86400}, "resync_interval", 86400.0),
     ({"resync_interval": "24h"}, "resync_interval", 86400.0),
+    ({"stall_after": "30s"}, "stall_after", 30.0),
+    ({"stall_after": 86400}, "stall_after", 86400.0),
     ({"retry_initial": 0.01}, "retry_initial", 0.01),
     ({"retry_initial": "10ms"}, "retry_initial", 0.01),
     ({"retry_initial": 3600, "retry_max": 3600}, "retry_initial", 3600.0),
@@ -470,6 +484,8 @@ OUT_OF_BOUNDS = [
     ("resync_interval", 1e-300, "1e-300s is below the floor of 1s"),
     ("resync_interval", "0.000000001ms", "'0.000000001ms' is below the floor of 1s"),
     ("resync_interval", "25h", "'25h' is above the ceiling of 24h"),
+    ("stall_after", 10, "10s is below the floor of 30s"),
+    ("stall_after", "48h", "'48h' is above the ceiling of 24h"),
     ("retry_initial", "9ms", "'9ms' is below the floor of 10ms"),
     ("retry_initial", 0.001, "0.001s is below the floor of 10ms"),
     ("retry_max", "2h", "'2h' is above the ceiling of 1h"),
@@ -510,7 +526,7 @@ def test_durations_are_finite_and_within_their_bounds_or_refused(key: str, value
     floor, ceiling = DURATION_BOUNDS[key]
     others: dict[str, dict[str, object]] = {
         "retry_initial": {"retry_max": 3600}, "retry_max": {"retry_initial": 0.01},
-        "resync_interval": {}}
+        "resync_interval": {}, "stall_after": {}}
     other = others[key]
     if floor <= value <= ceiling:
         assert getattr(settings_from_mapping({key: value, **other}), key) == value

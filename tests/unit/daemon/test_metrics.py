@@ -1,9 +1,12 @@
-"""Prometheus metrics, /healthz and /readyz on the fake kernel: values equal `status --json`,
-promtool accepts the exposition, the endpoints' codes, the counters that move, the config key."""
+"""Prometheus metrics on the fake kernel: values equal `status --json`, promtool accepts the
+exposition, HEAD, gzip and OpenMetrics as a scraper asks for them, label values without
+spaces, the counters that move, the config key (the probes: test_probes.py)."""
 
 from __future__ import annotations
 
 import errno
+import gzip
+import http.client
 import shutil
 import socket
 import subprocess
@@ -11,29 +14,23 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.api.proto import snapshots_pb2 as pb
 from reconciler.api.proto import snapshots_pb2_grpc
 from reconciler.config import ConfigError, ListenAddress, settings_from_mapping
-from reconciler.daemon.health import (
-    STALL_AFTER,
-    PassKind,
-    PassOutcome,
-    PoolFigures,
-    Snapshot,
-    liveness,
-    readiness,
-    take_snapshot,
-)
-from reconciler.daemon.metrics import Metrics, MetricsServer
+from reconciler.daemon.health import PassKind, PassOutcome
+from reconciler.daemon.metrics import MODE_LABELS, Metrics, serve_exposition
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.client import DmClient
@@ -41,12 +38,15 @@ from reconciler.dm.observed import KernelOp, ObservedDriver
 from reconciler.dm.types import PoolMode
 from reconciler.states import DeviceState, Step
 from reconciler.status import build_report
-from reconciler.store import ConditionKind, ConditionRecord, Store, UnknownKind
+from reconciler.store import ConditionKind, Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.world import FakeClock, World, make_settings, run_in_process
 
 LOOPBACK = ListenAddress("127.0.0.1", 0)  # port 0: the kernel picks a free one
+# What Prometheus 2.x sends (scrape.go's scrapeAcceptHeader).
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -124,7 +124,7 @@ def test_metrics_equal_status_json(fake_world: World, served: Daemon) -> None:
     assert value(parsed, "reconciler_pool_up") == 1
     assert value(parsed, "reconciler_pool_needs_check") == int(pool["needs_check"])
     for mode in PoolMode:
-        assert value(parsed, "reconciler_pool_mode", mode=mode.value) == \
+        assert value(parsed, "reconciler_pool_mode", mode=MODE_LABELS[mode]) == \
             (1 if mode.value == pool["mode"] else 0)
     for state in DeviceState:
         shown = sum(1 for d in report["devices"] if d["state"] == state.value)
@@ -172,6 +172,104 @@ def test_promtool_accepts_the_exposition(fake_world: World, served: Daemon) -> N
                              capture_output=True, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.strip() == "" and checked.stderr.strip() == "", checked.stderr
+
+
+def exchange(port: int, method: str, path: str, **headers: str) -> tuple[int, dict[str, str],
+                                                                       bytes]:
+    """One request: the status, the headers (lower-case names) and the body as sent."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, headers={k.replace("_", "-"): v for k, v in headers.items()})
+        answer = conn.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        conn.close()
+
+
+def test_head_answers_what_get_would_without_the_body(fake_world: World,
+                                                      served: Daemon) -> None:
+    """`curl -I /metrics`: 200 with GET's content type, a length, and no body; the probes
+    and a missing path likewise. (The process's own series move between two requests, so
+    the length GET would have is checked on a fixed exposition below.)"""
+    scene(fake_world, served)
+    port = port_of(served)
+    code, got, body = exchange(port, "GET", "/metrics")
+    assert code == 200 and got["content-length"] == str(len(body)) and len(body) > 1000
+    code, head, nothing = exchange(port, "HEAD", "/metrics")
+    assert (code, nothing) == (200, b"")
+    assert head["content-type"] == got["content-type"] and int(head["content-length"]) > 1000
+    for path, status in (("/healthz", 200), ("/readyz", 200), ("/startupz", 200),
+                         ("/elsewhere", 404)):
+        code, head, nothing = exchange(port, "HEAD", path)
+        assert (code, nothing) == (status, b""), path
+        assert int(head["content-length"]) == len(exchange(port, "GET", path)[2]), path
+
+
+def test_a_head_of_the_exposition_carries_the_length_of_its_body() -> None:
+    """prometheus_client's app asked as for a GET (it refuses HEAD, or answers it whole):
+    a HEAD gets its status and headers, and the length of the body it left out."""
+    seen: list[str] = []
+
+    def exposition(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ["REQUEST_METHOD"])
+        start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4"),
+                                  ("Content-Length", "1")])
+        return [b"up 1\n", b"down 0\n"]
+
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start(status: str, headers: list[tuple[str, str]], *_: Any) -> Callable[[bytes], None]:
+        started.append((status, headers))
+        return lambda data: None
+
+    for method, body in (("HEAD", []), ("GET", [b"up 1\ndown 0\n"])):
+        answer = serve_exposition(exposition, {"REQUEST_METHOD": method}, start,
+                                  head=method == "HEAD")
+        assert list(answer) == body
+    assert started == 2 * [("200 OK", [("Content-Type", "text/plain; version=0.0.4"),
+                                       ("Content-Length", "12")])]
+    assert seen == ["GET", "GET"]
+
+
+def test_the_format_and_encoding_are_the_scrapers_choice(fake_world: World,
+                                                         served: Daemon) -> None:
+    """No Accept: the text format 0.0.4. Accept naming OpenMetrics (as Prometheus sends it):
+    OpenMetrics, which its strict parser reads to its `# EOF` with the same samples.
+    Accept-Encoding gzip: the same body gzipped. (promtool check metrics reads only the text
+    format: test_promtool_accepts_the_exposition.)"""
+    scene(fake_world, served)
+    port = port_of(served)
+    code, headers, body = exchange(port, "GET", "/metrics")
+    assert code == 200 and "content-encoding" not in headers
+    assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    text = samples(body.decode())
+    code, headers, body = exchange(port, "GET", "/metrics", Accept=PROMETHEUS_ACCEPT)
+    assert code == 200 and headers["content-type"].startswith("application/openmetrics-text;")
+    assert body.endswith(b"# EOF\n")
+    families = openmetrics_families(body.decode())  # type: ignore[no-untyped-call]
+    opened = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for family in families for s in family.samples}
+    assert {k: v for k, v in opened.items() if k[0].startswith("reconciler_")} == \
+        {k: v for k, v in text.items() if k[0].startswith("reconciler_")}
+    code, headers, body = exchange(port, "GET", "/metrics", Accept_Encoding="gzip")
+    assert code == 200 and headers["content-encoding"] == "gzip"
+    assert samples(gzip.decompress(body).decode()).keys() == text.keys()
+
+
+def test_label_values_are_identifiers_without_spaces(fake_world: World,
+                                                     served: Daemon) -> None:
+    """Every step of the retries counter (grow_filesystem, not "grow filesystem") and every
+    pool mode (fail, error: lower case like the rest) is a value without a space."""
+    scene(fake_world, served)
+    parsed = samples(get(port_of(served), "/metrics")[1])
+    steps = {dict(labels)["step"] for name, labels in parsed
+             if name == "reconciler_retries_total"}
+    modes = {dict(labels)["mode"] for name, labels in parsed if name == "reconciler_pool_mode"}
+    assert steps == {step.value for step in Step} and "grow_filesystem" in steps
+    assert modes == {"rw", "ro", "out_of_data_space", "fail", "error"}
+    for name, labels in parsed:
+        for label, text in labels:
+            assert not any(c.isspace() for c in text), (name, label, text)
 
 
 def test_kernel_calls_errors_retries_and_passes_are_counted(fake_world: World,
@@ -272,70 +370,6 @@ def test_grpc_calls_are_counted_by_method_and_code(tmp_path: Path) -> None:
         assert value(parsed, "reconciler_devices", state=state.value) == shown, state
 
 
-def test_healthz_turns_503_when_the_loop_is_stuck_in_a_step(fake_world: World) -> None:
-    """/healthz is 200 while the loop waits, and 503 once a step has run longer than
-    STALL_AFTER on the injected monotonic clock; 200 again when it ends."""
-    assert fake_world.store is not None
-    fake_world.store.close()
-    mono = FakeClock(start=1000.0)
-    settings = replace(fake_world.settings, metrics_address=LOOPBACK)
-    daemon = Daemon(settings, fake_world.host, clock=fake_world.clock, monotonic=mono,
-                    wakeups=Wakeups(settle=0.02))
-    daemon.start()
-    try:
-        port = port_of(daemon)
-        assert get(port, "/healthz")[0] == 200
-        during: list[tuple[int, str]] = []
-
-        def stuck(stopping: bool) -> None:
-            del stopping
-            during.append(get(port, "/healthz"))
-            mono.now += STALL_AFTER + 1
-            during.append(get(port, "/healthz"))
-
-        daemon.wakeups.call(stuck)
-        daemon.step(timeout=0)
-        assert during[0][0] == 200
-        assert during[1][0] == 503 and "in one step for 601s" in during[1][1]
-        assert len(during[1][1].splitlines()) == 1
-        assert get(port, "/healthz")[0] == 200
-    finally:
-        daemon.close()
-
-
-def test_readyz_before_the_first_pass_then_ready_then_pool_gone(fake_world: World) -> None:
-    """/readyz: 503 before the first pass ends, 200 after it, 503 naming the pool once the
-    pool is gone from the kernel (and the next pass saw it)."""
-    assert fake_world.store is not None
-    fake_world.store.close()
-    settings = replace(fake_world.settings, metrics_address=LOOPBACK)
-    daemon = Daemon(settings, fake_world.host, clock=fake_world.clock,
-                    wakeups=Wakeups(settle=0.02))
-    assert daemon.metrics is not None
-    early = MetricsServer(LOOPBACK, daemon.metrics, daemon.liveness, daemon.readiness)
-    early.start()
-    try:
-        code, text = get(early.port, "/readyz")
-        assert (code, text) == (503, "the first pass has not ended yet\n")
-        assert get(early.port, "/healthz")[0] == 200
-        assert get(early.port, "/elsewhere")[0] == 404
-    finally:
-        early.stop()
-    daemon.start()
-    try:
-        port = port_of(daemon)
-        code, text = get(port, "/readyz")
-        assert code == 200 and text.startswith(f"ok: pool {fake_world.pool} is up")
-        DmClient(fake_world.host).remove(fake_world.pool)
-        full_pass(fake_world, daemon)
-        code, text = get(port, "/readyz")
-        assert (code, text) == (503, f"pool {fake_world.pool}: pool is not loaded in the "
-                                     "kernel\n")
-        assert samples(get(port, "/metrics")[1])[("reconciler_pool_up", ())] == 0
-    finally:
-        daemon.close()
-
-
 def test_the_server_stops_with_the_daemon(fake_world: World, served: Daemon) -> None:
     """After close() nothing listens at the address any more."""
     port = port_of(served)
@@ -411,63 +445,6 @@ def test_metrics_are_off_by_default(fake_world: World, daemon: Daemon) -> None:
     assert not isinstance(daemon.reconciler.client, ObservedDriver)
 
 
-FIGURES = PoolFigures(data_used_bytes=1, data_total_bytes=2, metadata_used_bytes=1,
-                      metadata_total_bytes=2, mode=PoolMode.READ_WRITE, transaction_id=3,
-                      needs_check=False)
-
-
-def snapshot(**changes: Any) -> Snapshot:
-    """A snapshot of a pool that is up after one pass, with `changes`."""
-    base = Snapshot(pool_name="p", pool=FIGURES, pool_error=None, devices={},
-                    rejected_specs=0, removals_held=0, conditions=frozenset(), passes=1)
-    return replace(base, **changes)
-
-
-LIVENESS: list[tuple[float, float, float | None, float | None, bool]] = [
-    # now, last_turn, busy_since, wait_timeout -> healthy
-    (100.0, 100.0, None, None, True),  # waiting, for as long as it takes
-    (1e9, 100.0, None, None, True),  # waiting without a deadline: a quiet daemon is alive
-    (100.0 + 30 + STALL_AFTER, 100.0, None, 30.0, True),  # at the end of its margin
-    (100.0 + 30 + STALL_AFTER + 1, 100.0, None, 30.0, False),  # a wait that never ended
-    (100.0 + STALL_AFTER, 0.0, 100.0, 30.0, True),  # a step as long as the bound
-    (100.0 + STALL_AFTER + 1, 0.0, 100.0, 30.0, False),  # a step stuck past it
-]
-
-
-@pytest.mark.parametrize(("now", "last_turn", "busy_since", "wait_timeout", "healthy"),
-                         LIVENESS)
-def test_liveness_table(now: float, last_turn: float, busy_since: float | None,
-                        wait_timeout: float | None, healthy: bool) -> None:
-    """/healthz's rule: waiting is alive until the wait should have ended plus the margin; a
-    step is alive while younger than STALL_AFTER."""
-    verdict = liveness(now, last_turn, busy_since, wait_timeout)
-    assert verdict.ok is healthy
-    assert verdict.code == (200 if healthy else 503)
-
-
-READINESS: list[tuple[Snapshot | None, int, str]] = [
-    (None, 503, "the first pass has not ended yet"),
-    (snapshot(pool=None, pool_error="pool is not loaded in the kernel", passes=0), 503,
-     "pool p: pool is not loaded in the kernel"),
-    (snapshot(pool=None, pool_error="pool is not loaded in the kernel"), 503,
-     "pool p: pool is not loaded in the kernel"),
-    (snapshot(passes=0, last_error="EIO"), 503, "no pass has ended yet: EIO"),
-    (snapshot(), 200, "ok: pool p is up; passes ended: 1"),
-    (snapshot(held_names=("a", "b")), 200, "ok: pool p is up; passes ended: 1; 2 removals "
-     "held: a, b (`reconciler status`)"),
-    (snapshot(held_names=tuple(f"d{i:02}" for i in range(12))), 200,
-     "ok: pool p is up; passes ended: 1; 12 removals held: d00, d01, d02, d03, d04, d05, d06, "
-     "d07, d08, d09 and 2 more (`reconciler status`)"),
-]
-
-
-@pytest.mark.parametrize(("snap", "code", "reason"), READINESS)
-def test_readiness_table(snap: Snapshot | None, code: int, reason: str) -> None:
-    """/readyz's rule: the first pass ended and the pool is up; else 503 and why."""
-    verdict = readiness(snap)
-    assert (verdict.code, verdict.reason) == (code, reason)
-
-
 def test_passes_and_series_exist_at_zero_before_anything_happens() -> None:
     """A fresh registry already has every pass kind/result, kernel op and step at zero, and
     no snapshot gauges (nothing read yet)."""
@@ -480,19 +457,3 @@ def test_passes_and_series_exist_at_zero_before_anything_happens() -> None:
     for op in KernelOp:
         assert value(parsed, "reconciler_kernel_call_duration_seconds_count", op=op.value) == 0
     assert not any(name == "reconciler_pool_up" for name, _ in parsed)
-
-
-def test_snapshot_keeps_the_conditions_it_knows_and_counts_held_names() -> None:
-    """take_snapshot: held removals are the condition's names, the pass_failed message is the
-    last error, and a kind this version does not know (written by a newer one) is left out."""
-    snap = take_snapshot(
-        "p", None, "pool is not loaded in the kernel", 128, [], 2,
-        [ConditionRecord(ConditionKind.REMOVALS_HELD, "2 held", ("a", "b")),
-         ConditionRecord(ConditionKind.PASS_FAILED, "EIO: boom"),
-         ConditionRecord(UnknownKind("from_the_future"), "?")],
-        passes=0)
-    assert snap.removals_held == 2 and snap.rejected_specs == 2
-    assert snap.conditions == {ConditionKind.REMOVALS_HELD, ConditionKind.PASS_FAILED}
-    assert snap.last_error == "EIO: boom"
-    assert snap.devices == dict.fromkeys(DeviceState, 0)
-    assert readiness(snap).reason == "pool p: pool is not loaded in the kernel"

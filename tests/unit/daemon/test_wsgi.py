@@ -13,8 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from reconciler.config import ListenAddress
-from reconciler.daemon.health import Verdict
-from reconciler.daemon.metrics import Metrics, MetricsServer
+from reconciler.daemon.health import Answer
+from reconciler.daemon.metrics import HEALTHZ, READYZ, Metrics, MetricsServer
 from reconciler.daemon.wsgi import busy_answer
 
 LOOPBACK = ListenAddress("127.0.0.1", 0)
@@ -25,8 +25,8 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[MetricsServer]:
     """A metrics server on a loopback port, limited to 2 connections of 1 s each."""
     monkeypatch.setattr("reconciler.daemon.wsgi.MAX_CONNECTIONS", 2)
     monkeypatch.setattr("reconciler.daemon.wsgi.REQUEST_DEADLINE", 1.0)
-    served = MetricsServer(LOOPBACK, Metrics(), lambda: Verdict(True, "ok: alive"),
-                           lambda: Verdict(False, "not yet"))
+    served = MetricsServer(LOOPBACK, Metrics(), {HEALTHZ: lambda: Answer(True, "ok: alive"),
+                                                 READYZ: lambda: Answer(False, "not yet")})
     served.start()
     try:
         yield served
@@ -133,8 +133,8 @@ def test_stop_ends_the_connections_being_served(monkeypatch: pytest.MonkeyPatch)
     """A connection still being served (its request not in) is closed when the server
     stops, not left to its deadline."""
     monkeypatch.setattr("reconciler.daemon.wsgi.REQUEST_DEADLINE", 600.0)
-    served = MetricsServer(LOOPBACK, Metrics(), lambda: Verdict(True, "ok: alive"),
-                           lambda: Verdict(True, "ok: ready"))
+    served = MetricsServer(LOOPBACK, Metrics(), {HEALTHZ: lambda: Answer(True, "ok: alive"),
+                                                 READYZ: lambda: Answer(True, "ok: ready")})
     served.start()
     try:
         conn = _connect(served.port)

@@ -33,6 +33,8 @@ from reconciler.dm.parse import (
     parse_target_line,
     parse_thin_status,
     parse_thin_table,
+    single_thin_table,
+    thin_table_hidden,
 )
 from reconciler.dm.types import DeviceInfo, PoolMode
 
@@ -100,6 +102,23 @@ def test_thin_status_gives_mapped_bytes() -> None:
         2176 * 512
     empty = parse_thin_status(parse_target_line("0 2097152 thin 0 -"))
     assert (empty.used_bytes, empty.highest_mapped_sector) == (0, None)
+
+
+def test_a_failed_pool_hides_its_thin_tables_and_says_fail_or_error() -> None:
+    """A pool in Fail mode: `dmsetup status` of it says "Fail" (or "Error" when its metadata
+    cannot be read for the counts), and dm-thin shows its thin devices' tables, not only
+    their statuses, as "Fail" (seen in the VM: tests/kernel/test_kernel_probes.py). The
+    table is hidden, not malformed: no thin table, no error; anything else still is one."""
+    for word, mode in (("Fail", PoolMode.FAIL), ("Error", PoolMode.ERROR)):
+        status = parse_pool_status(parse_target_line(f"0 524288 thin-pool {word}"))
+        assert (status.mode, status.needs_check) == (mode, True)
+    hidden = parse_target_line("0 32768 thin Fail")
+    assert thin_table_hidden(hidden) and single_thin_table([hidden]) is None
+    assert parse_thin_status(hidden).failed
+    shown = parse_target_line("0 32768 thin 253:3 1")
+    assert not thin_table_hidden(shown) and single_thin_table([shown]) is not None
+    with pytest.raises(ParseError, match="thin table"):
+        parse_thin_table(parse_target_line("0 32768 thin Failed"))
 
 
 def test_info_attr_flags_are_read() -> None:

@@ -187,14 +187,18 @@ def test_the_critical_priority_class_is_covered_by_a_quota_of_the_namespace() ->
 
 
 def test_probes_and_scrape_annotations_use_the_metrics_listener() -> None:
-    """Liveness on /healthz, readiness on /readyz, Prometheus on /metrics: all on the port
-    of `metrics_address`."""
+    """Liveness on /healthz, readiness on /readyz, startup on /startupz (which fails until
+    the first pass has ended; /healthz passes at once), Prometheus on /metrics: all on the
+    port of `metrics_address`. The startup probe gates liveness: no initial delay of its own
+    to guess."""
     port = int(_config()["metrics_address"].rsplit(":", 1)[1])
     container = _container()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == port
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/startupz", "port": "metrics"}
+    assert "initialDelaySeconds" not in container["livenessProbe"]
     annotations = one(RENDERED, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(port)
     assert annotations["prometheus.io/path"] == "/metrics"

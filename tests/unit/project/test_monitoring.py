@@ -176,3 +176,16 @@ def test_the_pod_monitor_scrapes_each_pod_and_names_its_node() -> None:
     assert endpoint["path"] == template["metadata"]["annotations"]["prometheus.io/path"]
     assert {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_node_name"],
             "targetLabel": "node"} in endpoint["relabelings"]
+
+
+def test_alerts_name_the_node_and_one_says_the_target_is_gone() -> None:
+    """No alert names a node by `instance` (a pod's IP: no machine, new with every pod);
+    each that names one says `node`; the target's own absence and failure are alerts."""
+    rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+    for rule in rules:
+        text = " ".join(rule["annotations"].values())
+        assert "$labels.instance" not in text, rule["alert"]
+        assert "$labels.node" in text or rule["expr"].startswith("absent("), rule["alert"]
+    exprs = {rule["alert"]: rule["expr"] for rule in rules}
+    assert exprs["ReconcilerTargetDown"] == 'up{job="reconciler"} == 0'
+    assert exprs["ReconcilerTargetMissing"] == 'absent(up{job="reconciler"})'

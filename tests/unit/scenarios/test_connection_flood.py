@@ -102,7 +102,7 @@ def _flood(family: socket.AddressFamily, address: tuple[str, int] | str,
 def _healthz(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as got:
-            return bool(got.status == 200 and got.read().startswith(b"ok: "))
+            return bool(got.status == 200 and got.read().startswith(b"alive: "))
     except (OSError, urllib.error.URLError):
         return False
 

@@ -171,13 +171,19 @@ def test_a_link_at_the_database_path_is_refused_and_not_followed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], name: str
 ) -> None:
     """A link planted at the database's path (or its -wal's or -shm's) is refused in one
-    line naming it, exit 1; the file it points to keeps its mode and content."""
+    line naming it, exit 1 (`status --check`: its verdict, down, exit 2, with the store
+    unusable for a reason on its line); the file it points to keeps its mode and content."""
     if name != "reconciler.db":  # the database itself is ours; the side file is not
         Store(tmp_path / "root" / "reconciler.db", lambda: 0.0).close()
     root, precious, config = _planted(tmp_path, name)
     capsys.readouterr()
-    assert main(["-c", str(config), *argv], host=FakeKernel()) == 1
-    said = _one_line(capsys)
+    verdict = argv == ["status", "--check"]
+    assert main(["-c", str(config), *argv], host=FakeKernel()) == (2 if verdict else 1)
+    if verdict:
+        said = capsys.readouterr().out.splitlines()
+        assert len(said) == 1 and "store unusable (" in said[0]
+    else:
+        said = _one_line(capsys)
     assert len(said) == 1 and str(root / name) in said[0] and "symbolic link" in said[0]
     assert precious.read_text() == "keep me\n" and _mode(precious) == 0o644
 

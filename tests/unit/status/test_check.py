@@ -16,6 +16,7 @@ import pytest
 from reconciler.cli import main
 from reconciler.daemon.lock import RootLock, lock_held
 from reconciler.status import (
+    ConditionReport,
     DeviceReport,
     Health,
     PoolReport,
@@ -25,6 +26,7 @@ from reconciler.status import (
     check,
     collect,
 )
+from reconciler.store import StoreBusy
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.fakekernel.faults import Op
@@ -74,8 +76,10 @@ def with_rejected(*names: str) -> Report:
 
 
 NOT_LOADED = "pool is not loaded in the kernel"
+STARTING = ConditionReport("starting", "the daemon's first pass has not ended", (), 1,
+                           "2026-12-01T02:40:13.000+00:00", "2026-12-01T02:40:13.000+00:00")
 CASES: list[tuple[str, Report | None, bool, Health, list[ReasonKind], str]] = [
-    ("healthy", healthy_report(), True, Health.HEALTHY, [], "healthy"),
+    ("ready", healthy_report(), True, Health.READY, [], "ready"),
     ("no daemon", healthy_report(), False, Health.DOWN, [ReasonKind.NO_DAEMON],
      "down: no daemon (the root lock is not held)"),
     ("no state yet", None, True, Health.DOWN, [ReasonKind.NO_STATE],
@@ -96,18 +100,18 @@ CASES: list[tuple[str, Report | None, bool, Health, list[ReasonKind], str]] = [
     ("pool needs_check", healthy_report(needs_check=True), True, Health.DOWN,
      [ReasonKind.POOL_NEEDS_CHECK],
      "down: pool needs check (thin_check/thin_repair must run before it is used)"),
-    ("pool read-only", healthy_report(mode="ro"), True, Health.DEGRADED,
-     [ReasonKind.POOL_READ_ONLY], "degraded: pool read only (mode ro)"),
+    ("pool read-only: its metadata is not written", healthy_report(mode="ro"), True,
+     Health.DOWN, [ReasonKind.POOL_READ_ONLY], "down: pool read only (mode ro)"),
     ("pool out of data space", healthy_report(mode="out_of_data_space"), True,
-     Health.DEGRADED, [ReasonKind.POOL_READ_ONLY],
-     "degraded: pool read only (mode out_of_data_space)"),
+     Health.DEGRADED, [ReasonKind.POOL_OUT_OF_DATA_SPACE],
+     "degraded: pool out of data space (mode out_of_data_space)"),
     ("one faulty device", with_devices(("web-1", "Faulty"), ("db", "Activated")), True,
      Health.DEGRADED, [ReasonKind.FAULTY_DEVICES], "degraded: 1 faulty device (web-1)"),
     ("two faulty devices", with_devices(("a", "Faulty"), ("b", "Faulty")), True,
      Health.DEGRADED, [ReasonKind.FAULTY_DEVICES], "degraded: 2 faulty devices (a, b)"),
     ("devices on their way are not a fault",
      with_devices(("a", "Creating"), ("b", "Deactivated"), ("c", "Created")), True,
-     Health.HEALTHY, [], "healthy"),
+     Health.READY, [], "ready"),
     ("a rejected spec", with_rejected("bad"), True, Health.DEGRADED,
      [ReasonKind.REJECTED_SPECS], "degraded: 1 rejected spec (bad)"),
     ("removals held", healthy_report(removals_held=["a", "b"]), True, Health.DEGRADED,
@@ -123,7 +127,7 @@ CASES: list[tuple[str, Report | None, bool, Health, list[ReasonKind], str]] = [
      Health.DEGRADED, [ReasonKind.DATA_BELOW_RESERVE],
      "degraded: data below reserve (16MiB free of 256MiB, reserve 25MiB)"),
     ("data space just at the reserve", healthy_report(data_used_bytes=231 * MIB), True,
-     Health.HEALTHY, [], "healthy"),
+     Health.READY, [], "ready"),
     ("metadata space below the reserve", healthy_report(metadata_used_bytes=8 * MIB - 256 * 1024),
      True, Health.DEGRADED, [ReasonKind.METADATA_BELOW_RESERVE],
      "degraded: metadata below reserve (256KiB free of 8MiB, reserve 512KiB)"),
@@ -132,6 +136,18 @@ CASES: list[tuple[str, Report | None, bool, Health, list[ReasonKind], str]] = [
      [ReasonKind.POOL_NEEDS_CHECK, ReasonKind.REMOVALS_HELD],
      "down: pool needs check (thin_check/thin_repair must run before it is used); "
      "1 removal held (a)"),
+    ("the store cannot be read", None, True, Health.DOWN, [ReasonKind.STORE_UNUSABLE],
+     "down: store unusable (reconciler.db is not a SQLite database)"),
+    ("the daemon's first pass has not ended: starting, and nothing else",
+     replace(with_devices(("web-1", "Faulty")), conditions=(STARTING,)), True,
+     Health.STARTING, [ReasonKind.FIRST_PASS_RUNNING], "starting: first pass running"),
+    ("a starting condition without a daemon is what a crash left", replace(
+        healthy_report(), conditions=(STARTING,)), False, Health.DOWN, [ReasonKind.NO_DAEMON],
+     "down: no daemon (the root lock is not held)"),
+    ("names beyond ten are counted", with_devices(*((f"d{i:02}", "Faulty") for i in range(12))),
+     True, Health.DEGRADED, [ReasonKind.FAULTY_DEVICES],
+     "degraded: 12 faulty devices (d00, d01, d02, d03, d04, d05, d06, d07, d08, d09 and 2 "
+     "more)"),
 ]
 
 
@@ -141,7 +157,9 @@ def test_the_verdict_of_each_condition(report: Report | None, running: bool,
                                        health: Health, kinds: list[ReasonKind],
                                        line: str) -> None:
     """Each condition gives its health (the exit code), its reason kinds and its line."""
-    verdict = check(report, running)
+    unusable = "reconciler.db is not a SQLite database" if ReasonKind.STORE_UNUSABLE in kinds \
+        else None
+    verdict = check(report, running, unusable)
     assert verdict.health == health
     assert [r.kind for r in verdict.reasons] == kinds
     assert verdict.line() == line
@@ -175,7 +193,7 @@ def test_a_real_status_document_has_every_field_the_check_reads(fake_world: Worl
     assert fake_world.store is not None
     typed = collect(fake_world.settings, fake_world.store, fake_world.host)
     assert typed.document() == report
-    assert check(typed, True).line() == "healthy"
+    assert check(typed, True).line() == "ready"
     assert check(typed, False).health == Health.DOWN
 
 
@@ -242,7 +260,7 @@ def test_a_faulty_device_without_a_daemon_and_then_with_the_lock_held(
     assert main(["-c", str(config), "run", "--once"], host=host) == 0
     lock.acquire()
     try:
-        assert run_check(config, host, capsys) == (0, "healthy\n")
+        assert run_check(config, host, capsys) == (0, "ready\n")
     finally:
         lock.release()
 
@@ -275,7 +293,7 @@ def daemon_process(config: Path) -> Iterator[DaemonProcess]:
 
 def test_check_follows_a_daemon_process(config: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """With the daemon running: healthy (0); a spec it rejects: degraded (1) naming it; the
+    """With the daemon running: ready (0); a spec it rejects: degraded (1) naming it; the
     daemon stopped: down (2). The daemon's fake kernel lives in its process, so this
     process reads one of its own, where a pool of the same name was made beside it."""
     host = FakeKernel()
@@ -286,7 +304,7 @@ def test_check_follows_a_daemon_process(config: Path,
     state = config.parent / "state"
     with daemon_process(config) as process:
         assert lock_held(state)
-        assert run_check(config, host, capsys) == (0, "healthy\n")
+        assert run_check(config, host, capsys) == (0, "ready\n")
         (config.parent / "specs" / "bad.toml").write_text("colour = 'red'\n")
         wait_for("the daemon to reject bad.toml",
                  lambda: run_check(config, host, capsys)[0] == 1, 60)
@@ -295,3 +313,30 @@ def test_check_follows_a_daemon_process(config: Path,
     assert not lock_held(state)
     assert run_check(config, host, capsys) == (
         2, "down: no daemon (the root lock is not held); 1 rejected spec (bad)\n")
+
+
+def test_a_store_that_cannot_be_read_is_down_and_a_busy_one_is_an_error(
+        config: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database file that is not SQLite: down (2) saying so, the daemon's verdict of the
+    same store; one kept busy by others: exit 1 and one line on stderr, as every command."""
+    state = config.parent / "state"
+    assert main(["-c", str(config), "run", "--once"], host=FakeKernel()) == 0
+    database = state / "reconciler.db"
+    for side in (state / "reconciler.db-wal", state / "reconciler.db-shm"):
+        side.unlink(missing_ok=True)
+    database.write_bytes(b"not a database, " * 512)
+    code, out = run_check(config, FakeKernel(), capsys)
+    assert code == 2
+    assert out.startswith("down: no daemon (the root lock is not held); store unusable (")
+    assert str(database) in out and out.count("\n") == 1
+
+    def busy(*args: object, **kwargs: object) -> None:
+        raise StoreBusy(f"the database {database} stayed busy through 7 tries")
+
+    monkeypatch.setattr("reconciler.status.report.Store", busy)
+    capsys.readouterr()
+    assert main(["-c", str(config), "status", "--check"], host=FakeKernel()) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"reconciler: the database {database} stayed busy through 7 tries\n"
