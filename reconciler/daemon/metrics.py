@@ -69,7 +69,6 @@ GRPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 
 # What a GET answers with besides /metrics.
 HEALTHZ, READYZ, STARTUPZ, METRICS = "/healthz", "/readyz", "/startupz", "/metrics"
-PROBES = (HEALTHZ, READYZ, STARTUPZ)
 
 # The kernel's pool modes as label values: lower case, as every other label value of ours is
 # (the kernel spells two of them "Fail" and "Error").
