@@ -183,6 +183,10 @@ def liveness(now: float, last_turn: float, busy_since: float | None,
 
 # /readyz names this many held removals; the rest are counted (status lists every one).
 HELD_SHOWN = 10
+# Ready all the same: the nodes are there, made by the daemon instead of udev.
+UDEV_UNREACHABLE_REASON = ("udev unreachable: udev cannot confirm the daemon's udev cookies "
+                           "(no hostIPC: true?), so the daemon makes the /dev/mapper nodes "
+                           "itself and never waits for udev (`reconciler status`)")
 
 
 def readiness(snapshot: Snapshot | None) -> Verdict:
@@ -200,4 +204,6 @@ def readiness(snapshot: Snapshot | None) -> Verdict:
         more = len(snapshot.held_names) - HELD_SHOWN
         reason += (f"; {len(snapshot.held_names)} removals held: {shown}"
                    + (f" and {more} more" if more > 0 else "") + " (`reconciler status`)")
+    if ConditionKind.UDEV_UNREACHABLE in snapshot.conditions:
+        reason += "; " + UDEV_UNREACHABLE_REASON
     return Verdict(True, reason)

@@ -110,7 +110,7 @@ class Reconciler:
         )
         self.stop_requested = stop_requested
         # The kernel boundary: libdevmapper in-process or dmsetup (dm.driver decides).
-        self.client: DmDriver = make_client(host, settings.dm_driver)
+        self.client: DmDriver = make_client(host, settings.dm_driver, settings.udev_timeout)
         if kernel_observer is not None:  # the daemon's metrics: every call counted and timed
             self.client = ObservedDriver(self.client, kernel_observer)
         self.pass_observer = pass_observer
@@ -219,6 +219,9 @@ class Reconciler:
             self.pass_observer(only is not None, result, self._timer() - start)
 
     def _pass(self, only: Iterable[str] | None) -> PassResult:
+        # Whether this pass's calls wait for udev: proved at the first pass and again when
+        # udev appears or goes; where it cannot confirm our cookies, an operator is told.
+        self._conditions.say(ConditionKind.UDEV_UNREACHABLE, self.client.udev_sync().problem)
         ctx = self._context(self.ensure_pool())
         # udev handles the pass's device events together; each node is there by the end of
         # the pass (a step that opens one settles first).

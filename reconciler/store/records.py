@@ -214,6 +214,9 @@ class ConditionKind(StrEnum):
     PASS_FAILED = "pass_failed"
     # New devices wait: the pool is below its reserve, not read-write, or needs a check.
     NEW_DEVICES_HELD = "new_devices_held"
+    # udev runs but cannot confirm our udev cookies (another IPC namespace: a pod without
+    # hostIPC): the daemon makes the /dev/mapper nodes itself. Working, nothing waits.
+    UDEV_UNREACHABLE = "udev_unreachable"
 
 
 class HoldCause(StrEnum):
