@@ -171,6 +171,12 @@ def test_runtime_class_and_daemonset_select_the_same_nodes() -> None:
     assert runtime["scheduling"]["nodeSelector"] == pod["nodeSelector"]
 
 
+def test_the_pod_shares_the_hosts_ipc_namespace_for_udev() -> None:
+    """hostIPC (issue 25): udev's rules confirm libdevmapper's cookies, SysV semaphores, in the
+    host's IPC namespace; in a namespace of its own the daemon would make every node itself."""
+    assert _one("DaemonSet")["spec"]["template"]["spec"]["hostIPC"] is True
+
+
 def _hadolint(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(HADOLINT), "--no-color", str(path)], capture_output=True,
                           text=True, check=False)
