@@ -21,8 +21,9 @@ DESCRIPTION = "Keep device-mapper thin devices equal to spec files."
 # reconciler.config.DEFAULT_CONFIG_PATH and reconciler.logs.LEVELS.
 DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# reconciler.containerd_config.Layout's values.
+# reconciler.containerd_config.Layout's and CgroupDriver's values.
 CONTAINERD_LAYOUTS = ("1.6", "1.7", "2.x")
+CGROUP_DRIVERS = ("cgroupfs", "systemd")
 
 
 class Shell(StrEnum):
@@ -41,8 +42,9 @@ def _global_options(parser: argparse.ArgumentParser, default: bool) -> None:
         help=f"config file (default: $RECONCILER_CONFIG, else {DEFAULT_CONFIG_PATH})",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS,
-                        default="info" if default else argparse.SUPPRESS,
-                        help="least level of the log lines on stderr (default: info)")
+                        default=None if default else argparse.SUPPRESS,
+                        help="least level of the log lines on stderr (default: "
+                        "$RECONCILER_LOG_LEVEL, else the config's log_level, else info)")
 
 
 def package_version() -> str:
@@ -159,6 +161,10 @@ def _acting_commands(command: Command, common: argparse.ArgumentParser) -> None:
     containerd.add_argument("--handler-only", action="store_true",
                             help="only the runtime handler `reconciler` uses it; CRI's default "
                             "snapshotter stays (a daemon run as a pod; containerd 1.7 or newer)")
+    containerd.add_argument("--cgroup-driver", choices=CGROUP_DRIVERS, default="cgroupfs",
+                            help="kubelet's cgroupDriver, which runc must use too: systemd "
+                            "(kubeadm's default) sets SystemdCgroup on the runc handlers the "
+                            "drop-in declares (default: cgroupfs, runc's own)")
     completion = command("completion", "print the shell completion script")
     # Plain values (cli.py makes the Shell): with type=Shell a typo would read "invalid Shell
     # value" instead of argparse's list of the choices.

@@ -20,7 +20,6 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -29,9 +28,11 @@ from reconciler import logs
 from reconciler.arguments import Shell, build_parser
 from reconciler.config import (
     DEFAULT_CONFIG_PATH,
+    DEFAULT_LOG_LEVEL,
     ConfigError,
     Settings,
     config_path,
+    effective_log_level,
     load_settings,
     settings_from_mapping,
     settings_toml,
@@ -54,6 +55,7 @@ from reconciler.status import (
     render_check,
     render_json,
     render_table,
+    watch,
 )
 from reconciler.store import RequestKind, Store, StoreError
 from reconciler.vocabulary import DeviceState
@@ -149,8 +151,10 @@ def confirm_removals(settings: Settings, host: Host, names: Sequence[str],
                      selection=selection.text)
 
 
-def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
-    """The long-running daemon."""
+def run_daemon(settings: Settings, host: Host, path: Path | None,
+               log_level_flag: str | None = None) -> int:
+    """The long-running daemon; a reload takes a new log_level unless --log-level or
+    $RECONCILER_LOG_LEVEL sets it (`log_level_flag`: --log-level's)."""
     # Imported here: the daemon brings watchdog and prometheus_client, which the commands
     # that only read, `status --check` run by probes every few seconds above all, never use
     # (grpc and protobuf it loads only to serve grpc_socket).
@@ -160,7 +164,8 @@ def run_daemon(settings: Settings, host: Host, path: Path | None) -> int:
     from reconciler.sockets import SocketUnavailable
 
     raise_descriptor_limit()  # each listener bounds its share; the loop gets the rest
-    daemon = Daemon(settings, host, config_path=path)
+    daemon = Daemon(settings, host, config_path=path, reconfigure_logs=lambda fresh: (
+        logs.configure(effective_log_level(log_level_flag, fresh))))
     daemon.install_signal_handlers()
     try:
         return daemon.serve()
@@ -182,13 +187,6 @@ def check_status(settings: Settings, host: Host, as_json: bool) -> int:
     verdict = check(report, running)
     sys.stdout.write(render_check(verdict, as_json))
     return int(verdict.health)
-
-
-# Clear the screen and go home: only a terminal gets it.
-CLEAR_SCREEN = "\033[H\033[2J"
-# While watching, how often the store is asked whether another process wrote it (one cheap
-# query), so that a change is shown at once rather than at the next look.
-STORE_POLL_SECONDS = 0.2
 
 
 def _usage_error(message: str) -> int:
@@ -227,15 +225,17 @@ def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int
         return render_table(report, columns, headers=not args.no_headers)
 
     try:
-        text = render()
+        if args.watch is not None:
+            # Returns only when there is nothing to show; Ctrl-C ends the process (exit 0).
+            watch(render, store.written_by_others, args.watch, table=not args.json,
+                  exit_code=EXIT_OK)
+            text = None
+        else:
+            text = render()
         if text is None:
             print(f"no device named {args.name!r}", file=sys.stderr)
             return EXIT_NOT_CONVERGED
-        if args.watch is None:
-            sys.stdout.write(text)
-            return EXIT_OK
-        watch(text, render, store.written_by_others, args.watch,
-              table=not args.json)
+        sys.stdout.write(text)
         return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
@@ -243,36 +243,8 @@ def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int
         store.close()
 
 
-def watch(first: str, render: Callable[[], str | None], store_changed: Callable[[], bool],
-          interval: float, table: bool) -> None:
-    """Write the document, then again each time it changes (never the same one twice in a
-    row): looked at every `interval` seconds, and at once when the store was written.
-    A terminal's table is redrawn in place, under a line that says when it changed (UTC);
-    anything else (a pipe, a file, NDJSON) gets the documents one after another, no escapes,
-    so that a script reads them as they come. `table`: the documents are tables (else
-    NDJSON lines)."""
-    on_tty = table and sys.stdout.isatty()
-    shown = None
-    text: str | None = first
-    store_changed()  # from here on, it says whether anything was written since
-    while True:
-        if text is not None and text != shown:
-            if on_tty:
-                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                sys.stdout.write(f"{CLEAR_SCREEN}changed at {stamp}, looking every "
-                                 f"{interval:g}s\n\n{text}")
-            else:
-                # A table (not NDJSON) is parted from the one before by an empty line.
-                blank = "\n" if table and shown is not None else ""
-                sys.stdout.write(blank + text)
-            sys.stdout.flush()
-            shown = text
-        deadline = time.monotonic() + interval
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(STORE_POLL_SECONDS, left))
-            if store_changed():
-                break
-        text = render()
+# `plan --json`'s `schema_version`, as status's (reconciler.status.document.SCHEMA_VERSION).
+PLAN_SCHEMA_VERSION = 1
 
 
 def show_plan(settings: Settings, host: Host, as_json: bool = False) -> int:
@@ -292,13 +264,14 @@ def show_plan(settings: Settings, host: Host, as_json: bool = False) -> int:
     finally:
         store.close()
     if as_json:
-        document = {"pool": settings.pool_name,
-                    "actions": [{"name": name, "action": action} for name, action in actions]}
+        document = {"schema_version": PLAN_SCHEMA_VERSION, "pool": settings.pool_name,
+                    "actions": [{"name": name, "action": planned.action,
+                                 "summary": planned.summary} for name, planned in actions]}
         sys.stdout.write(json.dumps(document) + "\n")
         return EXIT_OK
     width = max((len(name) for name, _ in actions), default=4)
-    for name, action in actions:
-        print(f"{name.ljust(width)}  {action}")
+    for name, planned in actions:
+        print(f"{name.ljust(width)}  {planned.summary}")
     return EXIT_OK
 
 
@@ -428,7 +401,8 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
-    logs.configure(args.log_level)
+    logs.configure(args.log_level or DEFAULT_LOG_LEVEL)  # until the config is read
+    logs.dump_stacks_on_quit()
     if args.command == "completion":
         return print_completion(Shell(args.shell))
     if args.command == "config" and args.config_command == "default":
@@ -437,6 +411,8 @@ def main(argv: Sequence[str] | None = None, host: Host | None = None) -> int:
         return EXIT_OK
     try:
         settings, path = _settings(args.config)
+        # --log-level, else $RECONCILER_LOG_LEVEL (checked here), else the config's.
+        logs.configure(effective_log_level(args.log_level, settings))
     except ConfigError as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -462,7 +438,7 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
     if args.command == "run":
         if args.once:
             return _locked(settings, lambda: run_once(settings, host, args.allow_removals))
-        return _locked(settings, lambda: run_daemon(settings, host, path))
+        return _locked(settings, lambda: run_daemon(settings, host, path, args.log_level))
     if args.command == "plan":
         return show_plan(settings, host, args.json)
     if args.command == "retry":
@@ -490,7 +466,7 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
         return check_config(settings, path)
     if args.command == "containerd-config":
         return print_containerd_config(settings, path, host, args.containerd_version,
-                                       args.handler_only)
+                                       args.handler_only, args.cgroup_driver)
     return show_status(settings, host, args)
 
 

@@ -8,7 +8,10 @@ through its transfer service, and chooses a pull's snapshotter per runtime handl
 `runtime_platforms`. An operator who writes the TOML by hand gets one of these wrong and
 containerd ignores the key it does not know, so the command writes it: the proxy plugin at
 the config's `grpc_socket`, a runtime handler `reconciler` (runc) on our snapshotter, and our
-snapshotter as CRI's default. A command's body of its own, beside `reconciler.status` below
+snapshotter as CRI's default. runc's cgroup driver must be kubelet's (`--cgroup-driver`): the
+handler is a runtime of its own, so it does not inherit the node's runc options (`SystemdCgroup`),
+and in 1.x the drop-in's CRI section replaces the node's, runc's included. A command's body of
+its own, beside `reconciler.status` below
 the CLI, it asks the machine only `containerd --version`, through the Host every program runs
 by.
 """
@@ -41,6 +44,15 @@ class Layout(StrEnum):
     V1_6 = "1.6"
     V1_7 = "1.7"
     V2 = "2.x"
+
+
+class CgroupDriver(StrEnum):
+    """kubelet's cgroup driver (its `cgroupDriver`), which runc must use too: with systemd's,
+    a pod's cgroup parent is a slice that runc's cgroupfs driver cannot place a container in
+    (reconciler.arguments copies the values)."""
+
+    CGROUPFS = "cgroupfs"
+    SYSTEMD = "systemd"
 
 
 class DropInError(Exception):
@@ -91,11 +103,11 @@ def node_platform() -> str:
 
 
 def drop_in(settings: Settings, source: Path | None, layout: Layout, *, default: bool = True,
-            node: str | None = None) -> str:
+            node: str | None = None, cgroup: CgroupDriver = CgroupDriver.CGROUPFS) -> str:
     """The TOML drop-in for `layout`: our proxy plugin at `settings.grpc_socket`, the runtime
-    handler on our snapshotter, and (`default`) our snapshotter as CRI's default. `source`:
-    the config file it came from (shown). DropInError when grpc_socket is unset or the
-    layout cannot do what is asked."""
+    handler on our snapshotter, and (`default`) our snapshotter as CRI's default; every runc
+    handler it declares on kubelet's `cgroup` driver. `source`: the config file it came from
+    (shown). DropInError when grpc_socket is unset or the layout cannot do what is asked."""
     # One line, whatever the path holds.
     path = " ".join(str(source).splitlines()) if source is not None else None
     if settings.grpc_socket is None:
@@ -110,8 +122,18 @@ def drop_in(settings: Settings, source: Path | None, layout: Layout, *, default:
             f"(grpc_socket of {shown}).\n")
     socket = toml_string(str(settings.grpc_socket))
     if layout is Layout.V2:
-        return head + _v2(socket, default, node or node_platform())
-    return head + _v1(socket, layout, default)
+        return head + _v2(socket, default, node or node_platform(), cgroup)
+    return head + _v1(socket, layout, default, cgroup)
+
+
+def _runc_options(table: str, cgroup: CgroupDriver, indent: str) -> list[str]:
+    """The options of the runc handler at `table` for kubelet's cgroup driver: none for
+    cgroupfs (runc's default), SystemdCgroup for systemd."""
+    if cgroup is CgroupDriver.CGROUPFS:
+        return [f"{indent}# runc's cgroupfs driver (its default): kubelet's cgroupDriver must be "
+                f"cgroupfs;\n{indent}# for systemd's give --cgroup-driver systemd."]
+    return [f"{indent}[{table}.options]",
+            f"{indent}  SystemdCgroup = true  # kubelet's cgroupDriver is systemd"]
 
 
 _PROXY = """
@@ -122,7 +144,7 @@ _PROXY = """
 """
 
 
-def _v1(socket: str, layout: Layout, default: bool) -> str:
+def _v1(socket: str, layout: Layout, default: bool, cgroup: CgroupDriver) -> str:
     """Config version 2, for containerd 1.6 and 1.7."""
     cri = 'plugins."io.containerd.grpc.v1.cri".containerd'
     lines = [
@@ -144,6 +166,7 @@ def _v1(socket: str, layout: Layout, default: bool) -> str:
         '  default_runtime_name = "runc"',
         f"  [{cri}.runtimes.runc]",
         '    runtime_type = "io.containerd.runc.v2"',
+        *_runc_options(f"{cri}.runtimes.runc", cgroup, "    "),
         "  # The runtime handler `reconciler` (RuntimeClass handler: reconciler): runc v2.",
         f"  [{cri}.runtimes.reconciler]",
         '    runtime_type = "io.containerd.runc.v2"',
@@ -153,10 +176,11 @@ def _v1(socket: str, layout: Layout, default: bool) -> str:
                      "(1.7 added\n    # it), so this handler's pods use CRI's default above.")
     else:
         lines.append('    snapshotter = "reconciler"  # its containers\' root filesystems')
+    lines += _runc_options(f"{cri}.runtimes.reconciler", cgroup, "    ")
     return "\n".join(lines) + "\n"
 
 
-def _v2(socket: str, default: bool, node: str) -> str:
+def _v2(socket: str, default: bool, node: str, cgroup: CgroupDriver) -> str:
     """Config version 3, for containerd 2.x (2.3 migrates it to its version 4 itself)."""
     images = "plugins.'io.containerd.cri.v1.images'"
     runtime = "plugins.'io.containerd.cri.v1.runtime'"
@@ -192,6 +216,7 @@ def _v2(socket: str, default: bool, node: str) -> str:
         f"[{runtime}.containerd.runtimes.reconciler]",
         '  runtime_type = "io.containerd.runc.v2"',
         '  snapshotter = "reconciler"',
+        *_runc_options(f"{runtime}.containerd.runtimes.reconciler", cgroup, ""),
         "",
         "# The transfer service (2.x's pulls, CRI's and `ctr images pull/import`'s) unpacks only",
         "# into the snapshotters listed here. Listing any replaces containerd's default list,",
@@ -204,13 +229,14 @@ def _v2(socket: str, default: bool, node: str) -> str:
 
 
 def print_containerd_config(settings: Settings, source: Path | None, host: Host,
-                            requested: str | None, handler_only: bool) -> int:
+                            requested: str | None, handler_only: bool, cgroup: str) -> int:
     """`containerd-config`: the drop-in for the layout asked for, else the containerd on
-    PATH's, on stdout (exit 0); or why there is none, in one line (exit 2, a usage error:
-    reconciler.cli's exit codes)."""
+    PATH's, with runc on the `cgroup` driver, on stdout (exit 0); or why there is none, in
+    one line (exit 2, a usage error: reconciler.cli's exit codes)."""
     try:
         layout = Layout(requested) if requested is not None else detect(host)
-        text = drop_in(settings, source, layout, default=not handler_only)
+        text = drop_in(settings, source, layout, default=not handler_only,
+                       cgroup=CgroupDriver(cgroup))
     except DropInError as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return 2

@@ -113,6 +113,27 @@ def is_ready(state: DeviceState, formatted: bool, filesystem: Filesystem,
             and (formatted or filesystem == Filesystem.NONE))
 
 
+class PlanAction(StrEnum):
+    """What `reconciler plan` says the next pass does to a device, as one word (`plan
+    --json`'s `action`; its `summary` says the same in prose, with the details)."""
+
+    CREATE_POOL = "create_pool"  # the pool itself ("(pool)"): nothing else is planned yet
+    CREATE = "create"
+    SNAPSHOT = "snapshot"  # a create with a parent
+    ACTIVATE = "activate"
+    MKFS = "mkfs"
+    RELOAD = "reload"  # a new size or mode: the table loaded again
+    GROW = "grow"  # the filesystem grown to the device's size
+    DEACTIVATE = "deactivate"  # the spec wants it inactive: it stays
+    REMOVE = "remove"  # no spec wants it (or gc --faulty): deactivated if live, then deleted
+    VANISHED = "vanished"  # gone from the kernel behind our back: noted, then made again
+    RECREATE = "recreate"  # a removed name whose spec came back
+    RETRY = "retry"  # a Faulty device whose spec changed
+    WAIT = "wait"  # it cannot go on yet (its parent, the pool's reserve): not an error
+    HELD = "held"  # a removal the guard holds until an operator confirms it
+    NONE = "none"  # nothing: converged, Faulty, its spec rejected or for other nodes
+
+
 class Filesystem(StrEnum):
     """What mkfs makes on a device without parent (a snapshot keeps its parent's); NONE: the
     device stays raw."""

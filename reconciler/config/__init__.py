@@ -20,6 +20,9 @@ from reconciler.config.render import settings_toml
 from reconciler.config.settings import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
+    DEFAULT_LOG_LEVEL,
+    LOG_LEVEL_ENV,
+    LOG_LEVELS,
     NODE_NAME_ENV,
     ConfigError,
     ListenAddress,
@@ -27,11 +30,14 @@ from reconciler.config.settings import (
     Settings,
     default_node_name,
 )
-from reconciler.config.values import settings_from_mapping
+from reconciler.config.values import effective_log_level, settings_from_mapping
 
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG_PATH",
+    "DEFAULT_LOG_LEVEL",
+    "LOG_LEVELS",
+    "LOG_LEVEL_ENV",
     "NODE_NAME_ENV",
     "ConfigError",
     "ListenAddress",
@@ -39,6 +45,7 @@ __all__ = [
     "Settings",
     "config_path",
     "default_node_name",
+    "effective_log_level",
     "load_settings",
     "settings_from_mapping",
     "settings_toml",

@@ -20,6 +20,8 @@ from reconciler.units import (
 
 DEFAULT_CONFIG_PATH = Path("/etc/reconciler/config.toml")
 CONFIG_ENV = "RECONCILER_CONFIG"
+# Sets the log level over the config's log_level (--log-level sets it over both).
+LOG_LEVEL_ENV = "RECONCILER_LOG_LEVEL"
 NODE_NAME_ENV = "NODE_NAME"
 # A Kubernetes node name is a DNS subdomain: at most 253 characters.
 MAX_NODE_NAME = 253
@@ -28,6 +30,10 @@ MAX_NODE_NAME = 253
 POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 FS_TYPES = ("ext4", "xfs")
 DM_DRIVERS = ("libdevmapper", "dmsetup")
+# reconciler.logs.LEVELS (a copy: config imports nothing above the base layer; a test keeps
+# the two equal).
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_LOG_LEVEL = "info"
 
 # The data block sizes dm-thin accepts (a multiple of the smallest).
 MIN_BLOCK = 64 << 10
@@ -238,6 +244,12 @@ class Settings:
         default=False,
         metadata=_doc("Accept spec files owned by other users and a group- or world-writable "
                       "spec_dir."),
+    )
+    log_level: str = field(
+        default=DEFAULT_LOG_LEVEL,
+        metadata=_doc("Least level of the log lines on stderr, libraries' too: \"debug\", "
+                      "\"info\", \"warning\" or \"error\" ($RECONCILER_LOG_LEVEL and "
+                      "--log-level come first)."),
     )
     node_name: str = field(
         default_factory=default_node_name,

@@ -8,17 +8,20 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from reconciler.config.paths import check_paths
 from reconciler.config.settings import (
+    DEFAULT_LOG_LEVEL,
     DM_DRIVERS,
     DURATION_BOUNDS,
     FS_TYPES,
     HOST_NAME_RE,
+    LOG_LEVEL_ENV,
+    LOG_LEVELS,
     MAX_ATTEMPTS,
     MAX_BLOCK,
     MAX_NODE_NAME,
@@ -204,6 +207,7 @@ _READERS: dict[str, Callable[[str, object], object]] = {
     "pool_name": _pool_name,
     "dm_driver": lambda key, value: _choice(key, value, DM_DRIVERS),
     "fs_type": lambda key, value: _choice(key, value, FS_TYPES),
+    "log_level": lambda key, value: _choice(key, value, LOG_LEVELS),
     "metrics_address": _listen_address,
 }
 
@@ -237,6 +241,23 @@ def settings_from_mapping(raw: dict[str, Any], base: Path | None = None) -> Sett
     _check_rules(settings, raw)
     check_paths(settings)
     return settings
+
+
+def effective_log_level(flag: str | None, settings: Settings | None,
+                        environ: Mapping[str, str] | None = None) -> str:
+    """The log level to run with: --log-level's (`flag`), else $RECONCILER_LOG_LEVEL's, else
+    the config's `log_level` (info before the config is read: `settings` None). A variable
+    set to anything but a level is a ConfigError naming log_level and the variable; set
+    empty, it is unset."""
+    if flag is not None:
+        return flag
+    given = (os.environ if environ is None else environ).get(LOG_LEVEL_ENV, "")
+    if given:
+        try:
+            return _choice("log_level", given, LOG_LEVELS)
+        except ConfigError as exc:
+            raise ConfigError("log_level", f"from ${LOG_LEVEL_ENV}: {exc.problem}") from None
+    return DEFAULT_LOG_LEVEL if settings is None else settings.log_level
 
 
 def _check_rules(settings: Settings, raw: dict[str, Any]) -> None:

@@ -145,12 +145,12 @@ class Daemon:
     clock: Callable[[], float] = time.time
     wakeups: Wakeups = field(default_factory=Wakeups)
     passes: int = 0
-    # Passes failed in a row (reset by one that ends); the next full pass backs off by it.
-    failed_passes: int = 0
+    failed_passes: int = 0  # in a row (reset by one that ends): the next full pass backs off
     # What the service manager is told (READY, STATUS, WATCHDOG, RELOADING, STOPPING).
     notifier: Notifier = field(default_factory=Notifier)
     # For durations, /healthz and `last_turn`: never the wall clock, which may jump.
     monotonic: Callable[[], float] = time.monotonic
+    reconfigure_logs: Callable[[Settings], None] = lambda s: None  # the CLI's, as logs are
 
     def __post_init__(self) -> None:
         self.store = Store(self.settings.database_path, self.clock)
@@ -172,8 +172,7 @@ class Daemon:
         self.watcher: SpecWatcher | None = None
         self.api: ApiServer | None = None
         self.control: ControlServer | None = None
-        # Why the last pass failed (None once one ends): a control answer says it.
-        self.last_pass_error: str | None = None
+        self.last_pass_error: str | None = None  # why the last pass failed (control answers)
         self.waiters = Waiters(self.wakeups, self.clock, lambda: self._stopping,
                                settle_together=self.reconciler.devices.settle)
         self.snapshotter = Snapshotter(self.store, self.settings, self.clock,
@@ -300,6 +299,7 @@ class Daemon:
             return
         spec_dir_changed = fresh.specs_path != self.settings.specs_path
         self.settings = fresh
+        self.reconfigure_logs(fresh)
         # One engine, one cache of records: calls in progress go on with it.
         self.reconciler.reconfigure(fresh)
         self.snapshotter.reconfigure(fresh)

@@ -21,7 +21,7 @@ from reconciler.specs.model import DeviceSpec
 from reconciler.states import IN_FLIGHT, LIVE, RESTING_PROVISIONED, RESUMES, DeviceState, Step
 from reconciler.store.records import DeviceRecord
 from reconciler.units import Bytes, to_sectors
-from reconciler.vocabulary import Filesystem
+from reconciler.vocabulary import Filesystem, PlanAction
 
 S = DeviceState
 
@@ -151,22 +151,47 @@ def is_removal(step: Step, spec: DeviceSpec | None) -> bool:
     return step == Step.REMOVE or (step == Step.DEACTIVATE and spec is None)
 
 
-def describe(record: DeviceRecord, decision: Decision, wanted: bool = True) -> str:
+class Planned(NamedTuple):
+    """One line of `reconciler plan`: what the next pass does to a device, as a word for
+    scripts (`action`) and as prose for people (`summary`)."""
+
+    action: PlanAction
+    summary: str
+
+
+# The action each step is planned as (a create with a parent and a removal are told apart
+# from the record and the spec: `describe`).
+STEP_ACTIONS: dict[Step, PlanAction] = {
+    Step.CREATE: PlanAction.CREATE,
+    Step.ACTIVATE: PlanAction.ACTIVATE,
+    Step.MKFS: PlanAction.MKFS,
+    Step.RELOAD: PlanAction.RELOAD,
+    Step.GROW_FS: PlanAction.GROW,
+    Step.DEACTIVATE: PlanAction.DEACTIVATE,
+    Step.REMOVE: PlanAction.REMOVE,
+    Step.VANISHED: PlanAction.VANISHED,
+    Step.RECREATE: PlanAction.RECREATE,
+    Step.RETRY: PlanAction.RETRY,
+}
+
+
+def describe(record: DeviceRecord, decision: Decision, wanted: bool = True) -> Planned:
     """What `reconciler plan` says a decision will do. A device no spec wants any more
     (`wanted` false) is on its way out: its first step (deactivate) is named as what it
     starts, a removal, so that nobody reads it as a mere deactivation."""
     if not wanted and decision in (Step.DEACTIVATE, Step.REMOVE):
-        return ("remove: deactivate, then delete its thin id"
-                if decision == Step.DEACTIVATE else "remove: delete its thin id")
+        return Planned(PlanAction.REMOVE, "remove: deactivate, then delete its thin id"
+                       if decision == Step.DEACTIVATE else "remove: delete its thin id")
     if isinstance(decision, Wait):
-        return f"nothing yet: {decision.reason}"
+        return Planned(PlanAction.WAIT, f"nothing yet: {decision.reason}")
     if decision is None:
         if record.state == S.FAULTY:
-            return "nothing: Faulty (change the spec or run `reconciler retry`)"
-        return "nothing"
+            return Planned(PlanAction.NONE,
+                           "nothing: Faulty (change the spec or run `reconciler retry`)")
+        return Planned(PlanAction.NONE, "nothing")
     if decision == Step.CREATE and record.parent is not None:
-        return f"snapshot of {record.parent}"
-    return decision.value
+        return Planned(PlanAction.SNAPSHOT, f"snapshot of {record.parent}")
+    return Planned(STEP_ACTIONS[decision], decision.value)
 
 
 # Everything next_step reads of a device, as values: its record's fields, its spec, its dm

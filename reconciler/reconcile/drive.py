@@ -23,6 +23,7 @@ import structlog
 from reconciler.failures import ClassifiedError
 from reconciler.reconcile.decide import (
     Decision,
+    Planned,
     Wait,
     describe,
     is_removal,
@@ -55,7 +56,7 @@ def decide(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> D
     return next_step(*ctx.inputs(record, spec))
 
 
-def plan_line(ctx: PassContext, name: str, spec: DeviceSpec | None) -> str:
+def plan_line(ctx: PassContext, name: str, spec: DeviceSpec | None) -> Planned:
     """What `reconciler plan` says the next pass does to a device: the decision drive would
     take first, on a copy of its record (nothing is written)."""
     record = ctx.records.get(name)

@@ -27,7 +27,7 @@ from reconciler.dm.host import Host
 from reconciler.dm.observed import KernelCallObserver, ObservedDriver
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.reconcile import maintenance, recovery
-from reconciler.reconcile.decide import Settled
+from reconciler.reconcile.decide import Planned, Settled
 from reconciler.reconcile.desired import (
     Ordering,
     RejectionLog,
@@ -61,6 +61,7 @@ from reconciler.specs import DeviceSpec, RejectedSpec, SpecFileCache, SpecSet
 from reconciler.states import DeviceState, SpareMachines
 from reconciler.store import ConditionKind, DeviceRecord, RejectedSpecRecord, Store
 from reconciler.tools.filesystem import undo_grow_mounts
+from reconciler.vocabulary import PlanAction
 
 S = DeviceState
 log = structlog.get_logger(__name__)
@@ -356,30 +357,34 @@ class Reconciler:
         ctx.read_pool_ids()
         maintenance.find_orphans(ctx)
 
-    def plan(self) -> list[tuple[str, str]]:
-        """What the next pass would do to each device, without doing anything.
+    def plan(self) -> list[tuple[str, Planned]]:
+        """What the next pass would do to each device, by name, without doing anything.
 
         Observes the kernel (read-only) and reads the store; nothing is written, and no
         counter of the passes moves.
         """
         pool = self.pool or ThinPool(self.host, self.settings.pool_name, self.client)
         if pool.client.info(self.settings.pool_name) is None:
-            return [("(pool)", f"create pool {self.settings.pool_name}")]
+            return [("(pool)", Planned(PlanAction.CREATE_POOL,
+                                       f"create pool {self.settings.pool_name}"))]
         ctx = self._context(pool)
         self._cache.read()
         desired = self._desired(self.load_specs(), remember=False)
         ctx.obs = observe(pool.client, self.settings.pool_name, self._parsed)
-        actions = [(r.name, f"nothing: spec rejected ({r.error})") for r in desired.rejected]
+        actions = [(r.name, Planned(PlanAction.NONE, f"nothing: spec rejected ({r.error})"))
+                   for r in desired.rejected]
         for name in parents_first(desired.specs):
             actions.append((name, plan_line(ctx, name, desired.specs[name])))
         held = self.removal_guard.waiting()
         for name, record in sorted(self.records.items()):
             if name in held and name not in desired.names:
-                actions.append((name, f"nothing: removal held ({held[name].reason}); "
-                                "`reconciler confirm-removals` to let it be done"))
+                actions.append((name, Planned(PlanAction.HELD, (
+                    f"nothing: removal held ({held[name].reason}); "
+                    "`reconciler confirm-removals` to let it be done"))))
             elif name not in desired.names and record.state != S.REMOVED:
                 actions.append((name, plan_line(ctx, name, None)))
         live = {n for n, r in self.records.items() if r.state != S.REMOVED}
-        actions += [(n, f"nothing: its spec is for other nodes than {self.settings.node_name}")
+        actions += [(n, Planned(PlanAction.NONE, "nothing: its spec is for other nodes than "
+                                f"{self.settings.node_name}"))
                     for n in desired.elsewhere if n not in live]
         return sorted(actions)

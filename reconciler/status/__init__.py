@@ -13,7 +13,8 @@ older `device_id` key stays beside it, deprecated, for scripts that read it.
 
 The package, by question: `document` types the report (dataclasses, no dict keys between
 the parts), `report` builds it, `render` writes it (the table; the JSON, indented or one line
-per document), `check` judges it (`status --check`). Importers use the names here.
+per document), `check` judges it (`status --check`), `watch` writes it again as it changes
+(`status --watch`, and Ctrl-C that ends it at once). Importers use the names here.
 """
 
 from reconciler.status.check import Health, Reason, ReasonKind, Verdict, check, render_check
@@ -38,6 +39,7 @@ from reconciler.status.render import (
     table_time,
 )
 from reconciler.status.report import build_report, collect, iso_time, percent
+from reconciler.status.watch import watch
 
 __all__ = [
     "DEFAULT_COLUMNS",
@@ -66,4 +68,5 @@ __all__ = [
     "render_json",
     "render_table",
     "table_time",
+    "watch",
 ]

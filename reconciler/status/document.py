@@ -153,6 +153,11 @@ class HistoryStep:
                 "at": self.at, "error": self.error}
 
 
+# `status --json`'s `schema_version`: raised when a key goes or changes its meaning (keys are
+# added within a version); README's "JSON documents" says what each version holds.
+SCHEMA_VERSION = 1
+
+
 @dataclass(frozen=True)
 class Report:
     """The whole status document; `history` only for one device (`status NAME`)."""
@@ -167,6 +172,7 @@ class Report:
     def document(self) -> dict[str, Any]:
         """The report as `status --json` prints it: key for key, in the same order."""
         doc: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
             "pool": _plain(asdict(self.pool)),
             "devices": [_plain(asdict(d)) for d in self.devices],
             "rejected_specs": [_plain(asdict(r)) for r in self.rejected_specs],

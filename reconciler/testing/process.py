@@ -19,6 +19,15 @@ from types import TracebackType
 from typing import Any
 
 
+def foreground_signals() -> None:
+    """For `preexec_fn`: SIGINT and SIGQUIT at their defaults in the child, as a terminal's
+    foreground job has them. A shell runs a background job (`pytest ... &`) with both
+    ignored, which its children inherit and Python keeps: a test that sends them (Ctrl-C,
+    Ctrl-\\) would wait in vain."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class DaemonProcess:
     """One `reconciler -c CONFIG run`; a context manager that starts it and stops it."""
 

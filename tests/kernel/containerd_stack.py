@@ -213,12 +213,13 @@ class Stack:
             store.close()
 
 
-def containerd_config_output(ctd: Containerd, config: Path, handler_only: bool = False) -> str:
+def containerd_config_output(ctd: Containerd, config: Path, handler_only: bool = False,
+                             extra: Sequence[str] = ()) -> str:
     """What `reconciler containerd-config --containerd-version V -c CONFIG` prints (with
-    `--handler-only` if asked)."""
+    `--handler-only` if asked, and the `extra` arguments)."""
     done = subprocess.run([sys.executable, "-m", "reconciler.cli", "containerd-config",
                            "--containerd-version", ctd.version, "-c", str(config),
-                           *(["--handler-only"] if handler_only else [])],
+                           *(["--handler-only"] if handler_only else []), *extra],
                           capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_copied_constants_equal_their_originals() -> None:
-    """The parser's copies of the default config path and the log levels are the originals'."""
+    """The parser's copies of the default config path and the log levels are the originals',
+    and so is the config's copy of the levels."""
     assert DEFAULT_CONFIG_PATH == config.DEFAULT_CONFIG_PATH
-    assert LOG_LEVELS == logs.LEVELS
+    assert LOG_LEVELS == logs.LEVELS == config.LOG_LEVELS
 
 
 def test_the_parser_loads_by_file_path_with_only_the_standard_library() -> None:
@@ -98,11 +99,11 @@ def test_the_commands_copy_of_a_global_option_wins(argv: list[str]) -> None:
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)
 def test_without_global_options_the_defaults_hold(argv: list[str]) -> None:
-    """Given nowhere, the config is unset (the environment's or the default path) and the log
-    level is info: a command's parser never overwrites them with its own defaults."""
+    """Given nowhere, the config and the log level are unset (the environment's, the config's
+    or the defaults): a command's parser never overwrites them with its own defaults."""
     args = build_parser().parse_args(argv)
     assert args.config is None
-    assert args.log_level == "info"
+    assert args.log_level is None
 
 
 @pytest.mark.parametrize("argv", [["status", "--log-level", "loud"],

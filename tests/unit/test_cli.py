@@ -55,14 +55,16 @@ def test_run_once_exits_zero_when_converged(config: Path, capsys: pytest.Capture
 
 def test_status_json_has_the_documented_keys(config: Path, capsys: pytest.CaptureFixture[str]
                                              ) -> None:
-    """--json prints pool, devices and rejected_specs with at least the documented fields."""
+    """--json prints its schema version (1, first), pool, devices and rejected_specs with at
+    least the documented fields."""
     (config.parent / "specs" / "a.toml").write_text("")
     host = FakeKernel()
     assert main(["-c", str(config), "run", "--once"], host=host) == 0
     capsys.readouterr()
     assert main(["-c", str(config), "status", "--json"], host=host) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) >= {"pool", "devices", "rejected_specs"}
+    assert next(iter(report.items())) == ("schema_version", 1)
+    assert set(report) >= {"pool", "devices", "rejected_specs", "conditions", "orphans"}
     assert set(report["pool"]) >= {"name", "transaction_id", "data_used_bytes",
                                    "data_total_bytes", "metadata_used_bytes",
                                    "metadata_total_bytes"}

@@ -109,7 +109,8 @@ def test_plan_reads_beside_a_writer_and_changes_nothing(config: Path,
 
 
 def test_plan_json_is_one_document(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`plan --json`: one line of JSON, the pool's name and each device's action."""
+    """`plan --json`: one line of JSON, its schema version, the pool's name and each
+    device's action as a word and in prose."""
     host = FakeKernel()
     assert main(["-c", str(config), "run", "--once"], host=host) == 0
     (config.parent / "specs" / "gone.toml").unlink()
@@ -117,9 +118,10 @@ def test_plan_json_is_one_document(config: Path, capsys: pytest.CaptureFixture[s
     assert main(["-c", str(config), "plan", "--json"], host=host) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1
-    assert json.loads(out) == {"pool": "planpool", "actions": [
-        {"name": "gone", "action": "remove: deactivate, then delete its thin id"},
-        {"name": "keep", "action": "nothing"},
+    assert json.loads(out) == {"schema_version": 1, "pool": "planpool", "actions": [
+        {"name": "gone", "action": "remove",
+         "summary": "remove: deactivate, then delete its thin id"},
+        {"name": "keep", "action": "none", "summary": "nothing"},
     ]}
 
 

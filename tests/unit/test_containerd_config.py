@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from reconciler.arguments import CONTAINERD_LAYOUTS
+from reconciler.arguments import CGROUP_DRIVERS, CONTAINERD_LAYOUTS
 from reconciler.cli import main
-from reconciler.containerd_config import Layout, layout_of
+from reconciler.containerd_config import CgroupDriver, Layout, layout_of
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
 
@@ -42,9 +42,11 @@ def test_the_version_containerd_prints_gives_its_layout(printed: str,
     assert layout_of(printed) is layout
 
 
-def test_the_parser_offers_each_layout() -> None:
-    """The parser's copy of the layouts (it imports nothing of ours) is the module's."""
+def test_the_parser_offers_each_layout_and_cgroup_driver() -> None:
+    """The parser's copies of the layouts and drivers (it imports nothing of ours) are the
+    module's."""
     assert tuple(layout.value for layout in Layout) == CONTAINERD_LAYOUTS
+    assert tuple(driver.value for driver in CgroupDriver) == CGROUP_DRIVERS
 
 
 def _config(tmp_path: Path, socket: str | None = "run/rec.sock") -> Path:
@@ -180,3 +182,51 @@ def test_no_containerd_or_an_unknown_one_is_a_usage_error_naming_the_option(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and "--containerd-version" in captured.err
+
+
+CRI_2_RUNTIME = "io.containerd.cri.v1.runtime"
+
+
+def _runtimes(document: dict[str, Any]) -> dict[str, Any]:
+    plugins = document["plugins"]
+    cri = plugins[CRI_1] if CRI_1 in plugins else plugins[CRI_2_RUNTIME]
+    runtimes: dict[str, Any] = cri["containerd"]["runtimes"]
+    return runtimes
+
+
+@pytest.mark.parametrize(("version", "driver", "systemd_handlers"), [
+    # 1.x's drop-in replaces the node's CRI section: runc is declared again, with the driver.
+    ("1.6", None, {"runc": None, "reconciler": None}),
+    ("1.6", "cgroupfs", {"runc": None, "reconciler": None}),
+    ("1.6", "systemd", {"runc": True, "reconciler": True}),
+    ("1.7", "cgroupfs", {"runc": None, "reconciler": None}),
+    ("1.7", "systemd", {"runc": True, "reconciler": True}),
+    # 2.x merges it into the node's config: only our handler is declared, the node's runc
+    # keeps its own options.
+    ("2.x", None, {"reconciler": None}),
+    ("2.x", "cgroupfs", {"reconciler": None}),
+    ("2.x", "systemd", {"reconciler": True}),
+])
+def test_every_runc_handler_declared_gets_kubelets_cgroup_driver(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], version: str, driver: str | None,
+        systemd_handlers: dict[str, bool | None]) -> None:
+    """--cgroup-driver systemd sets `options.SystemdCgroup = true` on each runc handler the
+    drop-in declares (a handler is a runtime of its own: it inherits no runc options);
+    cgroupfs, the default, leaves runc's default (no options)."""
+    argv = ["containerd-config", "-c", str(_config(tmp_path)), "--containerd-version", version]
+    document = _printed([*argv, *(["--cgroup-driver", driver] if driver else [])], capsys)
+    runtimes = _runtimes(document)
+    assert {name: runtime.get("options", {}).get("SystemdCgroup")
+            for name, runtime in runtimes.items()} == systemd_handlers
+    assert all(set(runtime.get("options", {})) <= {"SystemdCgroup"}
+               for runtime in runtimes.values())
+
+
+def test_an_unknown_cgroup_driver_is_a_usage_error(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Only cgroupfs and systemd: anything else exits 2 naming the choices, printing no TOML."""
+    assert main(["containerd-config", "-c", str(_config(tmp_path)), "--containerd-version",
+                 "2.x", "--cgroup-driver", "systemd.slice"], host=FakeKernel()) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "cgroupfs" in captured.err and "systemd" in captured.err

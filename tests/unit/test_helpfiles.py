@@ -12,13 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import cli, config
 from reconciler.arguments import Shell, build_parser
 from reconciler.cli import main
+from reconciler.config import Settings
+from reconciler.daemon.lock import LOCK_NAME
 from reconciler.helpfiles import DATA_FILES, completion, manpage
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALLED = ["share/bash-completion/completions/reconciler",
-             "share/zsh/site-functions/_reconciler", "share/man/man1/reconciler.1"]
+             "share/zsh/site-functions/_reconciler", "share/man/man8/reconciler.8"]
 
 
 def _words(parser: argparse.ArgumentParser) -> set[str]:
@@ -50,20 +53,75 @@ def test_the_parser_has_the_commands_and_options_the_files_must_name() -> None:
 
 @pytest.mark.parametrize("relative", INSTALLED)
 def test_each_file_names_every_command_and_every_option(relative: str) -> None:
-    """The bash and zsh completions and reconciler(1) mention each command and option."""
+    """The bash and zsh completions and reconciler(8) mention each command and option."""
     text = _plain(DATA_FILES[relative]())
     missing = sorted(w for w in _words(build_parser()) if w not in text)
     # argparse-manpage shows -h in each usage line but, as man pages do, gives --help no entry.
     assert missing == (["--help"] if relative.startswith("share/man/") else [])
 
 
-def test_the_man_page_is_roff_for_section_one() -> None:
-    """reconciler(1): a .TH header for section 1, NAME with the description, a section per
-    command (`config check` among them)."""
-    page = manpage()
-    assert page.startswith('.TH RECONCILER "1" ')
+def test_the_man_page_is_roff_for_section_eight() -> None:
+    """reconciler(8), "System Administration": a .TH header for section 8, NAME with the
+    description, a section per command (`config check` among them), then EXIT STATUS,
+    ENVIRONMENT, FILES, SIGNALS and SEE ALSO, in man-pages(7)'s order."""
+    page = manpage({})
+    assert page.startswith('.TH RECONCILER "8" "" "reconciler" "System Administration"\n')
     assert "\n.SH NAME\nreconciler \\- keep device\\-mapper thin devices" in page
     assert "\n.SH COMMAND \\fI\\,'reconciler config check'\\/\\fR\n" in page
+    headings = [line[4:] for line in page.splitlines() if line.startswith(".SH ")]
+    assert headings[-5:] == ["EXIT STATUS", "ENVIRONMENT", "FILES", "SIGNALS", "SEE ALSO"]
+
+
+def _section(page: str, heading: str) -> str:
+    """One section's roff, from its .SH line to the next, hyphens plain."""
+    return _plain(page.split(f"\n.SH {heading}\n", 1)[1].split("\n.SH ", 1)[0])
+
+
+def test_the_man_page_names_what_it_documents_as_the_code_does() -> None:
+    """The exit codes, variables, paths and signals the man page names are the code's own:
+    its copies (helpfiles is loaded at build time without the runtime dependencies) equal
+    their originals."""
+    page = manpage({})
+    exits = _section(page, "EXIT STATUS")
+    for code in (cli.EXIT_OK, cli.EXIT_NOT_CONVERGED, cli.EXIT_USAGE):
+        assert f".B {code}\n" in exits
+    environment = _section(page, "ENVIRONMENT")
+    for name in (config.CONFIG_ENV, config.LOG_LEVEL_ENV, config.NODE_NAME_ENV,
+                 "NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM"):
+        assert f".B {name}\n" in environment
+    files = _section(page, "FILES")
+    defaults = Settings(node_name="n")
+    for path in (config.DEFAULT_CONFIG_PATH, defaults.root_path, defaults.database_path.name,
+                 LOCK_NAME, defaults.control_socket.name, "specs/"):
+        assert f".B {path}" in files
+    assert defaults.specs_path == defaults.root_path / "specs"
+    signals = _section(page, "SIGNALS")
+    assert all(name in signals for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1",
+                                            "SIGQUIT"))
+    assert ".BR dmsetup (8)," in _section(page, "SEE ALSO")
+
+
+@pytest.mark.parametrize(("environ", "date"), [
+    ({}, ""),
+    ({"SOURCE_DATE_EPOCH": ""}, ""),
+    ({"SOURCE_DATE_EPOCH": "1700000000"}, "2023\\-11\\-14"),
+    ({"SOURCE_DATE_EPOCH": "0"}, "1970\\-01\\-01"),
+], ids=["unset", "empty", "set", "epoch"])
+def test_the_man_page_is_dated_only_by_source_date_epoch(environ: dict[str, str],
+                                                         date: str) -> None:
+    """Without $SOURCE_DATE_EPOCH the page carries no date (the same source, the same
+    bytes, whenever built); with it, that day in UTC."""
+    first = manpage(environ).splitlines()[0]
+    assert first == f'.TH RECONCILER "8" "{date}" "reconciler" "System Administration"'
+    assert manpage(environ) == manpage(dict(environ))
+
+
+@pytest.mark.parametrize("epoch", ["yesterday", "-1", "1.5", "١٢"])
+def test_a_source_date_epoch_that_is_not_seconds_fails_the_build(epoch: str) -> None:
+    """A $SOURCE_DATE_EPOCH that is not a whole number of seconds stops the build, naming
+    it, rather than dating the page by the clock."""
+    with pytest.raises(ValueError, match="SOURCE_DATE_EPOCH"):
+        manpage({"SOURCE_DATE_EPOCH": epoch})
 
 
 @pytest.mark.parametrize("shell", list(Shell))
@@ -124,4 +182,4 @@ def test_the_wheel_installs_the_files_at_their_paths(tmp_path: Path,
                 for name in archive.namelist() if ".data/data/" in name}
     assert sorted(data) == sorted(INSTALLED)
     assert data == {relative: generate() for relative, generate in DATA_FILES.items()}
-    assert '"2023\\-11\\-14"' in data["share/man/man1/reconciler.1"].splitlines()[0]
+    assert '"2023\\-11\\-14"' in data["share/man/man8/reconciler.8"].splitlines()[0]

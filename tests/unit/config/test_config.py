@@ -266,6 +266,14 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("node_name", " worker-1"),
     ("node_name", "worker\n1"),
     ("node_name", "w" * 254),
+    ("log_level", "loud"),
+    ("log_level", "INFO"),
+    ("log_level", " info"),
+    ("log_level", "info\n"),
+    ("log_level", ""),
+    ("log_level", 20),
+    ("log_level", ["info"]),
+    ("log_level", {"a": 1}),
     ("pool", {"name": "x"}),
 ]
 

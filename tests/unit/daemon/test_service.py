@@ -22,6 +22,7 @@ from reconciler.store import Store
 from reconciler.testing.config_file import fifo_at, write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.world import World
+from reconciler.vocabulary import PlanAction
 
 
 def state(world: World, name: str) -> str:
@@ -128,12 +129,12 @@ def test_plan_says_what_the_next_pass_would_do(fake_world: World) -> None:
     calls_before = len(fake_world.host.calls)  # type: ignore[attr-defined]
     plan = dict(fake_world.reconciler().plan())
     assert plan == {
-        "cold": "activate",
-        "gone": "remove: deactivate, then delete its thin id",
-        "grow": "create",
-        "keep": "nothing",
-        "new": "create",
-        "snap": "snapshot of keep",
+        "cold": (PlanAction.ACTIVATE, "activate"),
+        "gone": (PlanAction.REMOVE, "remove: deactivate, then delete its thin id"),
+        "grow": (PlanAction.CREATE, "create"),
+        "keep": (PlanAction.NONE, "nothing"),
+        "new": (PlanAction.CREATE, "create"),
+        "snap": (PlanAction.SNAPSHOT, "snapshot of keep"),
     }
     mutating = [c for c in fake_world.host.calls[calls_before:]  # type: ignore[attr-defined]
                 if c[:2] not in (("dmsetup", "info"), ("dmsetup", "status"),

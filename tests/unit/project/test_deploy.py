@@ -1,15 +1,13 @@
-"""The Kubernetes manifests and the image file under deploy/: valid against the Kubernetes
-schema of a named version (offline, kubernetes-validate), consistent with each other and with
-the daemon's config and spec parsers, the image file's commands linted (hadolint, which runs
-shellcheck on every RUN), and the alert rules checked and unit-tested by promtool."""
+"""The Kubernetes manifests under deploy/kubernetes, as `kubectl kustomize` renders them:
+valid against the schema of every Kubernetes version they are for (offline,
+kubernetes-validate), consistent with each other and with the daemon's config and spec
+parsers, and rolled out when the config changes (the generated ConfigMap's hash)."""
 
 from __future__ import annotations
 
 import copy
 import re
 import shutil
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -23,45 +21,35 @@ from reconciler.daemon.wsgi import REQUEST_DEADLINE
 from reconciler.specs import Defaults, parse_spec
 from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem
+from tests.unit.project.manifests import (
+    KUBERNETES_VERSIONS,
+    MANIFESTS,
+    ROOT,
+    kustomize,
+    one,
+)
 
-ROOT = Path(__file__).resolve().parents[3]
-MANIFESTS = ROOT / "deploy" / "kubernetes"
-CONTAINERFILE = ROOT / "deploy" / "Containerfile"
-# The oldest Kubernetes the manifests are for (docs/kubernetes.md says the same).
-KUBERNETES_VERSION = "1.31.0"
-HADOLINT = Path(sys.executable).parent / "hadolint"
-
-
-def _documents() -> list[tuple[Path, dict[str, Any]]]:
-    found = []
-    for path in sorted(MANIFESTS.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        with path.open() as stream:
-            found += [(path, doc) for doc in yaml.safe_load_all(stream) if doc]
-    return found
+RENDERED = kustomize(MANIFESTS)
+CONFIG = MANIFESTS / "config.toml"
 
 
-def _one(kind: str, name: str | None = None) -> dict[str, Any]:
-    docs = [doc for _, doc in _documents() if doc["kind"] == kind
-            and (name is None or doc["metadata"]["name"] == name)]
-    assert len(docs) == 1, f"{kind} {name}: {len(docs)} found"
-    return docs[0]
+def _pod(docs: list[dict[str, Any]] = RENDERED) -> dict[str, Any]:
+    pod: dict[str, Any] = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    return pod
 
 
-def _container() -> dict[str, Any]:
-    containers = _one("DaemonSet")["spec"]["template"]["spec"]["containers"]
+def _container(docs: list[dict[str, Any]] = RENDERED) -> dict[str, Any]:
+    containers = _pod(docs)["containers"]
     assert len(containers) == 1
     container: dict[str, Any] = containers[0]
     return container
 
 
-def _mounts() -> dict[str, str]:
+def _mounts(docs: list[dict[str, Any]] = RENDERED) -> dict[str, str]:
     """Container mount path -> the volume's host path or ConfigMap name."""
-    pod = _one("DaemonSet")["spec"]["template"]["spec"]
-    volumes = {v["name"]: v for v in pod["volumes"]}
+    volumes = {v["name"]: v for v in _pod(docs)["volumes"]}
     mounts = {}
-    for mount in _container()["volumeMounts"]:
+    for mount in _container(docs)["volumeMounts"]:
         volume = volumes[mount["name"]]
         source = volume["hostPath"]["path"] if "hostPath" in volume \
             else "configmap:" + volume["configMap"]["name"]
@@ -69,36 +57,41 @@ def _mounts() -> dict[str, str]:
     return mounts
 
 
-@pytest.mark.parametrize(("path", "doc"), _documents(),
-                         ids=lambda v: v.name if isinstance(v, Path) else "")
-def test_every_manifest_is_valid_for_the_named_kubernetes_version(
-        path: Path, doc: dict[str, Any]) -> None:
-    """Strict validation: an unknown field (a typo) is an error, not ignored."""
-    del path
-    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("doc", RENDERED, ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
+def test_every_object_is_valid_for_each_kubernetes_version(doc: dict[str, Any],
+                                                           version: str) -> None:
+    """Strict validation of what `kubectl apply -k` sends: an unknown field (a typo) or one a
+    version does not have yet is an error, not ignored."""
+    assert kubernetes_validate.validate(doc, version, strict=True) == version.rsplit(".", 1)[0]
 
 
 def test_strict_validation_catches_a_misspelt_field() -> None:
     """The check above can fail: a probe's misspelt key is refused."""
-    broken = copy.deepcopy(_one("DaemonSet"))
+    broken = copy.deepcopy(one(RENDERED, "DaemonSet"))
     broken["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["periodSecond"] = 5
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+        kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[0], strict=True)
 
 
-def test_kustomization_lists_every_manifest() -> None:
-    """`kubectl apply -k deploy/kubernetes` installs every file there, the namespace first."""
+def test_kustomization_uses_every_file_and_generates_the_config() -> None:
+    """Every manifest beside kustomization.yaml is a resource, the namespace first, and
+    config.toml is the generated ConfigMap's only file."""
     kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
     listed = kustomization["resources"]
     on_disk = sorted(p.name for p in MANIFESTS.glob("*.yaml") if p.name != "kustomization.yaml")
     assert sorted(listed) == on_disk
     assert listed[0] == "namespace.yaml"
+    [generated] = kustomization["configMapGenerator"]
+    assert generated["files"] == [CONFIG.name]
+    assert sorted(p.name for p in MANIFESTS.iterdir() if p.is_file()) \
+        == sorted([*on_disk, "kustomization.yaml", CONFIG.name])
 
 
 def test_namespaced_objects_are_in_the_namespace() -> None:
     """Everything but the Namespace and the RuntimeClass (cluster-scoped) lives in it."""
-    namespace = _one("Namespace")["metadata"]["name"]
-    for _, doc in _documents():
+    namespace = one(RENDERED, "Namespace")["metadata"]["name"]
+    for doc in RENDERED:
         if doc["kind"] in ("Namespace", "RuntimeClass"):
             assert "namespace" not in doc["metadata"]
         else:
@@ -106,20 +99,23 @@ def test_namespaced_objects_are_in_the_namespace() -> None:
 
 
 def _config() -> dict[str, Any]:
-    text = _one("ConfigMap", "reconciler-config")["data"]["config.toml"]
-    return tomllib.loads(text)
+    return tomllib.loads(CONFIG.read_text())
 
 
-def test_the_config_map_is_a_config_the_daemon_accepts() -> None:
-    """Every key is known and valid (the same parser `reconciler run` uses)."""
+def test_the_config_map_is_the_config_file_and_one_the_daemon_accepts() -> None:
+    """The generated ConfigMap holds config.toml as it is; every key is known and valid (the
+    same parser `reconciler run` uses)."""
+    generated = one(RENDERED, "ConfigMap", "reconciler-config-")
+    assert generated["data"] == {"config.toml": CONFIG.read_text()}
     settings = settings_from_mapping(_config())
     assert settings.metrics_address is not None
 
 
 def test_daemonset_paths_match_the_config() -> None:
     """State, sockets and specs are where the config says, on the volumes meant for them:
-    the state and the snapshotter's socket on the node (they outlive the pod), the specs from
-    their ConfigMap as a whole directory (a subPath mount never sees kubelet's updates)."""
+    the state and the snapshotter's socket on the node (they outlive the pod), the config
+    and the specs from their ConfigMaps as whole directories (a subPath mount never sees an
+    update); RECONCILER_CONFIG names the config file in its directory."""
     settings = settings_from_mapping(_config())
     mounts = _mounts()
     assert mounts[str(settings.root_path)] == str(settings.root_path)
@@ -128,13 +124,66 @@ def test_daemonset_paths_match_the_config() -> None:
     assert mounts[str(settings.specs_path)] == "configmap:reconciler-specs"
     assert mounts["/dev"] == "/dev"
     assert mounts["/run/udev"] == "/run/udev"
-    spec_mount = next(m for m in _container()["volumeMounts"]
-                      if m["mountPath"] == str(settings.specs_path))
-    assert "subPath" not in spec_mount
+    assert not any("subPath" in m for m in _container()["volumeMounts"])
     env = {e["name"]: e for e in _container()["env"]}
-    assert env["RECONCILER_CONFIG"]["value"] == "/etc/reconciler/config.toml"
-    assert "/etc/reconciler/config.toml" in mounts
+    config_path = Path(env["RECONCILER_CONFIG"]["value"])
+    generated = one(RENDERED, "ConfigMap", "reconciler-config-")["metadata"]["name"]
+    assert mounts[str(config_path.parent)] == f"configmap:{generated}"
+    assert config_path.name == CONFIG.name
+    # Neither ConfigMap is mounted over the other's directory.
+    assert settings.specs_path not in config_path.parents
+    assert config_path.parent not in settings.specs_path.parents
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+
+
+def _edited_copy(tmp_path: Path, name: str, edit: str) -> list[dict[str, Any]]:
+    """deploy/kubernetes copied, `edit` appended to its file `name`, rendered."""
+    copied = tmp_path / "kubernetes"
+    shutil.copytree(MANIFESTS, copied, ignore=shutil.ignore_patterns("components"))
+    with (copied / name).open("a") as stream:
+        stream.write(edit)
+    return kustomize(copied)
+
+
+def test_an_edited_config_is_a_new_config_map_and_a_new_pod_template(tmp_path: Path) -> None:
+    """The rollout trigger: a changed config.toml renders a ConfigMap of another name, and
+    the DaemonSet's pod template names it (so `kubectl apply -k` rolls the pods); nothing
+    else of the template changes."""
+    edited = _edited_copy(tmp_path, CONFIG.name, "max_removals = 3\n")
+    before = one(RENDERED, "ConfigMap", "reconciler-config-")["metadata"]["name"]
+    after = one(edited, "ConfigMap", "reconciler-config-")["metadata"]["name"]
+    assert re.fullmatch(r"reconciler-config-[a-z0-9]{10}", after)
+    assert after != before
+    assert _mounts(edited)["/etc/reconciler/config"] == f"configmap:{after}"
+    assert _mounts()["/etc/reconciler/config"] == f"configmap:{before}"
+    template = copy.deepcopy(one(edited, "DaemonSet")["spec"]["template"])
+    for volume in template["spec"]["volumes"]:
+        if volume.get("configMap", {}).get("name") == after:
+            volume["configMap"]["name"] = before
+    assert template == one(RENDERED, "DaemonSet")["spec"]["template"]
+
+
+def test_an_edited_spec_changes_no_pod_template(tmp_path: Path) -> None:
+    """Specs are not rolled out: their ConfigMap keeps its name and kubelet updates the
+    mounted files in place, which the running daemons watch."""
+    edited = _edited_copy(tmp_path, "configmap-specs.yaml",
+                          '  extra.toml: |\n    size = "1GiB"\n')
+    assert "extra.toml" in one(edited, "ConfigMap", "reconciler-specs")["data"]
+    assert one(edited, "DaemonSet") == one(RENDERED, "DaemonSet")
+
+
+def test_the_critical_priority_class_is_covered_by_a_quota_of_the_namespace() -> None:
+    """The pods keep system-node-critical, and a ResourceQuota of their namespace selects
+    that class (what clusters limiting the critical classes require outside kube-system),
+    with room for a pod on every node."""
+    daemonset = one(RENDERED, "DaemonSet")
+    priority = _pod()["priorityClassName"]
+    assert priority == "system-node-critical"
+    quota = one(RENDERED, "ResourceQuota")
+    assert quota["metadata"]["namespace"] == daemonset["metadata"]["namespace"]
+    assert {"scopeName": "PriorityClass", "operator": "In", "values": [priority]} \
+        in quota["spec"]["scopeSelector"]["matchExpressions"]
+    assert int(quota["spec"]["hard"]["pods"]) >= 15000
 
 
 def test_probes_and_scrape_annotations_use_the_metrics_listener() -> None:
@@ -146,7 +195,7 @@ def test_probes_and_scrape_annotations_use_the_metrics_listener() -> None:
     assert ports["metrics"] == port
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    annotations = _one("DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+    annotations = one(RENDERED, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(port)
     assert annotations["prometheus.io/path"] == "/metrics"
     assert container["securityContext"]["privileged"] is True
@@ -154,7 +203,7 @@ def test_probes_and_scrape_annotations_use_the_metrics_listener() -> None:
 
 def test_example_specs_parse_and_their_parents_are_there() -> None:
     """Each key of the specs ConfigMap is a spec the daemon accepts, named as its file."""
-    data = _one("ConfigMap", "reconciler-specs")["data"]
+    data = one(RENDERED, "ConfigMap", "reconciler-specs")["data"]
     defaults = Defaults(size=Bytes(1 << 30), filesystem=Filesystem.EXT4)
     specs = {key.removesuffix(".toml"): parse_spec(key.removesuffix(".toml"), text, defaults)
              for key, text in data.items()}
@@ -166,83 +215,14 @@ def test_example_specs_parse_and_their_parents_are_there() -> None:
 
 def test_runtime_class_and_daemonset_select_the_same_nodes() -> None:
     """A pod of the RuntimeClass lands only where a daemon serves the snapshotter."""
-    pod = _one("DaemonSet")["spec"]["template"]["spec"]
-    runtime = _one("RuntimeClass")
-    assert runtime["scheduling"]["nodeSelector"] == pod["nodeSelector"]
+    runtime = one(RENDERED, "RuntimeClass")
+    assert runtime["scheduling"]["nodeSelector"] == _pod()["nodeSelector"]
 
 
 def test_the_pod_shares_the_hosts_ipc_namespace_for_udev() -> None:
     """hostIPC (issue 25): udev's rules confirm libdevmapper's cookies, SysV semaphores, in the
     host's IPC namespace; in a namespace of its own the daemon would make every node itself."""
-    assert _one("DaemonSet")["spec"]["template"]["spec"]["hostIPC"] is True
-
-
-def _hadolint(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(HADOLINT), "--no-color", str(path)], capture_output=True,
-                          text=True, check=False)
-
-
-def test_the_image_file_passes_hadolint() -> None:
-    """Every rule, shellcheck's on each RUN included; an ignored rule says why in the file."""
-    result = _hadolint(CONTAINERFILE)
-    assert result.returncode == 0, result.stdout + result.stderr
-    text = CONTAINERFILE.read_text()
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if "hadolint ignore" in line:
-            assert lines[i - 1].startswith("#") and "hadolint" not in lines[i - 1], \
-                f"line {i + 1}: an ignored rule needs its reason on the line above"
-
-
-def test_hadolint_finds_what_is_wrong(tmp_path: Path) -> None:
-    """The lint above can fail: an unpinned base image and a bare `cd` are reported."""
-    bad = tmp_path / "Containerfile"
-    bad.write_text("FROM debian:latest\nRUN cd /src && make\n")
-    result = _hadolint(bad)
-    assert result.returncode == 1
-    assert "DL3007" in result.stdout
-    assert "DL3003" in result.stdout
-
-
-def test_the_image_has_the_programs_the_daemon_runs() -> None:
-    """The runtime stage installs the packages of every program reconciler runs."""
-    runtime_stage = CONTAINERFILE.read_text().rsplit("\nFROM ", 1)[1]
-    for package in ("libdevmapper1.02.1", "dmsetup", "thin-provisioning-tools", "e2fsprogs",
-                    "xfsprogs", "util-linux", "mount", "python3"):
-        assert f" {package}" in runtime_stage, package
-
-
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
-
-
-def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "promtool is missing: scripts/setup installs prometheus"
-    return subprocess.run([promtool, *args], capture_output=True, text=True, check=False,
-                          cwd=ALERTS.parent)
-
-
-def test_alert_rules_are_valid_and_fire_when_they_should() -> None:
-    """`promtool check rules`, then its unit tests (alerts_test.yaml): each alert fires on
-    the series meant to fire it, at the time it should, and not before."""
-    checked = _promtool("check", "rules", ALERTS.name)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 9 rules found" in checked.stdout
-    tested = _promtool("test", "rules", "alerts_test.yaml")
-    assert tested.returncode == 0, tested.stdout + tested.stderr
-
-
-def test_alert_rules_use_only_metrics_the_daemon_exports() -> None:
-    """Every reconciler_* name in an alert's expression is one the README's metric table
-    documents (with its `_total` for a counter), so a renamed metric fails here, not in a
-    silent alert."""
-    rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Metrics and health", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"`(reconciler_[a-z_]+)`", section))
-    used = {name for rule in rules for name in re.findall(r"reconciler_[a-z_]+", rule["expr"])}
-    assert used
-    assert used <= documented, used - documented
+    assert _pod()["hostIPC"] is True
 
 
 def test_the_systemd_unit_raises_the_descriptor_limit() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from reconciler.dm.types import DeviceInfo, ThinTable
 from reconciler.reconcile.decide import (
+    STEP_ACTIONS,
     Decision,
     Inputs,
     Settled,
@@ -22,7 +23,7 @@ from reconciler.specs import DeviceSpec
 from reconciler.states import IN_FLIGHT, RESUMES, DeviceState, Step
 from reconciler.store import DeviceRecord
 from reconciler.units import Bytes, Sectors
-from reconciler.vocabulary import Filesystem, ThinId
+from reconciler.vocabulary import Filesystem, PlanAction, ThinId
 
 S = DeviceState
 MIB = 1 << 20
@@ -199,33 +200,45 @@ def test_only_taking_a_device_away_waits_for_a_busy_device(
     assert is_removal(step, wanted) is removal
 
 
-@pytest.mark.parametrize(("rec", "decision", "text"), [
-    (record(S.UNKNOWN), Step.CREATE, "create"),
-    (record(S.UNKNOWN, parent="p"), Step.CREATE, "snapshot of p"),
-    (record(S.ACTIVATED), Step.GROW_FS, "grow filesystem"),
-    (record(S.ACTIVATED), None, "nothing"),
-    (record(S.FAULTY), None, "nothing: Faulty (change the spec or run `reconciler retry`)"),
-    (record(S.UNKNOWN), Wait("waiting for parent 'p' (Creating)"),
+@pytest.mark.parametrize(("rec", "decision", "action", "text"), [
+    (record(S.UNKNOWN), Step.CREATE, PlanAction.CREATE, "create"),
+    (record(S.UNKNOWN, parent="p"), Step.CREATE, PlanAction.SNAPSHOT, "snapshot of p"),
+    (record(S.ACTIVATED), Step.GROW_FS, PlanAction.GROW, "grow filesystem"),
+    (record(S.ACTIVATED), Step.RELOAD, PlanAction.RELOAD, "reload"),
+    (record(S.ACTIVATED), Step.VANISHED, PlanAction.VANISHED, "vanished"),
+    (record(S.REMOVED), Step.RECREATE, PlanAction.RECREATE, "recreate"),
+    (record(S.FAULTY), Step.RETRY, PlanAction.RETRY, "retry"),
+    (record(S.ACTIVATED), None, PlanAction.NONE, "nothing"),
+    (record(S.FAULTY), None, PlanAction.NONE,
+     "nothing: Faulty (change the spec or run `reconciler retry`)"),
+    (record(S.UNKNOWN), Wait("waiting for parent 'p' (Creating)"), PlanAction.WAIT,
      "nothing yet: waiting for parent 'p' (Creating)"),
 ])
 def test_plan_describes_each_decision(rec: DeviceRecord, decision: Decision,
-                                      text: str) -> None:
-    """describe: what `reconciler plan` prints for a decision."""
-    assert describe(rec, decision) == text
+                                      action: PlanAction, text: str) -> None:
+    """describe: what `reconciler plan` prints for a decision, as a word and in prose."""
+    assert describe(rec, decision) == (action, text)
 
 
-@pytest.mark.parametrize(("decision", "wanted", "text"), [
-    (Step.DEACTIVATE, False, "remove: deactivate, then delete its thin id"),
-    (Step.REMOVE, False, "remove: delete its thin id"),
-    (Step.DEACTIVATE, True, "deactivate"),  # the spec says active = false: it stays
-    (Step.REMOVE, True, "remove"),  # gc --faulty: a removal the operator asked for
-    (Wait("removals held"), False, "nothing yet: removals held"),
+def test_every_step_is_planned_as_an_action() -> None:
+    """Each step has its action word, and no two steps share one."""
+    assert set(STEP_ACTIONS) == set(Step)
+    assert len(set(STEP_ACTIONS.values())) == len(Step)
+
+
+@pytest.mark.parametrize(("decision", "wanted", "action", "text"), [
+    (Step.DEACTIVATE, False, PlanAction.REMOVE, "remove: deactivate, then delete its thin id"),
+    (Step.REMOVE, False, PlanAction.REMOVE, "remove: delete its thin id"),
+    # The spec says active = false: it stays.
+    (Step.DEACTIVATE, True, PlanAction.DEACTIVATE, "deactivate"),
+    (Step.REMOVE, True, PlanAction.REMOVE, "remove"),  # gc --faulty: asked for
+    (Wait("removals held"), False, PlanAction.WAIT, "nothing yet: removals held"),
 ])
 def test_plan_names_a_removal_as_a_removal(decision: Decision, wanted: bool,
-                                           text: str) -> None:
+                                           action: PlanAction, text: str) -> None:
     """describe: a device whose spec is gone is planned as a removal, never as a bare
     `deactivate` that reads like the device stays."""
-    assert describe(record(S.ACTIVATED), decision, wanted=wanted) == text
+    assert describe(record(S.ACTIVATED), decision, wanted=wanted) == (action, text)
 
 
 SNAPSHOT = record(S.ACTIVATED, parent="p")

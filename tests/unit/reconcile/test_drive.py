@@ -17,6 +17,7 @@ from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.fakekernel.faults import Op
 from reconciler.testing.stage import POLICY, Stage
 from reconciler.testing.world import World
+from reconciler.vocabulary import PlanAction
 
 S = DeviceState
 
@@ -108,10 +109,10 @@ def test_plan_says_what_the_pass_does_to_a_faulty_device_whose_spec_changed(
     spec = stage.spec("a", 'filesystem = "none"\n')
     _fail_create_thin(stage, errno.EINVAL)
     assert "a" in _drive(stage, "a", spec).faulty
-    assert plan_line(stage.context(), "a", spec).startswith("nothing: Faulty")
+    assert plan_line(stage.context(), "a", spec).summary.startswith("nothing: Faulty")
 
     changed = stage.spec("a", 'filesystem = "none"\nlabels = { team = "x" }\n')
-    assert plan_line(stage.context(), "a", changed) == Step.RETRY.value
+    assert plan_line(stage.context(), "a", changed) == (PlanAction.RETRY, Step.RETRY.value)
     assert _drive(stage, "a", changed).converged == ["a"]
     assert stage.stored("a").state == S.ACTIVATED
 

@@ -17,6 +17,7 @@ from reconciler.reconcile.maintenance import confirm_request
 from reconciler.store import HoldCause, RequestKind, Store, UnknownKind
 from reconciler.testing.config_file import write_config
 from reconciler.testing.world import World
+from reconciler.vocabulary import PlanAction
 
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'
 
@@ -223,7 +224,9 @@ def test_plan_names_a_held_removal_as_held(fake_world: World) -> None:
         fake_world.unspec(name)
     assert fake_world.run_pass().held == _names(2)
     actions = dict(fake_world.reconciler().plan())
-    assert actions["d00"].startswith("nothing: removal held (every device with a spec file")
+    assert actions["d00"].action == PlanAction.HELD
+    assert actions["d00"].summary.startswith(
+        "nothing: removal held (every device with a spec file")
 
 
 def test_one_name_made_and_removed_again_and_again_is_one_removal(fake_world: World) -> None:

@@ -21,7 +21,7 @@ from reconciler.specs import (
 from reconciler.store import ConditionKind, RequestKind
 from reconciler.testing.world import World
 from reconciler.units import Bytes
-from reconciler.vocabulary import Filesystem
+from reconciler.vocabulary import Filesystem, PlanAction
 
 DEFAULTS = Defaults(size=Bytes(4 << 20), filesystem=Filesystem.NONE)
 NONE = 'filesystem = "none"\nsize = "4MiB"\n'
@@ -217,12 +217,13 @@ def test_plan_names_the_specs_for_other_nodes(on_worker: World) -> None:
     """plan says a spec for other nodes does nothing here, and why."""
     on_worker.spec("theirs", NONE + 'nodes = ["gpu-*"]\n')
     plan = dict(on_worker.reconciler().plan())
-    assert plan == {"(pool)": "create pool rtpool"}
+    assert plan == {"(pool)": (PlanAction.CREATE_POOL, "create pool rtpool")}
     assert on_worker.run_pass().ok
     plan = dict(on_worker.reconciler().plan())
-    assert plan == {"theirs": "nothing: its spec is for other nodes than worker-1"}
+    assert plan == {"theirs": (PlanAction.NONE,
+                               "nothing: its spec is for other nodes than worker-1")}
     on_worker.spec("mine", NONE)
     assert on_worker.run_pass().ok
     on_worker.spec("mine", NONE + 'nodes = ["gpu-*"]\n')
-    assert dict(on_worker.reconciler().plan())["mine"] == \
-        "remove: deactivate, then delete its thin id"
+    assert dict(on_worker.reconciler().plan())["mine"] == (
+        PlanAction.REMOVE, "remove: deactivate, then delete its thin id")

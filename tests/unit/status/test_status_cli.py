@@ -24,6 +24,7 @@ from reconciler.arguments import build_parser
 from reconciler.cli import main
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
+from reconciler.testing.process import foreground_signals
 
 TABLE_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ESCAPE = "\x1b"
@@ -189,13 +190,42 @@ def _watcher(config: Path, *argv: str, stdout: int | IO[bytes] = subprocess.PIPE
     return subprocess.Popen(
         [sys.executable, "-m", "reconciler.cli", "-c", str(config), "status", *argv],
         # Unbuffered: select() must see each line as it comes, none kept in a buffer here.
-        stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0)
+        stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0,
+        preexec_fn=foreground_signals)
 
 
-def _read_line(stream: IO[bytes]) -> bytes:
-    ready, _, _ = select.select([stream], [], [], LINE_WAIT_S)
-    assert ready, "the watcher wrote nothing"
-    return stream.readline()
+def _stacks(process: subprocess.Popen[bytes]) -> str:
+    """Where the watcher's threads are (the CLI dumps them to stderr on SIGQUIT, then quits),
+    with everything else it wrote to stderr: what a test that waited in vain says."""
+    process.send_signal(signal.SIGQUIT)
+    try:
+        _, err = process.communicate(timeout=LINE_WAIT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    return err.decode(errors="replace")
+
+
+def _read_line(process: subprocess.Popen[bytes]) -> bytes:
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], LINE_WAIT_S)
+    if not ready:
+        pytest.fail(f"the watcher wrote nothing in {LINE_WAIT_S:g}s; its stderr and "
+                    f"threads:\n{_stacks(process)}")
+    return process.stdout.readline()
+
+
+def _interrupt(process: subprocess.Popen[bytes]) -> bytes:
+    """Ctrl-C (SIGINT to the watcher alone), and what it wrote to stdout until it exited
+    (nothing when stdout is not a pipe of ours); if it has not exited LINE_WAIT_S later, the
+    test fails with where it was."""
+    process.send_signal(signal.SIGINT)
+    try:
+        rest, _ = process.communicate(timeout=LINE_WAIT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the watcher had not exited {LINE_WAIT_S:g}s after SIGINT; its stderr "
+                    f"and threads:\n{_stacks(process)}")
+    return rest or b""
 
 
 @pytest.fixture
@@ -216,8 +246,7 @@ def test_watch_json_is_ndjson_written_when_the_document_changes(
     in a row; Ctrl-C ends it with exit 0 after whole lines."""
     process = _watcher(config, "--json", "--watch", "0.1")
     stopped.append(process)
-    assert process.stdout is not None
-    first = _read_line(process.stdout)
+    first = _read_line(process)
     assert ESCAPE.encode() not in first and first.endswith(b"\n")
     assert [d["name"] for d in json.loads(first)["devices"]] == ["base", "snap"]
     (config.parent / "specs" / "more.toml").write_text('filesystem = "none"\n')
@@ -225,9 +254,8 @@ def test_watch_json_is_ndjson_written_when_the_document_changes(
     lines = [first]
     while "more" not in [d["name"] for d in json.loads(lines[-1])["devices"]] \
             or json.loads(lines[-1])["devices"][-1]["state"] != "Activated":
-        lines.append(_read_line(process.stdout))
-    process.send_signal(signal.SIGINT)
-    rest, _ = process.communicate(timeout=LINE_WAIT_S)
+        lines.append(_read_line(process))
+    rest = _interrupt(process)
     assert process.returncode == 0
     lines += rest.splitlines(keepends=True)
     documents = [json.loads(line) for line in lines]  # every line one whole document
@@ -237,19 +265,21 @@ def test_watch_json_is_ndjson_written_when_the_document_changes(
 
 def test_watch_table_through_a_pipe_has_no_escapes(
         config: Path, host: FakeKernel, stopped: list[subprocess.Popen[bytes]]) -> None:
-    """The table watched through a pipe: plain text, the pool line first, no escapes."""
+    """The table watched through a pipe: plain text, the pool line first, no escapes; Ctrl-C
+    ends it with exit 0."""
     process = _watcher(config, "--watch", "0.1")
     stopped.append(process)
-    assert process.stdout is not None
-    first = _read_line(process.stdout).decode()
+    first = _read_line(process).decode()
     assert first.startswith("pool stpool") and ESCAPE not in first
-    assert _read_line(process.stdout).decode().split()[0] == "NAME"
+    assert _read_line(process).decode().split()[0] == "NAME"
+    _interrupt(process)
+    assert process.returncode == 0
 
 
 def test_watch_table_on_a_terminal_is_redrawn_in_place(
         config: Path, host: FakeKernel, stopped: list[subprocess.Popen[bytes]]) -> None:
     """On a terminal (a pty) the watched table clears the screen and says when it changed,
-    in UTC."""
+    in UTC; Ctrl-C ends it with exit 0."""
     leader, follower = pty.openpty()
     try:
         process = _watcher(config, "--watch", "0.1", stdout=follower)
@@ -257,8 +287,11 @@ def test_watch_table_on_a_terminal_is_redrawn_in_place(
         seen = b""
         while b"NAME" not in seen:
             ready, _, _ = select.select([leader], [], [], LINE_WAIT_S)
-            assert ready, "nothing on the terminal"
+            if not ready:
+                pytest.fail(f"nothing on the terminal in {LINE_WAIT_S:g}s; the watcher's "
+                            f"stderr and threads:\n{_stacks(process)}")
             seen += os.read(leader, 4096)
+        _interrupt(process)
     finally:
         os.close(follower)
         os.close(leader)
@@ -266,3 +299,4 @@ def test_watch_table_on_a_terminal_is_redrawn_in_place(
     assert text.startswith("\x1b[H\x1b[2Jchanged at ")
     assert re.match(r"changed at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, looking every 0.1s",
                     text.removeprefix("\x1b[H\x1b[2J"))
+    assert process.returncode == 0
