@@ -190,15 +190,13 @@ class Reconciler:
         return PassContext(
             settings=self.settings, host=self.host, store=self.store, clock=self.clock,
             policy=self.policy, pool=pool, ledger=self.ledger, records=self.records,
-            stop_requested=self.stop_requested, spares=self._spares,
-            settled=self._settled,
+            stop_requested=self.stop_requested, spares=self._spares, settled=self._settled,
         )
 
     def _desired(self, spec_set: SpecSet, remember: bool = True) -> _Desired:
         spec_set = self._source.check(spec_set, remember)
         specs, rejected = resolve_against_store(spec_set, self.records, self.settings)
-        return _Desired(specs, spec_set.names, rejected, spec_set.source_error,
-                        spec_set.elsewhere)
+        return _Desired(specs, spec_set.names, rejected, spec_set.source_error, spec_set.elsewhere)
 
     # -- a pass ------------------------------------------------------------------------------
 
@@ -220,8 +218,7 @@ class Reconciler:
             self.pass_observer(only is not None, result, self._timer() - start)
 
     def _pass(self, only: Iterable[str] | None) -> PassResult:
-        # Whether this pass's calls wait for udev: proved at the first pass and again when
-        # udev appears or goes; where it cannot confirm our cookies, an operator is told.
+        # udev is waited for only where it confirms our cookies; else an operator is told.
         self._conditions.say(ConditionKind.UDEV_UNREACHABLE, self.client.udev_sync().problem)
         ctx = self._context(self.ensure_pool())
         # udev handles the pass's device events together; each node is there by the end of
