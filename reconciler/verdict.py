@@ -70,6 +70,9 @@ class ReasonKind(StrEnum):
     SPEC_SOURCE = "spec_source"
     DATA_BELOW_RESERVE = "data_below_reserve"
     METADATA_BELOW_RESERVE = "metadata_below_reserve"
+    # A note; the verdict stays ready: udev cannot confirm the daemon's cookies (a pod without
+    # hostIPC), so the daemon makes the /dev/mapper nodes itself and waits for no udev.
+    UDEV_UNREACHABLE = "udev_unreachable"
 
 
 # A one-line verdict names this many of a reason's names, then counts the rest (JSON lists
@@ -180,6 +183,8 @@ class Facts:
     new_devices_held: str | None = None
     pass_error: str | None = None
     spec_source_error: str | None = None
+    # Why udev cannot confirm the daemon's udev cookies (the `udev_unreachable` condition).
+    udev_unreachable: str | None = None
     # Further reasons the gatherer found, each with its own health (a condition of the host
     # the daemon detects at run time): judged with the rest.
     notes: tuple[Reason, ...] = ()
@@ -250,6 +255,10 @@ def judge(facts: Facts) -> Verdict:
                           (ReasonKind.SPEC_SOURCE, facts.spec_source_error)):
         if message:
             reasons.append(Reason(kind, Health.DEGRADED, message=message))
+    if facts.udev_unreachable:
+        # Worked around, nothing waits: shown on every surface, judged ready.
+        reasons.append(Reason(ReasonKind.UDEV_UNREACHABLE, Health.READY,
+                              message=facts.udev_unreachable))
     reasons += facts.notes
     # Worst first (stable: otherwise in the order above), so the line leads with what matters.
     reasons.sort(key=lambda r: -_SEVERITY[r.health])

@@ -62,6 +62,10 @@ DURATION_BOUNDS: dict[str, tuple[float, float]] = {
     # The removal guard's memory. Under a second it would forget between two passes; a week
     # is longer than any accident takes to run, and the events it keeps stay few.
     "removal_window": (1.0, 7 * 86400.0),
+    # udev handles a dm device's event in milliseconds, seconds under load: below 100 ms a
+    # working udev would be given up on. Five minutes is half of /healthz's stall bound and of
+    # a program's time limit: a longer wait would have the daemon taken for hung.
+    "udev_timeout": (0.1, 300.0),
 }
 # No retry budget needs more: 1000 attempts at the default retry_max take over 8 hours.
 MAX_ATTEMPTS = 1000
@@ -227,6 +231,11 @@ class Settings:
     dm_driver: str = field(
         default="libdevmapper",
         metadata=_doc("Kernel calls: \"libdevmapper\" in-process (falls back to \"dmsetup\")."),
+    )
+    udev_timeout: float = field(
+        default=60.0,
+        metadata=_doc("Longest wait for udev after a create, resume or remove; then the daemon "
+                      "makes the node."),
     )
     grpc_socket: Path | None = field(
         default=None,

@@ -191,7 +191,8 @@ def take_snapshot(pool: PoolRead, reserves: tuple[Reserve, Reserve],
         rejected=stored.rejected, removals_held=held.names if held is not None else (),
         new_devices_held=message(ConditionKind.NEW_DEVICES_HELD),
         pass_error=message(ConditionKind.PASS_FAILED),
-        spec_source_error=message(ConditionKind.SPEC_SOURCE), notes=notes))
+        spec_source_error=message(ConditionKind.SPEC_SOURCE),
+        udev_unreachable=message(ConditionKind.UDEV_UNREACHABLE), notes=notes))
     return Snapshot(
         pool=None if status is None else PoolFigures.of(status, stored.data_block_sectors),
         devices=count_states(records),

@@ -42,8 +42,8 @@ def install_signal_handlers(stop: Callable[[], None], wakeups: Wakeups) -> None:
 def reloaded_settings(config_path: Path | None, current: Settings) -> Settings | None:
     """The config file's settings to go on with, or None (logged) to keep `current`: no
     file, one that does not load, or one that changes an identity key. A new metrics
-    address or dm_driver is not taken: the listener and the kernel client belong to this
-    process until a restart."""
+    address, dm_driver or udev_timeout is not taken: the listener and the kernel client
+    belong to this process until a restart."""
     if config_path is None:
         log.warning("config.reload_skipped", reason="started without a config file")
         return None
@@ -63,10 +63,12 @@ def reloaded_settings(config_path: Path | None, current: Settings) -> Settings |
         log.warning("config.reload_partial", keys=["metrics_address"],
                     next="metrics stay where they are served until a restart")
         fresh = replace(fresh, metrics_address=current.metrics_address)
-    if fresh.dm_driver != current.dm_driver:
+    client_keys = [k for k in ("dm_driver", "udev_timeout")
+                   if getattr(fresh, k) != getattr(current, k)]
+    if client_keys:
         # The pool's kernel client is made once (libdevmapper's state is process-wide): the
         # reconfigured engine goes on with it, as the pool carried into a new one did.
-        log.warning("config.reload_partial", keys=["dm_driver"],
+        log.warning("config.reload_partial", keys=client_keys,
                     next="the kernel client stays as it is until a restart")
-        fresh = replace(fresh, dm_driver=current.dm_driver)
+        fresh = replace(fresh, dm_driver=current.dm_driver, udev_timeout=current.udev_timeout)
     return fresh

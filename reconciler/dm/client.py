@@ -1,7 +1,9 @@
 """DmClient: device-mapper's operations as typed calls, over `dmsetup` run through a Host.
 
 The argv forms here are exactly those captured in fixtures/dmsetup/, so the fake kernel and the
-parity test speak the same language as production.
+parity test speak the same language as production; create, resume and remove end with
+`--noudevsync` where udev cannot confirm our cookies (`dm.udev.UdevGate`): a dmsetup left to
+wait for them would wait until the Host kills it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from reconciler.dm.parse import (
     parse_single_lines,
 )
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
+from reconciler.dm.udev import UdevGate, udev_facts_of
+from reconciler.dm.udev_sync import UdevSync
 
 DMSETUP = "dmsetup"
 INFO_COLUMNS = "name,uuid,major,minor,attr,open,segments,events"
@@ -28,8 +32,11 @@ INFO_COLUMNS = "name,uuid,major,minor,attr,open,segments,events"
 class DmClient:
     """list, status, table, info, create, load, suspend, resume, remove, message."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, udev: UdevGate | None = None) -> None:
         self.host = host
+        # Whether dmsetup may wait for udev; without a probe cookie unless given one
+        # (dm.driver.make_client gives libdevmapper's when the host offers the library).
+        self.udev = udev if udev is not None else UdevGate(udev_facts_of(host))
         # What each line of the last info/status/table of all devices parsed to: a
         # converged pass parses only the lines that changed.
         self._info_lines: LastCall[str, DeviceInfo] = LastCall()
@@ -39,6 +46,15 @@ class DmClient:
         # the very same text, which then costs one comparison instead of a line each.
         self._info_all: tuple[str, list[DeviceInfo]] | None = None
         self._table_all: tuple[str, dict[str, list[TargetLine]]] | None = None
+
+    def udev_sync(self) -> UdevSync:
+        """Whether create, resume and remove wait for udev (proved at the first ask, and
+        again when udev appears or goes)."""
+        return self.udev.sync()
+
+    def _cookie(self, argv: list[str]) -> list[str]:
+        """argv of a command that waits for udev, told not to where udev cannot confirm."""
+        return argv if self.udev.sync().waits else [*argv, "--noudevsync"]
 
     def _run(self, what: str, argv: Sequence[str]) -> Completed:
         completed = self.host.run([DMSETUP, *argv])
@@ -100,7 +116,7 @@ class DmClient:
         argv = ["create", name, "--uuid", uuid, "--table", table]
         if readonly:
             argv.append("--readonly")
-        self._run(f"create {name}", argv)
+        self._run(f"create {name}", self._cookie(argv))
 
     def load(self, name: str, table: str, readonly: bool = False) -> None:
         """Load an inactive table; it takes effect at the next resume."""
@@ -115,7 +131,7 @@ class DmClient:
 
     def resume(self, name: str) -> None:
         """Resume a device, swapping in its inactive table if one was loaded."""
-        self._run(f"resume {name}", ["resume", name])
+        self._run(f"resume {name}", self._cookie(["resume", name]))
 
     @contextmanager
     def deferred_udev(self) -> Iterator[None]:
@@ -130,9 +146,10 @@ class DmClient:
         `deferred`, an open device is marked instead and the kernel removes it when its last
         opener closes it."""
         if deferred:
-            self._run(f"remove --deferred {name}", ["remove", "--deferred", name])
+            self._run(f"remove --deferred {name}",
+                      self._cookie(["remove", "--deferred", name]))
         else:
-            self._run(f"remove {name}", ["remove", name])
+            self._run(f"remove {name}", self._cookie(["remove", name]))
 
     def message(self, name: str, words: Sequence[str]) -> None:
         """Send a target message (sector 0), e.g. create_thin to a pool."""

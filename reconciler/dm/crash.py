@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from reconciler.dm.host import Completed, Host
+from reconciler.dm.udev import UdevFacts, udev_facts_of
 
 CRASH_ENV = "RECONCILER_CRASH_AT"
 
@@ -84,6 +85,10 @@ class CrashingHost:
     def read(self, path: str, offset: int, length: int) -> bytes:
         """Reads are not crash points."""
         return self.inner.read(path, offset, length)
+
+    def udev_facts(self) -> UdevFacts:
+        """The inner host's udev (asking about it is no kernel call)."""
+        return udev_facts_of(self.inner)
 
     def write(self, path: str, offset: int, data: bytes) -> None:
         """Writes are not crash points, but a dead process writes nothing."""

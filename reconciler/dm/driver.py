@@ -7,6 +7,10 @@ fake kernel's in tests). dmsetup is used when the config asks for it, when the l
 be loaded (with a warning), and for hosts that work at the level of dmsetup's argv: a wrapper
 such as the crash switch (`RECONCILER_CRASH_AT`) offers no library, and a subclass that
 overrides run() (a host counting commands) wants to see every call.
+
+Either way the client waits for udev only where udev was shown to confirm its cookies
+(`dm.udev.UdevGate`, from the host's `udev_facts`); the dmsetup client proves it with
+libdevmapper's probe cookie too when the host offers the library.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ import structlog
 from reconciler.dm.client import DmClient
 from reconciler.dm.host import Host, LibraryHost
 from reconciler.dm.libdm import LibdmClient, LibdmUnavailable
-from reconciler.dm.libdm_bindings import DmLibrary
+from reconciler.dm.libdm_bindings import DEFAULT_UDEV_TIMEOUT, DmLibrary
+from reconciler.dm.libdm_udev import PROBE_SECONDS, probe_cookie
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
+from reconciler.dm.udev import UdevFacts, UdevGate, udev_facts_of
+from reconciler.dm.udev_sync import CookieProbe, UdevSync
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +99,10 @@ class DmDriver(Protocol):
         """Wait for udev to finish what deferred_udev left (before opening a node)."""
         ...
 
+    def udev_sync(self) -> UdevSync:
+        """Whether create, resume and remove wait for udev (dm.udev.UdevGate)."""
+        ...
+
 
 def library_host(host: Host) -> LibraryHost | None:
     """`host`, if it offers a libdevmapper that stands for its run(): the class that offers the
@@ -104,11 +115,11 @@ def library_host(host: Host) -> LibraryHost | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _libdm_client(library: DmLibrary) -> LibdmClient:
+def _libdm_client(library: DmLibrary, facts: UdevFacts) -> LibdmClient:
     """The one LibdmClient of a library: libdevmapper's state is process-wide, so the real one
     gets one client per process. Only the latest library is kept, since a process has one real
     library and a test's fake one should not outlive its kernel."""
-    return LibdmClient(lib=library)
+    return LibdmClient(lib=library, udev_facts=facts)
 
 
 @functools.cache
@@ -118,16 +129,41 @@ def _warn_fallback(error: str) -> None:
                 error=error, next="every kernel call runs a dmsetup process")
 
 
-def make_client(host: Host, driver: str = "libdevmapper") -> DmDriver:
-    """The client for `host`: `driver` where the host offers a libdevmapper, dmsetup otherwise."""
+def _dmsetup_client(host: Host, offering: LibraryHost | None,
+                    udev_timeout: float) -> DmClient:
+    """dmsetup's client, whose udev gate probes with the library when the host has one
+    (loaded only if a probe is needed: udev runs where /proc cannot see it)."""
+    facts = udev_facts_of(host)
+    if offering is None:
+        return DmClient(host, UdevGate(facts))
+    source = offering  # narrowed, for the closure
+
+    def probe() -> CookieProbe:
+        try:
+            library = source.dm_library()
+        except LibdmUnavailable:
+            return CookieProbe.NOT_RUN
+        return probe_cookie(library, min(PROBE_SECONDS, udev_timeout))
+
+    return DmClient(host, UdevGate(facts, probe))
+
+
+def make_client(host: Host, driver: str = "libdevmapper",
+                udev_timeout: float = DEFAULT_UDEV_TIMEOUT) -> DmDriver:
+    """The client for `host`: `driver` where the host offers a libdevmapper, dmsetup otherwise.
+    `udev_timeout` bounds each wait for udev (libdevmapper's; dmsetup has no bound of its own
+    and is told not to wait where udev cannot answer)."""
     if driver not in DRIVERS:
         raise ValueError(f"unknown dm driver {driver!r} (known: {', '.join(DRIVERS)})")
     offering = library_host(host)
     if driver == "dmsetup" or offering is None:
-        return DmClient(host)
+        return _dmsetup_client(host, offering, udev_timeout)
     try:
         library = offering.dm_library()
     except LibdmUnavailable as exc:
         _warn_fallback(str(exc))
-        return DmClient(host)
-    return _libdm_client(library)
+        return _dmsetup_client(host, None, udev_timeout)
+    client = _libdm_client(library, udev_facts_of(host))
+    # The process's one client takes the latest config's bound (`run` reads it once).
+    client.udev.timeout = udev_timeout
+    return client

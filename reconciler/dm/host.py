@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from reconciler.dm.udev import SystemUdev, UdevFacts
+
 if TYPE_CHECKING:
     from reconciler.dm.libdm_bindings import DmLibrary
 
@@ -117,6 +119,10 @@ class SystemHost:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def udev_facts(self) -> UdevFacts:
+        """The machine's udev (its control socket, its processes in /proc)."""
+        return SystemUdev()
 
     def dm_library(self) -> DmLibrary:
         """The machine's libdevmapper, loaded once per process; raises LibdmUnavailable (an

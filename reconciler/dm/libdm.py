@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 
 import structlog
@@ -49,11 +49,12 @@ from reconciler.dm.libdm_bindings import (
     parse_table,
     raw_of,
     text_of,
-    udev_running,
     walk_names,
 )
-from reconciler.dm.libdm_udev import UdevCookies
+from reconciler.dm.libdm_udev import PROBE_SECONDS, UdevCookies, probe_cookie
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
+from reconciler.dm.udev import SystemUdev, UdevFacts, UdevGate
+from reconciler.dm.udev_sync import UdevSync
 from reconciler.units import Sectors
 
 # What importers find here besides the client: the library's loader (the driver's choice
@@ -92,14 +93,23 @@ class LibdmClient:
 
     def __init__(self, lib: DmLibrary | None = None,
                  udev_timeout: float = DEFAULT_UDEV_TIMEOUT,
-                 udev_check: Callable[[], bool] = udev_running) -> None:
+                 udev_facts: UdevFacts | None = None) -> None:
         """Loads libdevmapper unless given one (raises LibdmUnavailable when it cannot).
 
         udev_timeout bounds the wait for udev's confirmation after create, resume and remove;
-        udev_check says, before each of them, whether udev runs now.
+        udev_facts (the real machine's unless given) say whether udev runs and where, from
+        which the gate decides, before each of them, whether they wait for it.
         """
         self.lib: DmLibrary = lib if lib is not None else load_libdm()
-        self.udev = UdevCookies(self.lib, udev_timeout, udev_check)
+        # The probe cookie, when /proc cannot tell: bounded by udev_timeout or a few seconds.
+        gate = UdevGate(udev_facts if udev_facts is not None else SystemUdev(),
+                        lambda: probe_cookie(self.lib, min(PROBE_SECONDS, self.udev.timeout)))
+        self.udev = UdevCookies(self.lib, udev_timeout, gate)
+
+    def udev_sync(self) -> UdevSync:
+        """Whether create, resume and remove wait for udev (proved at the first ask, and
+        again when udev appears or goes)."""
+        return self.udev.gate.sync()
 
     # The task plumbing.
 
@@ -207,9 +217,10 @@ class LibdmClient:
     # udev: the cookie of each create, resume and remove (UdevCookies keeps the rest).
 
     def _run_with_cookie(self, what: str, dmt: int, kind: int, name: str) -> None:
-        """dm_task_run with udev synchronisation, then wait for udev (or make the nodes);
-        inside `deferred_udev`, the call joins the batch's cookie and the wait is the batch's."""
-        self.udev.decide()
+        """dm_task_run with udev synchronisation as `UdevCookies.decide` last set it (before
+        the task: proving it may take tasks of its own), then wait for udev (or make the
+        nodes); inside `deferred_udev`, the call joins the batch's cookie and the wait is the
+        batch's."""
         cookie = ctypes.c_uint32(self.udev.shared_cookie())
         # Flags 0, as dmsetup: udev rules run, and libdevmapper falls back to making the
         # /dev/mapper node itself if udev did not. A cookie already set is shared: libdevmapper
@@ -345,6 +356,7 @@ class LibdmClient:
         self._resume(f"resume {name}", name)
 
     def _resume(self, what: str, name: str) -> None:
+        self.udev.decide()
         with self._task(DM_DEVICE_RESUME) as dmt:
             self._named(what, dmt, DM_DEVICE_RESUME, name)
             self._run_with_cookie(what, dmt, DM_DEVICE_RESUME, name)
@@ -353,6 +365,7 @@ class LibdmClient:
         """Remove a device (never forced: a busy device stays and says so). With `deferred`,
         an open device is marked instead and the kernel removes it at its last close."""
         what = f"remove{' --deferred' if deferred else ''} {name}"
+        self.udev.decide()
         with self._task(DM_DEVICE_REMOVE) as dmt:
             self._named(what, dmt, DM_DEVICE_REMOVE, name)
             if deferred:

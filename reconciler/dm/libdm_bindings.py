@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import re
-import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
 from reconciler.dm.errors import _BY_ERRNO, CommandFailed, DmError
-from reconciler.sockets import Probe, probe
 
 log = structlog.get_logger(__name__)
 
@@ -58,9 +55,7 @@ LOG_LEVEL_MASK = 0x7
 LOG_ERR = 3
 LOG_WARN = 4
 
-# Where libudev (and so libdevmapper and dmsetup) looks to decide whether udev runs: udevd's
-# control socket (SOCK_SEQPACKET), under /run/udev, which a pod mounts from the host.
-UDEV_CONTROL = "/run/udev/control"
+# The udev_timeout config key's default: how long a create, resume or remove waits for udev.
 DEFAULT_UDEV_TIMEOUT = 60.0
 UDEV_POLL_MAX = 0.002  # seconds between two looks at a udev cookie, at most
 
@@ -269,25 +264,6 @@ def load_libdm(names: Sequence[str] = LIBRARY_NAMES) -> ctypes.CDLL:
             _loaded[tuple(names)] = lib
             return lib
         raise LibdmUnavailable(f"libdevmapper is not available: {'; '.join(problems)}")
-
-
-def udev_running(control: str = UDEV_CONTROL) -> bool:
-    """Whether udev runs: a connect to its control socket is accepted.
-
-    libudev (and so libdevmapper's own check, `dm_udev_get_sync_support` before we set it)
-    looks at the file alone, which a stopped udevd leaves behind: every wait for udev would
-    then last until the timeout. Listing /proc/net/unix instead (what this did before) sees
-    only this network namespace's sockets: in a pod without host networking udevd's socket is
-    never listed, though /run/udev is the host's. A connect works across namespaces: accepted
-    (or EAGAIN: a full backlog) is a live udevd; refused is a stale file; a plain file,
-    or a socket of another type, is not udevd. When the connect cannot tell (EACCES: not
-    root), the file decides, as it does for libudev. udevd takes the empty connection as a
-    client that left (it reads nothing and closes it).
-    """
-    # Never waits: asked before every create, resume and remove, and a udevd that is alive
-    # but not accepting (stopped, busy) fills its backlog with these connects.
-    found = probe(Path(control), socket.SOCK_SEQPACKET, timeout=0)
-    return found in (Probe.LIVE, Probe.SLOW, Probe.UNKNOWN)
 
 
 _TABLE_LINE_RE = re.compile(

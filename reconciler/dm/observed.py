@@ -19,6 +19,7 @@ from typing import Protocol, TypeVar
 from reconciler.dm.driver import DmDriver
 from reconciler.dm.errors import DmError
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
+from reconciler.dm.udev_sync import UdevSync
 
 T = TypeVar("T")
 
@@ -134,3 +135,7 @@ class ObservedDriver:
     def settle_udev(self) -> None:
         """The inner driver's (not observed, likewise)."""
         self.inner.settle_udev()
+
+    def udev_sync(self) -> UdevSync:
+        """The inner driver's (a probe cookie, if one is made, is not observed either)."""
+        return self.inner.udev_sync()

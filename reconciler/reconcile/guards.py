@@ -118,6 +118,10 @@ class SourceGuard:
         return checked
 
 
+# Conditions the daemon works around by itself: logged as warnings.
+WORKED_AROUND = frozenset({ConditionKind.UDEV_UNREACHABLE})
+
+
 class Conditions:
     """The conditions a Reconciler sets in the store, written and logged only on a change."""
 
@@ -143,5 +147,8 @@ class Conditions:
         record = self._store.set_condition(kind, message, said[1])
         self._said[kind] = said
         self._maybe_set.add(kind)
-        log.error(f"condition.{kind.value}", message=message, count=record.count,
-                  names=list(record.names) or None)
+        # A condition the daemon works around (udev unreachable: it makes the nodes) is a
+        # warning; the others leave something undone until an operator acts.
+        emit = log.warning if kind in WORKED_AROUND else log.error
+        emit(f"condition.{kind.value}", message=message, count=record.count,
+             names=list(record.names) or None)

@@ -111,7 +111,7 @@ class Reconciler:
         )
         self.stop_requested = stop_requested
         # The kernel boundary: libdevmapper in-process or dmsetup (dm.driver decides).
-        self.client: DmDriver = make_client(host, settings.dm_driver)
+        self.client: DmDriver = make_client(host, settings.dm_driver, settings.udev_timeout)
         if kernel_observer is not None:  # the daemon's metrics: every call counted and timed
             self.client = ObservedDriver(self.client, kernel_observer)
         self.pass_observer = pass_observer
@@ -190,15 +190,13 @@ class Reconciler:
         return PassContext(
             settings=self.settings, host=self.host, store=self.store, clock=self.clock,
             policy=self.policy, pool=pool, ledger=self.ledger, records=self.records,
-            stop_requested=self.stop_requested, spares=self._spares,
-            settled=self._settled,
+            stop_requested=self.stop_requested, spares=self._spares, settled=self._settled,
         )
 
     def _desired(self, spec_set: SpecSet, remember: bool = True) -> _Desired:
         spec_set = self._source.check(spec_set, remember)
         specs, rejected = resolve_against_store(spec_set, self.records, self.settings)
-        return _Desired(specs, spec_set.names, rejected, spec_set.source_error,
-                        spec_set.elsewhere)
+        return _Desired(specs, spec_set.names, rejected, spec_set.source_error, spec_set.elsewhere)
 
     # -- a pass ------------------------------------------------------------------------------
 
@@ -220,6 +218,8 @@ class Reconciler:
             self.pass_observer(only is not None, result, self._timer() - start)
 
     def _pass(self, only: Iterable[str] | None) -> PassResult:
+        # udev is waited for only where it confirms our cookies; else an operator is told.
+        self._conditions.say(ConditionKind.UDEV_UNREACHABLE, self.client.udev_sync().problem)
         ctx = self._context(self.ensure_pool())
         # udev handles the pass's device events together; each node is there by the end of
         # the pass (a step that opens one settles first).

@@ -44,6 +44,8 @@ def facts(report: Report | None, daemon_running: bool, store_error: str | None =
         new_devices_held=pool.new_devices_held,
         pass_error=pool.last_pass_error,
         spec_source_error=pool.spec_source_error,
+        udev_unreachable=next((c.message for c in report.conditions
+                               if c.kind == ConditionKind.UDEV_UNREACHABLE), None),
     )
 
 

@@ -164,8 +164,8 @@ def collect(settings: Settings, store: Store, host: Host,
             name: str | None = None, include_removed: bool = False) -> Report:
     """The whole status report (what `status` shows): one device and its history with
     `name`, Removed devices too with `include_removed`."""
-    obs, kernel_error = observe_safely(make_client(host, settings.dm_driver),
-                                       settings.pool_name)
+    obs, kernel_error = observe_safely(
+        make_client(host, settings.dm_driver, settings.udev_timeout), settings.pool_name)
     records = store.devices(include_removed=include_removed or name is not None)
     if name is not None:
         records = [r for r in records if r.name == name]

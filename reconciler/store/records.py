@@ -217,6 +217,9 @@ class ConditionKind(StrEnum):
     # The daemon started and its first pass (recovery included) has not ended: `status
     # --check` says starting while a daemon holds the root lock.
     STARTING = "starting"
+    # udev runs but cannot confirm our udev cookies (another IPC namespace: a pod without
+    # hostIPC): the daemon makes the /dev/mapper nodes itself. Working, nothing waits.
+    UDEV_UNREACHABLE = "udev_unreachable"
 
 
 class HoldCause(StrEnum):

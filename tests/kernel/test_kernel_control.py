@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.daemon.lock import holder_pid
-from reconciler.dm.libdm_bindings import UDEV_CONTROL, udev_running
+from reconciler.dm.udev import UDEV_CONTROL, udev_running
 from reconciler.store import Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.process import DaemonProcess

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,10 +27,11 @@ from reconciler.dm.errors import (
 )
 from reconciler.dm.host import SystemHost
 from reconciler.dm.libdm import LibdmClient
-from reconciler.dm.libdm_bindings import UDEV_CONTROL, udev_running
 from reconciler.dm.parse import parse_pool_status, parse_thin_status
 from reconciler.dm.types import TargetLine
+from reconciler.dm.udev import UDEV_CONTROL, udev_running
 from reconciler.units import Sectors
+from tests.kernel.udevd import find_udevd, start_udevd, wait_gone
 
 pytestmark = pytest.mark.kernel
 
@@ -344,40 +344,6 @@ def test_errors_carry_the_errno_text(pool: Pool) -> None:
     )
 
 
-def _udevd() -> tuple[int, list[str]] | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            comm = (entry / "comm").read_text().strip()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if comm in ("systemd-udevd", "udevd"):
-            return int(entry.name), [word.decode() for word in argv if word]
-    return None
-
-
-def _wait_gone(pid: int) -> None:
-    for _ in range(100):
-        if not Path(f"/proc/{pid}").exists():
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-
-
-def _restart_udevd(argv: list[str]) -> None:
-    if "--daemon" not in argv and "-d" not in argv:
-        argv = [*argv, "--daemon"]
-    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, check=True, timeout=30)
-    for _ in range(100):
-        if Path(UDEV_CONTROL).exists():
-            break
-        time.sleep(0.05)
-    SystemHost().run(["udevadm", "settle", "--timeout=10"])
-
-
 def test_nodes_without_udev(pool: Pool) -> None:
     """With udevd stopped, create and remove still make and delete /dev/mapper nodes.
 
@@ -386,10 +352,10 @@ def test_nodes_without_udev(pool: Pool) -> None:
     """
     libdm = LibdmClient(udev_timeout=20)
     libdm.info(pool.name)  # libdevmapper's first use, while udev (if any) runs
-    found = _udevd()
+    found = find_udevd()
     if found is not None:
         os.kill(found[0], signal.SIGTERM)
-        _wait_gone(found[0])
+        wait_gone(found[0])
     try:
         clients: list[Client] = [libdm]
         # dmsetup decides by the control socket's file: a udevd killed without cleanup
@@ -408,7 +374,7 @@ def test_nodes_without_udev(pool: Pool) -> None:
             assert time.monotonic() - started < 10, "waited for a udev that is not there"
     finally:
         if found is not None:
-            _restart_udevd(found[1])
+            start_udevd(found[1])
     if found is not None:
         # And with udevd back, the library synchronises with it again.
         name = pool.make_thin(libdm, "udevback", 9)
@@ -421,7 +387,7 @@ def test_a_batch_udev_never_confirms_is_released(pool: Pool) -> None:
     """udevd alive but not answering (stopped with SIGSTOP: its socket still listens, so udev
     counts as running): a batch of two creates sharing one cookie costs udev_timeout, then
     every call's share is released and the nodes are made; nothing waits forever."""
-    found = _udevd()
+    found = find_udevd()
     if found is None:
         pytest.skip("no udevd in this machine")
     libdm = LibdmClient(udev_timeout=3)

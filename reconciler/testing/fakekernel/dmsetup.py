@@ -50,6 +50,8 @@ class Dmsetup:
         """Answer one dmsetup command; an errno the model refuses with becomes dmsetup's text
         for the ioctl that met it, naming the device as that ioctl did."""
         kernel = self.kernel
+        # A global option, accepted anywhere (getopt): it only says not to wait for udev.
+        args = [word for word in args if word != "--noudevsync"]
         match args:
             case ["version"]:
                 return VERSION

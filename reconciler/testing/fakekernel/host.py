@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from reconciler.dm.host import Completed
+from reconciler.dm.host import TIMED_OUT_RC, Completed
 from reconciler.dm.libdm_bindings import DmLibrary
+from reconciler.dm.udev import UdevFacts
 from reconciler.testing.fakekernel.commands import Failed
 from reconciler.testing.fakekernel.dmsetup import Dmsetup
 from reconciler.testing.fakekernel.faults import Faults
@@ -23,6 +24,7 @@ from reconciler.testing.fakekernel.model import DmDevice, Kernel, Loop
 from reconciler.testing.fakekernel.mounts import PROGRAMS as MOUNT_PROGRAMS
 from reconciler.testing.fakekernel.mounts import Mounts
 from reconciler.testing.fakekernel.tools import PROGRAMS, Tools
+from reconciler.testing.fakekernel.udev import FakeUdev
 
 WRITE_PATTERN = b"\xa5"  # what the capture's dd wrote
 
@@ -38,7 +40,9 @@ class FakeKernel:
         self._dmsetup = Dmsetup(self.model)
         self._tools = Tools(self.model)
         self._mounts = Mounts(self.model, self._tools.filesystem)
-        self._libdm = FakeLibdm(self.model)
+        # None by default; a test places one (alive, in or out of our IPC namespace...).
+        self.udev = FakeUdev()
+        self._libdm = FakeLibdm(self.model, self.udev)
 
     # -- what tests look at and do -----------------------------------------------------------
 
@@ -118,6 +122,12 @@ class FakeKernel:
         try:
             if program == "dmsetup":
                 stdout, stderr = self._dmsetup.run(args), ""
+                if self.udev.dmsetup_hangs(args):
+                    # The ioctls were made; the wait for the cookie is what never ends,
+                    # until SystemHost's timeout kills the process.
+                    return Completed(words, TIMED_OUT_RC, stdout,
+                                     "dmsetup: timed out after 600s and was killed\n",
+                                     timed_out=True)
             elif program in PROGRAMS:
                 stdout, stderr = self._tools.run(program, args)
             elif program in MOUNT_PROGRAMS:
@@ -139,3 +149,7 @@ class FakeKernel:
     def dm_library(self) -> DmLibrary:
         """The libdevmapper of this kernel, for `LibdmClient` (`dm_driver = "libdevmapper"`)."""
         return self._libdm
+
+    def udev_facts(self) -> UdevFacts:
+        """This kernel's udev (`self.udev`), which a test places."""
+        return self.udev

@@ -10,9 +10,13 @@ addresses are written into its `char *` out-parameters. A task owns those buffer
 `dm_task_destroy`, as libdevmapper's do.
 
 What libdevmapper itself adds on top of the ioctl is kept: INFO and STATUS of a missing device
-succeed with `exists` 0 (it hides that ENXIO), TABLE does not. udev is a udev that confirms
-every cookie at once. What is left out: the library's log messages (LibdmClient words its
-errors from the errno alone), and every function LibdmClient does not call.
+succeed with `exists` 0 (it hides that ENXIO), TABLE does not. udev is the kernel's
+`FakeUdev`: synchronisation is on only while it runs (libdevmapper asks libudev), and a
+cookie is confirmed at once by a udev in the daemon's IPC namespace, never by one elsewhere:
+then it is ready only once the daemon released each of its events (`dm_udev_complete`), and a
+blocking `dm_udev_wait` on it would never return (an AssertionError here). What is left out:
+the library's log messages (LibdmClient words its errors from the errno alone), and every
+function LibdmClient does not call.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from reconciler.dm.libdm_bindings import (
     DmNamesHeader,
 )
 from reconciler.testing.fakekernel.model import DmDevice, Kernel, KernelLine, Refused
+from reconciler.testing.fakekernel.udev import FakeUdev
 
 FIRST_COOKIE = 0x0D4D0001  # libdevmapper's cookies start with its 0x0D4D prefix
 
@@ -60,6 +65,7 @@ class _Task:
     message: str | None = None
     sector: int | None = None
     deferred: bool = False  # REMOVE with DM_DEFERRED_REMOVE
+    cookie: int = 0  # the udev cookie its event is counted on (0: none)
     number: int = 0  # the errno of the failed run
     device: DmDevice | None = None  # INFO, STATUS, TABLE: the device found, if any
     lines: list[KernelLine] = field(default_factory=list)
@@ -71,8 +77,9 @@ class _Task:
 class FakeLibdm:
     """libdevmapper's task, target and udev functions over a kernel model (a `DmLibrary`)."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, udev: FakeUdev) -> None:
         self.kernel = kernel
+        self.udev = udev
         self._tasks: dict[int, _Task] = {}
         self._next_task = 1
         self._udev_sync = False
@@ -80,6 +87,9 @@ class FakeLibdm:
         # Events counted on each cookie not yet waited for, and each wait: (cookie, events).
         self.cookie_events: Counter[int] = Counter()
         self.waited: list[tuple[int, int]] = []
+        # Every cookie made, and those udev never confirmed (released by the caller).
+        self.cookies: list[int] = []
+        self.unconfirmed: list[int] = []
 
     def _task(self, dmt: int) -> _Task:
         assert dmt in self._tasks, f"FakeKernel: libdevmapper task {dmt} is not alive"
@@ -137,15 +147,17 @@ class FakeLibdm:
     def dm_task_set_cookie(self, dmt: int, cookie: Any, flags: int, /) -> int:
         """A udev cookie for the task, written to `*cookie` (0 without udev sync); a cookie
         already in `*cookie` is shared, one more event counted on it, as libdevmapper does."""
-        del dmt, flags
+        del flags
         slot = ctypes.cast(cookie, ctypes.POINTER(ctypes.c_uint32))
         value = 0
-        if self._udev_sync:
+        if self.dm_udev_get_sync_support():
             value = slot[0]
             if value == 0:
                 value, self._next_cookie = self._next_cookie, self._next_cookie + 1
+                self.cookies.append(value)
             self.cookie_events[value] += 1
         slot[0] = value
+        self._task(dmt).cookie = value
         return 1
 
     def dm_task_run(self, dmt: int, /) -> int:
@@ -155,6 +167,9 @@ class FakeLibdm:
             self._run(task)
         except Refused as refused:
             task.number = refused.number
+            if task.cookie:
+                # No uevent: libdevmapper takes the task's event off the cookie itself.
+                self.cookie_events[task.cookie] -= 1
             return 0
         return 1
 
@@ -243,23 +258,34 @@ class FakeLibdm:
         self._udev_sync = bool(sync)
 
     def dm_udev_get_sync_support(self) -> int:
-        """Whether tasks wait for udev."""
-        return int(self._udev_sync)
+        """Whether tasks wait for udev: asked to, and udev runs (libdevmapper asks libudev)."""
+        return int(self._udev_sync and self.udev.alive)
+
+    def _ready(self, cookie: int) -> bool:
+        """Whether the cookie is confirmed (then gone): by udev, or each event released."""
+        if cookie and not self.udev.confirms() and self.cookie_events.get(cookie, 0) > 0:
+            return False
+        self.waited.append((cookie, self.cookie_events.pop(cookie, 0)))
+        return True
 
     def dm_udev_wait(self, cookie: int, /) -> int:
-        """Wait for udev's confirmation of a cookie: given at once (the cookie is gone)."""
-        self.waited.append((cookie, self.cookie_events.pop(cookie, 0)))
+        """Wait for udev's confirmation of a cookie (0: none, the nodes made at once)."""
+        assert self._ready(cookie), \
+            f"FakeKernel: dm_udev_wait({cookie:#x}) would block forever: udev cannot confirm it"
         return 1
 
     def dm_udev_wait_immediate(self, cookie: int, ready: Any, /) -> int:
-        """Whether udev confirmed the cookie, in `*ready`: always yes (the cookie is gone)."""
-        self.waited.append((cookie, self.cookie_events.pop(cookie, 0)))
-        ctypes.cast(ready, ctypes.POINTER(ctypes.c_int))[0] = 1
+        """Whether the cookie is confirmed, in `*ready` (then it is gone)."""
+        ctypes.cast(ready, ctypes.POINTER(ctypes.c_int))[0] = int(self._ready(cookie))
         return 1
 
     def dm_udev_complete(self, cookie: int, /) -> int:
-        """Release a cookie udev did not confirm."""
-        del cookie
+        """Release one event of a cookie udev did not confirm (0: none left to release)."""
+        if self.cookie_events.get(cookie, 0) <= 0:
+            return 0
+        self.cookie_events[cookie] -= 1
+        if cookie not in self.unconfirmed:
+            self.unconfirmed.append(cookie)
         return 1
 
     # -- the ioctls --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from reconciler.dm.host import Completed
+from reconciler.dm.udev import UdevFacts
 from reconciler.testing.fakekernel.host import FakeKernel
 
 STOP = "stop"
@@ -96,3 +97,8 @@ class RemoteKernel:
     def write(self, path: str, offset: int, data: bytes) -> None:
         """Write bytes to a device of the server's kernel."""
         self.call("write", path, offset, data)
+
+    def udev_facts(self) -> UdevFacts:
+        """A copy of the server's kernel's udev, as it is now."""
+        facts: UdevFacts = self.call("udev_facts")
+        return facts

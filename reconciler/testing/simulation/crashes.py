@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler.dm.host import Completed, Host
 from reconciler.dm.libdm_bindings import DmLibrary
+from reconciler.dm.udev import UdevFacts, udev_facts_of
 from reconciler.store import Store
 from reconciler.testing.crashing import SimulatedCrash
 
@@ -95,6 +96,10 @@ class CrashingKernel:
             self.inner.write(path, offset, data)
         finally:
             self.plan.after("kernel")
+
+    def udev_facts(self) -> UdevFacts:
+        """The fake kernel's udev (asking about it is no kernel call)."""
+        return udev_facts_of(self.inner)
 
     def dm_library(self) -> DmLibrary:
         """Not offered: the simulation counts dmsetup's calls."""

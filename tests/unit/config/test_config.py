@@ -228,6 +228,21 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("retry_max", "9ms"),
     ("retry_max", 3600.001),
     ("retry_max", "2h"),
+    # Issue 25: the wait for udev, from 100ms to 5m.
+    ("udev_timeout", -1),
+    ("udev_timeout", 0),
+    ("udev_timeout", float("nan")),
+    ("udev_timeout", float("inf")),
+    ("udev_timeout", "nan"),
+    ("udev_timeout", 1e-300),
+    ("udev_timeout", "99ms"),
+    ("udev_timeout", 300.001),
+    ("udev_timeout", "6m"),
+    ("udev_timeout", 1e308),
+    ("udev_timeout", 10**400),
+    ("udev_timeout", True),
+    ("udev_timeout", "soon"),
+    ("udev_timeout", [60]),
     ("max_attempts", 0),
     ("max_attempts", -1),
     ("max_attempts", 1.5),
@@ -450,6 +465,7 @@ DURATION_BOUNDS = {
     "stall_after": (30.0, 86400.0),
     "retry_initial": (0.01, 3600.0),
     "retry_max": (0.01, 3600.0),
+    "udev_timeout": (0.1, 300.0),
 }
 # The bounds themselves, as numbers and as text with units; retry_max is given with each so
 # that retry_initial's ceiling is reachable, retry_initial so that retry_max's floor is.
@@ -469,6 +485,10 @@ AT_BOUNDS = [
     ({"retry_max": "10ms", "retry_initial": "10ms"}, "retry_max", 0.01),
     ({"retry_max": 3600}, "retry_max", 3600.0),
     ({"retry_max": "1h"}, "retry_max", 3600.0),
+    ({"udev_timeout": 0.1}, "udev_timeout", 0.1),
+    ({"udev_timeout": "100ms"}, "udev_timeout", 0.1),
+    ({"udev_timeout": 300}, "udev_timeout", 300.0),
+    ({"udev_timeout": "5m"}, "udev_timeout", 300.0),
 ]
 
 
@@ -490,6 +510,8 @@ OUT_OF_BOUNDS = [
     ("retry_initial", 0.001, "0.001s is below the floor of 10ms"),
     ("retry_max", "2h", "'2h' is above the ceiling of 1h"),
     ("retry_max", 5400, "5400s is above the ceiling of 1h"),
+    ("udev_timeout", "99ms", "'99ms' is below the floor of 100ms"),
+    ("udev_timeout", 600, "600s is above the ceiling of 5m"),
 ]
 
 
@@ -526,7 +548,7 @@ def test_durations_are_finite_and_within_their_bounds_or_refused(key: str, value
     floor, ceiling = DURATION_BOUNDS[key]
     others: dict[str, dict[str, object]] = {
         "retry_initial": {"retry_max": 3600}, "retry_max": {"retry_initial": 0.01},
-        "resync_interval": {}, "stall_after": {}}
+        "resync_interval": {}, "stall_after": {}, "udev_timeout": {}}
     other = others[key]
     if floor <= value <= ceiling:
         assert getattr(settings_from_mapping({key: value, **other}), key) == value

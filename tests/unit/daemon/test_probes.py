@@ -174,6 +174,24 @@ def test_every_verdict_is_said_alike_by_status_check_and_the_probes(
         "device (broken); new devices held (pool is "), down
 
 
+def test_udev_that_cannot_confirm_our_cookies_is_a_note_every_surface_shows(
+        served: tuple[Served, list[Surfaces]]) -> None:
+    """udevd appears in another IPC namespace (a pod without hostIPC): the daemon makes the
+    nodes itself and says so; the verdict stays ready, and /readyz and `status --check` give
+    the same line naming hostIPC."""
+    serving, _ = served
+    world = serving.world
+    assert isinstance(world.host, FakeKernel)
+    world.host.udev.alive, world.host.udev.same_ipc = True, False
+    world.spec("web", 'filesystem = "none"\nsize = "32MiB"\n')
+    serving.full_pass()
+    seen = serving.surfaces()
+    assert_one_verdict(seen, Health.READY)
+    assert seen.check_line.startswith("ready: udev unreachable (udevd runs in another IPC "
+                                      "namespace"), seen
+    assert "hostIPC: true" in seen.check_line, seen
+
+
 def test_a_pool_gone_from_the_kernel_is_down_on_every_surface(
         served: tuple[Served, list[Surfaces]]) -> None:
     """The pool removed behind the daemon's back: down, the same words everywhere."""

@@ -16,6 +16,8 @@ from reconciler.dm.client import DmClient
 from reconciler.dm.crash import CrashingHost, CrashPoint
 from reconciler.dm.driver import make_client
 from reconciler.dm.host import Completed, SystemHost
+from reconciler.dm.libdm_bindings import DEFAULT_UDEV_TIMEOUT
+from reconciler.dm.udev_sync import UdevSync
 from reconciler.testing.fakekernel import FakeKernel
 
 
@@ -77,3 +79,25 @@ def test_unknown_driver_is_a_config_error() -> None:
     """The key is checked where the config is read."""
     with pytest.raises(ConfigError, match="dm_driver"):
         settings_from_mapping({"dm_driver": "ioctl"})
+
+
+def test_the_udev_bound_is_the_configs_and_reaches_the_library_client() -> None:
+    """make_client's default bound is the config's default; a config's bound is the one the
+    process's libdevmapper client waits with."""
+    assert settings_from_mapping({}).udev_timeout == DEFAULT_UDEV_TIMEOUT
+    kernel = FakeKernel()
+    client = make_client(kernel, "libdevmapper", udev_timeout=7.0)
+    assert isinstance(client, libdm.LibdmClient) and client.udev.timeout == 7.0
+
+
+@pytest.mark.parametrize("same_ipc", [True, False])
+def test_dmsetups_gate_proves_an_unseen_udev_with_the_librarys_probe(same_ipc: bool) -> None:
+    """A udevd /proc does not show (our own PID namespace): dmsetup's client waits for it
+    only if libdevmapper's probe cookie was confirmed; a host that wraps run() offers no
+    library, so the same udev is unproven there and not waited for."""
+    kernel = FakeKernel()
+    kernel.udev.alive, kernel.udev.same_ipc, kernel.udev.visible = True, same_ipc, False
+    expected = UdevSync.USED if same_ipc else UdevSync.UNCONFIRMED
+    assert make_client(kernel, "dmsetup", udev_timeout=0.1).udev_sync() is expected
+    crashing = CrashingHost(kernel, CrashPoint("after", "dmsetup remove", 1))
+    assert make_client(crashing, "dmsetup").udev_sync() is UdevSync.UNPROVEN

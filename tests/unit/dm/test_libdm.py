@@ -6,11 +6,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import shutil
-import socket
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -220,75 +215,6 @@ def test_no_cookie_still_runs_the_node_operations() -> None:
     fake = _NeverReadyUdev()
     LibdmClient(lib=cast(ctypes.CDLL, fake)).udev.wait(0, "x")
     assert fake.calls == ["wait 0x0"]
-
-
-@pytest.fixture
-def control() -> Iterator[Path]:
-    """A path for udev's control socket, short enough for sun_path."""
-    short = Path(tempfile.mkdtemp(prefix="ud", dir="/tmp"))
-    try:
-        yield short / "control"
-    finally:
-        shutil.rmtree(short, ignore_errors=True)
-
-
-def _bound(path: Path, kind: socket.SocketKind, listening: bool) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, kind)
-    sock.bind(str(path))
-    if listening:
-        sock.listen(1)
-    return sock
-
-
-def test_udev_runs_when_its_seqpacket_control_socket_accepts(control: Path) -> None:
-    """A listening SOCK_SEQPACKET socket at the path (what udevd binds) is a running udev."""
-    with _bound(control, socket.SOCK_SEQPACKET, listening=True):
-        assert libdm.udev_running(str(control))
-
-
-def test_udev_runs_when_its_backlog_is_full(control: Path) -> None:
-    """A udevd alive but not accepting (stopped, busy) whose backlog is full still runs:
-    the connect's EAGAIN says so at once (the probe never blocks a kernel call)."""
-    held: list[socket.socket] = []
-    with _bound(control, socket.SOCK_SEQPACKET, listening=True) as listener:
-        listener.listen(0)
-        try:
-            while len(held) < 64:
-                client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                client.setblocking(False)
-                held.append(client)
-                client.connect(str(control))
-        except BlockingIOError:
-            pass
-        assert len(held) < 64, "the backlog filled"
-        assert libdm.udev_running(str(control))
-        for client in held:
-            client.close()
-
-
-def test_udev_does_not_run_behind_a_stale_control_socket(control: Path) -> None:
-    """udevd gone: its socket file stays and refuses connections; libudev would wait on it
-    until the timeout, we make the nodes ourselves."""
-    _bound(control, socket.SOCK_SEQPACKET, listening=False).close()
-    assert control.is_socket()
-    assert not libdm.udev_running(str(control))
-
-
-def test_udev_does_not_run_behind_a_plain_file(control: Path) -> None:
-    """A plain file at the control socket's path is not udevd."""
-    control.touch()
-    assert not libdm.udev_running(str(control))
-
-
-def test_udev_does_not_run_behind_a_stream_socket(control: Path) -> None:
-    """A listener of another socket type (EPROTOTYPE on connect) is not udevd."""
-    with _bound(control, socket.SOCK_STREAM, listening=True):
-        assert not libdm.udev_running(str(control))
-
-
-def test_udev_does_not_run_without_its_control_socket(control: Path) -> None:
-    """Nothing at the path: no udev."""
-    assert not libdm.udev_running(str(control))
 
 
 def test_every_library_function_we_call_has_its_c_signature() -> None:

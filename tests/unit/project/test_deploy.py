@@ -223,6 +223,12 @@ def test_runtime_class_and_daemonset_select_the_same_nodes() -> None:
     assert runtime["scheduling"]["nodeSelector"] == _pod()["nodeSelector"]
 
 
+def test_the_pod_shares_the_hosts_ipc_namespace_for_udev() -> None:
+    """hostIPC (issue 25): udev's rules confirm libdevmapper's cookies, SysV semaphores, in the
+    host's IPC namespace; in a namespace of its own the daemon would make every node itself."""
+    assert _pod()["hostIPC"] is True
+
+
 def test_the_systemd_unit_raises_the_descriptor_limit() -> None:
     """The unit sets LimitNOFILE (systemd's default soft limit, 1024, is what a connection
     flood exhausted) to 65536 or more."""

@@ -78,6 +78,8 @@ def with_rejected(*names: str) -> Report:
 NOT_LOADED = "pool is not loaded in the kernel"
 STARTING = ConditionReport("starting", "the daemon's first pass has not ended", (), 1,
                            "2026-12-01T02:40:13.000+00:00", "2026-12-01T02:40:13.000+00:00")
+UDEV = ConditionReport("udev_unreachable", "udevd runs elsewhere", (), 1,
+                       "2026-12-01T02:40:13.000+00:00", "2026-12-01T02:40:13.000+00:00")
 CASES: list[tuple[str, Report | None, bool, Health, list[ReasonKind], str]] = [
     ("ready", healthy_report(), True, Health.READY, [], "ready"),
     ("no daemon", healthy_report(), False, Health.DOWN, [ReasonKind.NO_DAEMON],
@@ -144,6 +146,9 @@ CASES: list[tuple[str, Report | None, bool, Health, list[ReasonKind], str]] = [
     ("a starting condition without a daemon is what a crash left", replace(
         healthy_report(), conditions=(STARTING,)), False, Health.DOWN, [ReasonKind.NO_DAEMON],
      "down: no daemon (the root lock is not held)"),
+    ("udev that cannot confirm our cookies is a note: still ready",
+     replace(healthy_report(), conditions=(UDEV,)), True, Health.READY,
+     [ReasonKind.UDEV_UNREACHABLE], "ready: udev unreachable (udevd runs elsewhere)"),
     ("names beyond ten are counted", with_devices(*((f"d{i:02}", "Faulty") for i in range(12))),
      True, Health.DEGRADED, [ReasonKind.FAULTY_DEVICES],
      "degraded: 12 faulty devices (d00, d01, d02, d03, d04, d05, d06, d07, d08, d09 and 2 "
