@@ -12,8 +12,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -42,20 +40,12 @@ from reconciler.store import ConditionKind, Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.world import FakeClock, World, make_settings, run_in_process
+from tests.unit.daemon.http_client import get
 
 LOOPBACK = ListenAddress("127.0.0.1", 0)  # port 0: the kernel picks a free one
 # What Prometheus 2.x sends (scrape.go's scrapeAcceptHeader).
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
                      "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    """GET http://127.0.0.1:<port><path>: the status code and the body."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as refused:
-        return refused.code, refused.read().decode()
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -5,8 +5,6 @@ down, in the same words; and the rules of each probe, table-tested."""
 from __future__ import annotations
 
 import errno
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,18 +34,10 @@ from reconciler.testing.fakekernel import FakeKernel, Op
 from reconciler.testing.world import FakeClock, World
 from reconciler.units import Sectors
 from reconciler.verdict import Health
+from tests.unit.daemon.http_client import get
 
 LOOPBACK = ListenAddress("127.0.0.1", 0)  # port 0: the kernel picks a free one
 STALL = 120.0
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    """GET http://127.0.0.1:<port><path>: the status code and the body."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as refused:
-        return refused.code, refused.read().decode()
 
 
 @dataclass(frozen=True)
