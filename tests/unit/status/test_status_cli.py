@@ -207,12 +207,19 @@ def _stacks(process: subprocess.Popen[bytes]) -> str:
 
 
 def _read_line(process: subprocess.Popen[bytes]) -> bytes:
+    """The watcher's next line; the test fails with what it said (and, while it runs,
+    where its threads are) when none comes in LINE_WAIT_S, or it exited instead."""
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], LINE_WAIT_S)
     if not ready:
         pytest.fail(f"the watcher wrote nothing in {LINE_WAIT_S:g}s; its stderr and "
                     f"threads:\n{_stacks(process)}")
-    return process.stdout.readline()
+    line = process.stdout.readline()
+    if not line:
+        _, err = process.communicate(timeout=LINE_WAIT_S)
+        pytest.fail(f"the watcher exited ({process.returncode}) instead of writing; its "
+                    f"stderr:\n{err.decode(errors='replace')}")
+    return line
 
 
 def _interrupt(process: subprocess.Popen[bytes]) -> bytes:
