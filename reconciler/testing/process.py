@@ -13,19 +13,34 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+# Sets SIGINT's and SIGQUIT's dispositions and the core file limit, then becomes the command
+# (exec keeps a disposition that is SIG_DFL or SIG_IGN, and the limit).
+_EXEC_AS_FOREGROUND = """
+import os, resource, signal, sys
+ignored = {int(n) for n in sys.argv[1].split(",") if n}
+for signum in (signal.SIGINT, signal.SIGQUIT):
+    signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
-def foreground_signals() -> None:
-    """For `preexec_fn`: SIGINT and SIGQUIT at their defaults in the child, as a terminal's
-    foreground job has them. A shell runs a background job (`pytest ... &`) with both
-    ignored, which its children inherit and Python keeps: a test that sends them (Ctrl-C,
-    Ctrl-\\) would wait in vain."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+def foreground(argv: Sequence[str], ignored: Collection[int] = ()) -> list[str]:
+    """`argv` (its first word an absolute path) to run as a terminal's foreground job:
+    SIGINT and SIGQUIT at their defaults (but those `ignored`), and no core file.
+
+    A shell runs a background job (`pytest ... &`) with both ignored, which its children
+    inherit and Python keeps: a test that sends them (Ctrl-C, Ctrl-\\) would wait in vain.
+    Done by a small program that execs `argv`, not by Popen's `preexec_fn`, which makes it
+    fork instead of vfork: the child would run the at-fork handlers of every library this
+    process has loaded (gRPC's write to the child's stderr, and may do worse)."""
+    numbers = ",".join(str(int(signum)) for signum in ignored)
+    return [sys.executable, "-S", "-c", _EXEC_AS_FOREGROUND, numbers, *argv]
 
 
 class DaemonProcess:

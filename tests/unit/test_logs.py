@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 import structlog
 
 from reconciler import logs
-from reconciler.testing.process import foreground_signals
+from reconciler.testing.process import foreground
 
 log = structlog.get_logger(__name__)
 
@@ -209,18 +208,12 @@ main_sleeps()
 """
 
 
-def _no_core() -> None:
-    """The child's preexec_fn: no core file, and SIGQUIT at its default."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    foreground_signals()
-
-
 def test_sigquit_writes_every_threads_stack_then_quits(tmp_path: Path) -> None:
     """After dump_stacks_on_quit, SIGQUIT writes each thread's stack to stderr (where the
     main thread and another one wait) and the process then dies of SIGQUIT, as before."""
-    child = subprocess.Popen([sys.executable, "-c", _QUITTING_CHILD], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             preexec_fn=_no_core)
+    # SIGQUIT at its default, and no core file (in tmp_path, were the limit to allow one).
+    child = subprocess.Popen(foreground([sys.executable, "-c", _QUITTING_CHILD]),
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert child.stdout is not None
         assert child.stdout.readline() == b"ready\n"

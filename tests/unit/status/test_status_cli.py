@@ -24,7 +24,7 @@ from reconciler.arguments import build_parser
 from reconciler.cli import main
 from reconciler.testing.config_file import write_config
 from reconciler.testing.fakekernel import FakeKernel
-from reconciler.testing.process import foreground_signals
+from reconciler.testing.process import foreground
 
 TABLE_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ESCAPE = "\x1b"
@@ -188,10 +188,10 @@ def _watcher(config: Path, *argv: str, stdout: int | IO[bytes] = subprocess.PIPE
     """`reconciler status --watch` in a process of its own (the host's device-mapper, if
     any, has no such pool: the pool part of the document says so, the same each time)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "-c", str(config), "status", *argv],
+        foreground([sys.executable, "-m", "reconciler.cli", "-c", str(config), "status",
+                    *argv]),
         # Unbuffered: select() must see each line as it comes, none kept in a buffer here.
-        stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0,
-        preexec_fn=foreground_signals)
+        stdout=stdout, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, bufsize=0)
 
 
 def _stacks(process: subprocess.Popen[bytes]) -> str:
@@ -207,12 +207,19 @@ def _stacks(process: subprocess.Popen[bytes]) -> str:
 
 
 def _read_line(process: subprocess.Popen[bytes]) -> bytes:
+    """The watcher's next line; the test fails with what it said (and, while it runs,
+    where its threads are) when none comes in LINE_WAIT_S, or it exited instead."""
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], LINE_WAIT_S)
     if not ready:
         pytest.fail(f"the watcher wrote nothing in {LINE_WAIT_S:g}s; its stderr and "
                     f"threads:\n{_stacks(process)}")
-    return process.stdout.readline()
+    line = process.stdout.readline()
+    if not line:
+        _, err = process.communicate(timeout=LINE_WAIT_S)
+        pytest.fail(f"the watcher exited ({process.returncode}) instead of writing; its "
+                    f"stderr:\n{err.decode(errors='replace')}")
+    return line
 
 
 def _interrupt(process: subprocess.Popen[bytes]) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.status.watch import watch
-from reconciler.testing.process import foreground_signals
+from reconciler.testing.process import foreground
 
 # How long a test waits for the child to do what it must (a bound on a hang, not a timing
 # assertion: each comes in a fraction of a second).
@@ -94,14 +94,18 @@ def test_ctrl_c_ends_a_watch_inside_a_ctypes_callback() -> None:
     """SIGINT while the look is inside a C callback ends the process with the exit code
     given (ctypes would drop a KeyboardInterrupt raised there, and the watch go on), after
     the whole first document."""
-    child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                             preexec_fn=foreground_signals)
+    child = subprocess.Popen(foreground([sys.executable, "-c", _CHILD]),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL)
     try:
         assert child.stderr is not None
-        ready, _, _ = select.select([child.stderr], [], [], WAIT_S)
-        assert ready, "the child never called back into Python"
-        assert child.stderr.readline() == b"in the callback\n"
+        seen = b""
+        while not seen.endswith(b"in the callback\n"):  # after whatever else it may say
+            ready, _, _ = select.select([child.stderr], [], [], WAIT_S)
+            assert ready, f"the child never called back into Python; it said: {seen!r}"
+            line = child.stderr.readline()
+            assert line, f"the child exited ({child.wait()}); it said: {seen!r}"
+            seen += line
         child.send_signal(signal.SIGINT)
         try:
             out, err = child.communicate(timeout=WAIT_S)
@@ -118,12 +122,6 @@ def test_ctrl_c_ends_a_watch_inside_a_ctypes_callback() -> None:
     assert out == b'{"look": 1}\n'
 
 
-def _ignore_sigint() -> None:
-    """preexec_fn: the child starts as a shell's background job does, SIGINT ignored."""
-    foreground_signals()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _sigint_disposition(pid: int) -> str:
     """How a running process takes SIGINT, from /proc: "ignored", "caught" or "default"."""
     masks = dict(line.split(":\t") for line in Path(f"/proc/{pid}/status").read_text()
@@ -134,17 +132,16 @@ def _sigint_disposition(pid: int) -> str:
     return "caught" if int(masks["SigCgt"], 16) & bit else "default"
 
 
-@pytest.mark.parametrize(("preexec", "disposition"), [
-    (foreground_signals, "caught"), (_ignore_sigint, "ignored")],
-    ids=["foreground", "background"])
+@pytest.mark.parametrize(("ignored", "disposition"), [
+    ((), "caught"), ((signal.SIGINT,), "ignored")], ids=["foreground", "background"])
 def test_a_watch_takes_sigint_unless_it_was_started_ignoring_it(
-        preexec: Callable[[], None], disposition: str) -> None:
+        ignored: tuple[int, ...], disposition: str) -> None:
     """While watching, SIGINT is caught (to end the watch); a watch started with SIGINT
     ignored (a shell's background job) leaves it ignored, as Python itself does."""
     program = ("from reconciler.status.watch import watch\n"
                "watch(lambda: '{}\\n', lambda: False, 0.05, table=False, exit_code=0)\n")
-    child = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE,
-                             stdin=subprocess.DEVNULL, preexec_fn=preexec)
+    child = subprocess.Popen(foreground([sys.executable, "-c", program], ignored),
+                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         assert child.stdout is not None
         ready, _, _ = select.select([child.stdout], [], [], WAIT_S)
