@@ -1,5 +1,5 @@
 """`plan` and `status` for scripts on a real kernel, as processes of their own: `plan`
-leaves every file under root_path byte-identical and names a removal; `status -o
+leaves every file under root_path byte-identical and names a removal (a word and prose); `status -o
 --no-headers` rows; `status --json --watch` through a pipe is one JSON document per line."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 
 from reconciler.cli import main
 from reconciler.testing.config_file import write_config
+from reconciler.testing.process import foreground
 from reconciler.testing.world import World
 
 pytestmark = pytest.mark.kernel
@@ -58,7 +59,10 @@ def test_plan_and_status_for_scripts_on_the_real_kernel(
     assert cli(config, capsys, "plan") == (
         0, "gone  remove: deactivate, then delete its thin id\nkeep  nothing\n")
     code, out = cli(config, capsys, "plan", "--json")
-    assert code == 0 and json.loads(out)["actions"][0]["action"].startswith("remove:")
+    plan = json.loads(out)
+    assert code == 0 and plan["schema_version"] == 1
+    assert plan["actions"][0] == {"name": "gone", "action": "remove",
+                                  "summary": "remove: deactivate, then delete its thin id"}
     assert _files(world.settings.root_path) == before
 
     code, out = cli(config, capsys, "status", "-o", "name,state,thin_id", "--no-headers")
@@ -66,8 +70,9 @@ def test_plan_and_status_for_scripts_on_the_real_kernel(
         ["gone", "Activated"], ["keep", "Activated"]]
 
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "-c", str(config), "status", "--json",
-         "--watch", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        foreground([sys.executable, "-m", "reconciler.cli", "-c", str(config), "status",
+                    "--json", "--watch", "0.5"]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     try:
         assert watcher.stdout is not None
         ready, _, _ = select.select([watcher.stdout], [], [], TIMEOUT)
@@ -75,6 +80,7 @@ def test_plan_and_status_for_scripts_on_the_real_kernel(
         line = watcher.stdout.readline()
         assert b"\x1b" not in line and line.endswith(b"\n")
         document = json.loads(line)
+        assert document["schema_version"] == 1
         assert document["pool"]["data_used_percent"] is not None
         assert [d["thin_id"] for d in document["devices"]] == \
             [d["device_id"] for d in document["devices"]]
