@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import shutil
 import socket
@@ -53,12 +54,6 @@ def descriptors() -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def _capped() -> None:
-    """In the daemon's process before it runs: soft and hard limit 1024, which it cannot
-    raise (so the flood meets the limit a default unit has)."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (DAEMON_NOFILE, DAEMON_NOFILE))
 
 
 def _free_port() -> int:
@@ -138,13 +133,20 @@ def test_two_thousand_idle_connections_do_not_wedge_the_daemon(
                           metrics_address=f"127.0.0.1:{port}")
     log = tmp_path / "daemon.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Soft and hard limit 1024, which the daemon cannot raise (so the flood meets the limit a
+    # default unit has); set by prlimit, not a preexec_fn: that makes Popen fork, running the
+    # at-fork handlers of the libraries this process loaded (gRPC's) in the child.
+    capped = [shutil.which("prlimit") or "prlimit",
+              f"--nofile={DAEMON_NOFILE}:{DAEMON_NOFILE}", "--"]
     daemon = DaemonProcess(config, fake_kernel=True, log=log, cwd=REPO, env=env,
-                           preexec_fn=_capped).start()
+                           wrapper=capped).start()
     metrics_held: list[socket.socket] = []
     control_held: list[socket.socket] = []
     try:
         wait_for("the first pass", lambda: _healthz(port)
                  and _activated(root / "reconciler.db", "anchor"), timeout=60)
+        limits = Path(f"/proc/{daemon.pid}/limits").read_text()
+        assert re.search(rf"Max open files +{DAEMON_NOFILE} +{DAEMON_NOFILE} ", limits), limits
         metrics_held += _flood(socket.AF_INET, ("127.0.0.1", port), METRICS_FLOOD)
         control_held += _flood(socket.AF_UNIX, str(root / "control.sock"), CONTROL_FLOOD)
         (specs / "fresh.toml").write_text('filesystem = "none"\n')
