@@ -20,11 +20,10 @@ from reconciler.daemon.wsgi import busy_answer
 LOOPBACK = ListenAddress("127.0.0.1", 0)
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[MetricsServer]:
-    """A metrics server on a loopback port, limited to 2 connections of 1 s each."""
+def _serving(monkeypatch: pytest.MonkeyPatch, deadline: float) -> Iterator[MetricsServer]:
+    """A metrics server on a loopback port, limited to 2 connections of `deadline` s each."""
     monkeypatch.setattr("reconciler.daemon.wsgi.MAX_CONNECTIONS", 2)
-    monkeypatch.setattr("reconciler.daemon.wsgi.REQUEST_DEADLINE", 1.0)
+    monkeypatch.setattr("reconciler.daemon.wsgi.REQUEST_DEADLINE", deadline)
     served = MetricsServer(LOOPBACK, Metrics(), {HEALTHZ: lambda: Answer(True, "ok: alive"),
                                                  READYZ: lambda: Answer(False, "not yet")})
     served.start()
@@ -32,6 +31,19 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[MetricsServer]:
         yield served
     finally:
         served.stop()
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[MetricsServer]:
+    """Connections of 1 s each."""
+    yield from _serving(monkeypatch, 1.0)
+
+
+@pytest.fixture
+def patient_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[MetricsServer]:
+    """Connections of 5 s each: under load, a third connection may be accepted more than
+    1 s after the first two, which their cut would have made room for."""
+    yield from _serving(monkeypatch, 5.0)
 
 
 def _connect(port: int) -> socket.socket:
@@ -48,12 +60,11 @@ def _exchange(port: int, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def test_a_connection_beyond_the_limit_is_answered_503_at_once(server: MetricsServer) -> None:
+def test_a_connection_beyond_the_limit_is_answered_503_at_once(
+        patient_server: MetricsServer) -> None:
     """With the limit's connections held idle, the next one is told 503 busy without being
     read; once they are cut at their deadline, requests are served again."""
-    # Held longer than the fixture's 1 s: under load, the third connection may be accepted
-    # more than 1 s after the first two, which their cut would have made room for.
-    server.deadline = 5.0
+    server = patient_server
     held = [_connect(server.port) for _ in range(2)]
     try:
         answer = _exchange(server.port, b"")
