@@ -185,9 +185,6 @@ class Facts:
     spec_source_error: str | None = None
     # Why udev cannot confirm the daemon's udev cookies (the `udev_unreachable` condition).
     udev_unreachable: str | None = None
-    # Further reasons the gatherer found, each with its own health (a condition of the host
-    # the daemon detects at run time): judged with the rest.
-    notes: tuple[Reason, ...] = ()
 
 
 def _pool_reasons(pool: PoolFacts) -> list[Reason]:
@@ -231,7 +228,7 @@ def judge(facts: Facts) -> Verdict:
     has not ended): that alone, since what the store and the kernel show is what recovery is
     about to change. Degraded: Faulty devices, rejected specs, work held (removals, new
     devices), a failed pass, a spec source error, a pool out of data space, free space below
-    a reserve, and any note so marked. Ready: none of these."""
+    a reserve. Ready: none of these, or only the note that udev cannot confirm our cookies."""
     if facts.daemon_running and facts.starting:
         return Verdict(Health.STARTING, (Reason(ReasonKind.FIRST_PASS_RUNNING, Health.STARTING),))
     reasons: list[Reason] = []
@@ -259,7 +256,6 @@ def judge(facts: Facts) -> Verdict:
         # Worked around, nothing waits: shown on every surface, judged ready.
         reasons.append(Reason(ReasonKind.UDEV_UNREACHABLE, Health.READY,
                               message=facts.udev_unreachable))
-    reasons += facts.notes
     # Worst first (stable: otherwise in the order above), so the line leads with what matters.
     reasons.sort(key=lambda r: -_SEVERITY[r.health])
     worst = max((r.health for r in reasons), key=_SEVERITY.__getitem__, default=Health.READY)

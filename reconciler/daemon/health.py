@@ -34,7 +34,7 @@ from reconciler.store import (
     StoreBusy,
     StoreError,
 )
-from reconciler.verdict import Facts, Health, PoolFacts, Reason, Verdict, judge, pool_facts
+from reconciler.verdict import Facts, Health, PoolFacts, Verdict, judge, pool_facts
 
 log = structlog.get_logger(__name__)
 
@@ -168,10 +168,8 @@ def read_store(store: Store, pool_name: str) -> StoreRead:
 
 
 def take_snapshot(pool: PoolRead, reserves: tuple[Reserve, Reserve],
-                  records: Iterable[DeviceRecord], stored: StoreRead,
-                  notes: tuple[Reason, ...] = ()) -> Snapshot:
-    """The snapshot of what the reconcile thread just read (the reserves: data, metadata;
-    `notes`: further reasons for the verdict)."""
+                  records: Iterable[DeviceRecord], stored: StoreRead) -> Snapshot:
+    """The snapshot of what the reconcile thread just read (the reserves: data, metadata)."""
     in_force = {c.kind: c for c in stored.conditions}
     held = in_force.get(ConditionKind.REMOVALS_HELD)
     records = list(records)
@@ -192,7 +190,7 @@ def take_snapshot(pool: PoolRead, reserves: tuple[Reserve, Reserve],
         new_devices_held=message(ConditionKind.NEW_DEVICES_HELD),
         pass_error=message(ConditionKind.PASS_FAILED),
         spec_source_error=message(ConditionKind.SPEC_SOURCE),
-        udev_unreachable=message(ConditionKind.UDEV_UNREACHABLE), notes=notes))
+        udev_unreachable=message(ConditionKind.UDEV_UNREACHABLE)))
     return Snapshot(
         pool=None if status is None else PoolFigures.of(status, stored.data_block_sectors),
         devices=count_states(records),
