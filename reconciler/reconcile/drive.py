@@ -1,9 +1,11 @@
-"""Driving devices: a pass's two sweeps over them, and one device's step loop (decide, run
-the step, and on failure retry or Faulty, as `retry.verdict` says).
+"""Driving devices: a pass's two sweeps over them, in rounds (decide every device, run the
+steps decided, again), and on failure retry or Faulty, as `retry.verdict` says.
 
 The sweeps are breadth-first (`drive_all`): every device is provisioned and activated before
-any node is opened, so a burst of filesystems waits for udev once. Each device is driven
-alone: an error nobody foresaw stays with it (`drive_contained`).
+any node is opened, so a burst of filesystems waits for udev once. Within a sweep the first
+attempts of one step (every create of a round, every activation...) run as one batch, group
+committed (`reconcile.batch`); the rest run one device at a time. An error nobody foresaw
+stays with its device, in a batch too (`Sweep.contain`).
 
 A failed step is never waited for inside a pass: a temporary error stores when to try again
 (`retry_at`, exponential backoff) and the pass moves on; a permanent error, or the last of
