@@ -55,6 +55,10 @@ FIRST_ATTEMPT: dict[Step, frozenset[DeviceState]] = {
     Step.DEACTIVATE: frozenset({S.ACTIVATED, S.RESUMED}),
     Step.REMOVE: frozenset({S.UNKNOWN, S.CREATED, S.DEACTIVATED}),
 }
+# Devices in one batch at most. A pass asks whether to stop (and pings systemd's watchdog)
+# between batches, not inside one: 256 kernel calls stay far below WatchdogSec, and a burst
+# of 10,000 devices still commits twice per 256.
+MAX_BATCH = 256
 # The steps whose batch writes intents: a device with one left must settle it first.
 WRITES_INTENTS = frozenset({Step.CREATE, Step.REMOVE})
 

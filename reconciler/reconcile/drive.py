@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from reconciler.failures import ClassifiedError
-from reconciler.reconcile.batch import WRITES_INTENTS, batchable, run_batch
+from reconciler.reconcile.batch import MAX_BATCH, WRITES_INTENTS, batchable, run_batch
 from reconciler.reconcile.decide import (
     Decision,
     Planned,
@@ -248,8 +248,8 @@ class Sweep:
         names = {d.name for d in first}
         alone = [d for d in group if d.name not in names]
         took = [d for d in alone if self._one(step, d)]
-        if first:
-            took += self._batch(step, first)
+        for start in range(0, len(first), MAX_BATCH):
+            took += self._batch(step, first[start:start + MAX_BATCH])
         return took
 
     def _one(self, step: Step, d: _Driven) -> bool:

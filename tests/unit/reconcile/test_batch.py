@@ -7,6 +7,9 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+import pytest
+
+from reconciler.reconcile import drive
 from reconciler.reconcile.drive import drive_all
 from reconciler.reconcile.pass_context import PassResult
 from reconciler.reconcile.reconciler import Reconciler
@@ -154,3 +157,17 @@ def test_a_snapshot_of_a_parent_made_in_the_same_pass_follows_it(stage: Stage) -
     drive_all(stage.context(), order, result, lambda: None)
     assert sorted(result.converged) == ["base", "snap"], result
     assert stage.stored("snap").origin_id == stage.stored("base").device_id
+
+
+def test_a_large_phase_is_cut_into_batches(stage: Stage,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """More devices than MAX_BATCH: batches of at most that many, each with its own
+    set_transaction_id (a pass may stop, and pings the watchdog, between them)."""
+    monkeypatch.setattr(drive, "MAX_BATCH", 4)
+    before = stage.engine.ledger.transaction_id
+    order = [(f"d{i}", stage.spec(f"d{i}", RAW)) for i in range(10)]
+    result = PassResult()
+    drive_all(stage.context(), order, result, lambda: None)
+    assert len(result.converged) == 10
+    assert _messages(stage, "set_transaction_id") == 3
+    assert stage.context().pool.status().transaction_id == before + 3
