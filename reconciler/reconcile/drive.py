@@ -167,9 +167,10 @@ class Sweep:
     def run(self, order: Sequence[tuple[str, DeviceSpec | None]]) -> None:
         """Drive these devices (None: their removal) as far as they go in this pass."""
         records = self.ctx.records
-        new = any(name not in records for name, _ in order)
-        # New devices' first rows: one commit for all of them.
-        with self.ctx.store.transaction() if new else contextlib.nullcontext():
+        writes = any(name not in records or takes_spec_now(records[name], spec)
+                     for name, spec in order)
+        # New devices' first rows, changed specs' wishes: one commit for all of them.
+        with self.ctx.store.transaction() if writes else contextlib.nullcontext():
             going = [d for name, spec in order if (d := self._admit(name, spec)) is not None]
         while going:
             going = self._round(going)
