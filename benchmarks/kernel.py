@@ -175,7 +175,8 @@ class BareLibdm:
     /dev/mapper node); without udev, libdevmapper makes the node itself."""
 
     def __init__(self) -> None:
-        from reconciler.dm.libdm import load_libdm, udev_running
+        from reconciler.dm.libdm import load_libdm
+        from reconciler.dm.udev import udev_running
 
         self.lib: Any = load_libdm()
         self.udev = udev_running()

@@ -214,6 +214,18 @@ class ThinPool:
         """Release a thin id and its blocks; returns the pool's new transaction id."""
         return self._metadata_change([PoolOp.DELETE, str(device_id)], transaction_id)
 
+    def send_create(self, device_id: ThinId, origin_id: ThinId | None = None) -> None:
+        """create_thin (create_snap of `origin_id` when given) alone, the transaction id left
+        where it is: a batch of changes moves it once (set_transaction_id) for all of them."""
+        if origin_id is None:
+            self.client.message(self.name, [PoolOp.CREATE_THIN, str(device_id)])
+        else:
+            self.client.message(self.name, [PoolOp.CREATE_SNAP, str(device_id), str(origin_id)])
+
+    def send_delete(self, device_id: ThinId) -> None:
+        """delete alone, the transaction id left where it is (see send_create)."""
+        self.client.message(self.name, [PoolOp.DELETE, str(device_id)])
+
 
 def _equivalent(loaded: ThinPoolTable, wanted: ThinPoolTable) -> bool:
     # The low water mark and features are tunables; the devices and geometry are identity.

@@ -1,18 +1,31 @@
 """The crash protocol: every pool metadata change is an intent first, then a commit.
 
 Pool metadata changes (create_thin, create_snap, delete) are the ones a crash could leave
-ambiguous, so a step writes each first as an intent (`intend`, with the transaction id it
-moves the pool to) in the same store transaction as the device's in-flight state, and
-`commit_pool_change` records the outcome. An intent left behind (a crash, a failed attempt)
-is settled from what the pool shows (`settle_intent`): start-up recovery
-(`reconcile.recovery`) and a step's own retry (`settle_pending`) both settle this way, so a
-retry never sends a change the pool already took.
+ambiguous, so each is first written as an intent (`intend`: the thin id, and the transaction
+ids the pool moves from and to) in the same store transaction as the device's in-flight
+state, and `commit_pool_changes` records the outcome. Changes are made in batches (group
+commit, `reconcile.batch`): one store transaction writes the intents of every device of a
+phase, all with the same `from_txn = T` and `to_txn = T + 1`; then every message; then one
+`set_transaction_id T T+1`; then one transaction records every outcome. A single device's
+step is a batch of one.
 
-Sits between the steps (which use it) and the pass context (whose store, pool and ledger it
-writes); it runs no step itself.
+An intent left behind (a crash, a failed attempt) is settled from what the pool shows
+(`settle_intent`), device by device: the change happened when its thin id is visible (there
+after a create, gone after a delete) and the pool's transaction id reached `to_txn`; a
+change that is visible while the id is still `from_txn` (the crash fell between the messages
+and the batch's set_transaction_id) is finished by sending it. Each device is decided alone:
+in a batch cut short, the changes sent are rolled forward and the others back. Start-up
+recovery (`reconcile.recovery`) and a step's own retry (`settle_pending`) both settle this way,
+so a retry never sends a change the pool already took. Thin ids are never handed out while
+the pool holds them (`PassContext.allocate_id`), so a visible id is always this intent's.
+
+Sits between the steps and batches (which use it) and the pass context (whose store, pool and
+ledger it writes); it runs no step itself.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import structlog
 
@@ -26,7 +39,8 @@ log = structlog.get_logger(__name__)
 
 
 def intend(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> None:
-    """Write the change about to be made, and the transaction id it moves the pool to."""
+    """Write the change about to be made, and the transaction id its batch moves the pool to
+    (from the ledger's: every intent of one batch names the same two)."""
     assert record.device_id is not None
     before = ctx.ledger.transaction_id
     ctx.store.save_intent(IntentRecord(
@@ -43,19 +57,16 @@ def save_transaction_id(ctx: PassContext, value: int) -> None:
 
 def record_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp) -> None:
     """What the store learns once a pool change is known to be done."""
-    machine = ctx.machine(record.name)
     if op == PoolOp.DELETE:
         record.provisioned = False
-        if machine.can(T.REMOVED):
-            machine.fire(T.REMOVED)
-        else:
-            ctx.store.save_device(record)
-        return
-    record.provisioned = True
-    # Snapshots carry their parent's filesystem; devices without one need no mkfs.
-    record.formatted = record.parent is not None or record.filesystem == Filesystem.NONE
-    if machine.can(T.CREATED):
-        machine.fire(T.CREATED)
+        done = T.REMOVED
+    else:
+        record.provisioned = True
+        # Snapshots carry their parent's filesystem; devices without one need no mkfs.
+        record.formatted = record.parent is not None or record.filesystem == Filesystem.NONE
+        done = T.CREATED
+    if ctx.can(record.name, done):
+        ctx.fire(record.name, done)
     else:
         ctx.store.save_device(record)
 
@@ -105,15 +116,24 @@ def settle_pending(ctx: PassContext, record: DeviceRecord) -> bool:
 
 def commit_pool_change(ctx: PassContext, record: DeviceRecord, op: PoolOp,
                        transaction_id: int) -> None:
-    """The pool did `op`: its new transaction id, the device's new state and the end of the
-    intent are one store transaction."""
-    assert record.device_id is not None
-    if ctx.ledger.ids is not None:
-        if op == PoolOp.DELETE:
-            ctx.ledger.ids.discard(record.device_id)
-        else:
-            ctx.ledger.ids.add(record.device_id)
+    """The pool did `op` for one device (see commit_pool_changes)."""
+    commit_pool_changes(ctx, [(record, op)], transaction_id)
+
+
+def commit_pool_changes(ctx: PassContext, changes: Sequence[tuple[DeviceRecord, PoolOp]],
+                        transaction_id: int) -> None:
+    """The pool made each change (a batch's): its new transaction id, the devices' new
+    states and the end of their intents are one store transaction."""
+    ids = ctx.ledger.ids
+    if ids is not None:
+        for record, op in changes:
+            assert record.device_id is not None
+            if op == PoolOp.DELETE:
+                ids.discard(record.device_id)
+            else:
+                ids.add(record.device_id)
     with ctx.store.transaction():
         save_transaction_id(ctx, transaction_id)
-        ctx.store.drop_intent(record.name)
-        record_pool_change(ctx, record, op)
+        for record, op in changes:
+            ctx.store.drop_intent(record.name)
+            record_pool_change(ctx, record, op)

@@ -25,6 +25,7 @@ from reconciler.reconcile.observe import KernelDevice, Observation
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.specs import DeviceSpec, RejectedSpec
 from reconciler.states import (
+    SOURCES,
     DeviceMachine,
     DeviceState,
     SpareMachines,
@@ -151,6 +152,37 @@ class PassContext:
             )
         return self.machines[name]
 
+    def fire(self, name: str, trigger: Trigger, *, error: str | None = None,
+             step: str | None = None) -> None:
+        """Fire one trigger of a device's machine without keeping the machine: a batch fires
+        for a hundred devices in turn, and one spare serves them all (building a machine
+        costs 58 ms under the VM's emulation). A machine the device holds is used as is."""
+        machine = self.machines.get(name)
+        if machine is not None:
+            machine.fire(trigger, error=error, step=step)
+            return
+        record = self.records[name]
+        machine = self.spares.take(name, record.state, lambda: record.provisioned,
+                                   self.persist)
+        try:
+            machine.fire(trigger, error=error, step=step)
+        finally:
+            self.spares.give_back([machine])
+
+    def can(self, name: str, trigger: Trigger) -> bool:
+        """Whether the device's machine may fire `trigger` now (conditions aside)."""
+        machine = self.machines.get(name)
+        if machine is not None:
+            return machine.can(trigger)
+        return self.records[name].state in SOURCES[trigger]
+
+    def release_machines(self) -> None:
+        """Give the machines taken so far back to the spares (a step is over): a machine is
+        taken again whenever wanted, and holding one per device of a burst of 10,000 held
+        460 MB."""
+        self.spares.give_back(self.machines.values())
+        self.machines.clear()
+
     def persist(self, change: StateChange) -> None:
         """Write a transition (the record and its history row) before the trigger returns."""
         record = self.records[change.name]
@@ -163,13 +195,19 @@ class PassContext:
         elif change.trigger in (Trigger.RETRY, Trigger.RECREATE):
             record.error = record.error_step = record.retry_at = None
             record.attempts = 0
-        with self.store.transaction():
+        transition = TransitionRecord(
+            device=change.name, from_state=change.from_state, to_state=change.to_state,
+            trigger=change.trigger, at=now, error=change.error,
+        )
+        if self.store.in_transaction():
+            # Part of a batch's transaction, which lands or rolls back whole: a savepoint
+            # of its own would cost two statements per device and guard nothing.
             self.store.save_device(record)
-            self.store.record_transition(TransitionRecord(
-                device=change.name, from_state=change.from_state,
-                to_state=change.to_state, trigger=change.trigger, at=now,
-                error=change.error,
-            ))
+            self.store.record_transition(transition)
+        else:
+            with self.store.transaction():
+                self.store.save_device(record)
+                self.store.record_transition(transition)
         log.info("device.state_changed", name=change.name, **{"from": change.from_state.value},
                  to=change.to_state.value, trigger=change.trigger.value, error=change.error)
 

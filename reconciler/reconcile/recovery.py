@@ -3,9 +3,13 @@
 A write-ahead intent names the pool change that was in flight and the transaction id it moves
 the pool to. The kernel's transaction id and its list of thin ids tell whether the change
 happened: then it is recorded (and a missing set_transaction_id sent); else it is forgotten,
-and the device's in-flight state makes the next step do it again. Later passes only take the
-kernel's transaction id (someone else may have moved it) and re-read the pool's ids when they
-may have changed.
+and the device's in-flight state makes the next step do it again. A batch (group commit)
+leaves one intent per device, all naming the same range: each is settled alone by its own
+thin id, the first visible one sending the batch's set_transaction_id if the crash came
+before it, so the changes that reached the pool are kept and the others redone.
+
+Later passes only take the kernel's transaction id (someone else may have moved it) and re-read
+the pool's ids when they may have changed.
 """
 
 from __future__ import annotations

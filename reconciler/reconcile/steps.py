@@ -38,34 +38,51 @@ def _sectors(record: DeviceRecord) -> Sectors:
 
 
 def create(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
-    """Provision a thin id: empty, or a snapshot of the parent's."""
+    """Provision a thin id: empty, or a snapshot of the parent's (a batch of one: see
+    `reconcile.batch` for many)."""
     del spec
     machine = ctx.machine(record.name)
     first = machine.can(T.CREATE)
     if not first and settle_pending(ctx, record):
         return
     if first:
-        record.device_id = ctx.allocate_id()
-        if record.parent is not None:
-            parent = ctx.records[record.parent]
-            record.origin_id = parent.device_id
-            record.fs_size_bytes = parent.fs_size_bytes
-    op = PoolOp.CREATE_SNAP if record.origin_id is not None else PoolOp.CREATE_THIN
-    if first:
+        take_thin_id(ctx, record)
         with ctx.store.transaction():
             machine.fire(T.CREATE)  # the id, with state Creating...
-            intend(ctx, record, op)  # ...and the change, together
+            intend(ctx, record, create_op(record))  # ...and the change, together
     else:
         # A retry: the intent is written anew, as the pool may have moved on meanwhile.
-        intend(ctx, record, op)
-    assert record.device_id is not None
+        intend(ctx, record, create_op(record))
     before = ctx.ledger.transaction_id
+    send_create(ctx, record)
+    ctx.pool.set_transaction_id(before, before + 1)
+    commit_pool_change(ctx, record, create_op(record), before + 1)
+
+
+def take_thin_id(ctx: PassContext, record: DeviceRecord) -> None:
+    """A first create: the device's thin id (and a snapshot's origin and filesystem size,
+    from its parent), in memory until the Creating state is written with them."""
+    record.device_id = ctx.allocate_id()
+    if record.parent is not None:
+        parent = ctx.records[record.parent]
+        record.origin_id = parent.device_id
+        record.fs_size_bytes = parent.fs_size_bytes
+
+
+def create_op(record: DeviceRecord) -> PoolOp:
+    """The pool message that provisions the device's thin id."""
+    return PoolOp.CREATE_SNAP if record.origin_id is not None else PoolOp.CREATE_THIN
+
+
+def send_create(ctx: PassContext, record: DeviceRecord) -> None:
+    """The pool message alone (create_thin, or create_snap with the origin suspended
+    around it); the transaction id is moved by the caller, once for its batch."""
+    assert record.device_id is not None
     if record.origin_id is not None and record.parent is not None:
         with _origin_suspended(ctx, record.parent):
-            after = ctx.pool.create_snap(record.device_id, record.origin_id, before)
+            ctx.pool.send_create(record.device_id, record.origin_id)
     else:
-        after = ctx.pool.create_thin(record.device_id, before)
-    commit_pool_change(ctx, record, op, after)
+        ctx.pool.send_create(record.device_id)
 
 
 @contextmanager
@@ -111,12 +128,17 @@ def _resume(ctx: PassContext, record: DeviceRecord, machine: DeviceMachine) -> N
 
 def activate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
     """Map the thin id as a dm device (adopting it if the kernel already maps it so)."""
-    del spec
     with transition(ctx.machine(record.name), T.ACTIVATE, T.ACTIVATED):
-        # mkfs needs a writable device: a read-only one is made read-only after its mkfs.
-        readonly = record.readonly and record.formatted
-        ctx.thin(record).activate(_sectors(record), readonly, ctx.obs.pool_number)
-        ctx.refresh(record)
+        map_device(ctx, record, spec)
+
+
+def map_device(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """activate's kernel effect, between its transitions (a batch brackets many)."""
+    del spec
+    # mkfs needs a writable device: a read-only one is made read-only after its mkfs.
+    readonly = record.readonly and record.formatted
+    ctx.thin(record).activate(_sectors(record), readonly, ctx.obs.pool_number)
+    ctx.refresh(record)
 
 
 def make_fs(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
@@ -190,31 +212,35 @@ def deactivate(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) 
     when its last opener closes it. A user's open mount is never a fault; until it closes,
     status shows the device as deactivating (deferred). Deletion does not take this path:
     a device to be deleted waits for its holder (decide.is_removal)."""
-    machine = ctx.machine(record.name)
+    with transition(ctx.machine(record.name), T.DEACTIVATE, T.DEACTIVATED):
+        unmap_device(ctx, record, spec)
+
+
+def unmap_device(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
+    """deactivate's kernel effect, between its transitions (a batch brackets many)."""
     thin = ctx.thin(record)
     kernel = ctx.kernel(record.name)
     if kernel is not None and not thin.ours(kernel.info):
         # Someone else's device under our name: ours is not mapped, theirs is left alone.
         log.warning("device.not_ours", name=record.name, kernel_name=thin.kernel_name,
                     uuid=kernel.info.uuid, next="left alone")
-        kernel = None
-    with transition(machine, T.DEACTIVATE, T.DEACTIVATED):
-        if kernel is None:
-            return
-        if spec is None and ctx.settings.discard_blocks and not kernel.info.readonly:
-            discard_blocks(ctx.host, thin.open_node())
-        if spec is not None and kernel.info.open_count > 0:
-            _deactivate_deferred(ctx, record, thin, kernel.info.open_count)
-            return
-        try:
-            thin.remove()
-        except DeviceBusy:
-            if spec is None:
-                raise
-            # Opened since the pass looked (or udev probing it): the same as above.
-            _deactivate_deferred(ctx, record, thin, None)
-        else:
-            ctx.forget_kernel_device(record.name)
+        return
+    if kernel is None:
+        return
+    if spec is None and ctx.settings.discard_blocks and not kernel.info.readonly:
+        discard_blocks(ctx.host, thin.open_node())
+    if spec is not None and kernel.info.open_count > 0:
+        _deactivate_deferred(ctx, record, thin, kernel.info.open_count)
+        return
+    try:
+        thin.remove()
+    except DeviceBusy:
+        if spec is None:
+            raise
+        # Opened since the pass looked (or udev probing it): the same as above.
+        _deactivate_deferred(ctx, record, thin, None)
+    else:
+        ctx.forget_kernel_device(record.name)
 
 
 def _deactivate_deferred(ctx: PassContext, record: DeviceRecord, thin: ThinDevice,
@@ -228,7 +254,8 @@ def _deactivate_deferred(ctx: PassContext, record: DeviceRecord, thin: ThinDevic
 
 
 def remove(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:
-    """Delete the device: its dm device if any, then its thin id and blocks."""
+    """Delete the device: its dm device if any, then its thin id and blocks (a batch of one:
+    see `reconcile.batch` for many)."""
     del spec
     machine = ctx.machine(record.name)
     if machine.can(T.REMOVE):
@@ -239,24 +266,46 @@ def remove(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> N
         machine.fire(T.REMOVE)
     elif settle_pending(ctx, record):
         return
-    kernel = ctx.kernel(record.name)
-    if record.device_id is not None and kernel is not None:
-        thin = ctx.thin(record)
-        if thin.ours(kernel.info):
-            thin.remove()
-            ctx.forget_kernel_device(record.name)
-        else:
-            log.warning("device.not_ours", name=record.name, kernel_name=thin.kernel_name,
-                        uuid=kernel.info.uuid, next="left alone; only our thin id is deleted")
-    if not record.provisioned or record.device_id is None:
+    unmap_to_delete(ctx, record)
+    if not deletes_id(record):
         machine.fire(T.REMOVED)
         return
     intend(ctx, record, PoolOp.DELETE)
     before = ctx.ledger.transaction_id
-    after = before
-    with suppress(NoData):  # the pool no longer has the id: what this step wanted
-        after = ctx.pool.delete(record.device_id, before)
+    after = before + 1 if send_delete(ctx, record) else before
+    if after != before:
+        ctx.pool.set_transaction_id(before, after)
     commit_pool_change(ctx, record, PoolOp.DELETE, after)
+
+
+def deletes_id(record: DeviceRecord) -> bool:
+    """Whether removing the device deletes a thin id from the pool."""
+    return record.provisioned and record.device_id is not None
+
+
+def unmap_to_delete(ctx: PassContext, record: DeviceRecord) -> None:
+    """Remove a device's dm device before its thin id is deleted, if it is ours."""
+    kernel = ctx.kernel(record.name)
+    if record.device_id is None or kernel is None:
+        return
+    thin = ctx.thin(record)
+    if thin.ours(kernel.info):
+        thin.remove()
+        ctx.forget_kernel_device(record.name)
+    else:
+        log.warning("device.not_ours", name=record.name, kernel_name=thin.kernel_name,
+                    uuid=kernel.info.uuid, next="left alone; only our thin id is deleted")
+
+
+def send_delete(ctx: PassContext, record: DeviceRecord) -> bool:
+    """The delete message alone; False when the pool no longer had the id (what the step
+    wanted, and no change: the transaction id is not to move for it)."""
+    assert record.device_id is not None
+    try:
+        ctx.pool.send_delete(record.device_id)
+    except NoData:
+        return False
+    return True
 
 
 def vanished(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> None:

@@ -11,6 +11,7 @@ state, is_ready); this package re-exports them; `machine` says which trigger mov
 """
 
 from reconciler.states.machine import (
+    SOURCES,
     TRANSITIONS,
     DeviceMachine,
     SpareMachines,
@@ -34,6 +35,7 @@ __all__ = [
     "LIVE",
     "RESTING_PROVISIONED",
     "RESUMES",
+    "SOURCES",
     "TRANSITIONS",
     "DeviceMachine",
     "DeviceState",

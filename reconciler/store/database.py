@@ -340,6 +340,10 @@ class Connection:
             raise StoreBusy(f"the database {self.path} was busy inside a transaction "
                              f"({exc}); nothing of it was written") from exc
 
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (a write now is part of it)."""
+        return bool(self._db.in_transaction())
+
     def written_by_others(self) -> bool:
         """Whether another connection (another process: the CLI, a second daemon) committed
         since the last time this was asked; True the first time."""
