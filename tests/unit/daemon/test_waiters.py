@@ -148,7 +148,8 @@ def test_calls_of_one_wake_up_have_their_devices_settled_in_one_pass(
     loop.snaps.devices = type("Recorded", (), {  # the calls' own settles, recorded too
         "settle": staticmethod(settle),
         "open_count": staticmethod(loop.engine.devices.open_count),
-        "usage": staticmethod(loop.engine.devices.usage),
+        "exclusive_bytes": staticmethod(loop.engine.devices.exclusive_bytes),
+        "inodes": staticmethod(loop.engine.devices.inodes),
         "mount_source": staticmethod(loop.engine.devices.mount_source)})()
     loop.ask("base", lambda: loop.snaps.prepare("work"))
     loop.serve(1)

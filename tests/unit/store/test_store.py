@@ -256,7 +256,7 @@ def test_a_snapshot_reads_back_the_same_by_every_path(store: Store) -> None:
     record = SnapshotRecord(
         name="snap-7", seq=7, key="k/é", kind=Kind.COMMITTED, parent_key="p", parent="snap-3",
         labels={"b": "2", "a": "1"}, size_bytes=1 << 30, filesystem=Filesystem.XFS, exposed=True,
-        active=False, readonly=True, removal=None, base_inodes=11, used_bytes=4096,
+        active=False, readonly=True, removal=None, base_inodes=11, exclusive_bytes=4096,
         used_inodes=12, created_at=1.5, updated_at=2.5, removed_at=None)
     store.save_snapshot(record)
     assert store.snapshot_by_key("k/é") == record
