@@ -120,6 +120,53 @@ def test_snapshots_of_an_older_database_get_their_device_wishes(tmp_path: Path) 
     reopened.close()
 
 
+def _snapshots_schema(path: Path) -> set[tuple[str, str]]:
+    """The snapshots table's and its indexes' SQL."""
+    with sqlite3.connect(path) as db:
+        return set(db.execute("SELECT name, sql FROM sqlite_master WHERE tbl_name = "
+                              "'snapshots' OR name = 'snapshots_old'").fetchall())
+
+
+def _snapshots_measured_in_commit(path: Path) -> None:
+    """A database as the version that measured usage in Commit left it: its peewee schema
+    (used_bytes NOT NULL with no default, the indexes), two snapshots."""
+    with sqlite3.connect(path) as db:
+        db.execute(OLD_SNAPSHOTS.replace(
+            "exposed INTEGER NOT NULL,",
+            "exposed INTEGER NOT NULL, active INTEGER NOT NULL, readonly INTEGER NOT NULL,"))
+        for index in ("key", "parent_key", "removal"):
+            db.execute(f"CREATE INDEX snapshotrow_{index} ON snapshots ({index})")
+        db.execute("CREATE UNIQUE INDEX snapshotrow_seq ON snapshots (seq)")
+        db.execute("INSERT INTO snapshots VALUES ('snap-1', 1, 'layer', 'committed', NULL, "
+                   "NULL, '{}', 1024, 'ext4', 0, 0, 1, NULL, 0, 65536, 12, 1.0, 1.0, NULL)")
+        db.execute("INSERT INTO snapshots VALUES ('snap-2', 2, 'work', 'active', 'layer', "
+                   "'snap-1', '{}', 1024, 'ext4', 0, 1, 0, NULL, 12, 0, 0, 1.0, 1.0, NULL)")
+
+
+def test_usage_measured_by_an_older_version_is_kept(tmp_path: Path) -> None:
+    """A committed snapshot measured by an older version (in its Commit) keeps its figure;
+    an active one has none (measured when asked); the table takes rows that leave the bytes
+    unmeasured, keeps its indexes, and is migrated once."""
+    path = tmp_path / "old.sqlite"
+    _snapshots_measured_in_commit(path)
+    store = Store(path, lambda: 2.0)
+    layer, work = store.snapshots()
+    assert (layer.key, layer.exclusive_bytes, layer.used_inodes) == ("layer", 65536, 12)
+    assert (work.key, work.exclusive_bytes) == ("work", None)
+    work.kind, work.key = Kind.COMMITTED, "layer-2"
+    store.save_snapshot(work)
+    assert [r.key for r in store.unmeasured_snapshots()] == ["layer-2"]
+    store.save_exclusive_bytes({"snap-2": 4096, "snap-1": 1})
+    assert [r.exclusive_bytes for r in store.snapshots()] == [65536, 4096], "measured once"
+    store.close()
+    fresh = tmp_path / "fresh.sqlite"
+    Store(fresh, lambda: 1.0).close()
+    assert _snapshots_schema(path) == _snapshots_schema(fresh), "as a new database's"
+    reopened = Store(path, lambda: 3.0)
+    assert [r.exclusive_bytes for r in reopened.snapshots()] == [65536, 4096]
+    reopened.close()
+
+
 # -- sharing the file with other processes ---------------------------------------------------
 
 
