@@ -20,8 +20,13 @@ _SELECT_SNAPSHOTS = f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM snapshots"
 _SELECT_LIVE_SNAPSHOT_BY_KEY = (f"{_SELECT_SNAPSHOTS} WHERE key = ? AND removal IS NULL "
                                 "AND kind != ?")
 _SELECT_SNAPSHOT = f"{_SELECT_SNAPSHOTS} WHERE name = ?"
-_SAVE_SNAPSHOT = (f"INSERT OR REPLACE INTO snapshots ({', '.join(SNAPSHOT_COLUMNS)}) "
-                  f"VALUES ({', '.join('?' * len(SNAPSHOT_COLUMNS))})")
+# A measured figure is never unset by a save: a record read before the measurement and
+# saved after it (a call parked across a pass) keeps what was measured meanwhile.
+_SAVE_SNAPSHOT = (
+    f"INSERT INTO snapshots ({', '.join(SNAPSHOT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(SNAPSHOT_COLUMNS))}) ON CONFLICT(name) DO UPDATE SET "
+    + ", ".join(f"{c} = COALESCE(snapshots.{c}, excluded.{c})" if c == "exclusive_bytes"
+                else f"{c} = excluded.{c}" for c in SNAPSHOT_COLUMNS if c != "name"))
 _MAX_SNAPSHOT_SEQ = "SELECT MAX(seq) FROM snapshots"
 _SELECT_UNMEASURED = (f"{_SELECT_SNAPSHOTS} WHERE kind = ? AND removal IS NULL "
                       "AND exclusive_bytes IS NULL ORDER BY seq")

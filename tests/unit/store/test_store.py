@@ -316,6 +316,23 @@ def test_a_snapshot_reads_back_the_same_by_every_path(store: Store) -> None:
     assert store.snapshot("snap-7") == record
 
 
+def test_a_measured_figure_outlives_a_save_of_a_record_read_before(store: Store) -> None:
+    """A committed snapshot read unmeasured, measured meanwhile, then saved from the old read
+    (its labels changed) keeps the figure: a measurement is never undone by a save."""
+    record = SnapshotRecord(name="snap-1", seq=1, key="layer", kind=Kind.COMMITTED)
+    store.save_snapshot(record)
+    stale = store.snapshot("snap-1")
+    assert stale is not None and stale.exclusive_bytes is None
+    assert [r.name for r in store.unmeasured_snapshots()] == ["snap-1"]
+    store.save_exclusive_bytes({"snap-1": 8192})
+    stale.labels = {"tier": "gold"}
+    store.save_snapshot(stale)
+    saved = store.snapshot("snap-1")
+    assert saved is not None and (saved.exclusive_bytes, saved.labels) == (8192,
+                                                                           {"tier": "gold"})
+    assert store.unmeasured_snapshots() == []
+
+
 def test_a_device_reads_back_the_same_by_name_and_in_the_listing(store: Store) -> None:
     record = DeviceRecord(name="d", device_id=ThinId(3), state=DeviceState.ACTIVATED,
                           provisioned=True, formatted=True, labels={"x": "y"}, readonly=True)
