@@ -7,9 +7,10 @@ kind means for its device is decided here, in `_save`, and nowhere else.
 
 The snapshotter holds the store, its settings, a clock and `devices`, the questions reconcile
 answers about devices (`reconcile.devices`: settle, open_count, exclusive_bytes, inodes,
-mount_source); it knows nothing else of the engine. A call that waits for a device is an operation
-(`snapshots.calls`), run by `runner`: to its end on the caller's thread by default (sleeping
-between retries), or parked by the daemon (`daemon.waiters`) so its loop never sleeps.
+mount_source); it knows nothing else of the engine. A call that waits for a device is an
+operation (`snapshots.calls`), run by `runner`: to its end on the caller's thread by default
+(sleeping between retries), or parked by the daemon (`daemon.waiters`) so its loop never
+sleeps.
 Snapshots without a parent are snapshots of a base (`snapshots.base`). A layer's bytes
 are measured when asked, not in Commit (`measure_unmeasured`).
 """
