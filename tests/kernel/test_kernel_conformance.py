@@ -86,6 +86,11 @@ TIMES = os.environ.get("RECONCILER_CONFORMANCE_TIMES")
 EXT4_ONLY = pytest.mark.parametrize("daemon", ["ext4"], indirect=True)
 
 
+# The daemon's start: Python's imports and its first pass (the pool, the base's mkfs). Beside
+# two other VMs on two CPUs, the imports alone took 150 s under TCG.
+START_TIMEOUT = 600.0
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout: float = TIMEOUT) -> None:
     """conftest's wait_for with this module's patience."""
     shared_wait_for(what, check, timeout)
@@ -180,7 +185,7 @@ def daemon(request: pytest.FixtureRequest,
     running = Daemon(fs_type, world, socket, log, process)
     try:
         wait_for("the daemon's gRPC socket",
-                 lambda: socket.is_socket() or process.poll() is not None)
+                 lambda: socket.is_socket() or process.poll() is not None, START_TIMEOUT)
         assert process.poll() is None, f"the daemon exited\n{running.logs()}"
         yield running
     finally:
