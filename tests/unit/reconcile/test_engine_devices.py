@@ -105,14 +105,17 @@ def test_exclusive_bytes_of_many_devices_run_one_thin_ls(fake_world: World) -> N
         fake_world.spec(name, SPEC)
     engine = fake_world.reconciler()
     assert engine.devices.settle(["a", "b", "c"]) == Ready()
+    before = _thin_ls_runs(fake_world)  # a pass may read the pool's thin ids itself
     measured = engine.devices.exclusive_bytes(["a", "b", "c"])
     assert measured.keys() == {"a", "b", "c"}
-    assert _thin_ls_runs(fake_world) == 1
+    assert _thin_ls_runs(fake_world) == before + 1
     assert engine.devices.exclusive_bytes(["nobody"]) == {}
+    assert _thin_ls_runs(fake_world) == before + 1
+    calls = _fake(fake_world).calls
+    start = len(calls)
     assert engine.devices.inodes("a") is not None
-    assert _thin_ls_runs(fake_world) == 1
-    programs = {call[0] for call in _fake(fake_world).calls}
-    assert programs <= {"dmsetup", "thin_ls", "losetup", "blockdev", "mkfs.ext4", "stat"}
+    # The superblock is read in-process; only the dmsetup driver's own `info` is a program.
+    assert {call[0] for call in calls[start:]} <= {"dmsetup"}
 
 
 def test_mount_source_is_the_devices_mapper_node(fake_world: World) -> None:
