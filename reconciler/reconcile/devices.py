@@ -48,14 +48,6 @@ Settle = Ready | Failed | RetryAt
 """What `Devices.settle` answers."""
 
 
-@dataclass(frozen=True)
-class DeviceUsage:
-    """What a device uses now (None: unknown, e.g. the inodes of an unmapped device)."""
-
-    exclusive_bytes: int | None
-    inodes: int | None
-
-
 def usable(state: DeviceState, active: bool, provisioned: bool, formatted: bool,
            filesystem: Filesystem, mapped: bool, suspended: bool) -> bool:
     """Whether a device can be used as its spec asks: an active one by `states.is_ready`, an
@@ -86,8 +78,15 @@ class Devices(Protocol):
         when the kernel cannot say (unknown is not zero)."""
         ...
 
-    def usage(self, name: str) -> DeviceUsage:
-        """Bytes only this device maps in the pool and inodes its filesystem uses, now."""
+    def exclusive_bytes(self, names: Sequence[str]) -> dict[str, int]:
+        """Bytes only each of these devices maps in the pool now (what it wrote beyond its
+        origin), by name, all from one read of the pool's metadata (one thin_ls, whatever
+        the number of names); a device with no thin id made is left out."""
+        ...
+
+    def inodes(self, name: str) -> int | None:
+        """Inodes the device's filesystem uses, read from its superblock in-process (no
+        program runs); None when the device is not mapped or holds no filesystem we read."""
         ...
 
     def mount_source(self, name: str) -> str:

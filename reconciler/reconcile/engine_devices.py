@@ -14,9 +14,7 @@ from typing import Protocol
 from reconciler.config import Settings
 from reconciler.dm.host import Host
 from reconciler.dm.pool import ThinPool, mapper_path, thin_device_name
-from reconciler.dm.thin import ThinDevice
 from reconciler.reconcile.devices import (
-    DeviceUsage,
     Failed,
     Ready,
     RetryAt,
@@ -90,24 +88,32 @@ class EngineDevices:
         info = self._engine.ensure_pool().client.info(self._kernel_name(name))
         return 0 if info is None else info.open_count
 
-    def usage(self, name: str) -> DeviceUsage:
-        """Bytes only this device maps in the pool (thin_ls EXCLUSIVE_BYTES: what it wrote
-        beyond its origin) and inodes its filesystem uses (None: unknown, e.g. inodes of an
-        inactive device)."""
+    def exclusive_bytes(self, names: Sequence[str]) -> dict[str, int]:
+        """Bytes only each device maps in the pool (thin_ls EXCLUSIVE_BYTES: what it wrote
+        beyond its origin), by name, from one thin_ls on a metadata snapshot; a device whose
+        thin id is not made is left out (and no thin_ls runs when none has one)."""
         engine = self._engine
-        pool = engine.ensure_pool()
-        device = engine.store.device(name)
+        ids = {}
+        for name in names:
+            device = engine.store.device(name)
+            if device is not None and device.device_id is not None and device.provisioned:
+                ids[name] = device.device_id
         pool_record = engine.store.pool(engine.settings.pool_name)
-        if device is None or device.device_id is None or not device.provisioned \
-                or pool_record is None:
-            return DeviceUsage(None, None)
+        if not ids or pool_record is None:
+            return {}
+        pool = engine.ensure_pool()
         used = exclusive_bytes(engine.host, pool.name, pool_record.metadata_device,
                                pool.client)
-        thin = ThinDevice(pool, name, device.device_id)
-        inodes = None
-        if pool.client.info(thin.kernel_name) is not None:
-            inodes = inodes_used(engine.host, thin.path)
-        return DeviceUsage(used.get(device.device_id), inodes)
+        return {name: used[thin_id] for name, thin_id in ids.items() if thin_id in used}
+
+    def inodes(self, name: str) -> int | None:
+        """Inodes the device's filesystem uses, from its superblock (None: not mapped, or
+        neither ext4 nor xfs)."""
+        pool = self._engine.ensure_pool()
+        kernel_name = self._kernel_name(name)
+        if pool.client.info(kernel_name) is None:
+            return None
+        return inodes_used(self._engine.host, mapper_path(kernel_name))
 
     def mount_source(self, name: str) -> str:
         """The device's /dev/mapper path."""

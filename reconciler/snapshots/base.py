@@ -51,11 +51,15 @@ class Bases:
     """The bases in the store: the one the config asks for, and those to retire."""
 
     def __init__(self, store: Store, clock: Callable[[], float],
-                 save: Callable[[SnapshotRecord], None]) -> None:
+                 save: Callable[[SnapshotRecord], None],
+                 measure: Callable[[], object]) -> None:
         self._store = store
         self._clock = clock
         # The snapshotter's save, which decides what a kind means for its device.
         self._save = save
+        # The snapshotter's `measure_unmeasured`: a retired base is deleted, and the blocks
+        # its roots shared with it would then count as theirs.
+        self._measure = measure
 
     def want(self, settings: Settings) -> SnapshotRecord:
         """The base the config asks for, stored now if there is none (the next pass that
@@ -93,6 +97,7 @@ class Bases:
         return False
 
     def _retire(self, base: SnapshotRecord, why: str) -> None:
+        self._measure()
         base.removal = Removal.REQUESTED
         base.removed_at = base.updated_at = self._clock()
         self._save(base)

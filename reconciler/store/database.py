@@ -279,21 +279,49 @@ class Connection:
 
         return self._retrying(once)
 
+    def _snapshot_columns(self) -> set[str]:
+        return {column.name for column in self._db.get_columns("snapshots")}
+
     def _needs_migration(self) -> bool:
-        columns = {column.name for column in self._db.get_columns("snapshots")}
-        return "active" not in columns
+        return not {"active", "exclusive_bytes"} <= self._snapshot_columns()
 
     def _migrate(self) -> None:
         """Bring a database written by an older version up to this one's columns (in an
         IMMEDIATE transaction, asking again inside: two processes opening an old file
         at once do it once)."""
-        if self._needs_migration():
+        columns = self._snapshot_columns()
+        if {"active", "exclusive_bytes"} <= columns:
+            return
+        # Each column an older version did not have, from what it had:
+        derived = {
             # Before 0.2 reconcile derived a snapshot device's wishes from its kind; now the
-            # snapshotter stores them. Written once, with the rule the older version used.
-            self._sql("ALTER TABLE snapshots ADD COLUMN active INTEGER NOT NULL DEFAULT 1")
-            self._sql("ALTER TABLE snapshots ADD COLUMN readonly INTEGER NOT NULL DEFAULT 0")
-            self._sql("UPDATE snapshots SET active = (removal IS NULL AND "
-                      "(kind != 'committed' OR exposed)), readonly = (kind != 'active')")
+            # snapshotter stores them, with the rule the older version used.
+            "active": "(removal IS NULL AND (kind != 'committed' OR exposed))",
+            "readonly": "(kind != 'active')",
+            # Commit used to measure the layer into a NOT NULL used_bytes; NULL now says
+            # "not measured yet". Committed snapshots keep the figure measured then.
+            "exclusive_bytes": ("CASE WHEN kind = 'committed' THEN used_bytes END"
+                                if "used_bytes" in columns else "NULL"),
+        }
+        model = self._m.Snapshot
+        wanted = [field.column_name for field in model._meta.sorted_fields]
+        unknown = [name for name in wanted if name not in columns and name not in derived]
+        if unknown:
+            raise StoreError(f"the database {self.path} has no snapshots column "
+                             f"{', '.join(unknown)}, and no older version wrote one without "
+                             "it: it was not written by this program")
+        # SQLite cannot drop a column's NOT NULL in place (used_bytes has no default, so a
+        # row without it would be refused): the table is made anew as this version's model
+        # says, and the rows copied over.
+        self._sql("ALTER TABLE snapshots RENAME TO snapshots_old")
+        for (index,) in self._sql("SELECT name FROM sqlite_master WHERE type = 'index' AND "
+                                  "tbl_name = 'snapshots_old' AND sql IS NOT NULL").fetchall():
+            self._sql(f'DROP INDEX "{index}"')
+        model.create_table(safe=False)
+        values = [name if name in columns else derived[name] for name in wanted]
+        self._sql(f"INSERT INTO snapshots ({', '.join(wanted)}) "
+                  f"SELECT {', '.join(values)} FROM snapshots_old")
+        self._sql("DROP TABLE snapshots_old")
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one plain statement (autocommitted unless inside `transaction`)."""

@@ -141,7 +141,7 @@ def _snapshot_table() -> Any:
         readonly = peewee.BooleanField(default=False)
         removal = peewee.CharField(null=True, index=True)
         base_inodes = peewee.BigIntegerField(default=0)
-        used_bytes = peewee.BigIntegerField(default=0)
+        exclusive_bytes = peewee.BigIntegerField(null=True)
         used_inodes = peewee.BigIntegerField(default=0)
         created_at = peewee.FloatField()
         updated_at = peewee.FloatField()

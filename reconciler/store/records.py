@@ -189,8 +189,12 @@ class SnapshotRecord:
     # Inodes in use on the parent's filesystem when this snapshot was taken: usage excludes
     # them. (Bytes need no such base: thin_ls counts blocks shared with the parent apart.)
     base_inodes: int = 0
-    # Measured at commit (a committed snapshot's usage never changes).
-    used_bytes: int = 0
+    # Bytes only this snapshot's device maps (thin_ls's EXCLUSIVE_BYTES: what it wrote beyond
+    # its origin) once committed; None: not measured yet. Commit leaves it None (no process
+    # in Commit); it is measured, with every other unmeasured one in one thin_ls, when a
+    # Usage asks or before a child is taken (the child would share the blocks), then fixed.
+    exclusive_bytes: int | None = None
+    # Inodes in use beyond `base_inodes`, read from the superblock at commit (in-process).
     used_inodes: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0

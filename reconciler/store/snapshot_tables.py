@@ -7,6 +7,8 @@ most of a Prepare's own time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import peewee
 
 from reconciler.store.database import Connection
@@ -18,9 +20,18 @@ _SELECT_SNAPSHOTS = f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM snapshots"
 _SELECT_LIVE_SNAPSHOT_BY_KEY = (f"{_SELECT_SNAPSHOTS} WHERE key = ? AND removal IS NULL "
                                 "AND kind != ?")
 _SELECT_SNAPSHOT = f"{_SELECT_SNAPSHOTS} WHERE name = ?"
-_SAVE_SNAPSHOT = (f"INSERT OR REPLACE INTO snapshots ({', '.join(SNAPSHOT_COLUMNS)}) "
-                  f"VALUES ({', '.join('?' * len(SNAPSHOT_COLUMNS))})")
+# A measured figure is never unset by a save: a record read before the measurement and
+# saved after it (a call parked across a pass) keeps what was measured meanwhile.
+_SAVE_SNAPSHOT = (
+    f"INSERT INTO snapshots ({', '.join(SNAPSHOT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(SNAPSHOT_COLUMNS))}) ON CONFLICT(name) DO UPDATE SET "
+    + ", ".join(f"{c} = COALESCE(snapshots.{c}, excluded.{c})" if c == "exclusive_bytes"
+                else f"{c} = excluded.{c}" for c in SNAPSHOT_COLUMNS if c != "name"))
 _MAX_SNAPSHOT_SEQ = "SELECT MAX(seq) FROM snapshots"
+_SELECT_UNMEASURED = (f"{_SELECT_SNAPSHOTS} WHERE kind = ? AND removal IS NULL "
+                      "AND exclusive_bytes IS NULL ORDER BY seq")
+_SET_EXCLUSIVE_BYTES = ("UPDATE snapshots SET exclusive_bytes = ? "
+                        "WHERE name = ? AND exclusive_bytes IS NULL")
 
 
 class SnapshotTables(Connection):
@@ -84,6 +95,20 @@ class SnapshotTables(Connection):
         snap = self._m.Snapshot
         query = snap.select().where(snap.removal == removal.value).order_by(snap.seq)
         return [snapshot_record(row) for row in query]
+
+    def unmeasured_snapshots(self) -> list[SnapshotRecord]:
+        """Live committed snapshots whose exclusive bytes are not measured yet, oldest first."""
+        rows = self._sql(_SELECT_UNMEASURED, (Kind.COMMITTED.value,)).fetchall()
+        return [snapshot_record(row) for row in rows]
+
+    def save_exclusive_bytes(self, measured: Mapping[str, int]) -> None:
+        """Store what was measured of these snapshots (by device name), in one transaction.
+        A figure is written once: a snapshot measured already keeps its first (taken before
+        any child could share its blocks). Not a change of any device's spec: the snapshots
+        are not reported to `take_saved_snapshots`."""
+        with self.transaction():
+            for name, size in measured.items():
+                self._sql(_SET_EXCLUSIVE_BYTES, (size, name))
 
     def next_snapshot_seq(self) -> int:
         """A sequence number never used before (removed snapshots keep theirs as history)."""

@@ -11,12 +11,12 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from reconciler.dm.host import SystemHost
+from reconciler.dm.host import Completed, SystemHost
 from reconciler.dm.libdm import LibdmClient
 from reconciler.snapshots import FailedPrecondition, Snapshotter
 from reconciler.states import DeviceState
@@ -39,6 +39,18 @@ def kworld(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         yield created
     finally:
         created.teardown()
+
+
+class CountingHost(SystemHost):
+    """The real machine, keeping the name of each program it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.programs: list[str] = []
+
+    def run(self, argv: Sequence[str]) -> Completed:
+        self.programs.append(argv[0])
+        return super().run(argv)
 
 
 def snapshotter(world: World) -> Snapshotter:
@@ -155,3 +167,37 @@ def test_commit_while_mounted_then_a_child_then_remove(kworld: World, tmp_path: 
     finally:
         if not unmounted:
             subprocess.run(["umount", str(target)], capture_output=True)
+
+
+def test_commit_runs_no_thin_ls_and_usage_says_what_the_layer_wrote(kworld: World,
+                                                                     tmp_path: Path) -> None:
+    """Three layers, each N MiB of random data written into an active snapshot: their Commits
+    run no thin_ls; a child's Prepare measures all three in one thin_ls (before its snapshot
+    shares the parent's blocks); each layer's Usage then says at least its N MiB, from the
+    store."""
+    counting = CountingHost()
+    kworld.host = counting
+    snaps = snapshotter(kworld)
+    written = {"a": 4, "b": 2, "c": 3}
+    for key, mib in written.items():
+        (spec,) = snaps.prepare(key)
+        target = tmp_path / key
+        mount(spec, target)
+        try:
+            with (target / "random").open("wb") as out:
+                out.write(os.urandom(mib << 20))
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            umount(target)
+    before = counting.programs.count("thin_ls")
+    for key in written:
+        snaps.commit(f"layer-{key}", key)
+    assert counting.programs.count("thin_ls") == before, "a Commit ran thin_ls"
+    snaps.prepare("child", "layer-c")
+    assert counting.programs.count("thin_ls") == before + 1
+    for key, mib in written.items():
+        usage = snaps.usage(f"layer-{key}")
+        assert usage.size >= mib << 20, (key, usage)
+    assert counting.programs.count("thin_ls") == before + 1, "measured once, then stored"
+    assert snaps.usage("child").size < 1 << 20, "the child wrote nothing of its own"

@@ -148,7 +148,8 @@ def test_calls_of_one_wake_up_have_their_devices_settled_in_one_pass(
     loop.snaps.devices = type("Recorded", (), {  # the calls' own settles, recorded too
         "settle": staticmethod(settle),
         "open_count": staticmethod(loop.engine.devices.open_count),
-        "usage": staticmethod(loop.engine.devices.usage),
+        "exclusive_bytes": staticmethod(loop.engine.devices.exclusive_bytes),
+        "inodes": staticmethod(loop.engine.devices.inodes),
         "mount_source": staticmethod(loop.engine.devices.mount_source)})()
     loop.ask("base", lambda: loop.snaps.prepare("work"))
     loop.serve(1)
@@ -175,3 +176,55 @@ def test_calls_of_one_wake_up_have_their_devices_settled_in_one_pass(
     assert all(mapped == names for names, mapped in own), "each found its device made"
     sources = {loop.answers[key][0].source for key in keys}
     assert sources == {f"/dev/mapper/{fake_world.pool}-{name}" for name in together}
+
+
+def test_commits_of_one_wake_up_run_no_thin_ls_and_one_usage_measures_them(
+        fake_world: World) -> None:
+    """Four Commits queued together are settled by one pass and run no thin_ls (nothing asked
+    for their usage); a Usage after them runs one thin_ls for all four and answers with the
+    bytes its layer wrote; the other three are then read from the store."""
+    loop = Loop(fake_world)
+    fake = fake_world.host
+    assert isinstance(fake, FakeKernel)
+    keys = [f"unpack-{i}" for i in range(4)]
+    for key in keys:
+        loop.ask(key, lambda key=key: loop.snaps.prepare(key))  # type: ignore[misc]
+        loop.serve(1)
+        loop.waiters.resume()
+        loop.join(key)
+    for i, key in enumerate(keys):
+        fake.write_blocks(f"{fake_world.pool}-{loop.snaps.store.snapshot_by_key(key).name}",  # type: ignore[union-attr]
+                          16 << 20, (i + 1) << 20)
+
+    def thin_ls_runs() -> int:
+        return sum(1 for call in fake.calls if call[0] == "thin_ls")
+
+    passes = 0
+    settle = loop.engine.devices.settle
+
+    def counted(names: Any) -> Any:
+        nonlocal passes
+        passes += 1
+        return settle(names)
+
+    loop.waiters = Waiters(loop.wakeups, fake_world.clock, lambda: loop.stopping,
+                           settle_together=counted)
+    loop.snaps = snapshotter_over(loop.engine, runner=loop.waiters.run)
+    before = thin_ls_runs()
+    for key in keys:
+        loop.ask(f"commit-{key}", lambda key=key: loop.snaps.commit(  # type: ignore[misc]
+            f"layer-{key}", key))
+    loop.serve(len(keys))
+    assert loop.waiters.waiting == len(keys)
+    loop.waiters.resume()
+    loop.join()
+    assert all(loop.answers[f"commit-{key}"] is None for key in keys), loop.answers
+    assert passes == 1, "the four Commits' devices settled by one pass"
+    assert thin_ls_runs() == before, "no Commit ran thin_ls"
+
+    loop.ask("usage", lambda: [loop.snaps.usage(f"layer-{key}") for key in keys])
+    loop.serve(1)
+    loop.join("usage")
+    assert [usage.size for usage in loop.answers["usage"]] == [(i + 1) << 20
+                                                               for i in range(len(keys))]
+    assert thin_ls_runs() == before + 1, "one thin_ls measured the four"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 
-from reconciler.reconcile.devices import DeviceUsage, Failed, Ready, RetryAt, usable
+from reconciler.reconcile.devices import Failed, Ready, RetryAt, usable
 from reconciler.reconcile.retry import RetryPolicy
 from reconciler.states import DeviceState
 from reconciler.testing.fakekernel import FakeKernel, Op
@@ -83,14 +83,39 @@ def test_usage_counts_what_a_device_wrote(fake_world: World) -> None:
     fake_world.spec("a", SPEC)
     engine = fake_world.reconciler()
     assert engine.devices.settle(["a"]) == Ready()
-    before = engine.devices.usage("a")
+    before = engine.devices.exclusive_bytes(["a"])["a"]
     _fake(fake_world).write_blocks(f"{fake_world.pool}-a", 8 << 20, 1 << 20)
-    after = engine.devices.usage("a")
-    assert before.exclusive_bytes is not None and after.exclusive_bytes is not None
-    assert after.exclusive_bytes > before.exclusive_bytes
-    assert after.exclusive_bytes >= 1 << 20, "the megabyte written is the device's own"
-    assert after.inodes is not None and after.inodes > 0
-    assert engine.devices.usage("nobody") == DeviceUsage(None, None)
+    after = engine.devices.exclusive_bytes(["a", "nobody"])
+    assert after.keys() == {"a"}, "a device never made is left out"
+    assert after["a"] > before
+    assert after["a"] >= 1 << 20, "the megabyte written is the device's own"
+    inodes = engine.devices.inodes("a")
+    assert inodes is not None and inodes > 0
+    assert engine.devices.inodes("nobody") is None
+
+
+def _thin_ls_runs(world: World) -> int:
+    return sum(1 for call in _fake(world).calls if call[0] == "thin_ls")
+
+
+def test_exclusive_bytes_of_many_devices_run_one_thin_ls(fake_world: World) -> None:
+    """However many devices are asked about, one thin_ls answers them all; none runs when
+    no device asked about has a thin id, and none to read a filesystem's inodes."""
+    for name in ("a", "b", "c"):
+        fake_world.spec(name, SPEC)
+    engine = fake_world.reconciler()
+    assert engine.devices.settle(["a", "b", "c"]) == Ready()
+    before = _thin_ls_runs(fake_world)  # a pass may read the pool's thin ids itself
+    measured = engine.devices.exclusive_bytes(["a", "b", "c"])
+    assert measured.keys() == {"a", "b", "c"}
+    assert _thin_ls_runs(fake_world) == before + 1
+    assert engine.devices.exclusive_bytes(["nobody"]) == {}
+    assert _thin_ls_runs(fake_world) == before + 1
+    calls = _fake(fake_world).calls
+    start = len(calls)
+    assert engine.devices.inodes("a") is not None
+    # The superblock is read in-process; only the dmsetup driver's own `info` is a program.
+    assert {call[0] for call in calls[start:]} <= {"dmsetup"}
 
 
 def test_mount_source_is_the_devices_mapper_node(fake_world: World) -> None:

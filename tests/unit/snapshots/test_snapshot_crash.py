@@ -54,11 +54,12 @@ def _prepare_root(snaps: Snapshotter) -> None:
 
 BEFORE = {"layer": Kind.COMMITTED, "work": Kind.ACTIVE}
 # What each action may leave: its whole effect, or (if it died before writing its record,
-# e.g. while Commit measured the usage) none of it.
+# e.g. while a child's Prepare measured its parent's usage: thin_ls and the metadata
+# snapshot's messages) none of it.
 ACTIONS: dict[str, tuple[Action, list[dict[str, Kind]]]] = {
-    "prepare-child": (_prepare_child, [{**BEFORE, "child": Kind.ACTIVE}]),
-    "prepare-grown": (_prepare_grown, [{**BEFORE, "grown": Kind.ACTIVE}]),
-    "view": (_view, [{**BEFORE, "look": Kind.VIEW}]),
+    "prepare-child": (_prepare_child, [{**BEFORE, "child": Kind.ACTIVE}, BEFORE]),
+    "prepare-grown": (_prepare_grown, [{**BEFORE, "grown": Kind.ACTIVE}, BEFORE]),
+    "view": (_view, [{**BEFORE, "look": Kind.VIEW}, BEFORE]),
     # The base is there (made by the setup's first Prepare): a create_snap of it.
     "prepare-root": (_prepare_root, [{**BEFORE, "root": Kind.ACTIVE}]),
     # On an empty store (see FRESH): the base is made first, and the snapshot's record is

@@ -163,6 +163,85 @@ def test_usage_excludes_the_parent(fake_world: World) -> None:
     fake_world.host.write(child, 40 << 20, os.urandom(256 << 10))
     assert snaps.usage("child").size == 256 << 10
     assert snaps.usage("child").inodes == 0
+    assert snaps.usage("layer") == active, "the child shares the layer's blocks: fixed before"
+
+
+def _thin_ls_runs(world: World) -> int:
+    fake = world.host
+    assert isinstance(fake, FakeKernel)
+    return sum(1 for call in fake.calls if call[0] == "thin_ls")
+
+
+def _written_roots(world: World, snaps: Snapshotter, sizes: dict[str, int]) -> None:
+    """Roots prepared and written, `sizes[key]` bytes each, then unmounted: containerd's
+    unpack of one layer each."""
+    for key, size in sizes.items():
+        device = snaps.prepare(key)[0].source
+        world.host.write(device, 16 << 20, os.urandom(size))
+
+
+def test_commits_run_no_thin_ls_and_the_first_usage_measures_them_all(
+        fake_world: World) -> None:
+    """N Commits run no thin_ls: nothing asked for their usage. The first Usage of a committed
+    one measures all N in one thin_ls and stores them; the others are then read from the
+    store, each the bytes its layer wrote."""
+    snaps = snapshotter(fake_world)
+    sizes = {f"unpack-{i}": (i + 1) << 20 for i in range(4)}
+    _written_roots(fake_world, snaps, sizes)
+    before = _thin_ls_runs(fake_world)
+    for key in sizes:
+        snaps.commit(f"layer-{key}", key)
+    assert _thin_ls_runs(fake_world) == before, "Commit runs no thin_ls"
+    assert fake_world.store is not None
+    assert len(fake_world.store.unmeasured_snapshots()) == len(sizes)
+
+    usages = {key: snaps.usage(f"layer-{key}") for key in sizes}
+    assert _thin_ls_runs(fake_world) == before + 1, "one thin_ls for every unmeasured layer"
+    assert fake_world.store.unmeasured_snapshots() == []
+    # The fake's mkfs maps a few scattered blocks; a root's writes are all its own, whole
+    # data blocks (64 KiB) over the range written.
+    assert {key: usage.size for key, usage in usages.items()} == sizes
+    # Read at Commit, in-process: a root's count from zero (ext4's own first 11).
+    assert all(usage.inodes == 11 for usage in usages.values())
+    assert snaps.usage(f"layer-{next(iter(sizes))}") == next(iter(usages.values()))
+    assert _thin_ls_runs(fake_world) == before + 1, "a measured layer is read from the store"
+
+
+def test_a_child_of_an_unmeasured_layer_measures_it_first(fake_world: World) -> None:
+    """A child's snapshot shares every block of its parent, after which thin_ls counts none
+    of them as the parent's: Prepare (or View) of a child measures the parent first, in one
+    thin_ls with every other unmeasured layer, so the parent's Usage stays what it wrote."""
+    snaps = snapshotter(fake_world)
+    _written_roots(fake_world, snaps, {"a": 2 << 20, "b": 1 << 20})
+    snaps.commit("layer-a", "a")
+    snaps.commit("layer-b", "b")
+    before = _thin_ls_runs(fake_world)
+    snaps.prepare("child", "layer-a")
+    snaps.view("look", "layer-b")
+    assert _thin_ls_runs(fake_world) == before + 1, "both layers measured by the first child"
+    assert snaps.usage("layer-a").size == 2 << 20
+    assert snaps.usage("layer-b").size == 1 << 20
+    assert _thin_ls_runs(fake_world) == before + 1
+
+
+def test_an_unmeasured_layer_is_measured_after_a_restart(fake_world: World) -> None:
+    """The store says which layers are not measured yet: a daemon started anew measures them
+    when asked, and a measured figure survives a restart unchanged."""
+    snaps = snapshotter(fake_world)
+    _written_roots(fake_world, snaps, {"a": 1 << 20, "b": 3 << 20})
+    snaps.commit("layer-a", "a")
+    assert snaps.usage("layer-a").size == 1 << 20
+    snaps.commit("layer-b", "b")
+    assert fake_world.store is not None
+    fake_world.store.close()
+    fake_world.store = Store(fake_world.settings.database_path, fake_world.clock)
+    again = snapshotter(fake_world)
+    assert [r.key for r in fake_world.store.unmeasured_snapshots()] == ["layer-b"]
+    before = _thin_ls_runs(fake_world)
+    assert again.usage("layer-a").size == 1 << 20
+    assert _thin_ls_runs(fake_world) == before, "measured before the restart: stored"
+    assert again.usage("layer-b").size == 3 << 20
+    assert _thin_ls_runs(fake_world) == before + 1
 
 
 def test_async_remove_waits_for_cleanup(tmp_path: object) -> None:

@@ -120,6 +120,53 @@ def test_snapshots_of_an_older_database_get_their_device_wishes(tmp_path: Path) 
     reopened.close()
 
 
+def _snapshots_schema(path: Path) -> set[tuple[str, str]]:
+    """The snapshots table's and its indexes' SQL."""
+    with sqlite3.connect(path) as db:
+        return set(db.execute("SELECT name, sql FROM sqlite_master WHERE tbl_name = "
+                              "'snapshots' OR name = 'snapshots_old'").fetchall())
+
+
+def _snapshots_measured_in_commit(path: Path) -> None:
+    """A database as the version that measured usage in Commit left it: its peewee schema
+    (used_bytes NOT NULL with no default, the indexes), two snapshots."""
+    with sqlite3.connect(path) as db:
+        db.execute(OLD_SNAPSHOTS.replace(
+            "exposed INTEGER NOT NULL,",
+            "exposed INTEGER NOT NULL, active INTEGER NOT NULL, readonly INTEGER NOT NULL,"))
+        for index in ("key", "parent_key", "removal"):
+            db.execute(f"CREATE INDEX snapshotrow_{index} ON snapshots ({index})")
+        db.execute("CREATE UNIQUE INDEX snapshotrow_seq ON snapshots (seq)")
+        db.execute("INSERT INTO snapshots VALUES ('snap-1', 1, 'layer', 'committed', NULL, "
+                   "NULL, '{}', 1024, 'ext4', 0, 0, 1, NULL, 0, 65536, 12, 1.0, 1.0, NULL)")
+        db.execute("INSERT INTO snapshots VALUES ('snap-2', 2, 'work', 'active', 'layer', "
+                   "'snap-1', '{}', 1024, 'ext4', 0, 1, 0, NULL, 12, 0, 0, 1.0, 1.0, NULL)")
+
+
+def test_usage_measured_by_an_older_version_is_kept(tmp_path: Path) -> None:
+    """A committed snapshot measured by an older version (in its Commit) keeps its figure;
+    an active one has none (measured when asked); the table takes rows that leave the bytes
+    unmeasured, keeps its indexes, and is migrated once."""
+    path = tmp_path / "old.sqlite"
+    _snapshots_measured_in_commit(path)
+    store = Store(path, lambda: 2.0)
+    layer, work = store.snapshots()
+    assert (layer.key, layer.exclusive_bytes, layer.used_inodes) == ("layer", 65536, 12)
+    assert (work.key, work.exclusive_bytes) == ("work", None)
+    work.kind, work.key = Kind.COMMITTED, "layer-2"
+    store.save_snapshot(work)
+    assert [r.key for r in store.unmeasured_snapshots()] == ["layer-2"]
+    store.save_exclusive_bytes({"snap-2": 4096, "snap-1": 1})
+    assert [r.exclusive_bytes for r in store.snapshots()] == [65536, 4096], "measured once"
+    store.close()
+    fresh = tmp_path / "fresh.sqlite"
+    Store(fresh, lambda: 1.0).close()
+    assert _snapshots_schema(path) == _snapshots_schema(fresh), "as a new database's"
+    reopened = Store(path, lambda: 3.0)
+    assert [r.exclusive_bytes for r in reopened.snapshots()] == [65536, 4096]
+    reopened.close()
+
+
 # -- sharing the file with other processes ---------------------------------------------------
 
 
@@ -256,7 +303,7 @@ def test_a_snapshot_reads_back_the_same_by_every_path(store: Store) -> None:
     record = SnapshotRecord(
         name="snap-7", seq=7, key="k/é", kind=Kind.COMMITTED, parent_key="p", parent="snap-3",
         labels={"b": "2", "a": "1"}, size_bytes=1 << 30, filesystem=Filesystem.XFS, exposed=True,
-        active=False, readonly=True, removal=None, base_inodes=11, used_bytes=4096,
+        active=False, readonly=True, removal=None, base_inodes=11, exclusive_bytes=4096,
         used_inodes=12, created_at=1.5, updated_at=2.5, removed_at=None)
     store.save_snapshot(record)
     assert store.snapshot_by_key("k/é") == record
@@ -267,6 +314,23 @@ def test_a_snapshot_reads_back_the_same_by_every_path(store: Store) -> None:
     store.save_snapshot(record)
     assert store.snapshot_by_key("k/é") is None
     assert store.snapshot("snap-7") == record
+
+
+def test_a_measured_figure_outlives_a_save_of_a_record_read_before(store: Store) -> None:
+    """A committed snapshot read unmeasured, measured meanwhile, then saved from the old read
+    (its labels changed) keeps the figure: a measurement is never undone by a save."""
+    record = SnapshotRecord(name="snap-1", seq=1, key="layer", kind=Kind.COMMITTED)
+    store.save_snapshot(record)
+    stale = store.snapshot("snap-1")
+    assert stale is not None and stale.exclusive_bytes is None
+    assert [r.name for r in store.unmeasured_snapshots()] == ["snap-1"]
+    store.save_exclusive_bytes({"snap-1": 8192})
+    stale.labels = {"tier": "gold"}
+    store.save_snapshot(stale)
+    saved = store.snapshot("snap-1")
+    assert saved is not None and (saved.exclusive_bytes, saved.labels) == (8192,
+                                                                           {"tier": "gold"})
+    assert store.unmeasured_snapshots() == []
 
 
 def test_a_device_reads_back_the_same_by_name_and_in_the_listing(store: Store) -> None:
