@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from reconciler.dm.types import DeviceInfo, KernelDevice, ThinTable
 from reconciler.specs.model import DeviceSpec
 from reconciler.states import IN_FLIGHT, LIVE, RESTING_PROVISIONED, RESUMES, DeviceState, Step
-from reconciler.store.records import DeviceRecord
+from reconciler.store.records import DeviceRecord, record_fields
 from reconciler.units import Bytes, to_sectors
 from reconciler.vocabulary import Filesystem, PlanAction
 
@@ -203,7 +203,7 @@ _Inputs = tuple[tuple[Any, ...], DeviceSpec, KernelDevice | None, DeviceInfo | N
 
 def _fields(record: DeviceRecord | None) -> tuple[Any, ...] | None:
     # Every field, not just those next_step reads today: a rule added later cannot go stale.
-    return None if record is None else tuple(vars(record).values())
+    return None if record is None else record_fields(record)
 
 
 class Settled:
@@ -244,7 +244,7 @@ class Settled:
                 return False
         return ((seen_spec is spec or seen_spec == spec)
                 and hold_new == seen_hold
-                and fields == tuple(vars(record).values())
+                and fields == record_fields(record)
                 and parent_fields == _fields(parent))
 
     def remember(self, inputs: Inputs) -> None:

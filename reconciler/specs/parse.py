@@ -7,6 +7,7 @@ to believe them); what it accepts here is what a spec may say.
 from __future__ import annotations
 
 import hashlib
+import sys
 import tomllib
 from collections.abc import Mapping
 
@@ -118,14 +119,16 @@ def parse_file(name: str, text: str, defaults: Defaults) -> ParsedSpec:
     nodes = _nodes(raw["nodes"]) if "nodes" in raw else None
 
     spec = DeviceSpec(
-        name=name,
+        # Interned, as the store's records are (store.rows): a device's spec and record
+        # then hold one string of each between them.
+        name=sys.intern(name),
         size=size,
         filesystem=Filesystem(filesystem),
         parent=parent,
         active=flags["active"],
         readonly=flags["readonly"],
         labels=dict(labels),
-        digest=hashlib.sha256(text.encode()).hexdigest(),
+        digest=sys.intern(hashlib.sha256(text.encode()).hexdigest()),
         nodes=nodes,
     )
     return ParsedSpec(spec, own_size="size" in raw, own_filesystem="filesystem" in raw)
@@ -142,7 +145,7 @@ def stored_spec(
     # The value, not the member: the digest stays what earlier versions stored.
     text = repr((size, fs.value, parent, active, readonly, sorted(labels.items())))
     return DeviceSpec(
-        name=name, size=Bytes(size), filesystem=fs, parent=parent,
+        name=sys.intern(name), size=Bytes(size), filesystem=fs, parent=parent,
         active=active, readonly=readonly, labels=dict(labels),
-        digest=hashlib.sha256(text.encode()).hexdigest(),
+        digest=sys.intern(hashlib.sha256(text.encode()).hexdigest()),
     )
