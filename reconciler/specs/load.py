@@ -24,7 +24,7 @@ from reconciler.specs.model import (
     SpecSet,
     is_spec_file,
 )
-from reconciler.specs.parse import parse_file
+from reconciler.specs.parse import TextMemo, parse_file
 from reconciler.specs.resolve import assemble, resolve_files
 from reconciler.specs.trust import (
     MAX_SPEC_BYTES,
@@ -42,14 +42,15 @@ def read_spec(path: Path, defaults: Defaults, *,
     return read.spec if isinstance(read, ParsedSpec) else read
 
 
-def read_file(path: Path, defaults: Defaults, *,
-              allow_foreign: bool = False) -> ParsedSpec | RejectedSpec:
-    """One spec file, read and parsed; whatever is wrong with it (its type, owner, size,
-    bytes, TOML, keys, values, or an error nobody foresaw) makes it a RejectedSpec, never an
-    exception: one bad file is that file's problem."""
+def read_file(path: Path, defaults: Defaults, *, allow_foreign: bool = False,
+              memo: TextMemo | None = None) -> ParsedSpec | RejectedSpec:
+    """One spec file, read and parsed (`memo`: see parse_file); whatever is wrong with it
+    (its type, owner, size, bytes, TOML, keys, values, or an error nobody foresaw) makes it
+    a RejectedSpec, never an exception: one bad file is that file's problem."""
     name = path.stem
     try:
-        return parse_file(name, read_bounded(path, allow_foreign).decode("utf-8"), defaults)
+        return parse_file(name, read_bounded(path, allow_foreign).decode("utf-8"), defaults,
+                          memo)
     except SpecError as exc:
         return RejectedSpec(name, str(path), str(exc))
     except UnicodeDecodeError as exc:
@@ -156,6 +157,7 @@ def _scan(directory: Path, dir_fd: int, device: int, defaults: Defaults,
     racy_ns = RACY_SECONDS * 1e9
     prefix = os.path.join(directory, "")
     stat_at = os.stat
+    memo: TextMemo = {}
     for name in names:
         if not name.endswith(SPEC_SUFFIX) or name.startswith((".", "#")):
             continue  # as is_spec_file, without a Path per entry
@@ -179,7 +181,7 @@ def _scan(directory: Path, dir_fd: int, device: int, defaults: Defaults,
         if entry_seen is not None and entry_seen[0] == sig and abs(now_ns - sig[2]) >= racy_ns:
             parsed = entry_seen[1]
         else:
-            parsed = read_file(Path(path), defaults, allow_foreign=allow_foreign)
+            parsed = read_file(Path(path), defaults, allow_foreign=allow_foreign, memo=memo)
             if cache is not None:
                 cache.put(path, sig, parsed)
         paths.append(path)
