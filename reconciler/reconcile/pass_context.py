@@ -73,10 +73,11 @@ class PassResult:
 PassObserver = Callable[[bool, "PassResult | None", float], None]
 
 
-@dataclass
+@dataclass(slots=True)
 class Moved:
     """Where one device went in a pass: its state before the first transition, after the
-    last, and every trigger on the way (its one `device.changed` line at the pass's end)."""
+    last, and every trigger on the way (its one `device.changed` line at the pass's end).
+    Slotted: a pass that makes 50,000 devices holds one each until it ends."""
 
     from_state: DeviceState
     to_state: DeviceState
