@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import logging
+from collections.abc import Iterator
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from reconciler.dm.client import DmClient
@@ -26,6 +29,18 @@ def fake(world: World) -> FakeKernel:
     return world.host
 
 
+@pytest.fixture
+def at_debug() -> Iterator[None]:
+    """structlog lets debug events through (whatever level an earlier test configured)."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("at_debug")
 def test_every_state_change_is_one_structured_event_at_debug(fake_world: World) -> None:
     """Each transition logs device.state_changed with the name, from and to, at debug."""
     fake_world.spec("a", 'filesystem = "none"\n')
@@ -39,6 +54,7 @@ def test_every_state_change_is_one_structured_event_at_debug(fake_world: World) 
     ]
 
 
+@pytest.mark.usefixtures("at_debug")
 def test_a_pass_says_where_each_device_went_in_one_line_at_info(fake_world: World) -> None:
     """At info a pass logs one device.changed per device it moved, from the state it found
     to the one it left, with the triggers on the way; a converged device logs nothing."""
@@ -56,6 +72,7 @@ def test_a_pass_says_where_each_device_went_in_one_line_at_info(fake_world: Worl
     }]
 
 
+@pytest.mark.usefixtures("at_debug")
 def test_a_device_gone_faulty_says_so_in_its_line(fake_world: World) -> None:
     """The step_failed error says Faulty is next; the device's line ends in Faulty with
     that error."""
