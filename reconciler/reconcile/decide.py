@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from reconciler.dm.types import DeviceInfo, KernelDevice, ThinTable
 from reconciler.specs.model import DeviceSpec
 from reconciler.states import IN_FLIGHT, LIVE, RESTING_PROVISIONED, RESUMES, DeviceState, Step
-from reconciler.store.records import DeviceRecord
+from reconciler.store.records import DeviceRecord, record_fields
 from reconciler.units import Bytes, to_sectors
 from reconciler.vocabulary import Filesystem, PlanAction
 
@@ -195,14 +195,15 @@ def describe(record: DeviceRecord, decision: Decision, wanted: bool = True) -> P
 
 
 # Everything next_step reads of a device, as values: its record's fields, its spec, its dm
-# device (info and table; the status decides nothing), its parent's fields, hold_new.
-_Inputs = tuple[tuple[Any, ...], DeviceSpec, DeviceInfo | None, ThinTable | None,
-                tuple[Any, ...] | None, str | None]
+# device (the object, and its info and table: the status decides nothing), its parent's
+# fields, hold_new.
+_Inputs = tuple[tuple[Any, ...], DeviceSpec, KernelDevice | None, DeviceInfo | None,
+                ThinTable | None, tuple[Any, ...] | None, str | None]
 
 
 def _fields(record: DeviceRecord | None) -> tuple[Any, ...] | None:
     # Every field, not just those next_step reads today: a rule added later cannot go stale.
-    return None if record is None else tuple(vars(record).values())
+    return None if record is None else record_fields(record)
 
 
 class Settled:
@@ -210,10 +211,11 @@ class Settled:
 
     `unchanged` is true only when every input is equal to what it was then: the same spec
     (the spec file cache hands back the same object for an unchanged file), the same kernel
-    info and table (the drivers hand back the same object for an unchanged line, and equal
-    ones compare equal anyway: open count, event number, suspended and read-only flags,
-    table length and thin id included), the same record and parent record field by field,
-    and the same reason to hold new devices. Anything else, and the device is decided again.
+    info and table (the observation hands back the same device object for unchanged lines,
+    and equal ones compare equal anyway: open count, event number, suspended and read-only
+    flags, table length and thin id included), the same record and parent record field by
+    field, and the same reason to hold new devices. Anything else, and the device is decided
+    again.
     """
 
     def __init__(self) -> None:
@@ -222,16 +224,27 @@ class Settled:
     def unchanged(self, inputs: Inputs) -> bool:
         """Whether next_step already said None for exactly these inputs."""
         record, spec, kernel, parent, hold_new = inputs
+        return self.unchanged_parts(record, spec, kernel, parent, hold_new)
+
+    def unchanged_parts(self, record: DeviceRecord, spec: DeviceSpec | None,
+                        kernel: KernelDevice | None, parent: DeviceRecord | None,
+                        hold_new: str | None) -> bool:
+        """`unchanged` of the inputs given one by one: what a resync's drive loop asks of
+        every device, so no Inputs is built for it (and the same device object, which the
+        observation hands back for unchanged lines, spares comparing its info and table)."""
         seen = self._inputs.get(record.name)
         if seen is None:
             return False
-        fields, seen_spec, info, table, parent_fields, seen_hold = seen
-        now_info, now_table = (None, None) if kernel is None else (kernel.info, kernel.table)
+        fields, seen_spec, seen_kernel, info, table, parent_fields, seen_hold = seen
+        if kernel is not seen_kernel:
+            now_info, now_table = (None, None) if kernel is None \
+                else (kernel.info, kernel.table)
+            if not ((info is now_info or info == now_info)
+                    and (table is now_table or table == now_table)):
+                return False
         return ((seen_spec is spec or seen_spec == spec)
-                and (info is now_info or info == now_info)
-                and (table is now_table or table == now_table)
                 and hold_new == seen_hold
-                and fields == _fields(record)
+                and fields == record_fields(record)
                 and parent_fields == _fields(parent))
 
     def remember(self, inputs: Inputs) -> None:
@@ -239,7 +252,7 @@ class Settled:
         record, spec, kernel, parent, hold_new = inputs
         assert spec is not None, f"{record.name}: only a wanted device is settled"
         info, table = (None, None) if kernel is None else (kernel.info, kernel.table)
-        self._inputs[record.name] = (_fields(record) or (), spec, info, table,
+        self._inputs[record.name] = (_fields(record) or (), spec, kernel, info, table,
                                      _fields(parent), hold_new)
 
     def forget(self, name: str) -> None:

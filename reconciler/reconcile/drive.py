@@ -117,15 +117,19 @@ def drive_all(ctx: PassContext, order: Sequence[tuple[str, DeviceSpec | None]],
     udev wait; then a second sweep finishes those. `distrust` is told when an error nobody
     foresaw may have left a record unsaved (see Sweep.contain)."""
     held: set[str] = set()
-    settled, converged = ctx.settled.unchanged, result.converged
-    records, inputs = ctx.records, ctx.inputs
+    unchanged, converged = ctx.settled.unchanged_parts, result.converged
+    records, devices, hold_new = ctx.records, ctx.obs.devices, ctx.hold_new
+    prefix = ctx.kernel_name("")
     todo: list[tuple[str, DeviceSpec | None]] = []
     for name, spec in order:
         # A device decided on exactly what this pass sees of it (its record, spec, dm
-        # device, parent, hold_new) is not decided again: decide.Settled. This loop runs
-        # 10,000 times a resync: kept to a lookup and a comparison.
+        # device, parent, hold_new: ctx.inputs, taken apart) is not decided again:
+        # decide.Settled. This loop runs 10,000 times a resync: kept to lookups and one
+        # comparison, with no call per device but that one.
         record = records.get(name)
-        if spec is not None and record is not None and settled(inputs(record, spec)):
+        if spec is not None and record is not None and unchanged(
+                record, spec, devices.get(prefix + name),
+                None if record.parent is None else records.get(record.parent), hold_new):
             converged.append(name)
         else:
             todo.append((name, spec))

@@ -228,6 +228,7 @@ class Reconciler:
                 return self._run_pass(ctx, None if only is None else set(only))
         finally:
             self._spares.give_back(ctx.machines.values())
+            ctx.say_moves()
 
     def _run_pass(self, ctx: PassContext, wanted: set[str] | None) -> PassResult:
         desired, chosen = self._begin(ctx, wanted)
@@ -353,6 +354,7 @@ class Reconciler:
         maintenance.take_requests(ctx, self.load_specs, self.request_outcomes)
         ctx.read_pool_ids()
         maintenance.find_orphans(ctx)
+        ctx.say_moves()
 
     def plan(self) -> list[tuple[str, Planned]]:
         """What the next pass would do to each device, by name, without doing anything.

@@ -59,11 +59,14 @@ class SpecFileCache:
         """Remember a file's parsed spec."""
         self.entries[path] = (signature, parsed)
 
-    def full_scan(self, found: list[ParsedSpec | RejectedSpec], seen: set[str],
+    def full_scan(self, found: list[ParsedSpec | RejectedSpec], seen: list[str],
                   directory: Path, device: int, node: str | None) -> SpecFiles:
-        """Remember a full scan of `directory`: its files (`seen`, the paths parsed), its
-        rejected entries (kept: a broken entry's name keeps its device), and its SpecFiles."""
-        self.keep_only(seen)
+        """Remember a full scan of `directory`: its files (`seen`, the paths parsed, each
+        put or found here by the scan), its rejected entries (kept: a broken entry's name
+        keeps its device), and its SpecFiles."""
+        if len(self.entries) != len(seen):
+            # Every path seen is an entry: as many entries as paths, and none is gone.
+            self.keep_only(set(seen))
         self.scanned = directory
         self.device = device
         for item in found:

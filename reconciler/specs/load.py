@@ -24,7 +24,7 @@ from reconciler.specs.model import (
     SpecSet,
     is_spec_file,
 )
-from reconciler.specs.parse import parse_file
+from reconciler.specs.parse import TextMemo, parse_file
 from reconciler.specs.resolve import assemble, resolve_files
 from reconciler.specs.trust import (
     MAX_SPEC_BYTES,
@@ -42,14 +42,15 @@ def read_spec(path: Path, defaults: Defaults, *,
     return read.spec if isinstance(read, ParsedSpec) else read
 
 
-def read_file(path: Path, defaults: Defaults, *,
-              allow_foreign: bool = False) -> ParsedSpec | RejectedSpec:
-    """One spec file, read and parsed; whatever is wrong with it (its type, owner, size,
-    bytes, TOML, keys, values, or an error nobody foresaw) makes it a RejectedSpec, never an
-    exception: one bad file is that file's problem."""
+def read_file(path: Path, defaults: Defaults, *, allow_foreign: bool = False,
+              memo: TextMemo | None = None) -> ParsedSpec | RejectedSpec:
+    """One spec file, read and parsed (`memo`: see parse_file); whatever is wrong with it
+    (its type, owner, size, bytes, TOML, keys, values, or an error nobody foresaw) makes it
+    a RejectedSpec, never an exception: one bad file is that file's problem."""
     name = path.stem
     try:
-        return parse_file(name, read_bounded(path, allow_foreign).decode("utf-8"), defaults)
+        return parse_file(name, read_bounded(path, allow_foreign).decode("utf-8"), defaults,
+                          memo)
     except SpecError as exc:
         return RejectedSpec(name, str(path), str(exc))
     except UnicodeDecodeError as exc:
@@ -122,15 +123,30 @@ def scan_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
     """
     try:
         device = directory_device(directory, allow_foreign)
-        with os.scandir(directory) as listing:
-            # In the directory's order: nothing after depends on it (parents are resolved
-            # by name), and sorting 10,000 entries was a fifth of a resync's scan.
-            entries = list(listing)
+        # Listed and stat'ed through one descriptor: each stat looks up a name in this
+        # directory, not the whole path again (a fifth less time per file), and every file
+        # is of the directory that was listed.
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except SpecSourceError as exc:
         return SpecFiles(parsed={}, rejected=(), source_error=str(exc))
     except OSError as exc:
         return SpecFiles(parsed={}, rejected=(),
                          source_error=f"spec_dir {directory}: {exc.strerror or exc}")
+    try:
+        return _scan(directory, dir_fd, device, defaults, cache, allow_foreign, node)
+    except OSError as exc:
+        return SpecFiles(parsed={}, rejected=(),
+                         source_error=f"spec_dir {directory}: {exc.strerror or exc}")
+    finally:
+        os.close(dir_fd)
+
+
+def _scan(directory: Path, dir_fd: int, device: int, defaults: Defaults,
+          cache: SpecFileCache | None, allow_foreign: bool, node: str | None) -> SpecFiles:
+    """scan_spec_dir's loop over the directory open as `dir_fd`."""
+    # In the directory's order: nothing after depends on it (parents are resolved by name),
+    # and sorting 10,000 entries was a fifth of a resync's scan.
+    names = os.listdir(dir_fd)
     now_ns = time.time_ns()
     found: list[ParsedSpec | RejectedSpec] = []
     paths: list[str] = []
@@ -139,13 +155,16 @@ def scan_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
     trusted = None if allow_foreign else (0, os.geteuid())
     known = cache.entries if cache is not None else {}
     racy_ns = RACY_SECONDS * 1e9
-    for entry in entries:
-        name = entry.name
+    prefix = os.path.join(directory, "")
+    stat_at = os.stat
+    memo: TextMemo = {}
+    for name in names:
         if not name.endswith(SPEC_SUFFIX) or name.startswith((".", "#")):
             continue  # as is_spec_file, without a Path per entry
-        path = entry.path
+        path = prefix + name
         try:
-            st: os.stat_result | None = os.stat(path) if name.isascii() else None
+            st: os.stat_result | None = stat_at(name, dir_fd=dir_fd) if name.isascii() \
+                else None
         except OSError:
             st = None
         if st is None or not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SPEC_BYTES \
@@ -162,11 +181,11 @@ def scan_spec_dir(directory: Path, defaults: Defaults, cache: SpecFileCache | No
         if entry_seen is not None and entry_seen[0] == sig and abs(now_ns - sig[2]) >= racy_ns:
             parsed = entry_seen[1]
         else:
-            parsed = read_file(Path(path), defaults, allow_foreign=allow_foreign)
+            parsed = read_file(Path(path), defaults, allow_foreign=allow_foreign, memo=memo)
             if cache is not None:
                 cache.put(path, sig, parsed)
         paths.append(path)
         found.append(parsed)
     if cache is None:
         return assemble(found, directory, device, node)
-    return cache.full_scan(found, set(paths), directory, device, node)
+    return cache.full_scan(found, paths, directory, device, node)

@@ -7,8 +7,10 @@ to believe them); what it accepts here is what a spec may say.
 from __future__ import annotations
 
 import hashlib
+import sys
 import tomllib
 from collections.abc import Mapping
+from typing import Any
 
 from reconciler.specs.model import (
     FILESYSTEMS,
@@ -75,18 +77,34 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
     return parse_file(name, text, defaults).spec
 
 
-def parse_file(name: str, text: str, defaults: Defaults) -> ParsedSpec:
+# What tomllib read of a spec text and the text's digest, by text, for one scan: spec files
+# are often the same bytes under many names (one kind of device, many devices), and tomllib
+# is most of a file's cost at start-up. The tables are only read, never changed. Bounded:
+# a directory of all different texts stops filling it.
+TextMemo = dict[str, tuple[dict[str, Any], str]]
+TEXT_MEMO_MAX = 1024
+
+
+def parse_file(name: str, text: str, defaults: Defaults,
+               memo: TextMemo | None = None) -> ParsedSpec:
     """Parse one spec's text into its own words (`ParsedSpec`); raises SpecError naming the
-    key at fault."""
+    key at fault. With `memo`, a text parsed before (under any name) is not parsed again."""
     if not NAME_RE.fullmatch(name):
         raise SpecError(f"bad name {name!r}: must match {NAME_RE.pattern}")
     if SNAPSHOT_NAME_RE.fullmatch(name):
         raise SpecError(f"bad name {name!r}: names snap-<number> and snap-base-<number> "
                         "belong to the snapshotter API")
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"not valid TOML: {exc}") from None
+    known = None if memo is None else memo.get(text)
+    if known is None:
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"not valid TOML: {exc}") from None
+        digest = sys.intern(hashlib.sha256(text.encode()).hexdigest())
+        if memo is not None and len(memo) < TEXT_MEMO_MAX:
+            memo[text] = (raw, digest)
+    else:
+        raw, digest = known
     unknown = sorted(set(raw) - set(_KEYS))
     if unknown:
         raise SpecError(f"unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")
@@ -118,14 +136,16 @@ def parse_file(name: str, text: str, defaults: Defaults) -> ParsedSpec:
     nodes = _nodes(raw["nodes"]) if "nodes" in raw else None
 
     spec = DeviceSpec(
-        name=name,
+        # Interned, as the store's records are (store.rows): a device's spec and record
+        # then hold one string of each between them.
+        name=sys.intern(name),
         size=size,
         filesystem=Filesystem(filesystem),
         parent=parent,
         active=flags["active"],
         readonly=flags["readonly"],
         labels=dict(labels),
-        digest=hashlib.sha256(text.encode()).hexdigest(),
+        digest=digest,
         nodes=nodes,
     )
     return ParsedSpec(spec, own_size="size" in raw, own_filesystem="filesystem" in raw)
@@ -142,7 +162,7 @@ def stored_spec(
     # The value, not the member: the digest stays what earlier versions stored.
     text = repr((size, fs.value, parent, active, readonly, sorted(labels.items())))
     return DeviceSpec(
-        name=name, size=Bytes(size), filesystem=fs, parent=parent,
+        name=sys.intern(name), size=Bytes(size), filesystem=fs, parent=parent,
         active=active, readonly=readonly, labels=dict(labels),
-        digest=hashlib.sha256(text.encode()).hexdigest(),
+        digest=sys.intern(hashlib.sha256(text.encode()).hexdigest()),
     )

@@ -6,8 +6,9 @@ converts a row once, where it maps it to a record (`store.rows`), and back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from operator import attrgetter
 
 from reconciler.vocabulary import (
     DeviceState,
@@ -20,9 +21,11 @@ from reconciler.vocabulary import (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class DeviceRecord:
-    """One managed thin device as the store knows it (desired fields copied from its spec)."""
+    """One managed thin device as the store knows it (desired fields copied from its spec).
+    Slotted: a daemon holds one per device (50,000 of them), and a __dict__ each was 300
+    bytes more. `record_fields` reads every field at once."""
 
     name: str
     state: DeviceState = DeviceState.UNKNOWN
@@ -50,6 +53,10 @@ class DeviceRecord:
     spec_digest: str = ""
     created_at: float = 0.0
     state_changed_at: float = 0.0
+
+
+# Every field of a DeviceRecord as one tuple, in their order (attrgetter: one call in C).
+record_fields = attrgetter(*(f.name for f in fields(DeviceRecord)))
 
 
 @dataclass(frozen=True)

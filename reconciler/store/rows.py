@@ -10,6 +10,7 @@ and the value, never a record carrying a bad string onward.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from enum import StrEnum
@@ -110,16 +111,33 @@ def device_values(record: DeviceRecord) -> list[Any]:
     return values
 
 
+# The members by their stored values: a dict lookup per row where a start-up reads 50,000
+# (an unknown value still goes through enum_cell, which names it).
+_STATES: dict[object, DeviceState] = {m.value: m for m in DeviceState}
+_FILESYSTEMS: dict[object, Filesystem] = {m.value: m for m in Filesystem}
+_NO_LABELS = "{}"
+
+
 def device_record(row: Sequence[Any] | Any) -> DeviceRecord:
-    """The record of a devices row."""
+    """The record of a devices row. Its name and spec digest are interned: the spec of an
+    unchanged device carries equal strings (interned there too), held once, not twice."""
     values = _named(row, DEVICE_COLUMNS)
-    values["labels"] = json.loads(values["labels"])
+    labels = values["labels"]
+    values["labels"] = {} if labels == _NO_LABELS else json.loads(labels)
     for flag in ("provisioned", "formatted", "active", "readonly"):
         values[flag] = bool(values[flag])
-    values["state"] = enum_cell(DeviceState, values["state"], "devices", "state")
-    values["filesystem"] = enum_cell(Filesystem, values["filesystem"], "devices", "filesystem")
+    state = _STATES.get(values["state"])
+    values["state"] = state if state is not None else enum_cell(
+        DeviceState, values["state"], "devices", "state")
+    filesystem = _FILESYSTEMS.get(values["filesystem"])
+    values["filesystem"] = filesystem if filesystem is not None else enum_cell(
+        Filesystem, values["filesystem"], "devices", "filesystem")
     for column in ("device_id", "origin_id"):
-        values[column] = thin_id_cell(values[column], "devices", column)
+        if values[column] is not None:
+            values[column] = thin_id_cell(values[column], "devices", column)
+    for column in ("name", "spec_digest"):
+        if isinstance(values[column], str):
+            values[column] = sys.intern(values[column])
     return DeviceRecord(**values)
 
 

@@ -20,6 +20,7 @@ import structlog
 
 from reconciler import logs
 from reconciler.testing.process import foreground
+from reconciler.testing.world import World
 
 log = structlog.get_logger(__name__)
 
@@ -242,3 +243,22 @@ def test_a_narrating_librarys_info_shows_at_debug_only(
     events = [json.loads(line)["event"] for line in _read(read_end)]
     assert events == (["Finished processing state Created"] if shown else []) + [
         "a warning of its own"]
+
+
+@pytest.mark.parametrize(("level", "transitions"), [("info", 0), ("debug", 4)])
+def test_a_created_device_is_one_line_at_info_and_each_transition_at_debug(
+        pipe: tuple[int, IO[str]], monkeypatch: pytest.MonkeyPatch, fake_world: World,
+        level: str, transitions: int) -> None:
+    """The configured level decides what a pass writes of a new device: at info its one
+    device.changed line, at debug each device.state_changed as well."""
+    read_end, stream = pipe
+    as_stderr(stream, monkeypatch)
+    logs.configure(level, json=True)
+    fake_world.spec("a", 'filesystem = "none"\n')
+    assert fake_world.run_pass().ok
+    events = [json.loads(line) for line in _read(read_end)]
+    mine = [e for e in events if e.get("name") == "a"]
+    assert [e["event"] for e in mine].count("device.state_changed") == transitions
+    changed = [e for e in mine if e["event"] == "device.changed"]
+    assert [(e["level"], e["from"], e["to"]) for e in changed] == [
+        ("info", "Unknown", "Activated")]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import logging
+from collections.abc import Iterator
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from reconciler.dm.client import DmClient
@@ -26,17 +29,65 @@ def fake(world: World) -> FakeKernel:
     return world.host
 
 
-def test_every_state_change_is_one_structured_event(fake_world: World) -> None:
-    """Each transition logs device.state_changed with the name, from and to."""
+@pytest.fixture
+def at_debug() -> Iterator[None]:
+    """structlog lets debug events through (whatever level an earlier test configured)."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("at_debug")
+def test_every_state_change_is_one_structured_event_at_debug(fake_world: World) -> None:
+    """Each transition logs device.state_changed with the name, from and to, at debug."""
     fake_world.spec("a", 'filesystem = "none"\n')
     with capture_logs() as events:
         assert fake_world.run_pass().ok
-    changes = [(e["name"], e["from"], e["to"]) for e in events
+    changes = [(e["name"], e["from"], e["to"], e["log_level"]) for e in events
                if e["event"] == "device.state_changed"]
     assert changes == [
-        ("a", "Unknown", "Creating"), ("a", "Creating", "Created"),
-        ("a", "Created", "Activating"), ("a", "Activating", "Activated"),
+        ("a", "Unknown", "Creating", "debug"), ("a", "Creating", "Created", "debug"),
+        ("a", "Created", "Activating", "debug"), ("a", "Activating", "Activated", "debug"),
     ]
+
+
+@pytest.mark.usefixtures("at_debug")
+def test_a_pass_says_where_each_device_went_in_one_line_at_info(fake_world: World) -> None:
+    """At info a pass logs one device.changed per device it moved, from the state it found
+    to the one it left, with the triggers on the way; a converged device logs nothing."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    fake_world.spec("b", 'filesystem = "none"\n')
+    assert fake_world.run_pass().ok
+    fake_world.spec("c", 'filesystem = "none"\n')
+    with capture_logs() as events:
+        assert fake_world.run_pass().ok
+    info = [e for e in events if e["log_level"] != "debug" and e["event"].startswith("device.")]
+    assert info == [{
+        "event": "device.changed", "log_level": "info", "name": "c", "from": "Unknown",
+        "to": "Activated", "triggers": ["create", "created", "activate", "activated"],
+        "error": None,
+    }]
+
+
+@pytest.mark.usefixtures("at_debug")
+def test_a_device_gone_faulty_says_so_in_its_line(fake_world: World) -> None:
+    """The step_failed error says Faulty is next; the device's line ends in Faulty with
+    that error."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    fake(fake_world).faults.fail(Op.LOAD, f"{fake_world.pool}-a", errno=errno.EINVAL)
+    with capture_logs() as events:
+        assert "a" in fake_world.run_pass().faulty
+    said = [(e["event"], e["log_level"], e.get("next")) for e in events
+            if e["log_level"] != "debug" and e["event"].startswith("device.")]
+    assert said == [("device.step_failed", "error", "marking Faulty"),
+                    ("device.changed", "info", None)]
+    said_line = next(e for e in events if e["event"] == "device.changed")
+    assert (said_line["from"], said_line["to"]) == ("Unknown", "Faulty")
+    assert said_line["triggers"] == ["create", "created", "activate", "fail"]
+    assert said_line["error"].startswith("activate: ")
 
 
 def test_each_transition_is_in_the_history(fake_world: World) -> None:

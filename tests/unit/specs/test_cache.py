@@ -1,11 +1,23 @@
 """specs.cache.SpecFileCache.resolved: a resolution is reused while its inputs are the same,
-and the known devices count only where the resolution asked for them."""
+and the known devices count only where the resolution asked for them; a scan parses each
+distinct text once."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
+from typing import Any
 
-from reconciler.specs import Defaults, KnownDevice, SpecFileCache, SpecFiles, parse_file
+import pytest
+
+from reconciler.specs import (
+    Defaults,
+    KnownDevice,
+    SpecFileCache,
+    SpecFiles,
+    parse_file,
+    scan_spec_dir,
+)
 from reconciler.units import Bytes
 from reconciler.vocabulary import Filesystem
 
@@ -45,3 +57,32 @@ def test_a_resolution_is_made_again_when_an_asked_for_device_changes() -> None:
     gone = cache.resolved(files, SPECS, {}, {})
     assert "copy" not in gone.specs and [r.name for r in gone.rejected] == ["copy"]
     assert cache.resolved(files, SPECS, {}, None).specs["copy"].size == 8 * MIB
+
+
+def test_a_scan_parses_each_distinct_text_once(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files of the same bytes under different names are parsed once per scan, each still
+    its own spec (its name, the text's digest); a bad name or a changed text is not hidden
+    by the text parsed before."""
+    parsed: list[str] = []
+    real = tomllib.loads
+
+    def counting(text: str) -> dict[str, Any]:
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(tomllib, "loads", counting)
+    same = 'filesystem = "none"\nsize = "4MiB"\n'
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.toml").write_text(same)
+    (tmp_path / "d.toml").write_text('filesystem = "xfs"\nsize = "512MiB"\n')
+    (tmp_path / "snap-1.toml").write_text(same)
+    files = scan_spec_dir(tmp_path, DEFAULTS, allow_foreign=True)
+    assert sorted(parsed) == sorted([same, 'filesystem = "xfs"\nsize = "512MiB"\n'])
+    specs = {name: p.spec for name, p in files.parsed.items()}
+    assert sorted(specs) == ["a", "b", "c", "d"]
+    assert [specs[n].name for n in "abc"] == ["a", "b", "c"]
+    assert {(s.size, s.filesystem, s.digest) for n, s in specs.items() if n != "d"} == {
+        (4 * MIB, Filesystem.NONE, parse_file("x", same, DEFAULTS).spec.digest)}
+    assert specs["d"].filesystem == Filesystem.XFS
+    assert [r.name for r in files.rejected] == ["snap-1"]
