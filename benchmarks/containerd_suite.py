@@ -209,7 +209,7 @@ OURS = (
 
 def suite_runs(iterations: int, work: Path, variants: int = len(OURS)) -> list[SuiteRun]:
     """devmapper's run, then each of our variants, each behind a containerd of its own."""
-    from kernel import loop_pool, our_daemon, pool_table, remove_devices, sh
+    from kernel import loop_pool, pool_table, remove_devices, sh
 
     found = tarball()
     if found is None:
@@ -236,21 +236,32 @@ def suite_runs(iterations: int, work: Path, variants: int = len(OURS)) -> list[S
             remove_devices("gdm")
     shutil.rmtree(base, ignore_errors=True)
     for index, (name, extra, premade) in enumerate(OURS[:variants]):
-        base = work / f"g-ours{index}"
-        base.mkdir()
-        pool = f"gr{index}"
-        print(f"  (g) {name}: starting", file=sys.stderr)
-        with premade_pool(pool, work, premade) as devices, \
-                our_daemon(base, pool, extra + devices) as ours_sock:
-            plugins = ("[proxy_plugins.reconciler]\n  type = \"snapshot\"\n"
-                       f'  address = "{ours_sock}"\n')
-            with containerd(base, binary, plugins) as stub:
-                run = run_suite(stub, "reconciler", iterations, base)
-                run.name = name
-                run.notes["pool"] = sh("dmsetup", "table", pool).stdout.strip()
-                runs.append(run)
-        shutil.rmtree(base, ignore_errors=True)
+        try:
+            runs.append(ours_run(index, name, extra, premade, binary, iterations, work))
+        except Exception as exc:  # noqa: BLE001 -- one variant's failure is reported, not fatal
+            print(f"  (g) {name} failed: {exc!r}", file=sys.stderr)
     return runs
+
+
+def ours_run(index: int, name: str, extra: str, premade: bool, binary: Path, iterations: int,
+             work: Path) -> SuiteRun:
+    """One of our variants: its daemon, a containerd with it as the proxy, the suite."""
+    from kernel import our_daemon, sh
+
+    base = work / f"g-ours{index}"
+    base.mkdir()
+    pool = f"gr{index}"
+    print(f"  (g) {name}: starting", file=sys.stderr)
+    with premade_pool(pool, work, premade) as devices, \
+            our_daemon(base, pool, extra + devices) as ours_sock:
+        plugins = ("[proxy_plugins.reconciler]\n  type = \"snapshot\"\n"
+                   f'  address = "{ours_sock}"\n')
+        with containerd(base, binary, plugins) as stub:
+            run = run_suite(stub, "reconciler", iterations, base)
+            run.name = name
+            run.notes["pool"] = sh("dmsetup", "table", pool).stdout.strip()
+    shutil.rmtree(base, ignore_errors=True)
+    return run
 
 
 @contextmanager

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +171,15 @@ def udevd() -> Iterator[bool]:
             stop_udevd(pid)
 
 
+def attempt(row: Callable[[], FloorRow]) -> list[FloorRow]:
+    """The row, or none when it failed (said on stderr): the other rows still count."""
+    try:
+        return [row()]
+    except Exception as exc:  # noqa: BLE001 -- reported, and the section goes on
+        print(f"  (h) failed: {exc}", file=sys.stderr)
+        return []
+
+
 def floor_rows(n: int, work: Path) -> list[FloorRow]:
     """Without udev (stopped meanwhile if it runs), then with it: the rows of (h)."""
     from kernel import loop_pool, pool_table, remove_retrying, sh
@@ -182,14 +191,14 @@ def floor_rows(n: int, work: Path) -> list[FloorRow]:
         try:
             with udevd_stopped():
                 rows.append(bare_row("bare libdevmapper, no udev", pool, 0, n, work, False))
-                rows.append(ours_row("reconciler run --once, no udev", n, work))
+                rows.extend(attempt(lambda: ours_row("reconciler run --once, no udev", n, work)))
             with udevd() as running:
                 if running:
                     rows.append(bare_row("(a) bare, udev, a wait per call", pool, n, n, work,
                                          False, floor=False))
                     rows.append(bare_row("(ab) bare, udev, one wait per phase", pool, 2 * n, n,
                                          work, True))
-                    rows.append(ours_row("reconciler run --once, udev", n, work))
+                    rows.extend(attempt(lambda: ours_row("reconciler run --once, udev", n, work)))
         finally:
             from kernel import BareLibdm
 
