@@ -148,6 +148,9 @@ def udevd_stopped() -> Iterator[None]:
         if pid is not None else []
     if pid is not None:
         stop_udevd(pid)
+        # A stopped udevd leaves its control socket behind, and libudev (so libdevmapper)
+        # takes the file for a running udev: every cookie would then wait forever.
+        UDEV_CONTROL.unlink(missing_ok=True)
     try:
         yield
     finally:
