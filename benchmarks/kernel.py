@@ -16,7 +16,14 @@ in-process gRPC client through containerd's snapshots service: root Prepare (no 
 Prepare (a child of a committed layer), Commit, Remove, with p50 and p99 per call;
 and (f) our gRPC snapshotter at depth: a chain of --depth committed layers (Prepare, Commit),
 then Prepare (and Remove) of a child of layer 1 and of the top layer, alternately; the ratio
-of the two p50s says whether a Prepare's cost grows with the chain.
+of the two p50s says whether a Prepare's cost grows with the chain;
+(g) containerd's own benchmark shape (its core/snapshots/benchsuite: 16 layers of 10 files of
+1 MiB, Prepare, mount + write + unmount, Commit; --iterations) against containerd 2.3.4's
+devmapper and us through its proxy, udevd running (benchmarks/containerd_suite.py);
+(h) the bare floor at the process level: a bare libdevmapper process against `run --once`,
+N devices, without udev and then with it (benchmarks/floor.py);
+(i) a snapshot's activation under each way of meeting udev, and whether by-label links follow
+(benchmarks/udev_modes.py).
 Prints tables with ratios against (a) and (ab), (e) and depth 1, and writes them as JSON.
 """
 
@@ -96,6 +103,9 @@ def loop_pool(name: str, work: Path) -> Iterator[tuple[str, str]]:
     finally:
         sh("losetup", "-d", meta_loop, check=False)
         sh("losetup", "-d", data_loop, check=False)
+        # /tmp is RAM in the VM: what the pool wrote goes with its files.
+        meta.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
 
 
 def pool_table(meta: str, data: str) -> str:
@@ -402,14 +412,14 @@ def remove_devices(pool: str) -> None:
 
 
 @contextmanager
-def our_daemon(base: Path, pool: str) -> Iterator[Path]:
-    """`reconciler run` (libdevmapper, its own loopback pool `pool`) serving a socket in
-    `base`; stopped and its devices removed on the way out."""
+def our_daemon(base: Path, pool: str, extra: str = "") -> Iterator[Path]:
+    """`reconciler run` (libdevmapper, its own loopback pool `pool`, `extra` config lines)
+    serving a socket in `base`; stopped and its devices removed on the way out."""
     sock = base / "ours.sock"
     (base / "reconciler.toml").write_text(
         f'root_path = "{base}/reconciler"\npool_name = "{pool}"\nbase_image_size = "64MiB"\n'
         f'loopback_data_size = "8GiB"\nloopback_metadata_size = "64MiB"\n'
-        f'grpc_socket = "{sock}"\ndm_driver = "libdevmapper"\n')
+        f'grpc_socket = "{sock}"\ndm_driver = "libdevmapper"\n{extra}')
     ours = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "-c",
                              str(base / "reconciler.toml"), "run"],
                             stdout=(base / "ours.log").open("w"), stderr=subprocess.STDOUT)
@@ -570,19 +580,44 @@ def print_snapshotters(runs: list[SnapshotterRun]) -> list[dict[str, Any]]:
     return rows
 
 
+def issue26_sections(only: set[str], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Sections (h), then (g) and (i) with udevd running; each prints its table."""
+    import containerd_suite
+    import floor
+    import udev_modes
+
+    out: dict[str, Any] = {}
+    if "h" in only:
+        # First: its rows without udev need a VM where udevd was never started.
+        out["floor"] = floor.print_floor(floor.floor_rows(args.n, work))
+    if "g" in only or "i" in only:
+        with floor.udevd() as running:
+            print(f"\nudevd {'running' if running else 'NOT running'}", flush=True)
+            if "i" in only:
+                out["udev_modes"] = udev_modes.print_modes(udev_modes.mode_runs(args.samples,
+                                                                                 work))
+            if "g" in only:
+                out["suite"] = containerd_suite.print_suite(
+                    containerd_suite.suite_runs(args.iterations, work))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--only", default="a,b,c,d,e,f")
     parser.add_argument("--depth", type=int, default=128)
+    parser.add_argument("--iterations", type=int, default=3, help="(g)'s iterations")
+    parser.add_argument("--samples", type=int, default=20, help="(i)'s activations per mode")
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "kernel.json")
     args = parser.parse_args()
     if not in_kernel() and not os.environ.get("RECONCILER_IN_VM"):
         # Boot the VM once and run this very command inside it, with out/ writable.
         args.json.parent.mkdir(parents=True, exist_ok=True)
         return subprocess.call([str(ROOT / "scripts" / "vm"), "--rwdir", str(args.json.parent),
-                                "--", sys.executable, __file__, "--n", str(args.n), "--only",
-                                args.only, "--depth", str(args.depth), "--json",
+                                "--", sys.executable, "-u", __file__, "--n", str(args.n), "--only",
+                                args.only, "--depth", str(args.depth), "--iterations",
+                                str(args.iterations), "--samples", str(args.samples), "--json",
                                 str(args.json)])
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     only = set(args.only.split(","))
@@ -615,10 +650,11 @@ def main() -> int:
         print(f"\n(f) our Prepare at depth 1 vs {args.depth} (p50 of {deep['samples']}, ms): "
               f"{deep['prepare_p50_ms_depth_1']} vs {deep[f'prepare_p50_ms_depth_{args.depth}']}"
               f"  ratio {deep['ratio']}x")
+    issue26 = issue26_sections(only, args, work)
     commit = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD", check=False).stdout
     document = {"n": args.n, "kernel": platform.release(), "commit": commit.strip(),
                 "in_vm": bool(os.environ.get("RECONCILER_IN_VM")), "phases": rows,
-                "snapshotters": snap_rows, "depth": deep}
+                "snapshotters": snap_rows, "depth": deep, **issue26}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2))
     return 0
