@@ -57,7 +57,7 @@ class Bases:
         self._clock = clock
         # The snapshotter's save, which decides what a kind means for its device.
         self._save = save
-        # The snapshotter's `measure_unmeasured`: a retired base is deleted, and the blocks
+        # `usage.Usages.measure_unmeasured`: a retired base is deleted, and the blocks
         # its roots shared with it would then count as theirs.
         self._measure = measure
 

@@ -11,8 +11,8 @@ mount_source); it knows nothing else of the engine. A call that waits for a devi
 operation (`snapshots.calls`), run by `runner`: to its end on the caller's thread by default
 (sleeping between retries), or parked by the daemon (`daemon.waiters`) so its loop never
 sleeps.
-Snapshots without a parent are snapshots of a base (`snapshots.base`). A layer's bytes
-are measured when asked, not in Commit (`measure_unmeasured`).
+Snapshots without a parent are snapshots of a base (`snapshots.base`); what a snapshot uses
+is answered by `snapshots.usage` (a layer's bytes measured when asked, not in Commit).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from reconciler.snapshots.model import (
     Usage,
 )
 from reconciler.snapshots.sizes import max_size
+from reconciler.snapshots.usage import Usages
 from reconciler.specs import snapshot_name
 from reconciler.store import SnapshotRecord, Store
 from reconciler.units import Bytes
@@ -91,7 +92,8 @@ class Snapshotter:
         self.settle_seconds = settle_seconds
         # Without a runner of its owner's, each call runs to its end here, sleeping.
         self._runner: Runner = runner or partial(run_to_end, clock=clock, sleep=sleep)
-        self.bases = Bases(store, clock, self._save, self.measure_unmeasured)
+        self.usages = Usages(store, lambda: self.devices)
+        self.bases = Bases(store, clock, self._save, self.usages.measure_unmeasured)
 
     def reconfigure(self, settings: Settings) -> None:
         """Go on with a reloaded config (a new base is wanted by `want_base`)."""
@@ -134,40 +136,9 @@ class Snapshotter:
         return [info for info in map(_info, self.store.live_snapshots()) if matcher(info)]
 
     def usage(self, key: str) -> Usage:
-        """Bytes and inodes this snapshot uses beyond its parent. A committed snapshot's bytes
-        are fixed once measured: Commit leaves them unmeasured, and the first Usage that asks
-        measures them (with every other unmeasured one, in one thin_ls) and stores them. An
-        active one's are read now: bytes its thin device maps that no other device shares,
-        inodes from the superblock (which lags while mounted)."""
-        record = self._live(key)
-        if record.kind == Kind.COMMITTED:
-            size = record.exclusive_bytes
-            if size is None:
-                size = self.measure_unmeasured().get(record.name, 0)
-            return Usage(size=size, inodes=record.used_inodes)
-        # The thin_ls runs anyway: committed snapshots still unmeasured are measured with it.
-        size = self.measure_unmeasured(also=[record.name]).get(record.name, 0)
-        return Usage(size=size, inodes=self._inodes_beyond_base(record))
-
-    def _inodes_beyond_base(self, record: SnapshotRecord) -> int:
-        return max(0, (self.devices.inodes(record.name) or 0) - record.base_inodes)
-
-    def measure_unmeasured(self, also: Sequence[str] = ()) -> dict[str, int]:
-        """Measure every committed snapshot whose bytes are not measured yet, and the devices
-        `also`, in one thin_ls (none when there is nothing to measure); store the committed
-        ones' figures and answer all of them, by device name. Whatever is about to share a
-        committed snapshot's blocks (a child taken from it, its origin deleted) asks this
-        first: thin_ls could no longer tell its own blocks apart."""
-        unmeasured = [record.name for record in self.store.unmeasured_snapshots()]
-        if not unmeasured and not also:
-            return {}
-        measured = self.devices.exclusive_bytes([*unmeasured, *also])
-        stored = {name: measured[name] for name in unmeasured if name in measured}
-        if stored:
-            self.store.save_exclusive_bytes(stored)
-            log.info("snapshot.usage_measured", devices=sorted(stored),
-                     next="served by Usage from the store")
-        return measured
+        """Bytes and inodes this snapshot uses beyond its parent (`snapshots.usage`): a
+        committed one's bytes measured when first asked, then fixed."""
+        return self.usages.of(self._live(key))
 
     def mounts(self, key: str) -> list[Mount]:
         """How to mount a snapshot. A committed one is activated read-only on demand."""
@@ -246,10 +217,7 @@ class Snapshotter:
                 raise AlreadyExists(f"snapshot {key!r} already exists")
         else:
             origin = parent
-            if parent.exclusive_bytes is None:
-                # The child's snapshot will share every block of the parent's: measure the
-                # parent (and whatever else waits) while its own blocks are still its own.
-                self.measure_unmeasured()
+            self.usages.before_child_of(parent)
         now = self.clock()
         seq = self.store.next_snapshot_seq()
         record = SnapshotRecord(
@@ -314,10 +282,10 @@ class Snapshotter:
         if self.store.snapshot_by_key(name) is not None:
             raise AlreadyExists(f"snapshot {name!r} already exists")
         checked = _check_labels(labels)
-        # Bytes are measured later, batched (`measure_unmeasured`): thin_ls is a process.
+        # Bytes are measured later, batched (`snapshots.usage`): thin_ls is a process.
         # Inodes are read now, from the superblock in-process, while the device is mapped.
         record.exclusive_bytes = None
-        record.used_inodes = self._inodes_beyond_base(record)
+        record.used_inodes = self.usages.inodes_beyond_base(record)
         record.key = name
         record.kind = Kind.COMMITTED
         record.labels = checked

@@ -158,6 +158,24 @@ def test_a_new_fs_type_makes_a_new_base_and_retires_the_old(world: World) -> Non
     assert calls_of(world, later, "mkfs.xfs") == []
 
 
+def test_a_retired_base_leaves_its_roots_usage_as_written(world: World) -> None:
+    """A root committed and not measured yet, then its base retired: the root is measured
+    before the base is deleted (after, the blocks mkfs wrote would be the root's alone), so
+    its Usage is what it wrote."""
+    snaps = snapshotter(world)
+    source = snaps.prepare("old")[0].source
+    world.host.write(source, 16 << 20, b"\x5a" * (1 << 20))
+    snaps.commit("old-layer", "old")
+    world.settings = replace(world.settings, fs_type="xfs", base_image_size=Bytes(300 << 20))
+    snaps = snapshotter(world)
+    snaps.prepare("new")
+    assert world.run_pass().ok
+    assert world.store is not None
+    old_base = world.store.device("snap-base-1")
+    assert old_base is not None and old_base.state == "Removed"
+    assert snaps.usage("old-layer").size == 1 << 20
+
+
 def test_a_base_that_cannot_be_made_answers_unavailable(world: World) -> None:
     """A base whose mkfs fails answers the root Prepare Unavailable with the error, stores no
     snapshot; once the base is Faulty it is retired and the next root Prepare makes a new
