@@ -234,6 +234,13 @@ class PassContext:
             moved.to_state, moved.error = change.to_state, change.error
             moved.triggers.append(change.trigger)
 
+    def finish(self) -> None:
+        """The pass is over: its machines go back to the spares, and each device it moved
+        gets its line."""
+        self.spares.give_back(self.machines.values())
+        self.machines.clear()
+        self.say_moves()
+
     def say_moves(self) -> None:
         """One `device.changed` line per device a transition moved since the last call:
         from the state it started in to the one it ended in, the triggers on the way (and

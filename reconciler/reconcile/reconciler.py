@@ -221,14 +221,12 @@ class Reconciler:
         # udev is waited for only where it confirms our cookies; else an operator is told.
         self._conditions.say(ConditionKind.UDEV_UNREACHABLE, self.client.udev_sync().problem)
         ctx = self._context(self.ensure_pool())
-        # udev handles the pass's device events together; each node is there by the end of
-        # the pass (a step that opens one settles first).
+        # udev handles a pass's device events together (a step opening a node settles first).
         try:
             with ctx.pool.client.deferred_udev():
                 return self._run_pass(ctx, None if only is None else set(only))
         finally:
-            self._spares.give_back(ctx.machines.values())
-            ctx.say_moves()
+            ctx.finish()
 
     def _run_pass(self, ctx: PassContext, wanted: set[str] | None) -> PassResult:
         desired, chosen = self._begin(ctx, wanted)
@@ -354,7 +352,7 @@ class Reconciler:
         maintenance.take_requests(ctx, self.load_specs, self.request_outcomes)
         ctx.read_pool_ids()
         maintenance.find_orphans(ctx)
-        ctx.say_moves()
+        ctx.finish()
 
     def plan(self) -> list[tuple[str, Planned]]:
         """What the next pass would do to each device, by name, without doing anything.

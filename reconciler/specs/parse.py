@@ -85,6 +85,21 @@ TextMemo = dict[str, tuple[dict[str, Any], str]]
 TEXT_MEMO_MAX = 1024
 
 
+def _read_toml(text: str, memo: TextMemo | None) -> tuple[dict[str, Any], str]:
+    """tomllib's tables of a spec text and its digest (interned), from `memo` if there."""
+    known = None if memo is None else memo.get(text)
+    if known is not None:
+        return known
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"not valid TOML: {exc}") from None
+    digest = sys.intern(hashlib.sha256(text.encode()).hexdigest())
+    if memo is not None and len(memo) < TEXT_MEMO_MAX:
+        memo[text] = (raw, digest)
+    return raw, digest
+
+
 def parse_file(name: str, text: str, defaults: Defaults,
                memo: TextMemo | None = None) -> ParsedSpec:
     """Parse one spec's text into its own words (`ParsedSpec`); raises SpecError naming the
@@ -94,17 +109,7 @@ def parse_file(name: str, text: str, defaults: Defaults,
     if SNAPSHOT_NAME_RE.fullmatch(name):
         raise SpecError(f"bad name {name!r}: names snap-<number> and snap-base-<number> "
                         "belong to the snapshotter API")
-    known = None if memo is None else memo.get(text)
-    if known is None:
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"not valid TOML: {exc}") from None
-        digest = sys.intern(hashlib.sha256(text.encode()).hexdigest())
-        if memo is not None and len(memo) < TEXT_MEMO_MAX:
-            memo[text] = (raw, digest)
-    else:
-        raw, digest = known
+    raw, digest = _read_toml(text, memo)
     unknown = sorted(set(raw) - set(_KEYS))
     if unknown:
         raise SpecError(f"unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")
