@@ -47,6 +47,36 @@ def library() -> ctypes.CDLL:
     return lib
 
 
+def run_task(lib: ctypes.CDLL, kind: int, name: str, *, shared: ctypes.c_uint32 | None,
+             table: tuple[int, str, str] | None = None, uuid: str | None = None,
+             message: str | None = None, cookie: bool = False) -> None:
+    """One dm task, nothing more: `table` is (length, target, params); with `cookie`, a udev
+    cookie, the batch's `shared` one or one of its own waited for at once. Raises OSError
+    with the task's errno. benchmarks/kernel.py's in-process floor (BareLibdm) runs this too."""
+    dmt = lib.dm_task_create(kind)
+    try:
+        lib.dm_task_set_name(dmt, name.encode())
+        if uuid is not None:
+            lib.dm_task_set_uuid(dmt, uuid.encode())
+        if table is not None:
+            length, target, params = table
+            lib.dm_task_add_target(dmt, 0, length, target.encode(), params.encode())
+        if message is not None:
+            lib.dm_task_set_sector(dmt, 0)
+            lib.dm_task_set_message(dmt, message.encode())
+        value = shared if shared is not None else ctypes.c_uint32(0)
+        if cookie:
+            lib.dm_task_set_cookie(dmt, ctypes.byref(value), 0)
+        ok = lib.dm_task_run(dmt)
+        number = lib.dm_task_get_errno(dmt)
+    finally:
+        lib.dm_task_destroy(dmt)
+    if cookie and shared is None:
+        lib.dm_udev_wait(value.value)
+    if not ok:
+        raise OSError(number, os.strerror(number), f"{name}: task {kind}")
+
+
 class Bare:
     """One dm task per call; `shared` is the batch's cookie (None: a cookie per call)."""
 
@@ -56,29 +86,12 @@ class Bare:
 
     def task(self, kind: int, name: str, *, table: str | None = None, uuid: str | None = None,
              message: str | None = None, cookie: bool = False) -> None:
-        lib = self.lib
-        dmt = lib.dm_task_create(kind)
-        try:
-            lib.dm_task_set_name(dmt, name.encode())
-            if uuid is not None:
-                lib.dm_task_set_uuid(dmt, uuid.encode())
-            if table is not None:
-                target, params = table.split(maxsplit=1)
-                lib.dm_task_add_target(dmt, 0, SECTORS, target.encode(), params.encode())
-            if message is not None:
-                lib.dm_task_set_sector(dmt, 0)
-                lib.dm_task_set_message(dmt, message.encode())
-            value = self.shared if self.shared is not None else ctypes.c_uint32(0)
-            if cookie:
-                lib.dm_task_set_cookie(dmt, ctypes.byref(value), 0)
-            ok = lib.dm_task_run(dmt)
-            number = lib.dm_task_get_errno(dmt)
-        finally:
-            lib.dm_task_destroy(dmt)
-        if cookie and self.shared is None:
-            lib.dm_udev_wait(value.value)
-        if not ok:
-            raise OSError(number, os.strerror(number), f"{name}: task {kind}")
+        target = None
+        if table is not None:
+            kind_of_target, params = table.split(maxsplit=1)
+            target = (SECTORS, kind_of_target, params)
+        run_task(self.lib, kind, name, shared=self.shared, table=target, uuid=uuid,
+                 message=message, cookie=cookie)
 
     def remove(self, name: str) -> None:
         """udev may still hold a node it is probing: EBUSY, retried as dmsetup's --retry."""

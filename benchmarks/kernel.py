@@ -210,32 +210,13 @@ class BareLibdm:
     def _run(self, kind: int, name: str, *, table: tuple[int, str, str] | None = None,
              uuid: str | None = None, message: str | None = None,
              cookie: bool = False) -> None:
-        import ctypes
+        from bare_dm import run_task  # beside this file: the process-level floor's own
 
-        lib = self.lib
-        dmt = lib.dm_task_create(kind)
         try:
-            lib.dm_task_set_name(dmt, name.encode())
-            if uuid is not None:
-                lib.dm_task_set_uuid(dmt, uuid.encode())
-            if table is not None:
-                length, target, params = table
-                lib.dm_task_add_target(dmt, 0, length, target.encode(), params.encode())
-            if message is not None:
-                lib.dm_task_set_sector(dmt, 0)
-                lib.dm_task_set_message(dmt, message.encode())
-            shared = self.shared is not None
-            value = self.shared if shared else ctypes.c_uint32(0)
-            if cookie:
-                lib.dm_task_set_cookie(dmt, ctypes.byref(value), 0)
-            ok = lib.dm_task_run(dmt)
-            errno_value = lib.dm_task_get_errno(dmt)
-        finally:
-            lib.dm_task_destroy(dmt)
-        if cookie and not shared:
-            lib.dm_udev_wait(value.value)
-        if not ok:
-            raise OSError(errno_value, os.strerror(errno_value), name)
+            run_task(self.lib, kind, name, shared=self.shared, table=table, uuid=uuid,
+                     message=message, cookie=cookie)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, name) from exc
 
     def message(self, pool: str, words: list[str]) -> None:
         from reconciler.dm.libdm import DM_DEVICE_TARGET_MSG
