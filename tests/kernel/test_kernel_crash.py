@@ -52,10 +52,12 @@ def _unspec(*names: str) -> Callable[[World], None]:
     return unspec
 
 
+# The operations crashed in on the real kernel, and how each is undone. A single device's
+# snapshot and removal are not among them: the first device of snapshot3's and remove3's
+# batches has every crash point they had (the fake kernel's matrix runs them all), and each
+# point costs a fork, a restart and an undo under emulation. create stays for its mkfs.
 REVERT: dict[str, Callable[[World], None]] = {
     "create": _unspec("a"),
-    "snapshot": _unspec("snap"),
-    "remove": _respec("a"),
     # Three devices in one pass: crash points inside a batch (group commit).
     "create3": _unspec("a", "b", "c"),
     "snapshot3": _unspec("s1", "s2", "s3"),
