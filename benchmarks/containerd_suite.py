@@ -169,7 +169,7 @@ def tarball() -> Path | None:
 def containerd(base: Path, binary: Path, plugins_toml: str) -> Iterator[Any]:
     """containerd 2.3.4 with `plugins_toml`, its CRI off: a snapshots stub on its socket."""
     import grpc
-    from kernel import stop
+    from kernel import stop, wait_for_socket
 
     from reconciler.api.proto import snapshots_pb2_grpc
 
@@ -184,11 +184,7 @@ def containerd(base: Path, binary: Path, plugins_toml: str) -> Iterator[Any]:
                                stderr=subprocess.STDOUT)
     channel = None
     try:
-        deadline = time.monotonic() + 300
-        while not sock.is_socket():
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"containerd did not start: see {base / 'containerd.log'}")
-            time.sleep(0.2)
+        wait_for_socket(sock, process, "containerd", base / "containerd.log")
         channel = grpc.insecure_channel(f"unix:{sock}")
         yield snapshots_pb2_grpc.SnapshotsStub(channel)  # type: ignore[no-untyped-call]
     finally:

@@ -392,6 +392,15 @@ def remove_devices(pool: str) -> None:
     sh("dmsetup", "remove", pool, check=False)
 
 
+def wait_for_socket(sock: Path, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    """Until `process` serves `sock`; RuntimeError naming its log if it dies or 300 s pass."""
+    deadline = time.monotonic() + 300
+    while not sock.is_socket():
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"{what} did not start: see {log}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def our_daemon(base: Path, pool: str, extra: str = "") -> Iterator[Path]:
     """`reconciler run` (libdevmapper, its own loopback pool `pool`, `extra` config lines)
@@ -405,11 +414,7 @@ def our_daemon(base: Path, pool: str, extra: str = "") -> Iterator[Path]:
                              str(base / "reconciler.toml"), "run"],
                             stdout=(base / "ours.log").open("w"), stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while not sock.is_socket():
-            if time.monotonic() > deadline or ours.poll() is not None:
-                raise RuntimeError(f"our daemon did not start: see {base / 'ours.log'}")
-            time.sleep(0.2)
+        wait_for_socket(sock, ours, "our daemon", base / "ours.log")
         yield sock
     finally:
         stop(ours)
@@ -443,11 +448,7 @@ def snapshotters(n: int, work: Path) -> list[SnapshotterRun]:
                                stdout=(base / "containerd.log").open("w"),
                                stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 300
-            while not ctd_sock.is_socket():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("containerd did not start")
-                time.sleep(0.2)
+            wait_for_socket(ctd_sock, ctd, "containerd", base / "containerd.log")
             channel = grpc.insecure_channel(f"unix:{ctd_sock}")
             stub = snapshots_pb2_grpc.SnapshotsStub(channel)  # type: ignore[no-untyped-call]
             meta_ns = (("containerd-namespace", "bench"),)

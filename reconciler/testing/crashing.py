@@ -36,24 +36,20 @@ class Operation:
     expected_devices: frozenset[str]
 
 
-def _specs(**texts: str) -> Callable[[World], None]:
+def specs(**texts: str) -> Callable[[World], None]:
+    """An action writing these spec files (name: text)."""
     def write(world: World) -> None:
         for name, text in texts.items():
             world.spec(name, text)
     return write
 
 
-def _remove(name: str) -> Callable[[World], None]:
-    def remove(world: World) -> None:
-        world.unspec(name)
-    return remove
-
-
 def _nothing(world: World) -> None:
     del world
 
 
-def _removes(*names: str) -> Callable[[World], None]:
+def removes(*names: str) -> Callable[[World], None]:
+    """An action deleting these devices' spec files."""
     def remove(world: World) -> None:
         for name in names:
             world.unspec(name)
@@ -77,29 +73,29 @@ def _first_create_fails(world: World) -> None:
 
 RAW = 'filesystem = "none"\n'
 OPERATIONS = [
-    Operation("create", _nothing, _specs(a='size = "32MiB"\n'), frozenset({"a"})),
-    Operation("snapshot", _specs(data=RAW), _specs(snap='parent = "data"\n'),
+    Operation("create", _nothing, specs(a='size = "32MiB"\n'), frozenset({"a"})),
+    Operation("snapshot", specs(data=RAW), specs(snap='parent = "data"\n'),
               frozenset({"data", "snap"})),
-    Operation("activate", _specs(a=RAW + "active = false\n"), _specs(a=RAW),
+    Operation("activate", specs(a=RAW + "active = false\n"), specs(a=RAW),
               frozenset({"a"})),
-    Operation("deactivate", _specs(a=RAW), _specs(a=RAW + "active = false\n"), frozenset()),
-    Operation("grow", _specs(a=RAW + 'size = "32MiB"\n'), _specs(a=RAW + 'size = "64MiB"\n'),
+    Operation("deactivate", specs(a=RAW), specs(a=RAW + "active = false\n"), frozenset()),
+    Operation("grow", specs(a=RAW + 'size = "32MiB"\n'), specs(a=RAW + 'size = "64MiB"\n'),
               frozenset({"a"})),
-    Operation("remove", _specs(data=RAW, a=RAW), _remove("a"), frozenset({"data"})),
+    Operation("remove", specs(data=RAW, a=RAW), removes("a"), frozenset({"data"})),
     # Several devices in one pass, so that crash points fall inside a batch (group commit):
     # before and after its 1st, 2nd and 3rd message and its one set_transaction_id.
-    Operation("create3", _nothing, _specs(a=RAW, b=RAW, c=RAW), frozenset({"a", "b", "c"})),
-    Operation("snapshot3", _specs(p1=RAW, p2=RAW, p3=RAW),
-              _specs(s1='parent = "p1"\n', s2='parent = "p2"\n', s3='parent = "p3"\n'),
+    Operation("create3", _nothing, specs(a=RAW, b=RAW, c=RAW), frozenset({"a", "b", "c"})),
+    Operation("snapshot3", specs(p1=RAW, p2=RAW, p3=RAW),
+              specs(s1='parent = "p1"\n', s2='parent = "p2"\n', s3='parent = "p3"\n'),
               frozenset({"p1", "p2", "p3", "s1", "s2", "s3"})),
-    Operation("remove3", _specs(data=RAW, a=RAW, b=RAW, c=RAW), _removes("a", "b", "c"),
+    Operation("remove3", specs(data=RAW, a=RAW, b=RAW, c=RAW), removes("a", "b", "c"),
               frozenset({"data"})),
 ]
 # Fake kernel only (a fault is injected): creates, a snapshot and a removal in one pass,
 # the first create refused once.
 MIXED = Operation(
-    "mixed_one_failing", _specs(data=RAW, old=RAW),
-    _both(_specs(a=RAW, b=RAW, c=RAW, snap='parent = "data"\n'), _remove("old"),
+    "mixed_one_failing", specs(data=RAW, old=RAW),
+    _both(specs(a=RAW, b=RAW, c=RAW, snap='parent = "data"\n'), removes("old"),
           _first_create_fails),
     frozenset({"data", "a", "b", "c", "snap"}))
 

@@ -26,9 +26,12 @@ from reconciler.store import Store
 from reconciler.testing.config_file import write_config
 from reconciler.testing.crashing import (
     OPERATIONS,
+    RAW,
     Operation,
     assert_store_and_pool_agree,
     call_counts,
+    removes,
+    specs,
 )
 from reconciler.testing.world import World
 from reconciler.tools.loopback import LoopbackFiles, attached_loop
@@ -38,30 +41,16 @@ MUTATING = ("dmsetup message", "dmsetup create", "dmsetup remove", "dmsetup susp
             "dmsetup load", "dmsetup resume", "mkfs.ext4")
 
 
-def _respec(*names: str) -> Callable[[World], None]:
-    def respec(world: World) -> None:
-        for name in names:
-            world.spec(name, 'filesystem = "none"\n')
-    return respec
-
-
-def _unspec(*names: str) -> Callable[[World], None]:
-    def unspec(world: World) -> None:
-        for name in names:
-            world.unspec(name)
-    return unspec
-
-
 # The operations crashed in on the real kernel, and how each is undone. A single device's
 # snapshot and removal are not among them: the first device of snapshot3's and remove3's
 # batches has every crash point they had (the fake kernel's matrix runs them all), and each
 # point costs a fork, a restart and an undo under emulation. create stays for its mkfs.
 REVERT: dict[str, Callable[[World], None]] = {
-    "create": _unspec("a"),
+    "create": removes("a"),
     # Three devices in one pass: crash points inside a batch (group commit).
-    "create3": _unspec("a", "b", "c"),
-    "snapshot3": _unspec("s1", "s2", "s3"),
-    "remove3": _respec("a", "b", "c"),
+    "create3": removes("a", "b", "c"),
+    "snapshot3": removes("s1", "s2", "s3"),
+    "remove3": specs(a=RAW, b=RAW, c=RAW),
 }
 DATA_OFFSET = 5 << 20
 
