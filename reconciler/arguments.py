@@ -13,7 +13,6 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from enum import StrEnum
-from importlib import metadata
 from pathlib import Path
 
 PROG = "reconciler"
@@ -49,6 +48,9 @@ def _global_options(parser: argparse.ArgumentParser, default: bool) -> None:
 
 def package_version() -> str:
     """The installed package's version (its metadata: one source, pyproject.toml)."""
+    # Imported when asked: importlib.metadata would be in every command's start-up.
+    from importlib import metadata
+
     try:
         return metadata.version("reconciler")
     except metadata.PackageNotFoundError:  # a checkout run without installing it

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -188,7 +187,9 @@ def probe_cookie(lib: DmLibrary, timeout: float) -> CookieProbe:
     cookie, waited for, and removed again (without udev). NOT_RUN when no cookie could be
     made: libdevmapper will not synchronise (it found no udev at its first use), or an ioctl
     was refused."""
-    name = f"{PROBE_PREFIX}-{os.getpid()}-{secrets.token_hex(3)}"
+    # os.urandom, not secrets: the name needs no more than uniqueness, and `secrets` would
+    # import hmac (OpenSSL) into every process that loads the driver.
+    name = f"{PROBE_PREFIX}-{os.getpid()}-{os.urandom(3).hex()}"
     with LOCK:
         capture.records.clear()
         lib.dm_udev_set_sync_support(1)

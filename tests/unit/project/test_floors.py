@@ -136,10 +136,11 @@ def parse_version(text: str) -> Version:
 
 
 def declared() -> dict[str, tuple[Version, Version | None]]:
-    """pyproject.toml's runtime and dev requirements: normalized name -> (floor, cap)."""
+    """pyproject.toml's runtime, dev and lint requirements: normalized name -> (floor, cap)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     found = {}
-    for line in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+    for line in [*project["dependencies"], *extras["dev"], *extras["lint"]]:
         match = REQUIREMENT.match(line.replace(" ", ""))
         assert match is not None, f"{line!r} is not name>=floor[,<cap]"
         name, low, cap = match.groups()
@@ -153,7 +154,7 @@ def normalized(name: str) -> str:
 
 
 def test_every_dependency_has_a_floor_and_the_constraints_pin_exactly_those() -> None:
-    """constraints/minimum.txt pins every runtime and dev dependency to its declared
+    """constraints/minimum.txt pins every runtime, dev and lint dependency to its declared
     minimum, and nothing else: the floor job installs what pyproject.toml claims."""
     pins: dict[str, Version] = {}
     for line in CONSTRAINTS.read_text().splitlines():
