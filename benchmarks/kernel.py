@@ -580,7 +580,7 @@ def issue26_sections(only: set[str], args: argparse.Namespace, work: Path) -> di
                                                                                  work))
             if "g" in only:
                 out["suite"] = containerd_suite.print_suite(
-                    containerd_suite.suite_runs(args.iterations, work))
+                    containerd_suite.suite_runs(args.iterations, work, args.variants))
     return out
 
 
@@ -591,6 +591,8 @@ def main() -> int:
     parser.add_argument("--depth", type=int, default=128)
     parser.add_argument("--iterations", type=int, default=3, help="(g)'s iterations")
     parser.add_argument("--samples", type=int, default=20, help="(i)'s activations per mode")
+    parser.add_argument("--variants", type=int, default=3,
+                        help="(g)'s variants of ours: 1 is ours as it comes, 3 every one")
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "kernel.json")
     args = parser.parse_args()
     if not in_kernel() and not os.environ.get("RECONCILER_IN_VM"):
@@ -599,8 +601,8 @@ def main() -> int:
         return subprocess.call([str(ROOT / "scripts" / "vm"), "--rwdir", str(args.json.parent),
                                 "--", sys.executable, "-u", __file__, "--n", str(args.n), "--only",
                                 args.only, "--depth", str(args.depth), "--iterations",
-                                str(args.iterations), "--samples", str(args.samples), "--json",
-                                str(args.json)])
+                                str(args.iterations), "--samples", str(args.samples),
+                                "--variants", str(args.variants), "--json", str(args.json)])
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="kbench-", dir="/tmp"))
