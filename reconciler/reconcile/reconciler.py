@@ -16,7 +16,7 @@ sweeps and one device's loop in `drive` (retry or Faulty: `retry.verdict`), cras
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -76,7 +76,7 @@ TARGETED_MAX = 16
 class _Desired:
     """A pass's specs: resolved against the store, and the names any source wants."""
 
-    specs: dict[str, DeviceSpec]
+    specs: Mapping[str, DeviceSpec]
     names: frozenset[str]
     rejected: list[RejectedSpec]
     # The spec directory could not be read completely: no spec-file device is touched.
@@ -253,9 +253,10 @@ class Reconciler:
 
         # Every device, or those _begin chose; parents before their snapshots, unwanted
         # devices last (less those whose removal is held, or that no source may judge).
+        specs = desired.specs
         order: list[tuple[str, DeviceSpec | None]] = [
-            (n, desired.specs[n]) for n in self._ordering.parents_first(desired.specs)
-            if chosen is None or n in chosen]
+            (n, specs[n]) for n in self._ordering.parents_first(specs)] if chosen is None \
+            else [(n, specs[n]) for n in self._ordering.parents_first(specs) if n in chosen]
         unwanted = self._unwanted(desired, chosen, result)
         order += [(n, None) for n in sorted(unwanted)]
         try:
@@ -320,7 +321,7 @@ class Reconciler:
         ctx.obs = observe(ctx.pool.client, self.settings.pool_name, self._parsed)
         return desired, chosen
 
-    def _parent_of(self, name: str, specs: dict[str, DeviceSpec]) -> str | None:
+    def _parent_of(self, name: str, specs: Mapping[str, DeviceSpec]) -> str | None:
         spec = specs.get(name)
         if spec is not None and spec.parent is not None:
             return spec.parent
