@@ -253,10 +253,9 @@ class Reconciler:
 
         # Every device, or those _begin chose; parents before their snapshots, unwanted
         # devices last (less those whose removal is held, or that no source may judge).
-        specs = desired.specs
         order: list[tuple[str, DeviceSpec | None]] = [
-            (n, specs[n]) for n in self._ordering.parents_first(specs)] if chosen is None \
-            else [(n, specs[n]) for n in self._ordering.parents_first(specs) if n in chosen]
+            (n, desired.specs[n]) for n in self._ordering.parents_first(desired.specs)
+            if chosen is None or n in chosen]
         unwanted = self._unwanted(desired, chosen, result)
         order += [(n, None) for n in sorted(unwanted)]
         try:
