@@ -8,9 +8,12 @@ Each size gets a fresh state directory and FakeKernel; the devices are made by t
 reconciler itself from spec files (filesystem "none": the cost measured is ours, not mkfs).
 Prints a table, and whether cost grows linearly (time per device across sizes).
 
-`--kernel process` (the default) runs the fake kernel in a process of its own
-(fakekernel.remote), as a real kernel is not in the daemon's process: peak RSS is then the
-daemon's alone. `--kernel inline` keeps it in the benchmark's process, as before.
+The devices are made in one process; the daemon is then measured in a fresh process of its
+own (the made kernel handed over as a pickle), so that its peak RSS is one daemon's: no
+freed arenas of the reconciler that made the devices. Start-up is that daemon's start (its
+first pass, recovery included). `--kernel process` (the default) runs the fake kernel in a
+process of its own (fakekernel.remote), as a real kernel is not in the daemon's process:
+peak RSS is then the daemon's alone. `--kernel inline` keeps it in the daemon's process.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import gc
 import json
 import logging
 import os
+import pickle
 import platform
 import resource
 import shutil
@@ -39,7 +43,7 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.config import Settings, settings_from_mapping
-from reconciler.daemon.service import Daemon, settle_heap
+from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.crash import call_kind
 from reconciler.dm.host import Completed
@@ -47,10 +51,14 @@ from reconciler.reconcile.reconciler import Reconciler
 from reconciler.store import Store
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.fakekernel.remote import RemoteKernel
+from reconciler.vocabulary import ThinId
 
 MUTATING = ("dmsetup create", "dmsetup remove", "dmsetup message", "dmsetup load",
             "dmsetup suspend", "dmsetup resume", "mkfs")
 BURST = 100
+RESYNCS = 5
+# The made kernel, pickled for the daemon's process (see measure).
+KERNEL_FILE = "kernel.pickle"
 
 
 class TimedKernel(FakeKernel):
@@ -70,6 +78,13 @@ class TimedKernel(FakeKernel):
             return super().run(argv)
         finally:
             self.busy += time.perf_counter() - started
+
+    def save(self, path: str) -> None:
+        """Pickle this kernel, its call log emptied, for the daemon's process (measure)."""
+        self.calls.clear()
+        self.times.clear()
+        self.busy = 0.0
+        Path(path).write_bytes(pickle.dumps(self))
 
     # What the benchmark reads of the kernel, the same whether it is here or in a process.
 
@@ -163,24 +178,64 @@ def measure(devices: int, in_process: bool) -> Row:
         (settings.specs_path / f"d{i:06}.toml").write_text('filesystem = "none"\n')
     kernel: Kernel = TimedKernel() if in_process else KernelProcess.start(TimedKernel)
     try:
-        return _measure(devices, settings, kernel)
-    finally:
+        create_s = make_all(settings, kernel)
+        # The made kernel goes to the daemon's process as a file, its call log emptied.
         if isinstance(kernel, KernelProcess):
+            kernel.call("save", str(root / KERNEL_FILE))
             kernel.stop()
+        else:
+            kernel.save(str(root / KERNEL_FILE))
+        del kernel
+        out = subprocess.run([sys.executable, __file__, "--daemon-of", str(root),
+                              "--sizes", str(devices), "--kernel",
+                              "inline" if in_process else "process"],
+                             capture_output=True, text=True, check=True)
+        return Row(devices=devices, create_s=round(create_s, 2), **json.loads(out.stdout))
+    finally:
         # 10,000 spec files and a database per size: 60 MB a run, left in /tmp until now.
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _measure(devices: int, settings: Settings, kernel: Kernel) -> Row:
+def make_all(settings: Settings, kernel: Kernel) -> float:
+    """Seconds for one reconciler's pass to make every device (this process's, not the
+    measured daemon's: what it leaves on the heap would inflate the daemon's peak RSS)."""
     store = Store(settings.database_path, time.time)
-    engine = Reconciler(settings, kernel, store)
     started = time.perf_counter()
-    assert engine.run_pass().ok
-    create_s = time.perf_counter() - started
-    settle_heap()  # as the daemon does after its first pass
+    assert Reconciler(settings, kernel, store).run_pass().ok
+    store.close()
+    return time.perf_counter() - started
 
+
+def load_kernel(path: Path) -> TimedKernel:
+    kernel: TimedKernel = pickle.loads(path.read_bytes())
+    return kernel
+
+
+def measure_daemon(root: Path, devices: int, in_process: bool) -> dict[str, float | int]:
+    """The daemon's own process: start-up (its first pass, recovery included), converged
+    resyncs, drops, and its peak RSS, with nothing else ever allocated in this process."""
+    settings = settings_for(root)
+    path = root / KERNEL_FILE
+    kernel: Kernel = load_kernel(path) if in_process \
+        else KernelProcess.start(lambda: load_kernel(path))
+    try:
+        return _measure_daemon(settings, kernel, devices)
+    finally:
+        if isinstance(kernel, KernelProcess):
+            kernel.stop()
+
+
+def _measure_daemon(settings: Settings, kernel: Kernel, devices: int) -> dict[str, float | int]:
+    daemon = Daemon(settings, kernel, wakeups=Wakeups())
+    started, cpu_started = time.perf_counter(), time.process_time()
+    daemon.start()
+    startup_s = time.perf_counter() - started
+    startup_cpu_s = time.process_time() - cpu_started
+    assert daemon.passes == 1 and daemon.last_pass_error is None
+
+    engine, store = daemon.reconciler, daemon.store
     timings, ours, cpu, calls, mutations, sql = [], [], [], 0, 0, 0
-    for _ in range(5):
+    for _ in range(RESYNCS):
         statements = count_sql(store)
         before = kernel.call_count()
         busy = kernel.busy_seconds()
@@ -195,31 +250,31 @@ def _measure(devices: int, settings: Settings, kernel: Kernel) -> Row:
         calls = len(made)
         mutations = sum(1 for c in made if call_kind(c).startswith(MUTATING))
         sql = len(statements)
-    store.close()
-    # One reconciler alive at a time, as in a daemon: peak RSS is then one daemon's. Its
-    # frozen heap (settle_heap) is thawed first, or its cycles would outlive it.
-    del engine, result
+    del result
+
+    drop, single = drop_latencies(settings, kernel, daemon)
+    peak_rss_mb = peak_rss()
+    daemon.close()
+    del daemon, engine, store
     gc.unfreeze()
     gc.collect()
+    return {"resync_ms": round(statistics.median(timings) * 1000, 1),
+            "resync_ours_ms": round(statistics.median(ours) * 1000, 1),
+            "resync_cpu_ms": round(statistics.median(cpu) * 1000, 1),
+            "resync_kernel_calls": calls, "resync_mutations": mutations,
+            "resync_sql_statements": sql,
+            "startup_s": round(startup_s, 3), "startup_cpu_s": round(startup_cpu_s, 3),
+            "drop_p50_ms": round(statistics.median(drop) * 1000, 1),
+            "drop_p99_ms": round(sorted(drop)[int(len(drop) * 0.99) - 1] * 1000, 1),
+            "single_drop_p50_ms": round(statistics.median(single) * 1000, 1),
+            "peak_rss_mb": round(peak_rss_mb, 1),
+            "our_heap_mb": round(our_heap_mb(settings, kernel), 1)}
 
-    # Start-up: a new process's store and reconciler over the same kernel (recovery included).
-    started, cpu_started = time.perf_counter(), time.process_time()
-    store = Store(settings.database_path, time.time)
-    assert Reconciler(settings, kernel, store).run_pass().ok
-    startup_s = time.perf_counter() - started
-    startup_cpu_s = time.process_time() - cpu_started
-    store.close()
 
-    drop, single = drop_latencies(settings, kernel, devices)
-    return Row(devices, round(create_s, 2), round(statistics.median(timings) * 1000, 1),
-               round(statistics.median(ours) * 1000, 1),
-               round(statistics.median(cpu) * 1000, 1), calls,
-               mutations, sql, round(startup_s, 3), round(startup_cpu_s, 3),
-               round(statistics.median(drop) * 1000, 1),
-               round(sorted(drop)[int(len(drop) * 0.99) - 1] * 1000, 1),
-               round(statistics.median(single) * 1000, 1),
-               round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               round(our_heap_mb(settings, kernel), 1))
+def peak_rss() -> float:
+    """This process's peak resident set (VmHWM), in MB: the daemon's alone, as this process
+    ran nothing else (the fake kernel, with --kernel process, is a process of its own)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def our_heap_mb(settings: Settings, kernel: Kernel) -> float:
@@ -238,11 +293,9 @@ def our_heap_mb(settings: Settings, kernel: Kernel) -> float:
 
 
 def drop_latencies(settings: Settings, kernel: Kernel,
-                   devices: int) -> tuple[list[float], list[float]]:
+                   daemon: Daemon) -> tuple[list[float], list[float]]:
     """Spec files dropped while the daemon runs: seconds from a file's write to the kernel
     call that creates its thin device, for a burst of BURST files and for 20 single drops."""
-    daemon = Daemon(settings, kernel, wakeups=Wakeups())
-    daemon.start()
     thread = threading.Thread(target=lambda: [None for _ in iter(
         lambda: daemon.step(daemon._timeout()), False)], daemon=True)
     thread.start()
@@ -264,9 +317,9 @@ def drop_latencies(settings: Settings, kernel: Kernel,
         latencies = []
         # perf_counter is CLOCK_MONOTONIC: the kernel process's times compare with ours.
         for at, thin_id in kernel.created_since(first_call):
-            name = made.get(thin_id)
-            if name is not None and name in written:
-                latencies.append(at - written.pop(name))
+            made_name = made.get(ThinId(thin_id))
+            if made_name is not None and made_name in written:
+                latencies.append(at - written.pop(made_name))
         assert not written, f"no create_thin seen for {sorted(written)}"
         return latencies
 
@@ -275,7 +328,6 @@ def drop_latencies(settings: Settings, kernel: Kernel,
     daemon.request_stop()
     thread.join(timeout=60)
     store.close()
-    del devices
     return burst, single
 
 
@@ -286,8 +338,13 @@ def main() -> int:
     parser.add_argument("--kernel", choices=("process", "inline"), default="process",
                         help="the fake kernel in a process of its own (peak RSS is then the "
                              "daemon's alone), or in the benchmark's")
+    parser.add_argument("--daemon-of", type=Path, help=argparse.SUPPRESS)  # see measure
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    if args.daemon_of is not None:
+        json.dump(measure_daemon(args.daemon_of, int(args.sizes), args.kernel == "inline"),
+                  sys.stdout)
+        return 0
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         # One process per size: peak RSS is per process.

@@ -70,6 +70,15 @@ log = structlog.get_logger(__name__)
 YOUNG_COLLECTION_EVERY = 20_000
 
 
+def collect_less_often() -> None:
+    """Collect young objects less often, from before the first pass: a start-up over 50,000
+    devices allocates millions of objects that live as long as the daemon (records, parse
+    caches), and with CPython's defaults the collector walked them again and again while
+    they were being built (1.6 of 4.7 s of CPU). What a pass allocates is freed by
+    reference counts; cycles wait a little longer for their collection."""
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 20)
+
+
 def settle_heap() -> None:
     """Once the first pass has built what lives as long as the daemon (records, parse
     caches, the gRPC and logging machinery): move it out of the cyclic collector's reach,
@@ -77,7 +86,7 @@ def settle_heap() -> None:
     hundred thousand short-lived objects; with the defaults the collector walked the
     long-lived ones again several times per pass (200-500 ms of a 10,000-device resync)."""
     gc.freeze()
-    gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 20)
+    collect_less_often()
 
 
 class Outcome(StrEnum):
@@ -388,6 +397,7 @@ class Daemon:
         if self.settings.grpc_socket is not None:
             # Made by the first pass, so that containerd's first root Prepare runs no mkfs.
             self.snapshotter.want_base()
+        collect_less_often()
         self.step(timeout=0)
         if self.settings.grpc_socket is not None:
             # After the first pass: the pool exists and recovery is done before any request.

@@ -13,12 +13,15 @@ from contextlib import contextmanager
 
 from reconciler.dm.errors import DmError, classify
 from reconciler.dm.host import Completed, Host
-from reconciler.dm.memo import LastCall
+from reconciler.dm.memo import LastText
 from reconciler.dm.parse import (
     NamedLine,
+    listing_lines,
+    named_targets,
     parse_info_columns,
+    parse_info_line,
     parse_ls,
-    parse_named_lines,
+    parse_named_line,
     parse_single_lines,
 )
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
@@ -37,15 +40,15 @@ class DmClient:
         # Whether dmsetup may wait for udev; without a probe cookie unless given one
         # (dm.driver.make_client gives libdevmapper's when the host offers the library).
         self.udev = udev if udev is not None else UdevGate(udev_facts_of(host))
-        # What each line of the last info/status/table of all devices parsed to: a
-        # converged pass parses only the lines that changed.
-        self._info_lines: LastCall[str, DeviceInfo] = LastCall()
-        self._status_lines: LastCall[str, NamedLine] = LastCall()
-        self._table_lines: LastCall[str, NamedLine] = LastCall()
-        # The last listing's whole text and what it parsed to: a converged system prints
-        # the very same text, which then costs one comparison instead of a line each.
-        self._info_all: tuple[str, list[DeviceInfo]] | None = None
-        self._table_all: tuple[str, dict[str, list[TargetLine]]] | None = None
+        # The last info/status/table of all devices, its text and what it parsed to: a
+        # converged system prints the very same text, which then costs one comparison; a
+        # changed one parses only the lines that changed.
+        self._info_all: LastText[DeviceInfo, list[DeviceInfo]] = LastText(
+            listing_lines, parse_info_line, list)
+        self._status_all: LastText[NamedLine, dict[str, list[TargetLine]]] = LastText(
+            listing_lines, parse_named_line, named_targets)
+        self._table_all: LastText[NamedLine, dict[str, list[TargetLine]]] = LastText(
+            listing_lines, parse_named_line, named_targets)
 
     def udev_sync(self) -> UdevSync:
         """Whether create, resume and remove wait for udev (proved at the first ask, and
@@ -71,11 +74,7 @@ class DmClient:
         kernel printed the same text: read it, never change it."""
         out = self._run("info", ["info", "-c", "--noheadings", "--nameprefixes", "-o",
                                  INFO_COLUMNS]).stdout
-        if self._info_all is not None and self._info_all[0] == out:
-            return self._info_all[1]
-        infos = parse_info_columns(out, self._info_lines)
-        self._info_all = (out, infos)
-        return infos
+        return self._info_all.parse(out)
 
     def info(self, name: str) -> DeviceInfo | None:
         """Info of one device, or None if there is no such device."""
@@ -90,8 +89,9 @@ class DmClient:
         return infos[0] if infos else None
 
     def status_all(self) -> dict[str, list[TargetLine]]:
-        """Status lines of every dm device in one call."""
-        return parse_named_lines(self._run("status", ["status"]).stdout, self._status_lines)
+        """Status lines of every dm device in one call. The same dict as the last call's when
+        the kernel printed the same text: read it, never change it."""
+        return self._status_all.parse(self._run("status", ["status"]).stdout)
 
     def status(self, name: str) -> list[TargetLine]:
         """Status lines of one device."""
@@ -101,11 +101,7 @@ class DmClient:
         """Live tables of every dm device in one call. The same dict as the last call's when
         the kernel printed the same text: read it, never change it."""
         out = self._run("table", ["table"]).stdout
-        if self._table_all is not None and self._table_all[0] == out:
-            return self._table_all[1]
-        tables = parse_named_lines(out, self._table_lines)
-        self._table_all = (out, tables)
-        return tables
+        return self._table_all.parse(out)
 
     def table(self, name: str) -> list[TargetLine]:
         """Live table of one device."""

@@ -47,7 +47,8 @@ def _int(field: str, meaning: str, value: str, source: str) -> int:
     return int(value)
 
 
-def _lines(text: str) -> list[str]:
+def listing_lines(text: str) -> list[str]:
+    """The lines of an all-devices listing (none when it says there are no devices)."""
     lines = text.splitlines()
     if lines == [NO_DEVICES]:
         return []
@@ -57,7 +58,7 @@ def _lines(text: str) -> list[str]:
 def parse_ls(text: str) -> list[DeviceListing]:
     """`dmsetup ls`: one `name<TAB>(major:minor)` line per device."""
     devices = []
-    for line in _lines(text):
+    for line in listing_lines(text):
         match = _LS_RE.match(line)
         if match is None:
             raise _fail("ls line", "name and device number", line, text)
@@ -80,8 +81,8 @@ def parse_info_columns(text: str,
 
     With `memo`, a line the last call also printed is not parsed again."""
     if memo is None:
-        return [parse_info_line(line) for line in _lines(text)]
-    return memo.call(_lines(text), parse_info_line)
+        return [parse_info_line(line) for line in listing_lines(text)]
+    return memo.call(listing_lines(text), parse_info_line)
 
 
 _VALUE = r"'((?:[^'\\]|\\.)*)'"
@@ -156,9 +157,14 @@ def parse_named_lines(text: str, memo: LastCall[str, NamedLine] | None = None,
     """`dmsetup status` or `dmsetup table` of all devices: `name: <target line>` lines.
 
     With `memo`, a line the last call also printed is not parsed again."""
-    lines = _lines(text)
+    lines = listing_lines(text)
     named = [parse_named_line(line) for line in lines] if memo is None \
         else memo.call(lines, parse_named_line)
+    return named_targets(named)
+
+
+def named_targets(named: list[NamedLine]) -> dict[str, list[TargetLine]]:
+    """The targets of each device, by name, of a listing's lines parsed in order."""
     result: dict[str, list[TargetLine]] = {}
     for name, target in named:
         targets = result.setdefault(name, [])

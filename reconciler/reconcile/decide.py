@@ -13,6 +13,7 @@ again. That is how a converged resync of 10,000 devices stays cheap without trus
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -206,6 +207,13 @@ def _fields(record: DeviceRecord | None) -> tuple[Any, ...] | None:
     return None if record is None else record_fields(record)
 
 
+def _same_device(kernel: KernelDevice | None, info: DeviceInfo | None,
+                 table: ThinTable | None) -> bool:
+    """Whether the dm device shows this info and table (another object, equal values)."""
+    now_info, now_table = (None, None) if kernel is None else (kernel.info, kernel.table)
+    return (info is now_info or info == now_info) and (table is now_table or table == now_table)
+
+
 class Settled:
     """Devices next_step found with nothing to do, with the inputs it was given.
 
@@ -236,16 +244,38 @@ class Settled:
         if seen is None:
             return False
         fields, seen_spec, seen_kernel, info, table, parent_fields, seen_hold = seen
-        if kernel is not seen_kernel:
-            now_info, now_table = (None, None) if kernel is None \
-                else (kernel.info, kernel.table)
-            if not ((info is now_info or info == now_info)
-                    and (table is now_table or table == now_table)):
-                return False
+        if kernel is not seen_kernel and not _same_device(kernel, info, table):
+            return False
         return ((seen_spec is spec or seen_spec == spec)
                 and hold_new == seen_hold
                 and fields == record_fields(record)
                 and parent_fields == _fields(parent))
+
+    def split(self, order: Sequence[tuple[str, DeviceSpec | None]],
+              records: Mapping[str, DeviceRecord], devices: Mapping[str, KernelDevice],
+              prefix: str, hold_new: str | None
+              ) -> tuple[list[str], list[tuple[str, DeviceSpec | None]]]:
+        """`order`'s wanted devices `unchanged` since they settled (by name), and the rest
+        (to be decided): `unchanged_parts` over a resync's every device in one loop, with
+        no call per device (`devices` by dm name, each `prefix` + its name)."""
+        converged: list[str] = []
+        todo: list[tuple[str, DeviceSpec | None]] = []
+        seen_all, record_of, device_of = self._inputs.get, records.get, devices.get
+        for name, spec in order:
+            seen = seen_all(name)
+            record = record_of(name)
+            if seen is not None and spec is not None and record is not None:
+                fields, seen_spec, seen_kernel, info, table, parent_fields, seen_hold = seen
+                kernel = device_of(prefix + name)
+                parent = record.parent
+                if (seen_spec is spec or seen_spec == spec) and hold_new == seen_hold \
+                        and (kernel is seen_kernel or _same_device(kernel, info, table)) \
+                        and fields == record_fields(record) and parent_fields == (
+                            None if parent is None else _fields(record_of(parent))):
+                    converged.append(name)
+                    continue
+            todo.append((name, spec))
+        return converged, todo
 
     def remember(self, inputs: Inputs) -> None:
         """next_step said None for these inputs (a device some spec wants)."""

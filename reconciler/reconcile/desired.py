@@ -132,26 +132,29 @@ def known_devices(records: Mapping[str, DeviceRecord]) -> MadeDevices:
 
 def resolve_against_store(
     spec_set: SpecSet, records: dict[str, DeviceRecord], settings: Settings
-) -> tuple[dict[str, DeviceSpec], list[RejectedSpec]]:
+) -> tuple[Mapping[str, DeviceSpec], list[RejectedSpec]]:
     """Reject what cannot be done to a device that exists: a spec that asks it for the
     impossible (a new parent or filesystem, a smaller size) is rejected, and the device is
     left as it is. (Parents were resolved once, by `load_specs`.)
     """
-    specs: dict[str, DeviceSpec] = {}
     rejected = list(spec_set.rejected)
-
-    def reject(name: str, error: str) -> None:
-        path = str(settings.specs_path / f"{name}.toml")
-        rejected.append(RejectedSpec(name, path, error))
-
+    problems: dict[str, str] = {}
+    get = records.get
     for name, spec in spec_set.specs.items():
-        own = records.get(name)
-        existing = own if own is not None and own.provisioned else None
-        problem = impossible_change(existing, spec) if existing is not None else None
-        if problem is not None:
-            reject(name, problem)
-            continue
-        specs[name] = spec
+        # impossible_change's three tests, inlined: a resync asks this of every device, and
+        # calls it only for a device that fails one of them.
+        own = get(name)
+        if own is not None and own.provisioned and (
+                spec.parent != own.parent or spec.filesystem != own.filesystem
+                or spec.size < own.size_bytes):
+            problem = impossible_change(own, spec)
+            if problem is not None:
+                problems[name] = problem
+    for name, problem in problems.items():
+        rejected.append(RejectedSpec(name, str(settings.specs_path / f"{name}.toml"), problem))
+    # Nothing rejected (a resync's usual case): the spec set's own dict, which nobody changes.
+    specs = {n: s for n, s in spec_set.specs.items() if n not in problems} if problems \
+        else spec_set.specs
     return specs, sorted(rejected, key=lambda r: r.name)
 
 
@@ -169,7 +172,7 @@ def impossible_change(record: DeviceRecord, spec: DeviceSpec) -> str | None:
     return None
 
 
-def parents_first(specs: dict[str, DeviceSpec]) -> list[str]:
+def parents_first(specs: Mapping[str, DeviceSpec]) -> list[str]:
     """Spec names, each after its parent (when the parent has a spec), else by name.
 
     Iterative, so a long chain of snapshots does not run into Python's recursion limit.
@@ -195,7 +198,7 @@ class Ordering:
     def __init__(self) -> None:
         self._last: tuple[list[DeviceSpec], tuple[str, ...]] | None = None
 
-    def parents_first(self, specs: dict[str, DeviceSpec]) -> tuple[str, ...]:
+    def parents_first(self, specs: Mapping[str, DeviceSpec]) -> tuple[str, ...]:
         """parents_first(specs), remembered."""
         values = list(specs.values())
         last = self._last
@@ -207,7 +210,7 @@ class Ordering:
         return order
 
 
-def with_descendants(names: set[str], specs: dict[str, DeviceSpec]) -> set[str]:
+def with_descendants(names: set[str], specs: Mapping[str, DeviceSpec]) -> set[str]:
     """Names plus every spec'd descendant: a parent's change may unblock its snapshots."""
     children: dict[str, list[str]] = {}
     for name, spec in specs.items():

@@ -117,22 +117,11 @@ def drive_all(ctx: PassContext, order: Sequence[tuple[str, DeviceSpec | None]],
     udev wait; then a second sweep finishes those. `distrust` is told when an error nobody
     foresaw may have left a record unsaved (see Sweep.contain)."""
     held: set[str] = set()
-    unchanged, converged = ctx.settled.unchanged_parts, result.converged
-    records, devices, hold_new = ctx.records, ctx.obs.devices, ctx.hold_new
-    prefix = ctx.kernel_name("")
-    todo: list[tuple[str, DeviceSpec | None]] = []
-    for name, spec in order:
-        # A device decided on exactly what this pass sees of it (its record, spec, dm
-        # device, parent, hold_new: ctx.inputs, taken apart) is not decided again:
-        # decide.Settled. This loop runs 10,000 times a resync: kept to lookups and one
-        # comparison, with no call per device but that one.
-        record = records.get(name)
-        if spec is not None and record is not None and unchanged(
-                record, spec, devices.get(prefix + name),
-                None if record.parent is None else records.get(record.parent), hold_new):
-            converged.append(name)
-        else:
-            todo.append((name, spec))
+    # A device decided on exactly what this pass sees of it (its record, spec, dm device,
+    # parent, hold_new: ctx.inputs, taken apart) is not decided again: decide.Settled.
+    converged, todo = ctx.settled.split(order, ctx.records, ctx.obs.devices,
+                                        ctx.kernel_name(""), ctx.hold_new)
+    result.converged.extend(converged)
     Sweep(ctx, result, distrust, held).run(todo)
     if held:
         ctx.pool.client.settle_udev()

@@ -16,7 +16,7 @@ sweeps and one device's loop in `drive` (retry or Faulty: `retry.verdict`), cras
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -76,7 +76,7 @@ TARGETED_MAX = 16
 class _Desired:
     """A pass's specs: resolved against the store, and the names any source wants."""
 
-    specs: dict[str, DeviceSpec]
+    specs: Mapping[str, DeviceSpec]
     names: frozenset[str]
     rejected: list[RejectedSpec]
     # The spec directory could not be read completely: no spec-file device is touched.
@@ -320,7 +320,7 @@ class Reconciler:
         ctx.obs = observe(ctx.pool.client, self.settings.pool_name, self._parsed)
         return desired, chosen
 
-    def _parent_of(self, name: str, specs: dict[str, DeviceSpec]) -> str | None:
+    def _parent_of(self, name: str, specs: Mapping[str, DeviceSpec]) -> str | None:
         spec = specs.get(name)
         if spec is not None and spec.parent is not None:
             return spec.parent

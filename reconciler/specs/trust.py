@@ -135,7 +135,7 @@ def _stem(path: str) -> str:
     return os.path.basename(path).removesuffix(SPEC_SUFFIX)
 
 
-def read_bounded(path: Path, allow_foreign: bool) -> bytes:
+def read_bounded(path: str | Path, allow_foreign: bool) -> bytes:
     """A spec file's bytes, read without blocking (a FIFO renamed over a file between our
     stat and our open cannot hang us), from a regular file of a trusted owner (checked again
     on what we opened), at most MAX_SPEC_BYTES."""
@@ -150,11 +150,14 @@ def read_bounded(path: Path, allow_foreign: bool) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while size <= MAX_SPEC_BYTES:
-            chunk = os.read(fd, MAX_SPEC_BYTES + 1 - size)
-            if not chunk:
-                break
+            wanted = MAX_SPEC_BYTES + 1 - size
+            chunk = os.read(fd, wanted)
             chunks.append(chunk)
             size += len(chunk)
+            if len(chunk) < wanted:
+                # A regular file's short read is its end: no second read to be told so
+                # (a start-up reads 50,000 files).
+                break
         if size > MAX_SPEC_BYTES:
             raise SpecError(f"larger than the {MAX_SPEC_BYTES} bytes a spec may be")
         return b"".join(chunks)

@@ -17,7 +17,7 @@ import multiprocessing
 import threading
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Self
 
 from reconciler.dm.host import Completed
 from reconciler.dm.udev import UdevFacts
@@ -55,7 +55,7 @@ class RemoteKernel:
         self._lock = threading.Lock()
 
     @classmethod
-    def start(cls, make: Callable[[], FakeKernel] = FakeKernel) -> RemoteKernel:
+    def start(cls, make: Callable[[], FakeKernel] = FakeKernel) -> Self:
         """Fork the server (`make` builds its kernel there) and connect to it."""
         context = multiprocessing.get_context("fork")
         ours, theirs = context.Pipe()

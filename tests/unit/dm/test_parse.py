@@ -18,9 +18,11 @@ from reconciler.dm.errors import (
     classify,
 )
 from reconciler.dm.host import Completed
-from reconciler.dm.memo import LastCall
+from reconciler.dm.memo import LastCall, LastText
 from reconciler.dm.parse import (
     NamedLine,
+    listing_lines,
+    named_targets,
     parse_info_columns,
     parse_info_fields,
     parse_info_line,
@@ -36,7 +38,7 @@ from reconciler.dm.parse import (
     single_thin_table,
     thin_table_hidden,
 )
-from reconciler.dm.types import DeviceInfo, PoolMode
+from reconciler.dm.types import DeviceInfo, PoolMode, TargetLine
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "dmsetup"
 
@@ -237,3 +239,52 @@ def test_last_call_keeps_what_the_last_call_asked_for_and_nothing_older() -> Non
     with pytest.raises(ParseError):
         memo.get("no separator", parse)
     assert len(memo) == 2, "a line that does not parse is not kept"
+
+
+def test_last_text_reuses_the_whole_result_and_each_unchanged_line() -> None:
+    """The same text again gives the very same result, nothing parsed; a changed text parses
+    only the lines the last one did not print, and gives every other line's value back as
+    the same object; a text with no devices parses to nothing."""
+    made: list[str] = []
+
+    def parse(line: str) -> NamedLine:
+        made.append(line)
+        return parse_named_line(line)
+
+    memo: LastText[NamedLine, dict[str, list[TargetLine]]] = LastText(
+        listing_lines, parse, named_targets)
+    first = memo.parse("a: 0 8 thin 1\nb: 0 8 thin 5 9\nc: \n")
+    assert memo.parse("a: 0 8 thin 1\nb: 0 8 thin 5 9\nc: \n") is first
+    second = memo.parse("a: 0 8 thin 1\nb: 0 8 thin 6 9\nc: \n")
+    assert made == ["a: 0 8 thin 1", "b: 0 8 thin 5 9", "c: ", "b: 0 8 thin 6 9"]
+    assert second == parse_named_lines("a: 0 8 thin 1\nb: 0 8 thin 6 9\nc: \n")
+    assert second["a"][0] is first["a"][0] and second["b"] != first["b"]
+    assert second["c"] == []
+    assert memo.parse("No devices found\n") == {}
+    third = memo.parse("a: 0 8 thin 1\n")
+    assert made[-1] == "a: 0 8 thin 1", "a line two texts ago is parsed again"
+    assert third == {"a": [parse_named_line("a: 0 8 thin 1")[1]]}
+    with pytest.raises(ParseError):
+        memo.parse("no separator\n")
+    assert memo.parse("a: 0 8 thin 1\n") is third, "a text that does not parse is not kept"
+
+
+def test_last_text_parses_captured_listings_as_fresh_ones() -> None:
+    """Every captured all-devices listing parses through a LastText as without one, whatever
+    listing came before it."""
+    infos: LastText[DeviceInfo, list[DeviceInfo]] = LastText(
+        listing_lines, parse_info_line, list)
+    named: LastText[NamedLine, dict[str, list[TargetLine]]] = LastText(
+        listing_lines, parse_named_line, named_targets)
+    compared = 0
+    for step in steps():
+        words = step["argv"][1:]
+        if step["rc"] != 0 or not step["stdout"]:
+            continue
+        if words[0] == "info" and "-c" in words and len(words) == 6:
+            assert infos.parse(step["stdout"]) == parse_info_columns(step["stdout"])
+            compared += 1
+        elif words in (["status"], ["table"]):
+            assert named.parse(step["stdout"]) == parse_named_lines(step["stdout"])
+            compared += 1
+    assert compared == 6, "two info, two status and two table listings"

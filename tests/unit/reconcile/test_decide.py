@@ -270,12 +270,27 @@ CHANGES: list[tuple[str, tuple[DeviceRecord, DeviceSpec, KernelDevice | None,
 ]
 
 
+def _split_says_unchanged(settled: Settled, inputs: Inputs) -> bool:
+    """Settled.split's verdict on one device's inputs, as a resync's loop gives them (the
+    records and dm devices by name, the parent looked up among the records)."""
+    record, spec_now, device, parent, hold_new = inputs
+    records = {record.name: record, **({} if parent is None else {parent.name: parent})}
+    devices = {} if device is None else {f"pool-{record.name}": device}
+    converged, todo = settled.split([(record.name, spec_now)], records, devices, "pool-",
+                                    hold_new)
+    assert len(converged) + len(todo) == 1
+    return converged == [record.name]
+
+
 def test_settled_inputs_equal_to_what_was_decided_are_unchanged() -> None:
-    """Settled: the same inputs, equal though not the same objects, skip the decision."""
+    """Settled: the same inputs, equal though not the same objects, skip the decision
+    (asked one device at a time, or for a whole resync's order by `split`)."""
     settled = Settled()
     settled.remember(Inputs(*SEEN))
-    assert settled.unchanged(Inputs(replace(SNAPSHOT), spec(parent="p"), kernel(),
-                                    replace(PARENT), None))
+    now = Inputs(replace(SNAPSHOT), spec(parent="p"), kernel(), replace(PARENT), None)
+    assert settled.unchanged(now)
+    assert _split_says_unchanged(settled, now)
+    assert _split_says_unchanged(settled, Inputs(*SEEN))
 
 
 @pytest.mark.parametrize(("change", "now"), CHANGES, ids=[c[0] for c in CHANGES])
@@ -288,6 +303,7 @@ def test_settled_any_changed_input_is_decided_again(
     settled = Settled()
     settled.remember(Inputs(*SEEN))
     assert not settled.unchanged(Inputs(*now)), change
+    assert not _split_says_unchanged(settled, Inputs(*now)), change
 
 
 def test_settled_forgets_a_device_being_decided_again() -> None:
@@ -296,4 +312,5 @@ def test_settled_forgets_a_device_being_decided_again() -> None:
     settled.remember(Inputs(*SEEN))
     settled.forget(SNAPSHOT.name)
     assert not settled.unchanged(Inputs(*SEEN))
+    assert not _split_says_unchanged(settled, Inputs(*SEEN))
     assert len(settled) == 0
