@@ -23,7 +23,7 @@ from reconciler.dm.parse import (
 )
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
 from reconciler.dm.udev import UdevGate, udev_facts_of
-from reconciler.dm.udev_sync import UdevSync
+from reconciler.dm.udev_sync import NodeWait, UdevSync
 
 DMSETUP = "dmsetup"
 INFO_COLUMNS = "name,uuid,major,minor,attr,open,segments,events"
@@ -52,9 +52,14 @@ class DmClient:
         again when udev appears or goes)."""
         return self.udev.sync()
 
-    def _cookie(self, argv: list[str]) -> list[str]:
-        """argv of a command that waits for udev, told not to where udev cannot confirm."""
-        return argv if self.udev.sync().waits else [*argv, "--noudevsync"]
+    def _cookie(self, argv: list[str], node_wait: NodeWait = NodeWait.UDEV) -> list[str]:
+        """argv of a command that waits for udev, told not to where udev cannot confirm, or
+        where only the node is waited for (`NodeWait.NODE`): without udev synchronisation
+        dmsetup's libdevmapper makes the /dev/mapper node before dmsetup exits, and udev's
+        rules run behind it."""
+        if self.udev.sync().waits and node_wait is NodeWait.UDEV:
+            return argv
+        return [*argv, "--noudevsync"]
 
     def _run(self, what: str, argv: Sequence[str]) -> Completed:
         completed = self.host.run([DMSETUP, *argv])
@@ -111,12 +116,14 @@ class DmClient:
         """Live table of one device."""
         return parse_single_lines(self._run(f"table {name}", ["table", name]).stdout)
 
-    def create(self, name: str, table: str, uuid: str, readonly: bool = False) -> None:
-        """Create a device and load and resume its table."""
+    def create(self, name: str, table: str, uuid: str, readonly: bool = False,
+               node_wait: NodeWait = NodeWait.UDEV) -> None:
+        """Create a device and load and resume its table (waiting for udev as `node_wait`
+        says)."""
         argv = ["create", name, "--uuid", uuid, "--table", table]
         if readonly:
             argv.append("--readonly")
-        self._run(f"create {name}", self._cookie(argv))
+        self._run(f"create {name}", self._cookie(argv, node_wait))
 
     def load(self, name: str, table: str, readonly: bool = False) -> None:
         """Load an inactive table; it takes effect at the next resume."""
@@ -129,9 +136,9 @@ class DmClient:
         """Suspend a device (I/O queues; a filesystem on it is frozen first)."""
         self._run(f"suspend {name}", ["suspend", name])
 
-    def resume(self, name: str) -> None:
+    def resume(self, name: str, node_wait: NodeWait = NodeWait.UDEV) -> None:
         """Resume a device, swapping in its inactive table if one was loaded."""
-        self._run(f"resume {name}", self._cookie(["resume", name]))
+        self._run(f"resume {name}", self._cookie(["resume", name], node_wait))
 
     @contextmanager
     def deferred_udev(self) -> Iterator[None]:

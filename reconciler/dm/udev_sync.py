@@ -69,6 +69,19 @@ _PROBLEMS = {
 }
 
 
+class NodeWait(StrEnum):
+    """What an activation (create + load + resume) answers after, where udev confirms our
+    cookies (`UdevSync.USED`); elsewhere nothing waits for udev whatever this says."""
+
+    # A cookie, waited for: udev's rules ran (its /dev/mapper link, /dev/disk/by-* links)
+    # before the call answers. For devices people mount by label or uuid.
+    UDEV = "udev"
+    # No cookie: libdevmapper makes the /dev/mapper node at once and udev runs every rule
+    # behind it (its by-* links come a moment later). For devices mounted by their
+    # /dev/mapper path (containerd's snapshots): 0.12x of a waited-for activation.
+    NODE = "node"
+
+
 def needs_probe(running: bool, namespaces: UdevNamespaces) -> bool:
     """Whether a probe cookie must decide: udev runs and /proc cannot tell where."""
     return running and namespaces is UdevNamespaces.UNKNOWN
