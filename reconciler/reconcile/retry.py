@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-
 # A busy removal's first retry, at most: the device's holder is often udev's rules probing a
 # device just made (blkid, for milliseconds; a second under emulation), the snapshotter's
 # devices answering before udev ran (`NodeWait.NODE`). Later retries back off as any.
@@ -64,8 +63,9 @@ def verdict(policy: RetryPolicy, attempt: int, temporary: bool, busy_removal: bo
     """What failed attempt number `attempt` of a step leads to.
 
     A removal refused because the device is open never goes Faulty: only its holder can end
-    it, and udev's (the commonest, just after an activation) ends in moments. Otherwise a temporary error is retried with backoff until the budget is used up, and
-    a permanent one marks the device Faulty at once.
+    it, and udev's (the commonest, just after an activation) ends in moments, so its first
+    retries come quickly. Otherwise a temporary error is retried with backoff until the
+    budget is used up, and a permanent one marks the device Faulty at once.
     """
     if busy_removal:
         return Retry(policy.delay(attempt, busy=True), busy=True)
