@@ -54,11 +54,16 @@ class DmClient:
 
     def _cookie(self, argv: list[str], node_wait: NodeWait = NodeWait.UDEV) -> list[str]:
         """argv of a command that waits for udev, told not to where udev cannot confirm, or
-        where only the node is waited for (`NodeWait.NODE`): without udev synchronisation
-        dmsetup's libdevmapper makes the /dev/mapper node before dmsetup exits, and udev's
+        where only the node is waited for (`NodeWait.NODE`): then also `--verifyudev`, as
+        dmsetup otherwise leaves the node to udev even unsynchronised (its libdevmapper
+        tasks carry DM_UDEV_DISABLE_LIBRARY_FALLBACK), and the node could come after dmsetup
+        exits; with it, dmsetup's libdevmapper makes the node before it exits, and udev's
         rules run behind it."""
-        if self.udev.sync().waits and node_wait is NodeWait.UDEV:
+        waits = self.udev.sync().waits
+        if waits and node_wait is NodeWait.UDEV:
             return argv
+        if waits:
+            return [*argv, "--noudevsync", "--verifyudev"]
         return [*argv, "--noudevsync"]
 
     def _run(self, what: str, argv: Sequence[str]) -> Completed:

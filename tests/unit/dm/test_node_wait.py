@@ -63,8 +63,8 @@ def test_a_batch_of_node_calls_alone_waits_for_nothing() -> None:
 
 
 def test_dmsetup_is_told_noudevsync_for_a_node_activation_alone() -> None:
-    """dmsetup: NODE's create and resume end in --noudevsync (its libdevmapper makes the
-    node before it exits); UDEV's wait for udev as before."""
+    """dmsetup: NODE's create and resume end in --noudevsync --verifyudev (its libdevmapper
+    makes the node before it exits, not udev after); UDEV's wait for udev as before."""
     kernel = FakeKernel()
     kernel.udev.alive = True
     client = DmClient(kernel, UdevGate(kernel.udev))
@@ -74,5 +74,6 @@ def test_dmsetup_is_told_noudevsync_for_a_node_activation_alone() -> None:
     client.resume("u")
     synced = [call for call in kernel.calls if call[:2] in (("dmsetup", "create"),
                                                              ("dmsetup", "resume"))]
-    assert [("--noudevsync" in call, call[2]) for call in synced] == [
-        (True, "n"), (True, "n"), (False, "u"), (False, "u")]
+    assert [(call[2], call[-2:] == ("--noudevsync", "--verifyudev")) for call in synced] == [
+        ("n", True), ("n", True), ("u", False), ("u", False)]
+    assert all("--noudevsync" not in call for call in synced[2:])
