@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import structlog
 
@@ -220,32 +220,18 @@ class LibdmClient:
                          node_only: bool = False) -> None:
         """dm_task_run with udev synchronisation as `UdevCookies.decide` last set it (before
         the task: proving it may take tasks of its own), then wait for udev (or make the
-        nodes); inside `deferred_udev`, the call joins the batch's cookie and the wait is the
-        batch's. `node_only`: this call carries no cookie, though udev is synchronised with
-        (`NodeWait.NODE`): libdevmapper makes its node, udev's rules run unwaited for."""
+        nodes); inside `deferred_udev`, the call joins the batch's cookie and wait.
+        `node_only` (`NodeWait.NODE`): no cookie, see `UdevCookies.cookieless`."""
         cookie = ctypes.c_uint32(0 if node_only else self.udev.shared_cookie())
-        if node_only:
-            # Off for this task alone: its dm_task_set_cookie then makes no semaphore, and
-            # the kernel's uevent carries no cookie for udev to confirm.
-            self.lib.dm_udev_set_sync_support(0)
-        try:
-            # Flags 0, as dmsetup: udev rules run, and libdevmapper falls back to making the
-            # /dev/mapper node itself if udev did not. A cookie already set is shared:
-            # libdevmapper counts one more event on its semaphore.
+        with self.udev.cookieless(name) if node_only else nullcontext():
+            # Flags 0, as dmsetup: udev rules run, libdevmapper makes the node if udev did
+            # not. A cookie already set is shared (one more event on its semaphore).
             self._check(self.lib.dm_task_set_cookie(dmt, ctypes.byref(cookie), 0), what, dmt,
                         kind, name)
             ok = self.lib.dm_task_run(dmt)
-        finally:
-            if node_only:
-                # Back on before anything waits: libdevmapper's wait on a batch's cookie
-                # returns at once, leaving the semaphore behind, while it is off.
-                self.lib.dm_udev_set_sync_support(1)
-        if node_only:
-            self.udev.made_node(name)
-        else:
-            # Failed or not, the cookie is waited for (by the batch when deferred):
-            # libdevmapper released this call's share of it if the run failed, and the wait
-            # destroys the semaphore and runs the stacked node operations.
+        if not node_only:
+            # Failed or not, the cookie is waited for (by the batch when deferred): a failed
+            # run released its share; the wait destroys it and runs the node operations.
             self.udev.ran(cookie.value, name)
         self._check(ok, what, dmt, kind, name)
 
@@ -318,8 +304,7 @@ class LibdmClient:
 
     def create(self, name: str, table: str, uuid: str, readonly: bool = False,
                node_wait: NodeWait = NodeWait.UDEV) -> None:
-        """Create a device and load and resume its table (its resume waiting for udev as
-        `node_wait` says)."""
+        """Create a device and load and resume its table (the resume as `node_wait` says)."""
         what = f"create {name}"
         targets = parse_table(table, what)
         # The three steps libdevmapper's create-with-table takes, done one by one: it loses the
@@ -373,11 +358,10 @@ class LibdmClient:
         self._resume(f"resume {name}", name, node_wait)
 
     def _resume(self, what: str, name: str, node_wait: NodeWait) -> None:
-        synced = self.udev.decide()
+        node_only = self.udev.decide() and node_wait is NodeWait.NODE
         with self._task(DM_DEVICE_RESUME) as dmt:
             self._named(what, dmt, DM_DEVICE_RESUME, name)
-            self._run_with_cookie(what, dmt, DM_DEVICE_RESUME, name,
-                                  node_only=synced and node_wait is NodeWait.NODE)
+            self._run_with_cookie(what, dmt, DM_DEVICE_RESUME, name, node_only)
 
     def remove(self, name: str, deferred: bool = False) -> None:
         """Remove a device (never forced: a busy device stays and says so). With `deferred`,

@@ -82,6 +82,20 @@ class UdevCookies:
         else:
             self.wait(cookie, name)
 
+    @contextmanager
+    def cookieless(self, name: str) -> Iterator[None]:
+        """Within, one task runs without a cookie while udev is synchronised with
+        (`NodeWait.NODE`): its dm_task_set_cookie makes no semaphore and its uevent carries
+        no cookie for udev to confirm (udev's rules still run, unwaited for). Synchronisation
+        is back on before anything waits (libdevmapper's wait on a batch's cookie answers at
+        once, leaving the semaphore behind, while it is off); then the node is made."""
+        self.lib.dm_udev_set_sync_support(0)
+        try:
+            yield
+        finally:
+            self.lib.dm_udev_set_sync_support(1)
+        self.made_node(name)
+
     def made_node(self, name: str) -> None:
         """A call without a cookie ran while udev is synchronised with (`NodeWait.NODE`):
         its node is made now, or inside `deferred` when the batch settles (with the batch's
