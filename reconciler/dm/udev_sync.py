@@ -10,6 +10,9 @@ dmsetup that waits without a bound). So waiting is decided from what can be prov
 cookie is confirmed within a short bound. Otherwise the daemon makes the nodes itself, as
 libdevmapper does without udev synchronisation, and says why (the `udev_unreachable`
 condition). `dm.udev` gathers the inputs and keeps the decision until udev appears or goes.
+
+Where udev is waited for, `NodeWait` says for one activation whether the wait is for udev's
+rules or for the /dev/mapper node alone (decided per device by `reconcile.decide.node_wait`).
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ class NodeWait(StrEnum):
     UDEV = "udev"
     # No cookie: libdevmapper makes the /dev/mapper node at once and udev runs every rule
     # behind it (its by-* links come a moment later). For devices mounted by their
-    # /dev/mapper path (containerd's snapshots): 0.12x of a waited-for activation.
+    # /dev/mapper path (containerd's snapshots): 0.08-0.12x of a waited-for activation
+    # (docs/performance.md, issue 26 (i)).
     NODE = "node"
 
 
