@@ -26,7 +26,7 @@ from reconciler.dm.parse import (
 )
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
 from reconciler.dm.udev import UdevGate, udev_facts_of
-from reconciler.dm.udev_sync import UdevSync
+from reconciler.dm.udev_sync import NodeWait, UdevSync
 
 DMSETUP = "dmsetup"
 INFO_COLUMNS = "name,uuid,major,minor,attr,open,segments,events"
@@ -55,9 +55,19 @@ class DmClient:
         again when udev appears or goes)."""
         return self.udev.sync()
 
-    def _cookie(self, argv: list[str]) -> list[str]:
-        """argv of a command that waits for udev, told not to where udev cannot confirm."""
-        return argv if self.udev.sync().waits else [*argv, "--noudevsync"]
+    def _cookie(self, argv: list[str], node_wait: NodeWait = NodeWait.UDEV) -> list[str]:
+        """argv of a command that waits for udev, told not to where udev cannot confirm, or
+        where only the node is waited for (`NodeWait.NODE`): then also `--verifyudev`, as
+        dmsetup otherwise leaves the node to udev even unsynchronised (its libdevmapper
+        tasks carry DM_UDEV_DISABLE_LIBRARY_FALLBACK), and the node could come after dmsetup
+        exits; with it, dmsetup's libdevmapper makes the node before it exits, and udev's
+        rules run behind it."""
+        waits = self.udev.sync().waits
+        if waits and node_wait is NodeWait.UDEV:
+            return argv
+        if waits:
+            return [*argv, "--noudevsync", "--verifyudev"]
+        return [*argv, "--noudevsync"]
 
     def _run(self, what: str, argv: Sequence[str]) -> Completed:
         completed = self.host.run([DMSETUP, *argv])
@@ -107,12 +117,14 @@ class DmClient:
         """Live table of one device."""
         return parse_single_lines(self._run(f"table {name}", ["table", name]).stdout)
 
-    def create(self, name: str, table: str, uuid: str, readonly: bool = False) -> None:
-        """Create a device and load and resume its table."""
+    def create(self, name: str, table: str, uuid: str, readonly: bool = False,
+               node_wait: NodeWait = NodeWait.UDEV) -> None:
+        """Create a device and load and resume its table (waiting for udev as `node_wait`
+        says)."""
         argv = ["create", name, "--uuid", uuid, "--table", table]
         if readonly:
             argv.append("--readonly")
-        self._run(f"create {name}", self._cookie(argv))
+        self._run(f"create {name}", self._cookie(argv, node_wait))
 
     def load(self, name: str, table: str, readonly: bool = False) -> None:
         """Load an inactive table; it takes effect at the next resume."""
@@ -125,9 +137,9 @@ class DmClient:
         """Suspend a device (I/O queues; a filesystem on it is frozen first)."""
         self._run(f"suspend {name}", ["suspend", name])
 
-    def resume(self, name: str) -> None:
+    def resume(self, name: str, node_wait: NodeWait = NodeWait.UDEV) -> None:
         """Resume a device, swapping in its inactive table if one was loaded."""
-        self._run(f"resume {name}", self._cookie(["resume", name]))
+        self._run(f"resume {name}", self._cookie(["resume", name], node_wait))
 
     @contextmanager
     def deferred_udev(self) -> Iterator[None]:

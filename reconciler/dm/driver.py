@@ -29,7 +29,7 @@ from reconciler.dm.libdm_bindings import DEFAULT_UDEV_TIMEOUT, DmLibrary
 from reconciler.dm.libdm_udev import PROBE_SECONDS, probe_cookie
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
 from reconciler.dm.udev import UdevFacts, UdevGate, udev_facts_of
-from reconciler.dm.udev_sync import CookieProbe, UdevSync
+from reconciler.dm.udev_sync import CookieProbe, NodeWait, UdevSync
 
 log = structlog.get_logger(__name__)
 
@@ -67,8 +67,10 @@ class DmDriver(Protocol):
         """Live table of one device."""
         ...
 
-    def create(self, name: str, table: str, uuid: str, readonly: bool = False) -> None:
-        """Create a device and load and resume its table."""
+    def create(self, name: str, table: str, uuid: str, readonly: bool = False,
+               node_wait: NodeWait = NodeWait.UDEV) -> None:
+        """Create a device and load and resume its table (its resume waiting for udev, or
+        only for its node: `node_wait`)."""
         ...
 
     def load(self, name: str, table: str, readonly: bool = False) -> None:
@@ -79,8 +81,8 @@ class DmDriver(Protocol):
         """Suspend a device."""
         ...
 
-    def resume(self, name: str) -> None:
-        """Resume a device."""
+    def resume(self, name: str, node_wait: NodeWait = NodeWait.UDEV) -> None:
+        """Resume a device (waiting for udev, or only for its node: `node_wait`)."""
         ...
 
     def remove(self, name: str, deferred: bool = False) -> None:

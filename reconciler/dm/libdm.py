@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import structlog
 
@@ -54,7 +54,7 @@ from reconciler.dm.libdm_bindings import (
 from reconciler.dm.libdm_udev import PROBE_SECONDS, UdevCookies, probe_cookie
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
 from reconciler.dm.udev import SystemUdev, UdevFacts, UdevGate
-from reconciler.dm.udev_sync import UdevSync
+from reconciler.dm.udev_sync import NodeWait, UdevSync
 from reconciler.units import Sectors
 
 # What importers find here besides the client: the library's loader (the driver's choice
@@ -216,22 +216,23 @@ class LibdmClient:
 
     # udev: the cookie of each create, resume and remove (UdevCookies keeps the rest).
 
-    def _run_with_cookie(self, what: str, dmt: int, kind: int, name: str) -> None:
+    def _run_with_cookie(self, what: str, dmt: int, kind: int, name: str,
+                         node_only: bool = False) -> None:
         """dm_task_run with udev synchronisation as `UdevCookies.decide` last set it (before
         the task: proving it may take tasks of its own), then wait for udev (or make the
-        nodes); inside `deferred_udev`, the call joins the batch's cookie and the wait is the
-        batch's."""
-        cookie = ctypes.c_uint32(self.udev.shared_cookie())
-        # Flags 0, as dmsetup: udev rules run, and libdevmapper falls back to making the
-        # /dev/mapper node itself if udev did not. A cookie already set is shared: libdevmapper
-        # counts one more event on its semaphore.
-        self._check(self.lib.dm_task_set_cookie(dmt, ctypes.byref(cookie), 0), what, dmt,
-                    kind, name)
-        ok = self.lib.dm_task_run(dmt)
-        # Failed or not, the cookie is waited for (by the batch when deferred): libdevmapper
-        # released this call's share of it if the run failed, and the wait destroys the
-        # semaphore and runs the stacked node operations.
-        self.udev.ran(cookie.value, name)
+        nodes); inside `deferred_udev`, the call joins the batch's cookie and wait.
+        `node_only` (`NodeWait.NODE`): no cookie, see `UdevCookies.cookieless`."""
+        cookie = ctypes.c_uint32(0 if node_only else self.udev.shared_cookie())
+        with self.udev.cookieless(name) if node_only else nullcontext():
+            # Flags 0, as dmsetup: udev rules run, libdevmapper makes the node if udev did
+            # not. A cookie already set is shared (one more event on its semaphore).
+            self._check(self.lib.dm_task_set_cookie(dmt, ctypes.byref(cookie), 0), what, dmt,
+                        kind, name)
+            ok = self.lib.dm_task_run(dmt)
+        if not node_only:
+            # Failed or not, the cookie is waited for (by the batch when deferred): a failed
+            # run released its share; the wait destroys it and runs the node operations.
+            self.udev.ran(cookie.value, name)
         self._check(ok, what, dmt, kind, name)
 
     def deferred_udev(self) -> AbstractContextManager[None]:
@@ -301,8 +302,9 @@ class LibdmClient:
             self._check(self.lib.dm_task_add_target(dmt, start, length, raw_of(target),
                                                     raw_of(params)), what, dmt, kind, name)
 
-    def create(self, name: str, table: str, uuid: str, readonly: bool = False) -> None:
-        """Create a device and load and resume its table."""
+    def create(self, name: str, table: str, uuid: str, readonly: bool = False,
+               node_wait: NodeWait = NodeWait.UDEV) -> None:
+        """Create a device and load and resume its table (the resume as `node_wait` says)."""
         what = f"create {name}"
         targets = parse_table(table, what)
         # The three steps libdevmapper's create-with-table takes, done one by one: it loses the
@@ -317,7 +319,7 @@ class LibdmClient:
                 return
             try:
                 self._load(what, name, targets, readonly)
-                self._resume(what, name)
+                self._resume(what, name, node_wait)
             except DmError as error:
                 raise self._revert_create(name, error) from None
 
@@ -351,15 +353,15 @@ class LibdmClient:
             self._named(what, dmt, DM_DEVICE_SUSPEND, name)
             self._check(self.lib.dm_task_run(dmt), what, dmt, DM_DEVICE_SUSPEND, name)
 
-    def resume(self, name: str) -> None:
+    def resume(self, name: str, node_wait: NodeWait = NodeWait.UDEV) -> None:
         """Resume a device, swapping in its inactive table if one was loaded."""
-        self._resume(f"resume {name}", name)
+        self._resume(f"resume {name}", name, node_wait)
 
-    def _resume(self, what: str, name: str) -> None:
-        self.udev.decide()
+    def _resume(self, what: str, name: str, node_wait: NodeWait) -> None:
+        node_only = self.udev.decide() and node_wait is NodeWait.NODE
         with self._task(DM_DEVICE_RESUME) as dmt:
             self._named(what, dmt, DM_DEVICE_RESUME, name)
-            self._run_with_cookie(what, dmt, DM_DEVICE_RESUME, name)
+            self._run_with_cookie(what, dmt, DM_DEVICE_RESUME, name, node_only)
 
     def remove(self, name: str, deferred: bool = False) -> None:
         """Remove a device (never forced: a busy device stays and says so). With `deferred`,

@@ -51,6 +51,9 @@ class UdevCookies:
         self._batches = 0
         self._pending: int | None = None
         self._pending_names: list[str] = []
+        # The events counted on the pending cookie (calls made without one are named above
+        # but counted on nothing).
+        self._pending_events = 0
 
     def decide(self) -> bool:
         """Decide, now, whether this call waits for udev; tell libdevmapper the same."""
@@ -74,8 +77,36 @@ class UdevCookies:
         if self._batches > 0:
             self._pending = cookie
             self._pending_names.append(name)
+            self._pending_events += 1 if cookie else 0
         else:
             self.wait(cookie, name)
+
+    @contextmanager
+    def cookieless(self, name: str) -> Iterator[None]:
+        """Within, one task runs without a cookie while udev is synchronised with
+        (`NodeWait.NODE`): its dm_task_set_cookie makes no semaphore and its uevent carries
+        no cookie for udev to confirm (udev's rules still run, unwaited for). Synchronisation
+        is back on before anything waits (libdevmapper's wait on a batch's cookie answers at
+        once, leaving the semaphore behind, while it is off); then the node is made."""
+        self.lib.dm_udev_set_sync_support(0)
+        try:
+            yield
+        finally:
+            self.lib.dm_udev_set_sync_support(1)
+        self.made_node(name)
+
+    def made_node(self, name: str) -> None:
+        """A call without a cookie ran while udev is synchronised with (`NodeWait.NODE`):
+        its node is made now, or inside `deferred` when the batch settles (with the batch's
+        cookie, if it has one: running the node operations stacked so far before udev
+        confirmed them would make /dev/mapper nodes of the batch's other devices in udev's
+        place). A step that opens a node settles first, and a pass settles as it ends."""
+        if self._batches > 0:
+            if self._pending is None:
+                self._pending = 0  # nothing to wait for unless a cookie joins later
+            self._pending_names.append(name)
+        else:
+            self.lib.dm_udev_wait(0)  # the stacked node operations, without udev
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
@@ -93,12 +124,12 @@ class UdevCookies:
 
     def settle(self) -> None:
         """Wait for udev to finish every deferred call (its /dev/mapper nodes made or gone)."""
-        cookie, names = self._pending, self._pending_names
+        cookie, names, events = self._pending, self._pending_names, self._pending_events
         if cookie is None:
             return
-        self._pending, self._pending_names = None, []
+        self._pending, self._pending_names, self._pending_events = None, [], 0
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        self.wait(cookie, shown, len(names))
+        self.wait(cookie, shown, max(events, 1))
 
     def wait(self, cookie: int, name: str, events: int = 1) -> None:
         """Wait until udev confirmed the `events` calls that share `cookie` (bounded by

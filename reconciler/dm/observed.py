@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 from reconciler.dm.driver import DmDriver
 from reconciler.dm.errors import DmError
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
-from reconciler.dm.udev_sync import UdevSync
+from reconciler.dm.udev_sync import NodeWait, UdevSync
 
 T = TypeVar("T")
 
@@ -102,9 +102,11 @@ class ObservedDriver:
         """Live table of one device."""
         return self._call(KernelOp.TABLE, lambda: self.inner.table(name))
 
-    def create(self, name: str, table: str, uuid: str, readonly: bool = False) -> None:
+    def create(self, name: str, table: str, uuid: str, readonly: bool = False,
+               node_wait: NodeWait = NodeWait.UDEV) -> None:
         """Create a device and load and resume its table."""
-        self._call(KernelOp.CREATE, lambda: self.inner.create(name, table, uuid, readonly))
+        self._call(KernelOp.CREATE,
+                   lambda: self.inner.create(name, table, uuid, readonly, node_wait))
 
     def load(self, name: str, table: str, readonly: bool = False) -> None:
         """Load an inactive table."""
@@ -114,9 +116,9 @@ class ObservedDriver:
         """Suspend a device."""
         self._call(KernelOp.SUSPEND, lambda: self.inner.suspend(name))
 
-    def resume(self, name: str) -> None:
+    def resume(self, name: str, node_wait: NodeWait = NodeWait.UDEV) -> None:
         """Resume a device."""
-        self._call(KernelOp.RESUME, lambda: self.inner.resume(name))
+        self._call(KernelOp.RESUME, lambda: self.inner.resume(name, node_wait))
 
     def remove(self, name: str, deferred: bool = False) -> None:
         """Remove a device (never forced); `deferred`: an open one goes at its last close."""

@@ -19,6 +19,7 @@ from reconciler.dm.errors import DeviceBusy, DeviceExists, NoSuchDevice
 from reconciler.dm.parse import single_thin_table
 from reconciler.dm.pool import ThinPool, mapper_path, table_matches, thin_device_name, thin_uuid
 from reconciler.dm.types import DeviceInfo, ThinTable, describe_table
+from reconciler.dm.udev_sync import NodeWait
 from reconciler.units import Sectors
 from reconciler.vocabulary import ThinId
 
@@ -34,6 +35,9 @@ class ThinDevice:
     pool: ThinPool
     name: str
     thin_id: ThinId
+    # What its activation and resumes answer after: udev's rules, or its node alone
+    # (`reconcile.decide.node_wait`: the snapshotter's devices, mounted by node).
+    node_wait: NodeWait = NodeWait.UDEV
 
     @property
     def kernel_name(self) -> str:
@@ -80,7 +84,7 @@ class ThinDevice:
         wanted = self.table(length)
         try:
             self.pool.client.create(self.kernel_name, wanted.line(), self.uuid,
-                                    readonly=readonly)
+                                    readonly=readonly, node_wait=self.node_wait)
         except (DeviceBusy, DeviceExists) as exc:
             # dm answers EBUSY (or EEXIST) when the name is taken, or (udev still holding a
             # name on its way out) for a moment: a name gone by the time we look is the latter.
@@ -119,7 +123,7 @@ class ThinDevice:
 
     def resume(self) -> None:
         """Resume I/O, swapping in a loaded table if there is one."""
-        self.pool.client.resume(self.kernel_name)
+        self.pool.client.resume(self.kernel_name, self.node_wait)
 
     def remove(self, deferred: bool = False) -> None:
         """Remove the dm device (never forced: an open device raises DeviceBusy, or with

@@ -10,6 +10,9 @@ dmsetup that waits without a bound). So waiting is decided from what can be prov
 cookie is confirmed within a short bound. Otherwise the daemon makes the nodes itself, as
 libdevmapper does without udev synchronisation, and says why (the `udev_unreachable`
 condition). `dm.udev` gathers the inputs and keeps the decision until udev appears or goes.
+
+Where udev is waited for, `NodeWait` says for one activation whether the wait is for udev's
+rules or for the /dev/mapper node alone (decided per device by `reconcile.decide.node_wait`).
 """
 
 from __future__ import annotations
@@ -67,6 +70,20 @@ _PROBLEMS = {
     UdevSync.UNPROVEN: "udevd runs but is not visible from the daemon, and no probe cookie "
                        f"could be made to prove that udev confirms its udev cookies, {_NODES}",
 }
+
+
+class NodeWait(StrEnum):
+    """What an activation (create + load + resume) answers after, where udev confirms our
+    cookies (`UdevSync.USED`); elsewhere nothing waits for udev whatever this says."""
+
+    # A cookie, waited for: udev's rules ran (its /dev/mapper link, /dev/disk/by-* links)
+    # before the call answers. For devices people mount by label or uuid.
+    UDEV = "udev"
+    # No cookie: libdevmapper makes the /dev/mapper node at once and udev runs every rule
+    # behind it (its by-* links come a moment later). For devices mounted by their
+    # /dev/mapper path (containerd's snapshots): 0.08-0.12x of a waited-for activation
+    # (docs/performance.md, issue 26 (i)).
+    NODE = "node"
 
 
 def needs_probe(running: bool, namespaces: UdevNamespaces) -> bool:

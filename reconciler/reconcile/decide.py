@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from reconciler.dm.types import DeviceInfo, KernelDevice, ThinTable
-from reconciler.specs.model import DeviceSpec
+from reconciler.dm.udev_sync import NodeWait
+from reconciler.specs.model import DeviceSpec, is_base_device, is_snapshot_device
 from reconciler.states import IN_FLIGHT, LIVE, RESTING_PROVISIONED, RESUMES, DeviceState, Step
 from reconciler.store.records import DeviceRecord, record_fields
 from reconciler.units import Bytes, to_sectors
@@ -291,3 +292,32 @@ class Settled:
 
     def __len__(self) -> int:
         return len(self._inputs)
+
+
+def node_wait(name: str) -> NodeWait:
+    """What a device's activation answers after, where udev confirms our cookies. The
+    snapshotter's devices are mounted by their /dev/mapper node (the path Mounts returns),
+    which libdevmapper makes before the call answers: waiting for udev's rules too was ~88%
+    of a snapshot's activation (docs/performance.md, issue 26 (i)). A spec-file device may be
+    mounted by label as soon as a pass ends (`run --once && mount LABEL=...`): its pass waits
+    until udev has made the /dev/disk/by-* links."""
+    return NodeWait.NODE if is_snapshot_device(name) else NodeWait.UDEV
+
+
+# mke2fs's extended options for the snapshotter's bases, as containerd's devmapper makes each
+# root: the inode tables and the journal zeroed by mkfs, once, in the base every root is a
+# snapshot of; lazily (mke2fs's default) ext4lazyinit zeroes them again on every mount of
+# every snapshot, writing (and provisioning) blocks a snapshot should not need. nodiscard: a
+# fresh thin id maps no block, so mkfs's discard of the whole device has nothing to unmap.
+BASE_EXT4_OPTIONS = ("-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0")
+
+
+def mkfs_options(name: str, filesystem: Filesystem, configured: Sequence[str]
+                 ) -> tuple[str, ...]:
+    """mkfs's options for a device: the config's `fs_options`, preceded for a snapshotter's
+    ext4 base by BASE_EXT4_OPTIONS (an `-E` of the config's comes later and replaces them:
+    mke2fs takes its last -E). A spec-file volume keeps mke2fs's lazy init: zeroing a large
+    volume's inode tables at mkfs would move its writes into the pass."""
+    if filesystem is Filesystem.EXT4 and is_base_device(name):
+        return (*BASE_EXT4_OPTIONS, *configured)
+    return tuple(configured)

@@ -19,7 +19,7 @@ from reconciler.config import Settings
 from reconciler.dm.host import Host
 from reconciler.dm.pool import ThinPool, thin_device_name
 from reconciler.dm.thin import ThinDevice
-from reconciler.reconcile.decide import Inputs, Settled
+from reconciler.reconcile.decide import Inputs, Settled, node_wait
 from reconciler.reconcile.ledger import PoolLedger
 from reconciler.reconcile.observe import KernelDevice, Observation
 from reconciler.reconcile.retry import RetryPolicy
@@ -142,7 +142,7 @@ class PassContext:
     def thin(self, record: DeviceRecord) -> ThinDevice:
         """The kernel side of a device whose thin id is allocated."""
         assert record.device_id is not None, f"{record.name} has no thin id yet"
-        return ThinDevice(self.pool, record.name, record.device_id)
+        return ThinDevice(self.pool, record.name, record.device_id, node_wait(record.name))
 
     def refresh(self, record: DeviceRecord) -> None:
         """Re-read one device after changing it (info and table; two calls)."""

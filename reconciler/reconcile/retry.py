@@ -12,6 +12,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+# A busy removal's first retry, at most: the device's holder is often udev's rules probing a
+# device just made (blkid, for milliseconds; a second under emulation), the snapshotter's
+# devices answering before udev ran (`NodeWait.NODE`). Later retries back off as any.
+BUSY_INITIAL = 0.05
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -23,9 +28,11 @@ class RetryPolicy:
     jitter: float = 0.1
     rng: random.Random = field(default_factory=lambda: random.Random(0), compare=False)
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1 for the first failure)."""
-        base = self.initial * float(1 << min(max(0, attempt - 1), 62))
+    def delay(self, attempt: int, busy: bool = False) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1 for the first failure);
+        `busy`: a removal waiting for a holder, whose backoff starts at BUSY_INITIAL."""
+        initial = min(self.initial, BUSY_INITIAL) if busy else self.initial
+        base = initial * float(1 << min(max(0, attempt - 1), 62))
         # Jitter spreads retries out but never past the cap: retry_max is a promise.
         return min(self.maximum, base * (1 + self.jitter * self.rng.random()))
 
@@ -56,11 +63,12 @@ def verdict(policy: RetryPolicy, attempt: int, temporary: bool, busy_removal: bo
     """What failed attempt number `attempt` of a step leads to.
 
     A removal refused because the device is open never goes Faulty: only its holder can end
-    it. Otherwise a temporary error is retried with backoff until the budget is used up, and
-    a permanent one marks the device Faulty at once.
+    it, and udev's (the commonest, just after an activation) ends in moments, so its first
+    retries come quickly. Otherwise a temporary error is retried with backoff until the
+    budget is used up, and a permanent one marks the device Faulty at once.
     """
     if busy_removal:
-        return Retry(policy.delay(attempt), busy=True)
+        return Retry(policy.delay(attempt, busy=True), busy=True)
     if not temporary:
         return Fault("permanent")
     if policy.exhausted(attempt):

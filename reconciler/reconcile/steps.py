@@ -17,6 +17,7 @@ import structlog
 
 from reconciler.dm.errors import DeviceBusy, DmError, NoData
 from reconciler.dm.thin import ThinDevice
+from reconciler.reconcile.decide import mkfs_options
 from reconciler.reconcile.desired import apply_spec, copy_spec
 from reconciler.reconcile.intents import commit_pool_change, intend, settle_pending
 from reconciler.reconcile.pass_context import PassContext
@@ -145,7 +146,7 @@ def make_fs(ctx: PassContext, record: DeviceRecord, spec: DeviceSpec | None) -> 
     """mkfs, once in a device's life."""
     del spec
     make_filesystem(ctx.host, record.filesystem, ctx.thin(record).open_node(),
-                    ctx.settings.fs_options)
+                    mkfs_options(record.name, record.filesystem, ctx.settings.fs_options))
     record.formatted = True
     record.fs_size_bytes = record.size_bytes
     ctx.store.save_device(record)

@@ -122,6 +122,12 @@ def is_snapshot_device(name: str) -> bool:
     return SNAPSHOT_NAME_RE.fullmatch(name) is not None
 
 
+def is_base_device(name: str) -> bool:
+    """Whether a device is one of the snapshotter's bases (`snapshot_name` of a negative seq):
+    a filesystem made once and snapshotted for every root, never mounted itself."""
+    return name.startswith("snap-base-") and is_snapshot_device(name)
+
+
 def is_spec_file(path: Path) -> bool:
     """Spec files end in .toml; hidden files and editor leftovers are not specs."""
     return path.suffix == SPEC_SUFFIX and not path.name.startswith((".", "#"))

@@ -50,8 +50,9 @@ class Dmsetup:
         """Answer one dmsetup command; an errno the model refuses with becomes dmsetup's text
         for the ioctl that met it, naming the device as that ioctl did."""
         kernel = self.kernel
-        # A global option, accepted anywhere (getopt): it only says not to wait for udev.
-        args = [word for word in args if word != "--noudevsync"]
+        # Global options, accepted anywhere (getopt), about udev alone: not to wait for it,
+        # and to make the nodes whatever udev does (the model's nodes are always there).
+        args = [word for word in args if word not in ("--noudevsync", "--verifyudev")]
         match args:
             case ["version"]:
                 return VERSION

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from reconciler.dm.types import DeviceInfo, ThinTable
+from reconciler.dm.udev_sync import NodeWait
 from reconciler.reconcile.decide import (
     STEP_ACTIONS,
     Decision,
@@ -16,7 +17,9 @@ from reconciler.reconcile.decide import (
     describe,
     fs_needs_growing,
     is_removal,
+    mkfs_options,
     next_step,
+    node_wait,
 )
 from reconciler.reconcile.observe import KernelDevice
 from reconciler.specs import DeviceSpec
@@ -314,3 +317,35 @@ def test_settled_forgets_a_device_being_decided_again() -> None:
     assert not settled.unchanged(Inputs(*SEEN))
     assert not _split_says_unchanged(settled, Inputs(*SEEN))
     assert len(settled) == 0
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("snap-1", NodeWait.NODE),  # containerd's snapshot: mounted by its /dev/mapper node
+    ("snap-base-1", NodeWait.NODE),  # the snapshotter's base: opened by our mkfs only
+    ("data", NodeWait.UDEV),  # a spec file's: maybe mounted by label after the pass
+    ("snap-x", NodeWait.UDEV),  # not a snapshotter name: a spec file's
+    ("snap-base", NodeWait.UDEV),
+])
+def test_only_the_snapshotters_devices_skip_the_wait_for_udev(name: str,
+                                                              expected: NodeWait) -> None:
+    """node_wait: NODE for the snapshotter's devices, UDEV for every spec-file device."""
+    assert node_wait(name) is expected
+
+
+LAZY = ("-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0")
+
+
+@pytest.mark.parametrize(("name", "filesystem", "configured", "expected"), [
+    ("snap-base-1", Filesystem.EXT4, (), LAZY),
+    # The config's -E comes last: mke2fs takes the last one, so the config's wins.
+    ("snap-base-2", Filesystem.EXT4, ("-E", "nodiscard"), (*LAZY, "-E", "nodiscard")),
+    ("snap-base-1", Filesystem.XFS, (), ()),  # xfs has no lazy inode-table init
+    ("snap-3", Filesystem.EXT4, (), ()),  # a snapshot runs no mkfs; were it to, defaults
+    ("data", Filesystem.EXT4, (), ()),  # a spec-file volume keeps mke2fs's lazy init
+    ("data", Filesystem.EXT4, ("-m", "0"), ("-m", "0")),
+])
+def test_only_the_snapshotters_ext4_base_is_made_without_lazy_init(
+        name: str, filesystem: Filesystem, configured: tuple[str, ...],
+        expected: tuple[str, ...]) -> None:
+    """mkfs_options: the base's inode tables and journal zeroed by mkfs, nothing else's."""
+    assert mkfs_options(name, filesystem, configured) == expected

@@ -19,9 +19,12 @@ POLICY = RetryPolicy(initial=0.5, maximum=4.0, max_attempts=3, jitter=0.0)
         (9, True, False, Fault("attempts exhausted")),
         (1, False, False, Fault("permanent")),
         (2, False, False, Fault("permanent")),
-        # A removal refused because the device is open waits for its holder: no budget.
-        (1, True, True, Retry(0.5, busy=True)),
-        (3, True, True, Retry(2.0, busy=True)),
+        # A removal refused because the device is open waits for its holder: no budget,
+        # and quick first retries (udev's probe of a device just made ends in moments).
+        (1, True, True, Retry(0.05, busy=True)),
+        (2, True, True, Retry(0.1, busy=True)),
+        (3, True, True, Retry(0.2, busy=True)),
+        (8, True, True, Retry(4.0, busy=True)),
         (50, True, True, Retry(4.0, busy=True)),
         (50, False, True, Retry(4.0, busy=True)),
     ],
@@ -49,3 +52,9 @@ def test_exhausted_retries_mark_device_faulty_at_the_budget() -> None:
     policy = RetryPolicy(max_attempts=5, jitter=0.0)
     kinds = [type(verdict(policy, n, True, False)) for n in range(1, 7)]
     assert kinds == [Retry, Retry, Retry, Retry, Fault, Fault]
+
+
+def test_busy_removal_never_starts_slower_than_the_policy() -> None:
+    """A policy whose own first retry is quicker than BUSY_INITIAL keeps it for busy ones."""
+    policy = RetryPolicy(initial=0.01, maximum=4.0, max_attempts=3, jitter=0.0)
+    assert verdict(policy, 1, True, True) == Retry(0.01, busy=True)
