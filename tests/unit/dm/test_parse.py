@@ -51,6 +51,21 @@ def steps() -> list[dict[str, Any]]:
     return found
 
 
+def listings() -> list[tuple[str, str]]:
+    """The captured all-devices listings: ("info", text) of `info -c` with its columns, and
+    ("named", text) of `status` and `table`."""
+    found = []
+    for step in steps():
+        words = step["argv"][1:]
+        if step["rc"] != 0 or not step["stdout"]:
+            continue
+        if words[0] == "info" and "-c" in words and len(words) == 6:
+            found.append(("info", step["stdout"]))
+        elif words in (["status"], ["table"]):
+            found.append(("named", step["stdout"]))
+    return found
+
+
 def test_every_captured_listing_parses() -> None:
     """ls, info -c, status and table outputs of the real kernel all parse."""
     parsed = 0
@@ -185,20 +200,13 @@ def test_remembered_lines_parse_as_fresh_ones() -> None:
     info_memo: LastCall[str, DeviceInfo] = LastCall()
     line_memo: LastCall[str, NamedLine] = LastCall()
     compared = 0
-    for step in steps():
-        words = step["argv"][1:]
-        if step["rc"] != 0 or not step["stdout"]:
-            continue
-        if words[0] == "info" and "-c" in words and len(words) == 6:
-            for _ in range(2):
-                assert parse_info_columns(step["stdout"], info_memo) == \
-                    parse_info_columns(step["stdout"])
-                compared += 1
-        elif words in (["status"], ["table"]):
-            for _ in range(2):
-                assert parse_named_lines(step["stdout"], line_memo) == \
-                    parse_named_lines(step["stdout"])
-                compared += 1
+    for kind, text in listings():
+        for _ in range(2):
+            if kind == "info":
+                assert parse_info_columns(text, info_memo) == parse_info_columns(text)
+            else:
+                assert parse_named_lines(text, line_memo) == parse_named_lines(text)
+            compared += 1
     assert compared == 12, "two info, two status and two table listings, twice each"
 
 
@@ -277,14 +285,10 @@ def test_last_text_parses_captured_listings_as_fresh_ones() -> None:
     named: LastText[NamedLine, dict[str, list[TargetLine]]] = LastText(
         listing_lines, parse_named_line, named_targets)
     compared = 0
-    for step in steps():
-        words = step["argv"][1:]
-        if step["rc"] != 0 or not step["stdout"]:
-            continue
-        if words[0] == "info" and "-c" in words and len(words) == 6:
-            assert infos.parse(step["stdout"]) == parse_info_columns(step["stdout"])
-            compared += 1
-        elif words in (["status"], ["table"]):
-            assert named.parse(step["stdout"]) == parse_named_lines(step["stdout"])
-            compared += 1
+    for kind, text in listings():
+        if kind == "info":
+            assert infos.parse(text) == parse_info_columns(text)
+        else:
+            assert named.parse(text) == parse_named_lines(text)
+        compared += 1
     assert compared == 6, "two info, two status and two table listings"
