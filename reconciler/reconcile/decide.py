@@ -257,25 +257,19 @@ class Settled:
               prefix: str, hold_new: str | None
               ) -> tuple[list[str], list[tuple[str, DeviceSpec | None]]]:
         """`order`'s wanted devices `unchanged` since they settled (by name), and the rest
-        (to be decided): `unchanged_parts` over a resync's every device in one loop, with
-        no call per device (`devices` by dm name, each `prefix` + its name)."""
+        (to be decided): `unchanged_parts` over a resync's every device in one loop
+        (`devices` by dm name, each `prefix` + its name)."""
         converged: list[str] = []
         todo: list[tuple[str, DeviceSpec | None]] = []
-        seen_all, record_of, device_of = self._inputs.get, records.get, devices.get
+        unchanged, record_of, device_of = self.unchanged_parts, records.get, devices.get
         for name, spec in order:
-            seen = seen_all(name)
             record = record_of(name)
-            if seen is not None and spec is not None and record is not None:
-                fields, seen_spec, seen_kernel, info, table, parent_fields, seen_hold = seen
-                kernel = device_of(prefix + name)
-                parent = record.parent
-                if (seen_spec is spec or seen_spec == spec) and hold_new == seen_hold \
-                        and (kernel is seen_kernel or _same_device(kernel, info, table)) \
-                        and fields == record_fields(record) and parent_fields == (
-                            None if parent is None else _fields(record_of(parent))):
-                    converged.append(name)
-                    continue
-            todo.append((name, spec))
+            if spec is not None and record is not None and unchanged(
+                    record, spec, device_of(prefix + name),
+                    None if record.parent is None else record_of(record.parent), hold_new):
+                converged.append(name)
+            else:
+                todo.append((name, spec))
         return converged, todo
 
     def remember(self, inputs: Inputs) -> None:

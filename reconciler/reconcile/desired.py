@@ -141,12 +141,8 @@ def resolve_against_store(
     problems: dict[str, str] = {}
     get = records.get
     for name, spec in spec_set.specs.items():
-        # impossible_change's three tests, inlined: a resync asks this of every device, and
-        # calls it only for a device that fails one of them.
         own = get(name)
-        if own is not None and own.provisioned and (
-                spec.parent != own.parent or spec.filesystem != own.filesystem
-                or spec.size < own.size_bytes):
+        if own is not None and own.provisioned:
             problem = impossible_change(own, spec)
             if problem is not None:
                 problems[name] = problem
