@@ -87,23 +87,23 @@ def entry_status(path: str, allow_foreign: bool) -> os.stat_result | RejectedSpe
         st = os.stat(path)
     except FileNotFoundError:
         if os.path.lexists(path):
-            return RejectedSpec(_stem(path), path, "a symlink to nothing (dangling): the "
+            return RejectedSpec(spec_stem(path), path, "a symlink to nothing (dangling): the "
                                 "device is kept as it is")
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return RejectedSpec(_stem(path), path, "a symlink loop: the device is kept as "
+            return RejectedSpec(spec_stem(path), path, "a symlink loop: the device is kept as "
                                 "it is")
-        return RejectedSpec(_stem(path), path, f"cannot stat: {exc.strerror or exc}")
+        return RejectedSpec(spec_stem(path), path, f"cannot stat: {exc.strerror or exc}")
     if not stat.S_ISREG(st.st_mode):
-        return RejectedSpec(_stem(path), path, f"{_kind(st.st_mode)}, not a regular file: "
+        return RejectedSpec(spec_stem(path), path, f"{_kind(st.st_mode)}, not a regular file: "
                             "the device is kept as it is")
     if st.st_size > MAX_SPEC_BYTES:
-        return RejectedSpec(_stem(path), path, f"{st.st_size} bytes: larger than the "
+        return RejectedSpec(spec_stem(path), path, f"{st.st_size} bytes: larger than the "
                             f"{MAX_SPEC_BYTES} a spec may be")
     foreign = None if allow_foreign else _foreign_owner(st)
     if foreign is not None:
-        return RejectedSpec(_stem(path), path, foreign)
+        return RejectedSpec(spec_stem(path), path, foreign)
     return st
 
 
@@ -126,11 +126,11 @@ def name_status(path: str) -> RejectedSpec | None:
         return None
     if escaped(path) == path:
         return None
-    return RejectedSpec(escaped(_stem(path)), escaped(path), "the file name is not valid "
+    return RejectedSpec(escaped(spec_stem(path)), escaped(path), "the file name is not valid "
                         "UTF-8: rename the file (the device, if any, is kept as it is)")
 
 
-def _stem(path: str) -> str:
+def spec_stem(path: str) -> str:
     """The device name of a spec file's path (its file name without SPEC_SUFFIX)."""
     return os.path.basename(path).removesuffix(SPEC_SUFFIX)
 
