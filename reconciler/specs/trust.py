@@ -149,8 +149,12 @@ def read_bounded(path: str | Path, allow_foreign: bool) -> bytes:
             raise SpecError(foreign)
         chunks: list[bytes] = []
         size = 0
+        # The first read asks for what fstat says the file holds, plus one byte to see its
+        # end: asking for MAX_SPEC_BYTES allocated (and shrank) a 1 MiB buffer per file,
+        # 1.7 s of a 50,000-file start-up. A file grown since reads on, as before.
+        first = min(st.st_size, MAX_SPEC_BYTES) + 1
         while size <= MAX_SPEC_BYTES:
-            wanted = MAX_SPEC_BYTES + 1 - size
+            wanted = MAX_SPEC_BYTES + 1 - size if chunks else first
             chunk = os.read(fd, wanted)
             chunks.append(chunk)
             size += len(chunk)
