@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.specs import trust
 from reconciler.specs.model import SpecError
 from reconciler.specs.trust import MAX_SPEC_BYTES, read_bounded
 
@@ -23,7 +22,7 @@ def _asked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         asked.append(wanted)
         return real_read(fd, wanted)
 
-    monkeypatch.setattr(trust.os, "read", read)
+    monkeypatch.setattr(os, "read", read)
     return asked
 
 
@@ -36,7 +35,7 @@ def _stat_says(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
         fields[6] = size  # st_size
         return os.stat_result(fields)
 
-    monkeypatch.setattr(trust.os, "fstat", fstat)
+    monkeypatch.setattr(os, "fstat", fstat)
 
 
 def test_a_small_file_is_read_in_one_call_of_its_size(
