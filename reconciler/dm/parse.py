@@ -8,6 +8,7 @@ fields.
 from __future__ import annotations
 
 import re
+import sys
 from typing import TypeVar
 
 from reconciler.dm.errors import ParseError
@@ -100,7 +101,8 @@ def parse_info_line(line: str) -> DeviceInfo:
         if major.isdigit() and minor.isdigit() and opened.isdigit() and segments.isdigit() \
                 and events.isdigit() and _ATTR_RE.fullmatch(attr):
             return DeviceInfo(
-                name=_unescape(name), uuid=_unescape(uuid), major=int(major),
+                # Interned, as the store's records and specs are: one string per name.
+                name=sys.intern(_unescape(name)), uuid=_unescape(uuid), major=int(major),
                 minor=int(minor), live_table=attr[0] == "L", inactive_table=attr[1] == "I",
                 suspended=attr[2] == "s", readonly=attr[3] == "r", open_count=int(opened),
                 segments=int(segments), events=int(events))
@@ -179,7 +181,8 @@ def parse_named_line(line: str) -> NamedLine:
     name, sep, rest = line.partition(": ")
     if not sep or not name:
         raise _fail("device line", "name: target line", line, line)
-    return name, parse_target_line(rest) if rest.strip() else None
+    # Interned: the name, a listing's key for every device, is then the records' string.
+    return sys.intern(name), parse_target_line(rest) if rest.strip() else None
 
 
 def parse_single_lines(text: str) -> list[TargetLine]:
