@@ -12,7 +12,7 @@ by identity (`is`), which is how the observation reuses what it built from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Generic, TypeVar, cast
 
 K = TypeVar("K", bound=Hashable)
@@ -77,6 +77,11 @@ class LastText(Generic[V, R]):
     (13.6 MB for info and table). A changed text splits the old one again to match its
     lines, work done only when some device changed."""
 
+    # How much of the last text is split at a time to match a changed text's lines against:
+    # its lines all at once were as many strings again as the new text's (11 MB for 50,000
+    # info lines) at the peak of every pass whose listing changed.
+    chunk_chars = 1 << 20
+
     def __init__(self, split: Callable[[str], list[str]], make: Callable[[str], V],
                  assemble: Callable[[list[V]], R]) -> None:
         self._split, self._make, self._assemble = split, make, assemble
@@ -92,11 +97,50 @@ class LastText(Generic[V, R]):
         if last is None:
             values = [self._make(line) for line in lines]
         else:
-            known: dict[str, V] = dict(zip(self._split(last[0]), last[1], strict=True))
-            found: list[V | None] = list(map(known.get, lines))
-            del known
+            found = self._reused(last[0], last[1], lines)
             values = [self._make(lines[i]) if value is None else value
                       for i, value in enumerate(found)]
         result = self._assemble(values)
         self._last = (text, values, result)
         return result
+
+    def _reused(self, last_text: str, last_values: list[V], lines: list[str]) -> list[V | None]:
+        """For each of `lines`, the value of an equal line of the last text, or None. The
+        last text is split a chunk at a time, each chunk ending after a newline: `split` cuts
+        at line ends (str.splitlines), so the chunks' lines are the whole text's, unless a
+        chunk is a special case of `split` (a lone "No devices found" line): then their
+        count differs, and the whole text is split at once instead."""
+        where = {line: i for i, line in enumerate(lines)}
+        found: list[V | None] = [None] * len(lines)
+        index = 0
+        for chunk in _chunks(last_text, self.chunk_chars):
+            for line in self._split(chunk):
+                if index == len(last_values):
+                    return self._reused_whole(last_text, last_values, lines)
+                i = where.get(line)
+                if i is not None:
+                    found[i] = last_values[index]
+                index += 1
+        if index != len(last_values):
+            return self._reused_whole(last_text, last_values, lines)
+        for i, value in enumerate(found):
+            if value is None:  # a line printed twice: `where` named its last place
+                found[i] = found[where[lines[i]]]
+        return found
+
+    def _reused_whole(self, last_text: str, last_values: list[V],
+                      lines: list[str]) -> list[V | None]:
+        """_reused with the last text split at once."""
+        known: dict[str, V] = dict(zip(self._split(last_text), last_values, strict=True))
+        return list(map(known.get, lines))
+
+
+def _chunks(text: str, size: int) -> Iterator[str]:
+    """`text` in pieces of about `size` characters, each but the last ending after a "\n"
+    (which no line break continues: a "\r\n" ends there too)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end

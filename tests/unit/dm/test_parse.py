@@ -292,3 +292,38 @@ def test_last_text_parses_captured_listings_as_fresh_ones() -> None:
             assert named.parse(text) == parse_named_lines(text)
         compared += 1
     assert compared == 6, "two info, two status and two table listings"
+
+
+@pytest.mark.parametrize("chunk_chars", [1, 7, 64, 1 << 20])
+def test_last_text_matches_a_changed_text_a_chunk_at_a_time(chunk_chars: int) -> None:
+    """A changed text reuses the value of every line the last text also printed, whatever
+    the chunks the last text is split in: line breaks of every kind, blank and repeated
+    lines, and a "No devices found" line inside a text (which listing_lines drops from a
+    text of that line alone, so that a chunk of it alone would lose a line)."""
+    made: list[str] = []
+
+    def make(line: str) -> tuple[str]:
+        made.append(line)
+        return (line,)  # a new object per parse: reuse shows as identity
+
+    memo: LastText[tuple[str], list[tuple[str]]] = LastText(listing_lines, make, list)
+    memo.chunk_chars = chunk_chars
+    texts = [
+        "a: 1\nb: 2\r\nc: 3\rd: 4\n\ne: 5\x1cf: 6\u2028g: 7\n",
+        "a: 1\nb: 2\r\nx: 9\n\ne: 5\x1cf: 6\u2028g: 7\ng: 7\nh: 8\n",
+        "No devices found\na: 1\nNo devices found\nh: 8\nb: 2\n",
+        "a: 1\nh: 8\nNo devices found\nz: 0\n",
+        "No devices found\n",
+        "a: 1\n",
+    ]
+    last: dict[str, tuple[str]] = {}
+    for text in texts:
+        made.clear()
+        values = memo.parse(text)
+        assert values == [(line,) for line in listing_lines(text)]
+        for line, value in zip(listing_lines(text), values, strict=True):
+            if line in last and line not in made:
+                assert value is last[line]
+        # Only lines the last text did not print are parsed.
+        assert set(made) <= set(listing_lines(text)) - set(last)
+        last = dict(zip(listing_lines(text), values, strict=True))
