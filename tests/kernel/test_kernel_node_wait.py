@@ -1,5 +1,6 @@
-"""The snapshotter's devices answer once their node exists, udev's rules running behind
-(NodeWait.NODE); spec-file devices still wait for udev; and the snapshotter's base is made
+"""The snapshotter's devices answer with their node in place (udev waited for, as for spec-file
+devices: NodeWait.NODE lost nodes to udev's stale events, see reconcile.decide.node_wait);
+spec-file devices' passes end with their by-label link; and the snapshotter's base is made
 without lazy init. On the real kernel with udevd running (started here if it is not). The
 rules on the fake kernel: tests/unit/snapshots/test_snapshot_node_wait.py and
 tests/unit/dm/test_node_wait.py."""
@@ -86,8 +87,8 @@ def blkid(node: str, tag: str) -> str:
 
 
 def test_a_prepare_answers_with_its_node_and_udevs_links_follow(kworld: World) -> None:
-    """When Prepare answers, /dev/mapper/NAME is the device's block node (libdevmapper's,
-    made without udev's round trip); after `udevadm settle` udev has run every rule for it:
+    """When Prepare answers, /dev/mapper/NAME leads to the device's block node; after
+    `udevadm settle` udev has run every rule for it:
     its by-id link and its filesystem's by-uuid link lead to it."""
     snaps = snapshotter(kworld)
     snaps.prepare("maker")
