@@ -192,6 +192,10 @@ def floor_rows(n: int, work: Path) -> list[FloorRow]:
     pool = f"hb{secrets.token_hex(2)}"
     with loop_pool(pool, work) as (meta, data):
         sh("dmsetup", "create", pool, "--noudevsync", "--table", pool_table(meta, data))
+        # dmsetup --noudevsync leaves the pool's node to udev: have udev make it before udev
+        # is stopped (the bare rows name the pool by its /dev/mapper path; with processes
+        # fast enough, udev was stopped first and the thin tables' path was not there).
+        sh("udevadm", "settle", "--timeout=60", check=False)
         try:
             with udevd_stopped():
                 rows.append(bare_row("bare libdevmapper, no udev", pool, 0, n, work, False))
