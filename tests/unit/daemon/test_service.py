@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from reconciler.cli import main
 from reconciler.config import load_settings
+from reconciler.daemon import service
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.client import DmClient
@@ -307,3 +308,33 @@ def test_a_reload_to_a_missing_spec_dir_does_not_make_it(fake_world: World,
         _step_until(daemon, lambda: state(fake_world, "web") == "Activated")
     finally:
         daemon.close()
+
+
+def test_pin_mmap_threshold_sets_glibcs_threshold_to_its_default() -> None:
+    """One mallopt(M_MMAP_THRESHOLD, 128 KiB), and its answer is what pinning says."""
+    calls: list[tuple[int, int]] = []
+
+    def mallopt(param: int, value: int) -> int:
+        calls.append((param, value))
+        return 1
+
+    assert service.pin_mmap_threshold(mallopt)
+    assert calls == [(-3, 128 * 1024)]
+    assert not service.pin_mmap_threshold(lambda param, value: 0)
+
+
+def test_the_daemon_pins_the_mmap_threshold_before_its_first_pass(
+        fake_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinned once per start, before the first pass allocates the listings' texts."""
+    passes_then: list[int] = []
+    assert fake_world.store is not None
+    fake_world.store.close()
+    running = Daemon(fake_world.settings, fake_world.host, clock=fake_world.clock,
+                     wakeups=Wakeups(settle=0.02))
+    monkeypatch.setattr(service, "pin_mmap_threshold",
+                        lambda: passes_then.append(running.passes) or True)
+    try:
+        running.start()
+        assert passes_then == [0] and running.passes == 1
+    finally:
+        running.close()
