@@ -331,8 +331,12 @@ def test_the_daemon_pins_the_mmap_threshold_before_its_first_pass(
     fake_world.store.close()
     running = Daemon(fake_world.settings, fake_world.host, clock=fake_world.clock,
                      wakeups=Wakeups(settle=0.02))
-    monkeypatch.setattr(service, "pin_mmap_threshold",
-                        lambda: passes_then.append(running.passes) or True)
+
+    def pin() -> bool:
+        passes_then.append(running.passes)
+        return True
+
+    monkeypatch.setattr(service, "pin_mmap_threshold", pin)
     try:
         running.start()
         assert passes_then == [0] and running.passes == 1
