@@ -327,3 +327,33 @@ def test_last_text_matches_a_changed_text_a_chunk_at_a_time(chunk_chars: int) ->
         # Only lines the last text did not print are parsed.
         assert set(made) <= set(listing_lines(text)) - set(last)
         last = dict(zip(listing_lines(text), values, strict=True))
+
+
+@pytest.mark.parametrize("chunk_chars", [1, 7, 64, 1 << 20])
+def test_a_first_text_parses_a_chunk_at_a_time(chunk_chars: int) -> None:
+    """A LastText's first text is made line by line as a whole split would make it, every
+    kind of line break and a "No devices found" line inside a text or alone included; and
+    split a chunk at a time, never all its lines at once (a start-up's peak at 50,000
+    devices), unless the chunks disagree with the whole (that lone line)."""
+    texts = [
+        "a: 1\nb: 2\r\nc: 3\rd: 4\n\ne: 5\x1cf: 6\u2028g: 7\n" * 5,
+        "No devices found\na: 1\nNo devices found\nh: 8\nb: 2\n",
+        "a: 1\nh: 8\nNo devices found\nz: 0\n" * 3,
+        "No devices found\n",
+        "",
+    ]
+    longest: list[int] = []
+
+    def split(chunk: str) -> list[str]:
+        lines = listing_lines(chunk)
+        longest.append(len(lines))
+        return lines
+
+    for text in texts:
+        longest.clear()
+        memo: LastText[tuple[str], list[tuple[str]]] = LastText(
+            split, lambda line: (line,), list)
+        memo.chunk_chars = chunk_chars
+        assert memo.parse(text) == [(line,) for line in listing_lines(text)]
+        if chunk_chars < 64 and "No devices found" not in text and text:
+            assert max(longest) < len(listing_lines(text)) // 2
