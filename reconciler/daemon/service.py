@@ -44,7 +44,6 @@ from reconciler.daemon.health import (
     snapshot_now,
     startup,
 )
-from reconciler.daemon.metrics import HEALTHZ, READYZ, STARTUPZ, Metrics, MetricsServer
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.requests import serve_request
 from reconciler.daemon.signals import install_signal_handlers, reloaded_settings
@@ -62,6 +61,10 @@ if TYPE_CHECKING:
     # Imported where it is served (start): without grpc_socket the daemon never loads grpc or
     # protobuf, so a broken gRPC stack stops only the daemons that serve the snapshots API.
     from reconciler.api.server import ApiServer
+
+    # Imported where metrics are served (__post_init__, start): prometheus_client and the
+    # HTTP server it brings are 10 MB of a daemon's memory that has no metrics_address.
+    from reconciler.daemon.metrics import Metrics, MetricsServer
 
 T = TypeVar("T")
 
@@ -192,7 +195,10 @@ class Daemon:
         self._busy_since: float | None = None
         self._wait_timeout: float | None = None
         # Served when metrics_address is set (start); counters move from the first pass.
-        self.metrics = Metrics() if self.settings.metrics_address is not None else None
+        self.metrics: Metrics | None = None
+        if self.settings.metrics_address is not None:
+            from reconciler.daemon.metrics import Metrics
+            self.metrics = Metrics()
         self.metrics_server: MetricsServer | None = None
         self._stopping = False
         # Whether `status` may show a failed pass (an earlier run may have left one).
@@ -404,6 +410,7 @@ class Daemon:
         if self.metrics is not None and self.settings.metrics_address is not None:
             # Before the first pass: the probes answer during it, /readyz and /startupz that
             # it is not over. Raises MetricsUnavailable when the address is taken.
+            from reconciler.daemon.metrics import HEALTHZ, READYZ, STARTUPZ, MetricsServer
             metrics = self.metrics
             server = MetricsServer(self.settings.metrics_address, metrics, {
                 HEALTHZ: self.liveness, READYZ: lambda: readiness(metrics.snapshot),

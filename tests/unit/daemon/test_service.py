@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import math
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -342,3 +344,27 @@ def test_the_daemon_pins_the_mmap_threshold_before_its_first_pass(
         assert passes_then == [0] and running.passes == 1
     finally:
         running.close()
+
+
+def test_a_daemon_without_metrics_address_never_loads_prometheus_client(
+        tmp_path: Path) -> None:
+    """prometheus_client (and the HTTP server it brings: 10 MB of a daemon) is loaded only
+    to serve metrics_address: a daemon started and closed without it, and the CLI's catch of
+    MetricsUnavailable, leave it unloaded."""
+    code = (
+        "import sys\n"
+        "from reconciler.config import settings_from_mapping\n"
+        "from reconciler.daemon.health import MetricsUnavailable\n"
+        "from reconciler.daemon.service import Daemon\n"
+        "from reconciler.testing.fakekernel import FakeKernel\n"
+        f"settings = settings_from_mapping({{'root_path': {str(tmp_path / 'state')!r}}})\n"
+        "daemon = Daemon(settings, FakeKernel())\n"
+        "daemon.start()\n"
+        "assert daemon.passes == 1 and daemon.metrics is None\n"
+        "daemon.close()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('prometheus_client')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
