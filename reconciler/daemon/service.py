@@ -103,6 +103,15 @@ def pin_mmap_threshold(mallopt: Callable[[int, int], int] | None = None) -> bool
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
+def metrics_for(settings: Settings) -> Metrics | None:
+    """The metrics to serve at metrics_address; None without one (and no prometheus_client
+    loaded)."""
+    if settings.metrics_address is None:
+        return None
+    from reconciler.daemon.metrics import Metrics
+    return Metrics()
+
+
 def settle_heap() -> None:
     """Once the first pass has built what lives as long as the daemon (records, parse
     caches, the gRPC and logging machinery): move it out of the cyclic collector's reach,
@@ -195,10 +204,7 @@ class Daemon:
         self._busy_since: float | None = None
         self._wait_timeout: float | None = None
         # Served when metrics_address is set (start); counters move from the first pass.
-        self.metrics: Metrics | None = None
-        if self.settings.metrics_address is not None:
-            from reconciler.daemon.metrics import Metrics
-            self.metrics = Metrics()
+        self.metrics = metrics_for(self.settings)
         self.metrics_server: MetricsServer | None = None
         self._stopping = False
         # Whether `status` may show a failed pass (an earlier run may have left one).
