@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from itertools import accumulate
 from typing import Generic, TypeVar, cast
 
 K = TypeVar("K", bound=Hashable)
@@ -97,31 +98,29 @@ class LastText(Generic[V, R]):
         if last is None:
             values = self._made(text)
         else:
-            found = self._reused(last[0], last[1], text)
-            values = self._filled(text, found)
+            found, where = self._reused(last[0], last[1], text)
+            values = self._filled(text, found, where)
         result = self._assemble(values)
         self._last = (text, values, result)
         return result
 
-    def _filled(self, text: str, found: list[V | None]) -> list[V]:
-        """`found` with each line no value was found for made, a chunk of `text` at a time
-        (its lines, as `_reused` has checked, are the chunks' lines)."""
-        if all(value is not None for value in found):
+    def _filled(self, text: str, found: list[V | None],
+                where: tuple[array[int], array[int]] | None) -> list[V]:
+        """`found` with the value of each line none was found for made: the line sliced out
+        of `text` by its start and length (`where`), or, where `_reused` split the texts
+        whole, taken from the whole split."""
+        missing = [j for j, value in enumerate(found) if value is None]
+        if not missing:
             return cast(list[V], found)
-        values: list[V] = []
-        for chunk in _chunks(text, self.chunk_chars):
-            lines = self._split(chunk)
-            if len(lines) != len(chunk.splitlines()):  # `_reused` split it whole too
-                lines, values = self._split(text), []
-                break
-            base = len(values)
-            for i, line in enumerate(lines):
-                value = found[base + i]
-                values.append(self._make(line) if value is None else value)
+        if where is None:
+            lines = self._split(text)
+            for j in missing:
+                found[j] = self._make(lines[j])
         else:
-            return values
-        return [self._make(line) if value is None else value
-                for line, value in zip(lines, found, strict=True)]
+            starts, lengths = where
+            for j in missing:
+                found[j] = self._make(_line(text, starts, lengths, j))
+        return cast(list[V], found)
 
     def _made(self, text: str) -> list[V]:
         """The value of every line of a first text, split a chunk at a time: its lines all
@@ -136,7 +135,8 @@ class LastText(Generic[V, R]):
             values.extend(map(self._make, lines))
         return values
 
-    def _reused(self, last_text: str, last_values: list[V], text: str) -> list[V | None]:
+    def _reused(self, last_text: str, last_values: list[V], text: str
+                ) -> tuple[list[V | None], tuple[array[int], array[int]] | None]:
         """For each line of `text`, the value of an equal line of the last text, or None.
         Neither text is held as lines at once (at 50,000 devices, a changed info listing's
         lines and a dict of them were 12 MB at the peak of the pass): the new text's lines
@@ -145,7 +145,7 @@ class LastText(Generic[V, R]):
         never reuses the wrong value. Chunks end after a newline: `split` cuts at line ends
         (str.splitlines), so the chunks' lines are the whole text's, unless a chunk is a
         special case of `split` (a lone "No devices found" line): then the whole texts are
-        split at once instead."""
+        split at once instead (no starts and lengths are then returned)."""
         where: dict[int, int] = {}
         starts, lengths = array("q"), array("q")
         offset = 0
@@ -153,31 +153,31 @@ class LastText(Generic[V, R]):
             kept = chunk.splitlines(keepends=True)
             lines = self._split(chunk)
             if len(lines) != len(kept):
-                return self._reused_whole(last_text, last_values, self._split(text))
-            for line, whole in zip(lines, kept, strict=True):
-                where[hash(line)] = len(starts)
-                starts.append(offset)
-                lengths.append(len(line))
-                offset += len(whole)
+                return self._reused_whole(last_text, last_values, self._split(text)), None
+            first = len(starts)
+            where.update(zip(map(hash, lines), range(first, first + len(lines)), strict=True))
+            starts.extend(accumulate(map(len, kept[:-1]), initial=offset))
+            lengths.extend(map(len, lines))
+            offset += len(chunk)
         found: list[V | None] = [None] * len(starts)
         index = 0
         for chunk in _chunks(last_text, self.chunk_chars):
             for line in self._split(chunk):
                 if index == len(last_values):
-                    return self._reused_whole(last_text, last_values, self._split(text))
+                    return self._reused_whole(last_text, last_values, self._split(text)), None
                 i = where.get(hash(line))
                 if i is not None and lengths[i] == len(line) \
                         and text.startswith(line, starts[i]):
                     found[i] = last_values[index]
                 index += 1
         if index != len(last_values):
-            return self._reused_whole(last_text, last_values, self._split(text))
+            return self._reused_whole(last_text, last_values, self._split(text)), None
         for j, value in enumerate(found):
             if value is None:  # a line printed twice: `where` named its last place
                 i = where[hash(_line(text, starts, lengths, j))]
                 if i != j and _line(text, starts, lengths, i) == _line(text, starts, lengths, j):
                     found[j] = found[i]
-        return found
+        return found, (starts, lengths)
 
     def _reused_whole(self, last_text: str, last_values: list[V],
                       lines: list[str]) -> list[V | None]:
