@@ -155,11 +155,11 @@ def run_daemon(settings: Settings, host: Host, path: Path | None,
                log_level_flag: str | None = None) -> int:
     """The long-running daemon; a reload takes a new log_level unless --log-level or
     $RECONCILER_LOG_LEVEL sets it (`log_level_flag`: --log-level's)."""
-    # Imported here: the daemon brings watchdog and prometheus_client, which the commands
-    # that only read, `status --check` run by probes every few seconds above all, never use
-    # (grpc and protobuf it loads only to serve grpc_socket).
+    # Imported here: the daemon brings watchdog, which the commands that only read, `status
+    # --check` run by probes every few seconds above all, never use (prometheus_client it
+    # loads only to serve metrics_address, grpc and protobuf only to serve grpc_socket).
     from reconciler.daemon.descriptors import raise_descriptor_limit
-    from reconciler.daemon.metrics import MetricsUnavailable
+    from reconciler.daemon.health import MetricsUnavailable
     from reconciler.daemon.service import Daemon
     from reconciler.sockets import SocketUnavailable
 

@@ -11,8 +11,15 @@ the file: each enum's values are what the database, JSON and gRPC hold.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from types import MappingProxyType
 from typing import SupportsIndex
+
+# The labels of a device that has none, one mapping shared by all (a spec's and a record's),
+# read-only so that no holder can fill it in for the others: at 50,000 devices an empty dict
+# each was 6 MB.
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
 
 class DeviceState(StrEnum):

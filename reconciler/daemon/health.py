@@ -42,6 +42,12 @@ log = structlog.get_logger(__name__)
 POOL_NOT_LOADED = "pool is not loaded in the kernel"
 
 
+class MetricsUnavailable(RuntimeError):
+    """The metrics address cannot be listened on (in use, not ours, not resolvable). Here,
+    not in daemon.metrics, so that the CLI can catch it without loading prometheus_client
+    into a daemon that serves no metrics."""
+
+
 class PassKind(StrEnum):
     """A full pass (resync, reload, start) or one targeted at the names a wake-up brought."""
 

@@ -41,7 +41,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from reconciler import __version__
 from reconciler.config import ListenAddress
-from reconciler.daemon.health import Answer, PassKind, PassOutcome, Snapshot
+from reconciler.daemon.health import Answer, MetricsUnavailable, PassKind, PassOutcome, Snapshot
 from reconciler.daemon.wsgi import BoundedWSGIServer
 from reconciler.dm.observed import KernelOp
 from reconciler.dm.types import PoolMode
@@ -73,10 +73,6 @@ HEALTHZ, READYZ, STARTUPZ, METRICS = "/healthz", "/readyz", "/startupz", "/metri
 # The kernel's pool modes as label values: lower case, as every other label value of ours is
 # (the kernel spells two of them "Fail" and "Error").
 MODE_LABELS = {mode: mode.value.lower() for mode in PoolMode}
-
-
-class MetricsUnavailable(RuntimeError):
-    """The metrics address cannot be listened on (in use, not ours, not resolvable)."""
 
 
 class Metrics:

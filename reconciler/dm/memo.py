@@ -12,7 +12,9 @@ by identity (`is`), which is how the observation reuses what it built from it.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from itertools import accumulate
 from typing import Generic, TypeVar, cast
 
 K = TypeVar("K", bound=Hashable)
@@ -93,46 +95,100 @@ class LastText(Generic[V, R]):
         last = self._last
         if last is not None and last[0] == text:
             return last[2]
-        lines = self._split(text)
         if last is None:
-            values = [self._make(line) for line in lines]
+            values = self._made(text)
         else:
-            found = self._reused(last[0], last[1], lines)
-            values = [self._make(lines[i]) if value is None else value
-                      for i, value in enumerate(found)]
+            found, where = self._reused(last[0], last[1], text)
+            values = self._filled(text, found, where)
         result = self._assemble(values)
         self._last = (text, values, result)
         return result
 
-    def _reused(self, last_text: str, last_values: list[V], lines: list[str]) -> list[V | None]:
-        """For each of `lines`, the value of an equal line of the last text, or None. The
-        last text is split a chunk at a time, each chunk ending after a newline: `split` cuts
-        at line ends (str.splitlines), so the chunks' lines are the whole text's, unless a
-        chunk is a special case of `split` (a lone "No devices found" line): then their
-        count differs, and the whole text is split at once instead."""
-        where = {line: i for i, line in enumerate(lines)}
-        found: list[V | None] = [None] * len(lines)
+    def _filled(self, text: str, found: list[V | None],
+                where: tuple[array[int], array[int]] | None) -> list[V]:
+        """`found` with the value of each line none was found for made: the line sliced out
+        of `text` by its start and length (`where`), or, where `_reused` split the texts
+        whole, taken from the whole split."""
+        missing = [j for j, value in enumerate(found) if value is None]
+        if not missing:
+            return cast(list[V], found)
+        if where is None:
+            lines = self._split(text)
+            for j in missing:
+                found[j] = self._make(lines[j])
+        else:
+            starts, lengths = where
+            for j in missing:
+                found[j] = self._make(_line(text, starts, lengths, j))
+        return cast(list[V], found)
+
+    def _made(self, text: str) -> list[V]:
+        """The value of every line of a first text, split a chunk at a time: its lines all
+        at once were 10 MB of strings beside the values being made, at the peak of a
+        50,000-device start-up. A chunk that `split` does not cut as str.splitlines does
+        (its special case) has the whole text split at once instead."""
+        values: list[V] = []
+        for chunk in _chunks(text, self.chunk_chars):
+            lines = self._split(chunk)
+            if len(lines) != len(chunk.splitlines()):
+                return [self._make(line) for line in self._split(text)]
+            values.extend(map(self._make, lines))
+        return values
+
+    def _reused(self, last_text: str, last_values: list[V], text: str
+                ) -> tuple[list[V | None], tuple[array[int], array[int]] | None]:
+        """For each line of `text`, the value of an equal line of the last text, or None.
+        Neither text is held as lines at once (at 50,000 devices, a changed info listing's
+        lines and a dict of them were 12 MB at the peak of the pass): the new text's lines
+        are known by hash, start and length, a chunk at a time, and a line of the last text
+        whose hash matches is compared with its slice of the new text, so a hash collision
+        never reuses the wrong value. Chunks end after a newline: `split` cuts at line ends
+        (str.splitlines), so the chunks' lines are the whole text's, unless a chunk is a
+        special case of `split` (a lone "No devices found" line): then the whole texts are
+        split at once instead (no starts and lengths are then returned)."""
+        where: dict[int, int] = {}
+        starts, lengths = array("q"), array("q")
+        offset = 0
+        for chunk in _chunks(text, self.chunk_chars):
+            kept = chunk.splitlines(keepends=True)
+            lines = self._split(chunk)
+            if len(lines) != len(kept):
+                return self._reused_whole(last_text, last_values, self._split(text)), None
+            first = len(starts)
+            where.update(zip(map(hash, lines), range(first, first + len(lines)), strict=True))
+            starts.extend(accumulate(map(len, kept[:-1]), initial=offset))
+            lengths.extend(map(len, lines))
+            offset += len(chunk)
+        found: list[V | None] = [None] * len(starts)
         index = 0
         for chunk in _chunks(last_text, self.chunk_chars):
             for line in self._split(chunk):
                 if index == len(last_values):
-                    return self._reused_whole(last_text, last_values, lines)
-                i = where.get(line)
-                if i is not None:
+                    return self._reused_whole(last_text, last_values, self._split(text)), None
+                i = where.get(hash(line))
+                if i is not None and lengths[i] == len(line) \
+                        and text.startswith(line, starts[i]):
                     found[i] = last_values[index]
                 index += 1
         if index != len(last_values):
-            return self._reused_whole(last_text, last_values, lines)
-        for i, value in enumerate(found):
+            return self._reused_whole(last_text, last_values, self._split(text)), None
+        for j, value in enumerate(found):
             if value is None:  # a line printed twice: `where` named its last place
-                found[i] = found[where[lines[i]]]
-        return found
+                i = where[hash(_line(text, starts, lengths, j))]
+                if i != j and _line(text, starts, lengths, i) == _line(text, starts, lengths, j):
+                    found[j] = found[i]
+        return found, (starts, lengths)
 
     def _reused_whole(self, last_text: str, last_values: list[V],
                       lines: list[str]) -> list[V | None]:
         """_reused with the last text split at once."""
         known: dict[str, V] = dict(zip(self._split(last_text), last_values, strict=True))
         return list(map(known.get, lines))
+
+
+def _line(text: str, starts: array[int], lengths: array[int], index: int) -> str:
+    """Line `index` of `text`, its start and length known."""
+    return text[starts[index]:starts[index] + lengths[index]]
 
 
 def _chunks(text: str, size: int) -> Iterator[str]:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from reconciler.dm.types import DeviceInfo, KernelDevice, ThinTable
+from reconciler.dm.types import KernelDevice
 from reconciler.dm.udev_sync import NodeWait
 from reconciler.specs.model import DeviceSpec, is_base_device
 from reconciler.states import IN_FLIGHT, LIVE, RESTING_PROVISIONED, RESUMES, DeviceState, Step
@@ -196,11 +196,13 @@ def describe(record: DeviceRecord, decision: Decision, wanted: bool = True) -> P
     return Planned(STEP_ACTIONS[decision], decision.value.replace("_", " "))  # "grow filesystem"
 
 
-# Everything next_step reads of a device, as values: its record's fields, its spec, its dm
-# device (the object, and its info and table: the status decides nothing), its parent's
-# fields, hold_new.
-_Inputs = tuple[tuple[Any, ...], DeviceSpec, KernelDevice | None, DeviceInfo | None,
-                ThinTable | None, tuple[Any, ...] | None, str | None]
+# Everything next_step reads of a device, as values, in one flat tuple: its spec, its dm
+# device (immutable: its info and table are read off it; the status decides nothing), its
+# parent's fields, hold_new, then its record's fields (from _RECORD on). One tuple, not a
+# tuple of the record's fields inside another holding the device's info and table again:
+# 5 MB less at 50,000 devices.
+_Inputs = tuple[Any, ...]
+_RECORD = 4
 
 
 def _fields(record: DeviceRecord | None) -> tuple[Any, ...] | None:
@@ -208,9 +210,10 @@ def _fields(record: DeviceRecord | None) -> tuple[Any, ...] | None:
     return None if record is None else record_fields(record)
 
 
-def _same_device(kernel: KernelDevice | None, info: DeviceInfo | None,
-                 table: ThinTable | None) -> bool:
-    """Whether the dm device shows this info and table (another object, equal values)."""
+def _same_device(kernel: KernelDevice | None, seen: KernelDevice | None) -> bool:
+    """Whether the dm device shows the info and table it showed (another object, equal
+    values)."""
+    info, table = (None, None) if seen is None else (seen.info, seen.table)
     now_info, now_table = (None, None) if kernel is None else (kernel.info, kernel.table)
     return (info is now_info or info == now_info) and (table is now_table or table == now_table)
 
@@ -244,12 +247,12 @@ class Settled:
         seen = self._inputs.get(record.name)
         if seen is None:
             return False
-        fields, seen_spec, seen_kernel, info, table, parent_fields, seen_hold = seen
-        if kernel is not seen_kernel and not _same_device(kernel, info, table):
+        seen_spec, seen_kernel, parent_fields, seen_hold = seen[:_RECORD]
+        if kernel is not seen_kernel and not _same_device(kernel, seen_kernel):
             return False
         return ((seen_spec is spec or seen_spec == spec)
                 and hold_new == seen_hold
-                and fields == record_fields(record)
+                and seen[_RECORD:] == record_fields(record)
                 and parent_fields == _fields(parent))
 
     def split(self, order: Sequence[tuple[str, DeviceSpec | None]],
@@ -276,9 +279,8 @@ class Settled:
         """next_step said None for these inputs (a device some spec wants)."""
         record, spec, kernel, parent, hold_new = inputs
         assert spec is not None, f"{record.name}: only a wanted device is settled"
-        info, table = (None, None) if kernel is None else (kernel.info, kernel.table)
-        self._inputs[record.name] = (_fields(record) or (), spec, kernel, info, table,
-                                     _fields(parent), hold_new)
+        self._inputs[record.name] = (spec, kernel, _fields(parent), hold_new,
+                                     *record_fields(record))
 
     def forget(self, name: str) -> None:
         """The device is being decided again."""

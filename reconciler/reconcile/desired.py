@@ -29,7 +29,7 @@ from reconciler.specs import (
 )
 from reconciler.store import DeviceRecord, SnapshotRecord, Store
 from reconciler.units import Bytes
-from reconciler.vocabulary import DeviceState, Filesystem
+from reconciler.vocabulary import NO_LABELS, DeviceState, Filesystem
 
 log = structlog.get_logger(__name__)
 
@@ -252,5 +252,5 @@ def apply_spec(record: DeviceRecord, spec: DeviceSpec) -> None:
     record.size_bytes = spec.size
     record.active = spec.active
     record.readonly = spec.readonly
-    record.labels = dict(spec.labels)
+    record.labels = dict(spec.labels) if spec.labels else NO_LABELS
     record.spec_digest = spec.digest

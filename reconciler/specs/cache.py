@@ -25,13 +25,17 @@ from reconciler.specs.resolve import assemble, resolve_files
 # "racily clean" rule).
 RACY_SECONDS = 2.0
 
+# A remembered file: its inode, size and mtime (ns) when parsed, and what it parsed to.
+Entry = tuple[int, int, int, ParsedSpec | RejectedSpec]
+
 class SpecFileCache:
     """Parsed spec files by path, reused while a file's inode, size and mtime stay the same:
     a resync over 10,000 unchanged files stats them instead of reading and parsing them."""
 
     def __init__(self) -> None:
-        # By path: the signature a file had when parsed, and what it parsed to.
-        self.entries: dict[str, tuple[tuple[int, int, int], ParsedSpec | RejectedSpec]] = {}
+        # By path: the signature a file had when parsed (inode, size, mtime), and what it
+        # parsed to, in one tuple (not a signature tuple in another: 3 MB at 50,000 files).
+        self.entries: dict[str, Entry] = {}
         # The directory the entries are all of, once a full scan filled them; None before.
         self.scanned: Path | None = None
         # The spec directory's filesystem (st_dev) when it was last read completely.
@@ -48,16 +52,16 @@ class SpecFileCache:
             now_ns: int) -> ParsedSpec | RejectedSpec | None:
         """The parsed spec of an unchanged file, or None (read it)."""
         entry = self.entries.get(path)
-        if entry is None or entry[0] != signature:
+        if entry is None or entry[:3] != signature:
             return None
         if abs(now_ns - signature[2]) < RACY_SECONDS * 1e9:
             return None
-        return entry[1]
+        return entry[3]
 
     def put(self, path: str, signature: tuple[int, int, int],
             parsed: ParsedSpec | RejectedSpec) -> None:
         """Remember a file's parsed spec."""
-        self.entries[path] = (signature, parsed)
+        self.entries[path] = (*signature, parsed)
 
     def full_scan(self, found: list[ParsedSpec | RejectedSpec], seen: list[str],
                   directory: Path, device: int, node: str | None) -> SpecFiles:
@@ -117,7 +121,7 @@ class SpecFileCache:
 
     def parsed(self) -> list[ParsedSpec | RejectedSpec]:
         """Every remembered file's parsed spec."""
-        return [parsed for _, parsed in self.entries.values()]
+        return [entry[3] for entry in self.entries.values()]
 
 
 class _Asked(Mapping[str, KnownDevice]):

@@ -179,14 +179,16 @@ def _scan(directory: Path, dir_fd: int, device: int, defaults: Defaults,
                 found.append(status)
                 continue
             st = status
-        sig = (st.st_ino, st.st_size, st.st_mtime_ns)  # signature(st), inlined
         entry_seen = known.get(path)
-        if entry_seen is not None and entry_seen[0] == sig and abs(now_ns - sig[2]) >= racy_ns:
-            parsed = entry_seen[1]
+        # cache.get, inlined: field by field, no signature tuple made for an unchanged file.
+        if entry_seen is not None and entry_seen[0] == st.st_ino \
+                and entry_seen[1] == st.st_size and entry_seen[2] == st.st_mtime_ns \
+                and abs(now_ns - entry_seen[2]) >= racy_ns:
+            parsed = entry_seen[3]
         else:
             parsed = read_file(path, defaults, allow_foreign=allow_foreign, memo=memo)
             if cache is not None:
-                cache.put(path, sig, parsed)
+                cache.put(path, (st.st_ino, st.st_size, st.st_mtime_ns), parsed)
         paths.append(path)
         found.append(parsed)
     if cache is None:

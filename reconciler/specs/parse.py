@@ -22,7 +22,7 @@ from reconciler.specs.model import (
     SpecError,
 )
 from reconciler.units import XFS_MIN_SIZE, Bytes, SizeError, format_size, parse_size
-from reconciler.vocabulary import Filesystem
+from reconciler.vocabulary import NO_LABELS, Filesystem
 
 _KEYS = ("size", "parent", "filesystem", "active", "readonly", "labels", "nodes")
 # Bounds of a spec's `nodes`: more patterns than any fleet needs, each as long as a Kubernetes
@@ -149,7 +149,7 @@ def parse_file(name: str, text: str, defaults: Defaults,
         parent=parent,
         active=flags["active"],
         readonly=flags["readonly"],
-        labels=dict(labels),
+        labels=dict(labels) if labels else NO_LABELS,
         digest=digest,
         nodes=nodes,
     )
@@ -168,6 +168,6 @@ def stored_spec(
     text = repr((size, fs.value, parent, active, readonly, sorted(labels.items())))
     return DeviceSpec(
         name=sys.intern(name), size=Bytes(size), filesystem=fs, parent=parent,
-        active=active, readonly=readonly, labels=dict(labels),
+        active=active, readonly=readonly, labels=dict(labels) if labels else NO_LABELS,
         digest=sys.intern(hashlib.sha256(text.encode()).hexdigest()),
     )

@@ -6,11 +6,13 @@ converts a row once, where it maps it to a record (`store.rows`), and back.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from operator import attrgetter
 
 from reconciler.vocabulary import (
+    NO_LABELS,
     DeviceState,
     Filesystem,
     Kind,
@@ -44,7 +46,8 @@ class DeviceRecord:
     notice: str | None = None
     active: bool = True
     readonly: bool = False
-    labels: dict[str, str] = field(default_factory=dict)
+    # Replaced, never changed in place: NO_LABELS when empty.
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
     error: str | None = None
     error_step: str | None = None
     attempts: int = 0

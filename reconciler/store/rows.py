@@ -28,6 +28,7 @@ from reconciler.store.records import (
     UnknownKind,
 )
 from reconciler.vocabulary import (
+    NO_LABELS,
     DeviceState,
     Filesystem,
     Kind,
@@ -107,7 +108,7 @@ def _named(row: Sequence[Any] | Any, columns: Sequence[str]) -> dict[str, Any]:
 def device_values(record: DeviceRecord) -> list[Any]:
     """The devices row of a record, in DEVICE_COLUMNS' order."""
     values = _values(record, DEVICE_COLUMNS)
-    values[DEVICE_COLUMNS.index("labels")] = json.dumps(record.labels, sort_keys=True)
+    values[DEVICE_COLUMNS.index("labels")] = json.dumps(dict(record.labels), sort_keys=True)
     return values
 
 
@@ -123,7 +124,7 @@ def device_record(row: Sequence[Any] | Any) -> DeviceRecord:
     unchanged device carries equal strings (interned there too), held once, not twice."""
     values = _named(row, DEVICE_COLUMNS)
     labels = values["labels"]
-    values["labels"] = {} if labels == _NO_LABELS else json.loads(labels)
+    values["labels"] = NO_LABELS if labels == _NO_LABELS else json.loads(labels)
     for flag in ("provisioned", "formatted", "active", "readonly"):
         values[flag] = bool(values[flag])
     state = _STATES.get(values["state"])

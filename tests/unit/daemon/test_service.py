@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import math
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from structlog.testing import capture_logs
 
 from reconciler.cli import main
 from reconciler.config import load_settings
+from reconciler.daemon import service
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.wakeups import Wakeups
 from reconciler.dm.client import DmClient
@@ -307,3 +310,61 @@ def test_a_reload_to_a_missing_spec_dir_does_not_make_it(fake_world: World,
         _step_until(daemon, lambda: state(fake_world, "web") == "Activated")
     finally:
         daemon.close()
+
+
+def test_pin_mmap_threshold_sets_glibcs_threshold_to_its_default() -> None:
+    """One mallopt(M_MMAP_THRESHOLD, 128 KiB), and its answer is what pinning says."""
+    calls: list[tuple[int, int]] = []
+
+    def mallopt(param: int, value: int) -> int:
+        calls.append((param, value))
+        return 1
+
+    assert service.pin_mmap_threshold(mallopt)
+    assert calls == [(-3, 128 * 1024)]
+    assert not service.pin_mmap_threshold(lambda param, value: 0)
+
+
+def test_the_daemon_pins_the_mmap_threshold_before_its_first_pass(
+        fake_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinned once per start, before the first pass allocates the listings' texts."""
+    passes_then: list[int] = []
+    assert fake_world.store is not None
+    fake_world.store.close()
+    running = Daemon(fake_world.settings, fake_world.host, clock=fake_world.clock,
+                     wakeups=Wakeups(settle=0.02))
+
+    def pin() -> bool:
+        passes_then.append(running.passes)
+        return True
+
+    monkeypatch.setattr(service, "pin_mmap_threshold", pin)
+    try:
+        running.start()
+        assert passes_then == [0] and running.passes == 1
+    finally:
+        running.close()
+
+
+def test_a_daemon_without_metrics_address_never_loads_prometheus_client(
+        tmp_path: Path) -> None:
+    """prometheus_client (and the HTTP server it brings: 10 MB of a daemon) is loaded only
+    to serve metrics_address: a daemon started and closed without it, and the CLI's catch of
+    MetricsUnavailable, leave it unloaded."""
+    code = (
+        "import sys\n"
+        "from reconciler.config import settings_from_mapping\n"
+        "from reconciler.daemon.health import MetricsUnavailable\n"
+        "from reconciler.daemon.service import Daemon\n"
+        "from reconciler.testing.fakekernel import FakeKernel\n"
+        f"settings = settings_from_mapping({{'root_path': {str(tmp_path / 'state')!r}}})\n"
+        "daemon = Daemon(settings, FakeKernel())\n"
+        "daemon.start()\n"
+        "assert daemon.passes == 1 and daemon.metrics is None\n"
+        "daemon.close()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('prometheus_client')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

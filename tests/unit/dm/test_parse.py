@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.dm import memo as memo_module
 from reconciler.dm.errors import (
     DeviceBusy,
     DeviceExists,
@@ -327,3 +328,70 @@ def test_last_text_matches_a_changed_text_a_chunk_at_a_time(chunk_chars: int) ->
         # Only lines the last text did not print are parsed.
         assert set(made) <= set(listing_lines(text)) - set(last)
         last = dict(zip(listing_lines(text), values, strict=True))
+
+
+@pytest.mark.parametrize("chunk_chars", [1, 7, 64, 1 << 20])
+def test_a_first_text_parses_a_chunk_at_a_time(chunk_chars: int) -> None:
+    """A LastText's first text is made line by line as a whole split would make it, every
+    kind of line break and a "No devices found" line inside a text or alone included; and
+    split a chunk at a time, never all its lines at once (a start-up's peak at 50,000
+    devices), unless the chunks disagree with the whole (that lone line)."""
+    texts = [
+        "a: 1\nb: 2\r\nc: 3\rd: 4\n\ne: 5\x1cf: 6\u2028g: 7\n" * 5,
+        "No devices found\na: 1\nNo devices found\nh: 8\nb: 2\n",
+        "a: 1\nh: 8\nNo devices found\nz: 0\n" * 3,
+        "No devices found\n",
+        "",
+    ]
+    longest: list[int] = []
+
+    def split(chunk: str) -> list[str]:
+        lines = listing_lines(chunk)
+        longest.append(len(lines))
+        return lines
+
+    for text in texts:
+        longest.clear()
+        memo: LastText[tuple[str], list[tuple[str]]] = LastText(
+            split, lambda line: (line,), list)
+        memo.chunk_chars = chunk_chars
+        assert memo.parse(text) == [(line,) for line in listing_lines(text)]
+        if chunk_chars < 64 and "No devices found" not in text and text:
+            assert max(longest) < len(listing_lines(text)) // 2
+
+
+@pytest.mark.parametrize("chunk_chars", [1, 7, 64, 1 << 20])
+def test_a_changed_text_never_reuses_a_value_on_a_hash_alone(
+        chunk_chars: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines of a changed text are matched by hash, then compared: with every line's hash
+    the same, no line gets another line's value: a line is given the last text's value
+    only where the two are equal (here the last "a: 1", whose place the hash names, and
+    the first, its repeat), and every other line is parsed."""
+    monkeypatch.setattr(memo_module, "hash", lambda line: 0, raising=False)
+    memo: LastText[tuple[str], list[tuple[str]]] = LastText(
+        listing_lines, lambda line: (line,), list)
+    memo.chunk_chars = chunk_chars
+    first = memo.parse("a: 1\nb: 2\nc: 3\n")
+    again = memo.parse("c: 3\nx: 9\na: 1\na: 1\n")
+    assert again == [("c: 3",), ("x: 9",), ("a: 1",), ("a: 1",)]
+    assert again[2] is first[0] and again[3] is first[0]
+
+
+def test_a_changed_text_is_split_a_chunk_at_a_time() -> None:
+    """A changed text of many lines is matched and made without splitting either text
+    into all its lines at once (the peak of a pass after a change, at 50,000 devices)."""
+    longest: list[int] = []
+
+    def split(chunk: str) -> list[str]:
+        lines = listing_lines(chunk)
+        longest.append(len(lines))
+        return lines
+
+    memo: LastText[tuple[str], list[tuple[str]]] = LastText(split, lambda line: (line,), list)
+    memo.chunk_chars = 64
+    last = "".join(f"d{i}: {i}\n" for i in range(200))
+    memo.parse(last)
+    longest.clear()
+    changed = last.replace("d7: 7\n", "d7: 8\n") + "new: 1\n"
+    assert memo.parse(changed) == [(line,) for line in listing_lines(changed)]
+    assert max(longest) < 20

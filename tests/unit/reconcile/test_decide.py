@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
@@ -317,6 +317,20 @@ def test_settled_forgets_a_device_being_decided_again() -> None:
     assert not settled.unchanged(Inputs(*SEEN))
     assert not _split_says_unchanged(settled, Inputs(*SEEN))
     assert len(settled) == 0
+
+
+def test_settled_keeps_one_flat_tuple_per_device() -> None:
+    """What Settled keeps of a device is one tuple: its spec, dm device, parent's fields,
+    hold_new and its record's fields, no tuple of them nested and no second reference to
+    the device's info or table (read off the immutable device): 5 MB at 50,000 devices."""
+    settled = Settled()
+    settled.remember(Inputs(*SEEN))
+    (kept,) = settled._inputs.values()
+    assert len(kept) == 4 + len(fields(DeviceRecord))
+    device = SEEN[2]
+    assert device is not None
+    assert [type(v) for v in kept if isinstance(v, tuple)] == [tuple], "the parent's alone"
+    assert not any(v is device.info or v is device.table for v in kept)
 
 
 @pytest.mark.parametrize("name", ["snap-1", "snap-base-1", "data", "snap-x", "snap-base"])

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from reconciler.specs import (
+    RACY_SECONDS,
     Defaults,
     KnownDevice,
     SpecFileCache,
@@ -86,3 +87,21 @@ def test_a_scan_parses_each_distinct_text_once(tmp_path: Path,
         (4 * MIB, Filesystem.NONE, parse_file("x", same, DEFAULTS).spec.digest)}
     assert specs["d"].filesystem == Filesystem.XFS
     assert [r.name for r in files.rejected] == ["snap-1"]
+
+
+def test_an_entry_is_one_flat_tuple_and_get_answers_only_an_unchanged_settled_file() -> None:
+    """A file's entry is its inode, size, mtime and parsed spec in one tuple (no signature
+    tuple inside another: 3 MB at 50,000 files); `get` hands the parsed spec back for the
+    same signature once the mtime is past the racy window, None otherwise."""
+    cache = SpecFileCache()
+    parsed = parse_file("web", "", DEFAULTS)
+    mtime = 10**18
+    cache.put("/specs/web.toml", (7, 0, mtime), parsed)
+    assert cache.entries["/specs/web.toml"] == (7, 0, mtime, parsed)
+    settled = mtime + int(RACY_SECONDS * 1e9)
+    assert cache.get("/specs/web.toml", (7, 0, mtime), settled) is parsed
+    assert cache.get("/specs/web.toml", (7, 1, mtime), settled) is None
+    assert cache.get("/specs/web.toml", (8, 0, mtime), settled) is None
+    assert cache.get("/specs/web.toml", (7, 0, mtime), mtime + 1) is None
+    assert cache.get("/specs/gone.toml", (7, 0, mtime), settled) is None
+    assert cache.parsed() == [parsed]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.reconcile.desired import apply_spec
 from reconciler.specs import (
     Defaults,
     SpecError,
@@ -14,8 +15,9 @@ from reconciler.specs import (
     load_spec_files,
     parse_spec,
 )
+from reconciler.store import DeviceRecord
 from reconciler.units import Bytes
-from reconciler.vocabulary import Filesystem
+from reconciler.vocabulary import NO_LABELS, Filesystem
 
 DEFAULTS = Defaults(size=Bytes(1 << 30), filesystem=Filesystem.EXT4)
 
@@ -30,6 +32,19 @@ def test_a_spec_with_no_keys_takes_the_defaults() -> None:
     assert (spec.size, spec.filesystem, spec.active, spec.readonly) == (1 << 30, "ext4", True,
                                                                        False)
     assert spec.parent is None
+
+
+def test_a_spec_without_labels_shares_no_labels_and_so_does_its_record() -> None:
+    """No labels: the one shared NO_LABELS, in the spec and in the record it is applied to
+    (an empty dict each was 6 MB at 50,000 devices); labels: a dict of the record's own."""
+    bare = parse_spec("a", "", DEFAULTS)
+    labelled = parse_spec("b", '[labels]\nteam = "web"\n', DEFAULTS)
+    assert bare.labels is NO_LABELS and labelled.labels == {"team": "web"}
+    record = DeviceRecord(name="b")
+    apply_spec(record, labelled)
+    assert record.labels == {"team": "web"} and record.labels is not labelled.labels
+    apply_spec(record, bare)
+    assert record.labels is NO_LABELS
 
 
 def test_every_key_is_read() -> None:

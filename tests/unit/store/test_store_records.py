@@ -24,6 +24,7 @@ from reconciler.store import (
 )
 from reconciler.vocabulary import (
     MAX_THIN_ID,
+    NO_LABELS,
     DeviceState,
     Filesystem,
     Kind,
@@ -55,6 +56,21 @@ def test_a_device_record_reads_back_with_its_enums_and_thin_ids(store: Store) ->
     assert read is not None and read.state is DeviceState.RESUMED
     assert read.filesystem is Filesystem.XFS
     assert type(read.device_id) is ThinId and type(read.origin_id) is ThinId
+
+
+def test_records_without_labels_share_one_read_only_mapping(store: Store) -> None:
+    """A record with no labels holds NO_LABELS, read back as well as new (one mapping for
+    50,000 devices, not an empty dict each), and nobody can fill it in for the others;
+    labels given are stored and read back as their own dict."""
+    assert DeviceRecord(name="d").labels is NO_LABELS
+    store.save_device(DeviceRecord(name="d"))
+    store.save_device(DeviceRecord(name="e", labels={"team": "web"}))
+    bare, labelled = store.device("d"), store.device("e")
+    assert bare is not None and bare.labels is NO_LABELS
+    assert labelled is not None and labelled.labels == {"team": "web"}
+    with pytest.raises(TypeError):
+        NO_LABELS["team"] = "web"  # type: ignore[index]
+    assert dict(NO_LABELS) == {}
 
 
 def test_a_snapshot_record_reads_back_with_its_kind_removal_and_filesystem(
