@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import errno
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.dm.crash import CrashingHost, CrashPoint, call_kind
+from reconciler.dm.crash import CrashingHost, call_kind
 from reconciler.store import Store
 from reconciler.testing.fakekernel.faults import Op
 from reconciler.testing.world import World
@@ -147,39 +147,3 @@ def assert_store_and_pool_agree(world: World) -> None:
     assert len(managed) == len([r for r in records if r.provisioned])  # no id twice
     assert world.store.intents() == []
     assert world.store.orphans() == []
-
-
-# The pass's look at the pool's metadata (thin_ls on a metadata snapshot), before it changes
-# anything: the same in every operation.
-OBSERVATION = frozenset({"reserve_metadata_snap", "release_metadata_snap"})
-
-
-def chosen_points(calls: Sequence[Sequence[str]], mutating: Collection[str], *,
-                  batch: bool) -> list[CrashPoint]:
-    """The crash points of one clean run's calls: before and after each mutating call,
-    except the middle ones of a batch and, in a batch, the pass's observation.
-
-    Of the calls that do one thing to each device of a batch (a message's verb: create_thin,
-    delete; a create, a suspend), the first and the last are crashed in: "after the first"
-    leaves some of the batch done and some not, "before the last" all but one, as the
-    middle's would. The observation's points (a metadata snapshot reserved and not released)
-    are the same state in every operation: the single device's run has them. The fake
-    kernel's matrix (tests/unit/scenarios/test_crash_recovery.py) crashes at every call;
-    the real kernel's (tests/kernel/test_kernel_crash.py) takes these, each point a fork, a
-    restart and an undo under emulation."""
-    counts: Counter[str] = Counter()
-    seen: dict[tuple[str, str], list[int]] = {}
-    for argv in calls:
-        kind = call_kind(argv)
-        if kind not in mutating:
-            continue
-        counts[kind] += 1
-        verb = argv[4] if kind == "dmsetup message" and len(argv) > 4 else ""
-        seen.setdefault((kind, verb), []).append(counts[kind])
-    chosen = []
-    for (kind, verb), numbers in seen.items():
-        if batch and verb in OBSERVATION:
-            continue
-        for n in sorted({numbers[0], numbers[-1]} if batch else set(numbers)):
-            chosen += [CrashPoint("before", kind, n), CrashPoint("after", kind, n)]
-    return chosen

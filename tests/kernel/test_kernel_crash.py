@@ -1,6 +1,5 @@
-"""Crash safety on a real kernel: a real process SIGKILLed before and after every mutating
-kernel call of a device's create, and of three devices' create, snapshot and remove in one
-pass (inside a batch: the first and last call of each step, see `chosen_points`); and a
+"""Crash safety on a real kernel: a real process SIGKILLed at every mutating kernel call of
+create, snapshot and remove, of one device and of three in one pass (inside a batch); and a
 reboot. After each: converged, data intact, and the pool's
 thin ids (thin_ls) equal the store's."""
 
@@ -30,7 +29,7 @@ from reconciler.testing.crashing import (
     RAW,
     Operation,
     assert_store_and_pool_agree,
-    chosen_points,
+    call_counts,
     removes,
     specs,
 )
@@ -53,7 +52,6 @@ REVERT: dict[str, Callable[[World], None]] = {
     "snapshot3": removes("s1", "s2", "s3"),
     "remove3": specs(a=RAW, b=RAW, c=RAW),
 }
-BATCHES = frozenset({"create3", "snapshot3", "remove3"})
 DATA_OFFSET = 5 << 20
 
 
@@ -152,7 +150,9 @@ def points_of(world: World, operation: Operation) -> list[CrashPoint]:
     assert run_until_settled(world.reconciler(), time.time, time.sleep).ok
     REVERT[operation.name](world)
     converge(world)
-    return chosen_points(counting.calls, MUTATING, batch=operation.name in BATCHES)
+    counts = call_counts(counting.calls)
+    return [CrashPoint(when, kind, n) for kind in MUTATING for n in range(1, counts[kind] + 1)
+            for when in ("before", "after")]
 
 
 @pytest.mark.parametrize("name", list(REVERT))
