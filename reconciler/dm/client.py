@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from reconciler.dm.errors import DmError, classify
+from reconciler.dm.errors import DmError, NoSuchDevice, classify
 from reconciler.dm.host import Completed, Host
 from reconciler.dm.memo import LastText
 from reconciler.dm.parse import (
@@ -30,6 +30,11 @@ from reconciler.dm.udev_sync import NodeWait, UdevSync
 
 DMSETUP = "dmsetup"
 INFO_COLUMNS = "name,uuid,major,minor,attr,open,segments,events"
+# dmsetup lists the devices, then asks each one: a device removed in between (by another
+# tool, or by a concurrent call of ours) fails the whole command, "Device does not exist."
+# (seen on the real kernel while another test session removed its devices). A fresh listing
+# no longer names it; only a kernel removing devices without pause fails them all.
+LISTING_ATTEMPTS = 5
 
 
 class DmClient:
@@ -75,6 +80,16 @@ class DmClient:
             raise classify(what, completed)
         return completed
 
+    def _run_listing(self, what: str, argv: Sequence[str]) -> Completed:
+        """`_run` for a command over every device, read again when a device listed went
+        away before dmsetup asked it (LISTING_ATTEMPTS)."""
+        for _ in range(LISTING_ATTEMPTS - 1):
+            try:
+                return self._run(what, argv)
+            except NoSuchDevice:
+                continue
+        return self._run(what, argv)
+
     def list_devices(self) -> list[DeviceListing]:
         """Every dm device's name and number."""
         return parse_ls(self._run("list devices", ["ls"]).stdout)
@@ -82,8 +97,8 @@ class DmClient:
     def info_all(self) -> list[DeviceInfo]:
         """Info of every dm device in one call. The same list as the last call's when the
         kernel printed the same text: read it, never change it."""
-        out = self._run("info", ["info", "-c", "--noheadings", "--nameprefixes", "-o",
-                                 INFO_COLUMNS]).stdout
+        out = self._run_listing("info", ["info", "-c", "--noheadings", "--nameprefixes", "-o",
+                                         INFO_COLUMNS]).stdout
         return self._info_all.parse(out)
 
     def info(self, name: str) -> DeviceInfo | None:
@@ -101,7 +116,7 @@ class DmClient:
     def status_all(self) -> dict[str, list[TargetLine]]:
         """Status lines of every dm device in one call. The same dict as the last call's when
         the kernel printed the same text: read it, never change it."""
-        return self._status_all.parse(self._run("status", ["status"]).stdout)
+        return self._status_all.parse(self._run_listing("status", ["status"]).stdout)
 
     def status(self, name: str) -> list[TargetLine]:
         """Status lines of one device."""
@@ -110,7 +125,7 @@ class DmClient:
     def table_all(self) -> dict[str, list[TargetLine]]:
         """Live tables of every dm device in one call. The same dict as the last call's when
         the kernel printed the same text: read it, never change it."""
-        out = self._run("table", ["table"]).stdout
+        out = self._run_listing("table", ["table"]).stdout
         return self._table_all.parse(out)
 
     def table(self, name: str) -> list[TargetLine]:

@@ -1,6 +1,7 @@
 """Faults and neighbours on a real kernel: a grow whose resume fails leaves no device
 suspended (a mounted filesystem keeps answering), a pool filled to its reserve holds new
-devices and keeps the old ones, and another tool's dm device survives every command."""
+devices and keeps the old ones, another tool's dm device survives every command, and listings
+survive another tool making and removing its devices."""
 
 from __future__ import annotations
 
@@ -177,3 +178,60 @@ def test_a_neighbours_dm_device_survives_every_command(real_world: World) -> Non
     world.unspec("a-b")
     assert "a-b" in world.run_pass(POLICY).removed
     intact()
+
+
+class CountingHost(SystemHost):
+    """The machine, counting the listings dmsetup failed: overriding run() makes the
+    client speak dmsetup, whose listing of all devices fails when one goes away midway."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: list[str] = []
+
+    def run(self, argv: Sequence[str]) -> Completed:
+        done = super().run(argv)
+        if not done.ok:
+            self.failed.append(done.stderr)
+        return done
+
+
+def test_listings_survive_a_neighbour_making_and_removing_its_devices(
+        real_world: World) -> None:
+    """Another tool creating and removing its devices without pause while our dmsetup
+    driver lists every device (the daemon's observation, status, a teardown): each listing
+    answers, read again when a device went away between dmsetup's LIST and its own ioctl;
+    the neighbour's devices are left to it."""
+    world = real_world
+    host = CountingHost()
+    client = DmClient(host)
+    names = [f"nb-{world.pool}-{i}" for i in range(12)]  # outside our pool's prefix
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            for name in names:
+                subprocess.run(["dmsetup", "create", name, "--table", "0 8 zero",
+                                "--noudevsync"], capture_output=True, check=False)
+            for name in names:
+                subprocess.run(["dmsetup", "remove", name, "--noudevsync"],
+                               capture_output=True, check=False)
+
+    neighbour = threading.Thread(target=churn, daemon=True)
+    neighbour.start()
+    try:
+        listings = 0
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            client.info_all()
+            client.status_all()
+            client.table_all()
+            listings += 3
+    finally:
+        stop.set()
+        neighbour.join(timeout=60)
+    for name in names:  # the neighbour's to remove, not ours: it is gone
+        subprocess.run(["dmsetup", "remove", name], capture_output=True, check=False)
+    print(f"{listings} listings beside the churn; read again {len(host.failed)} times")
+    assert listings >= 30
+    assert all("Device does not exist" in text or "No such device" in text
+               for text in host.failed), host.failed
