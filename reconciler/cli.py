@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -37,8 +38,6 @@ from reconciler.config import (
     settings_from_mapping,
     settings_toml,
 )
-from reconciler.containerd_config import print_containerd_config
-from reconciler.daemon.control import Command, ControlRequest, ControlUnreachable, ask
 from reconciler.daemon.lock import LockError, RootLock, holder_pid, lock_held
 from reconciler.daemon.once import run_until_settled
 from reconciler.dm.crash import from_environment
@@ -47,18 +46,15 @@ from reconciler.failures import ClassifiedError
 from reconciler.reconcile.holds import Selection, refusal, unconfirmed
 from reconciler.reconcile.maintenance import confirm_request
 from reconciler.reconcile.reconciler import Reconciler
-from reconciler.status import (
-    DEFAULT_COLUMNS,
-    checked,
-    collect,
-    parse_columns,
-    render_check,
-    render_json,
-    render_table,
-    watch,
-)
 from reconciler.store import RequestKind, Store, StoreError
 from reconciler.vocabulary import DeviceState
+
+# `status`, the control socket's client and containerd's drop-in are imported by the commands
+# that use them: `run --once`, which the crash matrix and every kernel test start again and
+# again, does not load them (a dozen modules; under the kernel tier's emulation their import,
+# dataclasses built by exec(), is seconds a process).
+if TYPE_CHECKING:
+    from reconciler.daemon.control import ControlRequest
 
 EXIT_OK, EXIT_NOT_CONVERGED, EXIT_USAGE = 0, 1, 2
 log = structlog.get_logger(__name__)
@@ -176,6 +172,8 @@ def run_daemon(settings: Settings, host: Host, path: Path | None,
 
 def check_status(settings: Settings, host: Host, as_json: bool) -> int:
     """`status --check`: the verdict in one line (or JSON); its exit code is the health."""
+    from reconciler.status import checked, render_check
+
     verdict = checked(settings, host, lock_held(settings.root_path))
     sys.stdout.write(render_check(verdict, as_json))
     return verdict.health.exit_code
@@ -192,6 +190,15 @@ def show_status(settings: Settings, host: Host, args: argparse.Namespace) -> int
         if args.name is not None or args.watch is not None:
             return _usage_error("status --check takes no NAME and no --watch")
         return check_status(settings, host, args.json)
+    from reconciler.status import (
+        DEFAULT_COLUMNS,
+        collect,
+        parse_columns,
+        render_json,
+        render_table,
+        watch,
+    )
+
     columns = DEFAULT_COLUMNS
     if args.output is not None or args.no_headers:
         if args.json:
@@ -291,25 +298,25 @@ def print_completion(shell: Shell) -> int:
     return EXIT_OK
 
 
-# The control command for each request a CLI process may queue itself.
-_COMMANDS = {
-    RequestKind.RETRY: Command.RETRY,
-    RequestKind.GC_ORPHANS: Command.GC_ORPHANS,
-    RequestKind.GC_FAULTY: Command.GC_FAULTY,
-    RequestKind.ADOPT: Command.ADOPT,
-    RequestKind.CONFIRM_REMOVALS: Command.CONFIRM_REMOVALS,
-}
-
-
 def hand_over(settings: Settings, host: Host, kind: RequestKind, name: str,
               arg: int | None = None, names: Sequence[str] = (), selection: str = "") -> int:
     """Have the thread that owns the pool run a request: the running daemon's (over its
     control socket, which answers with the result), or, when none runs, this process's
     under the root lock (the request queued in the store and taken by it)."""
     if holder_pid(settings.root_path) is not None:
+        from reconciler.daemon.control import Command, ControlRequest
+
+        # The control command for each request a CLI process may queue itself.
+        commands = {
+            RequestKind.RETRY: Command.RETRY,
+            RequestKind.GC_ORPHANS: Command.GC_ORPHANS,
+            RequestKind.GC_FAULTY: Command.GC_FAULTY,
+            RequestKind.ADOPT: Command.ADOPT,
+            RequestKind.CONFIRM_REMOVALS: Command.CONFIRM_REMOVALS,
+        }
         # gc's "*" and confirm-removals' JSON list are the store's row, not a device name.
         named = kind in (RequestKind.RETRY, RequestKind.ADOPT)
-        request = ControlRequest(_COMMANDS[kind], name if named else "", arg, tuple(names),
+        request = ControlRequest(commands[kind], name if named else "", arg, tuple(names),
                                  selection)
         return ask_daemon(settings, request)
     store = Store(settings.database_path, time.time)
@@ -340,6 +347,8 @@ def hand_over(settings: Settings, host: Host, kind: RequestKind, name: str,
 def ask_daemon(settings: Settings, request: ControlRequest) -> int:
     """Send a request to the running daemon and print its answer. The daemon is never
     signalled: its pid in the lock file may be another PID namespace's (a pod's)."""
+    from reconciler.daemon.control import ControlUnreachable, ask
+
     try:
         answer = ask(settings.control_socket, request)
     except ControlUnreachable as exc:
@@ -368,6 +377,8 @@ def ask_daemon(settings: Settings, request: ControlRequest) -> int:
 def resync(settings: Settings, host: Host) -> int:
     """A full pass now: by the running daemon (answered after it), else by this process."""
     if holder_pid(settings.root_path) is not None:
+        from reconciler.daemon.control import Command, ControlRequest
+
         return ask_daemon(settings, ControlRequest(Command.RESYNC))
     return _locked(settings, lambda: run_once(settings, host))
 
@@ -457,6 +468,8 @@ def _command(args: argparse.Namespace, settings: Settings, path: Path | None,
     if args.command == "config":
         return check_config(settings, path)
     if args.command == "containerd-config":
+        from reconciler.containerd_config import print_containerd_config
+
         return print_containerd_config(settings, path, host, args.containerd_version,
                                        args.handler_only, args.cgroup_driver)
     return show_status(settings, host, args)
