@@ -16,8 +16,6 @@ them reconfigures the one Reconciler (and the snapshotter) in place.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -44,6 +42,8 @@ from reconciler.daemon.health import (
     snapshot_now,
     startup,
 )
+from reconciler.daemon.heap import collect_less_often, first_pass
+from reconciler.daemon.heap import pin_mmap_threshold as pin_mmap_threshold
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.requests import serve_request
 from reconciler.daemon.signals import install_signal_handlers, reloaded_settings
@@ -70,39 +70,6 @@ T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
-# Allocations between two young-generation collections (CPython's default: 700).
-YOUNG_COLLECTION_EVERY = 20_000
-
-
-def collect_less_often() -> None:
-    """Collect young objects less often, from before the first pass: a start-up over 50,000
-    devices allocates millions of objects that live as long as the daemon (records, parse
-    caches), and with CPython's defaults the collector walked them again and again while
-    they were being built (1.6 of 4.7 s of CPU). What a pass allocates is freed by
-    reference counts; cycles wait a little longer for their collection."""
-    gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 20)
-
-
-# glibc's mallopt parameter (malloc.h), and the value it is pinned at: glibc's own default.
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 128 * 1024
-
-
-def pin_mmap_threshold(mallopt: Callable[[int, int], int] | None = None) -> bool:
-    """Keep blocks of 128 KiB and up in mappings of their own, returned to the system when
-    freed (whether glibc's mallopt took it). glibc raises its threshold to the size of each
-    mapped block freed: after the first 7 MB listing text was freed, every later one, and
-    every 50,000-entry dict or list, came from the heap, whose freed middle is never given
-    back; at 50,000 devices the passes after a change left the daemon 30 MB larger. Setting
-    the threshold turns that raising off. Elsewhere than glibc: nothing to pin."""
-    if mallopt is None:
-        try:
-            mallopt = ctypes.CDLL(None).mallopt
-        except (AttributeError, OSError):
-            return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-
-
 def metrics_for(settings: Settings) -> Metrics | None:
     """The metrics to serve at metrics_address; None without one (and no prometheus_client
     loaded)."""
@@ -110,16 +77,6 @@ def metrics_for(settings: Settings) -> Metrics | None:
         return None
     from reconciler.daemon.metrics import Metrics
     return Metrics()
-
-
-def settle_heap() -> None:
-    """Once the first pass has built what lives as long as the daemon (records, parse
-    caches, the gRPC and logging machinery): move it out of the cyclic collector's reach,
-    and collect young objects less often. A pass over 10,000 devices allocates a few
-    hundred thousand short-lived objects; with the defaults the collector walked the
-    long-lived ones again several times per pass (200-500 ms of a 10,000-device resync)."""
-    gc.freeze()
-    collect_less_often()
 
 
 class Outcome(StrEnum):
@@ -269,7 +226,8 @@ class Daemon:
         nobody foresaw it), counted and shown in `status`, and a full pass is tried again
         with backoff: the daemon keeps serving `status`, file events and gRPC meanwhile."""
         try:
-            result = self.reconciler.run_pass(only)
+            result = self.reconciler.run_pass(only) if self.passes else first_pass(
+                lambda: self.reconciler.run_pass(only), lambda first: first.ok)
         except Exception as exc:  # noqa: BLE001 - no pass takes the daemon down (logged)
             self.failed_passes += 1
             delay = self.reconciler.policy.delay(self.failed_passes)
@@ -294,8 +252,6 @@ class Daemon:
                 log.warning("condition.not_cleared", kind=ConditionKind.PASS_FAILED.value,
                             error=str(exc), next="clearing it after the next pass")
         self.passes += 1
-        if self.passes == 1:
-            settle_heap()
         log.info("pass.finished", scope="full" if only is None else sorted(only),
                  converged=len(result.converged), pending=result.pending or None,
                  faulty=result.faulty or None,

@@ -10,6 +10,7 @@ import hashlib
 import sys
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from reconciler.specs.model import (
@@ -77,15 +78,28 @@ def parse_spec(name: str, text: str, defaults: Defaults) -> DeviceSpec:
     return parse_file(name, text, defaults).spec
 
 
-# What tomllib read of a spec text and the text's digest, by text, for one scan: spec files
-# are often the same bytes under many names (one kind of device, many devices), and tomllib
-# is most of a file's cost at start-up. The tables are only read, never changed. Bounded:
-# a directory of all different texts stops filling it.
-TextMemo = dict[str, tuple[dict[str, Any], str]]
+# What a scan made of each spec text, by text: spec files are often the same bytes under
+# many names (one kind of device, many devices), and tomllib and the checks of the keys were
+# most of a file's cost at start-up. Bounded: a directory of all different texts stops
+# filling it.
 TEXT_MEMO_MAX = 1024
 
 
-def _read_toml(text: str, memo: TextMemo | None) -> tuple[dict[str, Any], str]:
+@dataclass(slots=True)
+class KnownText:
+    """A spec text's tomllib tables (only read, never changed) and digest; once a file of
+    it parsed without error, what it parsed to and the defaults it was parsed with: every
+    other file of the same bytes is then that spec under its own name."""
+
+    raw: dict[str, Any]
+    digest: str
+    made: tuple[Defaults, ParsedSpec] | None = None
+
+
+TextMemo = dict[str, KnownText]
+
+
+def _read_toml(text: str, memo: TextMemo | None) -> KnownText:
     """tomllib's tables of a spec text and its digest (interned), from `memo` if there."""
     known = None if memo is None else memo.get(text)
     if known is not None:
@@ -94,22 +108,49 @@ def _read_toml(text: str, memo: TextMemo | None) -> tuple[dict[str, Any], str]:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"not valid TOML: {exc}") from None
-    digest = sys.intern(hashlib.sha256(text.encode()).hexdigest())
+    known = KnownText(raw, sys.intern(hashlib.sha256(text.encode()).hexdigest()))
     if memo is not None and len(memo) < TEXT_MEMO_MAX:
-        memo[text] = (raw, digest)
-    return raw, digest
+        memo[text] = known
+    return known
 
 
 def parse_file(name: str, text: str, defaults: Defaults,
                memo: TextMemo | None = None) -> ParsedSpec:
     """Parse one spec's text into its own words (`ParsedSpec`); raises SpecError naming the
-    key at fault. With `memo`, a text parsed before (under any name) is not parsed again."""
+    key at fault. With `memo`, a text parsed before (under any name) is not parsed or
+    checked again: only what depends on the name is."""
     if not NAME_RE.fullmatch(name):
         raise SpecError(f"bad name {name!r}: must match {NAME_RE.pattern}")
     if SNAPSHOT_NAME_RE.fullmatch(name):
         raise SpecError(f"bad name {name!r}: names snap-<number> and snap-base-<number> "
                         "belong to the snapshotter API")
-    raw, digest = _read_toml(text, memo)
+    known = _read_toml(text, memo)
+    if known.made is not None and known.made[0] == defaults:
+        return _renamed(known.made[1], name)
+    parsed = _parsed(name, known.raw, known.digest, defaults)
+    known.made = (defaults, parsed)
+    return parsed
+
+
+def _renamed(parsed: ParsedSpec, name: str) -> ParsedSpec:
+    """A good text's spec under another file's name; its parent then checked again (the
+    one check of the keys that depends on the name)."""
+    spec = parsed.spec
+    if spec.parent == name:
+        raise SpecError(_OWN_PARENT)
+    return ParsedSpec(
+        DeviceSpec(name=sys.intern(name), size=spec.size, filesystem=spec.filesystem,
+                   parent=spec.parent, active=spec.active, readonly=spec.readonly,
+                   labels=dict(spec.labels) if spec.labels else NO_LABELS,
+                   digest=spec.digest, nodes=spec.nodes),
+        own_size=parsed.own_size, own_filesystem=parsed.own_filesystem)
+
+
+_OWN_PARENT = "key 'parent': a device cannot be its own parent"
+
+
+def _parsed(name: str, raw: dict[str, Any], digest: str, defaults: Defaults) -> ParsedSpec:
+    """parse_file's checks of the keys, and the spec they make."""
     unknown = sorted(set(raw) - set(_KEYS))
     if unknown:
         raise SpecError(f"unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")
@@ -119,7 +160,7 @@ def parse_file(name: str, text: str, defaults: Defaults,
         if not isinstance(parent, str) or not NAME_RE.fullmatch(parent):
             raise SpecError(f"key 'parent': {parent!r} is not a device name")
         if parent == name:
-            raise SpecError("key 'parent': a device cannot be its own parent")
+            raise SpecError(_OWN_PARENT)
 
     size = _size(raw["size"]) if "size" in raw else defaults.size
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import math
 import subprocess
 import sys
@@ -368,3 +369,44 @@ def test_a_daemon_without_metrics_address_never_loads_prometheus_client(
                           check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(("broken", "collections"), [(False, 0), (True, 1)])
+def test_the_first_pass_runs_with_the_cyclic_collector_paused(
+        fake_world: World, monkeypatch: pytest.MonkeyPatch, broken: bool,
+        collections: int) -> None:
+    """The first pass builds what lives as long as the daemon: no collection walks it while
+    it is built; the heap is frozen after it, collected first only when that pass did not
+    end clean (its failures' cycles); every later pass runs with the collector on."""
+    fake_world.spec("a", 'filesystem = "none"\n')
+    if broken:
+        fake_world.spec("b", "size = \n")
+    assert fake_world.store is not None
+    fake_world.store.close()
+    calls: list[str] = []
+
+    def collect(*_: int) -> int:
+        calls.append("collect")
+        return 0
+
+    monkeypatch.setattr(gc, "collect", collect)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    running = Daemon(fake_world.settings, fake_world.host, clock=fake_world.clock,
+                     wakeups=Wakeups(settle=0.02))
+    enabled: list[bool] = []
+    run_pass = running.reconciler.run_pass
+
+    def noting(only: Any = None) -> Any:
+        enabled.append(gc.isenabled())
+        return run_pass(only)
+
+    monkeypatch.setattr(running.reconciler, "run_pass", noting)
+    try:
+        running.start()
+        assert running.passes == 1 and gc.isenabled()
+        assert calls == ["collect"] * collections + ["freeze"]
+        running._full_pass()
+        assert enabled == [False, True] and gc.isenabled()
+        assert calls == ["collect"] * collections + ["freeze"]
+    finally:
+        running.close()
