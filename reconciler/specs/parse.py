@@ -10,7 +10,7 @@ import hashlib
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from reconciler.specs.model import (
@@ -138,12 +138,9 @@ def _renamed(parsed: ParsedSpec, name: str) -> ParsedSpec:
     spec = parsed.spec
     if spec.parent == name:
         raise SpecError(_OWN_PARENT)
-    return ParsedSpec(
-        DeviceSpec(name=sys.intern(name), size=spec.size, filesystem=spec.filesystem,
-                   parent=spec.parent, active=spec.active, readonly=spec.readonly,
-                   labels=dict(spec.labels) if spec.labels else NO_LABELS,
-                   digest=spec.digest, nodes=spec.nodes),
-        own_size=parsed.own_size, own_filesystem=parsed.own_filesystem)
+    # replace(), not a DeviceSpec spelled out: a field added to it later is carried over.
+    return replace(parsed, spec=replace(
+        spec, name=sys.intern(name), labels=dict(spec.labels) if spec.labels else NO_LABELS))
 
 
 _OWN_PARENT = "key 'parent': a device cannot be its own parent"
