@@ -58,7 +58,6 @@ def settle_heap(collect: bool) -> None:
     collect_less_often()
 
 
-
 def first_pass(run: Callable[[], R], clean: Callable[[R], bool]) -> R:
     """The daemon's first pass (`run`) with the cyclic collector paused: its 46 collections
     walked what it was building (0.24 s of a 50,000-device start). Its heap is frozen

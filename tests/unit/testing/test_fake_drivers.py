@@ -211,7 +211,11 @@ def test_no_devices_read_alike(tmp_path: Path) -> None:
     assert libdm.status_all() == dmsetup.status_all() == {}
 
 
-@pytest.mark.parametrize("call", ["info_all", "status_all", "table_all"])
+# Each listing of every device, and the per-device ioctl it makes after LIST.
+LISTING_OPS = {"info_all": Op.INFO, "status_all": Op.STATUS, "table_all": Op.TABLE}
+
+
+@pytest.mark.parametrize("call", sorted(LISTING_OPS))
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_a_device_gone_while_listed_leaves_the_listing_whole(
         kernel: FakeKernel, driver: str, call: str) -> None:
@@ -219,19 +223,19 @@ def test_a_device_gone_while_listed_leaves_the_listing_whole(
     dmsetup's `info -c` failed a test's teardown with "Device does not exist." while another
     session removed its devices): the listing still answers, through both drivers, up to
     LISTING_ATTEMPTS - 1 such removals in a row."""
-    op = {"info_all": Op.INFO, "status_all": Op.STATUS, "table_all": Op.TABLE}[call]
+    op = LISTING_OPS[call]
     kernel.faults.fail(op, "fp", errno=errno.ENXIO, times=LISTING_ATTEMPTS - 1)
     assert THIN in names_in(getattr(client_for(kernel, driver), call)())
     # Only dmsetup's listings are read again; libdevmapper's skip the device at once.
     assert kernel.faults.pending is (driver == "libdevmapper")
 
 
-@pytest.mark.parametrize("call", ["info_all", "status_all", "table_all"])
+@pytest.mark.parametrize("call", sorted(LISTING_OPS))
 def test_a_kernel_removing_devices_without_pause_still_fails_dmsetups_listing(
         kernel: FakeKernel, call: str) -> None:
     """LISTING_ATTEMPTS listings in a row each meeting a vanished device: the error, not a
     loop."""
-    op = {"info_all": Op.INFO, "status_all": Op.STATUS, "table_all": Op.TABLE}[call]
+    op = LISTING_OPS[call]
     kernel.faults.fail(op, "fp", errno=errno.ENXIO, times=LISTING_ATTEMPTS)
     with pytest.raises(NoSuchDevice):
         getattr(client_for(kernel, "dmsetup"), call)()
