@@ -62,16 +62,17 @@ class DmClient:
 
     def _cookie(self, argv: list[str], node_wait: NodeWait = NodeWait.UDEV) -> list[str]:
         """argv of a command that waits for udev, told not to where udev cannot confirm, or
-        where only the node is waited for (`NodeWait.NODE`): then also `--verifyudev`, as
-        dmsetup otherwise leaves the node to udev even unsynchronised (its libdevmapper
-        tasks carry DM_UDEV_DISABLE_LIBRARY_FALLBACK), and the node could come after dmsetup
-        exits; with it, dmsetup's libdevmapper makes the node before it exits, and udev's
-        rules run behind it."""
-        waits = self.udev.sync().waits
-        if waits and node_wait is NodeWait.UDEV:
+        for a device udev leaves alone (`NodeWait.NODE`): then `--noudevrules` (udev's dm
+        rules off: no /dev/mapper link to make or unlink, whatever event runs late) and
+        `--verifyudev`, as dmsetup otherwise leaves the node to udev even unsynchronised
+        (its libdevmapper tasks carry DM_UDEV_DISABLE_LIBRARY_FALLBACK); with it, dmsetup's
+        libdevmapper makes or unlinks the node before it exits. dmsetup cannot turn udev's
+        disk rules off: their blkid probe and by-id links stay (libdevmapper's driver turns
+        them off)."""
+        if node_wait is NodeWait.NODE:
+            return [*argv, "--noudevsync", "--noudevrules", "--verifyudev"]
+        if self.udev.sync().waits:
             return argv
-        if waits:
-            return [*argv, "--noudevsync", "--verifyudev"]
         return [*argv, "--noudevsync"]
 
     def _run(self, what: str, argv: Sequence[str]) -> Completed:
@@ -164,16 +165,14 @@ class DmClient:
     def settle_udev(self) -> None:
         """Nothing pending (see deferred_udev)."""
 
-    def remove(self, name: str, deferred: bool = False) -> None:
+    def remove(self, name: str, deferred: bool = False,
+               node_wait: NodeWait = NodeWait.UDEV) -> None:
         """Remove a device (never with --force: a busy device stays and says so). With
         `deferred`, an open device is marked instead and the kernel removes it when its last
         opener closes it."""
-        if deferred:
-            self._run(f"remove --deferred {name}",
-                      self._cookie(["remove", "--deferred", name]))
-        else:
-            self._run(f"remove {name}", self._cookie(["remove", name]))
-
+        argv = ["remove", "--deferred", name] if deferred else ["remove", name]
+        self._run(f"remove{' --deferred' if deferred else ''} {name}",
+                  self._cookie(argv, node_wait))
     def message(self, name: str, words: Sequence[str]) -> None:
         """Send a target message (sector 0), e.g. create_thin to a pool."""
         self._run(f"message {name} {' '.join(words)}", ["message", name, "0", *words])

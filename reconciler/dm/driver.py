@@ -85,8 +85,10 @@ class DmDriver(Protocol):
         """Resume a device (waiting for udev, or only for its node: `node_wait`)."""
         ...
 
-    def remove(self, name: str, deferred: bool = False) -> None:
-        """Remove a device (never forced); `deferred`: an open one goes at its last close."""
+    def remove(self, name: str, deferred: bool = False,
+               node_wait: NodeWait = NodeWait.UDEV) -> None:
+        """Remove a device (never forced); `deferred`: an open one goes at its last close;
+        `node_wait` as the device's activation had it."""
         ...
 
     def message(self, name: str, words: Sequence[str]) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import structlog
@@ -54,7 +54,7 @@ from reconciler.dm.libdm_bindings import (
 from reconciler.dm.libdm_udev import PROBE_SECONDS, UdevCookies, probe_cookie
 from reconciler.dm.types import DeviceInfo, DeviceListing, TargetLine
 from reconciler.dm.udev import SystemUdev, UdevFacts, UdevGate
-from reconciler.dm.udev_sync import NodeWait, UdevSync
+from reconciler.dm.udev_sync import RULES_OFF, NodeWait, UdevSync
 from reconciler.units import Sectors
 
 # What importers find here besides the client: the library's loader (the driver's choice
@@ -216,24 +216,31 @@ class LibdmClient:
 
     # udev: the cookie of each create, resume and remove (UdevCookies keeps the rest).
 
-    def _run_with_cookie(self, what: str, dmt: int, kind: int, name: str,
-                         node_only: bool = False) -> None:
-        """dm_task_run with udev synchronisation as `UdevCookies.decide` last set it (before
-        the task: proving it may take tasks of its own), then wait for udev (or make the
-        nodes); inside `deferred_udev`, the call joins the batch's cookie and wait.
-        `node_only` (`NodeWait.NODE`): no cookie, see `UdevCookies.cookieless`."""
-        cookie = ctypes.c_uint32(0 if node_only else self.udev.shared_cookie())
-        with self.udev.cookieless(name) if node_only else nullcontext():
-            # Flags 0, as dmsetup: udev rules run, libdevmapper makes the node if udev did
-            # not. A cookie already set is shared (one more event on its semaphore).
-            self._check(self.lib.dm_task_set_cookie(dmt, ctypes.byref(cookie), 0), what, dmt,
-                        kind, name)
-            ok = self.lib.dm_task_run(dmt)
-        if not node_only:
-            # Failed or not, the cookie is waited for (by the batch when deferred): a failed
-            # run released its share; the wait destroys it and runs the node operations.
-            self.udev.ran(cookie.value, name)
-        self._check(ok, what, dmt, kind, name)
+    def _udev_task(self, what: str, kind: int, name: str, node_wait: NodeWait,
+                   setter: Callable[[int], int] | None = None) -> None:
+        """A resume or remove (with what `setter` sets), synchronised with udev as
+        `UdevCookies.decide` says (asked before the task: a proof may run tasks of its own),
+        then udev waited for (or the nodes made); inside `deferred_udev` the call joins the
+        batch's cookie. NODE: no cookie (`UdevCookies.cookieless`) and udev's rules off."""
+        synced = self.udev.decide()
+        with self._task(kind) as dmt:
+            self._named(what, dmt, kind, name)
+            if setter is not None:
+                self._check(setter(dmt), what, dmt, kind, name)
+            node_only = synced and node_wait is NodeWait.NODE
+            flags = RULES_OFF if node_wait is NodeWait.NODE else 0
+            cookie = ctypes.c_uint32(0 if node_only else self.udev.shared_cookie())
+            with self.udev.cookieless(name) if node_only else nullcontext():
+                # A cookie already set is shared (one more event on its semaphore). Rules on
+                # (dmsetup's way): libdevmapper makes the node if udev did not; off: always.
+                self._check(self.lib.dm_task_set_cookie(dmt, ctypes.byref(cookie), flags),
+                            what, dmt, kind, name)
+                ok = self.lib.dm_task_run(dmt)
+            if not node_only:
+                # Failed or not, the cookie is waited for (by the batch when deferred): a
+                # failed run released its share; the wait destroys it, runs the node ops.
+                self.udev.ran(cookie.value, name)
+            self._check(ok, what, dmt, kind, name)
 
     def deferred_udev(self) -> AbstractContextManager[None]:
         """Within: create, resume and remove share one udev cookie, waited for once by
@@ -358,22 +365,14 @@ class LibdmClient:
         self._resume(f"resume {name}", name, node_wait)
 
     def _resume(self, what: str, name: str, node_wait: NodeWait) -> None:
-        node_only = self.udev.decide() and node_wait is NodeWait.NODE
-        with self._task(DM_DEVICE_RESUME) as dmt:
-            self._named(what, dmt, DM_DEVICE_RESUME, name)
-            self._run_with_cookie(what, dmt, DM_DEVICE_RESUME, name, node_only)
+        self._udev_task(what, DM_DEVICE_RESUME, name, node_wait)
 
-    def remove(self, name: str, deferred: bool = False) -> None:
-        """Remove a device (never forced: a busy device stays and says so). With `deferred`,
-        an open device is marked instead and the kernel removes it at its last close."""
-        what = f"remove{' --deferred' if deferred else ''} {name}"
-        self.udev.decide()
-        with self._task(DM_DEVICE_REMOVE) as dmt:
-            self._named(what, dmt, DM_DEVICE_REMOVE, name)
-            if deferred:
-                self._check(self.lib.dm_task_deferred_remove(dmt), what, dmt,
-                            DM_DEVICE_REMOVE, name)
-            self._run_with_cookie(what, dmt, DM_DEVICE_REMOVE, name)
+    def remove(self, name: str, deferred: bool = False,
+               node_wait: NodeWait = NodeWait.UDEV) -> None:
+        """Remove a device (never forced: a busy one says so); `deferred`: an open one goes at
+        its last close (under NODE, libdevmapper unlinks its node now either way)."""
+        self._udev_task(f"remove{' --deferred' if deferred else ''} {name}", DM_DEVICE_REMOVE,
+                        name, node_wait, self.lib.dm_task_deferred_remove if deferred else None)
 
     def message(self, name: str, words: Sequence[str]) -> None:
         """Send a target message (sector 0), e.g. create_thin to a pool."""

@@ -120,9 +120,10 @@ class ObservedDriver:
         """Resume a device."""
         self._call(KernelOp.RESUME, lambda: self.inner.resume(name, node_wait))
 
-    def remove(self, name: str, deferred: bool = False) -> None:
+    def remove(self, name: str, deferred: bool = False,
+               node_wait: NodeWait = NodeWait.UDEV) -> None:
         """Remove a device (never forced); `deferred`: an open one goes at its last close."""
-        self._call(KernelOp.REMOVE, lambda: self.inner.remove(name, deferred))
+        self._call(KernelOp.REMOVE, lambda: self.inner.remove(name, deferred, node_wait))
 
     def message(self, name: str, words: Sequence[str]) -> None:
         """Send a target message (sector 0)."""

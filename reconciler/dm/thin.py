@@ -110,7 +110,9 @@ class ThinDevice:
                 # Wanted again while a deferred remove may be pending (dmsetup cannot tell):
                 # without the cancel the kernel would take it away at its holder's last close.
                 self.cancel_deferred_remove()
-            if info.suspended:
+            if info.suspended or (info.removal_deferred and self.node_wait is NodeWait.NODE):
+                # A NODE device's deferred remove unlinked its node at once (udev would not
+                # have): the resume makes it again.
                 self.resume()
 
     def suspend(self) -> None:
@@ -129,7 +131,8 @@ class ThinDevice:
         """Remove the dm device (never forced: an open device raises DeviceBusy, or with
         `deferred` is marked to go at its last close); one already gone is left so."""
         with suppress(NoSuchDevice):
-            self.pool.client.remove(self.kernel_name, deferred=deferred)
+            self.pool.client.remove(self.kernel_name, deferred=deferred,
+                                    node_wait=self.node_wait)
 
     def flush(self) -> None:
         """Suspend and resume: a mounted filesystem is frozen (its dirty data written to the

@@ -11,8 +11,8 @@ cookie is confirmed within a short bound. Otherwise the daemon makes the nodes i
 libdevmapper does without udev synchronisation, and says why (the `udev_unreachable`
 condition). `dm.udev` gathers the inputs and keeps the decision until udev appears or goes.
 
-Where udev is waited for, `NodeWait` says for one activation whether the wait is for udev's
-rules or for the /dev/mapper node alone (decided per device by `reconcile.decide.node_wait`).
+`NodeWait` says for one device whether its activations and removals wait for udev's rules
+or leave udev out of its node altogether (decided per device by `reconcile.decide.node_wait`).
 """
 
 from __future__ import annotations
@@ -73,17 +73,27 @@ _PROBLEMS = {
 
 
 class NodeWait(StrEnum):
-    """What an activation (create + load + resume) answers after, where udev confirms our
-    cookies (`UdevSync.USED`); elsewhere nothing waits for udev whatever this says."""
+    """What an activation (create + load + resume) and a removal answer after, where udev
+    confirms our cookies (`UdevSync.USED`); elsewhere nothing waits for udev whatever this
+    says."""
 
     # A cookie, waited for: udev's rules ran (its /dev/mapper link, /dev/disk/by-* links)
     # before the call answers. For devices people mount by label or uuid.
     UDEV = "udev"
-    # No cookie: libdevmapper makes the /dev/mapper node at once and udev runs every rule
-    # behind it (its by-* links come a moment later). For devices mounted by their
-    # /dev/mapper path (containerd's snapshots): 0.08-0.12x of a waited-for activation
-    # (docs/performance.md, issue 26 (i)).
+    # No cookie, and udev's rules told to leave the device alone (`RULES_OFF` in the
+    # uevent): libdevmapper makes and unlinks the /dev/mapper node itself, and no event of
+    # the device, however late udev runs it, makes, replaces or unlinks a node or link, or
+    # probes the device. For devices mounted by their /dev/mapper path (containerd's
+    # snapshots): 0.08-0.12x of a waited-for activation (docs/performance.md, issue 26 (i)).
     NODE = "node"
+
+
+# libdevmapper's DM_UDEV_DISABLE_DM_RULES_FLAG (no /dev/mapper link), _SUBSYSTEM_RULES_FLAG,
+# _DISK_RULES_FLAG (no blkid probe, no by-* links, no inotify watch) and _OTHER_RULES_FLAG,
+# carried in the uevent's DM_COOKIE, read back by 55-dm.rules. udev then never sees a name
+# to link: a stale event of a removed device, run after a new device took its minor, once
+# read the new name from sysfs and unlinked the new device's node at its remove.
+RULES_OFF = 0x0001 | 0x0002 | 0x0004 | 0x0008
 
 
 def needs_probe(running: bool, namespaces: UdevNamespaces) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from reconciler.dm.types import KernelDevice
 from reconciler.dm.udev_sync import NodeWait
-from reconciler.specs.model import DeviceSpec, is_base_device
+from reconciler.specs.model import DeviceSpec, is_base_device, is_snapshot_device
 from reconciler.states import IN_FLIGHT, LIVE, RESTING_PROVISIONED, RESUMES, DeviceState, Step
 from reconciler.store.records import DeviceRecord, record_fields
 from reconciler.units import Bytes, to_sectors
@@ -291,19 +291,18 @@ class Settled:
 
 
 def node_wait(name: str) -> NodeWait:
-    """What a device's activation answers after, where udev confirms our cookies: udev's
-    rules, for every device (`name` kept for the day a kind of device may differ again).
-    The snapshotter's devices answered once libdevmapper had made their node (NodeWait.NODE,
-    ~88% of a snapshot's activation saved: docs/performance.md, issue 26 (i)), and lost it:
-    udev, lagging under a burst, ran a removed device's stale events after the new device
-    had its minor, read the new name from sysfs and, at the stale remove, unlinked that name's
-    /dev/mapper entry, our node (containerd's all-at-once suite: Commit's superblock read
-    ENOENT, a Remove refused while udev's late probe held the device). Waiting for udev
-    orders our answer after every earlier event of that minor. NODE stays in the dm layer
-    for when udev's dm rules are told to leave our nodes alone (DM_UDEV_DISABLE_DM_RULES_FLAG)
-    and every removal, deferred ones too, removes the node itself."""
-    del name
-    return NodeWait.UDEV
+    """How a device's activations and removals deal with udev. The snapshotter's devices are
+    mounted by their /dev/mapper node (the path Mounts returns), which libdevmapper makes
+    before the call answers, with udev's rules off for them (NodeWait.NODE): waiting for
+    udev's rules too was ~88% of a snapshot's activation (docs/performance.md, issue 26 (i)).
+    With the rules on and unwaited for (at 355d0ee) they lost their node: udev, lagging
+    under a burst, ran a removed device's stale events after a new device took its minor,
+    read the new name from sysfs and unlinked the new device's node at the stale remove;
+    and its late blkid probe held a device at Remove. With the rules off, no event of a
+    snapshot device makes, replaces or unlinks a node, or opens the device. A spec-file
+    device may be mounted by label as soon as a pass ends (`run --once && mount LABEL=...`):
+    its pass waits until udev has made the /dev/disk/by-* links."""
+    return NodeWait.NODE if is_snapshot_device(name) else NodeWait.UDEV
 
 
 # mke2fs's extended options for the snapshotter's bases, as containerd's devmapper makes each

@@ -13,8 +13,9 @@ import random
 from dataclasses import dataclass, field
 
 # A busy removal's first retry, at most: the device's holder is often udev's rules probing a
-# device just made (blkid, for milliseconds; a second under emulation), the snapshotter's
-# devices answering before udev ran (`NodeWait.NODE`). Later retries back off as any.
+# device just made (blkid, for milliseconds; a second under emulation): a spec-file device's,
+# or through dmsetup a snapshot's (libdevmapper turns udev's disk rules off for those:
+# `NodeWait.NODE`). Later retries back off as any.
 BUSY_INITIAL = 0.05
 
 

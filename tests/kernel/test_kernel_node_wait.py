@@ -1,9 +1,10 @@
-"""The snapshotter's devices answer with their node in place (udev waited for, as for spec-file
-devices: NodeWait.NODE lost nodes to udev's stale events, see reconcile.decide.node_wait);
-spec-file devices' passes end with their by-label link; and the snapshotter's base is made
-without lazy init. On the real kernel with udevd running (started here if it is not). The
-rules on the fake kernel: tests/unit/snapshots/test_snapshot_node_wait.py and
-tests/unit/dm/test_node_wait.py."""
+"""The snapshotter's devices answer with their node in place and udev leaves that node alone
+(NodeWait.NODE: no cookie, udev's rules off; not even a removed device's stale events, run
+late for a minor a new device has taken, touch it: see reconcile.decide.node_wait); a device
+wanted again while its deferred remove waits gets its node back; spec-file devices' passes
+end with their by-label link; and the snapshotter's base is made without lazy init. On the
+real kernel with udevd running (started here if it is not). The rules on the fake kernel:
+tests/unit/snapshots/test_snapshot_node_wait.py and tests/unit/dm/test_node_wait.py."""
 
 from __future__ import annotations
 
@@ -21,10 +22,13 @@ from structlog.testing import capture_logs
 
 from reconciler.dm.client import DmClient
 from reconciler.dm.host import SystemHost
+from reconciler.dm.thin import ThinDevice
+from reconciler.dm.udev_sync import NodeWait
 from reconciler.snapshots import Snapshotter
 from reconciler.testing.snapshotter import snapshotter_over
 from reconciler.testing.world import KERNEL_AVAILABLE, World, make_settings
-from reconciler.vocabulary import DeviceState, Kind
+from reconciler.units import Sectors
+from reconciler.vocabulary import DeviceState, Kind, ThinId
 from tests.kernel.udevd import udevd_running
 
 pytestmark = pytest.mark.kernel
@@ -86,26 +90,102 @@ def blkid(node: str, tag: str) -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
-def test_a_prepare_answers_with_its_node_and_udevs_links_follow(kworld: World) -> None:
-    """When Prepare answers, /dev/mapper/NAME leads to the device's block node; after
-    `udevadm settle` udev has run every rule for it:
-    its by-id link and its filesystem's by-uuid link lead to it."""
+def udev_properties(node: str) -> dict[str, str]:
+    """udev's database entry for a device: its properties (`udevadm info`'s E: lines)."""
+    text = subprocess.run(["udevadm", "info", "--query=property", node], check=True,
+                          capture_output=True, text=True).stdout
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def test_a_prepare_answers_with_its_node_and_udev_leaves_it_alone(kworld: World) -> None:
+    """When Prepare answers, /dev/mapper/NAME is the device's block node; after `udevadm
+    settle` it is the same inode (udev replaced or unlinked nothing), udev recorded the
+    rules-off flags from our uevent, and made no /dev/mapper link for it. Through
+    libdevmapper, udev's disk rules are off too: no by-id link, no probe."""
     snaps = snapshotter(kworld)
     snaps.prepare("maker")
     snaps.commit("layer", "maker")
     for key, parent in (("root", ""), ("child", "layer")):
         [mount] = snaps.prepare(key, parent)
         kernel_name = mount.source.removeprefix("/dev/mapper/")
-        found = os.stat(mount.source)  # no wait of the test's own: there at the answer
+        found = os.lstat(mount.source)  # no wait of the test's own: there at the answer
         assert stat.S_ISBLK(found.st_mode) and found.st_rdev == device_number(kernel_name)
         settle()
-        by_id = Path(f"/dev/disk/by-id/dm-name-{kernel_name}")
-        assert by_id.exists() and by_id.stat().st_rdev == found.st_rdev, by_id
-        by_uuid = Path(f"/dev/disk/by-uuid/{blkid(mount.source, 'UUID')}")
-        # Every active snapshot of one base holds its filesystem's uuid: the link leads to
-        # one of them, udev's choice, and this one is active.
-        assert by_uuid.exists() and stat.S_ISBLK(by_uuid.stat().st_mode), by_uuid
+        after = os.lstat(mount.source)
+        assert stat.S_ISBLK(after.st_mode), "udev replaced our node with its link"
+        assert (after.st_ino, after.st_rdev) == (found.st_ino, found.st_rdev)
+        properties = udev_properties(mount.source)
+        assert properties.get("DM_UDEV_DISABLE_DM_RULES_FLAG") == "1", properties
+        assert f"/dev/mapper/{kernel_name}" not in properties.get("DEVLINKS", "")
+        if kworld.settings.dm_driver == "libdevmapper":
+            assert properties.get("DM_UDEV_DISABLE_DISK_RULES_FLAG") == "1", properties
+            assert not Path(f"/dev/disk/by-id/dm-name-{kernel_name}").exists()
         snaps.remove(key)
+        assert not Path(mount.source).exists(), "the removal unlinked the node"
+
+
+def test_a_removed_devices_late_events_leave_the_next_devices_node_alone(
+        kworld: World) -> None:
+    """udev's queue held (`udevadm control --stop-exec-queue`) while a snapshot is made and
+    removed and another made in its place, on the minor it freed: when udev then runs the
+    first device's events late, reading the second's name from sysfs, the second's node
+    stays the one libdevmapper made (with udev's rules on, unwaited for, udev's link took
+    its place and the stale remove unlinked it: the all-at-once conformance failures)."""
+    snaps = snapshotter(kworld)
+    snaps.prepare("maker")
+    snaps.commit("layer", "maker")
+    host = SystemHost()
+    host.run(["udevadm", "control", "--stop-exec-queue"])
+    try:
+        [first] = snaps.prepare("first", "layer")
+        first_number = os.stat(first.source).st_rdev
+        snaps.remove("first")
+        [second] = snaps.prepare("second", "layer")
+        made = os.lstat(second.source)
+        assert made.st_rdev == first_number, "the kernel gave the freed minor to another"
+    finally:
+        host.run(["udevadm", "control", "--start-exec-queue"])
+    settle()
+    after = os.lstat(second.source)
+    assert stat.S_ISBLK(after.st_mode), "udev replaced the node with its link"
+    assert (after.st_ino, after.st_rdev) == (made.st_ino, made.st_rdev)
+    with open(second.source, "rb") as device:  # the node still leads to the device
+        assert len(device.read(4096)) == 4096
+    snaps.remove("second")
+
+
+def test_a_device_wanted_again_while_its_removal_waits_gets_its_node_back(
+        kworld: World) -> None:
+    """A snapshot device held open and deactivated (a deferred remove; libdevmapper unlinks
+    a NODE device's node at once), then activated again: the remove is cancelled, the node
+    is back, and the device outlives its holder's close."""
+    world = kworld
+    pool = world.reconciler().ensure_pool()
+    pool.create_thin(ThinId(90), pool.status().transaction_id)
+    thin = ThinDevice(pool, "snap-90", ThinId(90), NodeWait.NODE)
+    number = pool_number(pool.name)
+    thin.activate(Sectors(8192), readonly=False, pool_number=number)
+    node = f"/dev/mapper/{thin.kernel_name}"
+    holder = os.open(node, os.O_RDONLY)
+    try:
+        thin.remove(deferred=True)
+        assert not os.path.exists(node), "libdevmapper kept the node of a deferred remove"
+        thin.activate(Sectors(8192), readonly=False, pool_number=number)
+        found = os.lstat(node)
+        assert stat.S_ISBLK(found.st_mode) and found.st_rdev == device_number(thin.kernel_name)
+    finally:
+        os.close(holder)
+    settle()
+    assert device_number(thin.kernel_name) == found.st_rdev, "the cancel did not hold"
+    thin.remove()
+    pool.delete(ThinId(90), pool.status().transaction_id)
+
+
+def pool_number(name: str) -> str:
+    """The pool's major:minor, as a thin table names it."""
+    info = DmClient(SystemHost()).info(name)
+    assert info is not None
+    return f"{info.major}:{info.minor}"
 
 
 def test_prepare_then_commit_or_remove_at_once_ends_right(lworld: World) -> None:

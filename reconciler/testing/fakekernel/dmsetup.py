@@ -40,6 +40,9 @@ def ioctl_failed(op: Op, target: str, number: int) -> Failed:
                   f"{os.strerror(number)}\nCommand failed.\n")
 
 
+UDEV_OPTIONS = ("--noudevsync", "--noudevrules", "--verifyudev")
+
+
 class Dmsetup:
     """`dmsetup ARGS` on a kernel model: stdout, or `Failed` with dmsetup's stderr."""
 
@@ -51,8 +54,9 @@ class Dmsetup:
         for the ioctl that met it, naming the device as that ioctl did."""
         kernel = self.kernel
         # Global options, accepted anywhere (getopt), about udev alone: not to wait for it,
-        # and to make the nodes whatever udev does (the model's nodes are always there).
-        args = [word for word in args if word not in ("--noudevsync", "--verifyudev")]
+        # its dm rules off, and to make the nodes whatever udev does (the model's nodes are
+        # always there).
+        args = [word for word in args if word not in UDEV_OPTIONS]
         match args:
             case ["version"]:
                 return VERSION

@@ -89,6 +89,8 @@ class FakeLibdm:
         self.waited: list[tuple[int, int]] = []
         # Every cookie made, and those udev never confirmed (released by the caller).
         self.cookies: list[int] = []
+        # Each task given a cookie (or none, unsynchronised): (kind, name, DM_UDEV_* flags).
+        self.udev_flags: list[tuple[int, str | None, int]] = []
         self.unconfirmed: list[int] = []
 
     def _task(self, dmt: int) -> _Task:
@@ -146,8 +148,8 @@ class FakeLibdm:
 
     def dm_task_set_cookie(self, dmt: int, cookie: Any, flags: int, /) -> int:
         """A udev cookie for the task, written to `*cookie` (0 without udev sync); a cookie
-        already in `*cookie` is shared, one more event counted on it, as libdevmapper does."""
-        del flags
+        already in `*cookie` is shared, one more event counted on it, as libdevmapper does.
+        The flags go with the task whatever the synchronisation, as libdevmapper's do."""
         slot = ctypes.cast(cookie, ctypes.POINTER(ctypes.c_uint32))
         value = 0
         if self.dm_udev_get_sync_support():
@@ -157,7 +159,9 @@ class FakeLibdm:
                 self.cookies.append(value)
             self.cookie_events[value] += 1
         slot[0] = value
-        self._task(dmt).cookie = value
+        task = self._task(dmt)
+        task.cookie = value
+        self.udev_flags.append((task.kind, task.name, flags))
         return 1
 
     def dm_task_run(self, dmt: int, /) -> int:

@@ -1,6 +1,7 @@
 """NodeWait on both drivers, over the fake kernel with udev running in our IPC namespace: an
-activation told NODE carries no udev cookie (libdevmapper makes the node, udev's rules run
-unwaited for), one told UDEV waits as before, and a batch of both waits for its cookie alone
+activation or removal told NODE carries no udev cookie and turns udev's rules off for its
+event (libdevmapper makes or unlinks the node; no late event of the device touches it), one
+told UDEV waits as before with the rules on, and a batch of both waits for its cookie alone
 (its events counted right, nothing left behind). The real kernel's side (the node there when
 Prepare answers, udev's links after a settle): tests/kernel/test_kernel_node_wait.py."""
 
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 from reconciler.dm.client import DmClient
 from reconciler.dm.libdm import LibdmClient
+from reconciler.dm.libdm_bindings import DM_DEVICE_REMOVE, DM_DEVICE_RESUME
 from reconciler.dm.udev import UdevGate
-from reconciler.dm.udev_sync import NodeWait
+from reconciler.dm.udev_sync import RULES_OFF, NodeWait
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.fakekernel.libdm import FakeLibdm
 
@@ -25,16 +27,35 @@ def _kernel() -> tuple[FakeKernel, FakeLibdm, LibdmClient]:
 
 
 def test_a_node_activation_makes_no_cookie_and_a_udev_one_waits() -> None:
-    """libdevmapper: NODE's create and resume carry no cookie; UDEV's create waits for one."""
+    """libdevmapper: NODE's create, resume and remove carry no cookie and udev's rules off
+    (RULES_OFF); UDEV's create and remove wait for a cookie each, with the rules on."""
     kernel, library, client = _kernel()
     client.create("n", TABLE, "U-n", node_wait=NodeWait.NODE)
     client.resume("n", NodeWait.NODE)
+    client.remove("n", node_wait=NodeWait.NODE)
     assert library.cookies == []
     assert library.dm_udev_get_sync_support() == 1, "synchronisation is back on after"
     client.create("u", TABLE, "U-u")
     assert len(library.cookies) == 1 and library.waited[-1] == (library.cookies[0], 1)
+    client.remove("u")
+    assert len(library.cookies) == 2 and library.waited[-1] == (library.cookies[1], 1)
     assert library.cookie_events == {}
-    assert {"n", "u"} <= set(kernel.devices)
+    assert library.udev_flags == [
+        (DM_DEVICE_RESUME, "n", RULES_OFF), (DM_DEVICE_RESUME, "n", RULES_OFF),
+        (DM_DEVICE_REMOVE, "n", RULES_OFF), (DM_DEVICE_RESUME, "u", 0),
+        (DM_DEVICE_REMOVE, "u", 0)]
+    assert "n" not in kernel.devices
+
+
+def test_a_node_device_keeps_the_rules_off_where_udev_is_not_waited_for() -> None:
+    """udev running elsewhere (a pod without hostIPC): no cookie for anyone, and a NODE
+    device's events still tell that udev to leave it alone."""
+    kernel, library, client = _kernel()
+    kernel.udev.same_ipc = False
+    client.create("n", TABLE, "U-n", node_wait=NodeWait.NODE)
+    client.create("u", TABLE, "U-u")
+    assert library.cookies == []
+    assert [flags for _, _, flags in library.udev_flags] == [RULES_OFF, 0]
 
 
 def test_a_batch_of_both_waits_for_its_cookie_with_the_udev_calls_alone() -> None:
@@ -62,18 +83,25 @@ def test_a_batch_of_node_calls_alone_waits_for_nothing() -> None:
     assert library.waited == [(0, 0)]
 
 
-def test_dmsetup_is_told_noudevsync_for_a_node_activation_alone() -> None:
-    """dmsetup: NODE's create and resume end in --noudevsync --verifyudev (its libdevmapper
-    makes the node before it exits, not udev after); UDEV's wait for udev as before."""
-    kernel = FakeKernel()
-    kernel.udev.alive = True
-    client = DmClient(kernel, UdevGate(kernel.udev))
-    client.create("n", TABLE, "U-n", node_wait=NodeWait.NODE)
-    client.resume("n", NodeWait.NODE)
-    client.create("u", TABLE, "U-u")
-    client.resume("u")
-    synced = [call for call in kernel.calls if call[:2] in (("dmsetup", "create"),
-                                                             ("dmsetup", "resume"))]
-    assert [(call[2], call[-2:] == ("--noudevsync", "--verifyudev")) for call in synced] == [
-        ("n", True), ("n", True), ("u", False), ("u", False)]
-    assert all("--noudevsync" not in call for call in synced[2:])
+def test_dmsetup_is_told_noudevsync_and_noudevrules_for_a_node_device() -> None:
+    """dmsetup: NODE's create, resume and remove end in --noudevsync --noudevrules
+    --verifyudev (udev's dm rules off; its libdevmapper makes or unlinks the node before it
+    exits, not udev after), where udev is waited for and where it is not; UDEV's wait for
+    udev where it can."""
+    expected = [("create", "n", True), ("resume", "n", True), ("remove", "n", True),
+                ("create", "u", False), ("resume", "u", False), ("remove", "u", False)]
+    for same_ipc in (True, False):
+        kernel = FakeKernel()
+        kernel.udev.alive, kernel.udev.same_ipc = True, same_ipc
+        client = DmClient(kernel, UdevGate(kernel.udev))
+        client.create("n", TABLE, "U-n", node_wait=NodeWait.NODE)
+        client.resume("n", NodeWait.NODE)
+        client.remove("n", node_wait=NodeWait.NODE)
+        client.create("u", TABLE, "U-u")
+        client.resume("u")
+        client.remove("u")
+        synced = [call for call in kernel.calls if call[0] == "dmsetup"
+                  and call[1] in ("create", "resume", "remove")]
+        assert [(call[1], call[2], call[-3:] == ("--noudevsync", "--noudevrules",
+                                                  "--verifyudev")) for call in synced] == expected
+        assert all("--noudevsync" not in call for call in synced[3:]) is same_ipc

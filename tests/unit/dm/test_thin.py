@@ -8,8 +8,10 @@ import pytest
 
 from reconciler.dm.errors import DeviceBusy
 from reconciler.dm.libdm import LibdmClient
+from reconciler.dm.libdm_bindings import DM_DEVICE_RESUME
 from reconciler.dm.pool import ThinPool, thin_uuid
 from reconciler.dm.thin import NotOurs, ThinDevice
+from reconciler.dm.udev_sync import NodeWait
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.fakekernel.libdm import FakeLibdm
 from reconciler.testing.fakekernel.model import DmDevice
@@ -166,6 +168,32 @@ def test_cancel_deferred_remove_keeps_an_open_device(fake_world: World) -> None:
     assert not device.deferred_remove
     kernel.release(thin.kernel_name)
     assert kernel.devices[thin.kernel_name] is device and device.live is not None
+
+
+@pytest.mark.parametrize("node_wait", list(NodeWait))
+def test_a_node_device_wanted_again_while_its_removal_waits_is_resumed(
+        fake_world: World, node_wait: NodeWait) -> None:
+    """activate of a device whose deferred remove is pending cancels it; a NODE device is
+    also resumed, because its deferred remove unlinked its /dev/mapper node at once (udev's
+    rules are off for it) and the resume makes it again; a UDEV device's node stayed."""
+    thin, device = _active(fake_world)
+    thin = ThinDevice(thin.pool, thin.name, thin.thin_id, node_wait)
+    kernel = _kernel(fake_world)
+    kernel.hold_open(thin.kernel_name)
+    thin.remove(deferred=True)
+    start = len(kernel.calls)
+    thin.activate(SMALL, readonly=False, pool_number=_pool_number(fake_world, thin.pool))
+    kernel.release(thin.kernel_name)
+    assert kernel.devices[thin.kernel_name] is device and not device.deferred_remove
+    if fake_world.settings.dm_driver == "dmsetup":
+        resumed = sum(c[:3] == ("dmsetup", "resume", thin.kernel_name)
+                      for c in kernel.calls[start:])
+    else:
+        library = kernel.dm_library()
+        assert isinstance(library, FakeLibdm)
+        resumed = sum(kind == DM_DEVICE_RESUME and name == thin.kernel_name
+                      for kind, name, _ in library.udev_flags[-1:])
+    assert resumed == (1 if node_wait is NodeWait.NODE else 0), kernel.calls[start:]
 
 
 def test_flush_leaves_the_device_running_with_its_table(fake_world: World) -> None:

@@ -1,10 +1,12 @@
-"""The snapshotter's devices wait for udev as spec-file devices do (issue 26: answering once
-their node existed lost the node to udev's stale events for a reused minor). And only the
+"""The snapshotter's devices answer once their node exists, udev left out of them (no cookie,
+udev's rules off: issue 26), while spec-file devices still wait for udev. And only the
 snapshotter's base is made without lazy init. On the fake kernel with udev running in our IPC
 namespace, through both drivers; the real kernel's side: tests/kernel/test_kernel_node_wait.py."""
 
 from __future__ import annotations
 
+from reconciler.dm.libdm_bindings import DM_DEVICE_REMOVE, DM_DEVICE_RESUME
+from reconciler.dm.udev_sync import RULES_OFF
 from reconciler.reconcile.decide import BASE_EXT4_OPTIONS
 from reconciler.testing.fakekernel import FakeKernel
 from reconciler.testing.fakekernel.libdm import FakeLibdm
@@ -36,9 +38,10 @@ def _cookies(world: World) -> int:
     return len(library.cookies)
 
 
-def test_prepares_wait_for_udev_as_a_spec_files_device_does(fake_world: World) -> None:
-    """Root and child Prepares activate their snapshots waiting for udev, as a spec-file
-    device made afterwards does, and no cookie is left behind."""
+def test_prepares_leave_udev_out_and_a_spec_files_device_waits(fake_world: World) -> None:
+    """Root and child Prepares activate their snapshots without waiting for udev (dmsetup:
+    told --noudevsync --noudevrules; libdevmapper: no cookie, the rules off), a spec-file
+    device made afterwards waits for it, and no cookie is left behind."""
     fake = _fake(fake_world)
     snaps = snapshotter_over(fake_world.reconciler(), sleep=fake_world.clock.sleep)
     snaps.prepare("base-maker")  # the pool and the base first (the pool's own waits)
@@ -46,7 +49,20 @@ def test_prepares_wait_for_udev_as_a_spec_files_device_does(fake_world: World) -
     start, cookies = len(fake.calls), _cookies(fake_world)
     mounts = snaps.prepare("root") + snaps.prepare("child", "layer")
     assert [m.source.startswith("/dev/mapper/") for m in mounts] == [True, True]
-    assert len(_synced(fake_world, start, cookies)) == 2
+    assert _synced(fake_world, start, cookies) == []
+    if fake_world.settings.dm_driver == "dmsetup":
+        creates = [c for c in fake.calls[start:] if c[:2] == ("dmsetup", "create")]
+        assert len(creates) == 2 and all("--noudevrules" in c for c in creates), creates
+    else:
+        library = fake.dm_library()
+        assert isinstance(library, FakeLibdm)
+        flags = [f for kind, name, f in library.udev_flags
+                 if kind == DM_DEVICE_RESUME and name in {m.source.removeprefix(
+                     "/dev/mapper/") for m in mounts}]
+        assert flags == [RULES_OFF, RULES_OFF], library.udev_flags
+        snaps.remove("root")
+        assert library.udev_flags[-1] == (DM_DEVICE_REMOVE, mounts[0].source.removeprefix(
+            "/dev/mapper/"), RULES_OFF), "its removal leaves udev out too"
     start, cookies = len(fake.calls), _cookies(fake_world)
     fake_world.spec("vol", 'size = "32MiB"\n')
     assert fake_world.run_pass().ok
