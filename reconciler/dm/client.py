@@ -173,6 +173,7 @@ class DmClient:
         argv = ["remove", "--deferred", name] if deferred else ["remove", name]
         self._run(f"remove{' --deferred' if deferred else ''} {name}",
                   self._cookie(argv, node_wait))
+
     def message(self, name: str, words: Sequence[str]) -> None:
         """Send a target message (sector 0), e.g. create_thin to a pool."""
         self._run(f"message {name} {' '.join(words)}", ["message", name, "0", *words])

@@ -9,7 +9,7 @@ explicit `gc --orphans`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import structlog
@@ -17,7 +17,9 @@ import structlog
 from reconciler.dm.errors import DmError
 from reconciler.dm.pool import parse_thin_uuid
 from reconciler.dm.thin import ThinDevice
+from reconciler.dm.udev_sync import NodeWait
 from reconciler.failures import ClassifiedError
+from reconciler.reconcile.decide import node_wait
 from reconciler.reconcile.desired import copy_spec, new_record
 from reconciler.reconcile.holds import RemovalGuard, Selection
 from reconciler.reconcile.intents import save_transaction_id, settle_pending
@@ -200,20 +202,27 @@ def adopt(ctx: PassContext, name: str, thin_id: int, spec_set: SpecSet) -> None:
     log.info("request.adopted", name=name, thin_id=thin_id)
 
 
-def resume_suspended(ctx: PassContext) -> None:
-    """Resume every device of ours the kernel shows suspended. Within a pass no step leaves
-    one so (each suspend is paired with a resume on every path), so one found at the start
-    of a pass was left by a crash or by a resume the kernel refused: its filesystem's
-    readers and writers hang until it runs again. Only devices with our uuid are touched."""
+def _ours(ctx: PassContext) -> Iterator[tuple[str, ThinDevice, KernelDevice]]:
+    """Every dm device the pass observed under our pool's prefix with our uuid, as ours."""
     prefix = f"{ctx.settings.pool_name}-"
-    suspended = [(k, d) for k, d in ctx.obs.devices.items() if d.info.suspended]
-    for kname, device in sorted(suspended):
+    for kname, device in sorted(ctx.obs.devices.items()):
         if not kname.startswith(prefix):
             continue
         thin_id = parse_thin_uuid(ctx.settings.pool_name, device.info.uuid)
         if thin_id is None:
             continue  # not ours
-        thin = ThinDevice(ctx.pool, kname.removeprefix(prefix), thin_id)
+        name = kname.removeprefix(prefix)
+        yield kname, ThinDevice(ctx.pool, name, thin_id, node_wait(name)), device
+
+
+def resume_suspended(ctx: PassContext) -> None:
+    """Resume every device of ours the kernel shows suspended. Within a pass no step leaves
+    one so (each suspend is paired with a resume on every path), so one found at the start
+    of a pass was left by a crash or by a resume the kernel refused: its filesystem's
+    readers and writers hang until it runs again. Only devices with our uuid are touched."""
+    for kname, thin, device in _ours(ctx):
+        if not device.info.suspended:
+            continue
         try:
             thin.resume()
         except DmError as exc:
@@ -225,6 +234,23 @@ def resume_suspended(ctx: PassContext) -> None:
         seen = thin.observe()
         if seen is not None:
             ctx.obs.devices[kname] = KernelDevice(info=seen[0], table=seen[1])
+
+
+def remake_nodes(ctx: PassContext) -> None:
+    """Make the /dev/mapper node of every running device of ours that udev leaves alone
+    (NodeWait.NODE), at the daemon's first pass. libdevmapper makes such a node in this
+    process after the call (a pass's, when its udev batch settles), so a crash in between,
+    or a pod's fresh /dev, leaves a mapped device without one, and nobody else makes it.
+    A resume of a running device changes nothing in the kernel; libdevmapper makes the node
+    if it is missing or wrong. (Suspended ones: resume_suspended.)"""
+    for kname, thin, device in _ours(ctx):
+        if thin.node_wait is not NodeWait.NODE or device.info.suspended:
+            continue
+        try:
+            thin.resume()
+        except DmError as exc:
+            log.error("device.node_not_made", kernel_name=kname, error=str(exc),
+                      next="made when the device is next activated or resumed")
 
 
 def find_orphans(ctx: PassContext) -> None:

@@ -233,6 +233,7 @@ class Reconciler:
         self._watch_pool_space(ctx)
         if not self.recovered:
             recovery.recover(ctx)
+            maintenance.remake_nodes(ctx)
             self.recovered = True
         else:
             recovery.sync_transaction_id(ctx)
@@ -339,10 +340,8 @@ class Reconciler:
     # -- no devices driven -------------------------------------------------------------------
 
     def service_requests(self) -> None:
-        """Bring the pool up, recover, and run queued operator requests; drive no device.
-
-        What `reconciler gc` and `adopt` do when no daemon is running.
-        """
+        """Bring the pool up, recover, and run queued operator requests; drive no device:
+        what `reconciler gc` and `adopt` do when no daemon is running."""
         ctx = self._context(self.ensure_pool())
         self._begin(ctx, None)
         if not self.recovered:

@@ -181,6 +181,23 @@ def test_a_device_wanted_again_while_its_removal_waits_gets_its_node_back(
     pool.delete(ThinId(90), pool.status().transaction_id)
 
 
+def test_a_restarted_daemon_makes_a_running_snapshots_lost_node(kworld: World) -> None:
+    """A running snapshot whose node is gone (as when the daemon died between the
+    activation and libdevmapper making the node; udev makes none for it): the first pass of
+    a new Reconciler makes it again, a block node of the device's number."""
+    snaps = snapshotter(kworld)
+    [mount] = snaps.prepare("running")
+    kernel_name = mount.source.removeprefix("/dev/mapper/")
+    os.unlink(mount.source)
+    settle()
+    assert not os.path.exists(mount.source)
+    kworld.reconciler().run_pass()
+    settle()
+    found = os.lstat(mount.source)
+    assert stat.S_ISBLK(found.st_mode) and found.st_rdev == device_number(kernel_name)
+    snaps.remove("running")
+
+
 def pool_number(name: str) -> str:
     """The pool's major:minor, as a thin table names it."""
     info = DmClient(SystemHost()).info(name)

@@ -89,9 +89,9 @@ class FakeLibdm:
         self.waited: list[tuple[int, int]] = []
         # Every cookie made, and those udev never confirmed (released by the caller).
         self.cookies: list[int] = []
+        self.unconfirmed: list[int] = []
         # Each task given a cookie (or none, unsynchronised): (kind, name, DM_UDEV_* flags).
         self.udev_flags: list[tuple[int, str | None, int]] = []
-        self.unconfirmed: list[int] = []
 
     def _task(self, dmt: int) -> _Task:
         assert dmt in self._tasks, f"FakeKernel: libdevmapper task {dmt} is not alive"

@@ -83,3 +83,34 @@ def test_only_the_base_is_made_without_lazy_init(fake_world: World) -> None:
     prefix = f"/dev/mapper/{fake_world.settings.pool_name}-"
     mkfs = {c[-1].removeprefix(prefix): c[1:-1] for c in fake.calls if c[0] == "mkfs.ext4"}
     assert mkfs == {"snap-base-1": ("-q", "-F", *BASE_EXT4_OPTIONS), "vol": ("-q", "-F")}
+
+
+def test_a_restarted_daemon_makes_its_running_snapshots_nodes_once(fake_world: World) -> None:
+    """The first pass of a new Reconciler (a restart: a crash may have come between a
+    snapshot's activation and libdevmapper making its node, which nobody else makes) resumes
+    each running snapshot device, udev's rules off, so its node is made; a spec-file device
+    (udev makes its node) is not touched, and later passes touch nothing."""
+    fake = _fake(fake_world)
+    snaps = snapshotter_over(fake_world.reconciler(), sleep=fake_world.clock.sleep)
+    [mount] = snaps.prepare("running")
+    fake_world.spec("vol", 'size = "32MiB"\n')
+    assert fake_world.run_pass().ok
+    running = mount.source.removeprefix("/dev/mapper/")
+    restarted = fake_world.reconciler()
+    for expected in (1, 0):
+        start = len(fake.calls)
+        flags_start = _flags_seen(fake_world)
+        restarted.run_pass()
+        resumed = [c[2] for c in fake.calls[start:] if c[:2] == ("dmsetup", "resume")]
+        if fake_world.settings.dm_driver == "libdevmapper":
+            library = fake.dm_library()
+            assert isinstance(library, FakeLibdm)
+            resumed = [name or "" for kind, name, flags in library.udev_flags[flags_start:]
+                       if kind == DM_DEVICE_RESUME and flags == RULES_OFF]
+        assert resumed == [running] * expected, resumed
+
+
+def _flags_seen(world: World) -> int:
+    library = _fake(world).dm_library()
+    assert isinstance(library, FakeLibdm)
+    return len(library.udev_flags)
