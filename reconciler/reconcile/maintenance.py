@@ -202,17 +202,19 @@ def adopt(ctx: PassContext, name: str, thin_id: int, spec_set: SpecSet) -> None:
     log.info("request.adopted", name=name, thin_id=thin_id)
 
 
-def _ours(ctx: PassContext) -> Iterator[tuple[str, ThinDevice, KernelDevice]]:
-    """Every dm device the pass observed under our pool's prefix with our uuid, as ours."""
+def _ours(ctx: PassContext, candidates: Iterable[tuple[str, KernelDevice]]
+          ) -> Iterator[tuple[str, ThinDevice]]:
+    """The `candidates` (dm name, as observed) under our pool's prefix with our uuid, as ours.
+    Callers pick candidates cheaply first: a pass sees every device, 50,000 at scale."""
     prefix = f"{ctx.settings.pool_name}-"
-    for kname, device in sorted(ctx.obs.devices.items()):
+    for kname, device in sorted(candidates):
         if not kname.startswith(prefix):
             continue
         thin_id = parse_thin_uuid(ctx.settings.pool_name, device.info.uuid)
         if thin_id is None:
             continue  # not ours
         name = kname.removeprefix(prefix)
-        yield kname, ThinDevice(ctx.pool, name, thin_id, node_wait(name)), device
+        yield kname, ThinDevice(ctx.pool, name, thin_id, node_wait(name))
 
 
 def resume_suspended(ctx: PassContext) -> None:
@@ -220,9 +222,8 @@ def resume_suspended(ctx: PassContext) -> None:
     one so (each suspend is paired with a resume on every path), so one found at the start
     of a pass was left by a crash or by a resume the kernel refused: its filesystem's
     readers and writers hang until it runs again. Only devices with our uuid are touched."""
-    for kname, thin, device in _ours(ctx):
-        if not device.info.suspended:
-            continue
+    suspended = [(k, d) for k, d in ctx.obs.devices.items() if d.info.suspended]
+    for kname, thin in _ours(ctx, suspended):
         try:
             thin.resume()
         except DmError as exc:
@@ -243,9 +244,10 @@ def remake_nodes(ctx: PassContext) -> None:
     or a pod's fresh /dev, leaves a mapped device without one, and nobody else makes it.
     A resume of a running device changes nothing in the kernel; libdevmapper makes the node
     if it is missing or wrong. (Suspended ones: resume_suspended.)"""
-    for kname, thin, device in _ours(ctx):
-        if thin.node_wait is not NodeWait.NODE or device.info.suspended:
-            continue
+    prefix = f"{ctx.settings.pool_name}-"
+    running = [(k, d) for k, d in ctx.obs.devices.items() if not d.info.suspended
+               and node_wait(k.removeprefix(prefix)) is NodeWait.NODE]
+    for kname, thin in _ours(ctx, running):
         try:
             thin.resume()
         except DmError as exc:
